@@ -1,0 +1,43 @@
+"""The errors mxft raises, one tree, so the CLI can map each kind to an exit code.
+
+    MxftError
+     +-- InputError        bad hosts file, job file, data or checkpoint: exit 2, nothing started
+     +-- JobFailed         a process of the run failed or the job missed its expectation: exit 1
+     +-- Interrupted       the launcher was asked to stop (SIGINT/SIGTERM): exit 130/143
+
+Library code raises these; only ``launcher.cli`` prints them and exits.
+"""
+from __future__ import annotations
+
+
+class MxftError(Exception):
+    """Base of every error mxft reports to a user."""
+
+
+class InputError(MxftError):
+    """Something the user gave us is wrong; ``where`` names the file:line or host.
+
+    ``str(err)`` is the single line the CLI prints, e.g.
+    ``jobs/x.yaml:7: unknown key 'epocs' in train; did you mean 'epochs'?``
+    """
+
+    def __init__(self, where: str, message: str, *, hint: str = "") -> None:
+        self.where = where
+        self.message = message
+        self.hint = hint
+        text = f"{where}: {message}" if where else message
+        if hint:
+            text = f"{text} ({hint})"
+        super().__init__(text)
+
+
+class JobFailed(MxftError):
+    """The run started but did not succeed; the message puts the root cause first."""
+
+
+class Interrupted(MxftError):
+    """The launcher received SIGINT or SIGTERM and tore the run down."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"interrupted by signal {signum}; every process of the run was stopped")

@@ -1,0 +1,96 @@
+"""Hosts files: ``HOST[:PORT] [slots=N] [user=NAME]`` per line.
+
+``#`` starts a comment; blank lines are ignored; a bare IP per line (the format of
+MXNet's tools/launch.py) is valid. ``slots`` is how many devices (GPUs) the host
+offers, as in DeepSpeed's and MPI's hostfiles. Example::
+
+    # hosts.txt
+    gpu01 slots=8
+    gpu02:2222 slots=8 user=train
+    10.0.0.7
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from cluster.errors import InputError
+
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+_HOST = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.-]+|[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*))"
+                   r"(?::(?P<port>\d+))?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostSpec:
+    """One line of a hosts file."""
+
+    name: str
+    port: int | None = None
+    slots: int | None = None
+    user: str | None = None
+    line: int = 0
+
+    @property
+    def is_local(self) -> bool:
+        return self.name in LOCAL_NAMES and self.port is None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.port is None else f"{self.name}:{self.port}"
+
+
+def _parse_line(text: str, where: str, line_no: int) -> HostSpec:
+    fields = text.split()
+    match = _HOST.match(fields[0])
+    if not match:
+        raise InputError(where, f"'{fields[0]}' is not a host name or address", hint="expected HOST[:PORT]")
+    name = match.group("v6") or match.group("name")
+    port = match.group("port")
+    if port is not None and not 0 < int(port) < 65536:
+        raise InputError(where, f"port {port} is not in 1-65535")
+    options: dict[str, str] = {}
+    for field in fields[1:]:
+        key, sep, value = field.partition("=")
+        if not sep or key not in ("slots", "user"):
+            raise InputError(where, f"unknown field '{field}'", hint="expected slots=N or user=NAME")
+        if key in options:
+            raise InputError(where, f"'{key}' is given twice")
+        options[key] = value
+    slots = options.get("slots")
+    if slots is not None and (not slots.isdigit() or int(slots) < 1):
+        raise InputError(where, f"slots must be a whole number >= 1, got '{slots}'")
+    user = options.get("user")
+    if user is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", user):
+        raise InputError(where, f"'{user}' is not a user name")
+    return HostSpec(name, int(port) if port else None, int(slots) if slots else None, user, line_no)
+
+
+def parse_hosts(text: str, source: str) -> tuple[HostSpec, ...]:
+    """Parse the text of a hosts file; raises InputError naming ``source:line``."""
+    hosts: list[HostSpec] = []
+    seen: dict[tuple[str, int | None], int] = {}
+    for line_no, raw in enumerate(text.splitlines(), 1):
+        text_part = raw.split("#", 1)[0].strip()
+        if not text_part:
+            continue
+        where = f"{source}:{line_no}"
+        host = _parse_line(text_part, where, line_no)
+        key = (host.name, host.port)
+        if key in seen:
+            raise InputError(where, f"host '{host.label}' is already listed on line {seen[key]}")
+        seen[key] = line_no
+        hosts.append(host)
+    if not hosts:
+        raise InputError(source, "lists no hosts", hint="one HOST[:PORT] [slots=N] [user=NAME] per line")
+    return tuple(hosts)
+
+
+def load_hosts(path: str) -> tuple[HostSpec, ...]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return parse_hosts(handle.read(), path)
+    except FileNotFoundError:
+        raise InputError(path, "hosts file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot read the hosts file: {err}") from None

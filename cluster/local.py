@@ -1,0 +1,89 @@
+"""Processes on this machine: the transport of single-node mode.
+
+Each process starts in its own session (so its whole process group can be signalled
+at once) and with ``PR_SET_PDEATHSIG``: if the launcher dies, even by SIGKILL, the
+kernel kills its children, so nothing of a run outlives the launcher.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+import psutil
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the launcher's own teardown still applies
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class LocalProcess:
+    """A running local process with its stdout (stderr merged) as text lines."""
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+
+    @property
+    def stdout(self) -> IO[str]:
+        return self._popen.stdout
+
+    def poll(self) -> int | None:
+        """None while running, else the exit code (negative: killed by that signal)."""
+        return self._popen.poll()
+
+    def stop(self, *, grace_s: float) -> None:
+        """SIGTERM the process group and every descendant, SIGKILL what is left after ``grace_s``."""
+        try:
+            family = [psutil.Process(self.pid)]
+            family += family[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+            for proc in family:
+                try:
+                    proc.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
+            _, family = psutil.wait_procs(family, timeout=wait_s)
+            if not family:
+                break
+        try:
+            self._popen.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class LocalTransport:
+    """Starts processes on this machine; the same interface the SSH transport offers."""
+
+    label = "localhost"
+
+    def start(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None = None) -> LocalProcess:
+        full_env = dict(os.environ)
+        full_env.update(env)
+        popen = subprocess.Popen(
+            list(argv), env=full_env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace",
+            start_new_session=True, preexec_fn=_die_with_parent)
+        return LocalProcess(popen)

@@ -1,0 +1,179 @@
+"""Run a group of processes as one job: live prefixed logs, first failure wins, full teardown.
+
+Processes are *primary* (the job is done when all of them exit 0: the workers) or
+*support* (they serve the primaries and must not stop before them: scheduler and
+servers). Any non-zero exit, or a support process leaving early, fails the whole
+group: every other process is stopped and the failure that came first is reported
+with the last lines of its log.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from cluster.errors import JobFailed
+
+
+class Process(Protocol):
+    pid: int
+    stdout: object  # iterable of text lines
+
+    def poll(self) -> int | None: ...
+    def stop(self, *, grace_s: float) -> None: ...
+
+
+class Transport(Protocol):
+    label: str
+
+    def start(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None = None) -> Process: ...
+
+
+def describe_exit(returncode: int) -> str:
+    """-9 -> 'was killed by SIGKILL'; 3 -> 'exited with code 3'.
+
+    Shells and ssh report a signal death as 128 + signal number; those are named too.
+    """
+    signum = -returncode if returncode < 0 else returncode - 128 if 128 < returncode < 160 else None
+    if signum is not None:
+        try:
+            return f"was killed by {signal.Signals(signum).name}"
+        except ValueError:
+            pass
+    return f"exited with code {returncode}"
+
+
+@dataclasses.dataclass
+class Member:
+    """One supervised process and what we know of it."""
+
+    name: str
+    host: str
+    process: Process
+    primary: bool
+    log_path: str
+    tail: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=12))
+    returncode: int | None = None
+    pump: threading.Thread | None = None
+
+    def root_cause(self, reason: str) -> str:
+        lines = "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
+        return (f"{self.name} on {self.host} (pid {self.process.pid}) {reason}\n"
+                f"  last lines of {self.log_path}:\n{lines}")
+
+
+class Supervisor:
+    """Starts processes, pumps their output, waits for the job, and always tears down.
+
+    Use as a context manager so that ``close`` runs whatever happens::
+
+        with Supervisor(echo=print) as group:
+            group.start("worker 0", LocalTransport(), argv, env={}, log_path="w0.log", primary=True)
+            group.wait()
+    """
+
+    def __init__(self, *, echo: Callable[[str], None], on_line: Callable[[Member, str], bool] | None = None,
+                 stop_grace_s: float = 5.0) -> None:
+        self._echo = echo
+        self._on_line = on_line
+        self._stop_grace_s = stop_grace_s
+        self._echo_lock = threading.Lock()
+        self.members: list[Member] = []
+
+    def __enter__(self) -> "Supervisor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self, name: str, transport: Transport, argv: Sequence[str], *, env: Mapping[str, str],
+              log_path: str, primary: bool, cwd: str | None = None) -> Member:
+        process = transport.start(argv, env=env, cwd=cwd)
+        member = Member(name, transport.label, process, primary, log_path)
+        member.pump = threading.Thread(target=self._pump, args=(member,), name=f"log {name}", daemon=True)
+        self.members.append(member)
+        member.pump.start()
+        return member
+
+    def _pump(self, member: Member) -> None:
+        prefix = f"[{member.name}] "
+        with open(member.log_path, "a", encoding="utf-8") as log:
+            for line in member.process.stdout:
+                line = line.rstrip("\n")
+                log.write(line + "\n")
+                log.flush()
+                if self._on_line is not None and self._on_line(member, line):
+                    continue  # consumed (a structured event): kept in the log, off the console
+                member.tail.append(line)
+                with self._echo_lock:
+                    self._echo(prefix + line)
+
+    def wait(self, *, support_grace_s: float = 15.0, poll_s: float = 0.1,
+             check: Callable[[], None] | None = None) -> None:
+        """Return when every primary exited 0; raise JobFailed at the first failure.
+
+        A support process may exit 0 a little before the primaries (ps-lite's scheduler
+        leaves as soon as every node has said goodbye), so its clean exit only fails
+        the group if some primary is still running ``support_grace_s`` later. Support
+        processes still running that long after the primaries finished are stopped.
+        ``check`` is called each poll and may raise (a deadline, a watchdog).
+        """
+        primaries_done_at = None
+        first_support_exit: tuple[Member, float] | None = None
+        while True:
+            for member in self.members:
+                if member.returncode is None:
+                    member.returncode = member.process.poll()
+                    if member.returncode is not None:
+                        self._on_exit(member)
+                        if not member.primary and first_support_exit is None:
+                            first_support_exit = (member, time.monotonic())
+            now = time.monotonic()
+            if primaries_done_at is None and all(m.returncode == 0 for m in self.members if m.primary):
+                primaries_done_at = now
+            if primaries_done_at is not None:
+                running = [m for m in self.members if m.returncode is None]
+                if not running:
+                    return
+                if now - primaries_done_at > support_grace_s:
+                    self._say(f"stopping {', '.join(m.name for m in running)}: still running "
+                              f"{support_grace_s:.0f} s after the workers finished")
+                    return
+            elif first_support_exit is not None and now - first_support_exit[1] > support_grace_s:
+                left = ", ".join(m.name for m in self.members if m.primary and m.returncode is None)
+                raise JobFailed(first_support_exit[0].root_cause(
+                    f"exited before the workers finished ({left} still running {support_grace_s:.0f} s later)"))
+            if check is not None:
+                check()
+            time.sleep(poll_s)
+
+    def _on_exit(self, member: Member) -> None:
+        if member.pump is not None:
+            member.pump.join(timeout=2.0)  # the rest of its output, for the report
+        if member.returncode != 0:
+            raise JobFailed(member.root_cause(describe_exit(member.returncode)))
+
+    def _say(self, text: str) -> None:
+        with self._echo_lock:
+            self._echo(f"[mxft] {text}")
+
+    def close(self) -> None:
+        """Stop every process still running (TERM, grace, KILL) and join the log pumps."""
+        running = [m for m in self.members if m.returncode is None and m.process.poll() is None]
+        if running:
+            self._say(f"stopping {', '.join(m.name for m in running)}")
+        threads = [threading.Thread(target=m.process.stop, kwargs={"grace_s": self._stop_grace_s})
+                   for m in running]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for member in self.members:
+            if member.returncode is None:
+                member.returncode = member.process.poll()
+            if member.pump is not None:
+                member.pump.join(timeout=5.0)

@@ -1,0 +1,93 @@
+"""Check a job's files before anything starts, and measure what planning needs.
+
+Reads (never writes) the checkpoint and the ``.rec``/``.idx`` files: the cut layer
+must be in the symbol, the params file must be an MXNet NDArray file (and match its
+sha256 when the job gives one), and every label must lie in ``[0, num_classes)`` with
+every class present in the training data. Pure Python: the launch host needs no mxnet.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+from cluster.errors import InputError
+from launcher import recfile
+from launcher.jobspec import JobSpec
+
+_NDARRAY_LIST_MAGIC = 0x112  # first uint64 of a file written by mx.nd.save
+
+
+@dataclasses.dataclass(frozen=True)
+class Inventory:
+    """What the job's data holds, as planning needs it."""
+
+    train_records: tuple[recfile.RecordSpan, ...]
+    train_per_class: dict[int, int]
+    train_bytes: int
+    val_records: int
+    val_bytes: int
+    model_bytes: int
+
+
+def _require_file(path: str, what: str, hint: str) -> None:
+    if not os.path.isfile(path):
+        raise InputError(path, f"{what} not found", hint=hint)
+
+
+def check_model(job: JobSpec) -> int:
+    """Validate the checkpoint files; returns their total size in bytes."""
+    model = job.model
+    fetch_hint = (f"download it from {model.url}" if model.url
+                  else "check model.prefix and model.epoch in " + job.source)
+    _require_file(model.symbol_path, "model symbol", fetch_hint)
+    _require_file(model.params_path, "model params", fetch_hint)
+    try:
+        with open(model.symbol_path, encoding="utf-8") as handle:
+            graph = json.load(handle)
+        names = [node["name"] for node in graph["nodes"]]
+    except (ValueError, KeyError, TypeError):
+        raise InputError(model.symbol_path, "is not an MXNet symbol file (JSON with 'nodes')") from None
+    if model.cut_layer not in names:
+        ops = [node["name"] for node in graph["nodes"] if node.get("op") not in (None, "null")]
+        raise InputError(job.source, f"model.cut_layer '{model.cut_layer}' is not a layer of {model.symbol_path}",
+                         hint=f"its last layers are {', '.join(ops[-5:])}")
+    with open(model.params_path, "rb") as handle:
+        head = handle.read(8)
+    if len(head) < 8 or int.from_bytes(head, "little") != _NDARRAY_LIST_MAGIC:
+        raise InputError(model.params_path, "is not an MXNet params file (bad header)",
+                         hint="the download may be incomplete; fetch it again")
+    if model.params_sha256:
+        digest = _sha256(model.params_path)
+        if digest != model.params_sha256:
+            raise InputError(model.params_path, f"sha256 is {digest[:12]}..., the job expects "
+                             f"{model.params_sha256[:12]}...", hint="the file is corrupt or a different model")
+    return os.path.getsize(model.symbol_path) + os.path.getsize(model.params_path)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_inputs(job: JobSpec) -> Inventory:
+    """Raise InputError for the first thing wrong with the job's files, else describe them."""
+    model_bytes = check_model(job)
+    train_spans = recfile.read_index(job.data.train)
+    train = recfile.LabelSummary.of(job.data.train, recfile.read_labels(job.data.train, train_spans))
+    train.check(job.num_classes, require_every_class=True)
+    val_spans = recfile.read_index(job.data.val)
+    val = recfile.LabelSummary.of(job.data.val, recfile.read_labels(job.data.val, val_spans))
+    val.check(job.num_classes, require_every_class=False)
+    return Inventory(
+        train_records=tuple(train_spans),
+        train_per_class=train.per_class,
+        train_bytes=sum(span.size_bytes for span in train_spans),
+        val_records=val.num_records,
+        val_bytes=os.path.getsize(job.data.val),
+        model_bytes=model_bytes,
+    )

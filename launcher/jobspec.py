@@ -1,0 +1,402 @@
+"""Job files: YAML in, frozen ``JobSpec`` out; every mistake named with file and line.
+
+A job file describes one fine-tuning run. Every key but ``num_classes``,
+``model.prefix``, ``data.train`` and ``data.val`` has a default, and the defaults are
+MXNet's fine-tuning tutorial exactly (SGD, lr 0.01, 8 epochs, 16 images per GPU on
+8 GPUs, random crop 224 and mirror, Xavier(gaussian, in, 2) for the new layer)::
+
+    num_classes: 256
+    model:
+      prefix: models/resnet-50          # models/resnet-50-symbol.json + -0000.params
+    data:
+      train: data/caltech-256-60-train.rec
+      val: data/caltech-256-60-val.rec
+
+Paths may use ``~``, ``${VAR}`` and ``${VAR:-default}``; relative paths are relative
+to the job file's folder. Parsing touches no disk beyond reading the job file itself:
+whether the files exist is checked later (``launcher.inputs``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import yaml
+
+from cluster.errors import InputError
+
+TUTORIAL_GPUS = tuple(range(8))
+KVSTORES = ("auto", "dist_sync", "dist_sync_device", "dist_async", "dist_device_sync")
+OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "adadelta", "signum", "ftml", "lamb")
+INITIALIZERS = ("xavier", "msraprelu", "normal", "uniform")
+BUILTIN_ASSETS = ("digits",)
+
+
+class Variant(str, enum.Enum):
+    """How the pretrained network is used."""
+
+    FULL = "full"        # fine-tune every layer (the tutorial's main recipe)
+    FROZEN = "frozen"    # fixed feature extractor: only the new output layer learns
+    SCRATCH = "scratch"  # same graph, pretrained weights ignored: the baseline to beat
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    prefix: str
+    epoch: int = 0
+    url: str | None = None
+    params_sha256: str | None = None
+    cut_layer: str = "flatten0"
+    variant: Variant = Variant.FULL
+
+    @property
+    def symbol_path(self) -> str:
+        return f"{self.prefix}-symbol.json"
+
+    @property
+    def params_path(self) -> str:
+        return f"{self.prefix}-{self.epoch:04d}.params"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    train: str
+    val: str
+    shape: tuple[int, int, int] = (3, 224, 224)
+    rand_crop: bool = True
+    rand_mirror: bool = True
+    preprocess_threads: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class InitializerSpec:
+    type: str = "xavier"
+    params: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {"rnd_type": "gaussian", "factor_type": "in", "magnitude": 2})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 8
+    batch_per_device: int = 16
+    optimizer: str = "sgd"
+    optimizer_params: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"learning_rate": 0.01})
+    initializer: InitializerSpec = dataclasses.field(default_factory=InitializerSpec)
+    seed: int | None = None
+    log_every_batches: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+    workers: int = 1
+    servers: int = 1
+    devices: tuple[int, ...] | None = TUTORIAL_GPUS  # GPU ids per worker; None = CPU
+    kvstore: str = "auto"
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.devices is not None
+
+    @property
+    def effective_kvstore(self) -> str:
+        """``auto`` is ``dist_sync_device`` on GPUs and ``dist_sync`` on CPU."""
+        if self.kvstore != "auto":
+            return self.kvstore
+        return "dist_sync_device" if self.uses_gpu else "dist_sync"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    name: str
+    source: str
+    num_classes: int
+    model: ModelSpec
+    data: DataSpec
+    train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
+    cluster: ClusterSpec = dataclasses.field(default_factory=ClusterSpec)
+    min_accuracy: float | None = None
+    builtin_assets: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (enums as their values), for plans and result files."""
+        def plain(value: Any) -> Any:
+            if isinstance(value, enum.Enum):
+                return value.value
+            if isinstance(value, Mapping):
+                return {key: plain(item) for key, item in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(item) for item in value]
+            return value
+        return plain(dataclasses.asdict(self))
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+def _compose_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    """Load YAML into plain Python values plus ``{key path: 1-based line}``."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise InputError(where, f"not valid YAML: {getattr(err, 'problem', err)}") from None
+    lines: dict[tuple, int] = {}
+    constructor = yaml.SafeLoader("")
+
+    def build(node: yaml.Node, path: tuple) -> Any:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = constructor.construct_object(key_node, deep=True)
+                if key in out:
+                    raise InputError(f"{source}:{key_node.start_mark.line + 1}", f"key {key!r} appears twice")
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                out[key] = build(value_node, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [build(item, path + (i,)) for i, item in enumerate(node.value)]
+        return constructor.construct_object(node, deep=True)
+
+    return (build(root, ()) if root is not None else {}), lines
+
+
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_path(value: str, base_dir: str, environ: Mapping[str, str]) -> str:
+    """``${VAR}``, ``${VAR:-default}`` and ``~``, then relative to ``base_dir``.
+
+    >>> expand_path("${D:-/tmp}/x.rec", "/jobs", {})
+    '/tmp/x.rec'
+    """
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ and environ[name] != "":
+            return environ[name]
+        if default is None:
+            raise KeyError(name)
+        return default
+    expanded = os.path.expanduser(_VAR.sub(substitute, value))
+    return os.path.normpath(os.path.join(base_dir, expanded))
+
+
+# --------------------------------------------------------------------------- checking values
+
+class _Fields:
+    """Reads one mapping of the job file, reporting errors at the right line."""
+
+    def __init__(self, source: str, lines: Mapping[tuple, int], raw: Any, path: tuple,
+                 allowed: tuple[str, ...]) -> None:
+        self.source, self.lines, self.path = source, lines, path
+        if not isinstance(raw, dict):
+            self.fail(path, f"{self.dotted(path) or 'the job'} must be a mapping of keys, "
+                            f"got {type(raw).__name__}")
+        for key in raw:
+            if key not in allowed:
+                near = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                where = f" in {self.dotted(path)}" if path else ""
+                hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(allowed)}"
+                self.fail(path + (key,), f"unknown key '{key}'{where}; {hint}")
+        self.raw = raw
+
+    @staticmethod
+    def dotted(path: tuple) -> str:
+        return ".".join(str(part) for part in path)
+
+    def where(self, path: tuple) -> str:
+        while path and path not in self.lines:
+            path = path[:-1]
+        return f"{self.source}:{self.lines.get(path, 1)}"
+
+    def fail(self, path: tuple, message: str, hint: str = "") -> None:
+        raise InputError(self.where(path), message, hint=hint)
+
+    def get(self, key: str, check: Callable[[Any], Any], default: Any = dataclasses.MISSING) -> Any:
+        """The checked value of ``key``; ``check`` raises ValueError with what was expected."""
+        path = self.path + (key,)
+        if key not in self.raw or self.raw[key] is None:
+            if default is dataclasses.MISSING:
+                self.fail(self.path, f"missing required key '{self.dotted(path)}'")
+            return default
+        try:
+            return check(self.raw[key])
+        except ValueError as err:
+            self.fail(path, f"{self.dotted(path)} must be {err}, got {self.raw[key]!r}")
+
+    def section(self, key: str, allowed: tuple[str, ...], *, required: bool = False) -> "_Fields":
+        if key not in self.raw and required:
+            self.fail(self.path, f"missing required section '{self.dotted(self.path + (key,))}'")
+        return _Fields(self.source, self.lines, self.raw.get(key) or {}, self.path + (key,), allowed)
+
+
+def _int(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"an integer >= {minimum}")
+        return value
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("a non-empty string")
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"one of {', '.join(options)}")
+        return value
+    return check
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError("a number between 0 and 1")
+    return float(value)
+
+
+def _sha256(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise ValueError("64 hexadecimal digits")
+    return value.lower()
+
+
+def _shape(value: Any) -> tuple[int, int, int]:
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+            or value[0] not in (1, 3)):
+        raise ValueError("[channels, height, width] with 1 or 3 channels, e.g. [3, 224, 224]")
+    return tuple(value)
+
+
+def _devices(value: Any) -> tuple[int, ...] | None:
+    """``cpu``, a GPU count ``gpu:4`` (ids 0-3), or a list of GPU ids ``[0, 1]``."""
+    if value == "cpu":
+        return None
+    if isinstance(value, str) and re.fullmatch(r"gpu:[1-9]\d*", value):
+        return tuple(range(int(value[4:])))
+    if (isinstance(value, list) and value and len(set(value)) == len(value)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        return tuple(value)
+    raise ValueError("'cpu', 'gpu:N' or a list of distinct GPU ids such as [0, 1]")
+
+
+def _scalar_mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float, str, bool)) for k, v in value.items()):
+        raise ValueError("a mapping of names to numbers or strings")
+    return dict(value)
+
+
+# --------------------------------------------------------------------------- the schema
+
+def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = None) -> JobSpec:
+    """Turn the text of a job file into a JobSpec, or raise InputError at the bad line."""
+    environ = os.environ if environ is None else environ
+    raw, lines = _compose_with_lines(text, source)
+    base_dir = os.path.dirname(os.path.abspath(source))
+    top = _Fields(source, lines, raw, (), ("name", "num_classes", "model", "data", "train", "cluster",
+                                          "expect", "builtin_assets"))
+
+    def path_of(fields: _Fields, key: str) -> str | None:
+        value = fields.get(key, _text, None)
+        if value is None:
+            return None
+        try:
+            return expand_path(value, base_dir, environ)
+        except KeyError as err:
+            fields.fail(fields.path + (key,), f"environment variable {err.args[0]} is not set",
+                        hint=f"set it, or write ${{{err.args[0]}:-default}}")
+
+    model_f = top.section("model", ("prefix", "epoch", "url", "params_sha256", "cut_layer", "variant"),
+                          required=True)
+    model = ModelSpec(
+        prefix=path_of(model_f, "prefix") or model_f.get("prefix", _text),
+        epoch=model_f.get("epoch", _int(0), 0),
+        url=model_f.get("url", _text, None),
+        params_sha256=model_f.get("params_sha256", _sha256, None),
+        cut_layer=model_f.get("cut_layer", _text, "flatten0"),
+        variant=Variant(model_f.get("variant", _choice(tuple(v.value for v in Variant)), "full")),
+    )
+    data_f = top.section("data", ("train", "val", "shape", "rand_crop", "rand_mirror", "preprocess_threads"),
+                         required=True)
+    data = DataSpec(
+        train=path_of(data_f, "train") or data_f.get("train", _text),
+        val=path_of(data_f, "val") or data_f.get("val", _text),
+        shape=data_f.get("shape", _shape, (3, 224, 224)),
+        rand_crop=data_f.get("rand_crop", _bool, True),
+        rand_mirror=data_f.get("rand_mirror", _bool, True),
+        preprocess_threads=data_f.get("preprocess_threads", _int(1), 4),
+    )
+    train_f = top.section("train", ("epochs", "batch_per_device", "optimizer", "optimizer_params",
+                                    "initializer", "seed", "log_every_batches"))
+    init_raw = train_f.raw.get("initializer")
+    initializer = InitializerSpec()
+    if init_raw is not None:
+        init_f = train_f.section("initializer", ("type", "rnd_type", "factor_type", "magnitude", "sigma", "scale",
+                                                 "slope"))
+        init_type = init_f.get("type", _choice(INITIALIZERS), "xavier")
+        params = {key: value for key, value in init_f.raw.items() if key != "type"}
+        initializer = InitializerSpec(init_type, _scalar_mapping(params) if params else
+                                      (InitializerSpec().params if init_type == "xavier" else {}))
+    train = TrainSpec(
+        epochs=train_f.get("epochs", _int(1), 8),
+        batch_per_device=train_f.get("batch_per_device", _int(1), 16),
+        optimizer=train_f.get("optimizer", _choice(OPTIMIZERS), "sgd"),
+        optimizer_params=train_f.get("optimizer_params", _scalar_mapping, {"learning_rate": 0.01}),
+        initializer=initializer,
+        seed=train_f.get("seed", _int(0), None),
+        log_every_batches=train_f.get("log_every_batches", _int(1), 20),
+    )
+    cluster_f = top.section("cluster", ("workers", "servers", "devices", "kvstore"))
+    cluster = ClusterSpec(
+        workers=cluster_f.get("workers", _int(1), 1),
+        servers=cluster_f.get("servers", _int(1), 1),
+        devices=cluster_f.get("devices", _devices, TUTORIAL_GPUS),
+        kvstore=cluster_f.get("kvstore", _choice(KVSTORES), "auto"),
+    )
+    expect_f = top.section("expect", ("min_accuracy",))
+    default_name = os.path.splitext(os.path.basename(source))[0]
+    return JobSpec(
+        name=top.get("name", _job_name, default_name),
+        source=os.path.abspath(source),
+        num_classes=top.get("num_classes", _int(2)),
+        model=model,
+        data=data,
+        train=train,
+        cluster=cluster,
+        min_accuracy=expect_f.get("min_accuracy", _fraction, None),
+        builtin_assets=top.get("builtin_assets", _choice(BUILTIN_ASSETS), None),
+    )
+
+
+def _job_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise ValueError("letters, digits, '.', '_' or '-' (at most 64)")
+    return value
+
+
+def load_job(path: str, *, environ: Mapping[str, str] | None = None) -> JobSpec:
+    """Read and parse the job file at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise InputError(path, "job file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot read the job file: {err}") from None
+    return parse_job(text, path, environ=environ)

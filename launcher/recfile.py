@@ -1,0 +1,238 @@
+"""Read and split MXNet RecordIO files (``.rec`` + ``.idx``) without MXNet.
+
+The launch host plans and stages data but need not have mxnet installed, and the
+formats are small:
+
+* ``.idx``: one ``KEY<TAB>OFFSET`` line per record, OFFSET the byte where the record starts.
+* ``.rec``: records of ``uint32 magic 0xced7230a, uint32 lrec, payload, pad to 4 bytes``,
+  where ``lrec >> 29`` is a continuation flag (0 whole, 1 first, 2 middle, 3 last part:
+  a payload that contains the magic word is split there and the word re-inserted on read)
+  and ``lrec & (2**29 - 1)`` the part's length.
+* An image record's payload starts with the header ``struct 'IfQQ'`` (flag, label, id, id2);
+  when ``flag > 0`` the label is the ``flag`` float32 values that follow the header.
+
+Shards are cut by copying each record's bytes verbatim, so an image is never decoded
+or re-encoded and a shard is bit-identical to the records it came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from cluster.errors import InputError
+
+MAGIC = 0xCED7230A
+_MAGIC_BYTES = struct.pack("<I", MAGIC)
+_LENGTH_MASK = (1 << 29) - 1
+_IR_HEADER = struct.Struct("<IfQQ")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSpan:
+    """Where one record lives in a ``.rec`` file."""
+
+    key: int
+    offset: int
+    size_bytes: int
+
+
+def idx_path_for(rec_path: str) -> str:
+    """``data/train.rec`` -> ``data/train.idx`` (the layout im2rec writes)."""
+    return os.path.splitext(rec_path)[0] + ".idx"
+
+
+def read_index(rec_path: str) -> list[RecordSpan]:
+    """Parse ``rec_path``'s ``.idx`` into spans in index order, sizes from the next offset.
+
+    Raises InputError naming the file and line for a missing or malformed index, or
+    offsets that point outside the ``.rec``.
+    """
+    idx_path = idx_path_for(rec_path)
+    if not os.path.isfile(rec_path):
+        raise InputError(rec_path, "file not found",
+                         hint="pack the images with MXNet's im2rec.py (or fix the path in the job file)")
+    if not os.path.isfile(idx_path):
+        return scan_records(rec_path)
+    rec_size = os.path.getsize(rec_path)
+    entries: list[tuple[int, int]] = []
+    with open(idx_path, encoding="ascii", errors="replace") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            try:
+                key, offset = int(fields[0]), int(fields[1])
+            except (IndexError, ValueError):
+                raise InputError(f"{idx_path}:{line_no}", f"expected 'KEY<TAB>OFFSET', got {line.strip()[:60]!r}") from None
+            if not 0 <= offset < rec_size:
+                raise InputError(f"{idx_path}:{line_no}",
+                                 f"offset {offset} is outside {rec_path} ({rec_size} bytes)",
+                                 hint="the .idx does not belong to this .rec; re-pack both")
+            entries.append((key, offset))
+    if not entries:
+        raise InputError(idx_path, "the index lists no records")
+    ends = sorted({offset for _, offset in entries}) + [rec_size]
+    next_start = {start: end for start, end in zip(ends, ends[1:])}
+    return [RecordSpan(key, offset, next_start[offset] - offset) for key, offset in entries]
+
+
+def scan_records(rec_path: str) -> list[RecordSpan]:
+    """Find every record of a ``.rec`` that came without its ``.idx`` by walking the headers.
+
+    Only the 8-byte part headers are read; keys are the record's position (0, 1, ...).
+    """
+    rec_size = os.path.getsize(rec_path)
+    spans: list[RecordSpan] = []
+    start = None
+    position = 0
+    with open(rec_path, "rb") as handle:
+        while position < rec_size:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise InputError(rec_path, f"truncated record header at byte {position}")
+            magic, lrec = struct.unpack("<II", head)
+            if magic != MAGIC:
+                raise InputError(rec_path, f"no RecordIO magic at byte {position}",
+                                 hint="the file is corrupt or not a .rec; re-pack it")
+            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            if cflag in (0, 1):
+                start = position
+            position += 8 + length + (4 - length % 4) % 4
+            if cflag in (0, 3):
+                spans.append(RecordSpan(len(spans), start, position - start))
+            handle.seek(position)
+    if position != rec_size:
+        raise InputError(rec_path, f"the last record runs past the end of the file ({rec_size} bytes)")
+    if not spans:
+        raise InputError(rec_path, "the file holds no records")
+    return spans
+
+
+def _read_payload(handle, rec_path: str, span: RecordSpan, *, max_bytes: int) -> bytes:
+    """The first ``max_bytes`` of a record's payload, joining multi-part records."""
+    handle.seek(span.offset)
+    payload = b""
+    while True:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise InputError(rec_path, f"record {span.key} at byte {span.offset} is truncated")
+        magic, lrec = struct.unpack("<II", head)
+        if magic != MAGIC:
+            raise InputError(rec_path, f"record {span.key} at byte {span.offset} has no RecordIO magic",
+                             hint="the file is corrupt or not a .rec; re-pack it")
+        cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+        payload += handle.read(length)
+        if cflag in (0, 3) or len(payload) >= max_bytes:
+            return payload[:max_bytes]
+        payload += _MAGIC_BYTES
+        handle.seek((4 - length % 4) % 4, os.SEEK_CUR)
+
+
+def read_labels(rec_path: str, spans: Sequence[RecordSpan]) -> list[float]:
+    """The (first) label of every record, in ``spans`` order, read from the headers only."""
+    labels = []
+    with open(rec_path, "rb") as handle:
+        for span in spans:
+            head = _read_payload(handle, rec_path, span, max_bytes=_IR_HEADER.size + 4)
+            if len(head) < _IR_HEADER.size:
+                raise InputError(rec_path, f"record {span.key} is too short to hold an image header")
+            flag, label, _, _ = _IR_HEADER.unpack_from(head)
+            if flag > 0:
+                if len(head) < _IR_HEADER.size + 4:
+                    raise InputError(rec_path, f"record {span.key} declares {flag} labels but holds none")
+                (label,) = struct.unpack_from("<f", head, _IR_HEADER.size)
+            labels.append(label)
+    return labels
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSummary:
+    """What the labels of one ``.rec`` look like: record count and images per class."""
+
+    path: str
+    num_records: int
+    per_class: dict[int, int]
+    non_integer: int
+
+    @classmethod
+    def of(cls, path: str, labels: Iterable[float]) -> "LabelSummary":
+        counts: Counter[int] = Counter()
+        non_integer = 0
+        total = 0
+        for label in labels:
+            total += 1
+            if label != int(label):
+                non_integer += 1
+            counts[int(label)] += 1
+        return cls(path, total, dict(sorted(counts.items())), non_integer)
+
+    def check(self, num_classes: int, *, require_every_class: bool) -> None:
+        """Raise InputError unless every label is an integer in ``[0, num_classes)``.
+
+        With ``require_every_class`` also every class must have at least one record
+        (a class the training data never shows cannot be learnt).
+        """
+        if self.non_integer:
+            raise InputError(self.path, f"{self.non_integer} records have non-integer labels")
+        outside = sorted(label for label in self.per_class if not 0 <= label < num_classes)
+        if outside:
+            found = f"labels {min(self.per_class)}..{max(self.per_class)} ({len(self.per_class)} distinct)"
+            raise InputError(self.path, f"{found}, but num_classes is {num_classes}: "
+                             f"{_ranges(outside)} fall outside [0, {num_classes})",
+                             hint=f"set num_classes to {max(self.per_class) + 1} or re-pack the data")
+        if require_every_class:
+            missing = [label for label in range(num_classes) if label not in self.per_class]
+            if missing:
+                raise InputError(self.path, f"{len(missing)} of {num_classes} classes have no training "
+                                 f"images: {_ranges(missing)}",
+                                 hint="lower num_classes or add images for those classes")
+
+
+def _ranges(values: Sequence[int], *, most: int = 6) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7' (at most ``most`` groups, then '...')."""
+    groups: list[list[int]] = []
+    for value in values:
+        if groups and value == groups[-1][1] + 1:
+            groups[-1][1] = value
+        else:
+            groups.append([value, value])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in groups[:most])
+    return text + (", ..." if len(groups) > most else "")
+
+
+def strided_shards(num_records: int, num_shards: int) -> list[range]:
+    """Record positions of each shard: shard i takes records i, i+n, i+2n, ...
+
+    Striding rather than cutting contiguous blocks gives every worker the same mix
+    of classes even when the file is sorted by class; sizes differ by at most one.
+
+    >>> strided_shards(5, 2)
+    [range(0, 5, 2), range(1, 5, 2)]
+    """
+    if num_shards < 1:
+        raise ValueError("num_shards must be >= 1")
+    return [range(i, num_records, num_shards) for i in range(num_shards)]
+
+
+def write_shard(rec_path: str, spans: Sequence[RecordSpan], out_prefix: str) -> tuple[str, str]:
+    """Copy the records ``spans`` verbatim into ``out_prefix.rec`` + ``.idx``.
+
+    Written under temporary names and renamed at the end, so a reader never sees a
+    half-written shard. Returns the two paths.
+    """
+    out_rec, out_idx = out_prefix + ".rec", out_prefix + ".idx"
+    tmp_rec, tmp_idx = out_rec + ".partial", out_idx + ".partial"
+    with open(rec_path, "rb") as src, open(tmp_rec, "wb") as rec, open(tmp_idx, "w", encoding="ascii") as idx:
+        for span in spans:
+            src.seek(span.offset)
+            data = src.read(span.size_bytes)
+            if len(data) != span.size_bytes:
+                raise InputError(rec_path, f"record {span.key} is truncated")
+            idx.write(f"{span.key}\t{rec.tell()}\n")
+            rec.write(data)
+    os.replace(tmp_idx, out_idx)
+    os.replace(tmp_rec, out_rec)
+    return out_rec, out_idx

@@ -1,0 +1,29 @@
+"""Entry point of every mxft process: ``python -m trainer [--config WORKER.json]``.
+
+The role comes from ``DMLC_ROLE`` as ps-lite defines it. A scheduler or server only
+serves: importing mxnet with that role runs ps-lite's server loop until the workers
+finish, then exits. A worker trains as its config says.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    role = os.environ.get("DMLC_ROLE", "")
+    if role in ("scheduler", "server"):
+        print(f"mxft {role}: serving ps-lite on {os.environ.get('DMLC_NODE_HOST', '?')}", flush=True)
+        import mxnet  # noqa: F401  (blocks in the server loop, then calls sys.exit)
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m trainer")
+    parser.add_argument("--config", required=True, help="worker config JSON written by mxft-launch")
+    args = parser.parse_args(argv)
+    from trainer.config import WorkerConfig
+    from trainer.worker import run_worker
+    return run_worker(WorkerConfig.load(args.config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""A worker of a fine-tuning run: join ps-lite, edit the graph, train, evaluate, report.
+
+Every worker trains on its own shard with ``Module.fit`` on the distributed kvstore.
+The worker that ps-lite gives rank 0 also evaluates the whole validation set after
+each epoch (every image exactly once) and at the end writes ``result.json`` and the
+fine-tuned checkpoint into its ``out_dir``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import mxnet as mx
+import numpy as np
+
+from trainer import events
+from trainer.config import WorkerConfig
+from trainer.graph import NEW_LAYER, fine_tune_symbol
+
+log = logging.getLogger("mxft.worker")
+
+
+def _contexts(cfg: WorkerConfig) -> list:
+    return [mx.gpu(i) for i in cfg.devices] if cfg.devices is not None else [mx.cpu()]
+
+
+def _batch_size(cfg: WorkerConfig) -> int:
+    return cfg.batch_per_device * (len(cfg.devices) if cfg.devices is not None else 1)
+
+
+def _train_iter(cfg: WorkerConfig, rank_seed: int):
+    base = mx.io.ImageRecordIter(
+        path_imgrec=cfg.train_rec, data_shape=tuple(cfg.data_shape), batch_size=_batch_size(cfg),
+        rand_crop=cfg.rand_crop, rand_mirror=cfg.rand_mirror, shuffle=True, seed=rank_seed,
+        preprocess_threads=cfg.preprocess_threads, round_batch=True)
+    # Every worker must run the same number of batches per epoch: in dist_sync the
+    # servers wait for a push from every worker at each step.
+    return mx.io.ResizeIter(base, cfg.batches_per_epoch)
+
+
+def _val_iter(cfg: WorkerConfig):
+    # A fresh iterator for each evaluation: after its first pass, ImageRecordIter with
+    # round_batch=True starts the next pass where the padding left off and skips images,
+    # and with round_batch=False it repeats images without reporting them as padding.
+    return mx.io.ImageRecordIter(
+        path_imgrec=cfg.val_rec, data_shape=tuple(cfg.data_shape), batch_size=_batch_size(cfg),
+        rand_crop=False, rand_mirror=False, shuffle=False,
+        preprocess_threads=cfg.preprocess_threads, round_batch=True)
+
+
+def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
+    """Top-1 and top-5 accuracy over every validation image, each counted once."""
+    top_k = min(5, cfg.num_classes)
+    correct = correct_k = seen = 0
+    for batch in _val_iter(cfg):
+        mod.forward(batch, is_train=False)
+        probs = mod.get_outputs()[0].asnumpy()
+        labels = batch.label[0].asnumpy().astype(np.int64)
+        real = len(labels) - batch.pad
+        probs, labels = probs[:real], labels[:real]
+        ranked = np.argsort(-probs, axis=1)[:, :top_k]
+        correct += int((ranked[:, 0] == labels).sum())
+        correct_k += int((ranked == labels[:, None]).any(axis=1).sum())
+        seen += real
+    if seen != cfg.num_val_images:
+        raise RuntimeError(f"evaluated {seen} validation images, expected {cfg.num_val_images}")
+    return {"val_accuracy": correct / seen, f"val_top{top_k}": correct_k / seen, "val_images": seen}
+
+
+def _initializer(cfg: WorkerConfig):
+    kinds = {"xavier": mx.init.Xavier, "msraprelu": mx.init.MSRAPrelu, "normal": mx.init.Normal,
+             "uniform": mx.init.Uniform}
+    return kinds[cfg.initializer["type"]](**cfg.initializer.get("params", {}))
+
+
+class _Throughput:
+    """batch_end_callback: logs images/s every ``every`` batches and totals each epoch."""
+
+    def __init__(self, batch_size: int, every: int) -> None:
+        self.batch_size, self.every = batch_size, every
+        self.epoch_start = self.window_start = time.time()
+        self.window_batches = 0
+
+    def start_epoch(self) -> None:
+        self.epoch_start = self.window_start = time.time()
+        self.window_batches = 0
+
+    def __call__(self, param) -> None:
+        self.window_batches += 1
+        if (param.nbatch + 1) % self.every == 0:
+            now = time.time()
+            speed = self.window_batches * self.batch_size / max(now - self.window_start, 1e-9)
+            metrics = ", ".join(f"{name}={value:.4f}" for name, value in param.eval_metric.get_name_value())
+            log.info("epoch %d batch %d: %.1f images/s, train %s", param.epoch, param.nbatch + 1, speed, metrics)
+            events.emit("progress", epoch=param.epoch, batch=param.nbatch + 1, images_per_s=round(speed, 2))
+            self.window_start, self.window_batches = now, 0
+
+
+def run_worker(cfg: WorkerConfig) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    started = time.time()
+    if cfg.seed is not None:
+        mx.random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+    kv = mx.kv.create(cfg.kvstore)
+    rank, num_workers = kv.rank, kv.num_workers
+    log.info("worker %d joined ps-lite as rank %d of %d (kvstore %s)", cfg.index, rank, num_workers, cfg.kvstore)
+    events.emit("joined", index=cfg.index, rank=rank, num_workers=num_workers, join_s=round(time.time() - started, 2))
+
+    symbol, arg_params, aux_params = mx.model.load_checkpoint(cfg.model_prefix, cfg.model_epoch)
+    net, arg_params, aux_params, fixed = fine_tune_symbol(
+        symbol, arg_params, aux_params, num_classes=cfg.num_classes, cut_layer=cfg.cut_layer, variant=cfg.variant)
+    log.info("graph cut at %s, new %s with %d classes; %d pretrained arrays kept (%s)", cfg.cut_layer, NEW_LAYER,
+             cfg.num_classes, len(arg_params) + len(aux_params), cfg.variant)
+
+    batch_size = _batch_size(cfg)
+    train = _train_iter(cfg, rank_seed=(cfg.seed or 0) + cfg.index)
+    mod = mx.mod.Module(net, context=_contexts(cfg), fixed_param_names=fixed or None)
+    metric = mx.metric.create(["acc", mx.metric.TopKAccuracy(top_k=min(5, cfg.num_classes))])
+    speed = _Throughput(batch_size, cfg.log_every_batches)
+    epochs: list[dict] = []
+
+    def on_epoch_end(epoch, _symbol, _args, _aux) -> None:
+        elapsed = time.time() - speed.epoch_start
+        record = {"epoch": epoch + 1, "epoch_s": round(elapsed, 3),
+                  "images_per_s": round(cfg.batches_per_epoch * batch_size / max(elapsed, 1e-9), 2),
+                  **{f"train_{name.replace('top_k_accuracy_', 'top')}": value
+                     for name, value in metric.get_name_value()}}
+        if rank == 0:
+            record.update(evaluate(mod, cfg))
+        epochs.append(record)
+        log.info("epoch %d done: %s", epoch + 1, json.dumps(record))
+        events.emit("epoch", index=cfg.index, rank=rank, **record)
+        speed.start_epoch()
+
+    fit_started = time.time()
+    speed.start_epoch()
+    mod.fit(train, num_epoch=cfg.epochs, kvstore=kv, optimizer=cfg.optimizer,
+            optimizer_params=dict(cfg.optimizer_params), initializer=_initializer(cfg),
+            arg_params=arg_params, aux_params=aux_params, allow_missing=True, eval_metric=metric,
+            batch_end_callback=speed, epoch_end_callback=on_epoch_end)
+    train_s = time.time() - fit_started
+
+    if rank == 0:
+        _write_result(cfg, mod, epochs, num_workers=num_workers, train_s=train_s, total_s=time.time() - started)
+    events.emit("done", index=cfg.index, rank=rank, train_s=round(train_s, 3))
+    return 0
+
+
+def _write_result(cfg: WorkerConfig, mod: mx.mod.Module, epochs: list[dict], *, num_workers: int,
+                  train_s: float, total_s: float) -> None:
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    prefix = os.path.join(cfg.out_dir, cfg.checkpoint_name)
+    mod.save_checkpoint(prefix, cfg.epochs)
+    final = epochs[-1]
+    result = {
+        "val_accuracy": final["val_accuracy"],
+        **{key: value for key, value in final.items() if key.startswith("val_top")},
+        "val_images": final["val_images"],
+        "epochs": epochs,
+        "num_workers": num_workers,
+        "batch_size_per_worker": _batch_size(cfg),
+        "images_per_s_rank0": round(sum(e["images_per_s"] for e in epochs) / len(epochs), 2),
+        "train_s": round(train_s, 3),
+        "total_s": round(total_s, 3),
+        "checkpoint": {"prefix": cfg.checkpoint_name, "epoch": cfg.epochs},
+        "job": cfg.job,
+    }
+    tmp = os.path.join(cfg.out_dir, "result.json.partial")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    os.replace(tmp, os.path.join(cfg.out_dir, "result.json"))
+    log.info("rank 0 wrote %s and %s-%04d.params", os.path.join(cfg.out_dir, "result.json"), prefix, cfg.epochs)
