@@ -1,0 +1,19 @@
+"""Shared fixtures: the demo's assets (built once per machine, cached), job files, leftovers."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import CACHE_DIR, REPO
+
+
+@pytest.fixture(scope="session")
+def demo_assets() -> str:
+    """The digits demo's checkpoint and .rec files (built into the cache if missing)."""
+    out_dir = os.path.join(CACHE_DIR, "digits")
+    subprocess.run([sys.executable, "-m", "trainer.demo_assets", out_dir], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=REPO))
+    return out_dir

@@ -1,0 +1,72 @@
+"""Helpers for the tests that start real processes."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE_DIR = os.environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft")
+LAUNCH = [sys.executable, "-m", "launcher.cli"]
+
+
+def demo_job(assets_dir: str, **sections) -> dict:
+    """jobs/demo.yaml with absolute asset paths and ``sections`` merged in (one level deep)."""
+    with open(os.path.join(REPO, "jobs", "demo.yaml"), encoding="utf-8") as handle:
+        job = yaml.safe_load(handle)
+    job["model"]["prefix"] = os.path.join(assets_dir, "pretrained-digits0to4")
+    job["data"]["train"] = os.path.join(assets_dir, "digits5to9-train.rec")
+    job["data"]["val"] = os.path.join(assets_dir, "digits5to9-val.rec")
+    job.pop("expect", None)
+    job.pop("builtin_assets", None)  # the tests name the built files directly
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            job[key] = {**copy.deepcopy(job.get(key, {})), **value}
+        else:
+            job[key] = value
+    return job
+
+
+def write_job(path, job: dict) -> str:
+    with open(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(job, handle, sort_keys=False)
+    return str(path)
+
+
+def run_launch(args: list[str], *, cwd: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
+    return subprocess.run(LAUNCH + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
+
+
+def processes_of_run(run_id: str) -> list[psutil.Process]:
+    """Every live process started for ``run_id`` (the launcher tags each with MXFT_RUN_ID)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("MXFT_RUN_ID") == run_id and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def wait_gone(run_id: str, timeout_s: float = 10.0) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = processes_of_run(run_id)
+        if not left:
+            return []
+        time.sleep(0.1)
+    return processes_of_run(run_id)
+
+
+def run_id_from(stdout: str) -> str:
+    for line in stdout.splitlines():
+        if line.startswith("[mxft] run ") and ":" in line:
+            return line.split()[2].rstrip(":")
+    raise AssertionError(f"no '[mxft] run ID:' line in:\n{stdout[-2000:]}")

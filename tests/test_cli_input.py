@@ -1,0 +1,118 @@
+"""Bad input through the real CLI: one line naming the file, exit 2, nothing started or written."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.helpers import REPO, demo_job, run_launch, write_job
+
+
+@pytest.fixture()
+def assets_copy(demo_assets, tmp_path):
+    """A private copy of the demo assets that a test may damage."""
+    target = tmp_path / "assets"
+    shutil.copytree(demo_assets, target, ignore=shutil.ignore_patterns(".lock"))
+    return str(target)
+
+
+def launch_bad(tmp_path, args) -> str:
+    result = run_launch(args + ["--run-root", str(tmp_path / "runs")], cwd=str(tmp_path), timeout_s=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "runs").exists()
+    return lines[0]
+
+
+def job_file(tmp_path, assets, **sections) -> str:
+    return write_job(tmp_path / "job.yaml", demo_job(assets, **sections))
+
+
+def test_typo_key(tmp_path, assets_copy):
+    path = job_file(tmp_path, assets_copy, train={"epochz": 3})
+    line = launch_bad(tmp_path, [path])
+    assert line.startswith(f"mxft-launch: error: {path}:") and "unknown key 'epochz' in train; did you mean 'epochs'?" in line
+
+
+def test_wrong_type(tmp_path, assets_copy):
+    path = job_file(tmp_path, assets_copy, cluster={"workers": "two"})
+    assert "cluster.workers must be an integer >= 1, got 'two'" in launch_bad(tmp_path, [path])
+
+
+def test_missing_rec(tmp_path, assets_copy):
+    os.remove(os.path.join(assets_copy, "digits5to9-val.rec"))
+    line = launch_bad(tmp_path, [job_file(tmp_path, assets_copy)])
+    assert line == f"mxft-launch: error: {assets_copy}/digits5to9-val.rec: file not found (pack the images with " \
+                   "MXNet's im2rec.py (or fix the path in the job file))"
+
+
+def test_missing_params(tmp_path, assets_copy):
+    os.remove(os.path.join(assets_copy, "pretrained-digits0to4-0000.params"))
+    line = launch_bad(tmp_path, [job_file(tmp_path, assets_copy)])
+    assert f"{assets_copy}/pretrained-digits0to4-0000.params: model params not found" in line
+
+
+def test_corrupt_params(tmp_path, assets_copy):
+    with open(os.path.join(assets_copy, "pretrained-digits0to4-0000.params"), "r+b") as handle:
+        handle.write(b"garbage!")
+    assert "is not an MXNet params file (bad header)" in launch_bad(tmp_path, [job_file(tmp_path, assets_copy)])
+
+
+def test_params_checksum_mismatch(tmp_path, assets_copy):
+    path = job_file(tmp_path, assets_copy, model={"params_sha256": "0" * 64})
+    assert "sha256 is" in launch_bad(tmp_path, [path])
+
+
+def test_layer_not_in_graph(tmp_path, assets_copy):
+    path = job_file(tmp_path, assets_copy, model={"cut_layer": "flatten9"})
+    line = launch_bad(tmp_path, [path])
+    assert f"{path}: model.cut_layer 'flatten9' is not a layer of" in line and "flatten0, fc1, softmax" in line
+
+
+def test_labels_out_of_range(tmp_path, assets_copy):
+    path = job_file(tmp_path, assets_copy, num_classes=3)
+    line = launch_bad(tmp_path, [path])
+    assert line == (f"mxft-launch: error: {assets_copy}/digits5to9-train.rec: labels 0..4 (5 distinct), but "
+                    "num_classes is 3: 3-4 fall outside [0, 3) (set num_classes to 5 or re-pack the data)")
+
+
+def test_classes_without_training_images(tmp_path, assets_copy):
+    path = job_file(tmp_path, assets_copy, num_classes=7)
+    assert "2 of 7 classes have no training images: 5-6" in launch_bad(tmp_path, [path])
+
+
+def test_missing_job_and_hosts_files(tmp_path):
+    assert launch_bad(tmp_path, [str(tmp_path / "nope.yaml")]).endswith("nope.yaml: job file not found")
+    job = write_job(tmp_path / "job.yaml", {"num_classes": 2, "model": {"prefix": "m"},
+                                            "data": {"train": "t.rec", "val": "v.rec"}})
+    assert launch_bad(tmp_path, ["--hosts", str(tmp_path / "h.txt"), job]).endswith("h.txt: hosts file not found")
+
+
+def test_bad_hosts_line(tmp_path, assets_copy):
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("localhost\nlocalhost slots=zero\n")
+    line = launch_bad(tmp_path, ["--hosts", str(hosts), job_file(tmp_path, assets_copy)])
+    assert line == f"mxft-launch: error: {hosts}:2: slots must be a whole number >= 1, got 'zero'"
+
+
+def test_launcher_does_not_import_mxnet():
+    code = "import sys, launcher.cli; assert 'mxnet' not in sys.modules, 'mxnet imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, demo_assets):
+    path = job_file(tmp_path, demo_assets)
+    cache = tmp_path / "cache"
+    result = run_launch([path, "--dry-run", "--run-root", str(tmp_path / "runs"), "--cache-dir", str(cache)],
+                        cwd=str(tmp_path), timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    assert "scheduler" in result.stdout and "worker 1" in result.stdout and "DMLC_NODE_HOST=127.0.0.1" in result.stdout
+    assert sorted(os.listdir(tmp_path)) == ["job.yaml"]
+    assert yaml.safe_load(open(path))["cluster"]["workers"] == 2

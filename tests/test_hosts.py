@@ -1,0 +1,43 @@
+"""Hosts files: the accepted forms and every mistake named with its line."""
+from __future__ import annotations
+
+import pytest
+
+from cluster.errors import InputError
+from cluster.hosts import HostSpec, parse_hosts
+
+
+def test_forms():
+    text = """
+    # cluster
+    gpu01 slots=8
+    gpu02:2222 slots=4 user=train   # trailing comment
+    10.0.0.7
+    [fe80::1]:22
+    localhost
+    """
+    assert parse_hosts(text, "h.txt") == (
+        HostSpec("gpu01", None, 8, None, 3),
+        HostSpec("gpu02", 2222, 4, "train", 4),
+        HostSpec("10.0.0.7", None, None, None, 5),
+        HostSpec("fe80::1", 22, None, None, 6),
+        HostSpec("localhost", None, None, None, 7),
+    )
+    assert parse_hosts("localhost\n", "h")[0].is_local
+    assert not parse_hosts("gpu01\n", "h")[0].is_local
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a\na\n", "h.txt:2: host 'a' is already listed on line 1"),
+    ("a slots=0\n", "h.txt:1: slots must be a whole number >= 1, got '0'"),
+    ("a slots=x\n", "h.txt:1: slots must be a whole number >= 1, got 'x'"),
+    ("a gpus=2\n", "h.txt:1: unknown field 'gpus=2' (expected slots=N or user=NAME)"),
+    ("a:99999\n", "h.txt:1: port 99999 is not in 1-65535"),
+    ("a/b\n", "h.txt:1: 'a/b' is not a host name or address (expected HOST[:PORT])"),
+    ("# nothing\n\n", "h.txt: lists no hosts (one HOST[:PORT] [slots=N] [user=NAME] per line)"),
+    ("a slots=1 slots=2\n", "h.txt:1: 'slots' is given twice"),
+])
+def test_mistakes(text, expected):
+    with pytest.raises(InputError) as info:
+        parse_hosts(text, "h.txt")
+    assert str(info.value) == expected

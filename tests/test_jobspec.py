@@ -1,0 +1,124 @@
+"""Job files: defaults, every shipped job, and each kind of mistake named at its line."""
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from cluster.errors import InputError
+from launcher.jobspec import (ClusterSpec, DataSpec, InitializerSpec, JobSpec, ModelSpec, TrainSpec, Variant,
+                              expand_path, load_job, parse_job)
+from tests.helpers import REPO
+
+MINIMAL = """\
+num_classes: 256
+model:
+  prefix: models/resnet-50
+data:
+  train: data/train.rec
+  val: data/val.rec
+"""
+
+
+def parse(text: str, environ=None) -> JobSpec:
+    return parse_job(text, "/jobs/x.yaml", environ=environ or {})
+
+
+def error_of(text: str, environ=None) -> str:
+    with pytest.raises(InputError) as info:
+        parse(text, environ)
+    return str(info.value)
+
+
+def test_defaults_are_the_tutorial_recipe():
+    job = parse(MINIMAL)
+    assert job == JobSpec(
+        name="x", source="/jobs/x.yaml", num_classes=256,
+        model=ModelSpec(prefix="/jobs/models/resnet-50", epoch=0, cut_layer="flatten0", variant=Variant.FULL),
+        data=DataSpec(train="/jobs/data/train.rec", val="/jobs/data/val.rec", shape=(3, 224, 224),
+                      rand_crop=True, rand_mirror=True),
+        train=TrainSpec(epochs=8, batch_per_device=16, optimizer="sgd", optimizer_params={"learning_rate": 0.01},
+                        initializer=InitializerSpec("xavier", {"rnd_type": "gaussian", "factor_type": "in",
+                                                               "magnitude": 2})),
+        cluster=ClusterSpec(workers=1, servers=1, devices=(0, 1, 2, 3, 4, 5, 6, 7), kvstore="auto"),
+    )
+    assert job.cluster.effective_kvstore == "dist_sync_device"
+    assert job.model.params_path == "/jobs/models/resnet-50-0000.params"
+
+
+def test_cpu_devices_use_dist_sync():
+    job = parse(MINIMAL + "cluster: {devices: cpu, workers: 2}\n")
+    assert job.cluster.devices is None and job.cluster.effective_kvstore == "dist_sync"
+    assert parse(MINIMAL + "cluster: {devices: 'gpu:2'}\n").cluster.devices == (0, 1)
+    assert parse(MINIMAL + "cluster: {devices: [3, 5]}\n").cluster.devices == (3, 5)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "jobs", "*.yaml"))))
+def test_every_shipped_job_parses(path):
+    job = load_job(path, environ={})
+    assert job.num_classes >= 2 and job.name
+
+
+def test_tutorial_jobs_match_the_published_runs():
+    r50 = load_job(os.path.join(REPO, "jobs", "resnet50.yaml"), environ={})
+    r152 = load_job(os.path.join(REPO, "jobs", "resnet152.yaml"), environ={})
+    for job in (r50, r152):
+        assert job.num_classes == 257  # the public rec files include 257.clutter
+        assert job.train == TrainSpec()
+        assert job.data.shape == (3, 224, 224) and job.data.rand_crop and job.data.rand_mirror
+        assert job.cluster.devices == tuple(range(8))
+        assert job.data.train.endswith("caltech-256-60-train.rec")
+        assert job.model.url.startswith("http")
+    assert r50.min_accuracy == 0.77 and r152.min_accuracy == 0.86
+    assert r50.model.prefix.endswith("resnet-50") and r152.model.prefix.endswith("resnet-152")
+
+
+def test_paths_expand_variables_and_home():
+    assert expand_path("${D:-/tmp}/a.rec", "/jobs", {}) == "/tmp/a.rec"
+    assert expand_path("${D:-/tmp}/a.rec", "/jobs", {"D": "/data"}) == "/data/a.rec"
+    assert expand_path("a.rec", "/jobs", {}) == "/jobs/a.rec"
+    assert expand_path("~/a.rec", "/jobs", {}) == os.path.expanduser("~/a.rec")
+
+
+@pytest.mark.parametrize("text, expected", [
+    (MINIMAL + "train:\n  epocs: 3\n",
+     "/jobs/x.yaml:8: unknown key 'epocs' in train; did you mean 'epochs'?"),
+    (MINIMAL.replace("model:", "modle:"),
+     "/jobs/x.yaml:2: unknown key 'modle'; did you mean 'model'?"),
+    (MINIMAL + "train:\n  epochs: eight\n",
+     "/jobs/x.yaml:8: train.epochs must be an integer >= 1, got 'eight'"),
+    (MINIMAL + "train:\n  epochs: 0\n",
+     "/jobs/x.yaml:8: train.epochs must be an integer >= 1, got 0"),
+    (MINIMAL + "cluster:\n  kvstore: dist_sink\n",
+     "/jobs/x.yaml:8: cluster.kvstore must be one of auto, dist_sync, dist_sync_device, dist_async, "
+     "dist_device_sync, got 'dist_sink'"),
+    (MINIMAL + "cluster:\n  devices: gpu\n",
+     "/jobs/x.yaml:8: cluster.devices must be 'cpu', 'gpu:N' or a list of distinct GPU ids such as [0, 1], "
+     "got 'gpu'"),
+    (MINIMAL + "expect:\n  min_accuracy: 77\n",
+     "/jobs/x.yaml:8: expect.min_accuracy must be a number between 0 and 1, got 77"),
+    (MINIMAL + "data2: 1\n", "/jobs/x.yaml:7: unknown key 'data2'; did you mean 'data'?"),
+    (MINIMAL.replace("num_classes: 256\n", ""), "/jobs/x.yaml:1: missing required key 'num_classes'"),
+    (MINIMAL.replace("  val: data/val.rec\n", ""), "/jobs/x.yaml:4: missing required key 'data.val'"),
+    (MINIMAL + "model: {prefix: a}\n", "/jobs/x.yaml:7: key 'model' appears twice"),
+    (MINIMAL + "data:\n  shape: [3, 224]\n", "/jobs/x.yaml:7: key 'data' appears twice"),
+    ("num_classes: [\n", "/jobs/x.yaml:2: not valid YAML: expected the node content, but found '<stream end>'"),
+    ("- 1\n- 2\n", "/jobs/x.yaml:1: the job must be a mapping of keys, got list"),
+    (MINIMAL + "train:\n  batch_per_device: true\n",
+     "/jobs/x.yaml:8: train.batch_per_device must be an integer >= 1, got True"),
+    (MINIMAL.replace("prefix: models/resnet-50", "prefix: ${MODELS}/resnet-50"),
+     "/jobs/x.yaml:3: environment variable MODELS is not set (set it, or write ${MODELS:-default})"),
+    (MINIMAL + "model2: {}\n", "/jobs/x.yaml:7: unknown key 'model2'; did you mean 'model'?"),
+    (MINIMAL + "train: {initializer: {type: xavier, magnitud: 3}}\n",
+     "/jobs/x.yaml:7: unknown key 'magnitud' in train.initializer; did you mean 'magnitude'?"),
+])
+def test_mistakes_are_named_at_their_line(text, expected):
+    assert error_of(text) == expected
+
+
+def test_variant_and_shape_are_checked():
+    assert "model.variant must be one of full, frozen, scratch" in error_of(
+        MINIMAL.replace("prefix: models/resnet-50", "prefix: m\n  variant: freeze"))
+    assert "data.shape must be [channels, height, width]" in error_of(
+        MINIMAL.replace("  val: data/val.rec", "  val: v.rec\n  shape: [3, 224]"))

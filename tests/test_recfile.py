@@ -1,0 +1,94 @@
+"""RecordIO reading and sharding in pure Python, checked against files mxnet writes."""
+from __future__ import annotations
+
+import os
+
+import mxnet as mx
+import pytest
+
+from cluster.errors import InputError
+from launcher import recfile
+
+
+def write_rec(prefix: str, labels, *, payload=lambda i: b"img%d" % i) -> str:
+    writer = mx.recordio.MXIndexedRecordIO(prefix + ".idx", prefix + ".rec", "w")
+    for key, label in enumerate(labels):
+        writer.write_idx(key, mx.recordio.pack(mx.recordio.IRHeader(0, float(label), key, 0), payload(key)))
+    writer.close()
+    return prefix + ".rec"
+
+
+def test_index_labels_and_scan_agree(tmp_path):
+    rec = write_rec(str(tmp_path / "a"), [0, 1, 2, 1, 0])
+    spans = recfile.read_index(rec)
+    assert [s.key for s in spans] == [0, 1, 2, 3, 4]
+    assert sum(s.size_bytes for s in spans) == os.path.getsize(rec)
+    assert recfile.read_labels(rec, spans) == [0, 1, 2, 1, 0]
+    os.remove(str(tmp_path / "a.idx"))
+    assert [(s.offset, s.size_bytes) for s in recfile.read_index(rec)] == [(s.offset, s.size_bytes) for s in spans]
+
+
+def test_multi_part_records_and_label_arrays(tmp_path):
+    magic = (0xCED7230A).to_bytes(4, "little")
+    prefix = str(tmp_path / "m")
+    writer = mx.recordio.MXIndexedRecordIO(prefix + ".idx", prefix + ".rec", "w")
+    # A payload holding the magic word is split into parts by the writer.
+    writer.write_idx(0, mx.recordio.pack(mx.recordio.IRHeader(0, 3.0, 0, 0), b"ab" + magic + b"cd" + magic))
+    writer.write_idx(1, mx.recordio.pack(mx.recordio.IRHeader(0, [4.0, 9.0], 1, 0), b"xy"))
+    writer.close()
+    spans = recfile.read_index(prefix + ".rec")
+    assert recfile.read_labels(prefix + ".rec", spans) == [3.0, 4.0]
+    assert [s.size_bytes for s in recfile.scan_records(prefix + ".rec")] == [s.size_bytes for s in spans]
+    recfile.write_shard(prefix + ".rec", spans[:1], str(tmp_path / "shard"))
+    reader = mx.recordio.MXIndexedRecordIO(str(tmp_path / "shard.idx"), str(tmp_path / "shard.rec"), "r")
+    header, payload = mx.recordio.unpack(reader.read_idx(0))
+    assert header.label == 3.0 and payload == b"ab" + magic + b"cd" + magic
+
+
+def test_strided_shards_cover_every_record_once():
+    shards = recfile.strided_shards(10, 3)
+    assert [list(s) for s in shards] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert recfile.strided_shards(2, 1) == [range(0, 2, 1)]
+
+
+def test_shards_are_byte_copies_readable_by_mxnet(tmp_path):
+    rec = write_rec(str(tmp_path / "a"), [i % 3 for i in range(7)], payload=lambda i: bytes([i]) * (i + 1))
+    spans = recfile.read_index(rec)
+    parts = [recfile.write_shard(rec, [spans[i] for i in positions], str(tmp_path / f"part{n}"))
+             for n, positions in enumerate(recfile.strided_shards(len(spans), 2))]
+    seen = []
+    for shard_rec, shard_idx in parts:
+        reader = mx.recordio.MXIndexedRecordIO(shard_idx, shard_rec, "r")
+        for key in reader.keys:
+            header, payload = mx.recordio.unpack(reader.read_idx(key))
+            assert payload == bytes([key]) * (key + 1) and header.label == key % 3
+            seen.append(key)
+    assert sorted(seen) == list(range(7))
+    assert not any(name.endswith(".partial") for name in os.listdir(tmp_path))
+
+
+def test_label_summary_checks():
+    summary = recfile.LabelSummary.of("t.rec", [0, 1, 2, 256, 256])
+    with pytest.raises(InputError) as info:
+        summary.check(256, require_every_class=True)
+    assert str(info.value) == ("t.rec: labels 0..256 (4 distinct), but num_classes is 256: 256 fall outside "
+                               "[0, 256) (set num_classes to 257 or re-pack the data)")
+    with pytest.raises(InputError) as info:
+        recfile.LabelSummary.of("t.rec", [0, 3]).check(6, require_every_class=True)
+    assert str(info.value) == ("t.rec: 4 of 6 classes have no training images: 1-2, 4-5 "
+                               "(lower num_classes or add images for those classes)")
+    recfile.LabelSummary.of("v.rec", [0, 3]).check(6, require_every_class=False)
+
+
+def test_broken_files_are_named(tmp_path):
+    rec = write_rec(str(tmp_path / "a"), [0, 1])
+    with open(tmp_path / "a.idx", "a") as handle:
+        handle.write("2\t999999\n")
+    with pytest.raises(InputError, match=r"a\.idx:3: offset 999999 is outside"):
+        recfile.read_index(rec)
+    with open(tmp_path / "junk.rec", "wb") as handle:
+        handle.write(b"\0" * 64)
+    with pytest.raises(InputError, match="no RecordIO magic at byte 0"):
+        recfile.read_index(str(tmp_path / "junk.rec"))
+    with pytest.raises(InputError, match="file not found"):
+        recfile.read_index(str(tmp_path / "missing.rec"))
