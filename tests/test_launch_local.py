@@ -74,7 +74,7 @@ def test_two_workers_two_servers_learn_what_one_worker_learns(tmp_path, demo_ass
 
 def test_fine_tuning_beats_training_from_scratch(tmp_path, demo_assets):
     tuned, _, _ = launch_ok(tmp_path, demo_job(demo_assets), "tuned")
-    # Scratch gets its best learning rate of {0.02, 0.05, 0.1} (bench/demo_vs_scratch.py sweeps it).
+    # Scratch gets a learning rate near its best of {0.02, 0.05, 0.1} (bench/demo_vs_scratch.py sweeps them).
     scratch, _, _ = launch_ok(tmp_path, demo_job(demo_assets, model={"variant": "scratch"},
                                                  train={"optimizer_params": {"learning_rate": 0.05}}), "scratch")
     assert tuned["val_accuracy"] - scratch["val_accuracy"] >= 0.10, (tuned["val_accuracy"], scratch["val_accuracy"])

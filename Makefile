@@ -1,0 +1,26 @@
+# Two commands on a fresh machine (Python 3.11 with venv; pip reaches PyPI):
+#   make demo   - fine-tune the embedded demo with a real 2-worker ps-lite job
+#   make test   - the whole test suite (CI runs exactly this through .ci/run)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench clean
+
+$(BIN)/mxft-launch: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(BIN)/mxft-launch
+	$(BIN)/mxft-launch --local jobs/demo.yaml
+
+test: $(BIN)/mxft-launch
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/mxft-launch
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

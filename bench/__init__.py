@@ -1,0 +1,1 @@
+"""Benchmarks: each writes its table into BENCHMARKS.md (``python -m bench [NAME ...]``)."""
