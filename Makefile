@@ -16,7 +16,11 @@ $(BIN)/mxft-launch: pyproject.toml
 demo: $(BIN)/mxft-launch
 	$(BIN)/mxft-launch --local jobs/demo.yaml
 
-test: $(BIN)/mxft-launch
+# The multi-host tests run real OpenSSH servers in network namespaces (root, iproute2).
+/usr/sbin/sshd:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2 >/dev/null
+
+test: $(BIN)/mxft-launch /usr/sbin/sshd
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/mxft-launch

@@ -1,8 +1,9 @@
-"""Hosts files: ``HOST[:PORT] [slots=N] [user=NAME]`` per line.
+"""Hosts files: ``HOST[:PORT] [slots=N] [user=NAME] [python=PATH]`` per line.
 
 ``#`` starts a comment; blank lines are ignored; a bare IP per line (the format of
 MXNet's tools/launch.py) is valid. ``slots`` is how many devices (GPUs) the host
-offers, as in DeepSpeed's and MPI's hostfiles. Example::
+offers, as in DeepSpeed's and MPI's hostfiles; ``python`` the interpreter with mxnet
+there (default ``python3``). Example::
 
     # hosts.txt
     gpu01 slots=8
@@ -30,6 +31,7 @@ class HostSpec:
     slots: int | None = None
     user: str | None = None
     line: int = 0
+    python: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -52,8 +54,8 @@ def _parse_line(text: str, where: str, line_no: int) -> HostSpec:
     options: dict[str, str] = {}
     for field in fields[1:]:
         key, sep, value = field.partition("=")
-        if not sep or key not in ("slots", "user"):
-            raise InputError(where, f"unknown field '{field}'", hint="expected slots=N or user=NAME")
+        if not sep or key not in ("slots", "user", "python"):
+            raise InputError(where, f"unknown field '{field}'", hint="expected slots=N, user=NAME or python=PATH")
         if key in options:
             raise InputError(where, f"'{key}' is given twice")
         options[key] = value
@@ -63,7 +65,10 @@ def _parse_line(text: str, where: str, line_no: int) -> HostSpec:
     user = options.get("user")
     if user is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", user):
         raise InputError(where, f"'{user}' is not a user name")
-    return HostSpec(name, int(port) if port else None, int(slots) if slots else None, user, line_no)
+    python = options.get("python")
+    if python is not None and not python:
+        raise InputError(where, "python= needs a path")
+    return HostSpec(name, int(port) if port else None, int(slots) if slots else None, user, line_no, python)
 
 
 def parse_hosts(text: str, source: str) -> tuple[HostSpec, ...]:
@@ -82,7 +87,7 @@ def parse_hosts(text: str, source: str) -> tuple[HostSpec, ...]:
         seen[key] = line_no
         hosts.append(host)
     if not hosts:
-        raise InputError(source, "lists no hosts", hint="one HOST[:PORT] [slots=N] [user=NAME] per line")
+        raise InputError(source, "lists no hosts", hint="one HOST[:PORT] [slots=N] [user=NAME] [python=PATH] per line")
     return tuple(hosts)
 
 

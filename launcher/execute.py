@@ -10,14 +10,16 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from cluster.errors import JobFailed
 from cluster.local import LocalTransport
-from cluster.supervise import Member, Supervisor
+from cluster.ssh import SSHHost
+from cluster.supervise import Member, Supervisor, Transport
 from launcher import recfile
 from launcher.inputs import Inventory
 from launcher.plan import Plan, Role
+from launcher.stage import fetch_dir, stage_all
 from trainer import events
 
 
@@ -71,26 +73,47 @@ class RunResult:
     checkpoint_prefix: str
 
 
-def execute(plan: Plan, inventory: Inventory, *, echo: Callable[[str], None]) -> RunResult:
-    """Run the plan to completion; raises JobFailed (root cause first) if any process fails."""
+def execute(plan: Plan, inventory: Inventory, *, echo: Callable[[str], None],
+            ssh_hosts: Mapping[str, SSHHost] | None = None) -> RunResult:
+    """Run the plan to completion; raises JobFailed (root cause first) if any process fails.
+
+    ``ssh_hosts`` maps the label of every remote host of the plan to its SSHHost; hosts
+    not in it run their processes on this machine.
+    """
+    ssh_hosts = dict(ssh_hosts or {})
     stage_local(plan, inventory)
+    if plan.transfers:
+        started = time.monotonic()
+        reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
+                            progress=lambda text: echo(f"[stage] {text}"))
+        for report in reports:
+            echo(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data), "
+                 f"{report.files_present} already there ({report.bytes_present} bytes) in {report.seconds:.1f} s")
+        echo(f"[stage] {sum(r.data_bytes_sent for r in reports)} bytes of data sent in total "
+             f"({time.monotonic() - started:.1f} s)")
+    transports: dict[str, Transport] = {label: LocalTransport() for label in (h.label for h in plan.hosts)}
+    transports.update(ssh_hosts)
     run_events = RunEvents(os.path.join(plan.run_dir, "events.jsonl"))
-    transport = LocalTransport()
     with Supervisor(echo=echo, on_line=run_events.on_line) as group:
         for proc in plan.processes:
-            group.start(proc.name, transport, proc.argv, env=proc.env_dict, log_path=proc.log_path,
+            group.start(proc.name, transports[proc.host], proc.argv, env=proc.env_dict, log_path=proc.log_path,
                         primary=proc.role is Role.WORKER)
         group.wait()
-    return collect(plan, run_events)
+    return collect(plan, run_events, ssh_hosts)
 
 
-def collect(plan: Plan, run_events: RunEvents) -> RunResult:
+def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost]) -> RunResult:
     """Bring rank 0's result.json and checkpoint to the top of the run directory."""
     index = run_events.rank0_worker()
     if index is None:
         raise JobFailed("the workers finished but none reported joining as rank 0; see the worker logs in "
                         f"{os.path.join(plan.run_dir, 'logs')}")
     out_dir = plan.workers[index].out_dir
+    host = plan.worker_hosts[index]
+    if host in ssh_hosts:
+        local_out = os.path.join(plan.run_dir, "workers", f"worker-{index}")
+        fetch_dir(ssh_hosts[host], out_dir, local_out)
+        out_dir = local_out
     source = os.path.join(out_dir, "result.json")
     if not os.path.isfile(source):
         raise JobFailed(f"worker {index} (rank 0) exited 0 but wrote no {source}")

@@ -58,17 +58,40 @@ class ShardSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class HostFacts:
+    """What preflight learnt about a host (or what a dry run assumes)."""
+
+    address: str                          # where the other hosts reach it (DMLC_NODE_HOST)
+    python: str                           # the interpreter that runs trainer there
+    cpu_count: int
+    work_dir: str = ""                    # absolute remote work folder ("" = Facts.remote_dir)
+
+
+@dataclasses.dataclass(frozen=True)
 class Facts:
     """What the plan depends on that is decided outside it (so planning stays pure)."""
 
     run_id: str
-    run_dir: str
+    run_dir: str                          # on this machine: logs, results, checkpoints
     cache_dir: str                        # shards are cached here, keyed by data and worker count
     scheduler_port: int
-    python: str                           # interpreter that runs trainer on the hosts
-    code_dir: str                         # folder holding the trainer package
-    cpu_count: int
+    code_dir: str                         # folder holding the trainer package on this machine
     train_fingerprint: str                # changes whenever the training .rec changes
+    hosts: Mapping[str, HostFacts]        # by host label
+    remote_dir: str = "~/.mxft"           # work folder on remote hosts
+    code_files: tuple[str, ...] = ()      # paths under code_dir that remote hosts need
+    code_hash: str = ""                   # changes whenever any of code_files changes
+    file_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)  # local path -> content key
+
+
+@dataclasses.dataclass(frozen=True)
+class Transfer:
+    """One file to put on a host before the run starts."""
+
+    host: str
+    source: str                           # path on this machine
+    dest: str                             # path on the host
+    kind: str                             # code | data (content-addressed, kept) | run (this run's own)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +105,17 @@ class Plan:
     processes: tuple[ProcessSpec, ...]
     shards: tuple[ShardSpec, ...]
     workers: tuple[WorkerConfig, ...]
+    worker_hosts: tuple[str, ...]         # host label of each worker
     batches_per_epoch: int
+    transfers: tuple[Transfer, ...] = ()
+    remote_roots: Mapping[str, str] = dataclasses.field(default_factory=dict)  # host label -> work folder
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.transfers) or any(not h.is_local for h in self.hosts)
 
     def config_path(self, worker: int) -> str:
+        """Where the launcher writes worker ``worker``'s config on this machine."""
         return os.path.join(self.run_dir, "config", f"worker-{worker}.json")
 
     @property
@@ -119,6 +150,12 @@ class Plan:
                          f"{detail}".rstrip())
             lines.append(f"      {' '.join(proc.argv)}")
             lines.append(f"      log {proc.log_path}")
+        for host in self.hosts:
+            files = [t for t in self.transfers if t.host == host.label]
+            if files:
+                kinds = ", ".join(f"{sum(t.kind == kind for t in files)} {kind}" for kind in ("code", "data", "run"))
+                lines.append(f"  stage to {host.label}: {len(files)} files ({kinds})")
+                lines += [f"      {t.source} -> {t.dest}" for t in files if t.kind != "code"]
         return "\n".join(lines)
 
 
@@ -136,12 +173,32 @@ def place(count: int, hosts: Sequence[HostSpec], *, offset: int = 0) -> list[Hos
     return [hosts[(offset + i) % len(hosts)] for i in range(count)]
 
 
-def _address(host: HostSpec) -> str:
-    return "127.0.0.1" if host.is_local else host.name
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where a host keeps this run's files: this machine's paths, or under the remote dir."""
+
+    local: bool
+    root: str
+    run_dir: str
+    code_dir: str
+    data_dir: str
+
+    @classmethod
+    def of(cls, host: HostSpec, facts: Facts) -> "_Layout":
+        if host.is_local:
+            return cls(True, "", facts.run_dir, facts.code_dir, "")
+        root = (facts.hosts[host.label].work_dir or facts.remote_dir).rstrip("/")
+        return cls(False, root, f"{root}/runs/{facts.run_id}", f"{root}/code/{facts.code_hash}", f"{root}/data")
+
+    def data(self, local_path: str, key: str) -> str:
+        return local_path if self.local else f"{self.data_dir}/{key}/{os.path.basename(local_path)}"
 
 
 def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], facts: Facts) -> Plan:
-    """Decide every process, shard and config of the run. Raises InputError if the job cannot fit."""
+    """Decide every process, shard, file copy and config of the run.
+
+    Raises InputError if the job cannot fit the data or the hosts.
+    """
     cluster = job.cluster
     num_workers = cluster.workers
     if num_workers > len(inventory.train_records):
@@ -149,8 +206,10 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
                          "training images", hint="use fewer workers")
     hosts = tuple(hosts)
     worker_hosts = place(num_workers, hosts)
-    server_hosts = place(cluster.servers, hosts)
+    server_hosts = place(cluster.servers, hosts, offset=num_workers)  # servers continue after the workers
+    _check_slots(job, worker_hosts)
     scheduler_host = hosts[0]
+    layouts = {h.label: _Layout.of(h, facts) for h in hosts}
     batch = job.train.batch_per_device * (len(cluster.devices) if cluster.devices else 1)
     positions = recfile.strided_shards(len(inventory.train_records), num_workers)
     batches_per_epoch = math.ceil(max(len(p) for p in positions) / batch)
@@ -158,48 +217,99 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
     shards = tuple(ShardSpec(i, p, os.path.join(shards_at, f"part-{i}-of-{num_workers}"))
                    for i, p in enumerate(positions))
 
+    transfers: list[Transfer] = []
+
+    def stage(host: HostSpec, source: str, key: str, kind: str = "data") -> str:
+        dest = layouts[host.label].data(source, key)
+        if not layouts[host.label].local and all(t.host != host.label or t.dest != dest for t in transfers):
+            transfers.append(Transfer(host.label, source, dest, kind))
+        return dest
+
+    busy = {h.label for h in [scheduler_host, *server_hosts, *worker_hosts]}
+    for host in hosts:
+        layout = layouts[host.label]
+        if not layout.local and host.label in busy:
+            transfers += [Transfer(host.label, os.path.join(facts.code_dir, rel), f"{layout.code_dir}/{rel}", "code")
+                          for rel in facts.code_files]
+    workers = []
+    shard_key = os.path.basename(shards_at)
+    for i, host in enumerate(worker_hosts):
+        layout = layouts[host.label]
+        keys = facts.file_keys
+        paths = {
+            "train_rec": stage(host, shards[i].rec_path, shard_key),
+            "train_idx": stage(host, shards[i].prefix + ".idx", shard_key),
+            "val_rec": stage(host, job.data.val, keys.get(job.data.val, "val")),
+            "model_symbol": stage(host, job.model.symbol_path, keys.get(job.model.symbol_path, "model")),
+            "model_params": stage(host, job.model.params_path, keys.get(job.model.params_path, "model")),
+        }
+        val_idx = recfile.idx_path_for(job.data.val)
+        if val_idx in keys:
+            stage(host, val_idx, keys[val_idx])
+        workers.append(_worker_config(job, inventory, shards[i], batches_per_epoch, paths=paths,
+                                      out_dir=f"{layout.run_dir}/workers/worker-{i}"))
+        if not layout.local:
+            transfers.append(Transfer(host.label, os.path.join(facts.run_dir, "config", f"worker-{i}.json"),
+                                      f"{layout.run_dir}/config/worker-{i}.json", "run"))
+
     base_env = {
-        "DMLC_PS_ROOT_URI": _address(scheduler_host),
+        "DMLC_PS_ROOT_URI": facts.hosts[scheduler_host.label].address,
         "DMLC_PS_ROOT_PORT": str(facts.scheduler_port),
         "DMLC_NUM_SERVER": str(cluster.servers),
         "DMLC_NUM_WORKER": str(num_workers),
-        "PYTHONPATH": facts.code_dir,
         "PYTHONUNBUFFERED": "1",
         "MXFT_RUN_ID": facts.run_id,
     }
     workers_per_host = {h.label: worker_hosts.count(h) for h in hosts}
 
-    def process(role: Role, rank: int, host: HostSpec, argv: tuple[str, ...]) -> ProcessSpec:
-        env = dict(base_env, DMLC_ROLE=role.value, DMLC_NODE_HOST=_address(host))
+    def process(role: Role, rank: int, host: HostSpec, args: tuple[str, ...] = ()) -> ProcessSpec:
+        layout, host_facts = layouts[host.label], facts.hosts[host.label]
+        env = dict(base_env, DMLC_ROLE=role.value, DMLC_NODE_HOST=host_facts.address, PYTHONPATH=layout.code_dir)
         if role is Role.WORKER and cluster.devices is None:
-            env["OMP_NUM_THREADS"] = str(max(1, facts.cpu_count // workers_per_host[host.label]))
+            env["OMP_NUM_THREADS"] = str(max(1, host_facts.cpu_count // workers_per_host[host.label]))
         elif role is not Role.WORKER:
             env["OMP_NUM_THREADS"] = "1"
         name = role.value if role is Role.SCHEDULER else f"{role.value}-{rank}"
+        argv = (host_facts.python, "-m", "trainer") + args
+        if not layout.local:
+            argv = (host_facts.python, "-m", "trainer.remote", "--pid-file",
+                    f"{layout.run_dir}/pids/{name}.pid", "--") + argv
         return ProcessSpec(role, rank, host.label, argv, tuple(sorted(env.items())),
                            os.path.join(facts.run_dir, "logs", f"{name}.log"))
 
-    trainer = (facts.python, "-m", "trainer")
-    processes = [process(Role.SCHEDULER, 0, scheduler_host, trainer)]
-    processes += [process(Role.SERVER, i, h, trainer) for i, h in enumerate(server_hosts)]
-    workers = tuple(_worker_config(job, inventory, facts, shards[i], batches_per_epoch) for i in range(num_workers))
-    processes += [process(Role.WORKER, i, h, trainer + ("--config", os.path.join(facts.run_dir, "config",
-                                                                                  f"worker-{i}.json")))
+    processes = [process(Role.SCHEDULER, 0, scheduler_host)]
+    processes += [process(Role.SERVER, i, h) for i, h in enumerate(server_hosts)]
+    processes += [process(Role.WORKER, i, h, ("--config", f"{layouts[h.label].run_dir}/config/worker-{i}.json"))
                   for i, h in enumerate(worker_hosts)]
-    return Plan(facts.run_id, facts.run_dir, job, hosts, _address(scheduler_host), facts.scheduler_port,
-                tuple(processes), shards, workers, batches_per_epoch)
+    return Plan(facts.run_id, facts.run_dir, job, hosts, facts.hosts[scheduler_host.label].address,
+                facts.scheduler_port, tuple(processes), shards, tuple(workers),
+                tuple(h.label for h in worker_hosts), batches_per_epoch, tuple(transfers),
+                {label: layout.root for label, layout in layouts.items() if not layout.local})
 
 
-def _worker_config(job: JobSpec, inventory: Inventory, facts: Facts, shard: ShardSpec,
-                   batches_per_epoch: int) -> WorkerConfig:
+def _check_slots(job: JobSpec, worker_hosts: Sequence[HostSpec]) -> None:
+    """A host with ``slots=N`` must not get more devices than N."""
+    if job.cluster.devices is None:
+        return
+    for host in set(worker_hosts):
+        wanted = worker_hosts.count(host) * len(job.cluster.devices)
+        if host.slots is not None and wanted > host.slots:
+            raise InputError(f"line {host.line}" if host.line else host.label,
+                             f"host '{host.label}' offers slots={host.slots} but gets "
+                             f"{worker_hosts.count(host)} worker(s) x {len(job.cluster.devices)} devices",
+                             hint="add hosts, raise slots, or lower cluster.workers / cluster.devices")
+
+
+def _worker_config(job: JobSpec, inventory: Inventory, shard: ShardSpec, batches_per_epoch: int, *,
+                   paths: Mapping[str, str], out_dir: str) -> WorkerConfig:
     train, data, model = job.train, job.data, job.model
     return WorkerConfig(
         index=shard.worker,
-        train_rec=shard.rec_path,
-        val_rec=data.val,
+        train_rec=paths["train_rec"],
+        val_rec=paths["val_rec"],
         num_val_images=inventory.val_records,
         batches_per_epoch=batches_per_epoch,
-        model_prefix=model.prefix,
+        model_prefix=paths["model_symbol"][: -len("-symbol.json")],
         model_epoch=model.epoch,
         cut_layer=model.cut_layer,
         variant=model.variant.value,
@@ -217,12 +327,7 @@ def _worker_config(job: JobSpec, inventory: Inventory, facts: Facts, shard: Shar
         log_every_batches=train.log_every_batches,
         devices=list(job.cluster.devices) if job.cluster.devices is not None else None,
         kvstore=job.cluster.effective_kvstore,
-        out_dir=os.path.join(facts.run_dir, "workers", f"worker-{shard.worker}"),
+        out_dir=out_dir,
         checkpoint_name=job.name,
         job=job.to_dict(),
     )
-
-
-def worker_envs(plan: Plan) -> Mapping[int, dict[str, str]]:
-    """Env of each worker by rank in the plan (handy for tests and reports)."""
-    return {p.rank: p.env_dict for p in plan.processes if p.role is Role.WORKER}

@@ -17,3 +17,14 @@ def demo_assets() -> str:
     subprocess.run([sys.executable, "-m", "trainer.demo_assets", out_dir], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=REPO))
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def hosts3():
+    """Three real SSH hosts (network namespaces with their own sshd); fails, never skips, if they cannot come up."""
+    from tests import netns
+    cluster = netns.up(3)
+    try:
+        yield cluster
+    finally:
+        netns.down()

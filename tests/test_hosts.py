@@ -15,6 +15,7 @@ def test_forms():
     10.0.0.7
     [fe80::1]:22
     localhost
+    gpu03 python=/opt/venv/bin/python
     """
     assert parse_hosts(text, "h.txt") == (
         HostSpec("gpu01", None, 8, None, 3),
@@ -22,6 +23,7 @@ def test_forms():
         HostSpec("10.0.0.7", None, None, None, 5),
         HostSpec("fe80::1", 22, None, None, 6),
         HostSpec("localhost", None, None, None, 7),
+        HostSpec("gpu03", None, None, None, 8, "/opt/venv/bin/python"),
     )
     assert parse_hosts("localhost\n", "h")[0].is_local
     assert not parse_hosts("gpu01\n", "h")[0].is_local
@@ -31,10 +33,10 @@ def test_forms():
     ("a\na\n", "h.txt:2: host 'a' is already listed on line 1"),
     ("a slots=0\n", "h.txt:1: slots must be a whole number >= 1, got '0'"),
     ("a slots=x\n", "h.txt:1: slots must be a whole number >= 1, got 'x'"),
-    ("a gpus=2\n", "h.txt:1: unknown field 'gpus=2' (expected slots=N or user=NAME)"),
+    ("a gpus=2\n", "h.txt:1: unknown field 'gpus=2' (expected slots=N, user=NAME or python=PATH)"),
     ("a:99999\n", "h.txt:1: port 99999 is not in 1-65535"),
     ("a/b\n", "h.txt:1: 'a/b' is not a host name or address (expected HOST[:PORT])"),
-    ("# nothing\n\n", "h.txt: lists no hosts (one HOST[:PORT] [slots=N] [user=NAME] per line)"),
+    ("# nothing\n\n", "h.txt: lists no hosts (one HOST[:PORT] [slots=N] [user=NAME] [python=PATH] per line)"),
     ("a slots=1 slots=2\n", "h.txt:1: 'slots' is given twice"),
 ])
 def test_mistakes(text, expected):

@@ -9,7 +9,7 @@ from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from launcher.inputs import Inventory
 from launcher.jobspec import parse_job
-from launcher.plan import Facts, Role, make_plan, place, shard_dir
+from launcher.plan import Facts, HostFacts, Role, Transfer, make_plan, place, shard_dir
 from launcher.recfile import RecordSpan
 
 JOB = """\
@@ -21,7 +21,8 @@ train: {epochs: 2, batch_per_device: 4}
 cluster: {workers: 2, servers: 2, devices: cpu}
 """
 FACTS = Facts(run_id="small-1", run_dir="/runs/small-1", cache_dir="/cache", scheduler_port=9000,
-              python="/usr/bin/python3", code_dir="/code", cpu_count=2, train_fingerprint="f")
+              code_dir="/code", train_fingerprint="f",
+              hosts={"localhost": HostFacts("127.0.0.1", "/usr/bin/python3", 2)})
 
 
 def inventory(num_train: int = 9, num_val: int = 5) -> Inventory:
@@ -81,3 +82,45 @@ def test_describe_names_every_process():
     for name in ("scheduler", "server 0", "server 1", "worker 0", "worker 1", "shard 1: 4 records",
                  "root 127.0.0.1:9000", "2 epochs x 2 batches of 4 per worker"):
         assert name in text
+
+
+def test_remote_plan_literal():
+    hosts = (HostSpec("10.0.0.1"), HostSpec("10.0.0.2"))
+    facts = Facts(run_id="small-1", run_dir="/runs/small-1", cache_dir="/cache", scheduler_port=9000,
+                  code_dir="/code", train_fingerprint="f", remote_dir="~/.mxft",
+                  hosts={"10.0.0.1": HostFacts("10.0.0.1", "py", 4, "/home/a/.mxft"),
+                         "10.0.0.2": HostFacts("10.0.0.2", "py", 4, "/home/b/.mxft")},
+                  code_files=("trainer/worker.py",), code_hash="c0de",
+                  file_keys={"/m/net-symbol.json": "mk", "/m/net-0000.params": "mk", "/d/val.rec": "vk"})
+    plan = make_plan(parse_job(JOB, "/jobs/small.yaml", environ={}), inventory(), hosts, facts)
+    assert [(p.name, p.host, p.env_dict["DMLC_NODE_HOST"]) for p in plan.processes] == [
+        ("scheduler", "10.0.0.1", "10.0.0.1"), ("server 0", "10.0.0.1", "10.0.0.1"),
+        ("server 1", "10.0.0.2", "10.0.0.2"), ("worker 0", "10.0.0.1", "10.0.0.1"),
+        ("worker 1", "10.0.0.2", "10.0.0.2")]
+    worker1 = plan.processes[-1]
+    assert worker1.argv == ("py", "-m", "trainer.remote", "--pid-file", "/home/b/.mxft/runs/small-1/pids/worker-1.pid",
+                            "--", "py", "-m", "trainer", "--config", "/home/b/.mxft/runs/small-1/config/worker-1.json")
+    assert worker1.env_dict["PYTHONPATH"] == "/home/b/.mxft/code/c0de"
+    assert worker1.env_dict["DMLC_PS_ROOT_URI"] == "10.0.0.1" and worker1.env_dict["OMP_NUM_THREADS"] == "4"
+    shard_key = os.path.basename(shard_dir(facts, 2))
+    assert [t for t in plan.transfers if t.host == "10.0.0.2"] == [
+        Transfer("10.0.0.2", "/code/trainer/worker.py", "/home/b/.mxft/code/c0de/trainer/worker.py", "code"),
+        Transfer("10.0.0.2", plan.shards[1].rec_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.rec", "data"),
+        Transfer("10.0.0.2", plan.shards[1].prefix + ".idx", f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx", "data"),
+        Transfer("10.0.0.2", "/d/val.rec", "/home/b/.mxft/data/vk/val.rec", "data"),
+        Transfer("10.0.0.2", "/m/net-symbol.json", "/home/b/.mxft/data/mk/net-symbol.json", "data"),
+        Transfer("10.0.0.2", "/m/net-0000.params", "/home/b/.mxft/data/mk/net-0000.params", "data"),
+        Transfer("10.0.0.2", "/runs/small-1/config/worker-1.json", "/home/b/.mxft/runs/small-1/config/worker-1.json",
+                 "run"),
+    ]
+    assert plan.workers[1].model_prefix == "/home/b/.mxft/data/mk/net"
+    assert plan.workers[1].out_dir == "/home/b/.mxft/runs/small-1/workers/worker-1"
+    assert plan.remote_roots == {"10.0.0.1": "/home/a/.mxft", "10.0.0.2": "/home/b/.mxft"}
+
+
+def test_slots_limit_devices_per_host():
+    job = parse_job(JOB.replace("devices: cpu", "devices: [0, 1]"), "/jobs/small.yaml", environ={})
+    hosts = (HostSpec("a", slots=2, line=1), HostSpec("b", slots=1, line=2))
+    facts = Facts(**{**FACTS.__dict__, "hosts": {"a": HostFacts("a", "py", 1), "b": HostFacts("b", "py", 1)}})
+    with pytest.raises(InputError, match=r"line 2: host 'b' offers slots=1 but gets 1 worker\(s\) x 2 devices"):
+        make_plan(job, inventory(), hosts, facts)

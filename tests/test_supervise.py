@@ -76,3 +76,10 @@ def test_grandchildren_are_stopped_too(tmp_path):
                                         (3, "exited with code 3"), (-15, "was killed by SIGTERM")])
 def test_describe_exit(code, text):
     assert describe_exit(code) == text
+
+
+def test_remote_command_quotes_once():
+    from cluster.ssh import remote_command
+    assert remote_command(["echo", "a b", "$HOME"], env={"X": "1 2"}, cwd="/t d") == \
+        "cd '/t d' && exec env 'X=1 2' echo 'a b' '$HOME'"
+    assert remote_command(["true"]) == "exec true"

@@ -1,0 +1,129 @@
+"""Preflight: check every host in parallel before anything starts on any of them.
+
+Each host must be reachable over SSH with a known host key, have the Python named in
+the hosts file (default ``python3``), import the same mxnet version as this machine
+with ps-lite (``DIST_KVSTORE``; and CUDA with enough GPUs when the job wants GPUs),
+and have room in its work folder for what will be staged. All failures are reported
+together, one line per host.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+
+import paramiko
+
+from cluster.errors import InputError
+from cluster.hosts import HostSpec
+from cluster.ssh import HostKeyError, SSHHost
+from launcher.plan import HostFacts
+
+# Runs on the host with its Python; prints one JSON line. Imports mxnet last so a
+# missing mxnet still reports the rest.
+_PROBE = r"""
+import json, os, sys, time
+out = {"python": sys.version.split()[0], "cpus": os.cpu_count() or 1, "time": time.time(),
+       "home": os.path.expanduser("~")}
+work = os.path.expanduser(sys.argv[1])
+probe = work
+while not os.path.isdir(probe):
+    probe = os.path.dirname(probe) or "/"
+st = os.statvfs(probe)
+out["free_bytes"] = st.f_bavail * st.f_frsize
+out["work_dir"] = os.path.abspath(work)
+try:
+    import mxnet
+    from mxnet.runtime import Features
+    features = Features()
+    out["mxnet"] = mxnet.__version__
+    out["dist_kvstore"] = features.is_enabled("DIST_KVSTORE")
+    out["cuda"] = features.is_enabled("CUDA")
+    out["gpus"] = mxnet.context.num_gpus() if out["cuda"] else 0
+except Exception as err:
+    out["mxnet_error"] = f"{type(err).__name__}: {err}"
+print(json.dumps(out))
+"""
+
+
+def local_mxnet_version() -> str | None:
+    """The installed mxnet's version, read from package metadata (no import)."""
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if name == "mxnet" or name.startswith("mxnet-"):
+            return dist.version
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirements:
+    mxnet_version: str | None
+    gpus_per_host: Mapping[str, int]          # devices the job puts on each host (0: CPU job)
+    bytes_per_host: Mapping[str, int]         # what staging may write there
+    work_dir: str
+
+
+def check_host(ssh: SSHHost, spec: HostSpec, need: Requirements) -> HostFacts:
+    """Probe one host; raises InputError whose message is the one line for that host."""
+    python = spec.python or "python3"
+    fail = lambda message, hint="": InputError(f"host {spec.label}", message, hint=hint)  # noqa: E731
+    try:
+        code, out, err = ssh.run([python, "-c", _PROBE, need.work_dir], timeout_s=60)
+    except HostKeyError as err:
+        raise fail(str(err)) from None
+    except paramiko.AuthenticationException as err:
+        raise fail(f"SSH authentication failed ({err})", "check the user and identity file in ~/.ssh/config") from None
+    except (OSError, socket.timeout, paramiko.SSHException, EOFError) as err:
+        raise fail(f"unreachable over SSH: {err or type(err).__name__}",
+                   "check the name, port and network, then retry") from None
+    if code == 127:
+        raise fail(f"'{python}' not found", "install Python 3 there or set python=PATH in the hosts file")
+    if code != 0:
+        raise fail(f"'{python}' failed: {(err or out).strip().splitlines()[-1:] or ['?']}")
+    try:
+        info = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise fail(f"unexpected preflight output from '{python}': {out.strip()[-200:]!r}") from None
+    if "mxnet_error" in info:
+        raise fail(f"mxnet is not importable by {python}: {info['mxnet_error']}",
+                   f"pip install mxnet=={need.mxnet_version}" if need.mxnet_version else "install mxnet there")
+    if need.mxnet_version and info["mxnet"] != need.mxnet_version:
+        raise fail(f"mxnet {info['mxnet']} there, {need.mxnet_version} here", "install the same version on every host")
+    if not info["dist_kvstore"]:
+        raise fail(f"mxnet {info['mxnet']} there was built without DIST_KVSTORE (ps-lite)",
+                   "install a build with the distributed kvstore, e.g. the PyPI wheels")
+    gpus = need.gpus_per_host.get(spec.label, 0)
+    if gpus and not info["cuda"]:
+        raise fail(f"the job puts {gpus} GPUs there but its mxnet has no CUDA", "install mxnet-cu* there")
+    if gpus > info.get("gpus", 0):
+        raise fail(f"the job puts {gpus} GPUs there but it has {info.get('gpus', 0)}")
+    wanted = need.bytes_per_host.get(spec.label, 0)
+    if wanted > info["free_bytes"]:
+        raise fail(f"{info['work_dir']} has {info['free_bytes'] / 1e9:.1f} GB free, staging needs {wanted / 1e9:.1f} GB",
+                   "free space or choose another --remote-dir")
+    return HostFacts(address=ssh.address, python=python, cpu_count=int(info["cpus"]), work_dir=info["work_dir"])
+
+
+def preflight(hosts: Sequence[tuple[HostSpec, SSHHost]], need: Requirements) -> dict[str, HostFacts]:
+    """Check all hosts at once; raises one InputError listing every failing host."""
+    facts: dict[str, HostFacts] = {}
+    failures: dict[str, str] = {}
+
+    def one(spec: HostSpec, ssh: SSHHost) -> None:
+        try:
+            facts[spec.label] = check_host(ssh, spec, need)
+        except InputError as err:
+            failures[spec.label] = str(err)
+
+    threads = [threading.Thread(target=one, args=pair, name=f"preflight {pair[0].label}") for pair in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        lines = [failures[spec.label] for spec, _ in hosts if spec.label in failures]
+        raise InputError("", "\n".join(lines))  # one line per failing host
+    return facts

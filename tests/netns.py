@@ -1,0 +1,178 @@
+"""Several real SSH hosts on this machine: network namespaces, each with its own sshd.
+
+Each host has its own address on a private bridge, its own OpenSSH server and host
+key, a private PID namespace (``pgrep`` on one host sees only that host) and a private
+work directory mounted at ``WORK_DIR`` (a file staged to h1 is not visible on h2).
+The filesystem is otherwise shared, so every host finds the same Python and venv.
+
+Needs root, iproute2 and openssh-server. ``python -m tests.netns up 3`` / ``down``
+brings hosts up or down by hand.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+BRIDGE = "mxftbr0"
+SUBNET = "10.231.77"
+STATE_DIR = "/tmp/mxft-netns"
+WORK_DIR = "/srv/mxft-host"
+SSHD = "/usr/sbin/sshd"
+
+
+def _sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetnsHost:
+    name: str          # h1, h2, ...
+    namespace: str     # mxft-h1
+    address: str       # 10.231.77.11
+    work_dir: str      # the host's private work dir, as seen from the root namespace
+
+    def pids(self) -> list[int]:
+        out = _sh("ip", "netns", "pids", self.namespace, check=False).stdout
+        return [int(pid) for pid in out.split()]
+
+    def exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a command inside this host's network namespace (not its PID namespace)."""
+        return _sh("ip", "netns", "exec", self.namespace, *argv, check=check)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetnsCluster:
+    hosts: tuple[NetnsHost, ...]
+    ssh_config: str    # an ssh_config naming the key and known_hosts for these hosts
+    known_hosts: str
+    client_key: str
+
+    def hosts_file(self, path: str, *, extra: dict[str, str] | None = None) -> str:
+        """Write a hosts file listing every host (``extra`` appends fields per host name)."""
+        with open(path, "w", encoding="utf-8") as handle:
+            for host in self.hosts:
+                handle.write(f"{host.address} {(extra or {}).get(host.name, '')}".rstrip() + "\n")
+        return path
+
+
+def down(count: int = 16) -> None:
+    """Remove every trace of earlier hosts: processes, sockets, links, namespaces, files."""
+    for i in range(1, count + 1):
+        namespace = f"mxft-h{i}"
+        if not os.path.exists(f"/run/netns/{namespace}"):
+            continue
+        host = NetnsHost(f"h{i}", namespace, f"{SUBNET}.{10 + i}", "")
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in host.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.3)
+    _sh("ss", "-K", "dst", f"{SUBNET}.0/24", check=False)
+    for i in range(1, count + 1):
+        _sh("ip", "link", "del", f"mxv-h{i}", check=False)
+        _sh("ip", "netns", "del", f"mxft-h{i}", check=False)
+    _sh("ip", "link", "del", BRIDGE, check=False)
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+
+def _sshd_config(host_dir: str, address: str, authorized_keys: str) -> str:
+    path = os.path.join(host_dir, "sshd_config")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f"""ListenAddress {address}
+Port 22
+HostKey {host_dir}/ssh_host_ed25519_key
+AuthorizedKeysFile {authorized_keys}
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile none
+Subsystem sftp internal-sftp
+MaxStartups 100:30:200
+MaxSessions 100
+LogLevel ERROR
+""")
+    return path
+
+
+def _wait_listening(address: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((address, 22), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sshd on {address} did not come up")
+            time.sleep(0.05)
+
+
+def up(count: int) -> NetnsCluster:
+    """Bring up ``count`` hosts h1..hN (tearing down any earlier ones first)."""
+    if os.geteuid() != 0 or not os.path.exists(SSHD):
+        raise RuntimeError("namespace hosts need root and openssh-server (apt-get install openssh-server)")
+    down()
+    os.makedirs(STATE_DIR)
+    os.makedirs("/run/sshd", exist_ok=True)
+    os.makedirs(WORK_DIR, exist_ok=True)
+    client_key = os.path.join(STATE_DIR, "client_key")
+    _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mxft-test", "-f", client_key)
+    authorized_keys = os.path.join(STATE_DIR, "authorized_keys")
+    shutil.copy(client_key + ".pub", authorized_keys)
+    _sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    _sh("ip", "addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE)
+    _sh("ip", "link", "set", BRIDGE, "up")
+    hosts, known = [], []
+    for i in range(1, count + 1):
+        name, namespace, address = f"h{i}", f"mxft-h{i}", f"{SUBNET}.{10 + i}"
+        host_dir = os.path.join(STATE_DIR, name)
+        work = os.path.join(host_dir, "work")
+        os.makedirs(work)
+        _sh("ip", "netns", "add", namespace)
+        _sh("ip", "link", "add", f"mxv-{name}", "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        _sh("ip", "link", "set", f"mxv-{name}", "master", BRIDGE, "up")
+        _sh("ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
+        _sh("ip", "-n", namespace, "link", "set", "eth0", "up")
+        _sh("ip", "-n", namespace, "link", "set", "lo", "up")
+        key = os.path.join(host_dir, "ssh_host_ed25519_key")
+        _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key)
+        config = _sshd_config(host_dir, address, authorized_keys)
+        with open(os.path.join(host_dir, "hosts"), "w", encoding="utf-8") as handle:
+            handle.write(f"127.0.0.1 localhost\n{address} {name}\n")
+        setup = (f"hostname {name}; mount --bind {work} {WORK_DIR}; "
+                 f"mount --bind {host_dir}/hosts /etc/hosts; exec {SSHD} -D -f {config}")
+        subprocess.Popen(["ip", "netns", "exec", namespace, "setsid", "unshare", "--mount", "--uts", "--pid",
+                          "--fork", "--mount-proc", "--propagation", "private", "sh", "-ec", setup],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+        with open(key + ".pub", encoding="utf-8") as handle:
+            known.append(f"{address} {' '.join(handle.read().split()[:2])}\n")
+        hosts.append(NetnsHost(name, namespace, address, work))
+    known_hosts = os.path.join(STATE_DIR, "known_hosts")
+    with open(known_hosts, "w", encoding="utf-8") as handle:
+        handle.writelines(known)
+    ssh_config = os.path.join(STATE_DIR, "ssh_config")
+    with open(ssh_config, "w", encoding="utf-8") as handle:
+        handle.write(f"Host {SUBNET}.*\n  User root\n  IdentityFile {client_key}\n"
+                     f"  UserKnownHostsFile {known_hosts}\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
+                     "  ConnectTimeout 5\n")
+    for host in hosts:
+        _wait_listening(host.address)
+    return NetnsCluster(tuple(hosts), ssh_config, known_hosts, client_key)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["up"]:
+        cluster = up(int(sys.argv[2]) if len(sys.argv) > 2 else 3)
+        print(f"hosts: {' '.join(h.address for h in cluster.hosts)}\nssh -F {cluster.ssh_config} {cluster.hosts[0].address}")
+    else:
+        down()

@@ -1,0 +1,210 @@
+"""Multi-host launches over real SSH to network-namespace hosts, each with its own sshd."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from tests.helpers import CACHE_DIR, LAUNCH, REPO, demo_job, run_id_from, run_launch, write_job
+
+pytestmark = pytest.mark.integration
+
+
+def python_field() -> str:
+    import sys
+    return f"python={sys.executable}"
+
+
+def hosts_file(cluster, tmp_path, *, extra=None) -> str:
+    fields = {h.name: python_field() for h in cluster.hosts}
+    fields.update(extra or {})
+    return cluster.hosts_file(str(tmp_path / "hosts.txt"), extra=fields)
+
+
+def ssh_args(cluster, hosts: str) -> list[str]:
+    return ["--hosts", hosts, "--ssh-config", cluster.ssh_config, "--remote-dir", "/srv/mxft-host"]
+
+
+def run_processes(cluster, run_id: str) -> dict[str, list[int]]:
+    """Processes of ``run_id`` on each namespace host, found inside each host's namespace."""
+    found = {}
+    for host in cluster.hosts:
+        pids = []
+        for pid in host.pids():
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    if f"MXFT_RUN_ID={run_id}".encode() in handle.read().split(b"\0"):
+                        pids.append(pid)
+            except OSError:
+                continue
+        found[host.name] = pids
+    return found
+
+
+def no_processes_left(cluster, run_id: str, timeout_s: float = 10.0) -> dict[str, list[int]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = {name: pids for name, pids in run_processes(cluster, run_id).items() if pids}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def test_demo_across_three_hosts_then_relaunch_sends_no_data(hosts3, tmp_path, demo_assets):
+    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, cluster={"workers": 3, "servers": 2}))
+    hosts = hosts_file(hosts3, tmp_path)
+    first = run_launch(ssh_args(hosts3, hosts) + [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr
+    run_id = run_id_from(first.stdout)
+    for role, host in (("scheduler", "10.231.77.11"), ("server 0", "10.231.77.11"), ("server 1", "10.231.77.12")):
+        assert f"[{role}] mxft {role.split()[0]}: serving ps-lite on {host}" in first.stdout
+    accuracy = float(first.stdout.strip().splitlines()[-1].split()[2].rstrip(","))
+    local = run_launch([job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
+    assert local.returncode == 0, local.stderr
+    local_accuracy = float(local.stdout.strip().splitlines()[-1].split()[2].rstrip(","))
+    assert abs(accuracy - local_accuracy) < 0.08, (accuracy, local_accuracy)
+    assert os.path.isfile(tmp_path / "runs" / run_id / "checkpoint" / "demo-0008.params")
+    assert no_processes_left(hosts3, run_id) == {}
+
+    # Each host holds exactly its own workers' shards: worker i runs on host i+1.
+    for i, host in enumerate(hosts3.hosts):
+        shards = sorted(name for root, _, names in os.walk(os.path.join(host.work_dir, "data"))
+                        for name in names if name.startswith("part-"))
+        assert shards == [f"part-{i}-of-3.idx", f"part-{i}-of-3.rec"], (host.name, shards)
+
+    again = run_launch(ssh_args(hosts3, hosts) + [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert "[stage] 0 bytes of data sent in total" in again.stdout
+    assert "[stage] 0 bytes of data sent in total" not in first.stdout
+
+
+def launch_bad(cluster, tmp_path, hosts: str, job: str, *, ssh_config: str | None = None):
+    before = {h.name: sorted(os.listdir(h.work_dir)) for h in cluster.hosts}
+    started = time.monotonic()
+    args = ["--hosts", hosts, "--ssh-config", ssh_config or cluster.ssh_config, "--remote-dir", "/srv/mxft-host"]
+    result = run_launch(args + [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path), timeout_s=60)
+    took_s = time.monotonic() - started
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert took_s < 15, took_s
+    assert "Traceback" not in result.stderr and "[mxft] run " not in result.stdout
+    assert not (tmp_path / "runs").exists()
+    assert {h.name: sorted(os.listdir(h.work_dir)) for h in cluster.hosts} == before  # nothing staged
+    for host in cluster.hosts:  # only sshd runs there
+        names = {open(f"/proc/{pid}/comm").read().strip() for pid in host.pids() if os.path.exists(f"/proc/{pid}")}
+        assert names <= {"sshd", "unshare", "sh"}, names
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture()
+def small_job(tmp_path, demo_assets) -> str:
+    return write_job(tmp_path / "job.yaml", demo_job(demo_assets))
+
+
+def test_unreachable_host(hosts3, tmp_path, small_job):
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text(f"10.231.77.11 {python_field()}\n10.231.77.99 {python_field()}\n")
+    line = launch_bad(hosts3, tmp_path, str(hosts), small_job)
+    assert line.startswith("mxft-launch: error: host 10.231.77.99: unreachable over SSH"), line
+
+
+def test_unknown_host_key(hosts3, tmp_path, small_job):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    config = tmp_path / "ssh_config"
+    config.write_text(open(hosts3.ssh_config).read().replace(hosts3.known_hosts, str(empty)))
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text(f"10.231.77.12 {python_field()}\n")
+    line = launch_bad(hosts3, tmp_path, str(hosts), small_job, ssh_config=str(config))
+    assert line.startswith("mxft-launch: error: host 10.231.77.12: unknown host key ssh-ed25519 SHA256:"), line
+    assert "--accept-new-host-keys" in line
+
+
+def test_host_without_mxnet(hosts3, tmp_path, small_job):
+    hosts = hosts_file(hosts3, tmp_path, extra={"h3": "python=/usr/bin/python3"})
+    line = launch_bad(hosts3, tmp_path, hosts, small_job)
+    assert line.startswith("mxft-launch: error: host 10.231.77.13: mxnet is not importable by /usr/bin/python3"), line
+
+
+def test_dry_run_for_three_hosts_touches_nothing(hosts3, tmp_path, demo_assets):
+    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, cluster={"workers": 3, "servers": 2}))
+    hosts = hosts_file(hosts3, tmp_path)
+    before = {h.name: sorted(os.listdir(h.work_dir)) for h in hosts3.hosts}
+    result = run_launch(ssh_args(hosts3, hosts) + [job, "--dry-run", "--run-root", str(tmp_path / "runs")],
+                        cwd=str(tmp_path), timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    assert "stage to 10.231.77.13" in result.stdout and "worker 2   on 10.231.77.13" in result.stdout
+    assert not (tmp_path / "runs").exists()
+    assert {h.name: sorted(os.listdir(h.work_dir)) for h in hosts3.hosts} == before
+
+
+def start_remote_run(cluster, tmp_path, demo_assets) -> tuple[subprocess.Popen, str]:
+    job = write_job(tmp_path / "long.yaml", demo_job(demo_assets, train={"epochs": 200},
+                                                    cluster={"workers": 3, "servers": 2}))
+    env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
+    proc = subprocess.Popen(LAUNCH + ssh_args(cluster, hosts_file(cluster, tmp_path)) +
+                            [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "epoch 1 done" in line:
+            return proc, run_id_from("".join(seen))
+    proc.kill()
+    raise AssertionError("the run never finished epoch 1:\n" + "".join(seen[-30:]) + proc.stderr.read())
+
+
+def find_process(cluster, run_id: str, log_name: str) -> int:
+    """The pid (as root sees it) of the process ``log_name`` (e.g. server-0), not its SSH wrapper."""
+    for pids in run_processes(cluster, run_id).values():
+        for pid in pids:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+            if b"trainer.remote" in cmdline and f"/pids/{log_name}.pid".encode() in cmdline:
+                return psutil.Process(pid).children()[0].pid
+    raise AssertionError(f"no {log_name} of run {run_id}")
+
+
+@pytest.mark.parametrize("log_name, name", [("worker-2", "worker 2"), ("server-1", "server 1"),
+                                            ("scheduler", "scheduler")])
+def test_killing_a_remote_process_stops_the_run_everywhere(hosts3, tmp_path, demo_assets, log_name, name):
+    proc, run_id = start_remote_run(hosts3, tmp_path, demo_assets)
+    os.kill(find_process(hosts3, run_id, log_name), 9)
+    killed_at = time.monotonic()
+    _, stderr = proc.communicate(timeout=60)
+    took_s = time.monotonic() - killed_at
+    assert proc.returncode == 1, stderr
+    first = stderr.strip().splitlines()[0]
+    assert first.startswith(f"mxft-launch: job failed: {name}") and "killed by SIGKILL" in first, first
+    assert took_s < 10, took_s
+    assert no_processes_left(hosts3, run_id) == {}
+
+
+@pytest.mark.parametrize("signum", [9, 15])
+def test_launcher_death_or_sigterm_leaves_nothing_on_any_host(hosts3, tmp_path, demo_assets, signum):
+    proc, run_id = start_remote_run(hosts3, tmp_path, demo_assets)
+    assert sum(len(p) for p in run_processes(hosts3, run_id).values()) >= 6  # 5 processes + wrappers
+    proc.send_signal(signum)
+    proc.wait(timeout=60)
+    assert proc.returncode == (-9 if signum == 9 else 143)
+    assert no_processes_left(hosts3, run_id) == {}
+
+
+def test_argv_reaches_the_remote_process_exactly(hosts3):
+    import sys
+
+    from cluster.hosts import HostSpec
+    from cluster.ssh import SSHHost, SSHOptions
+    host = SSHHost(HostSpec(hosts3.hosts[1].address), SSHOptions(ssh_config=hosts3.ssh_config))
+    args = ["a b", "$HOME", "it's", 'say "hi"', "`id`", "semi;colon", ""]
+    code, out, _ = host.run([sys.executable, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *args])
+    import json
+    assert code == 0 and json.loads(out) == args

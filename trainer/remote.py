@@ -1,0 +1,82 @@
+"""Run one mxft process on a remote host, tied to the SSH session that started it.
+
+    python -m trainer.remote --pid-file PIDS/worker-0.pid -- python -m trainer --config C.json
+
+A process started over SSH without a terminal outlives its SSH client. This wrapper
+closes that gap: it starts the command in a process group of its own, records the
+group id, and ends the whole group (SIGTERM, then SIGKILL after a grace period) as
+soon as its stdin reaches EOF (the launcher closed the session, died, or lost the
+connection) or it receives SIGTERM/SIGHUP/SIGINT. Its exit code is the command's
+(128 + N for a command killed by signal N). Standard library only.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+GRACE_S = 5.0
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Group:
+    def __init__(self, argv: list[str]) -> None:
+        self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                                      preexec_fn=_die_with_parent)
+        self._stopping = threading.Lock()
+
+    def stop(self) -> None:
+        if not self._stopping.acquire(blocking=False):
+            return
+        for sig, wait_s in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 0.0)):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and self.popen.poll() is None:
+                time.sleep(0.05)
+
+
+def _watch_stdin(group: Group) -> None:
+    try:
+        while os.read(0, 65536):
+            pass
+    except OSError:
+        pass
+    group.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.remote")
+    parser.add_argument("--pid-file", required=True)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given after --")
+    group = Group(command)
+    os.makedirs(os.path.dirname(os.path.abspath(args.pid_file)), exist_ok=True)
+    with open(args.pid_file, "w", encoding="ascii") as handle:
+        handle.write(f"{group.popen.pid}\n")
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, lambda *_: threading.Thread(target=group.stop, daemon=True).start())
+    threading.Thread(target=_watch_stdin, args=(group,), daemon=True).start()
+    code = group.popen.wait()
+    group.stop()  # anything the command left in its group
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
