@@ -203,7 +203,7 @@ class SSHHost:
     def stream_to(self, command: str) -> subprocess.Popen:
         """Start ``command`` on the host with a pipe to its stdin (for bulk copies)."""
         return subprocess.Popen(self.openssh_argv() + [command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, bufsize=0)
 
     def stream_from(self, command: str) -> subprocess.Popen:
         return subprocess.Popen(self.openssh_argv() + [command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

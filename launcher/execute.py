@@ -85,6 +85,7 @@ def execute(plan: Plan, inventory: Inventory, *, echo: Callable[[str], None],
     if plan.transfers:
         started = time.monotonic()
         reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
+                            python_of=lambda label: next(p.argv[0] for p in plan.processes if p.host == label),
                             progress=lambda text: echo(f"[stage] {text}"))
         for report in reports:
             echo(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data), "

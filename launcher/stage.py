@@ -1,9 +1,10 @@
 """Put a plan's files on its hosts, and bring rank 0's results back.
 
-Per host, one ``ssh HOST sh -c RECEIVER`` reads a tar stream that Python writes on the
-fly, so many files cost one connection and no temporary archive. The last member is a
-sha256 manifest of the bytes actually sent; the receiver unpacks into a private
-incoming folder, checks every checksum, and only then renames each file into place.
+Per host, one ``ssh HOST python -c RECEIVER`` reads a tar stream that Python writes on
+the fly, so many files cost one connection and no temporary archive. The last member is
+a sha256 manifest of the bytes actually sent; the receiver unpacks into a private
+incoming folder, hashing as it writes, and only when every checksum matches renames
+each file into place.
 A copy that dies halfway therefore leaves nothing a later launch would trust.
 
 Code and data land at content-addressed paths (their key is in the path), so a file
@@ -25,17 +26,39 @@ from cluster.errors import JobFailed
 from cluster.ssh import SSHHost
 from launcher.plan import Transfer
 
-_RECEIVER = """set -e
-mkdir -p {root}
-T=$(mktemp -d {root}/.incoming.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-tar -xf - -C "$T"
-cd "$T"
-sha256sum -c --quiet MANIFEST
-sed 's/^[0-9a-f]*  //' MANIFEST | while IFS= read -r rel; do
-  mkdir -p "/$(dirname "$rel")"
-  mv -f "$rel" "/$rel"
-done
+# Runs on the host with its Python: unpacks the stream into a private folder, hashing
+# each file as it is written, and renames files into place only when every checksum
+# matches the manifest that ends the stream.
+_RECEIVER = r"""
+import hashlib, os, shutil, sys, tarfile, tempfile
+root = sys.argv[1]
+os.makedirs(root, exist_ok=True)
+tmp = tempfile.mkdtemp(prefix=".incoming.", dir=root)
+try:
+    received, manifest = {}, None
+    with tarfile.open(fileobj=sys.stdin.buffer, mode="r|", bufsize=1 << 20) as tar:
+        for member in tar:
+            data = tar.extractfile(member)
+            if member.name == "MANIFEST":
+                manifest = data.read().decode()
+                continue
+            path, digest = os.path.join(tmp, str(len(received))), hashlib.sha256()
+            with open(path, "wb") as out:
+                for chunk in iter(lambda: data.read(1 << 20), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+            received[member.name] = (digest.hexdigest(), path)
+    if manifest is None:
+        sys.exit("the stream ended before its manifest")
+    expected = {name: digest for digest, name in (line.split("  ", 1) for line in manifest.splitlines())}
+    bad = [name for name, (digest, _) in received.items() if expected.get(name) != digest]
+    if bad or set(expected) != set(received):
+        sys.exit("checksum mismatch: /" + ", /".join(bad or sorted(set(expected) ^ set(received))))
+    for name, (_, path) in received.items():
+        os.makedirs(os.path.dirname("/" + name), exist_ok=True)
+        os.replace(path, "/" + name)
+finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 """
 _CHUNK = 1 << 20
 
@@ -92,7 +115,7 @@ def present_on(host: SSHHost, dests: Sequence[str]) -> set[str]:
     return set(out.splitlines())
 
 
-def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str,
+def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str, python: str,
                progress: Callable[[str], None]) -> HostStaging:
     """Send the host what it lacks: content-addressed files once, run files always."""
     started = time.monotonic()
@@ -111,17 +134,20 @@ def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str,
             progress(f"{host.label}: {sent[0] / 1e6:.1f}/{total / 1e6:.1f} MB ({100 * min(sent[0], total) // total}%)")
 
     if missing:
-        _send(host, missing, root=root, on_bytes=on_bytes)
+        _send(host, missing, root=root, python=python, on_bytes=on_bytes)
     return HostStaging(host.label, len(missing), sent[0],
                        sum(os.path.getsize(t.source) for t in missing if t.kind != "run"),
                        len(kept), sum(os.path.getsize(t.source) for t in kept), time.monotonic() - started)
 
 
-def _send(host: SSHHost, transfers: Sequence[Transfer], *, root: str, on_bytes: Callable[[int], None]) -> None:
-    proc = host.stream_to("sh -c " + shlex.quote(_RECEIVER.format(root=shlex.quote(root))))
+def _send(host: SSHHost, transfers: Sequence[Transfer], *, root: str, python: str,
+          on_bytes: Callable[[int], None]) -> None:
+    proc = host.stream_to(shlex.join([python, "-c", _RECEIVER, root]))
     manifest = []
     try:
-        with tarfile.open(fileobj=_Counter(proc.stdin, on_bytes), mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(fileobj=_Counter(proc.stdin, on_bytes), mode="w|", format=tarfile.PAX_FORMAT,
+                          bufsize=_CHUNK) as tar:
+            tar.copybufsize = _CHUNK
             for transfer in transfers:
                 rel = transfer.dest.lstrip("/")
                 info = tarfile.TarInfo(rel)
@@ -145,7 +171,7 @@ def _send(host: SSHHost, transfers: Sequence[Transfer], *, root: str, on_bytes: 
 
 
 def stage_all(hosts: Mapping[str, SSHHost], transfers: Sequence[Transfer], *, root_of: Callable[[str], str],
-              progress: Callable[[str], None]) -> list[HostStaging]:
+              python_of: Callable[[str], str], progress: Callable[[str], None]) -> list[HostStaging]:
     """Stage every host in parallel; raises JobFailed naming each host that failed."""
     results: dict[str, HostStaging] = {}
     errors: dict[str, str] = {}
@@ -153,7 +179,7 @@ def stage_all(hosts: Mapping[str, SSHHost], transfers: Sequence[Transfer], *, ro
     def one(label: str) -> None:
         try:
             results[label] = stage_host(hosts[label], [t for t in transfers if t.host == label],
-                                        root=root_of(label), progress=progress)
+                                        root=root_of(label), python=python_of(label), progress=progress)
         except Exception as err:  # reported below, per host
             errors[label] = str(err)
 

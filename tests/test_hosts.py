@@ -43,3 +43,11 @@ def test_mistakes(text, expected):
     with pytest.raises(InputError) as info:
         parse_hosts(text, "h.txt")
     assert str(info.value) == expected
+
+
+def test_hosts_example_parses():
+    import os
+
+    from cluster.hosts import load_hosts
+    from tests.helpers import REPO
+    assert [h.name for h in load_hosts(os.path.join(REPO, "hosts.example"))] == ["localhost"]

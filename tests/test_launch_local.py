@@ -64,12 +64,15 @@ def test_one_worker_result_and_checkpoint(tmp_path, demo_assets):
 
 def test_two_workers_two_servers_learn_what_one_worker_learns(tmp_path, demo_assets):
     # Same global batch (16) and steps: 1 worker x 16 vs 2 workers x 8, gradients averaged by dist_sync.
-    one, _, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"batch_per_device": 16},
+    # 16 epochs: at the demo's 8 the runs are not converged and differ by up to 0.1 (measured
+    # here: 1 worker 0.707, 2 workers 0.79-0.80); at 16, 0.874 vs 0.83-0.85 over 3 runs each.
+    one, _, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"batch_per_device": 16, "epochs": 16},
                                              cluster={"workers": 1, "servers": 1}), "one")
-    two, run_dir, _ = launch_ok(tmp_path, demo_job(demo_assets, cluster={"workers": 2, "servers": 2}), "two")
+    two, run_dir, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"epochs": 16},
+                                                   cluster={"workers": 2, "servers": 2}), "two")
     assert two["num_workers"] == 2 and len(os.listdir(os.path.join(run_dir, "logs"))) == 5
-    assert one["val_accuracy"] > 0.7 and two["val_accuracy"] > 0.7
-    assert abs(one["val_accuracy"] - two["val_accuracy"]) < 0.08, (one["val_accuracy"], two["val_accuracy"])
+    assert one["val_accuracy"] > 0.8 and two["val_accuracy"] > 0.8
+    assert abs(one["val_accuracy"] - two["val_accuracy"]) < 0.06, (one["val_accuracy"], two["val_accuracy"])
 
 
 def test_fine_tuning_beats_training_from_scratch(tmp_path, demo_assets):

@@ -208,3 +208,23 @@ def test_argv_reaches_the_remote_process_exactly(hosts3):
     code, out, _ = host.run([sys.executable, "-c", "import sys, json; print(json.dumps(sys.argv[1:]))", *args])
     import json
     assert code == 0 and json.loads(out) == args
+
+
+def test_accept_new_host_keys_records_the_key_and_a_changed_key_is_refused(hosts3, tmp_path):
+    from cluster.hosts import HostSpec
+    from cluster.ssh import HostKeyError, SSHHost, SSHOptions
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    config = tmp_path / "ssh_config"
+    config.write_text(open(hosts3.ssh_config).read().replace(hosts3.known_hosts, str(known)))
+    address = hosts3.hosts[2].address
+    accept = SSHHost(HostSpec(address), SSHOptions(ssh_config=str(config), accept_new_host_keys=True))
+    assert accept.run(["true"])[0] == 0
+    recorded = known.read_text()
+    assert recorded.startswith(f"{address} ssh-ed25519 ")
+    strict = SSHHost(HostSpec(address), SSHOptions(ssh_config=str(config)))
+    assert strict.run(["true"])[0] == 0  # now known
+    other_key = open(hosts3.known_hosts).read().splitlines()[0].split(" ", 1)[1]
+    known.write_text(f"{address} {other_key}\n")  # h1's key recorded for h3: a changed key
+    with pytest.raises(HostKeyError, match="host key changed"):
+        accept.run(["true"])
