@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None) -> LaunchConfig:
 def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
     if config.hosts_path is None:
         return (HostSpec("localhost"),)
+    if config.ssh.ssh_config and not os.path.isfile(config.ssh.ssh_config):
+        raise InputError(config.ssh.ssh_config, "SSH config file not found", hint="check --ssh-config")
     hosts = load_hosts(config.hosts_path)
     local = [h for h in hosts if h.is_local]
     if local and len(local) < len(hosts):

@@ -17,6 +17,7 @@ from cluster.local import LocalTransport
 from cluster.ssh import SSHHost
 from cluster.supervise import Member, Supervisor, Transport
 from launcher import recfile
+from launcher.checkpoint import trim_params, used_variables
 from launcher.inputs import Inventory
 from launcher.plan import Plan, Role
 from launcher.stage import fetch_dir, stage_all
@@ -34,6 +35,12 @@ def stage_local(plan: Plan, inventory: Inventory) -> None:
     for config in plan.workers:
         with open(plan.config_path(config.index), "w", encoding="utf-8") as handle:
             handle.write(config.to_json())
+    if plan.trimmed_params and not os.path.isfile(plan.trimmed_params):
+        os.makedirs(os.path.dirname(plan.trimmed_params), exist_ok=True)
+        model = plan.job.model
+        if trim_params(model.params_path, used_variables(model.symbol_path, model.cut_layer),
+                       plan.trimmed_params) is None:
+            shutil.copyfile(model.params_path, plan.trimmed_params)  # a form we cannot trim: send it whole
     for shard in plan.shards:
         if os.path.isfile(shard.rec_path) and os.path.isfile(shard.prefix + ".idx"):
             continue  # shards are written atomically, so a present one is complete

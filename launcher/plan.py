@@ -109,6 +109,7 @@ class Plan:
     batches_per_epoch: int
     transfers: tuple[Transfer, ...] = ()
     remote_roots: Mapping[str, str] = dataclasses.field(default_factory=dict)  # host label -> work folder
+    trimmed_params: str | None = None     # params without the layers above the cut, staged to hosts
 
     @property
     def remote(self) -> bool:
@@ -218,9 +219,13 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
                    for i, p in enumerate(positions))
 
     transfers: list[Transfer] = []
+    model_key = facts.file_keys.get(job.model.params_path, "model")
+    trimmed = os.path.join(facts.cache_dir, "trimmed", f"{model_key}-{job.model.cut_layer}",
+                           os.path.basename(job.model.params_path))
 
-    def stage(host: HostSpec, source: str, key: str, kind: str = "data") -> str:
+    def stage(host: HostSpec, source: str, key: str, kind: str = "data", *, send: str | None = None) -> str:
         dest = layouts[host.label].data(source, key)
+        source = send or source
         if not layouts[host.label].local and all(t.host != host.label or t.dest != dest for t in transfers):
             transfers.append(Transfer(host.label, source, dest, kind))
         return dest
@@ -240,8 +245,8 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
             "train_rec": stage(host, shards[i].rec_path, shard_key),
             "train_idx": stage(host, shards[i].prefix + ".idx", shard_key),
             "val_rec": stage(host, job.data.val, keys.get(job.data.val, "val")),
-            "model_symbol": stage(host, job.model.symbol_path, keys.get(job.model.symbol_path, "model")),
-            "model_params": stage(host, job.model.params_path, keys.get(job.model.params_path, "model")),
+            "model_symbol": stage(host, job.model.symbol_path, f"{model_key}-{job.model.cut_layer}"),
+            "model_params": stage(host, job.model.params_path, f"{model_key}-{job.model.cut_layer}", send=trimmed),
         }
         val_idx = recfile.idx_path_for(job.data.val)
         if val_idx in keys:
@@ -284,7 +289,8 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
     return Plan(facts.run_id, facts.run_dir, job, hosts, facts.hosts[scheduler_host.label].address,
                 facts.scheduler_port, tuple(processes), shards, tuple(workers),
                 tuple(h.label for h in worker_hosts), batches_per_epoch, tuple(transfers),
-                {label: layout.root for label, layout in layouts.items() if not layout.local})
+                {label: layout.root for label, layout in layouts.items() if not layout.local},
+                trimmed if any(t.source == trimmed for t in transfers) else None)
 
 
 def _check_slots(job: JobSpec, worker_hosts: Sequence[HostSpec]) -> None:

@@ -116,3 +116,19 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path, demo_assets):
     assert "scheduler" in result.stdout and "worker 1" in result.stdout and "DMLC_NODE_HOST=127.0.0.1" in result.stdout
     assert sorted(os.listdir(tmp_path)) == ["job.yaml"]
     assert yaml.safe_load(open(path))["cluster"]["workers"] == 2
+
+
+def test_missing_ssh_config(tmp_path, assets_copy):
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("10.231.77.11\n")
+    line = launch_bad(tmp_path, ["--hosts", str(hosts), "--ssh-config", str(tmp_path / "nope"),
+                                 job_file(tmp_path, assets_copy)])
+    assert line == f"mxft-launch: error: {tmp_path}/nope: SSH config file not found (check --ssh-config)"
+
+
+def test_localhost_mixed_with_remote_hosts(tmp_path, assets_copy):
+    hosts = tmp_path / "hosts.txt"
+    hosts.write_text("10.231.77.11\nlocalhost\n")
+    line = launch_bad(tmp_path, ["--hosts", str(hosts), job_file(tmp_path, assets_copy)])
+    assert line == (f"mxft-launch: error: {hosts}:2: 'localhost' cannot be mixed with remote hosts "
+                    "(list this machine by an address the other hosts can reach)")

@@ -108,12 +108,15 @@ def test_remote_plan_literal():
         Transfer("10.0.0.2", plan.shards[1].rec_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.rec", "data"),
         Transfer("10.0.0.2", plan.shards[1].prefix + ".idx", f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx", "data"),
         Transfer("10.0.0.2", "/d/val.rec", "/home/b/.mxft/data/vk/val.rec", "data"),
-        Transfer("10.0.0.2", "/m/net-symbol.json", "/home/b/.mxft/data/mk/net-symbol.json", "data"),
-        Transfer("10.0.0.2", "/m/net-0000.params", "/home/b/.mxft/data/mk/net-0000.params", "data"),
+        Transfer("10.0.0.2", "/m/net-symbol.json", "/home/b/.mxft/data/mk-flatten0/net-symbol.json", "data"),
+        # The params without the layers above the cut (launcher.checkpoint), made while staging.
+        Transfer("10.0.0.2", "/cache/trimmed/mk-flatten0/net-0000.params",
+                 "/home/b/.mxft/data/mk-flatten0/net-0000.params", "data"),
         Transfer("10.0.0.2", "/runs/small-1/config/worker-1.json", "/home/b/.mxft/runs/small-1/config/worker-1.json",
                  "run"),
     ]
-    assert plan.workers[1].model_prefix == "/home/b/.mxft/data/mk/net"
+    assert plan.workers[1].model_prefix == "/home/b/.mxft/data/mk-flatten0/net"
+    assert plan.trimmed_params == "/cache/trimmed/mk-flatten0/net-0000.params"
     assert plan.workers[1].out_dir == "/home/b/.mxft/runs/small-1/workers/worker-1"
     assert plan.remote_roots == {"10.0.0.1": "/home/a/.mxft", "10.0.0.2": "/home/b/.mxft"}
 

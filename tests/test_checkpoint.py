@@ -1,0 +1,32 @@
+"""Trimming a checkpoint to the graph below the cut, checked with mxnet's own loader."""
+from __future__ import annotations
+
+import os
+import struct
+
+import mxnet as mx
+
+from launcher.checkpoint import trim_params, used_variables
+
+
+def test_trimmed_params_keep_everything_below_the_cut(demo_assets, tmp_path):
+    prefix = os.path.join(demo_assets, "pretrained-digits0to4")
+    keep = used_variables(prefix + "-symbol.json", "flatten0")
+    assert "fc1_weight" not in keep and "conv0_weight" in keep and "bn1_moving_var" in keep
+    assert trim_params(prefix + "-0000.params", keep, str(tmp_path / "t.params")) == (41, 2)
+    original, trimmed = mx.nd.load(prefix + "-0000.params"), mx.nd.load(str(tmp_path / "t.params"))
+    assert set(original) - set(trimmed) == {"arg:fc1_weight", "arg:fc1_bias"}
+    assert all((original[name] == trimmed[name]).asnumpy().all() for name in trimmed)
+    assert os.path.getsize(tmp_path / "t.params") < os.path.getsize(prefix + "-0000.params")
+
+
+def test_other_dtypes_and_unknown_forms(tmp_path):
+    mx.nd.save(str(tmp_path / "a.params"), {"arg:x": mx.nd.ones((2, 3), dtype="float16"),
+                                            "arg:y": mx.nd.array([1, 2], dtype="int64"), "aux:z": mx.nd.ones((4,))})
+    assert trim_params(str(tmp_path / "a.params"), {"x", "z"}, str(tmp_path / "b.params")) == (2, 1)
+    loaded = mx.nd.load(str(tmp_path / "b.params"))
+    assert sorted(loaded) == ["arg:x", "aux:z"] and loaded["arg:x"].dtype.__name__ == "float16"
+    header = struct.pack("<QQQ", 0x112, 0, 1)  # claims one array, then holds no NDArray magic
+    (tmp_path / "junk.params").write_bytes(header + b"\0" * 40)
+    assert trim_params(str(tmp_path / "junk.params"), {"x"}, str(tmp_path / "c.params")) is None
+    assert not (tmp_path / "c.params").exists()
