@@ -164,12 +164,12 @@ class Supervisor:
     def close(self) -> None:
         """Stop every process still running (TERM, grace, KILL) and join the log pumps."""
         running = [m for m in self.members if m.returncode is None and m.process.poll() is None]
-        if running:
-            self._say(f"stopping {', '.join(m.name for m in running)}")
         threads = [threading.Thread(target=m.process.stop, kwargs={"grace_s": self._stop_grace_s})
                    for m in running]
-        for thread in threads:
+        for thread in threads:  # stop first: saying so must not wait on a console that blocks
             thread.start()
+        if running:
+            self._say(f"stopping {', '.join(m.name for m in running)}")
         for thread in threads:
             thread.join()
         for member in self.members:

@@ -9,46 +9,27 @@ input (nothing was started); 130/143 stopped by SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import glob
-import hashlib
 import os
-import secrets
 import signal
 import sys
 import time
 
-from cluster.errors import InputError, Interrupted, JobFailed, MxftError
-from cluster.hosts import HostSpec, load_hosts
-from cluster.local import free_port
-from cluster.ssh import SSHHost, SSHOptions
-from launcher import assets, recfile
-from launcher.execute import execute
-from launcher.inputs import Inventory, check_inputs
-from launcher.jobspec import JobSpec, load_job
-from launcher.plan import Facts, HostFacts, Plan, make_plan
-from launcher.preflight import Requirements, local_mxnet_version, preflight
+import psutil
 
-CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from cluster.errors import InputError, Interrupted, JobFailed, MxftError
+from cluster.ssh import SSHOptions
+from launcher import runstate
+from launcher.launch import LaunchConfig, Plan, run
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-@dataclasses.dataclass(frozen=True)
-class LaunchConfig:
-    """The command line, parsed once."""
-
-    job_path: str
-    hosts_path: str | None
-    dry_run: bool
-    run_root: str
-    cache_dir: str
-    remote_dir: str
-    ssh: SSHOptions
-
-
-def parse_args(argv: list[str] | None) -> LaunchConfig:
+def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
     parser = argparse.ArgumentParser(prog="mxft-launch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("job", help="job file (YAML), e.g. jobs/demo.yaml")
+    parser.add_argument("job", nargs="?", help="job file (YAML), e.g. jobs/demo.yaml")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last complete epoch")
+    parser.add_argument("--max-restarts", type=int, metavar="N",
+                        help="resume automatically after up to N failures (default: the job's cluster.max_restarts)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--hosts", metavar="FILE", help="hosts file: HOST[:PORT] [slots=N] [user=NAME] per line")
     where.add_argument("--local", action="store_true", help="run every process on this machine (the default)")
@@ -64,108 +45,13 @@ def parse_args(argv: list[str] | None) -> LaunchConfig:
     parser.add_argument("--accept-new-host-keys", action="store_true",
                         help="trust and record host keys seen for the first time (a changed key is still refused)")
     args = parser.parse_args(argv)
-    return LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
-                        SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0))
-
-
-def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
-    if config.hosts_path is None:
-        return (HostSpec("localhost"),)
-    if config.ssh.ssh_config and not os.path.isfile(config.ssh.ssh_config):
-        raise InputError(config.ssh.ssh_config, "SSH config file not found", hint="check --ssh-config")
-    hosts = load_hosts(config.hosts_path)
-    local = [h for h in hosts if h.is_local]
-    if local and len(local) < len(hosts):
-        raise InputError(f"{config.hosts_path}:{local[0].line}",
-                         f"'{local[0].label}' cannot be mixed with remote hosts",
-                         hint="list this machine by an address the other hosts can reach")
-    return hosts[:1] if local else hosts
-
-
-def _fingerprint(*paths: str) -> str:
-    """A key that changes whenever any of the files changes (path, size, mtime)."""
-    parts = []
-    for path in paths:
-        stat = os.stat(path)
-        parts.append(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def _code_files() -> tuple[tuple[str, ...], str]:
-    """The trainer package's files (relative to CODE_DIR) and a hash of their contents."""
-    files = tuple(sorted(os.path.relpath(path, CODE_DIR)
-                         for path in glob.glob(os.path.join(CODE_DIR, "trainer", "*.py"))))
-    digest = hashlib.sha256()
-    for rel in files:
-        with open(os.path.join(CODE_DIR, rel), "rb") as handle:
-            digest.update(rel.encode() + b"\0" + handle.read() + b"\0")
-    return files, digest.hexdigest()[:16]
-
-
-def _file_keys(job: JobSpec) -> dict[str, str]:
-    """Content keys of the files every worker host needs; pairs share a key (and a folder)."""
-    model = _fingerprint(job.model.symbol_path, job.model.params_path)
-    keys = {job.model.symbol_path: model, job.model.params_path: model}
-    val_idx = recfile.idx_path_for(job.data.val)
-    val_files = [job.data.val] + ([val_idx] if os.path.isfile(val_idx) else [])
-    val = _fingerprint(*val_files)
-    keys.update({path: val for path in val_files})
-    return keys
-
-
-def _staging_bytes(plan: Plan, inventory: Inventory) -> dict[str, int]:
-    """Bytes staging may write on each host (shards counted from the index, before they exist)."""
-    shard_bytes = {shard.rec_path: sum(inventory.train_records[i].size_bytes for i in shard.positions)
-                   for shard in plan.shards}
-    totals: dict[str, int] = {}
-    for transfer in plan.transfers:
-        size = shard_bytes.get(transfer.source)
-        if size is None:
-            size = os.path.getsize(transfer.source) if os.path.isfile(transfer.source) else 1 << 16
-        totals[transfer.host] = totals.get(transfer.host, 0) + size
-    return totals
-
-
-def _plan(config: LaunchConfig, job: JobSpec, hosts: tuple[HostSpec, ...], *, echo=None):
-    """Check inputs, preflight remote hosts (unless a dry run), and make the plan."""
-    inventory = check_inputs(job)
-    run_id = f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    remote = not hosts[0].is_local
-    code_files, code_hash = _code_files()
-    if remote:
-        host_facts = {h.label: HostFacts(h.name, h.python or "python3", 1) for h in hosts}
-        port = 20000 + secrets.randbelow(20000)  # cannot probe remote ports from here
-    else:
-        host_facts = {hosts[0].label: HostFacts("127.0.0.1", sys.executable, os.cpu_count() or 1)}
-        port = free_port()
-    facts = Facts(
-        run_id=run_id,
-        run_dir=os.path.abspath(os.path.join(config.run_root, run_id)),
-        cache_dir=os.path.abspath(config.cache_dir),
-        scheduler_port=port,
-        code_dir=CODE_DIR,
-        train_fingerprint=_fingerprint(job.data.train),
-        hosts=host_facts,
-        remote_dir=config.remote_dir,
-        code_files=code_files,
-        code_hash=code_hash,
-        file_keys=_file_keys(job),
-    )
-    plan = make_plan(job, inventory, hosts, facts)
-    ssh_hosts = {h.label: SSHHost(h, config.ssh) for h in hosts} if remote else {}
-    if remote and not config.dry_run:
-        need = Requirements(
-            mxnet_version=local_mxnet_version(),
-            gpus_per_host={label: plan.worker_hosts.count(label) * len(job.cluster.devices or ())
-                           for label in set(plan.worker_hosts)},
-            bytes_per_host=_staging_bytes(plan, inventory),
-            work_dir=config.remote_dir,
-        )
-        if echo:
-            echo(f"[mxft] preflight: checking {len(hosts)} hosts")
-        facts = dataclasses.replace(facts, hosts=preflight([(h, ssh_hosts[h.label]) for h in hosts], need))
-        plan = make_plan(job, inventory, hosts, facts)
-    return plan, inventory, ssh_hosts
+    if (args.job is None) == (args.resume is None):
+        parser.error("give a job file, or --resume RUN_DIR")
+    if args.max_restarts is not None and args.max_restarts < 0:
+        parser.error("--max-restarts must be >= 0")
+    config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
+                          SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0), args.resume)
+    return config, args.max_restarts
 
 
 def _echo(line: str) -> None:
@@ -194,21 +80,17 @@ def _raise_interrupted(signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stop"]:
+        return stop(argv[1:])
+    config, max_restarts = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        job = load_job(config.job_path)
-        hosts = _hosts(config)
-        if job.builtin_assets and not config.dry_run:
-            assets.ensure_built(job, echo=_echo)
-        plan, inventory, ssh_hosts = _plan(config, job, hosts, echo=_echo)
-        if config.dry_run:
-            _echo(plan.describe())
+        outcome = run(config, echo=_echo, max_restarts=max_restarts)
+        if isinstance(outcome, Plan):
+            _echo(outcome.describe())
             return EXIT_OK
-        _echo(f"[mxft] run {plan.run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s), "
-              f"logs in {plan.run_dir}/logs")
-        outcome = execute(plan, inventory, echo=_echo, ssh_hosts=ssh_hosts)
-        return _report(plan, outcome.result)
+        return _report(outcome.plan, outcome.result.result)
     except InputError as err:
         for line in str(err).splitlines():  # one line per problem (preflight: per host)
             print(f"mxft-launch: error: {line}", file=sys.stderr, flush=True)
@@ -225,6 +107,35 @@ def main(argv: list[str] | None = None) -> int:
     except MxftError as err:
         print(f"mxft-launch: error: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED
+
+
+def stop(argv: list[str]) -> int:
+    """``mxft-launch stop RUN_DIR``: stop exactly that run (its launcher tears down every process)."""
+    parser = argparse.ArgumentParser(prog="mxft-launch stop")
+    parser.add_argument("run_dir", help="the run directory a launch printed")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="how long to wait (default 60)")
+    args = parser.parse_args(argv)
+    launcher = runstate.running_launcher(args.run_dir)
+    if launcher is None:
+        print(f"mxft-launch: {args.run_dir}: no launcher of this run is running", file=sys.stderr)
+        return EXIT_FAILED
+    launcher.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while _alive(launcher):  # psutil's wait() never returns for a zombie whose parent is not us
+        if time.monotonic() > deadline:
+            print(f"mxft-launch: {args.run_dir}: the launcher (pid {launcher.pid}) did not stop within "
+                  f"{args.timeout:.0f} s", file=sys.stderr)
+            return EXIT_FAILED
+        time.sleep(0.1)
+    _echo(f"stopped {args.run_dir}")
+    return EXIT_OK
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 if __name__ == "__main__":

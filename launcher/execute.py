@@ -16,7 +16,9 @@ from cluster.errors import JobFailed
 from cluster.local import LocalTransport
 from cluster.ssh import SSHHost
 from cluster.supervise import Member, Supervisor, Transport
-from launcher import recfile
+import yaml
+
+from launcher import recfile, runstate
 from launcher.checkpoint import trim_params, used_variables
 from launcher.inputs import Inventory
 from launcher.plan import Plan, Role
@@ -26,12 +28,15 @@ from trainer import events
 
 def stage_local(plan: Plan, inventory: Inventory) -> None:
     """Write the run directory, the worker configs and (unless cached) the training shards."""
-    for sub in ("config", "logs", "workers"):
+    for sub in ("config", "workers"):
         os.makedirs(os.path.join(plan.run_dir, sub), exist_ok=True)
-    with open(os.path.join(plan.run_dir, "plan.txt"), "w", encoding="utf-8") as handle:
+    os.makedirs(os.path.dirname(plan.processes[0].log_path), exist_ok=True)
+    suffix = f"-attempt-{plan.attempt}" if plan.attempt > 1 else ""
+    with open(os.path.join(plan.run_dir, f"plan{suffix}.txt"), "w", encoding="utf-8") as handle:
         handle.write(plan.describe() + "\n")
-    with open(os.path.join(plan.run_dir, "job.json"), "w", encoding="utf-8") as handle:
-        json.dump(plan.job.to_dict(), handle, indent=2)
+    with open(os.path.join(plan.run_dir, "job.yaml"), "w", encoding="utf-8") as handle:
+        handle.write(f"# The effective job of this run (from {plan.job.source}); --resume reads it.\n")
+        yaml.safe_dump(plan.job.to_job_dict(), handle, sort_keys=False)
     for config in plan.workers:
         with open(plan.config_path(config.index), "w", encoding="utf-8") as handle:
             handle.write(config.to_json())
@@ -50,27 +55,78 @@ def stage_local(plan: Plan, inventory: Inventory) -> None:
 
 
 class RunEvents:
-    """Collects the workers' structured events and appends them to ``events.jsonl``."""
+    """The workers' structured events: appended to ``events.jsonl`` and tracked for the watchdogs.
 
-    def __init__(self, path: str) -> None:
+    Runs in the log pump threads; ``on_checkpoint`` (rank 0 finished an epoch checkpoint)
+    is called there too, so fetching it delays only rank 0's log lines.
+    """
+
+    def __init__(self, path: str, on_checkpoint: Callable[[dict], None] | None = None) -> None:
         self.path = path
+        self.on_checkpoint = on_checkpoint
         self.rank_of: dict[int, int] = {}
-        self.last_progress_at = time.monotonic()
+        self.last_seen: dict[int, float] = {}
+        self.position: dict[int, tuple[int, int]] = {}
+        self.done: set[int] = set()
 
     def on_line(self, member: Member, line: str) -> bool:
         event = events.parse(line)
         if event is None:
             return False
-        event["process"] = member.name
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(event, sort_keys=True) + "\n")
-        if event["event"] == "joined":
-            self.rank_of[int(event["index"])] = int(event["rank"])
-        self.last_progress_at = time.monotonic()
+        if event["event"] != "progress":  # one per batch: tracked, not stored
+            event["process"] = member.name
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(event, sort_keys=True) + "\n")
+        index = int(member.name.split()[-1]) if member.name.startswith("worker ") else None
+        if index is None:
+            return True
+        self.last_seen[index] = time.monotonic()
+        kind = event["event"]
+        if kind == "joined":
+            self.rank_of[index] = int(event["rank"])
+        elif kind == "progress":
+            self.position[index] = (int(event["epoch"]), int(event["batch"]))
+        elif kind == "done":
+            self.done.add(index)
+        elif kind == "checkpoint" and self.on_checkpoint is not None:
+            self.on_checkpoint(event)
         return True
 
     def rank0_worker(self) -> int | None:
         return next((index for index, rank in self.rank_of.items() if rank == 0), None)
+
+
+class Watchdog:
+    """Turns ps-lite's silent hangs into errors: a start-up deadline and a progress timeout."""
+
+    def __init__(self, plan: Plan, run_events: RunEvents) -> None:
+        self.plan, self.events = plan, run_events
+        self.started = time.monotonic()
+        cluster = plan.job.cluster
+        self.startup_timeout_s, self.progress_timeout_s = cluster.startup_timeout_s, cluster.progress_timeout_s
+
+    def check(self) -> None:
+        now = time.monotonic()
+        workers = range(len(self.plan.workers))
+        missing = [i for i in workers if i not in self.events.rank_of]
+        if missing:
+            if now - self.started > self.startup_timeout_s:
+                names = ", ".join(f"worker {i} on {self.plan.worker_hosts[i]}" for i in missing)
+                raise JobFailed(
+                    f"{names} did not join ps-lite within {self.startup_timeout_s} s (cluster.startup_timeout_s); "
+                    f"the scheduler is at {self.plan.scheduler_uri}:{self.plan.scheduler_port}: check that every "
+                    "host can reach it and that DMLC_NODE_HOST is an address the other hosts can reach")
+            return
+        active = [i for i in workers if i not in self.events.done]
+        silent = [i for i in active if now - self.events.last_seen.get(i, self.started) > self.progress_timeout_s]
+        if silent:
+            behind = min(self.events.position.get(i, (-1, 0)) for i in active)
+            stuck = [i for i in active if self.events.position.get(i, (-1, 0)) == behind] or silent
+            where = ", ".join(f"worker {i} on {self.plan.worker_hosts[i]}" for i in stuck)
+            epoch, batch = behind
+            raise JobFailed(f"{where} reported no progress for {self.progress_timeout_s} s "
+                            f"(cluster.progress_timeout_s); stuck at epoch {epoch + 1} batch {batch}, "
+                            "the other workers wait for it")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,13 +157,26 @@ def execute(plan: Plan, inventory: Inventory, *, echo: Callable[[str], None],
              f"({time.monotonic() - started:.1f} s)")
     transports: dict[str, Transport] = {label: LocalTransport() for label in (h.label for h in plan.hosts)}
     transports.update(ssh_hosts)
-    run_events = RunEvents(os.path.join(plan.run_dir, "events.jsonl"))
+    run_events = RunEvents(os.path.join(plan.run_dir, "events.jsonl"),
+                           on_checkpoint=lambda event: keep_checkpoint(plan, ssh_hosts, event))
+    watchdog = Watchdog(plan, run_events)
     with Supervisor(echo=echo, on_line=run_events.on_line) as group:
         for proc in plan.processes:
             group.start(proc.name, transports[proc.host], proc.argv, env=proc.env_dict, log_path=proc.log_path,
                         primary=proc.role is Role.WORKER)
-        group.wait()
+        group.wait(check=watchdog.check)
     return collect(plan, run_events, ssh_hosts)
+
+
+def keep_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], event: dict) -> None:
+    """Bring an epoch checkpoint of rank 0 into RUN_DIR/checkpoints (the marker last)."""
+    host, files = plan.worker_hosts[int(event["index"])], list(event["files"])
+    if host in ssh_hosts:
+        incoming = os.path.join(plan.run_dir, "checkpoints", ".incoming")
+        fetch_dir(ssh_hosts[host], event["out_dir"], incoming, names=files)
+        runstate.install_checkpoint(incoming, files, plan.run_dir, link=False)
+    else:
+        runstate.install_checkpoint(event["out_dir"], files, plan.run_dir, link=True)
 
 
 def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost]) -> RunResult:
@@ -129,6 +198,9 @@ def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost])
         result = json.load(handle)
     result["rank0_worker"] = index
     result["run_id"] = plan.run_id
+    earlier = runstate.latest_checkpoint(plan.run_dir)
+    done = {record["epoch"] for record in result["epochs"]}
+    result["epochs"] = [r for r in (earlier.records if earlier else ()) if r["epoch"] not in done] + result["epochs"]
     with open(plan.result_path, "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)
     checkpoint_dir = os.path.join(plan.run_dir, "checkpoint")

@@ -97,6 +97,9 @@ class ClusterSpec:
     servers: int = 1
     devices: tuple[int, ...] | None = TUTORIAL_GPUS  # GPU ids per worker; None = CPU
     kvstore: str = "auto"
+    startup_timeout_s: int = 300          # every worker must have joined ps-lite by then
+    progress_timeout_s: int = 1800        # a worker silent this long is reported stuck
+    max_restarts: int = 0                 # resume from the last epoch after a failure, this many times
 
     @property
     def uses_gpu(self) -> bool:
@@ -133,6 +136,36 @@ class JobSpec:
                 return [plain(item) for item in value]
             return value
         return plain(dataclasses.asdict(self))
+
+    def to_job_dict(self) -> dict[str, Any]:
+        """This spec as a job file would say it (absolute paths): ``parse_job`` of it gives it back."""
+        model, data, train, cluster = self.model, self.data, self.train, self.cluster
+        out: dict[str, Any] = {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "model": {"prefix": model.prefix, "epoch": model.epoch, "cut_layer": model.cut_layer,
+                      "variant": model.variant.value},
+            "data": {"train": data.train, "val": data.val, "shape": list(data.shape), "rand_crop": data.rand_crop,
+                     "rand_mirror": data.rand_mirror, "preprocess_threads": data.preprocess_threads},
+            "train": {"epochs": train.epochs, "batch_per_device": train.batch_per_device,
+                      "optimizer": train.optimizer, "optimizer_params": dict(train.optimizer_params),
+                      "initializer": {"type": train.initializer.type, **train.initializer.params},
+                      "log_every_batches": train.log_every_batches},
+            "cluster": {"workers": cluster.workers, "servers": cluster.servers,
+                        "devices": "cpu" if cluster.devices is None else list(cluster.devices),
+                        "kvstore": cluster.kvstore, "startup_timeout_s": cluster.startup_timeout_s,
+                        "progress_timeout_s": cluster.progress_timeout_s, "max_restarts": cluster.max_restarts},
+        }
+        for key, value in (("url", model.url), ("params_sha256", model.params_sha256)):
+            if value is not None:
+                out["model"][key] = value
+        if train.seed is not None:
+            out["train"]["seed"] = train.seed
+        if self.min_accuracy is not None:
+            out["expect"] = {"min_accuracy": self.min_accuracy}
+        if self.builtin_assets is not None:
+            out["builtin_assets"] = self.builtin_assets
+        return out
 
 
 # --------------------------------------------------------------------------- YAML with lines
@@ -362,12 +395,16 @@ def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = Non
         seed=train_f.get("seed", _int(0), None),
         log_every_batches=train_f.get("log_every_batches", _int(1), 20),
     )
-    cluster_f = top.section("cluster", ("workers", "servers", "devices", "kvstore"))
+    cluster_f = top.section("cluster", ("workers", "servers", "devices", "kvstore", "startup_timeout_s",
+                                        "progress_timeout_s", "max_restarts"))
     cluster = ClusterSpec(
         workers=cluster_f.get("workers", _int(1), 1),
         servers=cluster_f.get("servers", _int(1), 1),
         devices=cluster_f.get("devices", _devices, TUTORIAL_GPUS),
         kvstore=cluster_f.get("kvstore", _choice(KVSTORES), "auto"),
+        startup_timeout_s=cluster_f.get("startup_timeout_s", _int(1), 300),
+        progress_timeout_s=cluster_f.get("progress_timeout_s", _int(1), 1800),
+        max_restarts=cluster_f.get("max_restarts", _int(0), 0),
     )
     expect_f = top.section("expect", ("min_accuracy",))
     default_name = os.path.splitext(os.path.basename(source))[0]

@@ -82,6 +82,9 @@ class Facts:
     code_files: tuple[str, ...] = ()      # paths under code_dir that remote hosts need
     code_hash: str = ""                   # changes whenever any of code_files changes
     file_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)  # local path -> content key
+    attempt: int = 1                      # 2, 3, ...: a resumed or restarted run (logs in logs/attempt-N)
+    resume_epoch: int = 0                 # epochs already done
+    resume_prefix: str | None = None      # local checkpoint of epoch resume_epoch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Plan:
     transfers: tuple[Transfer, ...] = ()
     remote_roots: Mapping[str, str] = dataclasses.field(default_factory=dict)  # host label -> work folder
     trimmed_params: str | None = None     # params without the layers above the cut, staged to hosts
+    attempt: int = 1
 
     @property
     def remote(self) -> bool:
@@ -251,8 +255,11 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
         val_idx = recfile.idx_path_for(job.data.val)
         if val_idx in keys:
             stage(host, val_idx, keys[val_idx])
+        if facts.resume_prefix:
+            paths["resume_prefix"] = _resume_files(host, layout, facts, transfers)
         workers.append(_worker_config(job, inventory, shards[i], batches_per_epoch, paths=paths,
-                                      out_dir=f"{layout.run_dir}/workers/worker-{i}"))
+                                      out_dir=f"{layout.run_dir}/workers/worker-{i}",
+                                      begin_epoch=facts.resume_epoch))
         if not layout.local:
             transfers.append(Transfer(host.label, os.path.join(facts.run_dir, "config", f"worker-{i}.json"),
                                       f"{layout.run_dir}/config/worker-{i}.json", "run"))
@@ -275,12 +282,12 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
         elif role is not Role.WORKER:
             env["OMP_NUM_THREADS"] = "1"
         name = role.value if role is Role.SCHEDULER else f"{role.value}-{rank}"
+        logs = os.path.join(facts.run_dir, "logs", *([f"attempt-{facts.attempt}"] if facts.attempt > 1 else []))
         argv = (host_facts.python, "-m", "trainer") + args
         if not layout.local:
             argv = (host_facts.python, "-m", "trainer.remote", "--pid-file",
                     f"{layout.run_dir}/pids/{name}.pid", "--") + argv
-        return ProcessSpec(role, rank, host.label, argv, tuple(sorted(env.items())),
-                           os.path.join(facts.run_dir, "logs", f"{name}.log"))
+        return ProcessSpec(role, rank, host.label, argv, tuple(sorted(env.items())), os.path.join(logs, f"{name}.log"))
 
     processes = [process(Role.SCHEDULER, 0, scheduler_host)]
     processes += [process(Role.SERVER, i, h) for i, h in enumerate(server_hosts)]
@@ -290,7 +297,20 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
                 facts.scheduler_port, tuple(processes), shards, tuple(workers),
                 tuple(h.label for h in worker_hosts), batches_per_epoch, tuple(transfers),
                 {label: layout.root for label, layout in layouts.items() if not layout.local},
-                trimmed if any(t.source == trimmed for t in transfers) else None)
+                trimmed if any(t.source == trimmed for t in transfers) else None, facts.attempt)
+
+
+def _resume_files(host: HostSpec, layout: _Layout, facts: Facts, transfers: list[Transfer]) -> str:
+    """The resume checkpoint's prefix on ``host`` (staged there with this run's files)."""
+    local = facts.resume_prefix
+    if layout.local:
+        return local
+    remote = f"{layout.run_dir}/resume/{os.path.basename(local)}"
+    for suffix in ("-symbol.json", f"-{facts.resume_epoch:04d}.params"):
+        transfer = Transfer(host.label, local + suffix, remote + suffix, "run")
+        if transfer not in transfers:
+            transfers.append(transfer)
+    return remote
 
 
 def _check_slots(job: JobSpec, worker_hosts: Sequence[HostSpec]) -> None:
@@ -307,7 +327,7 @@ def _check_slots(job: JobSpec, worker_hosts: Sequence[HostSpec]) -> None:
 
 
 def _worker_config(job: JobSpec, inventory: Inventory, shard: ShardSpec, batches_per_epoch: int, *,
-                   paths: Mapping[str, str], out_dir: str) -> WorkerConfig:
+                   paths: Mapping[str, str], out_dir: str, begin_epoch: int) -> WorkerConfig:
     train, data, model = job.train, job.data, job.model
     return WorkerConfig(
         index=shard.worker,
@@ -336,4 +356,6 @@ def _worker_config(job: JobSpec, inventory: Inventory, shard: ShardSpec, batches
         out_dir=out_dir,
         checkpoint_name=job.name,
         job=job.to_dict(),
+        begin_epoch=begin_epoch,
+        resume_prefix=paths.get("resume_prefix"),
     )

@@ -194,10 +194,10 @@ def stage_all(hosts: Mapping[str, SSHHost], transfers: Sequence[Transfer], *, ro
     return [results[label] for label in results]
 
 
-def fetch_dir(host: SSHHost, remote_dir: str, local_dir: str) -> None:
-    """Copy a folder from the host (one tar stream), e.g. rank 0's results."""
+def fetch_dir(host: SSHHost, remote_dir: str, local_dir: str, *, names: Sequence[str] = (".",)) -> None:
+    """Copy a folder (or the files ``names`` in it) from the host in one tar stream."""
     os.makedirs(local_dir, exist_ok=True)
-    proc = host.stream_from(f"tar -cf - -C {shlex.quote(remote_dir)} .")
+    proc = host.stream_from(shlex.join(["tar", "-cf", "-", "-C", remote_dir, "--", *names]))
     with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
         tar.extractall(local_dir, filter="data")
     _, err = proc.communicate()

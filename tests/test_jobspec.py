@@ -122,3 +122,11 @@ def test_variant_and_shape_are_checked():
         MINIMAL.replace("prefix: models/resnet-50", "prefix: m\n  variant: freeze"))
     assert "data.shape must be [channels, height, width]" in error_of(
         MINIMAL.replace("  val: data/val.rec", "  val: v.rec\n  shape: [3, 224]"))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "jobs", "*.yaml"))))
+def test_effective_spec_round_trips(path):
+    import yaml
+    job = load_job(path, environ={})
+    again = parse_job(yaml.safe_dump(job.to_job_dict()), job.source, environ={})
+    assert again == job

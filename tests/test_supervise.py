@@ -1,7 +1,6 @@
 """The supervisor with real child processes: success, first failure wins, nothing left behind."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 

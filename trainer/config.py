@@ -38,6 +38,8 @@ class WorkerConfig:
     out_dir: str                    # rank 0 writes result.json and the checkpoint here
     checkpoint_name: str
     job: dict[str, Any]             # the job spec, recorded in result.json
+    begin_epoch: int = 0            # epochs already done (resuming)
+    resume_prefix: str | None = None  # fine-tuned checkpoint of epoch begin_epoch to start from
 
     @classmethod
     def load(cls, path: str) -> "WorkerConfig":

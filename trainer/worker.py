@@ -76,7 +76,7 @@ def _initializer(cfg: WorkerConfig):
 
 
 class _Throughput:
-    """batch_end_callback: logs images/s every ``every`` batches and totals each epoch."""
+    """batch_end_callback: a progress event per batch, images/s logged every ``every`` batches."""
 
     def __init__(self, batch_size: int, every: int) -> None:
         self.batch_size, self.every = batch_size, every
@@ -89,12 +89,12 @@ class _Throughput:
 
     def __call__(self, param) -> None:
         self.window_batches += 1
+        events.emit("progress", epoch=param.epoch, batch=param.nbatch + 1)  # the launcher's watchdog reads these
         if (param.nbatch + 1) % self.every == 0:
             now = time.time()
             speed = self.window_batches * self.batch_size / max(now - self.window_start, 1e-9)
             metrics = ", ".join(f"{name}={value:.4f}" for name, value in param.eval_metric.get_name_value())
             log.info("epoch %d batch %d: %.1f images/s, train %s", param.epoch, param.nbatch + 1, speed, metrics)
-            events.emit("progress", epoch=param.epoch, batch=param.nbatch + 1, images_per_s=round(speed, 2))
             self.window_start, self.window_batches = now, 0
 
 
@@ -109,11 +109,18 @@ def run_worker(cfg: WorkerConfig) -> int:
     log.info("worker %d joined ps-lite as rank %d of %d (kvstore %s)", cfg.index, rank, num_workers, cfg.kvstore)
     events.emit("joined", index=cfg.index, rank=rank, num_workers=num_workers, join_s=round(time.time() - started, 2))
 
-    symbol, arg_params, aux_params = mx.model.load_checkpoint(cfg.model_prefix, cfg.model_epoch)
-    net, arg_params, aux_params, fixed = fine_tune_symbol(
-        symbol, arg_params, aux_params, num_classes=cfg.num_classes, cut_layer=cfg.cut_layer, variant=cfg.variant)
-    log.info("graph cut at %s, new %s with %d classes; %d pretrained arrays kept (%s)", cfg.cut_layer, NEW_LAYER,
-             cfg.num_classes, len(arg_params) + len(aux_params), cfg.variant)
+    if cfg.resume_prefix:
+        net, arg_params, aux_params = mx.model.load_checkpoint(cfg.resume_prefix, cfg.begin_epoch)
+        fixed = ([name for name in net.list_arguments() if name not in ("data", "softmax_label")
+                  and not name.startswith(f"{NEW_LAYER}_")] if cfg.variant == "frozen" else [])
+        log.info("resuming after epoch %d from %s", cfg.begin_epoch, cfg.resume_prefix)
+    else:
+        symbol, arg_params, aux_params = mx.model.load_checkpoint(cfg.model_prefix, cfg.model_epoch)
+        net, arg_params, aux_params, fixed = fine_tune_symbol(
+            symbol, arg_params, aux_params, num_classes=cfg.num_classes, cut_layer=cfg.cut_layer,
+            variant=cfg.variant)
+        log.info("graph cut at %s, new %s with %d classes; %d pretrained arrays kept (%s)", cfg.cut_layer,
+                 NEW_LAYER, cfg.num_classes, len(arg_params) + len(aux_params), cfg.variant)
 
     batch_size = _batch_size(cfg)
     train = _train_iter(cfg, rank_seed=(cfg.seed or 0) + cfg.index)
@@ -133,27 +140,61 @@ def run_worker(cfg: WorkerConfig) -> int:
         epochs.append(record)
         log.info("epoch %d done: %s", epoch + 1, json.dumps(record))
         events.emit("epoch", index=cfg.index, rank=rank, **record)
+        if rank == 0:
+            save_epoch_checkpoint(cfg, mod, net, epoch + 1, record)
         speed.start_epoch()
 
     fit_started = time.time()
     speed.start_epoch()
-    mod.fit(train, num_epoch=cfg.epochs, kvstore=kv, optimizer=cfg.optimizer,
+    mod.fit(train, begin_epoch=cfg.begin_epoch, num_epoch=cfg.epochs, kvstore=kv, optimizer=cfg.optimizer,
             optimizer_params=dict(cfg.optimizer_params), initializer=_initializer(cfg),
             arg_params=arg_params, aux_params=aux_params, allow_missing=True, eval_metric=metric,
             batch_end_callback=speed, epoch_end_callback=on_epoch_end)
     train_s = time.time() - fit_started
 
     if rank == 0:
-        _write_result(cfg, mod, epochs, num_workers=num_workers, train_s=train_s, total_s=time.time() - started)
+        _write_result(cfg, epochs, num_workers=num_workers, train_s=train_s, total_s=time.time() - started)
     events.emit("done", index=cfg.index, rank=rank, train_s=round(train_s, 3))
     return 0
 
 
-def _write_result(cfg: WorkerConfig, mod: mx.mod.Module, epochs: list[dict], *, num_workers: int,
-                  train_s: float, total_s: float) -> None:
+KEEP_CHECKPOINTS = 2  # epochs of checkpoints kept on the host; the launcher keeps its own copies
+
+
+def save_epoch_checkpoint(cfg: WorkerConfig, mod: mx.mod.Module, net, epoch: int, record: dict) -> None:
+    """Write ``NAME-EPOCH.params`` atomically, then the marker ``checkpoint-EPOCH.json`` that says it is whole.
+
+    Optimizer state is not saved: with a distributed kvstore it lives on the servers and
+    MXNet cannot save it from a worker (the tutorial's plain SGD has none).
+    """
     os.makedirs(cfg.out_dir, exist_ok=True)
     prefix = os.path.join(cfg.out_dir, cfg.checkpoint_name)
-    mod.save_checkpoint(prefix, cfg.epochs)
+    symbol_path = f"{prefix}-symbol.json"
+    if not os.path.exists(symbol_path):
+        net.save(symbol_path + ".partial")
+        os.replace(symbol_path + ".partial", symbol_path)
+    args, aux = mod.get_params()
+    params_path = f"{prefix}-{epoch:04d}.params"
+    arrays = {f"arg:{name}": value for name, value in args.items()}
+    arrays.update({f"aux:{name}": value for name, value in aux.items()})
+    mx.nd.save(params_path + ".partial", arrays)
+    os.replace(params_path + ".partial", params_path)
+    marker = os.path.join(cfg.out_dir, f"checkpoint-{epoch:04d}.json")
+    with open(marker + ".partial", "w", encoding="utf-8") as handle:
+        json.dump({"epoch": epoch, "symbol": os.path.basename(symbol_path), "params": os.path.basename(params_path),
+                   "record": record}, handle)
+    os.replace(marker + ".partial", marker)
+    events.emit("checkpoint", index=cfg.index, epoch=epoch, out_dir=cfg.out_dir,
+                files=[os.path.basename(symbol_path), os.path.basename(params_path), os.path.basename(marker)])
+    for old in range(cfg.begin_epoch + 1, epoch - KEEP_CHECKPOINTS + 1):
+        for path in (f"{prefix}-{old:04d}.params", os.path.join(cfg.out_dir, f"checkpoint-{old:04d}.json")):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def _write_result(cfg: WorkerConfig, epochs: list[dict], *, num_workers: int,
+                  train_s: float, total_s: float) -> None:
+    os.makedirs(cfg.out_dir, exist_ok=True)
     final = epochs[-1]
     result = {
         "val_accuracy": final["val_accuracy"],
@@ -172,4 +213,4 @@ def _write_result(cfg: WorkerConfig, mod: mx.mod.Module, epochs: list[dict], *, 
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)
     os.replace(tmp, os.path.join(cfg.out_dir, "result.json"))
-    log.info("rank 0 wrote %s and %s-%04d.params", os.path.join(cfg.out_dir, "result.json"), prefix, cfg.epochs)
+    log.info("rank 0 wrote %s", os.path.join(cfg.out_dir, "result.json"))

@@ -1,0 +1,229 @@
+"""One launch from parsed input to a result: attempts, preflight, planning, execution.
+
+``run`` is what ``mxft-launch JOB`` does after parsing: it plans the run, carries it
+out and, when the job allows restarts (``cluster.max_restarts``), resumes a failed
+attempt from the last complete epoch checkpoint. Raises the errors of
+``cluster.errors``; printing is the CLI's business.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+
+from cluster.errors import InputError, Interrupted, JobFailed
+from cluster.hosts import HostSpec, load_hosts
+from cluster.local import free_port
+from cluster.ssh import SSHHost, SSHOptions
+from launcher import assets, recfile, runstate
+from launcher.execute import RunResult, execute
+from launcher.inputs import Inventory, check_inputs
+from launcher.jobspec import JobSpec, load_job
+from launcher.plan import Facts, HostFacts, Plan, make_plan
+from launcher.preflight import Requirements, local_mxnet_version, preflight
+
+CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchConfig:
+    """The command line, parsed once."""
+
+    job_path: str
+    hosts_path: str | None
+    dry_run: bool
+    run_root: str
+    cache_dir: str
+    remote_dir: str
+    ssh: SSHOptions
+    resume_dir: str | None = None
+
+
+def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
+    if config.hosts_path is None:
+        return (HostSpec("localhost"),)
+    if config.ssh.ssh_config and not os.path.isfile(config.ssh.ssh_config):
+        raise InputError(config.ssh.ssh_config, "SSH config file not found", hint="check --ssh-config")
+    hosts = load_hosts(config.hosts_path)
+    local = [h for h in hosts if h.is_local]
+    if local and len(local) < len(hosts):
+        raise InputError(f"{config.hosts_path}:{local[0].line}",
+                         f"'{local[0].label}' cannot be mixed with remote hosts",
+                         hint="list this machine by an address the other hosts can reach")
+    return hosts[:1] if local else hosts
+
+
+def _fingerprint(*paths: str) -> str:
+    """A key that changes whenever any of the files changes (path, size, mtime)."""
+    parts = []
+    for path in paths:
+        stat = os.stat(path)
+        parts.append(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _code_files() -> tuple[tuple[str, ...], str]:
+    """The trainer package's files (relative to CODE_DIR) and a hash of their contents."""
+    files = tuple(sorted(os.path.relpath(path, CODE_DIR)
+                         for path in glob.glob(os.path.join(CODE_DIR, "trainer", "*.py"))))
+    digest = hashlib.sha256()
+    for rel in files:
+        with open(os.path.join(CODE_DIR, rel), "rb") as handle:
+            digest.update(rel.encode() + b"\0" + handle.read() + b"\0")
+    return files, digest.hexdigest()[:16]
+
+
+def _file_keys(job: JobSpec) -> dict[str, str]:
+    """Content keys of the files every worker host needs; pairs share a key (and a folder)."""
+    model = _fingerprint(job.model.symbol_path, job.model.params_path)
+    keys = {job.model.symbol_path: model, job.model.params_path: model}
+    val_idx = recfile.idx_path_for(job.data.val)
+    val_files = [job.data.val] + ([val_idx] if os.path.isfile(val_idx) else [])
+    val = _fingerprint(*val_files)
+    keys.update({path: val for path in val_files})
+    return keys
+
+
+def _staging_bytes(plan: Plan, inventory: Inventory) -> dict[str, int]:
+    """Bytes staging may write on each host (shards counted from the index, before they exist)."""
+    shard_bytes = {shard.rec_path: sum(inventory.train_records[i].size_bytes for i in shard.positions)
+                   for shard in plan.shards}
+    totals: dict[str, int] = {}
+    for transfer in plan.transfers:
+        size = shard_bytes.get(transfer.source)
+        if size is None:
+            size = os.path.getsize(transfer.source) if os.path.isfile(transfer.source) else 1 << 16
+        totals[transfer.host] = totals.get(transfer.host, 0) + size
+    return totals
+
+
+def new_run_id(job: JobSpec) -> str:
+    return f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def prepare(config: LaunchConfig, job: JobSpec, hosts: tuple[HostSpec, ...], *, run_id: str, run_dir: str,
+            attempt: int = 1, resume: runstate.Checkpoint | None = None,
+            echo: Callable[[str], None] | None = None) -> tuple[Plan, Inventory, dict[str, SSHHost]]:
+    """Check inputs, preflight remote hosts (unless a dry run), and make the plan."""
+    inventory = check_inputs(job)
+    remote = not hosts[0].is_local
+    code_files, code_hash = _code_files()
+    if remote:
+        host_facts = {h.label: HostFacts(h.name, h.python or "python3", 1) for h in hosts}
+        port = 20000 + secrets.randbelow(20000)  # cannot probe remote ports from here
+    else:
+        host_facts = {hosts[0].label: HostFacts("127.0.0.1", sys.executable, os.cpu_count() or 1)}
+        port = free_port()
+    facts = Facts(
+        run_id=run_id,
+        run_dir=run_dir,
+        cache_dir=os.path.abspath(config.cache_dir),
+        scheduler_port=port,
+        code_dir=CODE_DIR,
+        train_fingerprint=_fingerprint(job.data.train),
+        hosts=host_facts,
+        remote_dir=config.remote_dir,
+        code_files=code_files,
+        code_hash=code_hash,
+        file_keys=_file_keys(job),
+        attempt=attempt,
+        resume_epoch=resume.epoch if resume else 0,
+        resume_prefix=resume.prefix if resume else None,
+    )
+    plan = make_plan(job, inventory, hosts, facts)
+    ssh_hosts = {h.label: SSHHost(h, config.ssh) for h in hosts} if remote else {}
+    if remote and not config.dry_run:
+        need = Requirements(
+            mxnet_version=local_mxnet_version(),
+            gpus_per_host={label: plan.worker_hosts.count(label) * len(job.cluster.devices or ())
+                           for label in set(plan.worker_hosts)},
+            bytes_per_host=_staging_bytes(plan, inventory),
+            work_dir=config.remote_dir,
+        )
+        if echo:
+            echo(f"[mxft] preflight: checking {len(hosts)} hosts")
+        facts = dataclasses.replace(facts, hosts=preflight([(h, ssh_hosts[h.label]) for h in hosts], need))
+        plan = make_plan(job, inventory, hosts, facts)
+    return plan, inventory, ssh_hosts
+
+
+def load_resume(run_dir: str) -> tuple[JobSpec, str, int, runstate.Checkpoint | None]:
+    """The job, run id, next attempt number and checkpoint of a stopped run, for --resume."""
+    job_path = os.path.join(run_dir, "job.yaml")
+    if not os.path.isfile(job_path):
+        raise InputError(run_dir, "is not an mxft run directory (no job.yaml)", hint="give the folder a launch printed")
+    if runstate.running_launcher(run_dir) is not None:
+        raise InputError(run_dir, "this run is still running", hint=f"stop it first: mxft-launch stop {run_dir}")
+    job = load_job(job_path)
+    attempts = runstate.read_attempts(run_dir)
+    run_id = next((a["run_id"] for a in attempts if "run_id" in a), os.path.basename(os.path.normpath(run_dir)))
+    checkpoint = runstate.latest_checkpoint(run_dir)
+    if checkpoint is not None and checkpoint.epoch >= job.train.epochs:
+        raise InputError(run_dir, f"all {job.train.epochs} epochs are done already", hint="see result.json")
+    return job, run_id, max((a.get("attempt", 0) for a in attempts), default=0) + 1, checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    plan: Plan
+    result: RunResult
+
+
+def run(config: LaunchConfig, *, echo: Callable[[str], None], max_restarts: int | None = None) -> Outcome | Plan:
+    """Launch (or resume) the job; returns the Plan alone for a dry run.
+
+    After a failed attempt, and while restarts are left, tears down (done by then),
+    resumes from the newest complete checkpoint, and records each attempt in the run dir.
+    """
+    if config.resume_dir:
+        run_dir = os.path.abspath(config.resume_dir)
+        job, run_id, attempt, checkpoint = load_resume(run_dir)
+    else:
+        job = load_job(config.job_path)
+        run_id, attempt, checkpoint = new_run_id(job), 1, None
+        run_dir = os.path.abspath(os.path.join(config.run_root, run_id))
+    hosts = _hosts(config)
+    if job.builtin_assets and not config.dry_run:
+        assets.ensure_built(job, echo=echo)
+    restarts_left = job.cluster.max_restarts if max_restarts is None else max_restarts
+    while True:
+        plan, inventory, ssh_hosts = prepare(config, job, hosts, run_id=run_id, run_dir=run_dir, attempt=attempt,
+                                             resume=checkpoint, echo=echo)
+        if config.dry_run:
+            return plan
+        os.makedirs(run_dir, exist_ok=True)
+        runstate.write_launcher(run_dir, run_id)
+        begin = checkpoint.epoch if checkpoint else 0
+        runstate.record_attempt(run_dir, {"attempt": attempt, "run_id": run_id, "begin_epoch": begin,
+                                          "outcome": "started"})
+        echo(f"[mxft] run {run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s), "
+             f"logs in {os.path.dirname(plan.processes[0].log_path)}"
+             + (f"; attempt {attempt}, from epoch {begin}" if attempt > 1 else ""))
+        try:
+            result = execute(plan, inventory, echo=echo, ssh_hosts=ssh_hosts)
+        except (Interrupted, KeyboardInterrupt):
+            checkpoint = runstate.latest_checkpoint(run_dir)
+            runstate.record_attempt(run_dir, {"attempt": attempt, "outcome": "interrupted",
+                                              "epochs_done": checkpoint.epoch if checkpoint else 0})
+            raise
+        except JobFailed as err:
+            checkpoint = runstate.latest_checkpoint(run_dir)
+            runstate.record_attempt(run_dir, {"attempt": attempt, "outcome": "failed",
+                                              "reason": str(err).splitlines()[0],
+                                              "epochs_done": checkpoint.epoch if checkpoint else 0})
+            if restarts_left <= 0:
+                raise
+            restarts_left -= 1
+            attempt += 1
+            echo(f"[mxft] attempt {attempt - 1} failed: {str(err).splitlines()[0]}")
+            echo(f"[mxft] restarting from epoch {checkpoint.epoch if checkpoint else 0} "
+                 f"({restarts_left} restart(s) left)")
+            continue
+        runstate.record_attempt(run_dir, {"attempt": attempt, "outcome": "succeeded"})
+        result = dataclasses.replace(result, result=runstate.add_attempts_to_result(run_dir))
+        return Outcome(plan, result)

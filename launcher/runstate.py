@@ -1,0 +1,134 @@
+"""What a run directory remembers between attempts: checkpoints, attempts, the launcher's pid.
+
+    RUN_DIR/checkpoints/NAME-symbol.json, NAME-EEEE.params, checkpoint-EEEE.json
+    RUN_DIR/attempts.jsonl     one line per attempt: number, begin epoch, outcome
+    RUN_DIR/launcher.json      pid and start time of the launcher running the run now
+
+A checkpoint counts only when its marker ``checkpoint-EEEE.json`` exists and names
+files that exist: the marker is always written (renamed into place) last.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import re
+import time
+
+import psutil
+
+KEEP_PARAMS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    epoch: int
+    prefix: str                  # local: PREFIX-symbol.json + PREFIX-EEEE.params
+    records: tuple[dict, ...]    # the epoch records of epochs 1..epoch, as rank 0 reported them
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def latest_checkpoint(run_dir: str) -> Checkpoint | None:
+    """The newest complete checkpoint of the run, or None."""
+    folder = checkpoint_dir(run_dir)
+    markers = {}
+    for path in glob.glob(os.path.join(folder, "checkpoint-*.json")):
+        match = re.fullmatch(r"checkpoint-(\d+)\.json", os.path.basename(path))
+        try:
+            with open(path, encoding="utf-8") as handle:
+                markers[int(match.group(1))] = json.load(handle)
+        except (ValueError, OSError, AttributeError):
+            continue
+    for epoch in sorted(markers, reverse=True):
+        marker = markers[epoch]
+        if all(os.path.isfile(os.path.join(folder, marker[key])) for key in ("symbol", "params")):
+            prefix = os.path.join(folder, marker["symbol"][: -len("-symbol.json")])
+            records = tuple(markers[e]["record"] for e in sorted(markers) if e <= epoch)
+            return Checkpoint(epoch, prefix, records)
+    return None
+
+
+def install_checkpoint(source_dir: str, files: list[str], run_dir: str, *, link: bool) -> None:
+    """Move or link a checkpoint's files (marker last) into the run's checkpoints folder."""
+    folder = checkpoint_dir(run_dir)
+    os.makedirs(folder, exist_ok=True)
+    ordered = sorted(files, key=lambda name: name.startswith("checkpoint-"))  # the marker goes last
+    for name in ordered:
+        source, target = os.path.join(source_dir, name), os.path.join(folder, name)
+        tmp = target + ".partial"
+        if os.path.exists(target) and os.path.samefile(source, target):
+            continue  # the symbol, linked at an earlier epoch
+        if link:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            try:
+                os.link(source, tmp)
+            except OSError:
+                import shutil
+                shutil.copyfile(source, tmp)
+        else:
+            os.replace(source, tmp)
+        os.replace(tmp, target)
+    _prune(folder)
+
+
+def _prune(folder: str) -> None:
+    """Keep the params of the newest KEEP_PARAMS epochs; markers stay (they hold the records)."""
+    params = sorted(glob.glob(os.path.join(folder, "*-[0-9][0-9][0-9][0-9].params")))
+    for path in params[:-KEEP_PARAMS]:
+        os.remove(path)
+
+
+def record_attempt(run_dir: str, entry: dict) -> None:
+    with open(os.path.join(run_dir, "attempts.jsonl"), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **entry}) + "\n")
+
+
+def read_attempts(run_dir: str) -> list[dict]:
+    """The lines of attempts.jsonl (several per attempt: started, then failed or succeeded)."""
+    try:
+        with open(os.path.join(run_dir, "attempts.jsonl"), encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    except OSError:
+        return []
+
+
+def attempt_summary(run_dir: str) -> list[dict]:
+    """One dict per attempt, its lines merged (the later line wins: outcome, reason, ...)."""
+    merged: dict[int, dict] = {}
+    for line in read_attempts(run_dir):
+        merged.setdefault(line["attempt"], {}).update({k: v for k, v in line.items() if k != "time"})
+    return [merged[number] for number in sorted(merged)]
+
+
+def add_attempts_to_result(run_dir: str) -> dict:
+    """Record every attempt in result.json (written atomically); returns the result."""
+    path = os.path.join(run_dir, "result.json")
+    with open(path, encoding="utf-8") as handle:
+        result = json.load(handle)
+    result["attempts"] = attempt_summary(run_dir)
+    with open(path + ".partial", "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    os.replace(path + ".partial", path)
+    return result
+
+
+def write_launcher(run_dir: str, run_id: str) -> None:
+    me = psutil.Process()
+    with open(os.path.join(run_dir, "launcher.json"), "w", encoding="utf-8") as handle:
+        json.dump({"pid": me.pid, "create_time": me.create_time(), "run_id": run_id}, handle)
+
+
+def running_launcher(run_dir: str) -> psutil.Process | None:
+    """The launcher process of this run if it still runs (pid and start time both match)."""
+    try:
+        with open(os.path.join(run_dir, "launcher.json"), encoding="utf-8") as handle:
+            info = json.load(handle)
+        proc = psutil.Process(info["pid"])
+        return proc if abs(proc.create_time() - info["create_time"]) < 0.01 else None
+    except (OSError, ValueError, KeyError, psutil.NoSuchProcess):
+        return None
