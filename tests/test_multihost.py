@@ -1,6 +1,7 @@
 """Multi-host launches over real SSH to network-namespace hosts, each with its own sshd."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -142,9 +143,10 @@ def test_dry_run_for_three_hosts_touches_nothing(hosts3, tmp_path, demo_assets):
     assert {h.name: sorted(os.listdir(h.work_dir)) for h in hosts3.hosts} == before
 
 
-def start_remote_run(cluster, tmp_path, demo_assets) -> tuple[subprocess.Popen, str]:
-    job = write_job(tmp_path / "long.yaml", demo_job(demo_assets, train={"epochs": 200},
-                                                    cluster={"workers": 3, "servers": 2}))
+def start_remote_run(cluster, tmp_path, demo_assets, *, epochs=200, until="epoch 1 done",
+                     **cluster_fields) -> tuple[subprocess.Popen, str]:
+    job = write_job(tmp_path / "long.yaml", demo_job(demo_assets, train={"epochs": epochs},
+                                                    cluster={"workers": 3, "servers": 2, **cluster_fields}))
     env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
     proc = subprocess.Popen(LAUNCH + ssh_args(cluster, hosts_file(cluster, tmp_path)) +
                             [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path), env=env,
@@ -156,10 +158,10 @@ def start_remote_run(cluster, tmp_path, demo_assets) -> tuple[subprocess.Popen, 
         if not line:
             break
         seen.append(line)
-        if "epoch 1 done" in line:
+        if until in line:
             return proc, run_id_from("".join(seen))
     proc.kill()
-    raise AssertionError("the run never finished epoch 1:\n" + "".join(seen[-30:]) + proc.stderr.read())
+    raise AssertionError(f"the run never printed {until!r}:\n" + "".join(seen[-30:]) + proc.stderr.read())
 
 
 def find_process(cluster, run_id: str, log_name: str) -> int:
@@ -188,13 +190,13 @@ def test_killing_a_remote_process_stops_the_run_everywhere(hosts3, tmp_path, dem
     assert no_processes_left(hosts3, run_id) == {}
 
 
-@pytest.mark.parametrize("signum", [9, 15])
-def test_launcher_death_or_sigterm_leaves_nothing_on_any_host(hosts3, tmp_path, demo_assets, signum):
+@pytest.mark.parametrize("signum", [2, 9, 15])
+def test_launcher_death_or_signals_leave_nothing_on_any_host(hosts3, tmp_path, demo_assets, signum):
     proc, run_id = start_remote_run(hosts3, tmp_path, demo_assets)
     assert sum(len(p) for p in run_processes(hosts3, run_id).values()) >= 6  # 5 processes + wrappers
     proc.send_signal(signum)
     proc.wait(timeout=60)
-    assert proc.returncode == (-9 if signum == 9 else 143)
+    assert proc.returncode == {2: 130, 9: -9, 15: 143}[signum]
     assert no_processes_left(hosts3, run_id) == {}
 
 
@@ -228,3 +230,16 @@ def test_accept_new_host_keys_records_the_key_and_a_changed_key_is_refused(hosts
     known.write_text(f"{address} {other_key}\n")  # h1's key recorded for h3: a changed key
     with pytest.raises(HostKeyError, match="host key changed"):
         accept.run(["true"])
+
+
+def test_restart_across_hosts_resumes_from_the_fetched_checkpoint(hosts3, tmp_path, demo_assets):
+    proc, run_id = start_remote_run(hosts3, tmp_path, demo_assets, epochs=10, until="epoch 4 done", max_restarts=1)
+    os.kill(find_process(hosts3, run_id, "worker-1"), 9)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stdout[-2000:] + stderr
+    result = json.loads((tmp_path / "runs" / run_id / "result.json").read_text())
+    first, second = result["attempts"]
+    assert first["outcome"] == "failed" and first["reason"].startswith("worker 1 on 10.231.77.12")
+    assert second["begin_epoch"] == first["epochs_done"] >= 3 and second["outcome"] == "succeeded"
+    assert [e["epoch"] for e in result["epochs"]] == list(range(1, 11))
+    assert no_processes_left(hosts3, run_id) == {}
