@@ -116,7 +116,7 @@ def present_on(host: SSHHost, dests: Sequence[str]) -> set[str]:
 
 
 def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str, python: str,
-               progress: Callable[[str], None]) -> HostStaging:
+               progress: Callable[[str], None], progress_every_s: float = 1.0) -> HostStaging:
     """Send the host what it lacks: content-addressed files once, run files always."""
     started = time.monotonic()
     present = present_on(host, [t.dest for t in transfers if t.kind != "run"])
@@ -129,7 +129,7 @@ def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str, pytho
     def on_bytes(count: int) -> None:
         sent[0] += count
         now = time.monotonic()
-        if now - last_report[0] >= 1.0 and total:
+        if now - last_report[0] >= progress_every_s and total:
             last_report[0] = now
             progress(f"{host.label}: {sent[0] / 1e6:.1f}/{total / 1e6:.1f} MB ({100 * min(sent[0], total) // total}%)")
 

@@ -243,3 +243,45 @@ def test_restart_across_hosts_resumes_from_the_fetched_checkpoint(hosts3, tmp_pa
     assert second["begin_epoch"] == first["epochs_done"] >= 3 and second["outcome"] == "succeeded"
     assert [e["epoch"] for e in result["epochs"]] == list(range(1, 11))
     assert no_processes_left(hosts3, run_id) == {}
+
+
+def test_staging_killed_halfway_leaves_nothing_trusted(hosts3, tmp_path):
+    import hashlib
+    import sys
+
+    from cluster.errors import JobFailed
+    from cluster.hosts import HostSpec
+    from cluster.ssh import SSHHost, SSHOptions
+    from launcher.plan import Transfer
+    from launcher.stage import stage_host
+    big = tmp_path / "big.rec"
+    with open(big, "wb") as handle:
+        for _ in range(24):
+            handle.write(os.urandom(1 << 22))  # 96 MiB
+    small = tmp_path / "small.idx"
+    small.write_bytes(b"0\t0\n")
+    host = SSHHost(HostSpec(hosts3.hosts[0].address), SSHOptions(ssh_config=hosts3.ssh_config))
+    dest = "/srv/mxft-host/data/k1"
+    transfers = [Transfer("h1", str(small), f"{dest}/small.idx", "data"),
+                 Transfer("h1", str(big), f"{dest}/big.rec", "data")]
+    me = psutil.Process()
+
+    def kill_ssh_midway(text: str) -> None:
+        for child in me.children(recursive=True):
+            if child.name() == "ssh":
+                child.kill()
+
+    with pytest.raises(JobFailed, match="copying 2 files failed"):
+        stage_host(host, transfers, root="/srv/mxft-host", python=sys.executable, progress=kill_ssh_midway,
+                   progress_every_s=0.0)
+    local_view = os.path.join(hosts3.hosts[0].work_dir, "data", "k1")
+    assert not os.path.exists(local_view)  # not even the small file that arrived whole: all or nothing
+    time.sleep(0.5)
+    assert not [n for n in os.listdir(hosts3.hosts[0].work_dir) if n.startswith(".incoming")]
+
+    report = stage_host(host, transfers, root="/srv/mxft-host", python=sys.executable, progress=lambda text: None)
+    assert report.files_sent == 2 and report.files_present == 0
+    assert hashlib.sha256(open(os.path.join(local_view, "big.rec"), "rb").read()).hexdigest() == \
+        hashlib.sha256(big.read_bytes()).hexdigest()
+    again = stage_host(host, transfers, root="/srv/mxft-host", python=sys.executable, progress=lambda text: None)
+    assert again.files_sent == 0 and again.bytes_sent == 0 and again.files_present == 2
