@@ -79,6 +79,17 @@ def read_index(rec_path: str) -> list[RecordSpan]:
     return [RecordSpan(key, offset, next_start[offset] - offset) for key, offset in entries]
 
 
+def _part_header(handle, rec_path: str, what: str) -> tuple[int, int]:
+    """Read one part header at the handle's position: (continuation flag, length)."""
+    head = handle.read(8)
+    if len(head) < 8:
+        raise InputError(rec_path, f"{what} is truncated")
+    magic, lrec = struct.unpack("<II", head)
+    if magic != MAGIC:
+        raise InputError(rec_path, f"{what} has no RecordIO magic", hint="the file is corrupt or not a .rec; re-pack it")
+    return lrec >> 29, lrec & _LENGTH_MASK
+
+
 def scan_records(rec_path: str) -> list[RecordSpan]:
     """Find every record of a ``.rec`` that came without its ``.idx`` by walking the headers.
 
@@ -90,14 +101,7 @@ def scan_records(rec_path: str) -> list[RecordSpan]:
     position = 0
     with open(rec_path, "rb") as handle:
         while position < rec_size:
-            head = handle.read(8)
-            if len(head) < 8:
-                raise InputError(rec_path, f"truncated record header at byte {position}")
-            magic, lrec = struct.unpack("<II", head)
-            if magic != MAGIC:
-                raise InputError(rec_path, f"no RecordIO magic at byte {position}",
-                                 hint="the file is corrupt or not a .rec; re-pack it")
-            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            cflag, length = _part_header(handle, rec_path, f"the record header at byte {position}")
             if cflag in (0, 1):
                 start = position
             position += 8 + length + (4 - length % 4) % 4
@@ -116,14 +120,7 @@ def _read_payload(handle, rec_path: str, span: RecordSpan, *, max_bytes: int) ->
     handle.seek(span.offset)
     payload = b""
     while True:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise InputError(rec_path, f"record {span.key} at byte {span.offset} is truncated")
-        magic, lrec = struct.unpack("<II", head)
-        if magic != MAGIC:
-            raise InputError(rec_path, f"record {span.key} at byte {span.offset} has no RecordIO magic",
-                             hint="the file is corrupt or not a .rec; re-pack it")
-        cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+        cflag, length = _part_header(handle, rec_path, f"record {span.key} at byte {span.offset}")
         payload += handle.read(length)
         if cflag in (0, 3) or len(payload) >= max_bytes:
             return payload[:max_bytes]
@@ -236,3 +233,59 @@ def write_shard(rec_path: str, spans: Sequence[RecordSpan], out_prefix: str) -> 
     os.replace(tmp_idx, out_idx)
     os.replace(tmp_rec, out_rec)
     return out_rec, out_idx
+
+
+def pack_image_record(image: bytes, label: float, key: int) -> bytes:
+    """One image record as MXNet's RecordIO writer lays it out (header, payload, padding).
+
+    The payload is the ``IfQQ`` image header and the encoded image. Like dmlc's writer,
+    a payload holding the magic word at a 4-byte-aligned position is split there into
+    parts (flags 1, 2, ..., 3), the word itself dropped; readers put it back.
+    """
+    payload = _IR_HEADER.pack(0, float(label), key, 0) + image
+    parts, start = [], 0
+    for i in range(0, len(payload) - len(payload) % 4, 4):
+        if payload[i:i + 4] == _MAGIC_BYTES:
+            parts.append(payload[start:i])
+            start = i + 4
+    parts.append(payload[start:])
+    out = []
+    for number, part in enumerate(parts):
+        cflag = 0 if len(parts) == 1 else 1 if number == 0 else 3 if number == len(parts) - 1 else 2
+        out.append(struct.pack("<II", MAGIC, (cflag << 29) | len(part)) + part + b"\0" * ((4 - len(part) % 4) % 4))
+    return b"".join(out)
+
+
+class RecordWriter:
+    """Append image records to ``PREFIX.rec`` and their offsets to ``PREFIX.idx``.
+
+    Written under ``.partial`` names and renamed by ``close``: an interrupted writer
+    leaves no file a reader would take for complete.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.rec_path, self.idx_path = prefix + ".rec", prefix + ".idx"
+        self._rec = open(self.rec_path + ".partial", "wb")
+        self._idx = open(self.idx_path + ".partial", "w", encoding="ascii")
+        self.count = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self._rec.tell()
+
+    def write(self, image: bytes, label: float, key: int) -> None:
+        self._idx.write(f"{key}\t{self._rec.tell()}\n")
+        self._rec.write(pack_image_record(image, label, key))
+        self.count += 1
+
+    def close(self) -> None:
+        self._rec.close()
+        self._idx.close()
+        os.replace(self.idx_path + ".partial", self.idx_path)
+        os.replace(self.rec_path + ".partial", self.rec_path)
+
+    def abort(self) -> None:
+        for handle, path in ((self._rec, self.rec_path), (self._idx, self.idx_path)):
+            handle.close()
+            if os.path.exists(path + ".partial"):
+                os.remove(path + ".partial")

@@ -70,3 +70,26 @@ def run_id_from(stdout: str) -> str:
         if line.startswith("[mxft] run ") and ":" in line:
             return line.split()[2].rstrip(":")
     raise AssertionError(f"no '[mxft] run ID:' line in:\n{stdout[-2000:]}")
+
+
+def start_launch(args: list[str], *, cwd: str, until: str | None = "epoch 1 done",
+                 timeout_s: float = 120) -> tuple[subprocess.Popen, str, list[str]]:
+    """Start ``mxft-launch ARGS`` and read its output until a line holds ``until``.
+
+    With ``until=None``, returns as soon as the run id is known. Returns the process (its
+    stdout still open), the run id and the lines read so far.
+    """
+    env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
+    proc = subprocess.Popen(LAUNCH + args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if (until is None and line.startswith("[mxft] run ")) or (until is not None and until in line):
+            return proc, run_id_from("".join(seen)), seen
+    proc.kill()
+    raise AssertionError(f"the launch never printed {until!r}:\n" + "".join(seen[-30:]) + proc.stderr.read())

@@ -10,30 +10,14 @@ import time
 import pytest
 
 from tests.helpers import CACHE_DIR, LAUNCH, REPO, demo_job, processes_of_run, run_id_from, run_launch, \
-    wait_gone, write_job
+    start_launch, wait_gone, write_job
 
 pytestmark = pytest.mark.integration
 
 
-def start(tmp_path, job: dict, name: str = "job", *, until: str | None = "epoch 1 done", extra=()):
-    """Start a launch; return once a line containing ``until`` appeared (or at once)."""
+def start(tmp_path, job: dict, name: str = "job", *, until: str | None = "epoch 1 done"):
     path = write_job(tmp_path / f"{name}.yaml", job)
-    env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
-    proc = subprocess.Popen(LAUNCH + [path, "--run-root", str(tmp_path / "runs"), *extra], cwd=str(tmp_path),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if "[mxft] run " in line and until is None:
-            return proc, run_id_from(line), seen
-        if until is not None and until in line:
-            return proc, run_id_from("".join(seen)), seen
-    proc.kill()
-    raise AssertionError("never saw " + repr(until) + ":\n" + "".join(seen[-30:]) + proc.stderr.read())
+    return start_launch([path, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path), until=until)
 
 
 def find(run_id: str, role: str, suffix: str = ""):

@@ -12,8 +12,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.helpers import CACHE_DIR, LAUNCH, REPO, demo_job, processes_of_run, run_id_from, run_launch, \
-    wait_gone, write_job
+from tests.helpers import demo_job, processes_of_run, run_id_from, run_launch, start_launch, wait_gone, write_job
 
 pytestmark = pytest.mark.integration
 
@@ -86,20 +85,7 @@ def test_fine_tuning_beats_training_from_scratch(tmp_path, demo_assets):
 def start_long_run(tmp_path, demo_assets) -> tuple[subprocess.Popen, str, list[str]]:
     """A launch that trains long enough to be interrupted; returns once epoch 1 is done."""
     path = write_job(tmp_path / "long.yaml", demo_job(demo_assets, train={"epochs": 200}))
-    env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
-    proc = subprocess.Popen(LAUNCH + [path, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen: list[str] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if "epoch 1 done" in line:
-            return proc, run_id_from("".join(seen)), seen
-    proc.kill()
-    raise AssertionError("the run never finished epoch 1:\n" + "".join(seen[-30:]) + proc.stderr.read())
+    return start_launch([path, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
 
 
 def role_process(run_id: str, role: str, config_suffix: str = "") -> psutil.Process:

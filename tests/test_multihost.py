@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from tests.helpers import CACHE_DIR, LAUNCH, REPO, demo_job, run_id_from, run_launch, write_job
+from tests.helpers import demo_job, run_id_from, run_launch, start_launch, write_job
 
 pytestmark = pytest.mark.integration
 
@@ -147,21 +147,9 @@ def start_remote_run(cluster, tmp_path, demo_assets, *, epochs=200, until="epoch
                      **cluster_fields) -> tuple[subprocess.Popen, str]:
     job = write_job(tmp_path / "long.yaml", demo_job(demo_assets, train={"epochs": epochs},
                                                     cluster={"workers": 3, "servers": 2, **cluster_fields}))
-    env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
-    proc = subprocess.Popen(LAUNCH + ssh_args(cluster, hosts_file(cluster, tmp_path)) +
-                            [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if until in line:
-            return proc, run_id_from("".join(seen))
-    proc.kill()
-    raise AssertionError(f"the run never printed {until!r}:\n" + "".join(seen[-30:]) + proc.stderr.read())
+    args = ssh_args(cluster, hosts_file(cluster, tmp_path)) + [job, "--run-root", str(tmp_path / "runs")]
+    proc, run_id, _ = start_launch(args, cwd=str(tmp_path), until=until)
+    return proc, run_id
 
 
 def find_process(cluster, run_id: str, log_name: str) -> int:

@@ -88,7 +88,7 @@ def test_broken_files_are_named(tmp_path):
         recfile.read_index(rec)
     with open(tmp_path / "junk.rec", "wb") as handle:
         handle.write(b"\0" * 64)
-    with pytest.raises(InputError, match="no RecordIO magic at byte 0"):
+    with pytest.raises(InputError, match="the record header at byte 0 has no RecordIO magic"):
         recfile.read_index(str(tmp_path / "junk.rec"))
     with pytest.raises(InputError, match="file not found"):
         recfile.read_index(str(tmp_path / "missing.rec"))
