@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import demo_vs_scratch
+from bench import demo_vs_scratch, prepare_vs_im2rec
 
-BENCHES = {"demo_vs_scratch": demo_vs_scratch.main}
+BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "prepare_vs_im2rec": prepare_vs_im2rec.main}
 
 
 def main(argv: list[str]) -> int:

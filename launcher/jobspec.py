@@ -64,13 +64,26 @@ class ModelSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImagesSpec:
+    """An image folder (one sub-folder per class) that the launch packs with mxft-prepare."""
+
+    folder: str
+    train_per_class: int = 60
+    resize: int = 256
+    quality: int = 90
+    exclude: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class DataSpec:
-    train: str
+    train: str                            # "" until an image folder is prepared
     val: str
     shape: tuple[int, int, int] = (3, 224, 224)
     rand_crop: bool = True
     rand_mirror: bool = True
     preprocess_threads: int = 4
+    images: ImagesSpec | None = None      # instead of train/val: packed (and cached) at launch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +158,9 @@ class JobSpec:
             "num_classes": self.num_classes,
             "model": {"prefix": model.prefix, "epoch": model.epoch, "cut_layer": model.cut_layer,
                       "variant": model.variant.value},
-            "data": {"train": data.train, "val": data.val, "shape": list(data.shape), "rand_crop": data.rand_crop,
+            "data": {**({"images": {**dataclasses.asdict(data.images), "exclude": list(data.images.exclude)}}
+                        if data.images else {"train": data.train, "val": data.val}),
+                     "shape": list(data.shape), "rand_crop": data.rand_crop,
                      "rand_mirror": data.rand_mirror, "preprocess_threads": data.preprocess_threads},
             "train": {"epochs": train.epochs, "batch_per_device": train.batch_per_device,
                       "optimizer": train.optimizer, "optimizer_params": dict(train.optimizer_params),
@@ -316,6 +331,12 @@ def _shape(value: Any) -> tuple[int, int, int]:
     return tuple(value)
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("a list of folder names")
+    return tuple(value)
+
+
 def _devices(value: Any) -> tuple[int, ...] | None:
     """``cpu``, a GPU count ``gpu:4`` (ids 0-3), or a list of GPU ids ``[0, 1]``."""
     if value == "cpu":
@@ -365,11 +386,25 @@ def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = Non
         cut_layer=model_f.get("cut_layer", _text, "flatten0"),
         variant=Variant(model_f.get("variant", _choice(tuple(v.value for v in Variant)), "full")),
     )
-    data_f = top.section("data", ("train", "val", "shape", "rand_crop", "rand_mirror", "preprocess_threads"),
-                         required=True)
+    data_f = top.section("data", ("train", "val", "images", "shape", "rand_crop", "rand_mirror",
+                                  "preprocess_threads"), required=True)
+    images = None
+    if data_f.raw.get("images") is not None:
+        if data_f.raw.get("train") is not None or data_f.raw.get("val") is not None:
+            data_f.fail(data_f.path + ("images",), "give data.images or data.train + data.val, not both")
+        images_f = data_f.section("images", ("folder", "train_per_class", "resize", "quality", "exclude", "seed"))
+        images = ImagesSpec(
+            folder=path_of(images_f, "folder") or images_f.get("folder", _text),
+            train_per_class=images_f.get("train_per_class", _int(1), 60),
+            resize=images_f.get("resize", _int(0), 256),
+            quality=images_f.get("quality", _int(1), 90),
+            exclude=images_f.get("exclude", _names, ()),
+            seed=images_f.get("seed", _int(0), 0),
+        )
     data = DataSpec(
-        train=path_of(data_f, "train") or data_f.get("train", _text),
-        val=path_of(data_f, "val") or data_f.get("val", _text),
+        train="" if images else path_of(data_f, "train") or data_f.get("train", _text),
+        val="" if images else path_of(data_f, "val") or data_f.get("val", _text),
+        images=images,
         shape=data_f.get("shape", _shape, (3, 224, 224)),
         rand_crop=data_f.get("rand_crop", _bool, True),
         rand_mirror=data_f.get("rand_mirror", _bool, True),

@@ -152,6 +152,49 @@ def prepare(config: LaunchConfig, job: JobSpec, hosts: tuple[HostSpec, ...], *, 
     return plan, inventory, ssh_hosts
 
 
+def _folder_key(job: JobSpec) -> str:
+    """Changes whenever the image folder's files or the packing settings change."""
+    images = job.data.images
+    digest = hashlib.sha256(repr(dataclasses.astuple(images)).encode())
+    for root, dirs, files in os.walk(images.folder):
+        dirs.sort()
+        for name in sorted(files):
+            stat = os.stat(os.path.join(root, name))
+            digest.update(f"{os.path.relpath(os.path.join(root, name), images.folder)}|{stat.st_size}|"
+                          f"{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def ensure_prepared(job: JobSpec, cache_dir: str, *, echo: Callable[[str], None], dry_run: bool) -> JobSpec:
+    """For ``data.images``: pack the folder into the cache once; the job then names those .rec files."""
+    images = job.data.images
+    if images is None:
+        return job
+    if not os.path.isdir(images.folder):
+        raise InputError(images.folder, "image folder not found", hint=f"check data.images.folder in {job.source}")
+    prefix = os.path.join(cache_dir, "prepared", _folder_key(job), "set")
+    if not os.path.isfile(prefix + "-summary.json"):  # written last: the packing is complete
+        if dry_run:
+            raise InputError(images.folder, "is not packed yet", hint="launch once without --dry-run, "
+                             "or pack it with mxft-prepare and name the .rec files in the job")
+        import importlib.util
+        if importlib.util.find_spec("cv2") is None:
+            raise InputError(job.source, "data.images needs OpenCV on this machine",
+                             hint="pip install opencv-python-headless (the 'prepare' extra)")
+        from launcher.prepare import PrepareSpec, prepare
+        echo(f"[mxft] packing {images.folder} into {os.path.dirname(prefix)} (once; cached)")
+        summary = prepare(PrepareSpec(images.folder, prefix, images.train_per_class, images.seed, images.resize,
+                                      images.quality, images.exclude, os.cpu_count() or 1))
+        if summary["classes_without_training_images"]:
+            os.remove(prefix + "-summary.json")
+            raise InputError(images.folder, "no readable training image in class(es) "
+                             + ", ".join(summary["classes_without_training_images"]))
+        echo(f"[mxft] packed {summary['train']['images']} training and {summary['val']['images']} validation "
+             f"images of {summary['classes']} classes in {summary['seconds']:.1f} s")
+    data = dataclasses.replace(job.data, train=prefix + "-train.rec", val=prefix + "-val.rec")
+    return dataclasses.replace(job, data=data)
+
+
 def load_resume(run_dir: str) -> tuple[JobSpec, str, int, runstate.Checkpoint | None]:
     """The job, run id, next attempt number and checkpoint of a stopped run, for --resume."""
     job_path = os.path.join(run_dir, "job.yaml")
@@ -190,6 +233,7 @@ def run(config: LaunchConfig, *, echo: Callable[[str], None], max_restarts: int 
     hosts = _hosts(config)
     if job.builtin_assets and not config.dry_run:
         assets.ensure_built(job, echo=echo)
+    job = ensure_prepared(job, config.cache_dir, echo=echo, dry_run=config.dry_run)
     restarts_left = job.cluster.max_restarts if max_restarts is None else max_restarts
     while True:
         plan, inventory, ssh_hosts = prepare(config, job, hosts, run_id=run_id, run_dir=run_dir, attempt=attempt,

@@ -130,3 +130,15 @@ def test_effective_spec_round_trips(path):
     job = load_job(path, environ={})
     again = parse_job(yaml.safe_dump(job.to_job_dict()), job.source, environ={})
     assert again == job
+
+
+def test_an_image_folder_instead_of_rec_files():
+    job = parse(MINIMAL.replace("  train: data/train.rec\n  val: data/val.rec\n",
+                                "  images: {folder: photos, train_per_class: 30, exclude: [257.clutter]}\n"))
+    assert job.data.train == "" and job.data.images.folder == "/jobs/photos"
+    assert job.data.images.train_per_class == 30 and job.data.images.exclude == ("257.clutter",)
+    assert job.data.images.resize == 256 and job.data.images.quality == 90
+    import yaml
+    assert parse_job(yaml.safe_dump(job.to_job_dict()), job.source, environ={}) == job
+    assert error_of(MINIMAL.replace("  val: data/val.rec\n", "  val: v.rec\n  images: {folder: p}\n")) == \
+        "/jobs/x.yaml:7: give data.images or data.train + data.val, not both"

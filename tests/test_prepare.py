@@ -136,3 +136,19 @@ def test_im2rec_and_mxft_prepare_files_train_the_same_job(tmp_path, demo_assets)
         accuracies[name] = float(result.stdout.strip().splitlines()[-1].split()[2].rstrip(","))
     # Flat colours per class: both packings are easy to learn.
     assert accuracies["im2rec"] > 0.9 and accuracies["mxft"] > 0.9, accuracies
+
+
+@pytest.mark.integration
+def test_a_job_can_name_an_image_folder(tmp_path, demo_assets):
+    images = make_folder(tmp_path / "images", counts={"a_rgb_jpeg": 10, "b_gray_png": 10, "c_few": 10}, corrupt=())
+    job = demo_job(demo_assets, num_classes=3, train={"epochs": 2}, cluster={"workers": 1})
+    job["data"] = {"images": {"folder": images, "train_per_class": 5, "resize": 32}, "shape": [3, 28, 28],
+                   "preprocess_threads": 1}
+    path = write_job(tmp_path / "job.yaml", job)
+    args = [path, "--run-root", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    first = run_launch(args, cwd=str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "[mxft] packing" in first.stdout and "packed 15 training and 15 validation images of 3 classes" in first.stdout
+    assert first.stdout.strip().endswith("(15 images, rank 0)")
+    second = run_launch(args, cwd=str(tmp_path))
+    assert second.returncode == 0 and "[mxft] packing" not in second.stdout
