@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.report import ROOT, provenance, spread, write_section
 
-CLASSES, PER_CLASS, REPEATS = 10, 60, 3
+CLASSES, PER_CLASS, REPEATS = 10, 150, 3
 
 
 def make_images(root: str) -> int:
@@ -76,7 +76,10 @@ def main() -> None:
              "| tool | images/s | ratio to im2rec.py |", "|---|---|---|",
              f"| im2rec.py (mxnet {__import__('mxnet').__version__}) | {spread(im2rec, '{:.0f}')} | 1.00 |",
              f"| mxft-prepare | {spread(mxft, '{:.0f}')} | **{ratio:.2f}** |", "",
-             f"Goal: mxft-prepare not slower (ratio >= 1.00): {'met' if ratio >= 1.0 else 'NOT met'}.", "",
+             f"Goal: mxft-prepare not slower (ratio >= 1.00): {'met' if ratio >= 1.0 else 'NOT met'}. "
+             "im2rec.py's time includes starting Python and importing mxnet in each of its three "
+             "invocations (list, train, val; about 2 s each here), a fixed cost that weighs less on a "
+             "larger folder; mxft-prepare imports no mxnet and resizes with INTER_AREA when shrinking.", "",
              f"Measured {provenance()}."]
     write_section("prepare_vs_im2rec", "\n".join(lines))
     print("\n".join(lines))

@@ -68,6 +68,7 @@ class RunEvents:
         self.last_seen: dict[int, float] = {}
         self.position: dict[int, tuple[int, int]] = {}
         self.done: set[int] = set()
+        self.unreachable: dict[str, str] = {}  # process name -> why it cannot reach the scheduler
 
     def on_line(self, member: Member, line: str) -> bool:
         event = events.parse(line)
@@ -77,6 +78,11 @@ class RunEvents:
             event["process"] = member.name
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(event, sort_keys=True) + "\n")
+        if event["event"] == "scheduler_unreachable":
+            self.unreachable[member.name] = (f"on {member.host} cannot connect to the scheduler at "
+                                             f"{event['address']}: {event['error']}")
+        elif event["event"] == "scheduler_reachable":
+            self.unreachable.pop(member.name, None)
         index = int(member.name.split()[-1]) if member.name.startswith("worker ") else None
         if index is None:
             return True
@@ -88,6 +94,7 @@ class RunEvents:
             self.position[index] = (int(event["epoch"]), int(event["batch"]))
         elif kind == "done":
             self.done.add(index)
+
         elif kind == "checkpoint" and self.on_checkpoint is not None:
             self.on_checkpoint(event)
         return True
@@ -111,11 +118,13 @@ class Watchdog:
         missing = [i for i in workers if i not in self.events.rank_of]
         if missing:
             if now - self.started > self.startup_timeout_s:
+                causes = "".join(f"{name} {why}; " for name, why in sorted(self.events.unreachable.items()))
                 names = ", ".join(f"worker {i} on {self.plan.worker_hosts[i]}" for i in missing)
                 raise JobFailed(
-                    f"{names} did not join ps-lite within {self.startup_timeout_s} s (cluster.startup_timeout_s); "
-                    f"the scheduler is at {self.plan.scheduler_uri}:{self.plan.scheduler_port}: check that every "
-                    "host can reach it and that DMLC_NODE_HOST is an address the other hosts can reach")
+                    f"{causes}{names} did not join ps-lite within {self.startup_timeout_s} s "
+                    f"(cluster.startup_timeout_s); the scheduler is at {self.plan.scheduler_uri}:"
+                    f"{self.plan.scheduler_port}: check that every host can reach it and that DMLC_NODE_HOST is "
+                    "an address the other hosts can reach")
             return
         active = [i for i in workers if i not in self.events.done]
         silent = [i for i in active if now - self.events.last_seen.get(i, self.started) > self.progress_timeout_s]
@@ -148,7 +157,7 @@ def execute(plan: Plan, inventory: Inventory, *, echo: Callable[[str], None],
     if plan.transfers:
         started = time.monotonic()
         reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
-                            python_of=lambda label: next(p.argv[0] for p in plan.processes if p.host == label),
+                            python_of=plan.remote_pythons.__getitem__,
                             progress=lambda text: echo(f"[stage] {text}"))
         for report in reports:
             echo(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data), "

@@ -112,6 +112,7 @@ class Plan:
     batches_per_epoch: int
     transfers: tuple[Transfer, ...] = ()
     remote_roots: Mapping[str, str] = dataclasses.field(default_factory=dict)  # host label -> work folder
+    remote_pythons: Mapping[str, str] = dataclasses.field(default_factory=dict)  # host label -> interpreter
     trimmed_params: str | None = None     # params without the layers above the cut, staged to hosts
     attempt: int = 1
 
@@ -297,6 +298,7 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
                 facts.scheduler_port, tuple(processes), shards, tuple(workers),
                 tuple(h.label for h in worker_hosts), batches_per_epoch, tuple(transfers),
                 {label: layout.root for label, layout in layouts.items() if not layout.local},
+                {label: facts.hosts[label].python for label, layout in layouts.items() if not layout.local},
                 trimmed if any(t.source == trimmed for t in transfers) else None, facts.attempt)
 
 

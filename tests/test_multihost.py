@@ -273,3 +273,24 @@ def test_staging_killed_halfway_leaves_nothing_trusted(hosts3, tmp_path):
         hashlib.sha256(big.read_bytes()).hexdigest()
     again = stage_host(host, transfers, root="/srv/mxft-host", python=sys.executable, progress=lambda text: None)
     assert again.files_sent == 0 and again.bytes_sent == 0 and again.files_present == 2
+
+
+def test_a_worker_that_cannot_reach_the_scheduler_is_named(hosts3, tmp_path, demo_assets):
+    h3 = hosts3.hosts[2]
+    h3.exec("ip", "route", "add", "blackhole", f"{hosts3.hosts[0].address}/32")  # h3 loses its way to h1
+    try:
+        job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, cluster={"workers": 3, "servers": 2,
+                                                                              "startup_timeout_s": 10}))
+        started = time.monotonic()
+        result = run_launch(ssh_args(hosts3, hosts_file(hosts3, tmp_path)) +
+                            [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
+        took_s = time.monotonic() - started
+    finally:
+        h3.exec("ip", "route", "del", "blackhole", f"{hosts3.hosts[0].address}/32")
+    assert result.returncode == 1, result.stderr
+    first = result.stderr.strip().splitlines()[0]
+    assert first.startswith(f"mxft-launch: job failed: worker 2 on {h3.address} cannot connect to the scheduler "
+                            f"at {hosts3.hosts[0].address}:"), first
+    assert "did not join ps-lite within 10 s" in first
+    assert took_s < 10 + 25
+    assert no_processes_left(hosts3, run_id_from(result.stdout)) == {}

@@ -119,6 +119,7 @@ def test_remote_plan_literal():
     assert plan.trimmed_params == "/cache/trimmed/mk-flatten0/net-0000.params"
     assert plan.workers[1].out_dir == "/home/b/.mxft/runs/small-1/workers/worker-1"
     assert plan.remote_roots == {"10.0.0.1": "/home/a/.mxft", "10.0.0.2": "/home/b/.mxft"}
+    assert plan.remote_pythons == {"10.0.0.1": "py", "10.0.0.2": "py"}
 
 
 def test_slots_limit_devices_per_host():

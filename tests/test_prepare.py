@@ -137,6 +137,13 @@ def test_im2rec_and_mxft_prepare_files_train_the_same_job(tmp_path, demo_assets)
     # Flat colours per class: both packings are easy to learn.
     assert accuracies["im2rec"] > 0.9 and accuracies["mxft"] > 0.9, accuracies
 
+    # The other way round: im2rec.py packs from mxft-prepare's .lst, and reads back the same labels.
+    subprocess.run([sys.executable, im2rec, "--resize", "32", "--num-thread", "1", f"{tmp_path}/mxft-val", images],
+                   check=True, capture_output=True)
+    repacked = records(f"{tmp_path}/mxft-val")
+    listed = [line.split("\t") for line in (tmp_path / "mxft-val.lst").read_text().splitlines()]
+    assert [label for label, _ in repacked] == [float(fields[1]) for fields in listed]
+
 
 @pytest.mark.integration
 def test_a_job_can_name_an_image_folder(tmp_path, demo_assets):

@@ -13,6 +13,9 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     role = os.environ.get("DMLC_ROLE", "")
+    if role in ("server", "worker"):
+        from trainer import probe
+        probe.start()
     if role in ("scheduler", "server"):
         print(f"mxft {role}: serving ps-lite on {os.environ.get('DMLC_NODE_HOST', '?')}", flush=True)
         import mxnet  # noqa: F401  (blocks in the server loop, then calls sys.exit)
