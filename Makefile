@@ -23,7 +23,10 @@ demo: $(BIN)/mxft-launch
 test: $(BIN)/mxft-launch /usr/sbin/sshd
 	$(BIN)/python -m pytest -q
 
-bench: $(BIN)/mxft-launch
+/usr/bin/rsync:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null
+
+bench: $(BIN)/mxft-launch /usr/sbin/sshd /usr/bin/rsync
 	$(BIN)/python -m bench
 
 clean:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import sys
 
-from bench import demo_vs_scratch, prepare_vs_im2rec
+from bench import demo_vs_scratch, launch_overhead, prepare_vs_im2rec, staging
 
-BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "prepare_vs_im2rec": prepare_vs_im2rec.main}
+BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "prepare_vs_im2rec": prepare_vs_im2rec.main,
+           "staging": staging.main, "launch_overhead": launch_overhead.main}
 
 
 def main(argv: list[str]) -> int:

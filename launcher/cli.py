@@ -2,6 +2,8 @@
 
     mxft-launch --local jobs/demo.yaml
     mxft-launch --hosts hosts.txt jobs/resnet152.yaml --dry-run
+    mxft-launch --resume runs/resnet152-caltech256-20261128-120000-ab12
+    mxft-launch stop runs/resnet152-caltech256-20261128-120000-ab12
 
 Exit codes: 0 success; 1 the job failed or missed ``expect.min_accuracy``; 2 bad
 input (nothing was started); 130/143 stopped by SIGINT/SIGTERM.
@@ -19,7 +21,8 @@ import psutil
 from cluster.errors import InputError, Interrupted, JobFailed, MxftError
 from cluster.ssh import SSHOptions
 from launcher import runstate
-from launcher.launch import LaunchConfig, Plan, run
+from launcher.launch import LaunchConfig, run
+from launcher.plan import Plan
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -31,7 +34,7 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
     parser.add_argument("--max-restarts", type=int, metavar="N",
                         help="resume automatically after up to N failures (default: the job's cluster.max_restarts)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--hosts", metavar="FILE", help="hosts file: HOST[:PORT] [slots=N] [user=NAME] per line")
+    where.add_argument("--hosts", metavar="FILE", help="hosts file: HOST[:PORT] [slots=N] [user=NAME] [python=PATH] per line")
     where.add_argument("--local", action="store_true", help="run every process on this machine (the default)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit; starts and writes nothing")
     parser.add_argument("--run-root", default="runs", metavar="DIR",

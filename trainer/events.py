@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 PREFIX = "@mxft "
 
 
 def emit(event: str, **fields: Any) -> None:
-    """Print one event line, flushed at once so the launcher sees it live."""
-    sys.stdout.write(PREFIX + json.dumps({"event": event, **fields}, sort_keys=True) + "\n")
+    """Print one event line (with the wall-clock time), flushed at once so the launcher sees it live."""
+    sys.stdout.write(PREFIX + json.dumps({"event": event, "time": round(time.time(), 3), **fields},
+                                         sort_keys=True) + "\n")
     sys.stdout.flush()
 
 

@@ -82,12 +82,16 @@ class _Throughput:
         self.batch_size, self.every = batch_size, every
         self.epoch_start = self.window_start = time.time()
         self.window_batches = 0
+        self.seen_first = False
 
     def start_epoch(self) -> None:
         self.epoch_start = self.window_start = time.time()
         self.window_batches = 0
 
     def __call__(self, param) -> None:
+        if not self.seen_first:  # start-up ends here (bench/launch_overhead.py measures it)
+            self.seen_first = True
+            events.emit("first_batch", epoch=param.epoch)
         self.window_batches += 1
         events.emit("progress", epoch=param.epoch, batch=param.nbatch + 1)  # the launcher's watchdog reads these
         if (param.nbatch + 1) % self.every == 0:
