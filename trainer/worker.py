@@ -76,13 +76,16 @@ def _initializer(cfg: WorkerConfig):
 
 
 class _Throughput:
-    """batch_end_callback: a progress event per batch, images/s logged every ``every`` batches."""
+    """batch_end_callback: progress events (at most one a second), images/s logged every ``every`` batches."""
+
+    PROGRESS_EVERY_S = 1.0
 
     def __init__(self, batch_size: int, every: int) -> None:
         self.batch_size, self.every = batch_size, every
         self.epoch_start = self.window_start = time.time()
         self.window_batches = 0
         self.seen_first = False
+        self.last_progress_event = 0.0
 
     def start_epoch(self) -> None:
         self.epoch_start = self.window_start = time.time()
@@ -93,7 +96,10 @@ class _Throughput:
             self.seen_first = True
             events.emit("first_batch", epoch=param.epoch)
         self.window_batches += 1
-        events.emit("progress", epoch=param.epoch, batch=param.nbatch + 1)  # the launcher's watchdog reads these
+        now = time.time()
+        if now - self.last_progress_event >= self.PROGRESS_EVERY_S:  # the launcher's watchdog reads these
+            self.last_progress_event = now
+            events.emit("progress", epoch=param.epoch, batch=param.nbatch + 1)
         if (param.nbatch + 1) % self.every == 0:
             now = time.time()
             speed = self.window_batches * self.batch_size / max(now - self.window_start, 1e-9)
