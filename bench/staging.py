@@ -64,7 +64,7 @@ METHODS = {
     "mxft staging": _mxft,
     "scp": _scp,
     "scp -c aes128-gcm": lambda c, a, p: _scp(c, a, p, "-c", "aes128-gcm@openssh.com"),
-    "tar | ssh": _tar_ssh,
+    "tar \\| ssh": _tar_ssh,
     "rsync -e ssh": _rsync,
 }
 
@@ -120,15 +120,17 @@ def wire_table(cluster, work: str) -> list[str]:
         reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
                             python_of=plan.remote_pythons.__getitem__, progress=lambda text: None)
         sent = sum(r.data_bytes_sent for r in reports)
-        code = sum(os.path.getsize(t.source) for t in plan.transfers if t.kind == "code")
+        code = sum(r.code_bytes_sent for r in reports)
+        stream = sum(r.bytes_sent for r in reports)
         busy = {t.host for t in plan.transfers}
         per_host = inventory.val_bytes + os.path.getsize(plan.trimmed_params or job.model.params_path) + \
             os.path.getsize(job.model.symbol_path) + os.path.getsize(job.data.val.replace(".rec", ".idx"))
         shards = sum(os.path.getsize(t.source) for t in plan.transfers if "/part-" in t.dest)
         minimum = inventory.train_bytes + len(busy) * per_host
-        rows.append(f"| {attempt} | {sent} | {minimum} | {sent / minimum:.3f} | {code} | {shards} |")
+        rows.append(f"| {attempt} | {sent} | {minimum} | {sent / minimum:.3f} | {code} | {stream} | {shards} |")
     return ["| | data bytes sent | minimum (every training record once + val, idx and checkpoint per host) "
-            "| ratio | code bytes sent | shard bytes (records + their .idx) |", "|---|---|---|---|---|---|", *rows]
+            "| ratio | code bytes sent | whole tar streams (with configs, headers, manifests) "
+            "| shard bytes (records + their .idx) |", "|---|---|---|---|---|---|---|", *rows]
 
 
 def main() -> None:

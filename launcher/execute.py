@@ -160,7 +160,8 @@ def execute(plan: Plan, inventory: Inventory, *, echo: Callable[[str], None],
                             python_of=plan.remote_pythons.__getitem__,
                             progress=lambda text: echo(f"[stage] {text}"))
         for report in reports:
-            echo(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data), "
+            echo(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data, "
+                 f"{report.code_bytes_sent} of code), "
                  f"{report.files_present} already there ({report.bytes_present} bytes) in {report.seconds:.1f} s")
         echo(f"[stage] {sum(r.data_bytes_sent for r in reports)} bytes of data sent in total "
              f"({time.monotonic() - started:.1f} s)")

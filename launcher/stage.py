@@ -67,8 +67,9 @@ _CHUNK = 1 << 20
 class HostStaging:
     host: str
     files_sent: int
-    bytes_sent: int
-    data_bytes_sent: int
+    bytes_sent: int                       # the whole tar stream: files, headers, manifest
+    data_bytes_sent: int                  # content of "data" files (shards, validation set, checkpoint)
+    code_bytes_sent: int
     files_present: int
     bytes_present: int
     seconds: float
@@ -136,7 +137,8 @@ def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str, pytho
     if missing:
         _send(host, missing, root=root, python=python, on_bytes=on_bytes)
     return HostStaging(host.label, len(missing), sent[0],
-                       sum(os.path.getsize(t.source) for t in missing if t.kind != "run"),
+                       sum(os.path.getsize(t.source) for t in missing if t.kind == "data"),
+                       sum(os.path.getsize(t.source) for t in missing if t.kind == "code"),
                        len(kept), sum(os.path.getsize(t.source) for t in kept), time.monotonic() - started)
 
 
