@@ -44,6 +44,8 @@ def describe_exit(returncode: int) -> str:
             return f"was killed by {signal.Signals(signum).name}"
         except ValueError:
             pass
+    if returncode == 255:
+        return "exited with code 255 (what ssh reports when the connection is lost)"
     return f"exited with code {returncode}"
 
 
@@ -62,7 +64,8 @@ class Member:
 
     def root_cause(self, reason: str) -> str:
         lines = "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
-        return (f"{self.name} on {self.host} (pid {self.process.pid}) {reason}\n"
+        pid = f" (pid {self.process.pid})" if self.process.pid is not None else ""  # remote: in its pid file
+        return (f"{self.name} on {self.host}{pid} {reason}\n"
                 f"  last lines of {self.log_path}:\n{lines}")
 
 

@@ -72,7 +72,8 @@ def test_grandchildren_are_stopped_too(tmp_path):
 
 
 @pytest.mark.parametrize("code, text", [(-9, "was killed by SIGKILL"), (137, "was killed by SIGKILL"),
-                                        (3, "exited with code 3"), (-15, "was killed by SIGTERM")])
+                                        (3, "exited with code 3"), (-15, "was killed by SIGTERM"),
+                                        (255, "exited with code 255 (what ssh reports when the connection is lost)")])
 def test_describe_exit(code, text):
     assert describe_exit(code) == text
 
