@@ -76,16 +76,13 @@ def _initializer(cfg: WorkerConfig):
 
 
 class _Throughput:
-    """batch_end_callback: progress events (at most one a second), images/s logged every ``every`` batches."""
-
-    PROGRESS_EVERY_S = 1.0
+    """batch_end_callback: a progress event per batch, images/s logged every ``every`` batches."""
 
     def __init__(self, batch_size: int, every: int) -> None:
         self.batch_size, self.every = batch_size, every
         self.epoch_start = self.window_start = time.time()
         self.window_batches = 0
         self.seen_first = False
-        self.last_progress_event = 0.0
 
     def start_epoch(self) -> None:
         self.epoch_start = self.window_start = time.time()
@@ -96,10 +93,9 @@ class _Throughput:
             self.seen_first = True
             events.emit("first_batch", epoch=param.epoch)
         self.window_batches += 1
-        now = time.time()
-        if now - self.last_progress_event >= self.PROGRESS_EVERY_S:  # the launcher's watchdog reads these
-            self.last_progress_event = now
-            events.emit("progress", epoch=param.epoch, batch=param.nbatch + 1)
+        # One per batch: the watchdog names the worker that is behind, so positions must be exact
+        # (throttled to one a second, a stuck worker and a waiting one looked alike).
+        events.emit("progress", epoch=param.epoch, batch=param.nbatch + 1)
         if (param.nbatch + 1) % self.every == 0:
             now = time.time()
             speed = self.window_batches * self.batch_size / max(now - self.window_start, 1e-9)
