@@ -211,6 +211,14 @@ def load_resume(run_dir: str) -> tuple[JobSpec, str, int, runstate.Checkpoint | 
     return job, run_id, max((a.get("attempt", 0) for a in attempts), default=0) + 1, checkpoint
 
 
+def _record_end(run_dir: str, attempt: int, outcome: str, **details) -> runstate.Checkpoint | None:
+    """Record how an attempt ended and how far it got; returns the checkpoint to resume from."""
+    checkpoint = runstate.latest_checkpoint(run_dir)
+    runstate.record_attempt(run_dir, {"attempt": attempt, "outcome": outcome, **details,
+                                      "epochs_done": checkpoint.epoch if checkpoint else 0})
+    return checkpoint
+
+
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     plan: Plan
@@ -251,15 +259,10 @@ def run(config: LaunchConfig, *, echo: Callable[[str], None], max_restarts: int 
         try:
             result = execute(plan, inventory, echo=echo, ssh_hosts=ssh_hosts)
         except (Interrupted, KeyboardInterrupt):
-            checkpoint = runstate.latest_checkpoint(run_dir)
-            runstate.record_attempt(run_dir, {"attempt": attempt, "outcome": "interrupted",
-                                              "epochs_done": checkpoint.epoch if checkpoint else 0})
+            _record_end(run_dir, attempt, "interrupted")
             raise
         except JobFailed as err:
-            checkpoint = runstate.latest_checkpoint(run_dir)
-            runstate.record_attempt(run_dir, {"attempt": attempt, "outcome": "failed",
-                                              "reason": str(err).splitlines()[0],
-                                              "epochs_done": checkpoint.epoch if checkpoint else 0})
+            checkpoint = _record_end(run_dir, attempt, "failed", reason=str(err).splitlines()[0])
             if restarts_left <= 0:
                 raise
             restarts_left -= 1
