@@ -129,7 +129,7 @@ def wire_table(cluster, work: str) -> list[str]:
         minimum = inventory.train_bytes + len(busy) * per_host
         rows.append(f"| {attempt} | {sent} | {minimum} | {sent / minimum:.3f} | {code} | {stream} | {shards} |")
     return ["| | data bytes sent | minimum (every training record once + val, idx and checkpoint per host) "
-            "| ratio | code bytes sent | whole tar streams (with configs, headers, manifests) "
+            "| ratio | code bytes sent | whole streams (with configs and frame headers) "
             "| shard bytes (records + their .idx) |", "|---|---|---|---|---|---|---|", *rows]
 
 
@@ -152,7 +152,7 @@ def main() -> None:
     lines = ["## Staging throughput", "",
              f"{FILES} files of {FILE_MB} MiB (random bytes) to emptied folders on namespace hosts over real sshd "
              f"(tests/netns.py), one host and three at once; MB/s, median (min-max) of {REPEATS} interleaved runs. "
-             "mxft staging checks a sha256 of every file on both ends; the baselines check nothing beyond SSH's "
+             "mxft staging checks a sha256 of every file on both ends and renames files into place only when all arrived; the baselines check nothing beyond SSH's "
              "own integrity. All hosts share this machine's cores, so 3 hosts at once measure CPU, not network.",
              "", *table, "", "### Bytes on the wire", "",
              "The demo job with 4 workers and 2 servers on the 3 hosts: what staging sent, against the minimum. "

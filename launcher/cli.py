@@ -1,9 +1,10 @@
 """``mxft-launch``: the only module that prints to the user and chooses exit codes.
 
-    mxft-launch --local jobs/demo.yaml
+    mxft-launch --local jobs/demo.yaml --set train.epochs=4
     mxft-launch --hosts hosts.txt jobs/resnet152.yaml --dry-run
     mxft-launch --resume runs/resnet152-caltech256-20261128-120000-ab12
     mxft-launch stop runs/resnet152-caltech256-20261128-120000-ab12
+    mxft-launch -H hosts.txt -n 3 -s 2 --sync-dir ~/job -- python train.py   (command mode, as tools/launch.py)
 
 Exit codes: 0 success; 1 the job failed or missed ``expect.min_accuracy``; 2 bad
 input (nothing was started); 130/143 stopped by SIGINT/SIGTERM.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import time
@@ -21,7 +23,9 @@ import psutil
 from cluster.errors import InputError, Interrupted, JobFailed, MxftError
 from cluster.ssh import SSHOptions
 from launcher import runstate
-from launcher.launch import LaunchConfig, run
+from launcher.command import CommandPlan, parse_env
+from launcher.jobspec import CommandSpec
+from launcher.launch import CommandOutcome, LaunchConfig, run
 from launcher.plan import Plan
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -47,14 +51,97 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
     parser.add_argument("--ssh-config", metavar="FILE", help="SSH config to use instead of ~/.ssh/config")
     parser.add_argument("--accept-new-host-keys", action="store_true",
                         help="trust and record host keys seen for the first time (a changed key is still refused)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
+                        help="override a job file value, e.g. --set train.epochs=4 --set train.lr=0.005 "
+                             "(checked like the file; the effective job is saved as RUN_DIR/job.yaml)")
     args = parser.parse_args(argv)
     if (args.job is None) == (args.resume is None):
         parser.error("give a job file, or --resume RUN_DIR")
     if args.max_restarts is not None and args.max_restarts < 0:
         parser.error("--max-restarts must be >= 0")
     config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
-                          SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0), args.resume)
+                          SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0), args.resume,
+                          tuple(args.overrides))
     return config, args.max_restarts
+
+
+# tools/launch.py options mxft does not take, and why.
+UNSUPPORTED = {
+    "--p3": "P3 (priority-based parameter propagation) needs MXNet's P3 kvstore build; not supported",
+    "--launcher mpi": "use --hosts (SSH) or run inside a Slurm allocation",
+    "--launcher sge": "use --hosts (SSH) with the hosts SGE gave you",
+    "--launcher yarn": "not supported",
+}
+
+
+def is_command_mode(argv: list[str]) -> bool:
+    """launch.py-style arguments: ``-n N`` (or ``--num-workers``) before the command."""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    return any(a in ("-n", "--num-workers") or a.startswith("--num-workers=") or
+               (a.startswith("-n") and a[2:].isdigit()) for a in head)
+
+
+def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
+    """``mxft-launch [-H FILE] -n W [-s S] [--sync-dir D] [--env ...] -- COMMAND ...`` (launch.py's options)."""
+    parser = argparse.ArgumentParser(
+        prog="mxft-launch", usage="mxft-launch [-H HOSTS] -n WORKERS [-s SERVERS] [options] [--] COMMAND ...",
+        description="Command mode: run any ps-lite program as scheduler, servers and workers "
+                    "(the options of MXNet's tools/launch.py).")
+    parser.add_argument("-n", "--num-workers", type=int, required=True, help="number of workers")
+    parser.add_argument("-s", "--num-servers", type=int, help="number of servers (default: as many as workers)")
+    parser.add_argument("-H", "--hostfile", "--hosts", dest="hosts", metavar="FILE",
+                        help="hosts file, or 'slurm' for the hosts of this Slurm allocation")
+    parser.add_argument("--launcher", default=None, help="local or ssh (default: ssh with a hosts file, else local)")
+    parser.add_argument("--sync-dir", "--sync-dst-dir", dest="sync_dir", metavar="DIR",
+                        help="copy the current folder to DIR on every host and run there")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                        help="set for every process; NAME alone passes this machine's value (repeatable)")
+    for role in ("worker", "server", "scheduler"):
+        parser.add_argument(f"--env-{role}", action="append", default=[], metavar="NAME[=VALUE]",
+                            help=f"set for {role} processes only (launch.py's NAME:VALUE also works)")
+    parser.add_argument("--name", default=None, help="run name (default: the program's name)")
+    parser.add_argument("--p3", action="store_true", help=argparse.SUPPRESS)
+    for option, default, text in (("--run-root", "runs", "each run gets a directory under DIR"),
+                                  ("--remote-dir", "~/.mxft", "work folder on remote hosts"),
+                                  ("--cache-dir", environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft"),
+                                   "cache folder")):
+        parser.add_argument(option, default=default, metavar="DIR", help=f"{text} (default: {default})")
+    parser.add_argument("--ssh-config", metavar="FILE")
+    parser.add_argument("--accept-new-host-keys", action="store_true")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the program and its arguments")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.p3:
+        raise InputError("--p3", UNSUPPORTED["--p3"])
+    launcher = args.launcher or ("ssh" if args.hosts else "local")
+    if f"--launcher {launcher}" in UNSUPPORTED:
+        raise InputError(f"--launcher {launcher}", "not supported by mxft", hint=UNSUPPORTED[f"--launcher {launcher}"])
+    if launcher not in ("local", "ssh"):
+        raise InputError(f"--launcher {launcher}", "unknown launcher", hint="use local or ssh")
+    if launcher == "ssh" and not args.hosts:
+        raise InputError("--launcher ssh", "needs a hosts file", hint="add -H hosts.txt")
+    if not command:
+        parser.error("no command given (put it after --)")
+    if args.num_workers < 1 or (args.num_servers is not None and args.num_servers < 1):
+        parser.error("-n and -s must be at least 1")
+    roles = {role: parse_env(getattr(args, f"env_{role}"), environ=environ, option=f"--env-{role}")
+             for role in ("worker", "server", "scheduler")}
+    spec = CommandSpec(
+        name=args.name or _name_of(command), source="the command line", argv=tuple(command),
+        workers=args.num_workers, servers=args.num_servers or args.num_workers,
+        env=parse_env(args.env, environ=environ, option="--env"),
+        role_env={role: env for role, env in roles.items() if env}, workdir=os.getcwd(), sync_dir=args.sync_dir)
+    return LaunchConfig("", None if launcher == "local" else args.hosts, args.dry_run, args.run_root, args.cache_dir,
+                        args.remote_dir, SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0),
+                        command=spec)
+
+
+def _name_of(command: list[str]) -> str:
+    """``python train.py`` -> ``train``: the first argument that looks like a program file."""
+    program = next((a for a in command if a.endswith(".py")), command[0])
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", os.path.splitext(os.path.basename(program))[0]).strip("-.")
+    return (name or "command")[:40]
 
 
 def _echo(line: str) -> None:
@@ -86,12 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["stop"]:
         return stop(argv[1:])
-    config, max_restarts = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
+        if is_command_mode(argv):
+            config, max_restarts = parse_command_args(argv), 0
+        else:
+            config, max_restarts = parse_args(argv)
         outcome = run(config, echo=_echo, max_restarts=max_restarts)
-        if isinstance(outcome, Plan):
+        if isinstance(outcome, (Plan, CommandPlan)):
             _echo(outcome.describe())
+            return EXIT_OK
+        if isinstance(outcome, CommandOutcome):
+            _echo(f"[mxft] run dir {outcome.plan.run_dir}: all {len(outcome.plan.processes)} processes finished "
+                  f"(staging {outcome.summary['staging_s']:.1f} s, running {outcome.summary['running_s']:.1f} s)")
             return EXIT_OK
         return _report(outcome.plan, outcome.result.result)
     except InputError as err:

@@ -20,6 +20,7 @@ import yaml
 
 from launcher import recfile, runstate
 from launcher.checkpoint import trim_params, used_variables
+from launcher.command import CommandPlan
 from launcher.inputs import Inventory
 from launcher.plan import Plan, Role
 from launcher.stage import fetch_dir, stage_all
@@ -154,28 +155,62 @@ def execute(plan: Plan, inventory: Inventory, *, echo: Callable[[str], None],
     """
     ssh_hosts = dict(ssh_hosts or {})
     stage_local(plan, inventory)
-    if plan.transfers:
-        started = time.monotonic()
-        reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
-                            python_of=plan.remote_pythons.__getitem__,
-                            progress=lambda text: echo(f"[stage] {text}"))
-        for report in reports:
-            echo(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data, "
-                 f"{report.code_bytes_sent} of code), "
-                 f"{report.files_present} already there ({report.bytes_present} bytes) in {report.seconds:.1f} s")
-        echo(f"[stage] {sum(r.data_bytes_sent for r in reports)} bytes of data sent in total "
-             f"({time.monotonic() - started:.1f} s)")
-    transports: dict[str, Transport] = {label: LocalTransport() for label in (h.label for h in plan.hosts)}
-    transports.update(ssh_hosts)
+    stage_remote(plan, ssh_hosts, echo=echo)
     run_events = RunEvents(os.path.join(plan.run_dir, "events.jsonl"),
                            on_checkpoint=lambda event: keep_checkpoint(plan, ssh_hosts, event))
-    watchdog = Watchdog(plan, run_events)
-    with Supervisor(echo=echo, on_line=run_events.on_line) as group:
+    run_processes(plan, ssh_hosts, echo=echo, on_line=run_events.on_line, check=Watchdog(plan, run_events).check)
+    return collect(plan, run_events, ssh_hosts)
+
+
+def stage_remote(plan: Plan | CommandPlan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callable[[str], None]) -> None:
+    """Send every remote host what the plan puts there, reporting per host."""
+    if not plan.transfers:
+        return
+    started = time.monotonic()
+    reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
+                        python_of=plan.remote_pythons.__getitem__, progress=lambda text: echo(f"[stage] {text}"))
+    for report in reports:
+        echo(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data, "
+             f"{report.code_bytes_sent} of code), "
+             f"{report.files_present} already there ({report.bytes_present} bytes) in {report.seconds:.1f} s")
+    echo(f"[stage] {sum(r.data_bytes_sent for r in reports)} bytes of data sent in total "
+         f"({time.monotonic() - started:.1f} s)")
+
+
+def run_processes(plan: Plan | CommandPlan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callable[[str], None],
+                  on_line: Callable[[Member, str], bool] | None = None,
+                  check: Callable[[], None] | None = None) -> list[Member]:
+    """Start every process of the plan under one Supervisor and wait for the workers."""
+    transports: dict[str, Transport] = {label: LocalTransport() for label in (h.label for h in plan.hosts)}
+    transports.update(ssh_hosts)
+    with Supervisor(echo=echo, on_line=on_line) as group:
         for proc in plan.processes:
             group.start(proc.name, transports[proc.host], proc.argv, env=proc.env_dict, log_path=proc.log_path,
-                        primary=proc.role is Role.WORKER)
-        group.wait(check=watchdog.check)
-    return collect(plan, run_events, ssh_hosts)
+                        primary=proc.role is Role.WORKER, cwd=proc.cwd)
+        group.wait(check=check)
+    return list(group.members)
+
+
+def execute_command(plan: CommandPlan, *, echo: Callable[[str], None],
+                    ssh_hosts: Mapping[str, SSHHost] | None = None) -> dict:
+    """Run a command-mode plan; returns a summary (exit code and seconds per process)."""
+    ssh_hosts = dict(ssh_hosts or {})
+    os.makedirs(os.path.dirname(plan.processes[0].log_path), exist_ok=True)
+    with open(os.path.join(plan.run_dir, "plan.txt"), "w", encoding="utf-8") as handle:
+        handle.write(plan.describe() + "\n")
+    with open(os.path.join(plan.run_dir, "job.yaml"), "w", encoding="utf-8") as handle:
+        handle.write(f"# The effective command job of this run (from {plan.spec.source}).\n")
+        yaml.safe_dump(plan.spec.to_job_dict(), handle, sort_keys=False)
+    started = time.monotonic()
+    stage_remote(plan, ssh_hosts, echo=echo)
+    staged = time.monotonic()
+    members = run_processes(plan, ssh_hosts, echo=echo)
+    summary = {"run_id": plan.run_id, "command": list(plan.spec.argv), "staging_s": round(staged - started, 3),
+               "running_s": round(time.monotonic() - staged, 3),
+               "processes": [{"name": m.name, "host": m.host, "returncode": m.returncode} for m in members]}
+    with open(os.path.join(plan.run_dir, "result.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    return summary
 
 
 def keep_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], event: dict) -> None:

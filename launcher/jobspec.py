@@ -23,7 +23,8 @@ import difflib
 import enum
 import os
 import re
-from collections.abc import Callable, Mapping
+import shlex
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -183,6 +184,96 @@ class JobSpec:
         return out
 
 
+ROLE_NAMES = ("scheduler", "server", "worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandSpec:
+    """A ps-lite program to run in command mode (``launcher.command``): argv, counts, env, folders."""
+
+    name: str
+    source: str                                        # the job file, or "the command line"
+    argv: tuple[str, ...]
+    workers: int
+    servers: int
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)               # every role
+    role_env: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)  # role -> env
+    workdir: str = ""                                  # local folder the command runs in (and --sync-dir copies)
+    sync_dir: str | None = None                        # where remote hosts get a copy of workdir
+    startup_timeout_s: int = 300
+
+    def env_for(self, role: str) -> dict[str, str]:
+        return {**self.env, **self.role_env.get(role, {})}
+
+    def to_job_dict(self) -> dict[str, Any]:
+        """This command as a job file says it: ``parse_job`` of it gives it back."""
+        out: dict[str, Any] = {"name": self.name, "command": list(self.argv), "workdir": self.workdir,
+                               "cluster": {"workers": self.workers, "servers": self.servers,
+                                           "startup_timeout_s": self.startup_timeout_s}}
+        if self.env or self.role_env:
+            out["env"] = {**self.env, **{role: dict(values) for role, values in self.role_env.items()}}
+        if self.sync_dir:
+            out["sync_dir"] = self.sync_dir
+        return out
+
+
+def _parse_command_job(raw: dict, lines: Mapping[tuple, Any], source: str) -> CommandSpec:
+    """A job that names ``command:`` (argv list or one shell-like string) instead of the recipe::
+
+        command: [python, train.py, --kv-store, dist_sync]
+        cluster: {workers: 3, servers: 2}
+        env: {OMP_NUM_THREADS: 1, worker: {MXNET_ENGINE_TYPE: NaiveEngine}}
+        sync_dir: ~/jobs/train        # copy workdir (default: the job file's folder) there on each host
+    """
+    top = _Fields(source, lines, raw, (), ("name", "command", "cluster", "env", "workdir", "sync_dir"))
+    argv = top.get("command", _argv)
+    cluster_f = top.section("cluster", ("workers", "servers", "startup_timeout_s"))
+    env_raw = top.raw.get("env") or {}
+    env_f = top.section("env", tuple(k for k in env_raw if isinstance(k, str)) if isinstance(env_raw, dict) else ())
+    common, by_role = {}, {}
+    for key, value in env_f.raw.items():
+        if key in ROLE_NAMES:
+            by_role[key] = env_f.get(key, _env_mapping)
+        else:
+            common[key] = env_f.get(key, _env_value)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                env_f.fail(env_f.path + (key,), f"'{key}' is not an environment variable name")
+    base_dir = os.path.dirname(os.path.abspath(source))
+    workdir = top.get("workdir", _text, base_dir)
+    return CommandSpec(
+        name=top.get("name", _job_name, os.path.splitext(os.path.basename(source))[0]),
+        source=os.path.abspath(source),
+        argv=argv,
+        workers=cluster_f.get("workers", _int(1), 1),
+        servers=cluster_f.get("servers", _int(1), 1),
+        env=common,
+        role_env=by_role,
+        workdir=os.path.normpath(os.path.join(base_dir, os.path.expanduser(workdir))),
+        sync_dir=top.get("sync_dir", _text, None),
+        startup_timeout_s=cluster_f.get("startup_timeout_s", _int(1), 300),
+    )
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = shlex.split(value)
+    if not isinstance(value, list) or not value or not all(isinstance(v, (str, int, float)) for v in value):
+        raise ValueError("a non-empty list of arguments (or one command line)")
+    return tuple(str(v) for v in value)
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("a string or number")
+    return str(value)
+
+
+def _env_mapping(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError("a mapping of NAME: value")
+    return {key: _env_value(item) for key, item in value.items()}
+
+
 # --------------------------------------------------------------------------- YAML with lines
 
 def _compose_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
@@ -260,7 +351,8 @@ class _Fields:
     def where(self, path: tuple) -> str:
         while path and path not in self.lines:
             path = path[:-1]
-        return f"{self.source}:{self.lines.get(path, 1)}"
+        line = self.lines.get(path, 1)
+        return line if isinstance(line, str) else f"{self.source}:{line}"  # a str: the --set that gave it
 
     def fail(self, path: tuple, message: str, hint: str = "") -> None:
         raise InputError(self.where(path), message, hint=hint)
@@ -358,10 +450,61 @@ def _scalar_mapping(value: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the schema
 
-def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = None) -> JobSpec:
-    """Turn the text of a job file into a JobSpec, or raise InputError at the bad line."""
+# ``--set`` names that are not keys of the file (the tutorial's words for common ones).
+SET_ALIASES = {"train.lr": "train.optimizer_params.learning_rate",
+               "train.momentum": "train.optimizer_params.momentum",
+               "train.wd": "train.optimizer_params.wd"}
+
+
+def apply_overrides(raw: Any, lines: dict[tuple, Any], overrides: Sequence[str]) -> None:
+    """Apply ``KEY.PATH=VALUE`` (a YAML value) to the parsed file, before it is checked.
+
+    Errors in an overridden value then name the ``--set`` that gave it, not a file line.
+
+    >>> raw, lines = {"train": {"epochs": 8}}, {}
+    >>> apply_overrides(raw, lines, ["train.epochs=4", "train.lr=0.005"])
+    >>> raw["train"]
+    {'epochs': 4, 'optimizer_params': {'learning_rate': 0.005}}
+    """
+    for item in overrides:
+        where = f"--set {item}"
+        key, sep, text = item.partition("=")
+        key = SET_ALIASES.get(key.strip(), key.strip())
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise InputError(where, "expected KEY.PATH=VALUE", hint="e.g. --set train.epochs=4")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise InputError(where, f"the value is not valid YAML: {getattr(err, 'problem', err)}") from None
+        if not isinstance(raw, dict):
+            raise InputError(where, "the job file is not a mapping of keys")
+        node, path = raw, ()
+        *parents, last = key.split(".")
+        for part in parents:
+            path += (part,)
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise InputError(where, f"{'.'.join(path)} is not a section")
+            node = node[part]
+        node[last] = value
+        for sub in [p for p in lines if p[:len(path) + 1] == path + (last,)]:
+            del lines[sub]
+        lines[path + (last,)] = where
+
+
+def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = None,
+              overrides: Sequence[str] = ()) -> "JobSpec | CommandSpec":
+    """Turn the text of a job file into a JobSpec (or a CommandSpec for a ``command:`` job).
+
+    ``overrides`` are ``--set KEY.PATH=VALUE`` items, applied before any check. Raises
+    InputError at the bad line (or the bad ``--set``).
+    """
     environ = os.environ if environ is None else environ
     raw, lines = _compose_with_lines(text, source)
+    apply_overrides(raw, lines, overrides)
+    if isinstance(raw, dict) and "command" in raw:
+        return _parse_command_job(raw, lines, source)
     base_dir = os.path.dirname(os.path.abspath(source))
     top = _Fields(source, lines, raw, (), ("name", "num_classes", "model", "data", "train", "cluster",
                                           "expect", "builtin_assets"))
@@ -462,8 +605,9 @@ def _job_name(value: Any) -> str:
     return value
 
 
-def load_job(path: str, *, environ: Mapping[str, str] | None = None) -> JobSpec:
-    """Read and parse the job file at ``path``."""
+def load_job(path: str, *, environ: Mapping[str, str] | None = None,
+             overrides: Sequence[str] = ()) -> "JobSpec | CommandSpec":
+    """Read and parse the job file at ``path`` (with ``--set`` overrides)."""
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
@@ -471,4 +615,4 @@ def load_job(path: str, *, environ: Mapping[str, str] | None = None) -> JobSpec:
         raise InputError(path, "job file not found") from None
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(path, f"cannot read the job file: {err}") from None
-    return parse_job(text, path, environ=environ)
+    return parse_job(text, path, environ=environ, overrides=overrides)

@@ -23,7 +23,9 @@ from cluster.ssh import SSHHost, SSHOptions
 from launcher import assets, recfile, runstate
 from launcher.execute import RunResult, execute
 from launcher.inputs import Inventory, check_inputs
-from launcher.jobspec import JobSpec, load_job
+from launcher.command import CommandPlan, make_command_plan, sync_files
+from launcher.execute import execute_command
+from launcher.jobspec import CommandSpec, JobSpec, load_job
 from launcher.plan import Facts, HostFacts, Plan, make_plan
 from launcher.preflight import Requirements, local_mxnet_version, preflight
 
@@ -42,6 +44,8 @@ class LaunchConfig:
     remote_dir: str
     ssh: SSHOptions
     resume_dir: str | None = None
+    overrides: tuple[str, ...] = ()            # --set KEY.PATH=VALUE, applied to the job file
+    command: CommandSpec | None = None         # command mode from the command line (no job file)
 
 
 def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
@@ -225,17 +229,24 @@ class Outcome:
     result: RunResult
 
 
-def run(config: LaunchConfig, *, echo: Callable[[str], None], max_restarts: int | None = None) -> Outcome | Plan:
+def run(config: LaunchConfig, *, echo: Callable[[str], None],
+        max_restarts: int | None = None) -> Outcome | Plan | CommandOutcome | CommandPlan:
     """Launch (or resume) the job; returns the Plan alone for a dry run.
 
     After a failed attempt, and while restarts are left, tears down (done by then),
     resumes from the newest complete checkpoint, and records each attempt in the run dir.
     """
+    if config.command is not None:
+        return run_command(config, config.command, echo=echo)
     if config.resume_dir:
         run_dir = os.path.abspath(config.resume_dir)
         job, run_id, attempt, checkpoint = load_resume(run_dir)
+        if isinstance(job, CommandSpec):
+            raise InputError(run_dir, "command-mode runs cannot be resumed", hint="launch the command again")
     else:
-        job = load_job(config.job_path)
+        job = load_job(config.job_path, overrides=config.overrides)
+        if isinstance(job, CommandSpec):
+            return run_command(config, job, echo=echo)
         run_id, attempt, checkpoint = new_run_id(job), 1, None
         run_dir = os.path.abspath(os.path.join(config.run_root, run_id))
     hosts = _hosts(config)
@@ -274,3 +285,67 @@ def run(config: LaunchConfig, *, echo: Callable[[str], None], max_restarts: int 
         runstate.record_attempt(run_dir, {"attempt": attempt, "outcome": "succeeded"})
         result = dataclasses.replace(result, result=runstate.add_attempts_to_result(run_dir))
         return Outcome(plan, result)
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandOutcome:
+    plan: CommandPlan
+    summary: dict
+
+
+def plan_command(config: LaunchConfig, spec: CommandSpec, hosts: tuple[HostSpec, ...], *, run_id: str,
+                 echo: Callable[[str], None] | None = None) -> tuple[CommandPlan, dict[str, SSHHost]]:
+    """Preflight remote hosts (unless a dry run) and plan a command-mode run."""
+    if not os.path.isdir(spec.workdir):
+        raise InputError(spec.workdir, "working folder not found", hint=f"check workdir in {spec.source}")
+    synced = sync_files(spec.workdir) if spec.sync_dir else ()
+    code_files, code_hash = _code_files()
+    remote = not hosts[0].is_local
+    if remote:
+        if spec.sync_dir is None and echo:
+            echo(f"[mxft] no --sync-dir: remote processes run in {spec.workdir}, which must exist on every host")
+        host_facts = {h.label: HostFacts(h.name, h.python or "python3", 1) for h in hosts}
+        port = 20000 + secrets.randbelow(20000)
+    else:
+        host_facts = {hosts[0].label: HostFacts("127.0.0.1", sys.executable, os.cpu_count() or 1)}
+        port = free_port()
+    facts = Facts(run_id=run_id, run_dir=os.path.abspath(os.path.join(config.run_root, run_id)),
+                  cache_dir=os.path.abspath(config.cache_dir), scheduler_port=port, code_dir=CODE_DIR,
+                  train_fingerprint="", hosts=host_facts, remote_dir=config.remote_dir, code_files=code_files,
+                  code_hash=code_hash)
+    plan = make_command_plan(spec, hosts, facts, synced=synced)
+    ssh_hosts = {h.label: SSHHost(h, config.ssh) for h in hosts} if remote else {}
+    if remote and not config.dry_run:
+        sizes: dict[str, int] = {}
+        for transfer in plan.transfers:
+            sizes[transfer.host] = sizes.get(transfer.host, 0) + os.path.getsize(transfer.source)
+        need = Requirements(mxnet_version=local_mxnet_version(), gpus_per_host={}, bytes_per_host=sizes,
+                            work_dir=config.remote_dir)
+        if echo:
+            echo(f"[mxft] preflight: checking {len(hosts)} hosts")
+        facts = dataclasses.replace(facts, hosts=preflight([(h, ssh_hosts[h.label]) for h in hosts], need))
+        plan = make_command_plan(spec, hosts, facts, synced=synced)
+    return plan, ssh_hosts
+
+
+def run_command(config: LaunchConfig, spec: CommandSpec, *, echo: Callable[[str], None]) -> CommandOutcome | CommandPlan:
+    """Command mode: run ``spec.argv`` as every ps-lite process; JobFailed names the root cause."""
+    run_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    plan, ssh_hosts = plan_command(config, spec, _hosts(config), run_id=run_id, echo=echo)
+    if config.dry_run:
+        return plan
+    os.makedirs(plan.run_dir, exist_ok=True)
+    runstate.write_launcher(plan.run_dir, run_id)
+    runstate.record_attempt(plan.run_dir, {"attempt": 1, "run_id": run_id, "outcome": "started"})
+    echo(f"[mxft] run {run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s) running "
+         f"{spec.argv[0]}, logs in {os.path.dirname(plan.processes[0].log_path)}")
+    try:
+        summary = execute_command(plan, echo=echo, ssh_hosts=ssh_hosts)
+    except (Interrupted, KeyboardInterrupt):
+        _record_end(plan.run_dir, 1, "interrupted")
+        raise
+    except JobFailed as err:
+        _record_end(plan.run_dir, 1, "failed", reason=str(err).splitlines()[0])
+        raise
+    runstate.record_attempt(plan.run_dir, {"attempt": 1, "outcome": "succeeded"})
+    return CommandOutcome(plan, summary)

@@ -36,6 +36,7 @@ class ProcessSpec:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     log_path: str
+    cwd: str | None = None                # None: the transport's default (home on SSH hosts)
 
     @property
     def name(self) -> str:
@@ -65,6 +66,7 @@ class HostFacts:
     python: str                           # the interpreter that runs trainer there
     cpu_count: int
     work_dir: str = ""                    # absolute remote work folder ("" = Facts.remote_dir)
+    home: str = ""                        # the SSH user's home there (``~`` in paths given for that host)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Facts:
     cache_dir: str                        # shards are cached here, keyed by data and worker count
     scheduler_port: int
     code_dir: str                         # folder holding the trainer package on this machine
-    train_fingerprint: str                # changes whenever the training .rec changes
+    train_fingerprint: str                # changes whenever the training .rec changes ("": command mode)
     hosts: Mapping[str, HostFacts]        # by host label
     remote_dir: str = "~/.mxft"           # work folder on remote hosts
     code_files: tuple[str, ...] = ()      # paths under code_dir that remote hosts need

@@ -104,7 +104,8 @@ def check_host(ssh: SSHHost, spec: HostSpec, need: Requirements) -> HostFacts:
     if wanted > info["free_bytes"]:
         raise fail(f"{info['work_dir']} has {info['free_bytes'] / 1e9:.1f} GB free, staging needs {wanted / 1e9:.1f} GB",
                    "free space or choose another --remote-dir")
-    return HostFacts(address=ssh.address, python=python, cpu_count=int(info["cpus"]), work_dir=info["work_dir"])
+    return HostFacts(address=ssh.address, python=python, cpu_count=int(info["cpus"]), work_dir=info["work_dir"],
+                     home=info["home"])
 
 
 def preflight(hosts: Sequence[tuple[HostSpec, SSHHost]], need: Requirements) -> dict[str, HostFacts]:

@@ -1,0 +1,196 @@
+"""Command mode (launch.py-compatible): parsing and planning as pure logic, then a real
+ps-lite program (tests/programs/pslite_check.py) on this machine and on namespace hosts."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from cluster.errors import InputError
+from cluster.hosts import HostSpec
+from launcher.cli import is_command_mode, parse_command_args
+from launcher.command import make_command_plan, parse_env, sync_files
+from launcher.jobspec import CommandSpec, parse_job
+from launcher.plan import Facts, HostFacts, Role, Transfer
+from tests.helpers import REPO, run_id_from, run_launch, wait_gone, write_job
+
+PROGRAM_DIR = os.path.join(REPO, "tests", "programs")
+# What must reach every worker unchanged: spaces, both quotes, $HOME, a backtick, a glob, an empty word.
+WORDS = ["a b", "it's", '"quoted"', "$HOME", "`id`", "*", ""]
+
+
+def check_argv(*extra: str) -> list[str]:
+    return ["python", "pslite_check.py", *extra, "--expect-json", json.dumps(WORDS), "--", *WORDS]
+
+
+# --------------------------------------------------------------------------- pure logic
+
+def test_is_command_mode_only_with_a_worker_count():
+    assert is_command_mode(["-n", "2", "python", "x.py"])
+    assert is_command_mode(["-n2", "--", "python", "x.py"])
+    assert is_command_mode(["--num-workers=2", "--", "python", "x.py"])
+    assert not is_command_mode(["jobs/demo.yaml", "--set", "train.epochs=2"])
+    assert not is_command_mode(["jobs/demo.yaml", "--", "-n", "2"])
+
+
+def test_parse_env_forms():
+    assert parse_env(["A=1", "B:x=y", "C=", "HOME"], environ={"HOME": "/root"}, option="--env") == \
+        {"A": "1", "B": "x=y", "C": "", "HOME": "/root"}
+    with pytest.raises(InputError, match="--env NOPE: NOPE is not set on this machine"):
+        parse_env(["NOPE"], environ={}, option="--env")
+    with pytest.raises(InputError, match="'1X' is not an environment variable name"):
+        parse_env(["1X=2"], environ={}, option="--env")
+
+
+def test_launch_py_options_map_onto_a_spec(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = parse_command_args(["-H", "hosts.txt", "-n", "3", "--sync-dst-dir", "/job", "--env", "A=1",
+                                 "--env-worker", "W:2", "--env-server", "S=3", "python", "train.py", "--lr", "0.1"],
+                                environ={})
+    spec = config.command
+    assert (config.hosts_path, spec.workers, spec.servers, spec.sync_dir) == ("hosts.txt", 3, 3, "/job")
+    assert spec.argv == ("python", "train.py", "--lr", "0.1") and spec.name == "train"
+    assert spec.env_for("worker") == {"A": "1", "W": "2"} and spec.env_for("scheduler") == {"A": "1"}
+    assert spec.workdir == str(tmp_path)
+    local = parse_command_args(["-H", "hosts.txt", "--launcher", "local", "-n", "1", "--", "prog"], environ={})
+    assert local.hosts_path is None
+
+
+@pytest.mark.parametrize("argv, where", [
+    (["-n", "2", "--p3", "--", "prog"], "--p3"),
+    (["-n", "2", "--launcher", "mpi", "--", "prog"], "--launcher mpi"),
+    (["-n", "2", "--launcher", "ssh", "--", "prog"], "--launcher ssh"),
+])
+def test_unsupported_launch_py_options_are_named(argv, where):
+    with pytest.raises(InputError) as err:
+        parse_command_args(argv, environ={})
+    assert str(err.value).startswith(where)
+
+
+def test_command_job_file_parses_with_env_per_role_and_overrides():
+    spec = parse_job("command: python train.py --x 'a b'\ncluster: {workers: 3, servers: 2}\n"
+                     "env: {A: 1, worker: {B: two}}\nsync_dir: ~/job\n", "/jobs/cmd.yaml",
+                     overrides=["cluster.workers=4"])
+    assert isinstance(spec, CommandSpec)
+    assert (spec.argv, spec.workers, spec.servers, spec.workdir, spec.sync_dir) == \
+        (("python", "train.py", "--x", "a b"), 4, 2, "/jobs", "~/job")
+    assert spec.env_for("worker") == {"A": "1", "B": "two"} and spec.env_for("server") == {"A": "1"}
+    assert parse_job(write_free(spec.to_job_dict()), "/jobs/cmd.yaml") == spec
+    with pytest.raises(InputError, match=r"^/jobs/c.yaml:2: unknown key 'wrokers' in cluster; did you mean 'workers'"):
+        parse_job("command: [prog]\ncluster: {wrokers: 3}\n", "/jobs/c.yaml")
+    with pytest.raises(InputError, match=r"^--set cluster.servers=0: cluster.servers must be an integer >= 1"):
+        parse_job("command: [prog]\n", "/jobs/c.yaml", overrides=["cluster.servers=0"])
+
+
+def write_free(job: dict) -> str:
+    import yaml
+    return yaml.safe_dump(job)
+
+
+def test_command_plan_literal_on_two_hosts():
+    spec = CommandSpec("t", "cli", ("python", "t.py", "a b"), workers=3, servers=2, env={"A": "1"},
+                       workdir="/home/me/job", sync_dir="~/job")
+    facts = Facts(run_id="t-1", run_dir="/runs/t-1", cache_dir="/c", scheduler_port=9000, code_dir="/code",
+                  train_fingerprint="", code_files=("trainer/remote.py",), code_hash="h",
+                  hosts={"a": HostFacts("10.0.0.1", "/py", 4, "/w/a", "/home/a"),
+                         "b": HostFacts("10.0.0.2", "/py", 4, "/w/b", "/home/b")})
+    plan = make_command_plan(spec, [HostSpec("a"), HostSpec("b")], facts, synced=("t.py", "lib/u.py"))
+    assert [(p.role, p.rank, p.host, p.cwd) for p in plan.processes] == [
+        (Role.SCHEDULER, 0, "a", "/home/a/job"), (Role.SERVER, 0, "b", "/home/b/job"),
+        (Role.SERVER, 1, "a", "/home/a/job"), (Role.WORKER, 0, "a", "/home/a/job"),
+        (Role.WORKER, 1, "b", "/home/b/job"), (Role.WORKER, 2, "a", "/home/a/job")]
+    worker1 = plan.processes[4]
+    assert worker1.argv == ("/py", "/w/b/code/h/trainer/remote.py", "--pid-file", "/w/b/runs/t-1/pids/worker-1.pid",
+                            "--", "/py", "t.py", "a b")
+    assert worker1.env_dict == {"A": "1", "DMLC_PS_ROOT_URI": "10.0.0.1", "DMLC_PS_ROOT_PORT": "9000",
+                                "DMLC_NUM_SERVER": "2", "DMLC_NUM_WORKER": "3", "DMLC_ROLE": "worker",
+                                "DMLC_NODE_HOST": "10.0.0.2", "PYTHONUNBUFFERED": "1", "MXFT_RUN_ID": "t-1"}
+    assert worker1.log_path == "/runs/t-1/logs/worker-1.log"
+    assert [t for t in plan.transfers if t.host == "b"] == [
+        Transfer("b", "/code/trainer/remote.py", "/w/b/code/h/trainer/remote.py", "code"),
+        Transfer("b", "/home/me/job/t.py", "/home/b/job/t.py", "run"),
+        Transfer("b", "/home/me/job/lib/u.py", "/home/b/job/lib/u.py", "run")]
+
+
+def test_slots_limit_workers_per_host():
+    spec = CommandSpec("t", "cli", ("prog",), workers=3, servers=1)
+    facts = Facts(run_id="t", run_dir="/r", cache_dir="/c", scheduler_port=1, code_dir="/code", train_fingerprint="",
+                  hosts={"a": HostFacts("a", "py", 1), "b": HostFacts("b", "py", 1)})
+    with pytest.raises(InputError, match="host 'a' offers slots=1 but gets 2 workers"):
+        make_command_plan(spec, [HostSpec("a", slots=1, line=1), HostSpec("b")], facts)
+
+
+def test_sync_files_skips_caches_and_vcs(tmp_path):
+    for rel in ("train.py", "lib/u.py", ".git/HEAD", "lib/__pycache__/u.pyc", ".venv/bin/python", "runs/x/log"):
+        os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    assert sync_files(str(tmp_path)) == ("lib/u.py", "train.py")
+
+
+# --------------------------------------------------------------------------- real processes
+
+pslite = pytest.mark.integration
+
+
+@pslite
+def test_pslite_program_three_workers_two_servers_locally(tmp_path):
+    done = run_launch(["-n", "3", "-s", "2", "--env-worker", "MXFT_CHECK=worker", "--run-root", str(tmp_path),
+                       "--", *check_argv("--expect-env", "MXFT_CHECK=worker")], cwd=PROGRAM_DIR, timeout_s=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert sorted(line.split("] ", 1)[1] for line in done.stdout.splitlines() if "rounds of push/pull" in line) == \
+        [f"rank {r}: all 3 rounds of push/pull correct (sum 6 per round)" for r in range(3)]
+    run_dir = os.path.join(tmp_path, run_id_from(done.stdout))
+    assert sorted(os.listdir(os.path.join(run_dir, "logs"))) == [
+        "scheduler.log", "server-0.log", "server-1.log", "worker-0.log", "worker-1.log", "worker-2.log"]
+    result = json.load(open(os.path.join(run_dir, "result.json")))
+    assert [p["returncode"] for p in result["processes"]] == [0] * 6
+
+
+@pslite
+def test_failing_worker_fails_the_launch_with_its_root_cause(tmp_path):
+    done = run_launch(["-n", "3", "-s", "2", "--run-root", str(tmp_path), "--", "python", "pslite_check.py",
+                       "--fail-rank", "1"], cwd=PROGRAM_DIR, timeout_s=240)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("mxft-launch: job failed: worker ") and first.endswith("exited with code 3"), first
+    assert "rank 1 fails on purpose" in done.stderr
+    assert wait_gone(run_id_from(done.stdout)) == []
+
+
+@pslite
+def test_command_job_file_runs_the_program(tmp_path):
+    shutil.copy(os.path.join(PROGRAM_DIR, "pslite_check.py"), tmp_path)
+    job = write_job(tmp_path / "check.yaml", {"command": check_argv("--expect-env", "ROLE_ENV=w"),
+                                               "cluster": {"workers": 2, "servers": 1},
+                                               "env": {"worker": {"ROLE_ENV": "w"}}})
+    done = run_launch([job, "--run-root", str(tmp_path / "runs"), "--set", "cluster.servers=2"], cwd=str(tmp_path),
+                      timeout_s=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert done.stdout.count("rounds of push/pull correct (sum 3 per round)") == 2
+    saved = open(tmp_path / "runs" / run_id_from(done.stdout) / "job.yaml").read()
+    assert "servers: 2" in saved  # the effective job, override included
+
+
+@pslite
+def test_pslite_program_across_three_hosts(hosts3, tmp_path):
+    from tests.test_multihost import hosts_file, no_processes_left, ssh_args
+    hosts = hosts_file(hosts3, tmp_path)
+    args = ssh_args(hosts3, hosts) + ["-n", "3", "-s", "2", "--sync-dir", "/srv/mxft-host/job",
+                                      "--env-worker", "MXFT_CHECK=w", "--run-root", str(tmp_path / "runs")]
+    done = run_launch(args + ["--", *check_argv("--expect-env", "MXFT_CHECK=w")], cwd=PROGRAM_DIR, timeout_s=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    lines = done.stdout.splitlines()
+    assert sum("rounds of push/pull correct (sum 6 per round)" in line for line in lines) == 3
+    for i, host in enumerate(hosts3.hosts):  # worker i on host i, running in its synced copy
+        assert any(line.startswith(f"[worker {i}] rank ") and line.endswith("cwd /srv/mxft-host/job")
+                   for line in lines), lines
+        assert os.path.isfile(os.path.join(host.work_dir, "job", "pslite_check.py"))
+    assert no_processes_left(hosts3, run_id_from(done.stdout)) == {}
+
+    failed = run_launch(args + ["--", "python", "pslite_check.py", "--fail-rank", "2"], cwd=PROGRAM_DIR,
+                        timeout_s=300)
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr
+    assert failed.stderr.splitlines()[0].endswith("exited with code 3"), failed.stderr
+    assert no_processes_left(hosts3, run_id_from(failed.stdout)) == {}
