@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
     parser.add_argument("--max-restarts", type=int, metavar="N",
                         help="resume automatically after up to N failures (default: the job's cluster.max_restarts)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--hosts", metavar="FILE", help="hosts file: HOST[:PORT] [slots=N] [user=NAME] [python=PATH] per line")
+    where.add_argument("--hosts", metavar="FILE", help="hosts file: HOST[:PORT] [slots=N] [user=NAME] [python=PATH] "
+                       "per line; 'slurm': the nodes of this Slurm allocation (the default inside one)")
     where.add_argument("--local", action="store_true", help="run every process on this machine (the default)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit; starts and writes nothing")
     parser.add_argument("--run-root", default="runs", metavar="DIR",
@@ -59,6 +60,8 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
         parser.error("give a job file, or --resume RUN_DIR")
     if args.max_restarts is not None and args.max_restarts < 0:
         parser.error("--max-restarts must be >= 0")
+    if args.hosts is None and not args.local and os.environ.get("SLURM_JOB_NODELIST"):
+        args.hosts = "slurm"  # inside an allocation: its nodes are the hosts
     config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
                           SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0), args.resume,
                           tuple(args.overrides))
@@ -114,6 +117,8 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if args.p3:
         raise InputError("--p3", UNSUPPORTED["--p3"])
+    if args.hosts is None and args.launcher is None and environ.get("SLURM_JOB_NODELIST"):
+        args.hosts = "slurm"  # inside an allocation: its nodes are the hosts
     launcher = args.launcher or ("ssh" if args.hosts else "local")
     if f"--launcher {launcher}" in UNSUPPORTED:
         raise InputError(f"--launcher {launcher}", "not supported by mxft", hint=UNSUPPORTED[f"--launcher {launcher}"])

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from cluster.errors import InputError, Interrupted, JobFailed
 from cluster.hosts import HostSpec, load_hosts
 from cluster.local import free_port
+from cluster.slurm import hosts_from_slurm
 from cluster.ssh import SSHHost, SSHOptions
 from launcher import assets, recfile, runstate
 from launcher.execute import RunResult, execute
@@ -51,6 +52,9 @@ class LaunchConfig:
 def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
     if config.hosts_path is None:
         return (HostSpec("localhost"),)
+    if config.hosts_path == "slurm":
+        # Nodes of one allocation share a file system, so this launcher's Python is theirs too.
+        return tuple(dataclasses.replace(h, python=h.python or sys.executable) for h in hosts_from_slurm(os.environ))
     if config.ssh.ssh_config and not os.path.isfile(config.ssh.ssh_config):
         raise InputError(config.ssh.ssh_config, "SSH config file not found", hint="check --ssh-config")
     hosts = load_hosts(config.hosts_path)

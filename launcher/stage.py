@@ -35,7 +35,7 @@ from launcher.plan import Transfer
 # Runs on the host with its own Python (3.8 or newer; splice needs 3.10 and a pipe,
 # otherwise it copies in 1 MiB reads).
 _RECEIVER = r"""
-import fcntl, hashlib, json, mmap, os, shutil, struct, sys, tempfile
+import errno, fcntl, hashlib, json, mmap, os, shutil, struct, sys, tempfile
 root = sys.argv[1]
 try:
     fcntl.fcntl(0, 1031, 1 << 20)  # F_SETPIPE_SZ: 1 MiB, not 64 KiB, per wake-up from sshd
@@ -89,8 +89,13 @@ try:
     if header["end"] != len(received):
         sys.exit("the stream ended with %d of %d files" % (len(received), header["end"]))
     for path, dest in received:
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        os.replace(path, dest)
+        os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+        try:
+            os.replace(path, dest)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            shutil.move(path, dest)  # another file system (a --sync-dir elsewhere): copy, then remove
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
 """

@@ -38,8 +38,9 @@ def write_job(path, job: dict) -> str:
     return str(path)
 
 
-def run_launch(args: list[str], *, cwd: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
+def run_launch(args: list[str], *, cwd: str, timeout_s: float = 300,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR, **(env or {}))
     return subprocess.run(LAUNCH + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
 
 

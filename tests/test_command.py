@@ -194,3 +194,24 @@ def test_pslite_program_across_three_hosts(hosts3, tmp_path):
     assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr
     assert failed.stderr.splitlines()[0].endswith("exited with code 3"), failed.stderr
     assert no_processes_left(hosts3, run_id_from(failed.stdout)) == {}
+
+
+@pslite
+def test_slurm_allocation_hosts_over_ssh(hosts3, tmp_path):
+    """Inside an allocation (SLURM_* set as sbatch would), no --hosts: the node list's hosts are used."""
+    from tests.test_multihost import no_processes_left
+    slurm = {"SLURM_JOB_NODELIST": "10.231.77.[11-13]", "SLURM_TASKS_PER_NODE": "1(x3)"}
+    args = ["--ssh-config", hosts3.ssh_config, "--remote-dir", "/srv/mxft-host", "--run-root", str(tmp_path),
+            "-n", "3", "-s", "1", "--sync-dir", "/srv/mxft-host/job", "--", *check_argv()]
+    planned = run_launch(args[:-len(check_argv()) - 1] + ["--dry-run", "--", *check_argv()], cwd=PROGRAM_DIR,
+                         env=slurm)
+    assert planned.returncode == 0, planned.stderr
+    assert [line.split()[3] for line in planned.stdout.splitlines() if line.startswith("    worker")] == \
+        ["10.231.77.11", "10.231.77.12", "10.231.77.13"]
+    done = run_launch(args, cwd=PROGRAM_DIR, env=slurm, timeout_s=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert done.stdout.count("rounds of push/pull correct (sum 6 per round)") == 3
+    assert no_processes_left(hosts3, run_id_from(done.stdout)) == {}
+    too_many = run_launch(args[:-len(check_argv()) - 1] + ["-n", "4", "--dry-run", "--", "prog"], cwd=PROGRAM_DIR,
+                          env=slurm)
+    assert too_many.returncode == 2 and "offers slots=1 but gets 2 workers" in too_many.stderr

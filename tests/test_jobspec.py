@@ -142,3 +142,24 @@ def test_an_image_folder_instead_of_rec_files():
     assert parse_job(yaml.safe_dump(job.to_job_dict()), job.source, environ={}) == job
     assert error_of(MINIMAL.replace("  val: data/val.rec\n", "  val: v.rec\n  images: {folder: p}\n")) == \
         "/jobs/x.yaml:7: give data.images or data.train + data.val, not both"
+
+
+def test_set_overrides_are_checked_like_the_file():
+    job = parse_job(MINIMAL, "/jobs/x.yaml", environ={},
+                    overrides=["train.epochs=4", "train.lr=0.005", "cluster.devices=cpu", "data.shape=[3, 32, 32]"])
+    assert (job.train.epochs, job.train.optimizer_params, job.cluster.devices, job.data.shape) == \
+        (4, {"learning_rate": 0.005}, None, (3, 32, 32))
+    assert parse_job(MINIMAL, "/jobs/x.yaml", environ={}, overrides=["name=other"]).name == "other"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.epochs=0", "--set train.epochs=0: train.epochs must be an integer >= 1, got 0"),
+    ("train.epoch=4", "--set train.epoch=4: unknown key 'epoch' in train; did you mean 'epochs'?"),
+    ("train.epochs", "--set train.epochs: expected KEY.PATH=VALUE"),
+    ("num_classes.x=1", "--set num_classes.x=1: num_classes is not a section"),
+    ("train.epochs=[1", "--set train.epochs=[1: the value is not valid YAML"),
+])
+def test_bad_overrides_name_the_override(override, expected):
+    with pytest.raises(InputError) as err:
+        parse_job(MINIMAL, "/jobs/x.yaml", environ={}, overrides=[override])
+    assert str(err.value).startswith(expected), str(err.value)
