@@ -109,7 +109,7 @@ class Supervisor:
                 line = line.rstrip("\n")
                 log.write(line + "\n")
                 log.flush()
-                if self._on_line is not None and self._on_line(member, line):
+                if self._on_line is not None and self._consumed(member, line):
                     continue  # consumed (a structured event): kept in the log, off the console
                 member.tail.append(line)
                 with self._echo_lock:
@@ -153,6 +153,14 @@ class Supervisor:
             if check is not None:
                 check()
             time.sleep(poll_s)
+
+    def _consumed(self, member: Member, line: str) -> bool:
+        """``on_line``, but a failure in it is said and survived: a dead pump would stall the process."""
+        try:
+            return bool(self._on_line(member, line))
+        except Exception as err:  # noqa: BLE001 - any bug in a handler must not stop the log stream
+            self._say(f"could not handle a line of {member.name} ({type(err).__name__}: {err}); continuing")
+            return False
 
     def _on_exit(self, member: Member) -> None:
         if member.pump is not None:

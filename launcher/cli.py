@@ -158,8 +158,8 @@ def _report(plan: Plan, result: dict) -> int:
     top = next((k for k in result if k.startswith("val_top")), None)
     _echo(f"[mxft] run dir {plan.run_dir}: result.json, checkpoint/{result['checkpoint']['prefix']}-"
           f"{result['checkpoint']['epoch']:04d}.params, logs/")
-    _echo(f"[mxft] {result['num_workers']} workers, {result['train_s']:.1f} s training, "
-          f"{result['images_per_s_rank0']:.1f} images/s per worker")
+    for line in summary_table(plan, result):
+        _echo(line)
     code = EXIT_OK
     if plan.job.min_accuracy is not None and accuracy < plan.job.min_accuracy:
         print(f"mxft-launch: job failed: validation accuracy {accuracy:.4f} is below expect.min_accuracy "
@@ -168,6 +168,21 @@ def _report(plan: Plan, result: dict) -> int:
     topk = f", {top.replace('val_', '')} {result[top]:.4f}" if top else ""
     _echo(f"validation accuracy: {accuracy:.4f}{topk} ({result['val_images']} images, rank 0)")
     return code
+
+
+def summary_table(plan: Plan, result: dict) -> list[str]:
+    """Per-worker throughput and where the time went, for the end of a launch."""
+    per_worker = result.get("images_per_s_per_worker") or {}
+    lines = ["[mxft] worker  host                 images/s"]
+    lines += [f"[mxft] {i:>6}  {plan.worker_hosts[int(i)]:<20} {speed:>8.1f}" for i, speed in per_worker.items()]
+    if per_worker:
+        lines.append(f"[mxft] {'total':>6}  {'':<20} {sum(per_worker.values()):>8.1f}")
+    timing = result.get("timing") or {}
+    if timing:
+        lines.append(f"[mxft] time: staging {timing['staging_s']:.1f} s, start-up to the first batch "
+                     f"{timing['startup_s']:.1f} s, training and evaluation {timing['training_s']:.1f} s; "
+                     f"curves in {os.path.join(plan.run_dir, 'metrics.png')}")
+    return lines
 
 
 def _raise_interrupted(signum, _frame) -> None:

@@ -22,6 +22,7 @@ from launcher import recfile, runstate
 from launcher.checkpoint import trim_params, used_variables
 from launcher.command import CommandPlan
 from launcher.inputs import Inventory
+from launcher.metrics import write_metrics
 from launcher.plan import Plan, Role
 from launcher.stage import fetch_dir, stage_all
 from trainer import events
@@ -62,9 +63,12 @@ class RunEvents:
     is called there too, so fetching it delays only rank 0's log lines.
     """
 
-    def __init__(self, path: str, on_checkpoint: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, path: str, on_checkpoint: Callable[[dict], None] | None = None, *,
+                 num_workers: int = 0) -> None:
         self.path = path
         self.on_checkpoint = on_checkpoint
+        self.num_workers = num_workers            # > 0: rewrite metrics.csv/png as epochs complete
+        self.first_batch_at: float | None = None  # wall-clock time of the first batch any worker finished
         self.rank_of: dict[int, int] = {}
         self.last_seen: dict[int, float] = {}
         self.position: dict[int, tuple[int, int]] = {}
@@ -95,6 +99,10 @@ class RunEvents:
             self.position[index] = (int(event["epoch"]), int(event["batch"]))
         elif kind == "done":
             self.done.add(index)
+        elif kind == "first_batch":
+            self.first_batch_at = min(self.first_batch_at or event["time"], event["time"])
+        elif kind == "epoch" and self.num_workers:
+            write_metrics(os.path.dirname(self.path), self.num_workers)
 
         elif kind == "checkpoint" and self.on_checkpoint is not None:
             self.on_checkpoint(event)
@@ -154,12 +162,19 @@ def execute(plan: Plan, inventory: Inventory, *, echo: Callable[[str], None],
     not in it run their processes on this machine.
     """
     ssh_hosts = dict(ssh_hosts or {})
+    began = time.time()
     stage_local(plan, inventory)
     stage_remote(plan, ssh_hosts, echo=echo)
+    started = time.time()
     run_events = RunEvents(os.path.join(plan.run_dir, "events.jsonl"),
-                           on_checkpoint=lambda event: keep_checkpoint(plan, ssh_hosts, event))
+                           on_checkpoint=lambda event: keep_checkpoint(plan, ssh_hosts, event),
+                           num_workers=len(plan.workers))
     run_processes(plan, ssh_hosts, echo=echo, on_line=run_events.on_line, check=Watchdog(plan, run_events).check)
-    return collect(plan, run_events, ssh_hosts)
+    ended = time.time()
+    first = run_events.first_batch_at or started
+    timing = {"staging_s": round(started - began, 3), "startup_s": round(first - started, 3),
+              "training_s": round(ended - first, 3)}
+    return collect(plan, run_events, ssh_hosts, timing=timing)
 
 
 def stage_remote(plan: Plan | CommandPlan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callable[[str], None]) -> None:
@@ -224,7 +239,8 @@ def keep_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], event: dict) -
         runstate.install_checkpoint(event["out_dir"], files, plan.run_dir, link=True)
 
 
-def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost]) -> RunResult:
+def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost], *,
+            timing: Mapping[str, float] | None = None) -> RunResult:
     """Bring rank 0's result.json and checkpoint to the top of the run directory."""
     index = run_events.rank0_worker()
     if index is None:
@@ -243,6 +259,11 @@ def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost])
         result = json.load(handle)
     result["rank0_worker"] = index
     result["run_id"] = plan.run_id
+    result["timing"] = dict(timing or {})
+    rows = write_metrics(plan.run_dir, len(plan.workers))
+    result["images_per_s_per_worker"] = {
+        str(i): round(sum(float(r[f"images_per_s_worker_{i}"]) for r in rows) / len(rows), 2)
+        for i in range(len(plan.workers)) if rows}
     earlier = runstate.latest_checkpoint(plan.run_dir)
     done = {record["epoch"] for record in result["epochs"]}
     result["epochs"] = [r for r in (earlier.records if earlier else ()) if r["epoch"] not in done] + result["epochs"]

@@ -70,8 +70,26 @@ def test_two_workers_two_servers_learn_what_one_worker_learns(tmp_path, demo_ass
     two, run_dir, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"epochs": 16},
                                                    cluster={"workers": 2, "servers": 2}), "two")
     assert two["num_workers"] == 2 and len(os.listdir(os.path.join(run_dir, "logs"))) == 5
+    assert_metrics(run_dir, two, epochs=16, workers=2)
     assert one["val_accuracy"] > 0.8 and two["val_accuracy"] > 0.8
     assert abs(one["val_accuracy"] - two["val_accuracy"]) < 0.06, (one["val_accuracy"], two["val_accuracy"])
+
+
+def assert_metrics(run_dir: str, result: dict, *, epochs: int, workers: int) -> None:
+    """metrics.csv has a row per epoch matching result.json; metrics.png is a real PNG of the 3 panels."""
+    import csv
+    with open(os.path.join(run_dir, "metrics.csv"), encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    for row, record in zip(rows, result["epochs"]):
+        assert float(row["val_accuracy"]) == pytest.approx(record["val_accuracy"])
+        assert 0 < float(row["train_loss"]) and 0 < float(row["val_loss"])
+        per_worker = [float(row[f"images_per_s_worker_{i}"]) for i in range(workers)]
+        assert float(row["images_per_s_total"]) == pytest.approx(sum(per_worker), abs=0.02)
+    with open(os.path.join(run_dir, "metrics.png"), "rb") as handle:
+        png = handle.read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (720, 3 * 230)
 
 
 def test_fine_tuning_beats_training_from_scratch(tmp_path, demo_assets):

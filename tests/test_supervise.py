@@ -83,3 +83,19 @@ def test_remote_command_quotes_once():
     assert remote_command(["echo", "a b", "$HOME"], env={"X": "1 2"}, cwd="/t d") == \
         "cd '/t d' && exec env 'X=1 2' echo 'a b' '$HOME'"
     assert remote_command(["true"]) == "exec true"
+
+
+def test_a_failing_line_handler_is_survived(tmp_path):
+    """A bug in on_line must not kill the log pump (the process would block on a full pipe)."""
+    lines = []
+
+    def handler(member, line):
+        if line == "bad":
+            raise ValueError("boom")
+        return False
+
+    with Supervisor(echo=lines.append, on_line=handler) as group:
+        start(group, "worker 0", "print('bad'); print('x' * 70000); print('after')", tmp_path)
+        group.wait()
+    assert "[mxft] could not handle a line of worker 0 (ValueError: boom); continuing" in lines
+    assert lines[-1] == "[worker 0] after"

@@ -51,9 +51,10 @@ def _val_iter(cfg: WorkerConfig):
 
 
 def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
-    """Top-1 and top-5 accuracy over every validation image, each counted once."""
+    """Top-1 and top-5 accuracy and mean cross-entropy over every validation image, each counted once."""
     top_k = min(5, cfg.num_classes)
     correct = correct_k = seen = 0
+    loss = 0.0
     for batch in _val_iter(cfg):
         mod.forward(batch, is_train=False)
         probs = mod.get_outputs()[0].asnumpy()
@@ -63,10 +64,12 @@ def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
         ranked = np.argsort(-probs, axis=1)[:, :top_k]
         correct += int((ranked[:, 0] == labels).sum())
         correct_k += int((ranked == labels[:, None]).any(axis=1).sum())
+        loss -= float(np.log(np.maximum(probs[np.arange(real), labels], 1e-12)).sum())
         seen += real
     if seen != cfg.num_val_images:
         raise RuntimeError(f"evaluated {seen} validation images, expected {cfg.num_val_images}")
-    return {"val_accuracy": correct / seen, f"val_top{top_k}": correct_k / seen, "val_images": seen}
+    return {"val_accuracy": correct / seen, f"val_top{top_k}": correct_k / seen, "val_loss": loss / seen,
+            "val_images": seen}
 
 
 def _initializer(cfg: WorkerConfig):
@@ -131,7 +134,7 @@ def run_worker(cfg: WorkerConfig) -> int:
     batch_size = _batch_size(cfg)
     train = _train_iter(cfg, rank_seed=(cfg.seed or 0) + cfg.index)
     mod = mx.mod.Module(net, context=_contexts(cfg), fixed_param_names=fixed or None)
-    metric = mx.metric.create(["acc", mx.metric.TopKAccuracy(top_k=min(5, cfg.num_classes))])
+    metric = mx.metric.create(["acc", mx.metric.TopKAccuracy(top_k=min(5, cfg.num_classes)), "ce"])
     speed = _Throughput(batch_size, cfg.log_every_batches)
     epochs: list[dict] = []
 
@@ -139,7 +142,7 @@ def run_worker(cfg: WorkerConfig) -> int:
         elapsed = time.time() - speed.epoch_start
         record = {"epoch": epoch + 1, "epoch_s": round(elapsed, 3),
                   "images_per_s": round(cfg.batches_per_epoch * batch_size / max(elapsed, 1e-9), 2),
-                  **{f"train_{name.replace('top_k_accuracy_', 'top')}": value
+                  **{"train_" + name.replace("top_k_accuracy_", "top").replace("cross-entropy", "loss"): value
                      for name, value in metric.get_name_value()}}
         if rank == 0:
             record.update(evaluate(mod, cfg))
