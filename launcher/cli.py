@@ -4,6 +4,8 @@
     mxft-launch --hosts hosts.txt jobs/resnet152.yaml --dry-run
     mxft-launch --resume runs/resnet152-caltech256-20261128-120000-ab12
     mxft-launch stop runs/resnet152-caltech256-20261128-120000-ab12
+    mxft-launch status runs/resnet152-caltech256-20261128-120000-ab12
+    mxft-launch check --hosts hosts.txt jobs/resnet152.yaml
     mxft-launch -H hosts.txt -n 3 -s 2 --sync-dir ~/job -- python train.py   (command mode, as tools/launch.py)
 
 Exit codes: 0 success; 1 the job failed or missed ``expect.min_accuracy``; 2 bad
@@ -25,8 +27,9 @@ from cluster.ssh import SSHOptions
 from launcher import runstate
 from launcher.command import CommandPlan, parse_env
 from launcher.jobspec import CommandSpec
-from launcher.launch import CommandOutcome, LaunchConfig, run
+from launcher.launch import CommandOutcome, LaunchConfig, check_hosts, run
 from launcher.plan import Plan
+from launcher.status import status_lines
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -193,6 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["stop"]:
         return stop(argv[1:])
+    if argv[:1] in (["check"], ["status"]):
+        try:
+            return check(argv[1:]) if argv[0] == "check" else status(argv[1:])
+        except InputError as err:
+            for line in str(err).splitlines():
+                print(f"mxft-launch: error: {line}", file=sys.stderr, flush=True)
+            return EXIT_BAD_INPUT
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         if is_command_mode(argv):
@@ -224,6 +234,34 @@ def main(argv: list[str] | None = None) -> int:
     except MxftError as err:
         print(f"mxft-launch: error: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED
+
+
+def check(argv: list[str]) -> int:
+    """``mxft-launch check --hosts FILE [JOB]``: preflight only, a table per host; exit 2 if a host fails."""
+    parser = argparse.ArgumentParser(prog="mxft-launch check", description=check_hosts.__doc__.split("\n\n")[0])
+    parser.add_argument("job", nargs="?", help="also check that each host can take its part of this job")
+    parser.add_argument("--hosts", required=True, metavar="FILE", help="hosts file, or 'slurm'")
+    parser.add_argument("--remote-dir", default="~/.mxft", metavar="DIR")
+    parser.add_argument("--ssh-config", metavar="FILE")
+    parser.add_argument("--accept-new-host-keys", action="store_true")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE")
+    args = parser.parse_args(argv)
+    config = LaunchConfig(args.job or "", args.hosts, True, "runs", os.path.expanduser("~/.cache/mxft"),
+                          args.remote_dir, SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0),
+                          overrides=tuple(args.overrides))
+    lines, ok = check_hosts(config)
+    for line in lines:
+        _echo(line)
+    return EXIT_OK if ok else EXIT_BAD_INPUT
+
+
+def status(argv: list[str]) -> int:
+    """``mxft-launch status RUN_DIR``: state, processes per host, epoch, last metrics, result."""
+    parser = argparse.ArgumentParser(prog="mxft-launch status")
+    parser.add_argument("run_dir", help="the run directory a launch printed")
+    for line in status_lines(parser.parse_args(argv).run_dir):
+        _echo(line)
+    return EXIT_OK
 
 
 def stop(argv: list[str]) -> int:

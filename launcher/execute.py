@@ -199,9 +199,13 @@ def run_processes(plan: Plan | CommandPlan, ssh_hosts: Mapping[str, SSHHost], *,
     transports: dict[str, Transport] = {label: LocalTransport() for label in (h.label for h in plan.hosts)}
     transports.update(ssh_hosts)
     with Supervisor(echo=echo, on_line=on_line) as group:
-        for proc in plan.processes:
-            group.start(proc.name, transports[proc.host], proc.argv, env=proc.env_dict, log_path=proc.log_path,
-                        primary=proc.role is Role.WORKER, cwd=proc.cwd)
+        started = [group.start(proc.name, transports[proc.host], proc.argv, env=proc.env_dict,
+                               log_path=proc.log_path, primary=proc.role is Role.WORKER, cwd=proc.cwd)
+                   for proc in plan.processes]
+        with open(os.path.join(plan.run_dir, "processes.json"), "w", encoding="utf-8") as handle:  # for status
+            json.dump([{"name": proc.name, "role": proc.role.value, "host": proc.host, "log": proc.log_path,
+                        "pid": member.process.pid if proc.host not in ssh_hosts else None}
+                       for proc, member in zip(plan.processes, started)], handle, indent=1)
         group.wait(check=check)
     return list(group.members)
 

@@ -28,6 +28,7 @@ from launcher.command import CommandPlan, make_command_plan, sync_files
 from launcher.execute import execute_command
 from launcher.jobspec import CommandSpec, JobSpec, load_job
 from launcher.plan import Facts, HostFacts, Plan, make_plan
+from launcher.check import probe_all, row as check_row, table
 from launcher.preflight import Requirements, local_mxnet_version, preflight
 
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,18 +147,49 @@ def prepare(config: LaunchConfig, job: JobSpec, hosts: tuple[HostSpec, ...], *, 
     plan = make_plan(job, inventory, hosts, facts)
     ssh_hosts = {h.label: SSHHost(h, config.ssh) for h in hosts} if remote else {}
     if remote and not config.dry_run:
-        need = Requirements(
-            mxnet_version=local_mxnet_version(),
-            gpus_per_host={label: plan.worker_hosts.count(label) * len(job.cluster.devices or ())
-                           for label in set(plan.worker_hosts)},
-            bytes_per_host=_staging_bytes(plan, inventory),
-            work_dir=config.remote_dir,
-        )
+        need = _requirements(config, plan, inventory)
         if echo:
             echo(f"[mxft] preflight: checking {len(hosts)} hosts")
         facts = dataclasses.replace(facts, hosts=preflight([(h, ssh_hosts[h.label]) for h in hosts], need))
         plan = make_plan(job, inventory, hosts, facts)
     return plan, inventory, ssh_hosts
+
+
+def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory) -> Requirements:
+    return Requirements(
+        mxnet_version=local_mxnet_version(),
+        gpus_per_host={label: plan.worker_hosts.count(label) * len(plan.job.cluster.devices or ())
+                       for label in set(plan.worker_hosts)},
+        bytes_per_host=_staging_bytes(plan, inventory),
+        work_dir=config.remote_dir,
+    )
+
+
+def check_hosts(config: LaunchConfig) -> tuple[list[str], bool]:
+    """Probe every host (``mxft-launch check``); with a job, against what the job puts on each.
+
+    Returns the table's lines and whether every host passed.
+    """
+    hosts = _hosts(config)
+    if hosts[0].is_local:
+        raise InputError(config.hosts_path or "--hosts", "lists this machine only; check probes remote hosts")
+    need = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
+    if config.job_path:
+        job = load_job(config.job_path, overrides=config.overrides)
+        if isinstance(job, CommandSpec):
+            plan, _ = plan_command(config, job, hosts, run_id="check")
+            sizes: dict[str, int] = {}
+            for transfer in plan.transfers:
+                sizes[transfer.host] = sizes.get(transfer.host, 0) + os.path.getsize(transfer.source)
+            need = dataclasses.replace(need, bytes_per_host=sizes)
+        else:
+            job = ensure_prepared(job, config.cache_dir, echo=lambda text: None, dry_run=True)
+            plan, inventory, _ = prepare(config, job, hosts, run_id="check", run_dir="/nonexistent/check")
+            need = _requirements(config, plan, inventory)
+    ssh_hosts = [(h, SSHHost(h, config.ssh)) for h in hosts]
+    reports = probe_all(ssh_hosts, config.remote_dir)
+    rows = [check_row(report, need) for report in reports]
+    return table(rows), all(r[-1].startswith("ok") for r in rows)
 
 
 def _folder_key(job: JobSpec) -> str:

@@ -9,9 +9,11 @@ together, one line per host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import socket
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 
@@ -26,8 +28,7 @@ from launcher.plan import HostFacts
 # missing mxnet still reports the rest.
 _PROBE = r"""
 import json, os, sys, time
-out = {"python": sys.version.split()[0], "cpus": os.cpu_count() or 1, "time": time.time(),
-       "home": os.path.expanduser("~")}
+out = {"python": sys.version.split()[0], "cpus": os.cpu_count() or 1, "home": os.path.expanduser("~")}
 work = os.path.expanduser(sys.argv[1])
 probe = work
 while not os.path.isdir(probe):
@@ -45,6 +46,7 @@ try:
     out["gpus"] = mxnet.context.num_gpus() if out["cuda"] else 0
 except Exception as err:
     out["mxnet_error"] = f"{type(err).__name__}: {err}"
+out["time"] = time.time()  # last: the launcher compares it with when this line arrives
 print(json.dumps(out))
 """
 
@@ -66,46 +68,82 @@ class Requirements:
     work_dir: str
 
 
-def check_host(ssh: SSHHost, spec: HostSpec, need: Requirements) -> HostFacts:
-    """Probe one host; raises InputError whose message is the one line for that host."""
+@dataclasses.dataclass(frozen=True)
+class HostReport:
+    """What probing one host found; ``error`` says why the probe stopped early, if it did."""
+
+    label: str
+    reachable: bool = False
+    host_key: str = "?"                   # ok | unknown | changed | ?
+    info: Mapping = dataclasses.field(default_factory=dict)   # the probe's JSON (python, mxnet, gpus, ...)
+    clock_skew_s: float | None = None     # the host's clock minus this machine's (less one-way latency)
+    error: str = ""
+    hint: str = ""
+
+
+def probe_host(ssh: SSHHost, spec: HostSpec, work_dir: str) -> HostReport:
+    """Run the probe on one host; never raises for the host's own problems (they are in ``error``)."""
     python = spec.python or "python3"
-    fail = lambda message, hint="": InputError(f"host {spec.label}", message, hint=hint)  # noqa: E731
+    report = functools.partial(HostReport, spec.label)
     try:
-        code, out, err = ssh.run([python, "-c", _PROBE, need.work_dir], timeout_s=60)
+        code, out, err = ssh.run([python, "-c", _PROBE, work_dir], timeout_s=60)
+        after = time.time()
     except HostKeyError as err:
-        raise fail(str(err)) from None
+        return report(True, "changed" if "CHANGED" in str(err).upper() else "unknown", error=str(err))
     except paramiko.AuthenticationException as err:
-        raise fail(f"SSH authentication failed ({err})", "check the user and identity file in ~/.ssh/config") from None
+        return report(True, "ok", error=f"SSH authentication failed ({err})",
+                      hint="check the user and identity file in ~/.ssh/config")
     except (OSError, socket.timeout, paramiko.SSHException, EOFError) as err:
-        raise fail(f"unreachable over SSH: {err or type(err).__name__}",
-                   "check the name, port and network, then retry") from None
+        return report(error=f"unreachable over SSH: {err or type(err).__name__}",
+                      hint="check the name, port and network, then retry")
     if code == 127:
-        raise fail(f"'{python}' not found", "install Python 3 there or set python=PATH in the hosts file")
+        return report(True, "ok", error=f"'{python}' not found",
+                      hint="install Python 3 there or set python=PATH in the hosts file")
     if code != 0:
-        raise fail(f"'{python}' failed: {(err or out).strip().splitlines()[-1:] or ['?']}")
+        return report(True, "ok", error=f"'{python}' failed: {(err or out).strip().splitlines()[-1:] or ['?']}")
     try:
         info = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise fail(f"unexpected preflight output from '{python}': {out.strip()[-200:]!r}") from None
+        return report(True, "ok", error=f"unexpected preflight output from '{python}': {out.strip()[-200:]!r}")
+    # The probe's clock was read just before its output left; it arrived at ``after`` (off by one-way latency).
+    return report(True, "ok", dict(info, python_path=python), round(info["time"] - after, 3))
+
+
+def problems(report: HostReport, need: Requirements) -> tuple[str, str] | None:
+    """The first reason the host cannot take the job, with what to do, or None."""
+    if report.error:
+        return report.error, report.hint
+    info = report.info
+    python = info["python_path"]
     if "mxnet_error" in info:
-        raise fail(f"mxnet is not importable by {python}: {info['mxnet_error']}",
-                   f"pip install mxnet=={need.mxnet_version}" if need.mxnet_version else "install mxnet there")
+        return (f"mxnet is not importable by {python}: {info['mxnet_error']}",
+                f"pip install mxnet=={need.mxnet_version}" if need.mxnet_version else "install mxnet there")
     if need.mxnet_version and info["mxnet"] != need.mxnet_version:
-        raise fail(f"mxnet {info['mxnet']} there, {need.mxnet_version} here", "install the same version on every host")
+        return f"mxnet {info['mxnet']} there, {need.mxnet_version} here", "install the same version on every host"
     if not info["dist_kvstore"]:
-        raise fail(f"mxnet {info['mxnet']} there was built without DIST_KVSTORE (ps-lite)",
-                   "install a build with the distributed kvstore, e.g. the PyPI wheels")
-    gpus = need.gpus_per_host.get(spec.label, 0)
+        return (f"mxnet {info['mxnet']} there was built without DIST_KVSTORE (ps-lite)",
+                "install a build with the distributed kvstore, e.g. the PyPI wheels")
+    gpus = need.gpus_per_host.get(report.label, 0)
     if gpus and not info["cuda"]:
-        raise fail(f"the job puts {gpus} GPUs there but its mxnet has no CUDA", "install mxnet-cu* there")
+        return f"the job puts {gpus} GPUs there but its mxnet has no CUDA", "install mxnet-cu* there"
     if gpus > info.get("gpus", 0):
-        raise fail(f"the job puts {gpus} GPUs there but it has {info.get('gpus', 0)}")
-    wanted = need.bytes_per_host.get(spec.label, 0)
+        return f"the job puts {gpus} GPUs there but it has {info.get('gpus', 0)}", ""
+    wanted = need.bytes_per_host.get(report.label, 0)
     if wanted > info["free_bytes"]:
-        raise fail(f"{info['work_dir']} has {info['free_bytes'] / 1e9:.1f} GB free, staging needs {wanted / 1e9:.1f} GB",
-                   "free space or choose another --remote-dir")
-    return HostFacts(address=ssh.address, python=python, cpu_count=int(info["cpus"]), work_dir=info["work_dir"],
-                     home=info["home"])
+        return (f"{info['work_dir']} has {info['free_bytes'] / 1e9:.1f} GB free, staging needs {wanted / 1e9:.1f} GB",
+                "free space or choose another --remote-dir")
+    return None
+
+
+def check_host(ssh: SSHHost, spec: HostSpec, need: Requirements) -> HostFacts:
+    """Probe one host; raises InputError whose message is the one line for that host."""
+    report = probe_host(ssh, spec, need.work_dir)
+    problem = problems(report, need)
+    if problem is not None:
+        raise InputError(f"host {spec.label}", problem[0], hint=problem[1])
+    info = report.info
+    return HostFacts(address=ssh.address, python=info["python_path"], cpu_count=int(info["cpus"]),
+                     work_dir=info["work_dir"], home=info["home"])
 
 
 def preflight(hosts: Sequence[tuple[HostSpec, SSHHost]], need: Requirements) -> dict[str, HostFacts]:

@@ -153,3 +153,31 @@ def test_result_accuracy_matches_the_events(tmp_path, demo_assets):
     assert [index for index, _ in joined] == [0, 1] and sorted(rank for _, rank in joined) == [0, 1]
     rank0_epochs = [e for e in events if e["event"] == "epoch" and e["rank"] == 0]
     assert np.isclose(rank0_epochs[-1]["val_accuracy"], outcome["val_accuracy"])
+
+
+def test_status_of_a_running_then_finished_run(tmp_path, demo_assets):
+    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 3}))
+    proc, run_id, _ = start_launch([job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path),
+                                   until="epoch 1 done")
+    run_dir = str(tmp_path / "runs" / run_id)
+    try:
+        time.sleep(1.0)  # both workers' epoch-1 events reach events.jsonl
+        live = run_launch(["status", run_dir], cwd=str(tmp_path))
+        assert live.returncode == 0, live.stderr
+        lines = live.stdout.splitlines()
+        assert lines[0] == f"run {run_id}: running (launcher pid {proc.pid}, attempt 1)"
+        assert lines[1] == "  localhost: scheduler (running), server 0 (running), worker 0 (running), " \
+                           "worker 1 (running)"
+    finally:
+        proc.stdout.read()
+        assert proc.wait(timeout=120) == 0
+    done = run_launch(["status", run_dir], cwd=str(tmp_path)).stdout.splitlines()
+    result = json.load(open(os.path.join(run_dir, "result.json")))
+    assert done[0] == f"run {run_id}: succeeded"
+    assert done[1] == "  localhost: scheduler (ended), server 0 (ended), worker 0 (ended), worker 1 (ended)"
+    assert done[2] == "  epochs done: worker 0 3, worker 1 3"
+    assert done[3].startswith(f"  last epoch 3: train_accuracy ") and \
+        f"val_accuracy {result['val_accuracy']:.4f}" in done[3]
+    assert done[4].startswith(f"  result: validation accuracy {result['val_accuracy']:.4f} (846 images)")
+    bad = run_launch(["status", str(tmp_path / "runs")], cwd=str(tmp_path))
+    assert bad.returncode == 2 and "is not an mxft run directory" in bad.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 
 import psutil
@@ -294,3 +295,33 @@ def test_a_worker_that_cannot_reach_the_scheduler_is_named(hosts3, tmp_path, dem
     assert "did not join ps-lite within 10 s" in first
     assert took_s < 10 + 25
     assert no_processes_left(hosts3, run_id_from(result.stdout)) == {}
+
+
+def test_check_prints_a_row_per_host_and_fails_on_any_bad_one(hosts3, tmp_path, demo_assets):
+    config = ["--ssh-config", hosts3.ssh_config, "--remote-dir", "/srv/mxft-host"]
+    good = hosts_file(hosts3, tmp_path)
+    done = run_launch(["check", "--hosts", good, *config], cwd=str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split() == ["host", "ssh", "host", "key", "python", "mxnet", "ps-lite", "cuda", "gpus", "cpus",
+                              "free", "GB", "clock", "skew", "s", "verdict"]
+    import mxnet
+    for row, host in zip(rows, hosts3.hosts):
+        cells = row.split()
+        assert cells[:4] == [host.address, "ok", "ok", sys.version.split()[0]] and cells[4:7] == \
+            [mxnet.__version__, "yes", "no"] and cells[-1] == "ok", row
+        assert abs(float(cells[-2])) < 1.0  # same machine, same clock
+    gpu_job = write_job(tmp_path / "gpu.yaml", demo_job(demo_assets, cluster={"workers": 3, "devices": [0]}))
+    on_gpus = run_launch(["check", "--hosts", good, *config, gpu_job], cwd=str(tmp_path))
+    assert on_gpus.returncode == 2
+    assert on_gpus.stdout.count("the job puts 1 GPUs there but its mxnet has no CUDA") == 3, on_gpus.stdout
+
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_text(f"10.231.77.11 {python_field()}\n10.231.77.13 python=/usr/bin/python3\n"
+                     f"10.231.77.99 {python_field()}\n")
+    bad = run_launch(["check", "--hosts", str(mixed), *config], cwd=str(tmp_path))
+    assert bad.returncode == 2
+    rows = bad.stdout.splitlines()[1:]
+    assert rows[0].endswith("  ok")
+    assert "missing" in rows[1] and rows[1].rstrip().endswith("No module named 'mxnet'"), rows[1]
+    assert rows[2].split()[:2] == ["10.231.77.99", "unreachable"] and "unreachable over SSH" in rows[2]

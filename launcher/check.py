@@ -1,0 +1,55 @@
+"""``mxft-launch check``: the preflight alone, as a table of what every host has.
+
+    mxft-launch check --hosts hosts.txt [JOB]
+
+Each host is probed in parallel exactly as a launch would (SSH with strict host keys,
+the Python of the hosts file, mxnet and its features, GPUs, free space in the work
+folder, clock). With a job, the last column says whether the host can take its part
+of that job; without one, whether it could run mxft at all.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from cluster.hosts import HostSpec
+from cluster.ssh import SSHHost
+from launcher.preflight import HostReport, Requirements, problems, probe_host
+
+COLUMNS = ("host", "ssh", "host key", "python", "mxnet", "ps-lite", "cuda", "gpus", "cpus", "free GB", "clock skew s",
+           "verdict")
+SKEW_WARN_S = 5.0  # beyond this, log times across hosts no longer line up (and Kerberos/NFS may fail)
+
+
+def probe_all(hosts: Sequence[tuple[HostSpec, SSHHost]], work_dir: str) -> list[HostReport]:
+    reports: dict[str, HostReport] = {}
+
+    def one(spec: HostSpec, ssh: SSHHost) -> None:
+        reports[spec.label] = probe_host(ssh, spec, work_dir)
+
+    threads = [threading.Thread(target=one, args=pair, name=f"check {pair[0].label}") for pair in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [reports[spec.label] for spec, _ in hosts]
+
+
+def row(report: HostReport, need: Requirements) -> tuple[str, ...]:
+    info = report.info
+    yes_no = lambda key: ("yes" if info[key] else "no") if key in info else "-"  # noqa: E731
+    problem = problems(report, need)
+    skew = report.clock_skew_s
+    verdict = "ok" if problem is None else problem[0]
+    if problem is None and skew is not None and abs(skew) > SKEW_WARN_S:
+        verdict = f"ok (clock {skew:+.1f} s off: run NTP)"
+    return (report.label, "ok" if report.reachable else "unreachable", report.host_key,
+            info.get("python", "-"), info.get("mxnet", "missing" if "mxnet_error" in info else "-"),
+            yes_no("dist_kvstore"), yes_no("cuda"), str(info.get("gpus", "-")), str(info.get("cpus", "-")),
+            f"{info['free_bytes'] / 1e9:.1f}" if "free_bytes" in info else "-",
+            f"{skew:+.2f}" if skew is not None else "-", verdict)
+
+
+def table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(r, widths)).rstrip() for r in [COLUMNS, *rows]]
