@@ -19,13 +19,12 @@ import time
 
 import yaml
 
-from bench.report import ROOT, provenance, spread, write_section
+from bench.report import ROOT, events_in, provenance, spread, write_section
 from cluster.hosts import HostSpec
 from cluster.ssh import SSHOptions
 from launcher.execute import stage_local
 from launcher.jobspec import load_job
 from launcher.launch import LaunchConfig, new_run_id, prepare
-from trainer import events
 
 REPEATS, EPOCHS = 5, 6
 ENV = dict(os.environ, PYTHONPATH=ROOT)
@@ -93,11 +92,7 @@ def run_by_hand(job_path: str, work: str) -> tuple[float, float]:
                                           stderr=subprocess.STDOUT))
     for proc in procs:
         proc.wait(timeout=600)
-    worker_events = []
-    for path in outputs:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            worker_events += [e for e in map(events.parse, handle) if e is not None]
-    return _metrics(worker_events, started)
+    return _metrics(events_in(outputs), started)
 
 
 def teardown_s(job_path: str, work: str, role: str) -> float:

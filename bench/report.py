@@ -38,3 +38,13 @@ def write_section(name: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     with open(BENCHMARKS, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def events_in(paths: list[str]) -> list[dict]:
+    """The ``@mxft`` events in process output files (a hand launch's logs)."""
+    from trainer import events
+    found = []
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            found += [e for e in map(events.parse, handle) if e is not None]
+    return found

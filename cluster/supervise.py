@@ -95,6 +95,7 @@ class Supervisor:
 
     def start(self, name: str, transport: Transport, argv: Sequence[str], *, env: Mapping[str, str],
               log_path: str, primary: bool, cwd: str | None = None) -> Member:
+        """Start one process and its log pump (callable from several threads at once)."""
         process = transport.start(argv, env=env, cwd=cwd)
         member = Member(name, transport.label, process, primary, log_path)
         member.pump = threading.Thread(target=self._pump, args=(member,), name=f"log {name}", daemon=True)

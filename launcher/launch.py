@@ -178,10 +178,7 @@ def check_hosts(config: LaunchConfig) -> tuple[list[str], bool]:
         job = load_job(config.job_path, overrides=config.overrides)
         if isinstance(job, CommandSpec):
             plan, _ = plan_command(config, job, hosts, run_id="check")
-            sizes: dict[str, int] = {}
-            for transfer in plan.transfers:
-                sizes[transfer.host] = sizes.get(transfer.host, 0) + os.path.getsize(transfer.source)
-            need = dataclasses.replace(need, bytes_per_host=sizes)
+            need = dataclasses.replace(need, bytes_per_host=_transfer_bytes(plan))
         else:
             job = ensure_prepared(job, config.cache_dir, echo=lambda text: None, dry_run=True)
             plan, inventory, _ = prepare(config, job, hosts, run_id="check", run_dir="/nonexistent/check")
@@ -352,16 +349,21 @@ def plan_command(config: LaunchConfig, spec: CommandSpec, hosts: tuple[HostSpec,
     plan = make_command_plan(spec, hosts, facts, synced=synced)
     ssh_hosts = {h.label: SSHHost(h, config.ssh) for h in hosts} if remote else {}
     if remote and not config.dry_run:
-        sizes: dict[str, int] = {}
-        for transfer in plan.transfers:
-            sizes[transfer.host] = sizes.get(transfer.host, 0) + os.path.getsize(transfer.source)
-        need = Requirements(mxnet_version=local_mxnet_version(), gpus_per_host={}, bytes_per_host=sizes,
-                            work_dir=config.remote_dir)
+        need = Requirements(mxnet_version=local_mxnet_version(), gpus_per_host={},
+                            bytes_per_host=_transfer_bytes(plan), work_dir=config.remote_dir)
         if echo:
             echo(f"[mxft] preflight: checking {len(hosts)} hosts")
         facts = dataclasses.replace(facts, hosts=preflight([(h, ssh_hosts[h.label]) for h in hosts], need))
         plan = make_command_plan(spec, hosts, facts, synced=synced)
     return plan, ssh_hosts
+
+
+def _transfer_bytes(plan: CommandPlan) -> dict[str, int]:
+    """Bytes staging writes on each host (a command run's files exist already)."""
+    sizes: dict[str, int] = {}
+    for transfer in plan.transfers:
+        sizes[transfer.host] = sizes.get(transfer.host, 0) + os.path.getsize(transfer.source)
+    return sizes
 
 
 def run_command(config: LaunchConfig, spec: CommandSpec, *, echo: Callable[[str], None]) -> CommandOutcome | CommandPlan:

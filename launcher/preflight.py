@@ -25,9 +25,13 @@ from cluster.ssh import HostKeyError, SSHHost
 from launcher.plan import HostFacts
 
 # Runs on the host with its Python; prints one JSON line. Imports mxnet last so a
-# missing mxnet still reports the rest.
+# missing mxnet still reports the rest. ``import mxnet`` costs ~2.5 s of CPU, so a
+# CPU build's result is cached on the host (~/.cache/mxft/preflight, not the work
+# folder, which preflight leaves untouched) under a key that changes whenever
+# the interpreter or the files of mxnet, its library or numpy change (a numpy upgrade
+# is what breaks mxnet 1.x most often). CUDA builds are always imported: GPUs come and go.
 _PROBE = r"""
-import json, os, sys, time
+import hashlib, importlib.util, json, os, sys, time
 out = {"python": sys.version.split()[0], "cpus": os.cpu_count() or 1, "home": os.path.expanduser("~")}
 work = os.path.expanduser(sys.argv[1])
 probe = work
@@ -36,16 +40,41 @@ while not os.path.isdir(probe):
 st = os.statvfs(probe)
 out["free_bytes"] = st.f_bavail * st.f_frsize
 out["work_dir"] = os.path.abspath(work)
+parts = [os.path.realpath(sys.executable), sys.version]
+for name in ("mxnet", "numpy"):
+    spec = importlib.util.find_spec(name)
+    files = [spec.origin, os.path.join(os.path.dirname(spec.origin), "libmxnet.so")] if spec and spec.origin else []
+    for path in files:
+        if os.path.exists(path):
+            info = os.stat(path)
+            parts.append("%s %d %d" % (path, info.st_size, info.st_mtime_ns))
+cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mxft", "preflight",
+                     hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20] + ".json")
 try:
-    import mxnet
-    from mxnet.runtime import Features
-    features = Features()
-    out["mxnet"] = mxnet.__version__
-    out["dist_kvstore"] = features.is_enabled("DIST_KVSTORE")
-    out["cuda"] = features.is_enabled("CUDA")
-    out["gpus"] = mxnet.context.num_gpus() if out["cuda"] else 0
-except Exception as err:
-    out["mxnet_error"] = f"{type(err).__name__}: {err}"
+    with open(cache) as handle:
+        found = json.load(handle)
+    out.update(found, cached=True)
+except (OSError, ValueError):
+    found = {}
+    try:
+        import mxnet
+        from mxnet.runtime import Features
+        features = Features()
+        found["mxnet"] = mxnet.__version__
+        found["dist_kvstore"] = features.is_enabled("DIST_KVSTORE")
+        found["cuda"] = features.is_enabled("CUDA")
+        found["gpus"] = mxnet.context.num_gpus() if found["cuda"] else 0
+    except Exception as err:
+        found["mxnet_error"] = f"{type(err).__name__}: {err}"
+    out.update(found)
+    if "mxnet_error" not in found and not found["cuda"]:
+        try:
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            with open(cache + ".partial", "w") as handle:
+                json.dump(found, handle)
+            os.replace(cache + ".partial", cache)
+        except OSError:
+            pass
 out["time"] = time.time()  # last: the launcher compares it with when this line arrives
 print(json.dumps(out))
 """

@@ -1,6 +1,7 @@
 """Put a plan's files on its hosts, and bring rank 0's results back.
 
-Per host, one ``ssh HOST python -c RECEIVER`` reads a stream of framed files: for each
+Per host, one ``ssh HOST python -c RECEIVER`` first answers which of the offered
+content-addressed files it already holds, then reads a stream of framed files: for each
 file a length-prefixed JSON header (destination, size, sha256) and then its bytes, and
 an end frame with the count. The sender hashes each file from the page cache and hands
 its bytes to the ssh pipe with ``sendfile``; the receiver moves them into a private
@@ -72,6 +73,9 @@ def sha256_of(path):
             return hashlib.sha256(view).hexdigest()
 
 try:
+    offer = json.loads(read_exact(struct.unpack(">I", read_exact(4))[0]))["offer"]
+    sys.stdout.write(json.dumps({"present": [dest for dest in offer if os.path.isfile(dest)]}) + "\n")
+    sys.stdout.flush()
     received = []
     while True:
         header = json.loads(read_exact(struct.unpack(">I", read_exact(4))[0]))
@@ -129,24 +133,15 @@ def _frame(header: dict) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def present_on(host: SSHHost, dests: Sequence[str]) -> set[str]:
-    """Which of ``dests`` already exist on the host (one command for all)."""
-    if not dests:
-        return set()
-    code, out, err = host.run(["sh", "-c", 'for p; do [ -f "$p" ] && echo "$p"; done; true', "sh", *dests])
-    if code != 0:
-        raise JobFailed(f"{host.label}: could not list staged files: {err.strip()[-300:]}")
-    return set(out.splitlines())
-
-
 def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str, python: str,
                progress: Callable[[str], None], progress_every_s: float = 1.0) -> HostStaging:
-    """Send the host what it lacks: content-addressed files once, run files always."""
+    """Send the host what it lacks: content-addressed files once, run files always.
+
+    One SSH connection does both: the receiver first answers which of the offered
+    content-addressed files it has, then reads the missing ones.
+    """
     started = time.monotonic()
-    present = present_on(host, [t.dest for t in transfers if t.kind != "run"])
-    missing = [t for t in transfers if t.kind == "run" or t.dest not in present]
-    kept = [t for t in transfers if t not in missing]
-    total = sum(os.path.getsize(t.source) for t in missing)
+    missing: list[Transfer] = []
     sent = [0]
     last_report = [started]
 
@@ -157,17 +152,40 @@ def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str, pytho
             last_report[0] = now
             progress(f"{host.label}: {sent[0] / 1e6:.1f}/{total / 1e6:.1f} MB ({100 * min(sent[0], total) // total}%)")
 
-    if missing:
-        _send(host, missing, root=root, python=python, on_bytes=on_bytes)
+    proc = host.stream_to(shlex.join([python, "-c", _RECEIVER, root]))
+    try:
+        present = _ask_present(proc, [t.dest for t in transfers if t.kind != "run"])
+        if present is not None:  # else the receiver died: its exit code and stderr say why, below
+            missing = [t for t in transfers if t.kind == "run" or t.dest not in present]
+            total = sum(os.path.getsize(t.source) for t in missing)
+            _send(proc, missing, on_bytes=on_bytes)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    _, err = proc.communicate()  # closes stdin: the receiver sees the end of the stream
+    if present is None or proc.returncode != 0:
+        raise JobFailed(f"{host.label}: copying {len(missing) or len(transfers)} files failed "
+                        f"(exit {proc.returncode}): {err.decode(errors='replace').strip()[-400:]}")
+    kept = [t for t in transfers if t not in missing]
     return HostStaging(host.label, len(missing), sent[0],
                        sum(os.path.getsize(t.source) for t in missing if t.kind == "data"),
                        sum(os.path.getsize(t.source) for t in missing if t.kind == "code"),
                        len(kept), sum(os.path.getsize(t.source) for t in kept), time.monotonic() - started)
 
 
-def _send(host: SSHHost, transfers: Sequence[Transfer], *, root: str, python: str,
-          on_bytes: Callable[[int], None]) -> None:
-    proc = host.stream_to(shlex.join([python, "-c", _RECEIVER, root]))
+def _ask_present(proc, dests: Sequence[str]) -> set[str] | None:
+    """Offer the receiver ``dests``; it answers with those it already holds (None: it died first)."""
+    try:
+        proc.stdin.write(_frame({"offer": list(dests)}))
+        answer = proc.stdout.readline()
+    except BrokenPipeError:
+        return None
+    return set(json.loads(answer)["present"]) if answer else None
+
+
+def _send(proc, transfers: Sequence[Transfer], *, on_bytes: Callable[[int], None]) -> None:
+    """Write each file's frame and bytes, then the end frame, into the receiver's stdin."""
     pipe = proc.stdin.fileno()
     try:
         fcntl.fcntl(pipe, _F_SETPIPE_SZ, _CHUNK // 4)  # fewer, larger hand-offs to ssh: +20% here
@@ -192,10 +210,6 @@ def _send(host: SSHHost, transfers: Sequence[Transfer], *, root: str, python: st
         on_bytes(len(end))
     except BrokenPipeError:
         pass  # the receiver failed; its exit code and stderr say why
-    _, err = proc.communicate()  # closes stdin: the receiver sees the end of the stream
-    if proc.returncode != 0:
-        raise JobFailed(f"{host.label}: copying {len(transfers)} files failed (exit {proc.returncode}): "
-                        f"{err.decode(errors='replace').strip()[-400:]}")
 
 
 def stage_all(hosts: Mapping[str, SSHHost], transfers: Sequence[Transfer], *, root_of: Callable[[str], str],

@@ -1,0 +1,58 @@
+"""Push and pull a model's gradients through a dist kvstore, timing each step (a bench program).
+
+    mxft-launch -H hosts.txt -n 4 -s 2 -- python kvstore_step.py --model resnet50 --steps 10
+
+Every array of the model (the shapes of its parameters) is pushed and then pulled, as
+``Module.update`` does with ``update_on_kvstore``; a step ends when every pulled array
+is ready. Rank 0 prints ``@bench {json}`` with the median and min-max step time.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import mxnet as mx  # servers and the scheduler run their ps-lite loop here and exit
+
+
+def shapes_of(model: str, params: str | None) -> list[tuple[int, ...]]:
+    if model == "resnet50":  # the tutorial's network with a 257-class head; built, not downloaded
+        net = mx.gluon.model_zoo.vision.resnet50_v1(classes=257)
+        net.initialize()
+        net(mx.nd.zeros((1, 3, 224, 224)))
+        return [p.shape for p in net.collect_params().values() if p.grad_req != "null"]
+    loaded = mx.nd.load(params)
+    return [a.shape for name, a in loaded.items() if name.startswith("arg:")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=("demo", "resnet50"), default="demo")
+    parser.add_argument("--params", help="for --model demo: the pretrained .params file")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--kvstore", default="dist_sync")
+    args = parser.parse_args()
+    shapes = shapes_of(args.model, args.params)
+    kv = mx.kv.create(args.kvstore)
+    grads = [mx.nd.ones(shape) for shape in shapes]
+    outs = [mx.nd.zeros(shape) for shape in shapes]
+    for key, grad in enumerate(grads):
+        kv.init(key, mx.nd.zeros(grad.shape))
+    mx.nd.waitall()
+    times = []
+    for step in range(args.steps + 2):  # two warm-up steps
+        started = time.perf_counter()
+        for key, grad in enumerate(grads):
+            kv.push(key, grad, priority=-key)
+            kv.pull(key, out=outs[key], priority=-key)
+        mx.nd.waitall()
+        if step >= 2:
+            times.append(time.perf_counter() - started)
+    size_mb = sum(g.size for g in grads) * 4 / 1e6
+    if kv.rank == 0:
+        print("@bench " + json.dumps({"workers": kv.num_workers, "arrays": len(grads), "mb": round(size_mb, 2),
+                                      "step_ms": [round(t * 1000, 2) for t in times],
+                                      "median_ms": round(statistics.median(times) * 1000, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

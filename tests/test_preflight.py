@@ -1,0 +1,34 @@
+"""The preflight probe, run as a real process on this machine: its mxnet answer is cached
+per interpreter/mxnet/numpy install, and a changed install is probed afresh."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from launcher.preflight import _PROBE
+
+pytestmark = pytest.mark.integration
+
+
+def probe(tmp_path, **env) -> dict:
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path / "work")], capture_output=True, text=True,
+                          env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), **env}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_probe_caches_mxnet_and_notices_a_changed_numpy(tmp_path):
+    first = probe(tmp_path)
+    assert first["dist_kvstore"] is True and "cached" not in first
+    second = probe(tmp_path)
+    assert second["cached"] is True and second["mxnet"] == first["mxnet"]
+    assert not os.path.exists(tmp_path / "work")  # the work folder is left alone
+    broken = tmp_path / "numpy-2" / "numpy"  # a different numpy (here: one that breaks mxnet)
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('numpy 2 is not numpy 1.23')\n")
+    third = probe(tmp_path, PYTHONPATH=str(broken.parent))
+    assert "cached" not in third and third["mxnet_error"].startswith("ImportError"), third
