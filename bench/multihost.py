@@ -146,11 +146,11 @@ class Bench:
     # ------------------------------------------------------------------ scaling
 
     def images_per_s(self, job: str) -> float:
-        """Aggregate images/s: workers x rank 0's epoch rate after epoch 1 (sync: all move in lockstep)."""
+        """Aggregate images/s: workers x worker 0's epoch rate after epoch 1 (sync: all move in lockstep)."""
         _, run_id, _ = self.launch(job)
         found = self.events(run_id)
         workers = sum(e["event"] == "joined" for e in found)
-        rates = [e["images_per_s"] for e in found if e["event"] == "epoch" and e["rank"] == 0 and e["epoch"] > 1]
+        rates = [e["images_per_s"] for e in found if e["event"] == "epoch" and e["index"] == 0 and e["epoch"] > 1]
         return workers * statistics.median(rates)
 
     def kvstore_ms(self, model: str, workers: int, steps: int) -> dict:
@@ -227,7 +227,9 @@ def report(mxft_runs, hand, teardown, scaling, kv) -> list[str]:
              "and with processes started one after the other, measured 14.7 s vs 7.2 s by hand, 2.05x). Staging "
              "on a relaunch is one SSH connection per host that finds every data file present and sends the "
              "worker configs. From then on mxft and the hand launch do the same: 6 processes import mxnet on "
-             "2 cores.",
+             "2 cores. What would remove most of the rest: trusting a probe of the same host made minutes "
+             "earlier, and sending the worker configs inside each process's own SSH session instead of a "
+             "staging connection.",
              "", "### Teardown (kill -9 of one process on a host, to no process of the run on any host; 2 runs each)",
              "", "| killed | seconds |", "|---|---|",
              *[f"| {role} | {spread(values, '{:.2f}')} |" for role, values in teardown.items()], "",
@@ -236,7 +238,7 @@ def report(mxft_runs, hand, teardown, scaling, kv) -> list[str]:
              "### Scaling (demo network on the 846 digit images, batch 8 per worker, 2 servers, 3 epochs, 2 runs)",
              "", "| workers | aggregate images/s | ratio to 1 worker |", "|---|---|---|",
              *[f"| {w} | {spread(v, '{:.0f}')} | {statistics.median(v) / base:.2f} |" for w, v in scaling.items()],
-             "", "Aggregate = workers x rank 0's epoch rate after epoch 1 (synchronous training moves in lockstep). "
+             "", "Aggregate = workers x worker 0's epoch rate after epoch 1 (synchronous training moves in lockstep). "
              "All workers share 2 cores, so this is not how a cluster scales: one worker with batch 8 on this "
              "small network leaves the cores partly idle (per-batch Python, iterator and kvstore round trips), "
              "and more workers fill that idle time until the cores are busy.", "",

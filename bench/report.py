@@ -9,7 +9,11 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = os.path.join(ROOT, "BENCHMARKS.md")
-HEADER = "# Benchmarks\n\nWritten by `make bench` (`python -m bench`); each section by its own script in `bench/`.\n"
+HEADER = ("# Benchmarks\n\nWritten by `make bench` (`python -m bench`: staging, launch overhead and the three-host "
+          "section, about 10 minutes here); `python -m bench all` adds the accuracy and dataset-preparation "
+          "comparisons; the GPU section comes from `bench/gpu.sh` on a GPU machine. Each section is rewritten by "
+          "its own script in `bench/` and says its date, machine and git revision. Every goal is stated where "
+          "it is measured.\n")
 
 
 def provenance() -> str:

@@ -169,7 +169,7 @@ def _report(plan: Plan, result: dict) -> int:
               f"{plan.job.min_accuracy} ({plan.job.source})", file=sys.stderr, flush=True)
         code = EXIT_FAILED
     topk = f", {top.replace('val_', '')} {result[top]:.4f}" if top else ""
-    _echo(f"validation accuracy: {accuracy:.4f}{topk} ({result['val_images']} images, rank 0)")
+    _echo(f"validation accuracy: {accuracy:.4f}{topk} ({result['val_images']} images, worker 0)")
     return code
 
 

@@ -23,7 +23,7 @@ from launcher import recfile, runstate
 from launcher.checkpoint import trim_params, used_variables
 from launcher.command import CommandPlan
 from launcher.inputs import Inventory
-from launcher.metrics import write_metrics
+from launcher.metrics import MetricsWriter
 from launcher.plan import Plan, Role
 from launcher.stage import fetch_dir, stage_all
 from trainer import events
@@ -60,15 +60,15 @@ def stage_local(plan: Plan, inventory: Inventory) -> None:
 class RunEvents:
     """The workers' structured events: appended to ``events.jsonl`` and tracked for the watchdogs.
 
-    Runs in the log pump threads; ``on_checkpoint`` (rank 0 finished an epoch checkpoint)
-    is called there too, so fetching it delays only rank 0's log lines.
+    Runs in the log pump threads; ``on_checkpoint`` (worker 0 finished an epoch checkpoint)
+    is called there too, so fetching it delays only worker 0's log lines.
     """
 
     def __init__(self, path: str, on_checkpoint: Callable[[dict], None] | None = None, *,
                  num_workers: int = 0) -> None:
         self.path = path
         self.on_checkpoint = on_checkpoint
-        self.num_workers = num_workers            # > 0: rewrite metrics.csv/png as epochs complete
+        self.metrics = MetricsWriter(os.path.dirname(path), num_workers) if num_workers else None
         self.first_batch_at: float | None = None  # wall-clock time of the first batch any worker finished
         self.rank_of: dict[int, int] = {}
         self.last_seen: dict[int, float] = {}
@@ -102,15 +102,16 @@ class RunEvents:
             self.done.add(index)
         elif kind == "first_batch":
             self.first_batch_at = min(self.first_batch_at or event["time"], event["time"])
-        elif kind == "epoch" and self.num_workers:
-            write_metrics(os.path.dirname(self.path), self.num_workers)
+        elif kind == "epoch" and self.metrics is not None:
+            self.metrics.add(event)
 
         elif kind == "checkpoint" and self.on_checkpoint is not None:
             self.on_checkpoint(event)
         return True
 
-    def rank0_worker(self) -> int | None:
-        return next((index for index, rank in self.rank_of.items() if rank == 0), None)
+    def lead_joined(self) -> bool:
+        """Whether worker 0 (which evaluates and writes the result) joined ps-lite."""
+        return 0 in self.rank_of
 
 
 class Watchdog:
@@ -244,7 +245,7 @@ def execute_command(plan: CommandPlan, *, echo: Callable[[str], None],
 
 
 def keep_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], event: dict) -> None:
-    """Bring an epoch checkpoint of rank 0 into RUN_DIR/checkpoints (the marker last)."""
+    """Bring an epoch checkpoint of worker 0 into RUN_DIR/checkpoints (the marker last)."""
     host, files = plan.worker_hosts[int(event["index"])], list(event["files"])
     if host in ssh_hosts:
         incoming = os.path.join(plan.run_dir, "checkpoints", ".incoming")
@@ -256,26 +257,26 @@ def keep_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], event: dict) -
 
 def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost], *,
             timing: Mapping[str, float] | None = None) -> RunResult:
-    """Bring rank 0's result.json and checkpoint to the top of the run directory."""
-    index = run_events.rank0_worker()
-    if index is None:
-        raise JobFailed("the workers finished but none reported joining as rank 0; see the worker logs in "
+    """Bring worker 0's result.json and checkpoint to the top of the run directory."""
+    index = 0
+    if not run_events.lead_joined():
+        raise JobFailed("the workers finished but worker 0 never reported joining; see the worker logs in "
                         f"{os.path.join(plan.run_dir, 'logs')}")
     out_dir = plan.workers[index].out_dir
     host = plan.worker_hosts[index]
-    if host in ssh_hosts:
-        local_out = os.path.join(plan.run_dir, "workers", f"worker-{index}")
-        fetch_dir(ssh_hosts[host], out_dir, local_out)
-        out_dir = local_out
+    remote_out = out_dir if host in ssh_hosts else None
+    if remote_out is not None:
+        out_dir = os.path.join(plan.run_dir, "workers", f"worker-{index}")
+        fetch_dir(ssh_hosts[host], remote_out, out_dir, names=["result.json"])  # the checkpoint came per epoch
     source = os.path.join(out_dir, "result.json")
     if not os.path.isfile(source):
-        raise JobFailed(f"worker {index} (rank 0) exited 0 but wrote no {source}")
+        raise JobFailed(f"worker {index} exited 0 but wrote no {source}")
     with open(source, encoding="utf-8") as handle:
         result = json.load(handle)
-    result["rank0_worker"] = index
+    result["rank_of_worker_0"] = run_events.rank_of[0]
     result["run_id"] = plan.run_id
     result["timing"] = dict(timing or {})
-    rows = write_metrics(plan.run_dir, len(plan.workers))
+    rows = run_events.metrics.write() if run_events.metrics else []
     result["images_per_s_per_worker"] = {
         str(i): round(sum(float(r[f"images_per_s_worker_{i}"]) for r in rows) / len(rows), 2)
         for i in range(len(plan.workers)) if rows}
@@ -287,6 +288,25 @@ def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost],
     checkpoint_dir = os.path.join(plan.run_dir, "checkpoint")
     os.makedirs(checkpoint_dir, exist_ok=True)
     name, epoch = result["checkpoint"]["prefix"], result["checkpoint"]["epoch"]
-    for filename in (f"{name}-symbol.json", f"{name}-{epoch:04d}.params"):
-        shutil.copy2(os.path.join(out_dir, filename), os.path.join(checkpoint_dir, filename))
+    files = [f"{name}-symbol.json", f"{name}-{epoch:04d}.params"]
+    kept = runstate.latest_checkpoint(plan.run_dir)
+    if kept is not None and kept.epoch == epoch:
+        source_dir = runstate.checkpoint_dir(plan.run_dir)  # fetched (or linked) when the epoch ended
+    elif remote_out is not None:
+        fetch_dir(ssh_hosts[host], remote_out, out_dir, names=files)
+        source_dir = out_dir
+    else:
+        source_dir = out_dir
+    for filename in files:
+        _link_or_copy(os.path.join(source_dir, filename), os.path.join(checkpoint_dir, filename))
     return RunResult(result, plan.result_path, os.path.join(checkpoint_dir, name))
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link where the file system allows (no second copy of a large params file), else a copy."""
+    if os.path.exists(target):
+        os.remove(target)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

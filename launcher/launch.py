@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from cluster.errors import InputError, Interrupted, JobFailed
 from cluster.hosts import HostSpec, load_hosts
-from cluster.local import free_port
+from cluster.local import free_port, free_ports
 from cluster.slurm import hosts_from_slurm
 from cluster.ssh import SSHHost, SSHOptions
 from launcher import assets, recfile, runstate
@@ -124,11 +124,13 @@ def prepare(config: LaunchConfig, job: JobSpec, hosts: tuple[HostSpec, ...], *, 
     code_files, code_hash = _code_files()
     if remote:
         host_facts = {h.label: HostFacts(h.name, h.python or "python3", 1) for h in hosts}
-        port = 20000 + secrets.randbelow(20000)  # cannot probe remote ports from here
+        port, worker_ports = 20000 + secrets.randbelow(20000), []  # cannot probe remote ports from here
     else:
         host_facts = {hosts[0].label: HostFacts("127.0.0.1", sys.executable, os.cpu_count() or 1)}
-        port = free_port()
+        # Ascending worker ports make worker i ps-lite's rank i here, so a seeded job trains the same every run.
+        port, *worker_ports = free_ports(1 + job.cluster.workers)
     facts = Facts(
+        worker_ports=tuple(worker_ports),
         run_id=run_id,
         run_dir=run_dir,
         cache_dir=os.path.abspath(config.cache_dir),

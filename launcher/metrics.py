@@ -1,21 +1,24 @@
 """Per-epoch metrics of a run: ``metrics.csv`` and ``metrics.png`` from the workers' epoch events.
 
 Every worker reports each epoch (time, images/s, training accuracy, top-5 and loss on
-its shard); rank 0 adds validation accuracy, top-5 and loss. An epoch's row is written
+its shard); worker 0 adds validation accuracy, top-5 and loss. An epoch's row is written
 once every worker has reported it; a resumed attempt's rows replace the earlier ones.
+``MetricsWriter`` keeps both files current during a run.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 
 from launcher.plot import Panel, Series, render
 
 CSV_NAME, PNG_NAME = "metrics.csv", "metrics.png"
-RANK0_FIELDS = ("train_accuracy", "train_top5", "train_loss", "val_accuracy", "val_top5", "val_loss")
+LEAD_FIELDS = ("train_accuracy", "train_top5", "train_loss", "val_accuracy", "val_top5", "val_loss")
 
 
 def epoch_rows(events: Iterable[dict], num_workers: int) -> list[dict]:
@@ -35,9 +38,9 @@ def epoch_rows(events: Iterable[dict], num_workers: int) -> list[dict]:
         reports = by_epoch[epoch]
         if len(reports) < num_workers:
             continue
-        rank0 = next((r for r in reports.values() if r.get("rank") == 0), reports[min(reports)])
+        lead = reports.get(0, reports[min(reports)])
         row = {"epoch": epoch, "epoch_s": max(float(r["epoch_s"]) for r in reports.values())}
-        row.update({field: rank0.get(field, "") for field in RANK0_FIELDS})
+        row.update({field: lead.get(field, "") for field in LEAD_FIELDS})
         row["images_per_s_total"] = round(sum(float(r["images_per_s"]) for r in reports.values()), 2)
         row.update({f"images_per_s_worker_{i}": reports[i]["images_per_s"] for i in sorted(reports)})
         rows.append(row)
@@ -52,26 +55,54 @@ def read_events(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-_LOCK = threading.Lock()  # the log pumps of several workers report epochs at once
+class MetricsWriter:
+    """Keeps RUN_DIR/metrics.csv (each completed epoch) and metrics.png (now and then, and at the end) current.
 
+    Fed the workers' epoch events as they arrive (from several log pump threads); starts
+    from the events earlier attempts left in events.jsonl, so a resumed run's files cover
+    every epoch. The plot is redrawn at most every ``png_every_s``: on 2 cores, drawing it
+    for every epoch of a fast job took CPU from training.
+    """
 
-def write_metrics(run_dir: str, num_workers: int) -> list[dict]:
-    """Rewrite RUN_DIR/metrics.csv and metrics.png from events.jsonl; returns the rows."""
-    with _LOCK:
-        rows = epoch_rows(read_events(run_dir), num_workers)
-        if not rows:
+    def __init__(self, run_dir: str, num_workers: int, *, png_every_s: float = 30.0) -> None:
+        self.run_dir, self.num_workers, self.png_every_s = run_dir, num_workers, png_every_s
+        self._events = [e for e in read_events(run_dir) if e.get("event") == "epoch"]
+        self._lock = threading.Lock()
+        self._png_at = 0.0
+
+    def add(self, event: dict) -> None:
+        """One worker's epoch event; writes the files when that epoch is complete."""
+        with self._lock:
+            self._events.append(event)
+            done = sum(e["epoch"] == event["epoch"] for e in self._events) >= self.num_workers
+        if done:
+            self.write(final=False)
+
+    def write(self, *, final: bool = True) -> list[dict]:
+        """Rewrite the CSV (and the plot when ``final`` or due); returns the rows."""
+        with self._lock:
+            rows = epoch_rows(self._events, self.num_workers)
+            if not rows:
+                return rows
+            _replace(os.path.join(self.run_dir, CSV_NAME), _csv_bytes(rows))
+            if final or time.monotonic() - self._png_at >= self.png_every_s:
+                self._png_at = time.monotonic()
+                _replace(os.path.join(self.run_dir, PNG_NAME), render(panels(rows)))
             return rows
-        fields = list(dict.fromkeys(key for row in rows for key in row))
-        tmp = os.path.join(run_dir, CSV_NAME + ".partial")
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fields, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, os.path.join(run_dir, CSV_NAME))
-        with open(tmp, "wb") as handle:
-            handle.write(render(panels(rows)))
-        os.replace(tmp, os.path.join(run_dir, PNG_NAME))
-        return rows
+
+
+def _csv_bytes(rows: Sequence[dict]) -> bytes:
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, list(dict.fromkeys(key for row in rows for key in row)), restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def _replace(path: str, data: bytes) -> None:
+    with open(path + ".partial", "wb") as handle:
+        handle.write(data)
+    os.replace(path + ".partial", path)
 
 
 def panels(rows: Sequence[dict]) -> list[Panel]:
@@ -79,9 +110,9 @@ def panels(rows: Sequence[dict]) -> list[Panel]:
         return Series(name, tuple((row["epoch"], float(row[field])) for row in rows if row.get(field) != ""))
 
     return [
-        Panel("accuracy", (series("train (rank 0)", "train_accuracy"), series("val", "val_accuracy"),
+        Panel("accuracy", (series("train (worker 0)", "train_accuracy"), series("val", "val_accuracy"),
                            series("val top-5", "val_top5")), (0.0, 1.0)),
-        Panel("loss", (series("train (rank 0)", "train_loss"), series("val", "val_loss"))),
+        Panel("loss", (series("train (worker 0)", "train_loss"), series("val", "val_loss"))),
         Panel("images/s", (series("all workers", "images_per_s_total"),
                            *(series(f"worker {k.rsplit('_', 1)[1]}", k) for k in rows[-1]
                              if k.startswith("images_per_s_worker_")))),

@@ -87,6 +87,7 @@ class Facts:
     attempt: int = 1                      # 2, 3, ...: a resumed or restarted run (logs in logs/attempt-N)
     resume_epoch: int = 0                 # epochs already done
     resume_prefix: str | None = None      # local checkpoint of epoch resume_epoch
+    worker_ports: tuple[int, ...] = ()    # ps-lite PORT of each worker (ascending: worker i gets rank i)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +146,7 @@ class Plan:
             f"  training   {job.train.epochs} epochs x {self.batches_per_epoch} batches of "
             f"{len(worker0.devices or [0]) * job.train.batch_per_device} per worker, "
             f"{job.train.optimizer} {dict(job.train.optimizer_params)}",
-            f"  validation {worker0.num_val_images} images of {job.data.val}, evaluated by rank 0",
+            f"  validation {worker0.num_val_images} images of {job.data.val}, evaluated by worker 0",
             "  processes:",
         ]
         for proc in self.processes:
@@ -280,6 +281,8 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
     def process(role: Role, rank: int, host: HostSpec, args: tuple[str, ...] = ()) -> ProcessSpec:
         layout, host_facts = layouts[host.label], facts.hosts[host.label]
         env = dict(base_env, DMLC_ROLE=role.value, DMLC_NODE_HOST=host_facts.address, PYTHONPATH=layout.code_dir)
+        if role is Role.WORKER and facts.worker_ports:
+            env["PORT"] = str(facts.worker_ports[rank])  # ps-lite ranks workers by (address, port)
         if role is Role.WORKER and cluster.devices is None:
             env["OMP_NUM_THREADS"] = str(max(1, host_facts.cpu_count // workers_per_host[host.label]))
         elif role is not Role.WORKER:

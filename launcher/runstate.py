@@ -25,7 +25,7 @@ KEEP_PARAMS = 2
 class Checkpoint:
     epoch: int
     prefix: str                  # local: PREFIX-symbol.json + PREFIX-EEEE.params
-    records: tuple[dict, ...]    # the epoch records of epochs 1..epoch, as rank 0 reported them
+    records: tuple[dict, ...]    # the epoch records of epochs 1..epoch, as worker 0 reported them
 
 
 def checkpoint_dir(run_dir: str) -> str:

@@ -61,7 +61,7 @@ def test_stuck_worker_is_named_by_the_watchdog(tmp_path, demo_assets):
 
 def test_resume_after_ctrl_c_continues_from_the_last_complete_epoch(tmp_path, demo_assets):
     job = demo_job(demo_assets, train={"epochs": 40})
-    proc, run_id, _ = start(tmp_path, job, until="epoch 4 done")  # rank 0 has checkpointed epoch 3 by then
+    proc, run_id, _ = start(tmp_path, job, until="epoch 4 done")  # worker 0 has checkpointed epoch 3 by then
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode == 130

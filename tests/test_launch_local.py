@@ -34,7 +34,7 @@ def test_one_worker_result_and_checkpoint(tmp_path, demo_assets):
     outcome, run_dir, result = launch_ok(tmp_path, job)
     final_line = result.stdout.strip().splitlines()[-1]
     assert final_line == f"validation accuracy: {outcome['val_accuracy']:.4f}, top5 {outcome['val_top5']:.4f} " \
-                         f"(846 images, rank 0)"
+                         f"(846 images, worker 0)"
     assert outcome["val_images"] == 846 and outcome["num_workers"] == 1
     assert [e["epoch"] for e in outcome["epochs"]] == [1, 2]
     assert all(e["val_images"] == 846 and e["images_per_s"] > 0 for e in outcome["epochs"])
@@ -151,8 +151,8 @@ def test_result_accuracy_matches_the_events(tmp_path, demo_assets):
         events = [json.loads(line) for line in handle]
     joined = sorted((e["index"], e["rank"]) for e in events if e["event"] == "joined")
     assert [index for index, _ in joined] == [0, 1] and sorted(rank for _, rank in joined) == [0, 1]
-    rank0_epochs = [e for e in events if e["event"] == "epoch" and e["rank"] == 0]
-    assert np.isclose(rank0_epochs[-1]["val_accuracy"], outcome["val_accuracy"])
+    lead_epochs = [e for e in events if e["event"] == "epoch" and e["index"] == 0]
+    assert np.isclose(lead_epochs[-1]["val_accuracy"], outcome["val_accuracy"])
 
 
 def test_status_of_a_running_then_finished_run(tmp_path, demo_assets):

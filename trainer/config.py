@@ -35,7 +35,7 @@ class WorkerConfig:
     log_every_batches: int
     devices: list[int] | None       # GPU ids, or None for the CPU
     kvstore: str
-    out_dir: str                    # rank 0 writes result.json and the checkpoint here
+    out_dir: str                    # worker 0 writes result.json and the checkpoint here
     checkpoint_name: str
     job: dict[str, Any]             # the job spec, recorded in result.json
     begin_epoch: int = 0            # epochs already done (resuming)
