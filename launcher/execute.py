@@ -298,15 +298,6 @@ def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost],
     else:
         source_dir = out_dir
     for filename in files:
-        _link_or_copy(os.path.join(source_dir, filename), os.path.join(checkpoint_dir, filename))
+        runstate.link_or_copy(os.path.join(source_dir, filename), os.path.join(checkpoint_dir, filename))
     return RunResult(result, plan.result_path, os.path.join(checkpoint_dir, name))
 
-
-def _link_or_copy(source: str, target: str) -> None:
-    """A hard link where the file system allows (no second copy of a large params file), else a copy."""
-    if os.path.exists(target):
-        os.remove(target)
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)

@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import time
 
 import psutil
@@ -63,17 +64,24 @@ def install_checkpoint(source_dir: str, files: list[str], run_dir: str, *, link:
         if os.path.exists(target) and os.path.samefile(source, target):
             continue  # the symbol, linked at an earlier epoch
         if link:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            try:
-                os.link(source, tmp)
-            except OSError:
-                import shutil
-                shutil.copyfile(source, tmp)
+            link_or_copy(source, target)
         else:
             os.replace(source, tmp)
-        os.replace(tmp, target)
+            os.replace(tmp, target)
     _prune(folder)
+
+
+def link_or_copy(source: str, target: str) -> None:
+    """Put ``source`` at ``target`` atomically: a hard link where the file system allows (no second
+    copy of a large params file), else a copy."""
+    tmp = target + ".partial"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 def _prune(folder: str) -> None:
