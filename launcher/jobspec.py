@@ -200,7 +200,6 @@ class CommandSpec:
     role_env: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)  # role -> env
     workdir: str = ""                                  # local folder the command runs in (and --sync-dir copies)
     sync_dir: str | None = None                        # where remote hosts get a copy of workdir
-    startup_timeout_s: int = 300
 
     def env_for(self, role: str) -> dict[str, str]:
         return {**self.env, **self.role_env.get(role, {})}
@@ -208,8 +207,7 @@ class CommandSpec:
     def to_job_dict(self) -> dict[str, Any]:
         """This command as a job file says it: ``parse_job`` of it gives it back."""
         out: dict[str, Any] = {"name": self.name, "command": list(self.argv), "workdir": self.workdir,
-                               "cluster": {"workers": self.workers, "servers": self.servers,
-                                           "startup_timeout_s": self.startup_timeout_s}}
+                               "cluster": {"workers": self.workers, "servers": self.servers}}
         if self.env or self.role_env:
             out["env"] = {**self.env, **{role: dict(values) for role, values in self.role_env.items()}}
         if self.sync_dir:
@@ -227,7 +225,8 @@ def _parse_command_job(raw: dict, lines: Mapping[tuple, Any], source: str) -> Co
     """
     top = _Fields(source, lines, raw, (), ("name", "command", "cluster", "env", "workdir", "sync_dir"))
     argv = top.get("command", _argv)
-    cluster_f = top.section("cluster", ("workers", "servers", "startup_timeout_s"))
+    # No startup_timeout_s: a command emits no join events to time (the recipe's workers do).
+    cluster_f = top.section("cluster", ("workers", "servers"))
     env_raw = top.raw.get("env") or {}
     env_f = top.section("env", tuple(k for k in env_raw if isinstance(k, str)) if isinstance(env_raw, dict) else ())
     common, by_role = {}, {}
@@ -250,7 +249,6 @@ def _parse_command_job(raw: dict, lines: Mapping[tuple, Any], source: str) -> Co
         role_env=by_role,
         workdir=os.path.normpath(os.path.join(base_dir, os.path.expanduser(workdir))),
         sync_dir=top.get("sync_dir", _text, None),
-        startup_timeout_s=cluster_f.get("startup_timeout_s", _int(1), 300),
     )
 
 
