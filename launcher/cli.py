@@ -200,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return check(argv[1:]) if argv[0] == "check" else status(argv[1:])
         except InputError as err:
-            for line in str(err).splitlines():
-                print(f"mxft-launch: error: {line}", file=sys.stderr, flush=True)
-            return EXIT_BAD_INPUT
+            return _bad_input(err)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         if is_command_mode(argv):
@@ -219,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         return _report(outcome.plan, outcome.result.result)
     except InputError as err:
-        for line in str(err).splitlines():  # one line per problem (preflight: per host)
-            print(f"mxft-launch: error: {line}", file=sys.stderr, flush=True)
-        return EXIT_BAD_INPUT
+        return _bad_input(err)
     except JobFailed as err:
         print(f"mxft-launch: job failed: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED
@@ -234,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     except MxftError as err:
         print(f"mxft-launch: error: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED
+
+
+def _bad_input(err: InputError) -> int:
+    for line in str(err).splitlines():  # one line per problem (preflight: per host)
+        print(f"mxft-launch: error: {line}", file=sys.stderr, flush=True)
+    return EXIT_BAD_INPUT
 
 
 def check(argv: list[str]) -> int:
