@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from launcher.jobspec import CommandSpec
-from launcher.plan import Facts, ProcessSpec, Role, Transfer, place
+from launcher.plan import (Facts, HostLayout, ProcessSpec, Role, Transfer, file_name, log_path, place,
+                           pslite_env)
 
 # Never copied by --sync-dir: version control, caches, virtual environments, run folders.
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".mypy_cache", ".pytest_cache",
@@ -101,49 +102,39 @@ def make_command_plan(spec: CommandSpec, hosts: Sequence[HostSpec], facts: Facts
                              f"{worker_hosts.count(host)} workers", hint="add hosts, raise slots, or lower -n")
     scheduler_host = hosts[0]
     busy = {h.label for h in [scheduler_host, *server_hosts, *worker_hosts]}
-    roots, transfers = {}, []
+    layouts = {h.label: HostLayout.of(h, facts) for h in hosts}
+    transfers = []
     for host in hosts:
-        if host.is_local or host.label not in busy:
+        layout = layouts[host.label]
+        if layout.local or host.label not in busy:
             continue
-        host_facts = facts.hosts[host.label]
-        roots[host.label] = (host_facts.work_dir or facts.remote_dir).rstrip("/")
-        code_dir = f"{roots[host.label]}/code/{facts.code_hash}"
-        transfers += [Transfer(host.label, os.path.join(facts.code_dir, rel), f"{code_dir}/{rel}", "code")
+        transfers += [Transfer(host.label, os.path.join(facts.code_dir, rel), f"{layout.code_dir}/{rel}", "code")
                       for rel in facts.code_files]
         if spec.sync_dir:
-            dest = remote_path(spec.sync_dir, host_facts.home)
+            dest = remote_path(spec.sync_dir, facts.hosts[host.label].home)
             transfers += [Transfer(host.label, os.path.join(spec.workdir, rel), f"{dest}/{rel}", "run")
                           for rel in synced]
-    base_env = {
-        "DMLC_PS_ROOT_URI": facts.hosts[scheduler_host.label].address,
-        "DMLC_PS_ROOT_PORT": str(facts.scheduler_port),
-        "DMLC_NUM_SERVER": str(spec.servers),
-        "DMLC_NUM_WORKER": str(spec.workers),
-        "PYTHONUNBUFFERED": "1",
-        "MXFT_RUN_ID": facts.run_id,
-    }
+    base_env = pslite_env(facts, scheduler_host, servers=spec.servers, workers=spec.workers)
 
     def process(role: Role, rank: int, host: HostSpec) -> ProcessSpec:
-        host_facts = facts.hosts[host.label]
+        layout, host_facts = layouts[host.label], facts.hosts[host.label]
         env = {**spec.env_for(role.value), **base_env, "DMLC_ROLE": role.value, "DMLC_NODE_HOST": host_facts.address}
-        name = role.value if role is Role.SCHEDULER else f"{role.value}-{rank}"
+        name = file_name(role, rank)
         argv = spec.argv
         if argv[0] in ("python", "python3"):
             argv = (host_facts.python,) + argv[1:]  # this launcher's Python, or the one preflight checked there
-        if host.is_local:
+        if layout.local:
             cwd = spec.workdir
         else:
-            run_dir = f"{roots[host.label]}/runs/{facts.run_id}"
-            argv = (host_facts.python, f"{roots[host.label]}/code/{facts.code_hash}/trainer/remote.py",
-                    "--pid-file", f"{run_dir}/pids/{name}.pid", "--") + argv
+            argv = (host_facts.python, f"{layout.code_dir}/trainer/remote.py",
+                    "--pid-file", f"{layout.run_dir}/pids/{name}.pid", "--") + argv
             cwd = remote_path(spec.sync_dir, host_facts.home) if spec.sync_dir else spec.workdir
-        logs = os.path.join(facts.run_dir, "logs", *([f"attempt-{facts.attempt}"] if facts.attempt > 1 else []))
-        return ProcessSpec(role, rank, host.label, tuple(argv), tuple(sorted(env.items())),
-                           os.path.join(logs, f"{name}.log"), cwd)
+        return ProcessSpec(role, rank, host.label, tuple(argv), tuple(sorted(env.items())), log_path(facts, name), cwd)
 
     processes = [process(Role.SCHEDULER, 0, scheduler_host)]
     processes += [process(Role.SERVER, i, h) for i, h in enumerate(server_hosts)]
     processes += [process(Role.WORKER, i, h) for i, h in enumerate(worker_hosts)]
+    roots = {h.label: layouts[h.label].root for h in hosts if not layouts[h.label].local and h.label in busy}
     return CommandPlan(facts.run_id, facts.run_dir, spec, hosts, facts.hosts[scheduler_host.label].address,
                        facts.scheduler_port, tuple(processes), tuple(transfers), roots,
                        {label: facts.hosts[label].python for label in roots},

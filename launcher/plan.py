@@ -183,7 +183,7 @@ def place(count: int, hosts: Sequence[HostSpec], *, offset: int = 0) -> list[Hos
 
 
 @dataclasses.dataclass(frozen=True)
-class _Layout:
+class HostLayout:
     """Where a host keeps this run's files: this machine's paths, or under the remote dir."""
 
     local: bool
@@ -193,7 +193,7 @@ class _Layout:
     data_dir: str
 
     @classmethod
-    def of(cls, host: HostSpec, facts: Facts) -> "_Layout":
+    def of(cls, host: HostSpec, facts: Facts) -> "HostLayout":
         if host.is_local:
             return cls(True, "", facts.run_dir, facts.code_dir, "")
         root = (facts.hosts[host.label].work_dir or facts.remote_dir).rstrip("/")
@@ -218,7 +218,7 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
     server_hosts = place(cluster.servers, hosts, offset=num_workers)  # servers continue after the workers
     _check_slots(job, worker_hosts)
     scheduler_host = hosts[0]
-    layouts = {h.label: _Layout.of(h, facts) for h in hosts}
+    layouts = {h.label: HostLayout.of(h, facts) for h in hosts}
     batch = job.train.batch_per_device * (len(cluster.devices) if cluster.devices else 1)
     positions = recfile.strided_shards(len(inventory.train_records), num_workers)
     batches_per_epoch = math.ceil(max(len(p) for p in positions) / batch)
@@ -268,14 +268,7 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
             transfers.append(Transfer(host.label, os.path.join(facts.run_dir, "config", f"worker-{i}.json"),
                                       f"{layout.run_dir}/config/worker-{i}.json", "run"))
 
-    base_env = {
-        "DMLC_PS_ROOT_URI": facts.hosts[scheduler_host.label].address,
-        "DMLC_PS_ROOT_PORT": str(facts.scheduler_port),
-        "DMLC_NUM_SERVER": str(cluster.servers),
-        "DMLC_NUM_WORKER": str(num_workers),
-        "PYTHONUNBUFFERED": "1",
-        "MXFT_RUN_ID": facts.run_id,
-    }
+    base_env = pslite_env(facts, scheduler_host, servers=cluster.servers, workers=num_workers)
     workers_per_host = {h.label: worker_hosts.count(h) for h in hosts}
 
     def process(role: Role, rank: int, host: HostSpec, args: tuple[str, ...] = ()) -> ProcessSpec:
@@ -287,13 +280,12 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
             env["OMP_NUM_THREADS"] = str(max(1, host_facts.cpu_count // workers_per_host[host.label]))
         elif role is not Role.WORKER:
             env["OMP_NUM_THREADS"] = "1"
-        name = role.value if role is Role.SCHEDULER else f"{role.value}-{rank}"
-        logs = os.path.join(facts.run_dir, "logs", *([f"attempt-{facts.attempt}"] if facts.attempt > 1 else []))
+        name = file_name(role, rank)
         argv = (host_facts.python, "-m", "trainer") + args
         if not layout.local:
             argv = (host_facts.python, "-m", "trainer.remote", "--pid-file",
                     f"{layout.run_dir}/pids/{name}.pid", "--") + argv
-        return ProcessSpec(role, rank, host.label, argv, tuple(sorted(env.items())), os.path.join(logs, f"{name}.log"))
+        return ProcessSpec(role, rank, host.label, argv, tuple(sorted(env.items())), log_path(facts, name))
 
     processes = [process(Role.SCHEDULER, 0, scheduler_host)]
     processes += [process(Role.SERVER, i, h) for i, h in enumerate(server_hosts)]
@@ -307,7 +299,30 @@ def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], fac
                 trimmed if any(t.source == trimmed for t in transfers) else None, facts.attempt)
 
 
-def _resume_files(host: HostSpec, layout: _Layout, facts: Facts, transfers: list[Transfer]) -> str:
+def pslite_env(facts: Facts, scheduler_host: HostSpec, *, servers: int, workers: int) -> dict[str, str]:
+    """What every process of a run gets: where the scheduler is, how many nodes, the run's tag."""
+    return {
+        "DMLC_PS_ROOT_URI": facts.hosts[scheduler_host.label].address,
+        "DMLC_PS_ROOT_PORT": str(facts.scheduler_port),
+        "DMLC_NUM_SERVER": str(servers),
+        "DMLC_NUM_WORKER": str(workers),
+        "PYTHONUNBUFFERED": "1",
+        "MXFT_RUN_ID": facts.run_id,
+    }
+
+
+def file_name(role: Role, rank: int) -> str:
+    """``scheduler``, ``server-0``, ``worker-3``: a process's name in log and pid file names."""
+    return role.value if role is Role.SCHEDULER else f"{role.value}-{rank}"
+
+
+def log_path(facts: Facts, name: str) -> str:
+    """RUN_DIR/logs/NAME.log, under logs/attempt-N/ for later attempts."""
+    logs = os.path.join(facts.run_dir, "logs", *([f"attempt-{facts.attempt}"] if facts.attempt > 1 else []))
+    return os.path.join(logs, f"{name}.log")
+
+
+def _resume_files(host: HostSpec, layout: HostLayout, facts: Facts, transfers: list[Transfer]) -> str:
     """The resume checkpoint's prefix on ``host`` (staged there with this run's files)."""
     local = facts.resume_prefix
     if layout.local:
