@@ -14,21 +14,20 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from cluster.errors import InputError, Interrupted, JobFailed
 from cluster.hosts import HostSpec, load_hosts
-from cluster.local import free_port, free_ports
+from cluster.local import free_ports
 from cluster.slurm import hosts_from_slurm
 from cluster.ssh import SSHHost, SSHOptions
 from launcher import assets, recfile, runstate
-from launcher.execute import RunResult, execute
-from launcher.inputs import Inventory, check_inputs
-from launcher.command import CommandPlan, make_command_plan, sync_files
-from launcher.execute import execute_command
-from launcher.jobspec import CommandSpec, JobSpec, load_job
-from launcher.plan import Facts, HostFacts, Plan, make_plan
 from launcher.check import probe_all, row as check_row, table
+from launcher.command import CommandPlan, make_command_plan, sync_files
+from launcher.execute import RunResult, execute, execute_command
+from launcher.inputs import Inventory, check_inputs
+from launcher.jobspec import CommandSpec, JobSpec, load_job
+from launcher.plan import Facts, HostFacts, Plan, Transfer, make_plan
 from launcher.preflight import Requirements, local_mxnet_version, preflight
 
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,21 +97,36 @@ def _file_keys(job: JobSpec) -> dict[str, str]:
     return keys
 
 
-def _staging_bytes(plan: Plan, inventory: Inventory) -> dict[str, int]:
-    """Bytes staging may write on each host (shards counted from the index, before they exist)."""
-    shard_bytes = {shard.rec_path: sum(inventory.train_records[i].size_bytes for i in shard.positions)
-                   for shard in plan.shards}
+def _staging_bytes(transfers: Sequence[Transfer], known: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Bytes staging may write on each host; ``known`` sizes files that do not exist yet (shards)."""
     totals: dict[str, int] = {}
-    for transfer in plan.transfers:
-        size = shard_bytes.get(transfer.source)
+    for transfer in transfers:
+        size = (known or {}).get(transfer.source)
         if size is None:
             size = os.path.getsize(transfer.source) if os.path.isfile(transfer.source) else 1 << 16
         totals[transfer.host] = totals.get(transfer.host, 0) + size
     return totals
 
 
-def new_run_id(job: JobSpec) -> str:
+def new_run_id(job: JobSpec | CommandSpec) -> str:
     return f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _first_facts(hosts: tuple[HostSpec, ...], workers: int) -> tuple[dict[str, HostFacts], int, tuple[int, ...]]:
+    """Host facts before preflight, the scheduler's port and (locally) each worker's port."""
+    if not hosts[0].is_local:
+        host_facts = {h.label: HostFacts(h.name, h.python or "python3", 1) for h in hosts}
+        return host_facts, 20000 + secrets.randbelow(20000), ()  # cannot probe remote ports from here
+    # Ascending worker ports make worker i ps-lite's rank i here, so a seeded job trains the same every run.
+    port, *worker_ports = free_ports(1 + workers)
+    return {hosts[0].label: HostFacts("127.0.0.1", sys.executable, os.cpu_count() or 1)}, port, tuple(worker_ports)
+
+
+def _preflight(hosts: tuple[HostSpec, ...], ssh_hosts: Mapping[str, SSHHost], need: Requirements,
+               echo: Callable[[str], None] | None) -> dict[str, HostFacts]:
+    if echo:
+        echo(f"[mxft] preflight: checking {len(hosts)} hosts")
+    return preflight([(h, ssh_hosts[h.label]) for h in hosts], need)
 
 
 def prepare(config: LaunchConfig, job: JobSpec, hosts: tuple[HostSpec, ...], *, run_id: str, run_dir: str,
@@ -122,15 +136,9 @@ def prepare(config: LaunchConfig, job: JobSpec, hosts: tuple[HostSpec, ...], *, 
     inventory = check_inputs(job)
     remote = not hosts[0].is_local
     code_files, code_hash = _code_files()
-    if remote:
-        host_facts = {h.label: HostFacts(h.name, h.python or "python3", 1) for h in hosts}
-        port, worker_ports = 20000 + secrets.randbelow(20000), []  # cannot probe remote ports from here
-    else:
-        host_facts = {hosts[0].label: HostFacts("127.0.0.1", sys.executable, os.cpu_count() or 1)}
-        # Ascending worker ports make worker i ps-lite's rank i here, so a seeded job trains the same every run.
-        port, *worker_ports = free_ports(1 + job.cluster.workers)
+    host_facts, port, worker_ports = _first_facts(hosts, job.cluster.workers)
     facts = Facts(
-        worker_ports=tuple(worker_ports),
+        worker_ports=worker_ports,
         run_id=run_id,
         run_dir=run_dir,
         cache_dir=os.path.abspath(config.cache_dir),
@@ -149,10 +157,8 @@ def prepare(config: LaunchConfig, job: JobSpec, hosts: tuple[HostSpec, ...], *, 
     plan = make_plan(job, inventory, hosts, facts)
     ssh_hosts = {h.label: SSHHost(h, config.ssh) for h in hosts} if remote else {}
     if remote and not config.dry_run:
-        need = _requirements(config, plan, inventory)
-        if echo:
-            echo(f"[mxft] preflight: checking {len(hosts)} hosts")
-        facts = dataclasses.replace(facts, hosts=preflight([(h, ssh_hosts[h.label]) for h in hosts], need))
+        facts = dataclasses.replace(facts, hosts=_preflight(hosts, ssh_hosts, _requirements(config, plan, inventory),
+                                                            echo))
         plan = make_plan(job, inventory, hosts, facts)
     return plan, inventory, ssh_hosts
 
@@ -162,7 +168,9 @@ def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory) -> Req
         mxnet_version=local_mxnet_version(),
         gpus_per_host={label: plan.worker_hosts.count(label) * len(plan.job.cluster.devices or ())
                        for label in set(plan.worker_hosts)},
-        bytes_per_host=_staging_bytes(plan, inventory),
+        bytes_per_host=_staging_bytes(plan.transfers, {  # shards, counted from the index before they exist
+            shard.rec_path: sum(inventory.train_records[i].size_bytes for i in shard.positions)
+            for shard in plan.shards}),
         work_dir=config.remote_dir,
     )
 
@@ -180,7 +188,7 @@ def check_hosts(config: LaunchConfig) -> tuple[list[str], bool]:
         job = load_job(config.job_path, overrides=config.overrides)
         if isinstance(job, CommandSpec):
             plan, _ = plan_command(config, job, hosts, run_id="check")
-            need = dataclasses.replace(need, bytes_per_host=_transfer_bytes(plan))
+            need = dataclasses.replace(need, bytes_per_host=_staging_bytes(plan.transfers))
         else:
             job = ensure_prepared(job, config.cache_dir, echo=lambda text: None, dry_run=True)
             plan, inventory, _ = prepare(config, job, hosts, run_id="check", run_dir="/nonexistent/check")
@@ -336,14 +344,9 @@ def plan_command(config: LaunchConfig, spec: CommandSpec, hosts: tuple[HostSpec,
     synced = sync_files(spec.workdir) if spec.sync_dir else ()
     code_files, code_hash = _code_files()
     remote = not hosts[0].is_local
-    if remote:
-        if spec.sync_dir is None and echo:
-            echo(f"[mxft] no --sync-dir: remote processes run in {spec.workdir}, which must exist on every host")
-        host_facts = {h.label: HostFacts(h.name, h.python or "python3", 1) for h in hosts}
-        port = 20000 + secrets.randbelow(20000)
-    else:
-        host_facts = {hosts[0].label: HostFacts("127.0.0.1", sys.executable, os.cpu_count() or 1)}
-        port = free_port()
+    if remote and spec.sync_dir is None and echo:
+        echo(f"[mxft] no --sync-dir: remote processes run in {spec.workdir}, which must exist on every host")
+    host_facts, port, _ = _first_facts(hosts, 0)  # no worker ports: a command's ranks are its own business
     facts = Facts(run_id=run_id, run_dir=os.path.abspath(os.path.join(config.run_root, run_id)),
                   cache_dir=os.path.abspath(config.cache_dir), scheduler_port=port, code_dir=CODE_DIR,
                   train_fingerprint="", hosts=host_facts, remote_dir=config.remote_dir, code_files=code_files,
@@ -352,25 +355,15 @@ def plan_command(config: LaunchConfig, spec: CommandSpec, hosts: tuple[HostSpec,
     ssh_hosts = {h.label: SSHHost(h, config.ssh) for h in hosts} if remote else {}
     if remote and not config.dry_run:
         need = Requirements(mxnet_version=local_mxnet_version(), gpus_per_host={},
-                            bytes_per_host=_transfer_bytes(plan), work_dir=config.remote_dir)
-        if echo:
-            echo(f"[mxft] preflight: checking {len(hosts)} hosts")
-        facts = dataclasses.replace(facts, hosts=preflight([(h, ssh_hosts[h.label]) for h in hosts], need))
+                            bytes_per_host=_staging_bytes(plan.transfers), work_dir=config.remote_dir)
+        facts = dataclasses.replace(facts, hosts=_preflight(hosts, ssh_hosts, need, echo))
         plan = make_command_plan(spec, hosts, facts, synced=synced)
     return plan, ssh_hosts
 
 
-def _transfer_bytes(plan: CommandPlan) -> dict[str, int]:
-    """Bytes staging writes on each host (a command run's files exist already)."""
-    sizes: dict[str, int] = {}
-    for transfer in plan.transfers:
-        sizes[transfer.host] = sizes.get(transfer.host, 0) + os.path.getsize(transfer.source)
-    return sizes
-
-
 def run_command(config: LaunchConfig, spec: CommandSpec, *, echo: Callable[[str], None]) -> CommandOutcome | CommandPlan:
     """Command mode: run ``spec.argv`` as every ps-lite process; JobFailed names the root cause."""
-    run_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    run_id = new_run_id(spec)
     plan, ssh_hosts = plan_command(config, spec, _hosts(config), run_id=run_id, echo=echo)
     if config.dry_run:
         return plan
