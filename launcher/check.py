@@ -9,30 +9,13 @@ of that job; without one, whether it could run mxft at all.
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
-from cluster.hosts import HostSpec
-from cluster.ssh import SSHHost
-from launcher.preflight import HostReport, Requirements, problems, probe_host
+from launcher.preflight import HostReport, Requirements, problems
 
 COLUMNS = ("host", "ssh", "host key", "python", "mxnet", "ps-lite", "cuda", "gpus", "cpus", "free GB", "clock skew s",
            "verdict")
 SKEW_WARN_S = 5.0  # beyond this, log times across hosts no longer line up (and Kerberos/NFS may fail)
-
-
-def probe_all(hosts: Sequence[tuple[HostSpec, SSHHost]], work_dir: str) -> list[HostReport]:
-    reports: dict[str, HostReport] = {}
-
-    def one(spec: HostSpec, ssh: SSHHost) -> None:
-        reports[spec.label] = probe_host(ssh, spec, work_dir)
-
-    threads = [threading.Thread(target=one, args=pair, name=f"check {pair[0].label}") for pair in hosts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [reports[spec.label] for spec, _ in hosts]
 
 
 def row(report: HostReport, need: Requirements) -> tuple[str, ...]:

@@ -22,13 +22,13 @@ from cluster.local import free_ports
 from cluster.slurm import hosts_from_slurm
 from cluster.ssh import SSHHost, SSHOptions
 from launcher import assets, recfile, runstate
-from launcher.check import probe_all, row as check_row, table
+from launcher.check import row as check_row, table
 from launcher.command import CommandPlan, make_command_plan, sync_files
 from launcher.execute import RunResult, execute, execute_command
 from launcher.inputs import Inventory, check_inputs
 from launcher.jobspec import CommandSpec, JobSpec, load_job
 from launcher.plan import Facts, HostFacts, Plan, Transfer, make_plan
-from launcher.preflight import Requirements, local_mxnet_version, preflight
+from launcher.preflight import Requirements, local_mxnet_version, preflight, probe_all
 
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -164,34 +164,33 @@ def problems(report: HostReport, need: Requirements) -> tuple[str, str] | None:
     return None
 
 
-def check_host(ssh: SSHHost, spec: HostSpec, need: Requirements) -> HostFacts:
-    """Probe one host; raises InputError whose message is the one line for that host."""
-    report = probe_host(ssh, spec, need.work_dir)
-    problem = problems(report, need)
-    if problem is not None:
-        raise InputError(f"host {spec.label}", problem[0], hint=problem[1])
-    info = report.info
-    return HostFacts(address=ssh.address, python=info["python_path"], cpu_count=int(info["cpus"]),
-                     work_dir=info["work_dir"], home=info["home"])
-
-
-def preflight(hosts: Sequence[tuple[HostSpec, SSHHost]], need: Requirements) -> dict[str, HostFacts]:
-    """Check all hosts at once; raises one InputError listing every failing host."""
-    facts: dict[str, HostFacts] = {}
-    failures: dict[str, str] = {}
+def probe_all(hosts: Sequence[tuple[HostSpec, SSHHost]], work_dir: str) -> list[HostReport]:
+    """Probe every host at once (one thread each); reports in the order given."""
+    reports: dict[str, HostReport] = {}
 
     def one(spec: HostSpec, ssh: SSHHost) -> None:
-        try:
-            facts[spec.label] = check_host(ssh, spec, need)
-        except InputError as err:
-            failures[spec.label] = str(err)
+        reports[spec.label] = probe_host(ssh, spec, work_dir)
 
-    threads = [threading.Thread(target=one, args=pair, name=f"preflight {pair[0].label}") for pair in hosts]
+    threads = [threading.Thread(target=one, args=pair, name=f"probe {pair[0].label}") for pair in hosts]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return [reports[spec.label] for spec, _ in hosts]
+
+
+def preflight(hosts: Sequence[tuple[HostSpec, SSHHost]], need: Requirements) -> dict[str, HostFacts]:
+    """Check all hosts at once; raises one InputError listing every failing host (one line each)."""
+    facts: dict[str, HostFacts] = {}
+    failures = []
+    for (spec, ssh), report in zip(hosts, probe_all(hosts, need.work_dir)):
+        problem = problems(report, need)
+        if problem is not None:
+            failures.append(str(InputError(f"host {spec.label}", problem[0], hint=problem[1])))
+            continue
+        info = report.info
+        facts[spec.label] = HostFacts(address=ssh.address, python=info["python_path"], cpu_count=int(info["cpus"]),
+                                      work_dir=info["work_dir"], home=info["home"])
     if failures:
-        lines = [failures[spec.label] for spec, _ in hosts if spec.label in failures]
-        raise InputError("", "\n".join(lines))  # one line per failing host
+        raise InputError("", "\n".join(failures))
     return facts
