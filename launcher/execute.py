@@ -29,17 +29,23 @@ from launcher.stage import fetch_dir, stage_all
 from trainer import events
 
 
+def write_plan_and_job(plan: Plan | CommandPlan, job: dict, comment: str) -> None:
+    """RUN_DIR/plan.txt (plan-attempt-N.txt for later attempts) as --dry-run prints it, and job.yaml."""
+    suffix = f"-attempt-{plan.attempt}" if plan.attempt > 1 else ""
+    with open(os.path.join(plan.run_dir, f"plan{suffix}.txt"), "w", encoding="utf-8") as handle:
+        handle.write(plan.describe() + "\n")
+    with open(os.path.join(plan.run_dir, "job.yaml"), "w", encoding="utf-8") as handle:
+        handle.write(f"# {comment}\n")
+        yaml.safe_dump(job, handle, sort_keys=False)
+
+
 def stage_local(plan: Plan, inventory: Inventory) -> None:
     """Write the run directory, the worker configs and (unless cached) the training shards."""
     for sub in ("config", "workers"):
         os.makedirs(os.path.join(plan.run_dir, sub), exist_ok=True)
     os.makedirs(os.path.dirname(plan.processes[0].log_path), exist_ok=True)
-    suffix = f"-attempt-{plan.attempt}" if plan.attempt > 1 else ""
-    with open(os.path.join(plan.run_dir, f"plan{suffix}.txt"), "w", encoding="utf-8") as handle:
-        handle.write(plan.describe() + "\n")
-    with open(os.path.join(plan.run_dir, "job.yaml"), "w", encoding="utf-8") as handle:
-        handle.write(f"# The effective job of this run (from {plan.job.source}); --resume reads it.\n")
-        yaml.safe_dump(plan.job.to_job_dict(), handle, sort_keys=False)
+    write_plan_and_job(plan, plan.job.to_job_dict(),
+                       f"The effective job of this run (from {plan.job.source}); --resume reads it.")
     for config in plan.workers:
         with open(plan.config_path(config.index), "w", encoding="utf-8") as handle:
             handle.write(config.to_json())
@@ -104,7 +110,6 @@ class RunEvents:
             self.first_batch_at = min(self.first_batch_at or event["time"], event["time"])
         elif kind == "epoch" and self.metrics is not None:
             self.metrics.add(event)
-
         elif kind == "checkpoint" and self.on_checkpoint is not None:
             self.on_checkpoint(event)
         return True
@@ -227,11 +232,8 @@ def execute_command(plan: CommandPlan, *, echo: Callable[[str], None],
     """Run a command-mode plan; returns a summary (exit code and seconds per process)."""
     ssh_hosts = dict(ssh_hosts or {})
     os.makedirs(os.path.dirname(plan.processes[0].log_path), exist_ok=True)
-    with open(os.path.join(plan.run_dir, "plan.txt"), "w", encoding="utf-8") as handle:
-        handle.write(plan.describe() + "\n")
-    with open(os.path.join(plan.run_dir, "job.yaml"), "w", encoding="utf-8") as handle:
-        handle.write(f"# The effective command job of this run (from {plan.spec.source}).\n")
-        yaml.safe_dump(plan.spec.to_job_dict(), handle, sort_keys=False)
+    write_plan_and_job(plan, plan.spec.to_job_dict(),
+                       f"The effective command job of this run (from {plan.spec.source}).")
     started = time.monotonic()
     stage_remote(plan, ssh_hosts, echo=echo)
     staged = time.monotonic()
