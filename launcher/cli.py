@@ -45,16 +45,7 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
                        "per line; 'slurm': the nodes of this Slurm allocation (the default inside one)")
     where.add_argument("--local", action="store_true", help="run every process on this machine (the default)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit; starts and writes nothing")
-    parser.add_argument("--run-root", default="runs", metavar="DIR",
-                        help="each run gets a directory under DIR (default: ./runs)")
-    parser.add_argument("--cache-dir", metavar="DIR",
-                        default=os.environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft"),
-                        help="where training shards are cached (default: $MXFT_CACHE or ~/.cache/mxft)")
-    parser.add_argument("--remote-dir", default="~/.mxft", metavar="DIR",
-                        help="work folder on remote hosts: code, data, runs (default: ~/.mxft)")
-    parser.add_argument("--ssh-config", metavar="FILE", help="SSH config to use instead of ~/.ssh/config")
-    parser.add_argument("--accept-new-host-keys", action="store_true",
-                        help="trust and record host keys seen for the first time (a changed key is still refused)")
+    _add_shared_options(parser, os.environ)
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
                         help="override a job file value, e.g. --set train.epochs=4 --set train.lr=0.005 "
                              "(checked like the file; the effective job is saved as RUN_DIR/job.yaml)")
@@ -66,9 +57,26 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
     if args.hosts is None and not args.local and os.environ.get("SLURM_JOB_NODELIST"):
         args.hosts = "slurm"  # inside an allocation: its nodes are the hosts
     config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
-                          SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0), args.resume,
-                          tuple(args.overrides))
+                          _ssh_options(args), args.resume, tuple(args.overrides))
     return config, args.max_restarts
+
+
+def _add_shared_options(parser: argparse.ArgumentParser, environ) -> None:
+    """Folders and SSH settings every launching subcommand takes, with the same defaults."""
+    cache = environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft")
+    parser.add_argument("--run-root", default="runs", metavar="DIR",
+                        help="each run gets a directory under DIR (default: ./runs)")
+    parser.add_argument("--cache-dir", metavar="DIR", default=cache,
+                        help="where training shards are cached (default: $MXFT_CACHE or ~/.cache/mxft)")
+    parser.add_argument("--remote-dir", default="~/.mxft", metavar="DIR",
+                        help="work folder on remote hosts: code, data, runs (default: ~/.mxft)")
+    parser.add_argument("--ssh-config", metavar="FILE", help="SSH config to use instead of ~/.ssh/config")
+    parser.add_argument("--accept-new-host-keys", action="store_true",
+                        help="trust and record host keys seen for the first time (a changed key is still refused)")
+
+
+def _ssh_options(args: argparse.Namespace) -> SSHOptions:
+    return SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0)
 
 
 # tools/launch.py options mxft does not take, and why.
@@ -107,13 +115,7 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
                             help=f"set for {role} processes only (launch.py's NAME:VALUE also works)")
     parser.add_argument("--name", default=None, help="run name (default: the program's name)")
     parser.add_argument("--p3", action="store_true", help=argparse.SUPPRESS)
-    for option, default, text in (("--run-root", "runs", "each run gets a directory under DIR"),
-                                  ("--remote-dir", "~/.mxft", "work folder on remote hosts"),
-                                  ("--cache-dir", environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft"),
-                                   "cache folder")):
-        parser.add_argument(option, default=default, metavar="DIR", help=f"{text} (default: {default})")
-    parser.add_argument("--ssh-config", metavar="FILE")
-    parser.add_argument("--accept-new-host-keys", action="store_true")
+    _add_shared_options(parser, environ)
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the program and its arguments")
     args = parser.parse_args(argv)
@@ -141,7 +143,7 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
         env=parse_env(args.env, environ=environ, option="--env"),
         role_env={role: env for role, env in roles.items() if env}, workdir=os.getcwd(), sync_dir=args.sync_dir)
     return LaunchConfig("", None if launcher == "local" else args.hosts, args.dry_run, args.run_root, args.cache_dir,
-                        args.remote_dir, SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0),
+                        args.remote_dir, _ssh_options(args),
                         command=spec)
 
 
@@ -243,13 +245,11 @@ def check(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mxft-launch check", description=check_hosts.__doc__.split("\n\n")[0])
     parser.add_argument("job", nargs="?", help="also check that each host can take its part of this job")
     parser.add_argument("--hosts", required=True, metavar="FILE", help="hosts file, or 'slurm'")
-    parser.add_argument("--remote-dir", default="~/.mxft", metavar="DIR")
-    parser.add_argument("--ssh-config", metavar="FILE")
-    parser.add_argument("--accept-new-host-keys", action="store_true")
+    _add_shared_options(parser, os.environ)
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE")
     args = parser.parse_args(argv)
-    config = LaunchConfig(args.job or "", args.hosts, True, "runs", os.path.expanduser("~/.cache/mxft"),
-                          args.remote_dir, SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0),
+    config = LaunchConfig(args.job or "", args.hosts, True, args.run_root, args.cache_dir, args.remote_dir,
+                          _ssh_options(args),
                           overrides=tuple(args.overrides))
     lines, ok = check_hosts(config)
     for line in lines:

@@ -6,6 +6,7 @@ each worker reported (events.jsonl), the last metrics row and result.json.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -77,7 +78,6 @@ def _process_lines(run_dir: str, *, running: bool) -> list[str]:
 
 
 def _metrics_rows(run_dir: str) -> list[dict]:
-    import csv
     path = os.path.join(run_dir, "metrics.csv")
     if not os.path.isfile(path):
         return []
