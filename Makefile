@@ -1,11 +1,12 @@
 # Two commands on a fresh machine (Python 3.11 with venv; pip reaches PyPI):
 #   make demo   - fine-tune the embedded demo with a real 2-worker ps-lite job
 #   make test   - the whole test suite (CI runs exactly this through .ci/run)
+#   make test-fast - the tests that need neither root nor MXNet processes (under a minute)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(BIN)/mxft-launch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ demo: $(BIN)/mxft-launch
 
 test: $(BIN)/mxft-launch /usr/sbin/sshd
 	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/mxft-launch
+	$(BIN)/python -m pytest -q -m "not integration"
 
 /usr/bin/rsync:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null

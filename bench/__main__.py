@@ -1,8 +1,8 @@
 """``python -m bench [NAME ...]``: run the named benchmarks and rewrite their BENCHMARKS.md sections.
 
 Without names it runs the infrastructure set (staging, launch_overhead, multihost:
-issue 6's items 1-6, about 15 minutes here); ``all`` adds the accuracy and dataset
-preparation comparisons. The GPU check is separate: bench/gpu/README.md.
+issue 6's items 1-6, about 15 minutes here); ``all`` adds the accuracy (demo vs scratch,
+demo over seeds) and dataset preparation comparisons. The GPU check is separate: bench/gpu/README.md.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import json
 import sys
 import time
 
-from bench import demo_vs_scratch, launch_overhead, multihost, prepare_vs_im2rec, staging
+from bench import demo_seeds, demo_vs_scratch, launch_overhead, multihost, prepare_vs_im2rec, staging
 
-BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "prepare_vs_im2rec": prepare_vs_im2rec.main,
+BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "demo_seeds": demo_seeds.main, "prepare_vs_im2rec": prepare_vs_im2rec.main,
            "staging": staging.main, "launch_overhead": launch_overhead.main, "multihost": multihost.main}
 DEFAULT = ("staging", "launch_overhead", "multihost")
 

@@ -57,7 +57,7 @@ def make_model(prefix: str) -> str:
 def make_data(prefix: str, count: int, side: int, num_classes: int, seed: int = 0) -> None:
     """``count`` smooth RGB PNG images (fast to decode), labels cycling over every class, as PREFIX.rec/.idx."""
     sys.path.insert(0, ROOT)
-    from launcher.plot import encode_rgb
+    from launcher.png import encode as encode_png
     from launcher.recfile import RecordWriter
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 1, side)
@@ -66,7 +66,7 @@ def make_data(prefix: str, count: int, side: int, num_classes: int, seed: int = 
         colors = rng.uniform(0, 255, size=(3, 3))
         image = (colors[0] * ramp[None, :, None] + colors[1] * ramp[:, None, None]) / 2 + colors[2] / 4
         pixels = np.clip(image + rng.normal(0, 4, (side, side, 3)), 0, 255).astype(np.uint8)
-        writer.write(encode_rgb(pixels), float(i % num_classes), i)
+        writer.write(encode_png(pixels), float(i % num_classes), i)
     writer.close()
 
 

@@ -1,9 +1,9 @@
 """Build a job's embedded assets (``builtin_assets: digits``) into the cache when missing.
 
 The demo's data and "pretrained" checkpoint are made from scikit-learn's digits by
-``trainer.demo_assets`` (it needs mxnet, so it runs as a child process like every
+``launcher.demo_assets`` (it needs mxnet, so it runs as a child process like every
 other mxnet process of mxft). They are built into the model prefix's folder once and
-reused; the builder itself skips a complete build.
+reused; a build of an older version of the assets is replaced.
 """
 from __future__ import annotations
 
@@ -13,24 +13,20 @@ from collections.abc import Callable
 
 from cluster.local import LocalTransport
 from cluster.supervise import Supervisor
+from launcher import demo_assets
 from launcher.jobspec import JobSpec
 
 
-def missing_files(job: JobSpec) -> list[str]:
-    paths = [job.model.symbol_path, job.model.params_path, job.data.train, job.data.val]
-    return [path for path in paths if not os.path.isfile(path)]
-
-
 def ensure_built(job: JobSpec, *, echo: Callable[[str], None]) -> None:
-    """Run ``python -m trainer.demo_assets DIR`` unless every file the job names exists."""
-    if not missing_files(job):
-        return
+    """Run ``python -m launcher.demo_assets DIR`` unless a complete build of this version is there."""
     out_dir = os.path.dirname(job.model.prefix)
+    if demo_assets.is_built(out_dir):
+        return
     echo(f"[mxft] building the {job.builtin_assets} demo assets into {out_dir} (once; about 30 s)")
     os.makedirs(out_dir, exist_ok=True)
     code_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with Supervisor(echo=echo) as group:
-        group.start("assets", LocalTransport(), (sys.executable, "-m", "trainer.demo_assets", out_dir),
+        group.start("assets", LocalTransport(), (sys.executable, "-m", "launcher.demo_assets", out_dir),
                     env={"PYTHONPATH": code_dir, "PYTHONUNBUFFERED": "1"},
                     log_path=os.path.join(out_dir, "build.log"), primary=True)
         group.wait()

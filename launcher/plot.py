@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import struct
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
+
+from launcher import png
 
 _GLYPHS = {
     "0": "###,#.#,#.#,#.#,###", "1": ".#.,##.,.#.,.#.,###", "2": "###,..#,###,#..,###", "3": "###,..#,.##,..#,###",
@@ -126,16 +126,4 @@ def render(panels: Sequence[Panel]) -> bytes:
     epochs = [e for p in panels for s in p.series for e, _ in s.points] or [1.0]
     span = (min(epochs), max(epochs))
     image = np.concatenate([_panel(panel, span) for panel in panels], axis=0)
-    return encode_rgb(image)
-
-
-def encode_rgb(image: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 array."""
-    height, width, _ = image.shape
-    raw = b"".join(b"\x00" + row.tobytes() for row in image)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    return png.encode(image, level=9)

@@ -11,13 +11,15 @@ listed and skipped; a class left without training images is an error.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
 import random
+import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from cluster.errors import InputError
 from launcher.recfile import RecordWriter
@@ -128,6 +130,35 @@ def pack(spec: PrepareSpec, items: Sequence[Item], prefix: str, pool,
     return writer.count, size, unreadable
 
 
+def _leave_signals_to_the_parent() -> None:
+    """In each pool process: SIGTERM kills it (the default), Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _encoder_pool(workers: int) -> Iterator:
+    """A process pool that is closed and joined when its work is done, terminated only on error.
+
+    Why not ``with multiprocessing.get_context("fork").Pool()``: ``Pool.__exit__`` always
+    terminates, which takes the task queue's lock and relies on SIGTERM's default action to
+    end the workers. Workers forked from mxft-launch inherited its SIGTERM handler (it raises
+    instead of exiting), so a worker could outlive the signal blocked on that lock, and
+    terminate's join waited for it forever (seen as a hung launch that packs an image folder;
+    tests/test_prepare.py packs 30 times through the launcher's path). Spawned workers share
+    nothing with the launcher's signal handling, and a finished pool is joined, not killed.
+    """
+    pool = multiprocessing.get_context("spawn").Pool(max(1, workers), initializer=_leave_signals_to_the_parent)
+    try:
+        yield pool
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
 def prepare(spec: PrepareSpec, *, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Run the whole preparation; returns the summary (also written as PREFIX-summary.json)."""
     started = time.time()
@@ -148,8 +179,7 @@ def prepare(spec: PrepareSpec, *, progress: Callable[[int, int], None] = lambda 
     summary: dict = {"image_dir": os.path.abspath(spec.image_dir), "classes": len(classes),
                      "settings": {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("image_dir",
                                                                                               "out_prefix")}}
-    context = multiprocessing.get_context("fork")
-    with context.Pool(max(1, spec.workers)) as pool:
+    with _encoder_pool(spec.workers) as pool:
         for name, items in (("train", train), ("val", val)):
             records, size, unreadable = pack(spec, items, f"{spec.out_prefix}-{name}", pool, step)
             summary[name] = {"images": records, "bytes": size, "unreadable": unreadable}

@@ -161,3 +161,26 @@ def test_a_job_can_name_an_image_folder(tmp_path, demo_assets):
     assert first.stdout.strip().endswith("(15 images, worker 0)")
     second = run_launch(args, cwd=str(tmp_path))
     assert second.returncode == 0 and "[mxft] packing" not in second.stdout
+
+
+# The launcher's own path to packing (its SIGTERM handler installed, as mxft-launch runs it), 30 times.
+_PACK_THIRTY = """
+import os, signal, sys
+from launcher import cli, launch
+from launcher.jobspec import load_job
+signal.signal(signal.SIGTERM, cli._raise_interrupted)
+job = load_job(sys.argv[1])
+for i in range(30):
+    launch.ensure_prepared(job, os.path.join(sys.argv[2], str(i)), echo=lambda text: None, dry_run=False)
+print("packed 30 times")
+"""
+
+
+@pytest.mark.integration  # a stress test: 30 process pools
+def test_packing_thirty_times_through_the_launch_path_never_hangs(tmp_path):
+    images = make_folder(tmp_path / "images", counts={"a_rgb_jpeg": 4, "b_gray_png": 4}, corrupt=())
+    job = write_job(tmp_path / "job.yaml", {"num_classes": 2, "model": {"prefix": "/nonexistent/m"},
+                                            "data": {"images": {"folder": images, "train_per_class": 2}}})
+    done = subprocess.run([sys.executable, "-c", _PACK_THIRTY, job, str(tmp_path / "cache")], cwd=REPO,
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=240)
+    assert done.returncode == 0 and "packed 30 times" in done.stdout, done.stderr[-3000:]

@@ -1,12 +1,12 @@
 """The demo's embedded data and "pretrained" model, built once and cached.
 
-``python -m trainer.demo_assets OUT_DIR`` makes, from scikit-learn's digits (1,797
+``python -m launcher.demo_assets OUT_DIR`` makes, from scikit-learn's digits (1,797
 real 8x8 scans of handwritten digits, shipped inside the package, upscaled to 32x32):
 
 * ``pretrained-digits0to4-symbol.json`` + ``-0000.params``: a small ResNet (the layer
   names of MXNet's ResNets: ``flatten0``, ``fc1``, ``softmax``) trained on digits 0-4,
   standing in for an ImageNet checkpoint;
-* ``digits5to9-train.rec/.idx``: digits 5-9 (labels 0-4), a few images per class, the
+* ``digits5to9-train.rec/.idx``: digits 5-9 (labels 0-4), 30 images per class, the
   fine-tuning set; ``digits5to9-val.rec/.idx``: every other image of digits 5-9.
 
 The fine-tuning task shares no class with pretraining, as Caltech-256 shares few with
@@ -24,12 +24,12 @@ import time
 
 import numpy as np
 
-VERSION = 2
+VERSION = 3
 SIDE = 32
 CROP = 28
 PRETRAIN_DIGITS = (0, 1, 2, 3, 4)
 FINETUNE_DIGITS = (5, 6, 7, 8, 9)
-TRAIN_PER_CLASS = 10
+TRAIN_PER_CLASS = 30
 SEED = 20261128
 PRETRAINED = "pretrained-digits0to4"
 FILES = (f"{PRETRAINED}-symbol.json", f"{PRETRAINED}-0000.params",
@@ -85,11 +85,11 @@ def _split(images: np.ndarray, digits: np.ndarray, rng: np.random.Generator):
 
 def _write_rec(prefix: str, samples) -> None:
     import mxnet as mx
-    from trainer.png import encode_gray
+    from launcher.png import encode
     writer = mx.recordio.MXIndexedRecordIO(prefix + ".idx", prefix + ".rec", "w")
     for key, (image, label) in enumerate(samples):
         header = mx.recordio.IRHeader(0, float(label), key, 0)
-        writer.write_idx(key, mx.recordio.pack(header, encode_gray(image)))
+        writer.write_idx(key, mx.recordio.pack(header, encode(image)))
     writer.close()
 
 
@@ -164,7 +164,7 @@ def build(out_dir: str) -> dict:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m trainer.demo_assets OUT_DIR", file=sys.stderr)
+        print("usage: python -m launcher.demo_assets OUT_DIR", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(json.dumps(build(argv[0])), flush=True)
