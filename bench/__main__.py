@@ -12,7 +12,8 @@ import time
 
 from bench import demo_seeds, demo_vs_scratch, launch_overhead, multihost, prepare_vs_im2rec, staging
 
-BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "demo_seeds": demo_seeds.main, "prepare_vs_im2rec": prepare_vs_im2rec.main,
+BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "demo_seeds": demo_seeds.main,
+           "prepare_vs_im2rec": prepare_vs_im2rec.main,
            "staging": staging.main, "launch_overhead": launch_overhead.main, "multihost": multihost.main}
 DEFAULT = ("staging", "launch_overhead", "multihost")
 

@@ -24,7 +24,7 @@ from cluster.hosts import HostSpec
 from cluster.ssh import SSHOptions
 from launcher.execute import stage_local
 from launcher.jobspec import load_job
-from launcher.launch import LaunchConfig, new_run_id, prepare
+from launcher.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
 
 REPEATS, EPOCHS = 5, 6
 ENV = dict(os.environ, PYTHONPATH=ROOT)
@@ -79,9 +79,8 @@ def run_by_hand(job_path: str, work: str) -> tuple[float, float]:
     config = LaunchConfig(job_path, None, False, os.path.join(work, "runs"), os.path.join(work, "cache"), "~",
                           SSHOptions())
     run_id = new_run_id(job)
-    plan, inventory, _ = prepare(config, job, (HostSpec("localhost"),), run_id=run_id,
-                                 run_dir=os.path.join(work, "runs", run_id))
-    stage_local(plan, inventory)  # the configs and shards a hand launch would write too
+    plan = plan_attempt(config, job, (HostSpec("localhost"),), Attempt(run_id, os.path.join(work, "runs", run_id)))
+    stage_local(plan)  # the configs and shards a hand launch would write too
     started = time.time()
     procs, outputs = [], []
     for spec in plan.processes:

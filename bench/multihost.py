@@ -32,7 +32,7 @@ from launcher.assets import ensure_built
 from cluster.ssh import SSHHost, SSHOptions, remote_command
 from launcher.execute import stage_local, stage_remote
 from launcher.jobspec import load_job
-from launcher.launch import LaunchConfig, new_run_id, prepare
+from launcher.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
 
 REPEATS = 3
 ENV = dict(os.environ, PYTHONPATH=ROOT)
@@ -95,9 +95,9 @@ class Bench:
                               SSHOptions(ssh_config=self.cluster.ssh_config))
         job = load_job(job_path)
         run_id = new_run_id(job)
-        plan, inventory, ssh_hosts = prepare(config, job, load_hosts(self.hosts), run_id=run_id,
-                                             run_dir=os.path.join(self.runs, run_id))
-        stage_local(plan, inventory)
+        plan = plan_attempt(config, job, load_hosts(self.hosts), Attempt(run_id, os.path.join(self.runs, run_id)))
+        ssh_hosts = {host.label: SSHHost(host, plan.ssh) for host in plan.hosts}
+        stage_local(plan)
         stage_remote(plan, ssh_hosts, echo=lambda text: None)  # configs and data in place, as by hand
         started = time.time()
         procs, outputs = [], []

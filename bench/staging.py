@@ -23,7 +23,8 @@ from cluster.hosts import HostSpec, load_hosts
 from cluster.ssh import SSHHost, SSHOptions
 from launcher.execute import stage_local
 from launcher.jobspec import load_job
-from launcher.launch import LaunchConfig, new_run_id, prepare
+from launcher.inputs import check_inputs
+from launcher.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
 from launcher.plan import Transfer
 from launcher.stage import forget_digests, stage_all, stage_host
 
@@ -115,16 +116,17 @@ def wire_table(cluster, work: str) -> list[str]:
     rows = []
     for attempt in ("first launch", "unchanged relaunch"):
         run_id = new_run_id(job)
-        plan, inventory, ssh_hosts = prepare(config, job, hosts, run_id=run_id,
-                                             run_dir=os.path.join(config.run_root, run_id))
-        stage_local(plan, inventory)
+        plan = plan_attempt(config, job, hosts, Attempt(run_id, os.path.join(config.run_root, run_id)))
+        ssh_hosts = {host.label: SSHHost(host, plan.ssh) for host in plan.hosts}
+        inventory = check_inputs(job)
+        stage_local(plan)
         reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
                             python_of=plan.remote_pythons.__getitem__, progress=lambda text: None)
         sent = sum(r.data_bytes_sent for r in reports)
         code = sum(r.code_bytes_sent for r in reports)
         stream = sum(r.bytes_sent for r in reports)
         busy = {t.host for t in plan.transfers}
-        per_host = inventory.val_bytes + os.path.getsize(plan.trimmed_params or job.model.params_path) + \
+        per_host = inventory.val_bytes + os.path.getsize(plan.recipe.trimmed_params or job.model.params_path) + \
             os.path.getsize(job.model.symbol_path) + os.path.getsize(job.data.val.replace(".rec", ".idx"))
         shards = sum(os.path.getsize(t.source) for t in plan.transfers if "/part-" in t.dest)
         minimum = inventory.train_bytes + len(busy) * per_host

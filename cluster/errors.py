@@ -32,7 +32,23 @@ class InputError(MxftError):
 
 
 class JobFailed(MxftError):
-    """The run started but did not succeed; the message puts the root cause first."""
+    """The run started but did not succeed; the message puts the root cause first.
+
+    ``reason`` is one line for attempts.jsonl and restarts; ``process`` the outcome of the
+    process that failed first, when a process did (``cluster.supervise.ProcessOutcome``).
+    """
+
+    def __init__(self, message: str, *, reason: str = "", process=None) -> None:
+        super().__init__(message)
+        self.reason = reason or message.splitlines()[0]
+        self.process = process
+
+    def record(self) -> dict:
+        """What an attempt record keeps of this failure (JSON-ready)."""
+        record = {"reason": self.reason}
+        if self.process is not None:
+            record["process"] = self.process.summary()
+        return record
 
 
 class Interrupted(MxftError):

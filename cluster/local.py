@@ -26,11 +26,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel's choice)."""
-    return free_ports(1, host)[0]
-
-
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` different free TCP ports, ascending (all held open until all are chosen)."""
     sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]

@@ -171,7 +171,7 @@ class SSHHost:
         conn = fabric.Connection(self.spec.name, user=self.spec.user, port=self.spec.port, config=self._config())
         return conn.host
 
-    def run(self, argv: Sequence[str], *, timeout_s: float = 60.0, stdin: bytes | None = None):
+    def run(self, argv: Sequence[str], *, timeout_s: float = 60.0):
         """Run a command to completion; returns (exit code, stdout, stderr)."""
         conn = self.connect()
         try:

@@ -49,6 +49,28 @@ def describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
+@dataclasses.dataclass(frozen=True)
+class ProcessOutcome:
+    """How one supervised process ended, as a value everything downstream reads.
+
+    ``returncode`` is None for a process still running when the group was stopped.
+    """
+
+    name: str
+    role: str
+    index: int
+    host: str
+    returncode: int | None
+    seconds: float
+    tail: tuple[str, ...]
+    log_path: str
+
+    def summary(self) -> dict:
+        """JSON-ready, without the output lines (attempts.jsonl, result.json)."""
+        return {"name": self.name, "role": self.role, "index": self.index, "host": self.host,
+                "returncode": self.returncode, "seconds": round(self.seconds, 3), "log": self.log_path}
+
+
 @dataclasses.dataclass
 class Member:
     """One supervised process and what we know of it."""
@@ -58,15 +80,25 @@ class Member:
     process: Process
     primary: bool
     log_path: str
+    role: str = ""
+    index: int = 0
     tail: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=12))
     returncode: int | None = None
     pump: threading.Thread | None = None
+    started_at: float = dataclasses.field(default_factory=time.monotonic)
+    ended_at: float | None = None
 
-    def root_cause(self, reason: str) -> str:
+    def outcome(self) -> ProcessOutcome:
+        ended = self.ended_at if self.ended_at is not None else time.monotonic()
+        return ProcessOutcome(self.name, self.role, self.index, self.host, self.returncode,
+                              ended - self.started_at, tuple(self.tail), self.log_path)
+
+    def failure(self, reason: str) -> JobFailed:
+        """The JobFailed that names this process as the root cause, with the last lines of its log."""
         lines = "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
         pid = f" (pid {self.process.pid})" if self.process.pid is not None else ""  # remote: in its pid file
-        return (f"{self.name} on {self.host}{pid} {reason}\n"
-                f"  last lines of {self.log_path}:\n{lines}")
+        return JobFailed(f"{self.name} on {self.host}{pid} {reason}\n  last lines of {self.log_path}:\n{lines}",
+                         reason=f"{self.name} on {self.host} {reason}", process=self.outcome())
 
 
 class Supervisor:
@@ -94,10 +126,13 @@ class Supervisor:
         self.close()
 
     def start(self, name: str, transport: Transport, argv: Sequence[str], *, env: Mapping[str, str],
-              log_path: str, primary: bool, cwd: str | None = None) -> Member:
-        """Start one process and its log pump (callable from several threads at once)."""
+              log_path: str, primary: bool, cwd: str | None = None, role: str = "", index: int = 0) -> Member:
+        """Start one process and its log pump (callable from several threads at once).
+
+        ``role`` and ``index`` are the caller's names for it (``worker``, 3), kept in its outcome.
+        """
         process = transport.start(argv, env=env, cwd=cwd)
-        member = Member(name, transport.label, process, primary, log_path)
+        member = Member(name, transport.label, process, primary, log_path, role, index)
         member.pump = threading.Thread(target=self._pump, args=(member,), name=f"log {name}", daemon=True)
         self.members.append(member)
         member.pump.start()
@@ -149,8 +184,8 @@ class Supervisor:
                     return
             elif first_support_exit is not None and now - first_support_exit[1] > support_grace_s:
                 left = ", ".join(m.name for m in self.members if m.primary and m.returncode is None)
-                raise JobFailed(first_support_exit[0].root_cause(
-                    f"exited before the workers finished ({left} still running {support_grace_s:.0f} s later)"))
+                raise first_support_exit[0].failure(
+                    f"exited before the workers finished ({left} still running {support_grace_s:.0f} s later)")
             if check is not None:
                 check()
             time.sleep(poll_s)
@@ -164,10 +199,15 @@ class Supervisor:
             return False
 
     def _on_exit(self, member: Member) -> None:
+        member.ended_at = time.monotonic()
         if member.pump is not None:
             member.pump.join(timeout=2.0)  # the rest of its output, for the report
         if member.returncode != 0:
-            raise JobFailed(member.root_cause(describe_exit(member.returncode)))
+            raise member.failure(describe_exit(member.returncode))
+
+    def outcomes(self) -> list[ProcessOutcome]:
+        """How every process of the group ended (or stood, if still running), in start order."""
+        return [member.outcome() for member in self.members]
 
     def _say(self, text: str) -> None:
         with self._echo_lock:

@@ -25,9 +25,10 @@ import psutil
 from cluster.errors import InputError, Interrupted, JobFailed, MxftError
 from cluster.ssh import SSHOptions
 from launcher import runstate
-from launcher.command import CommandPlan, parse_env
+from launcher.check_table import table
+from launcher.command import parse_env
 from launcher.jobspec import CommandSpec
-from launcher.launch import CommandOutcome, LaunchConfig, check_hosts, run
+from launcher.launch import LaunchConfig, check_hosts, run
 from launcher.plan import Plan
 from launcher.status import status_lines
 
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
     where.add_argument("--hosts", metavar="FILE", help="hosts file: HOST[:PORT] [slots=N] [user=NAME] [python=PATH] "
                        "per line; 'slurm': the nodes of this Slurm allocation (the default inside one)")
     where.add_argument("--local", action="store_true", help="run every process on this machine (the default)")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit; starts and writes nothing")
+    _add_dry_run_options(parser)
     _add_shared_options(parser, os.environ)
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
                         help="override a job file value, e.g. --set train.epochs=4 --set train.lr=0.005 "
@@ -52,13 +53,24 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
     args = parser.parse_args(argv)
     if (args.job is None) == (args.resume is None):
         parser.error("give a job file, or --resume RUN_DIR")
+    if args.probe and not args.dry_run:
+        parser.error("--probe goes with --dry-run (a launch always probes its hosts)")
     if args.max_restarts is not None and args.max_restarts < 0:
         parser.error("--max-restarts must be >= 0")
     if args.hosts is None and not args.local and os.environ.get("SLURM_JOB_NODELIST"):
         args.hosts = "slurm"  # inside an allocation: its nodes are the hosts
     config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
-                          _ssh_options(args), args.resume, tuple(args.overrides))
+                          _ssh_options(args), args.resume, tuple(args.overrides), probe=args.probe)
     return config, args.max_restarts
+
+
+def _add_dry_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan and exit; starts and writes nothing (remote hosts: facts from the last "
+                             "probe of each host, or assumed and marked so)")
+    parser.add_argument("--probe", action="store_true",
+                        help="with --dry-run: probe the hosts first over SSH (and remember what they said, for later "
+                             "dry runs), so the plan shown is the one a launch runs")
 
 
 def _add_shared_options(parser: argparse.ArgumentParser, environ) -> None:
@@ -116,7 +128,7 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
     parser.add_argument("--name", default=None, help="run name (default: the program's name)")
     parser.add_argument("--p3", action="store_true", help=argparse.SUPPRESS)
     _add_shared_options(parser, environ)
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    _add_dry_run_options(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the program and its arguments")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -133,6 +145,8 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
         raise InputError("--launcher ssh", "needs a hosts file", hint="add -H hosts.txt")
     if not command:
         parser.error("no command given (put it after --)")
+    if args.probe and not args.dry_run:
+        parser.error("--probe goes with --dry-run (a launch always probes its hosts)")
     if args.num_workers < 1 or (args.num_servers is not None and args.num_servers < 1):
         parser.error("-n and -s must be at least 1")
     roles = {role: parse_env(getattr(args, f"env_{role}"), environ=environ, option=f"--env-{role}")
@@ -143,8 +157,7 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
         env=parse_env(args.env, environ=environ, option="--env"),
         role_env={role: env for role, env in roles.items() if env}, workdir=os.getcwd(), sync_dir=args.sync_dir)
     return LaunchConfig("", None if launcher == "local" else args.hosts, args.dry_run, args.run_root, args.cache_dir,
-                        args.remote_dir, _ssh_options(args),
-                        command=spec)
+                        args.remote_dir, _ssh_options(args), command=spec, probe=args.probe)
 
 
 def _name_of(command: list[str]) -> str:
@@ -166,9 +179,9 @@ def _report(plan: Plan, result: dict) -> int:
     for line in summary_table(plan, result):
         _echo(line)
     code = EXIT_OK
-    if plan.job.min_accuracy is not None and accuracy < plan.job.min_accuracy:
+    if plan.recipe.job.expect.min_accuracy is not None and accuracy < plan.recipe.job.expect.min_accuracy:
         print(f"mxft-launch: job failed: validation accuracy {accuracy:.4f} is below expect.min_accuracy "
-              f"{plan.job.min_accuracy} ({plan.job.source})", file=sys.stderr, flush=True)
+              f"{plan.recipe.job.expect.min_accuracy} ({plan.recipe.job.source})", file=sys.stderr, flush=True)
         code = EXIT_FAILED
     topk = f", {top.replace('val_', '')} {result[top]:.4f}" if top else ""
     _echo(f"validation accuracy: {accuracy:.4f}{topk} ({result['val_images']} images, worker 0)")
@@ -210,14 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config, max_restarts = parse_args(argv)
         outcome = run(config, echo=_echo, max_restarts=max_restarts)
-        if isinstance(outcome, (Plan, CommandPlan)):
-            _echo(outcome.describe())
+        if outcome.result is None:
+            _echo(outcome.plan.describe())
             return EXIT_OK
-        if isinstance(outcome, CommandOutcome):
+        if outcome.plan.command is not None:
             _echo(f"[mxft] run dir {outcome.plan.run_dir}: all {len(outcome.plan.processes)} processes finished "
-                  f"(staging {outcome.summary['staging_s']:.1f} s, running {outcome.summary['running_s']:.1f} s)")
+                  f"(staging {outcome.result['staging_s']:.1f} s, running {outcome.result['running_s']:.1f} s)")
             return EXIT_OK
-        return _report(outcome.plan, outcome.result.result)
+        return _report(outcome.plan, outcome.result)
     except InputError as err:
         return _bad_input(err)
     except JobFailed as err:
@@ -242,7 +255,9 @@ def _bad_input(err: InputError) -> int:
 
 def check(argv: list[str]) -> int:
     """``mxft-launch check --hosts FILE [JOB]``: preflight only, a table per host; exit 2 if a host fails."""
-    parser = argparse.ArgumentParser(prog="mxft-launch check", description=check_hosts.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="mxft-launch check", description="Probe every host as a launch would "
+                                     "(SSH, host key, Python, mxnet with ps-lite, GPUs, disk, clock) and print a table; "
+                                     "with a job file, also whether each host can take its part of that job.")
     parser.add_argument("job", nargs="?", help="also check that each host can take its part of this job")
     parser.add_argument("--hosts", required=True, metavar="FILE", help="hosts file, or 'slurm'")
     _add_shared_options(parser, os.environ)
@@ -251,10 +266,10 @@ def check(argv: list[str]) -> int:
     config = LaunchConfig(args.job or "", args.hosts, True, args.run_root, args.cache_dir, args.remote_dir,
                           _ssh_options(args),
                           overrides=tuple(args.overrides))
-    lines, ok = check_hosts(config)
-    for line in lines:
+    rows = check_hosts(config)
+    for line in table(rows):
         _echo(line)
-    return EXIT_OK if ok else EXIT_BAD_INPUT
+    return EXIT_OK if all(row.fit for row in rows) else EXIT_BAD_INPUT
 
 
 def status(argv: list[str]) -> int:

@@ -10,62 +10,21 @@ mxft adds is what launch.py lacks: preflight, staging of the working folder
 process on every host as soon as one fails (ps-lite itself would hang).
 
 ``CommandSpec`` is the parsed command line or job file; ``make_command_plan`` is pure
-like ``make_plan`` and shares its placement, process and transfer types.
+and builds the same ``Plan`` as a recipe, with the same placement and process layout.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-import shlex
 from collections.abc import Mapping, Sequence
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from launcher.jobspec import CommandSpec
-from launcher.plan import (Facts, HostLayout, ProcessSpec, Role, Transfer, file_name, log_path, place,
-                           pslite_env)
+from launcher.plan import Facts, Placement, Plan, Transfer, plan_processes, check_slots
 
 # Never copied by --sync-dir: version control, caches, virtual environments, run folders.
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".mypy_cache", ".pytest_cache",
                           "runs", ".tox"})
-
-
-@dataclasses.dataclass(frozen=True)
-class CommandPlan:
-    run_id: str
-    run_dir: str
-    spec: CommandSpec
-    hosts: tuple[HostSpec, ...]
-    scheduler_uri: str
-    scheduler_port: int
-    processes: tuple[ProcessSpec, ...]
-    transfers: tuple[Transfer, ...] = ()
-    remote_roots: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    remote_pythons: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    worker_hosts: tuple[str, ...] = ()
-    attempt: int = 1
-
-    def describe(self) -> str:
-        spec = self.spec
-        lines = [f"run {self.run_id}",
-                 f"  command    {shlex.join(spec.argv)} ({spec.source})",
-                 f"  run dir    {self.run_dir}",
-                 f"  ps-lite    {spec.workers} worker(s), {spec.servers} server(s), "
-                 f"scheduler at {self.scheduler_uri}:{self.scheduler_port}",
-                 "  processes:"]
-        for proc in self.processes:
-            env = proc.env_dict
-            extra = " ".join(f"{k}={v}" for k, v in sorted(spec.env_for(proc.role.value).items()))
-            lines.append(f"    {proc.name:<10} on {proc.host:<16} DMLC_NODE_HOST={env['DMLC_NODE_HOST']:<15} "
-                         f"cwd {proc.cwd}" + (f" {extra}" if extra else ""))
-            lines.append(f"      {shlex.join(proc.argv)}")
-        for host in self.hosts:
-            files = [t for t in self.transfers if t.host == host.label]
-            if files:
-                synced = [t for t in files if t.kind == "run"]
-                lines.append(f"  stage to {host.label}: {len(files) - len(synced)} code files, "
-                             f"{len(synced)} files of {spec.workdir} -> {spec.sync_dir}")
-        return "\n".join(lines)
 
 
 def sync_files(folder: str) -> tuple[str, ...]:
@@ -85,60 +44,35 @@ def remote_path(path: str, home: str) -> str:
     return path
 
 
-def make_command_plan(spec: CommandSpec, hosts: Sequence[HostSpec], facts: Facts, *,
-                      synced: Sequence[str] = ()) -> CommandPlan:
-    """Place scheduler, servers and workers like ``make_plan``; every one runs ``spec.argv``.
+def make_command_plan(spec: CommandSpec, hosts: Sequence[HostSpec], facts: Facts) -> Plan:
+    """Place scheduler, servers and workers like a recipe; every one runs ``spec.argv``.
 
-    ``synced`` lists the files of ``spec.workdir`` to copy to each busy remote host when
-    ``spec.sync_dir`` is set (``sync_files`` finds them).
+    ``facts.synced`` lists the files of ``spec.workdir`` to copy to each busy remote host
+    when ``spec.sync_dir`` is set (``sync_files`` finds them).
     """
-    hosts = tuple(hosts)
-    worker_hosts = place(spec.workers, hosts)
-    server_hosts = place(spec.servers, hosts, offset=spec.workers)
-    for host in set(worker_hosts):
-        if host.slots is not None and worker_hosts.count(host) > host.slots:
-            raise InputError(f"line {host.line}" if host.line else host.label,
-                             f"host '{host.label}' offers slots={host.slots} but gets "
-                             f"{worker_hosts.count(host)} workers", hint="add hosts, raise slots, or lower -n")
-    scheduler_host = hosts[0]
-    busy = {h.label for h in [scheduler_host, *server_hosts, *worker_hosts]}
-    layouts = {h.label: HostLayout.of(h, facts) for h in hosts}
-    transfers = []
-    for host in hosts:
-        layout = layouts[host.label]
-        if layout.local or host.label not in busy:
-            continue
-        transfers += [Transfer(host.label, os.path.join(facts.code_dir, rel), f"{layout.code_dir}/{rel}", "code")
-                      for rel in facts.code_files]
-        if spec.sync_dir:
-            dest = remote_path(spec.sync_dir, facts.hosts[host.label].home)
-            transfers += [Transfer(host.label, os.path.join(spec.workdir, rel), f"{dest}/{rel}", "run")
-                          for rel in synced]
-    base_env = pslite_env(facts, scheduler_host, servers=spec.servers, workers=spec.workers)
+    placement = Placement.of(hosts, facts, workers=spec.workers, servers=spec.servers)
+    check_slots(placement.workers, 1, hint="add hosts, raise slots, or lower -n")
+    transfers = placement.code_transfers(facts)
+    if spec.sync_dir:
+        for host in placement.busy:
+            if not placement.layouts[host.label].local:
+                dest = remote_path(spec.sync_dir, facts.hosts[host.label].home)
+                transfers += [Transfer(host.label, os.path.join(spec.workdir, rel), f"{dest}/{rel}", "run")
+                              for rel in facts.synced]
 
-    def process(role: Role, rank: int, host: HostSpec) -> ProcessSpec:
-        layout, host_facts = layouts[host.label], facts.hosts[host.label]
-        env = {**spec.env_for(role.value), **base_env, "DMLC_ROLE": role.value, "DMLC_NODE_HOST": host_facts.address}
-        name = file_name(role, rank)
-        argv = spec.argv
-        if argv[0] in ("python", "python3"):
-            argv = (host_facts.python,) + argv[1:]  # this launcher's Python, or the one preflight checked there
-        if layout.local:
-            cwd = spec.workdir
-        else:
-            argv = (host_facts.python, f"{layout.code_dir}/trainer/remote.py",
-                    "--pid-file", f"{layout.run_dir}/pids/{name}.pid", "--") + argv
-            cwd = remote_path(spec.sync_dir, host_facts.home) if spec.sync_dir else spec.workdir
-        return ProcessSpec(role, rank, host.label, tuple(argv), tuple(sorted(env.items())), log_path(facts, name), cwd)
+    def argv(host_facts) -> tuple[str, ...]:
+        if spec.argv[0] in ("python", "python3"):
+            return (host_facts.python,) + spec.argv[1:]  # this launcher's Python, or the one preflight checked there
+        return spec.argv
 
-    processes = [process(Role.SCHEDULER, 0, scheduler_host)]
-    processes += [process(Role.SERVER, i, h) for i, h in enumerate(server_hosts)]
-    processes += [process(Role.WORKER, i, h) for i, h in enumerate(worker_hosts)]
-    roots = {h.label: layouts[h.label].root for h in hosts if not layouts[h.label].local and h.label in busy}
-    return CommandPlan(facts.run_id, facts.run_dir, spec, hosts, facts.hosts[scheduler_host.label].address,
-                       facts.scheduler_port, tuple(processes), tuple(transfers), roots,
-                       {label: facts.hosts[label].python for label in roots},
-                       tuple(h.label for h in worker_hosts), facts.attempt)
+    def cwd(host: HostSpec, layout) -> str:
+        if layout.local or not spec.sync_dir:
+            return spec.workdir
+        return remote_path(spec.sync_dir, facts.hosts[host.label].home)
+
+    processes = plan_processes(placement, facts, spec.servers, spec.workers, worker_env=None, worker_args=None,
+                           argv=argv, env_for=lambda role: spec.env_for(role.value), cwd_for=cwd)
+    return placement.assemble(facts, processes, transfers, command=spec)
 
 
 def parse_env(items: Sequence[str], *, environ: Mapping[str, str], option: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ real 8x8 scans of handwritten digits, shipped inside the package, upscaled to 32
 * ``pretrained-digits0to4-symbol.json`` + ``-0000.params``: a small ResNet (the layer
   names of MXNet's ResNets: ``flatten0``, ``fc1``, ``softmax``) trained on digits 0-4,
   standing in for an ImageNet checkpoint;
-* ``digits5to9-train.rec/.idx``: digits 5-9 (labels 0-4), 30 images per class, the
+* ``digits5to9-train.rec/.idx``: digits 5-9 (labels 0-4), 20 images per class, the
   fine-tuning set; ``digits5to9-val.rec/.idx``: every other image of digits 5-9.
 
 The fine-tuning task shares no class with pretraining, as Caltech-256 shares few with
@@ -24,12 +24,12 @@ import time
 
 import numpy as np
 
-VERSION = 3
+VERSION = 5
 SIDE = 32
 CROP = 28
 PRETRAIN_DIGITS = (0, 1, 2, 3, 4)
 FINETUNE_DIGITS = (5, 6, 7, 8, 9)
-TRAIN_PER_CLASS = 30
+TRAIN_PER_CLASS = 20
 SEED = 20261128
 PRETRAINED = "pretrained-digits0to4"
 FILES = (f"{PRETRAINED}-symbol.json", f"{PRETRAINED}-0000.params",

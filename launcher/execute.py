@@ -1,80 +1,87 @@
-"""Carry out a Plan on this machine: stage files, start every process, wait, collect.
+"""Carry out a Plan: write the run folder, stage files, start every process, wait, collect.
 
-All processes of a run are owned by one Supervisor, so every way out (success, a
-failed process, Ctrl-C, SIGTERM) goes through its teardown.
+``execute(plan)`` takes nothing but the plan: which hosts and how to reach them, every
+process and every file copy are in it. All processes of a run are owned by one
+Supervisor, so every way out (success, a failed process, Ctrl-C, SIGTERM) goes through
+its teardown. The log pumps only record events; fetching checkpoints and redrawing the
+metrics happen on one background thread, so a slow SSH fetch never stalls a process's
+output.
 """
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
 
+import yaml
+
 from cluster.errors import JobFailed
 from cluster.local import LocalTransport
 from cluster.ssh import SSHHost
-from cluster.supervise import Member, Supervisor, Transport
-import yaml
-
+from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
 from launcher import recfile, runstate
-from launcher.checkpoint import trim_params, used_variables
-from launcher.command import CommandPlan
-from launcher.inputs import Inventory
 from launcher.metrics import MetricsWriter
 from launcher.plan import Plan, Role
 from launcher.stage import fetch_dir, stage_all
+from launcher.trim import trim_params, used_variables
 from trainer import events
 
 
-def write_plan_and_job(plan: Plan | CommandPlan, job: dict, comment: str) -> None:
-    """RUN_DIR/plan.txt (plan-attempt-N.txt for later attempts) as --dry-run prints it, and job.yaml."""
-    suffix = f"-attempt-{plan.attempt}" if plan.attempt > 1 else ""
-    with open(os.path.join(plan.run_dir, f"plan{suffix}.txt"), "w", encoding="utf-8") as handle:
-        handle.write(plan.describe() + "\n")
-    with open(os.path.join(plan.run_dir, "job.yaml"), "w", encoding="utf-8") as handle:
-        handle.write(f"# {comment}\n")
-        yaml.safe_dump(job, handle, sort_keys=False)
-
-
-def stage_local(plan: Plan, inventory: Inventory) -> None:
-    """Write the run directory, the worker configs and (unless cached) the training shards."""
+def write_run_files(plan: Plan) -> None:
+    """The run's folders, plan.txt (plan-attempt-N.txt later) as --dry-run prints it, plan.json and job.yaml."""
     for sub in ("config", "workers"):
         os.makedirs(os.path.join(plan.run_dir, sub), exist_ok=True)
     os.makedirs(os.path.dirname(plan.processes[0].log_path), exist_ok=True)
-    write_plan_and_job(plan, plan.job.to_job_dict(),
-                       f"The effective job of this run (from {plan.job.source}); --resume reads it.")
-    for config in plan.workers:
+    suffix = f"-attempt-{plan.attempt}" if plan.attempt > 1 else ""
+    with open(os.path.join(plan.run_dir, f"plan{suffix}.txt"), "w", encoding="utf-8") as handle:
+        handle.write(plan.describe() + "\n")
+    with open(os.path.join(plan.run_dir, f"plan{suffix}.json"), "w", encoding="utf-8") as handle:
+        handle.write(plan.to_json() + "\n")
+    with open(os.path.join(plan.run_dir, "job.yaml"), "w", encoding="utf-8") as handle:
+        handle.write(f"# The effective job of this run (from {plan.source}); --resume reads it.\n")
+        yaml.safe_dump(plan.job_dict(), handle, sort_keys=False)
+
+
+def stage_local(plan: Plan) -> None:
+    """Write the run folder and, for a recipe, the worker configs, trimmed params and (unless cached) shards."""
+    write_run_files(plan)
+    recipe = plan.recipe
+    if recipe is None:
+        return
+    for config in recipe.workers:
         with open(plan.config_path(config.index), "w", encoding="utf-8") as handle:
             handle.write(config.to_json())
-    if plan.trimmed_params and not os.path.isfile(plan.trimmed_params):
-        os.makedirs(os.path.dirname(plan.trimmed_params), exist_ok=True)
-        model = plan.job.model
+    model = recipe.job.model
+    if recipe.trimmed_params and not os.path.isfile(recipe.trimmed_params):
+        os.makedirs(os.path.dirname(recipe.trimmed_params), exist_ok=True)
         if trim_params(model.params_path, used_variables(model.symbol_path, model.cut_layer),
-                       plan.trimmed_params) is None:
-            shutil.copyfile(model.params_path, plan.trimmed_params)  # a form we cannot trim: send it whole
-    for shard in plan.shards:
-        if os.path.isfile(shard.rec_path) and os.path.isfile(shard.prefix + ".idx"):
-            continue  # shards are written atomically, so a present one is complete
-        os.makedirs(os.path.dirname(shard.prefix), exist_ok=True)
-        spans = [inventory.train_records[i] for i in shard.positions]
-        recfile.write_shard(plan.job.data.train, spans, shard.prefix)
+                       recipe.trimmed_params) is None:
+            shutil.copyfile(model.params_path, recipe.trimmed_params)  # a form we cannot trim: send it whole
+    missing = [s for s in recipe.shards if not (os.path.isfile(s.rec_path) and os.path.isfile(s.prefix + ".idx"))]
+    if missing:  # shards are written atomically, so a present one is complete
+        spans = recfile.read_index(recipe.job.data.train)
+        for shard in missing:
+            os.makedirs(os.path.dirname(shard.prefix), exist_ok=True)
+            recfile.write_shard(recipe.job.data.train, [spans[i] for i in shard.positions], shard.prefix)
 
 
 class RunEvents:
     """The workers' structured events: appended to ``events.jsonl`` and tracked for the watchdogs.
 
-    Runs in the log pump threads; ``on_checkpoint`` (worker 0 finished an epoch checkpoint)
-    is called there too, so fetching it delays only worker 0's log lines.
+    ``on_line`` runs in the log pump threads and only records; what takes time (fetching
+    worker 0's epoch checkpoint, rewriting the metrics files) runs on two background threads.
     """
 
-    def __init__(self, path: str, on_checkpoint: Callable[[dict], None] | None = None, *,
-                 num_workers: int = 0) -> None:
-        self.path = path
-        self.on_checkpoint = on_checkpoint
-        self.metrics = MetricsWriter(os.path.dirname(path), num_workers) if num_workers else None
+    def __init__(self, plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callable[[str], None]) -> None:
+        self.plan, self.ssh_hosts, self.echo = plan, ssh_hosts, echo
+        # Two queues: a slow plot never delays a checkpoint fetch (worker 0 prunes old epochs).
+        self.fetches = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mxft-fetch")
+        self.drawing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mxft-metrics")
+        self.path = os.path.join(plan.run_dir, "events.jsonl")
+        self.metrics = MetricsWriter(plan.run_dir, len(plan.recipe.workers))
         self.first_batch_at: float | None = None  # wall-clock time of the first batch any worker finished
         self.rank_of: dict[int, int] = {}
         self.last_seen: dict[int, float] = {}
@@ -95,9 +102,11 @@ class RunEvents:
                                              f"{event['address']}: {event['error']}")
         elif event["event"] == "scheduler_reachable":
             self.unreachable.pop(member.name, None)
-        index = int(member.name.split()[-1]) if member.name.startswith("worker ") else None
-        if index is None:
-            return True
+        if member.role == Role.WORKER.value:
+            self._on_worker_event(member.index, event)
+        return True
+
+    def _on_worker_event(self, index: int, event: dict) -> None:
         self.last_seen[index] = time.monotonic()
         kind = event["event"]
         if kind == "joined":
@@ -108,15 +117,33 @@ class RunEvents:
             self.done.add(index)
         elif kind == "first_batch":
             self.first_batch_at = min(self.first_batch_at or event["time"], event["time"])
-        elif kind == "epoch" and self.metrics is not None:
-            self.metrics.add(event)
-        elif kind == "checkpoint" and self.on_checkpoint is not None:
-            self.on_checkpoint(event)
-        return True
+        elif kind == "epoch" and self.metrics.add(event):
+            self._later(self.drawing, f"rewriting the metrics after epoch {event['epoch']}", self.metrics.write,
+                        final=False)
+        elif kind == "checkpoint" and index == 0:  # worker 0 keeps the run's checkpoints
+            self._later(self.fetches, f"keeping the checkpoint of epoch {event['epoch']}", keep_checkpoint,
+                        self.plan, self.ssh_hosts, event)
+
+    def _later(self, queue: concurrent.futures.Executor, what: str, work: Callable, *args, **kwargs) -> None:
+        """Run ``work`` on a background thread; a failure is said, and the run goes on."""
+        def guarded() -> None:
+            try:
+                work(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - a late checkpoint or plot must not stop training
+                self.echo(f"[mxft] {what} failed ({type(err).__name__}: {err}); continuing")
+        try:
+            queue.submit(guarded)
+        except RuntimeError:  # a line read after the run ended: nothing is waiting for it any more
+            pass
 
     def lead_joined(self) -> bool:
         """Whether worker 0 (which evaluates and writes the result) joined ps-lite."""
         return 0 in self.rank_of
+
+    def close(self) -> None:
+        """Wait for the fetches and redraws still queued (each reports its own failure)."""
+        self.fetches.shutdown(wait=True)
+        self.drawing.shutdown(wait=True)
 
 
 class Watchdog:
@@ -125,22 +152,16 @@ class Watchdog:
     def __init__(self, plan: Plan, run_events: RunEvents) -> None:
         self.plan, self.events = plan, run_events
         self.started = time.monotonic()
-        cluster = plan.job.cluster
+        cluster = plan.recipe.job.cluster
         self.startup_timeout_s, self.progress_timeout_s = cluster.startup_timeout_s, cluster.progress_timeout_s
 
     def check(self) -> None:
         now = time.monotonic()
-        workers = range(len(self.plan.workers))
+        workers = range(len(self.plan.recipe.workers))
         missing = [i for i in workers if i not in self.events.rank_of]
         if missing:
             if now - self.started > self.startup_timeout_s:
-                causes = "".join(f"{name} {why}; " for name, why in sorted(self.events.unreachable.items()))
-                names = ", ".join(f"worker {i} on {self.plan.worker_hosts[i]}" for i in missing)
-                raise JobFailed(
-                    f"{causes}{names} did not join ps-lite within {self.startup_timeout_s} s "
-                    f"(cluster.startup_timeout_s); the scheduler is at {self.plan.scheduler_uri}:"
-                    f"{self.plan.scheduler_port}: check that every host can reach it and that DMLC_NODE_HOST is "
-                    "an address the other hosts can reach")
+                self._never_joined(missing)
             return
         active = [i for i in workers if i not in self.events.done]
         silent = [i for i in active if now - self.events.last_seen.get(i, self.started) > self.progress_timeout_s]
@@ -151,32 +172,40 @@ class Watchdog:
             epoch, batch = behind
             raise JobFailed(f"{where} reported no progress for {self.progress_timeout_s} s "
                             f"(cluster.progress_timeout_s); stuck at epoch {epoch + 1} batch {batch}, "
-                            "the other workers wait for it")
+                            "the other workers wait for it",
+                            reason=f"{where} reported no progress for {self.progress_timeout_s} s")
+
+    def _never_joined(self, missing: list[int]) -> None:
+        causes = "".join(f"{name} {why}; " for name, why in sorted(self.events.unreachable.items()))
+        names = ", ".join(f"worker {i} on {self.plan.worker_hosts[i]}" for i in missing)
+        raise JobFailed(
+            f"{causes}{names} did not join ps-lite within {self.startup_timeout_s} s "
+            f"(cluster.startup_timeout_s); the scheduler is at {self.plan.scheduler_uri}:"
+            f"{self.plan.scheduler_port}: check that every host can reach it and that DMLC_NODE_HOST is "
+            "an address the other hosts can reach",
+            reason=f"{names} did not join ps-lite within {self.startup_timeout_s} s")
 
 
-@dataclasses.dataclass(frozen=True)
-class RunResult:
-    result: dict
-    result_path: str
-    checkpoint_prefix: str
+def execute(plan: Plan, *, echo: Callable[[str], None]) -> dict:
+    """Run the plan to completion and return its result; raises JobFailed (root cause first).
 
-
-def execute(plan: Plan, inventory: Inventory, *, echo: Callable[[str], None],
-            ssh_hosts: Mapping[str, SSHHost] | None = None) -> RunResult:
-    """Run the plan to completion; raises JobFailed (root cause first) if any process fails.
-
-    ``ssh_hosts`` maps the label of every remote host of the plan to its SSHHost; hosts
-    not in it run their processes on this machine.
+    A recipe's result is worker 0's result.json with timing and throughput added; a
+    command's is each process's outcome. The caller writes it to RUN_DIR/result.json.
     """
-    ssh_hosts = dict(ssh_hosts or {})
+    ssh_hosts = {host.label: SSHHost(host, plan.ssh) for host in plan.hosts if not host.is_local}
     began = time.time()
-    stage_local(plan, inventory)
+    stage_local(plan)
     stage_remote(plan, ssh_hosts, echo=echo)
     started = time.time()
-    run_events = RunEvents(os.path.join(plan.run_dir, "events.jsonl"),
-                           on_checkpoint=lambda event: keep_checkpoint(plan, ssh_hosts, event),
-                           num_workers=len(plan.workers))
-    run_processes(plan, ssh_hosts, echo=echo, on_line=run_events.on_line, check=Watchdog(plan, run_events).check)
+    if plan.recipe is None:
+        outcomes = run_processes(plan, ssh_hosts, echo=echo)
+        return {"run_id": plan.run_id, "command": list(plan.command.argv), "staging_s": round(started - began, 3),
+                "running_s": round(time.time() - started, 3), "processes": [o.summary() for o in outcomes]}
+    run_events = RunEvents(plan, ssh_hosts, echo=echo)
+    try:
+        run_processes(plan, ssh_hosts, echo=echo, on_line=run_events.on_line, check=Watchdog(plan, run_events).check)
+    finally:
+        run_events.close()
     ended = time.time()
     first = run_events.first_batch_at or started
     timing = {"staging_s": round(started - began, 3), "startup_s": round(first - started, 3),
@@ -184,7 +213,7 @@ def execute(plan: Plan, inventory: Inventory, *, echo: Callable[[str], None],
     return collect(plan, run_events, ssh_hosts, timing=timing)
 
 
-def stage_remote(plan: Plan | CommandPlan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callable[[str], None]) -> None:
+def stage_remote(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callable[[str], None]) -> None:
     """Send every remote host what the plan puts there, reporting per host."""
     if not plan.transfers:
         return
@@ -199,16 +228,17 @@ def stage_remote(plan: Plan | CommandPlan, ssh_hosts: Mapping[str, SSHHost], *, 
          f"({time.monotonic() - started:.1f} s)")
 
 
-def run_processes(plan: Plan | CommandPlan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callable[[str], None],
+def run_processes(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callable[[str], None],
                   on_line: Callable[[Member, str], bool] | None = None,
-                  check: Callable[[], None] | None = None) -> list[Member]:
-    """Start every process of the plan under one Supervisor and wait for the workers."""
+                  check: Callable[[], None] | None = None) -> list[ProcessOutcome]:
+    """Start every process of the plan under one Supervisor, wait for the workers; how each ended."""
     transports: dict[str, Transport] = {label: LocalTransport() for label in (h.label for h in plan.hosts)}
     transports.update(ssh_hosts)
     with Supervisor(echo=echo, on_line=on_line) as group:
         def start(proc):
             return group.start(proc.name, transports[proc.host], proc.argv, env=proc.env_dict,
-                               log_path=proc.log_path, primary=proc.role is Role.WORKER, cwd=proc.cwd)
+                               log_path=proc.log_path, primary=proc.role is Role.WORKER, cwd=proc.cwd,
+                               role=proc.role.value, index=proc.rank)
 
         # Remote starts all at once: each is an SSH connection of its own (~0.3 s of handshake).
         # Local ones stay in this thread: PR_SET_PDEATHSIG fires when the thread that started
@@ -224,31 +254,12 @@ def run_processes(plan: Plan | CommandPlan, ssh_hosts: Mapping[str, SSHHost], *,
                         "pid": member.process.pid if proc.host not in ssh_hosts else None}
                        for proc, member in zip(plan.processes, started)], handle, indent=1)
         group.wait(check=check)
-    return list(group.members)
-
-
-def execute_command(plan: CommandPlan, *, echo: Callable[[str], None],
-                    ssh_hosts: Mapping[str, SSHHost] | None = None) -> dict:
-    """Run a command-mode plan; returns a summary (exit code and seconds per process)."""
-    ssh_hosts = dict(ssh_hosts or {})
-    os.makedirs(os.path.dirname(plan.processes[0].log_path), exist_ok=True)
-    write_plan_and_job(plan, plan.spec.to_job_dict(),
-                       f"The effective command job of this run (from {plan.spec.source}).")
-    started = time.monotonic()
-    stage_remote(plan, ssh_hosts, echo=echo)
-    staged = time.monotonic()
-    members = run_processes(plan, ssh_hosts, echo=echo)
-    summary = {"run_id": plan.run_id, "command": list(plan.spec.argv), "staging_s": round(staged - started, 3),
-               "running_s": round(time.monotonic() - staged, 3),
-               "processes": [{"name": m.name, "host": m.host, "returncode": m.returncode} for m in members]}
-    with open(os.path.join(plan.run_dir, "result.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
-    return summary
+    return group.outcomes()
 
 
 def keep_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], event: dict) -> None:
     """Bring an epoch checkpoint of worker 0 into RUN_DIR/checkpoints (the marker last)."""
-    host, files = plan.worker_hosts[int(event["index"])], list(event["files"])
+    host, files = plan.worker_hosts[0], list(event["files"])
     if host in ssh_hosts:
         incoming = os.path.join(plan.run_dir, "checkpoints", ".incoming")
         fetch_dir(ssh_hosts[host], event["out_dir"], incoming, names=files)
@@ -258,48 +269,49 @@ def keep_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], event: dict) -
 
 
 def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost], *,
-            timing: Mapping[str, float] | None = None) -> RunResult:
-    """Bring worker 0's result.json and checkpoint to the top of the run directory."""
-    index = 0
+            timing: Mapping[str, float]) -> dict:
+    """Worker 0's result with the run's timing, throughput and every epoch; its checkpoint to RUN_DIR/checkpoint."""
     if not run_events.lead_joined():
         raise JobFailed("the workers finished but worker 0 never reported joining; see the worker logs in "
                         f"{os.path.join(plan.run_dir, 'logs')}")
-    out_dir = plan.workers[index].out_dir
-    host = plan.worker_hosts[index]
-    remote_out = out_dir if host in ssh_hosts else None
-    if remote_out is not None:
-        out_dir = os.path.join(plan.run_dir, "workers", f"worker-{index}")
-        fetch_dir(ssh_hosts[host], remote_out, out_dir, names=["result.json"])  # the checkpoint came per epoch
-    source = os.path.join(out_dir, "result.json")
-    if not os.path.isfile(source):
-        raise JobFailed(f"worker {index} exited 0 but wrote no {source}")
-    with open(source, encoding="utf-8") as handle:
-        result = json.load(handle)
-    result["rank_of_worker_0"] = run_events.rank_of[0]
-    result["run_id"] = plan.run_id
-    result["timing"] = dict(timing or {})
-    rows = run_events.metrics.write() if run_events.metrics else []
+    result = _worker0_result(plan, ssh_hosts)
+    result.update(rank_of_worker_0=run_events.rank_of[0], run_id=plan.run_id, timing=dict(timing))
+    rows = run_events.metrics.write()
     result["images_per_s_per_worker"] = {
         str(i): round(sum(float(r[f"images_per_s_worker_{i}"]) for r in rows) / len(rows), 2)
-        for i in range(len(plan.workers)) if rows}
+        for i in range(len(plan.recipe.workers)) if rows}
     earlier = runstate.latest_checkpoint(plan.run_dir)
     done = {record["epoch"] for record in result["epochs"]}
     result["epochs"] = [r for r in (earlier.records if earlier else ()) if r["epoch"] not in done] + result["epochs"]
-    with open(plan.result_path, "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
-    checkpoint_dir = os.path.join(plan.run_dir, "checkpoint")
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    name, epoch = result["checkpoint"]["prefix"], result["checkpoint"]["epoch"]
+    _install_final_checkpoint(plan, ssh_hosts, result["checkpoint"]["prefix"], result["checkpoint"]["epoch"])
+    return result
+
+
+def _worker0_result(plan: Plan, ssh_hosts: Mapping[str, SSHHost]) -> dict:
+    out_dir, host = plan.recipe.workers[0].out_dir, plan.worker_hosts[0]
+    if host in ssh_hosts:
+        local_dir = os.path.join(plan.run_dir, "workers", "worker-0")
+        fetch_dir(ssh_hosts[host], out_dir, local_dir, names=["result.json"])  # the checkpoint came per epoch
+        out_dir = local_dir
+    source = os.path.join(out_dir, "result.json")
+    if not os.path.isfile(source):
+        raise JobFailed(f"worker 0 exited 0 but wrote no {source}")
+    with open(source, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _install_final_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], name: str, epoch: int) -> None:
+    """RUN_DIR/checkpoint/NAME-symbol.json + NAME-EEEE.params: linked from checkpoints/ (fetched per epoch)."""
     files = [f"{name}-symbol.json", f"{name}-{epoch:04d}.params"]
     kept = runstate.latest_checkpoint(plan.run_dir)
     if kept is not None and kept.epoch == epoch:
-        source_dir = runstate.checkpoint_dir(plan.run_dir)  # fetched (or linked) when the epoch ended
-    elif remote_out is not None:
-        fetch_dir(ssh_hosts[host], remote_out, out_dir, names=files)
-        source_dir = out_dir
+        source_dir = runstate.checkpoint_dir(plan.run_dir)
+    elif plan.worker_hosts[0] in ssh_hosts:
+        source_dir = os.path.join(plan.run_dir, "workers", "worker-0")
+        fetch_dir(ssh_hosts[plan.worker_hosts[0]], plan.recipe.workers[0].out_dir, source_dir, names=files)
     else:
-        source_dir = out_dir
+        source_dir = plan.recipe.workers[0].out_dir
+    checkpoint_dir = os.path.join(plan.run_dir, "checkpoint")
+    os.makedirs(checkpoint_dir, exist_ok=True)
     for filename in files:
         runstate.link_or_copy(os.path.join(source_dir, filename), os.path.join(checkpoint_dir, filename))
-    return RunResult(result, plan.result_path, os.path.join(checkpoint_dir, name))
-

@@ -24,11 +24,9 @@ class Inventory:
     """What the job's data holds, as planning needs it."""
 
     train_records: tuple[recfile.RecordSpan, ...]
-    train_per_class: dict[int, int]
     train_bytes: int
     val_records: int
     val_bytes: int
-    model_bytes: int
 
 
 def _require_file(path: str, what: str, hint: str) -> None:
@@ -76,7 +74,7 @@ def _sha256(path: str) -> str:
 
 def check_inputs(job: JobSpec) -> Inventory:
     """Raise InputError for the first thing wrong with the job's files, else describe them."""
-    model_bytes = check_model(job)
+    check_model(job)
     train_spans = recfile.read_index(job.data.train)
     train = recfile.LabelSummary.of(job.data.train, recfile.read_labels(job.data.train, train_spans))
     train.check(job.num_classes, require_every_class=True)
@@ -85,9 +83,7 @@ def check_inputs(job: JobSpec) -> Inventory:
     val.check(job.num_classes, require_every_class=False)
     return Inventory(
         train_records=tuple(train_spans),
-        train_per_class=train.per_class,
         train_bytes=sum(span.size_bytes for span in train_spans),
         val_records=val.num_records,
         val_bytes=os.path.getsize(job.data.val),
-        model_bytes=model_bytes,
     )

@@ -15,12 +15,17 @@ MXNet's fine-tuning tutorial exactly (SGD, lr 0.01, 8 epochs, 16 images per GPU 
 Paths may use ``~``, ``${VAR}`` and ``${VAR:-default}``; relative paths are relative
 to the job file's folder. Parsing touches no disk beyond reading the job file itself:
 whether the files exist is checked later (``launcher.inputs``).
+
+**One declaration per key.** Each key is a dataclass field declared with ``key(...)``
+(its check, default and help) or ``section(...)``; the parser, the allowed keys (and the
+"did you mean" suggestions), the defaults, ``to_job_dict`` and the worker's config all
+derive from those fields, so a new setting is one new line in its section.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
+import functools
 import os
 import re
 import shlex
@@ -30,348 +35,17 @@ from typing import Any
 import yaml
 
 from cluster.errors import InputError
+from launcher.yamlfields import Fields, compose_with_lines
 
 TUTORIAL_GPUS = tuple(range(8))
 KVSTORES = ("auto", "dist_sync", "dist_sync_device", "dist_async", "dist_device_sync")
 OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "adadelta", "signum", "ftml", "lamb")
 INITIALIZERS = ("xavier", "msraprelu", "normal", "uniform")
+INITIALIZER_KEYS = ("type", "rnd_type", "factor_type", "magnitude", "sigma", "scale", "slope")
 BUILTIN_ASSETS = ("digits",)
 
 
-class Variant(str, enum.Enum):
-    """How the pretrained network is used."""
-
-    FULL = "full"        # fine-tune every layer (the tutorial's main recipe)
-    FROZEN = "frozen"    # fixed feature extractor: only the new output layer learns
-    SCRATCH = "scratch"  # same graph, pretrained weights ignored: the baseline to beat
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    prefix: str
-    epoch: int = 0
-    url: str | None = None
-    params_sha256: str | None = None
-    cut_layer: str = "flatten0"
-    variant: Variant = Variant.FULL
-
-    @property
-    def symbol_path(self) -> str:
-        return f"{self.prefix}-symbol.json"
-
-    @property
-    def params_path(self) -> str:
-        return f"{self.prefix}-{self.epoch:04d}.params"
-
-
-@dataclasses.dataclass(frozen=True)
-class ImagesSpec:
-    """An image folder (one sub-folder per class) that the launch packs with mxft-prepare."""
-
-    folder: str
-    train_per_class: int = 60
-    resize: int = 256
-    quality: int = 90
-    exclude: tuple[str, ...] = ()
-    seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    train: str                            # "" until an image folder is prepared
-    val: str
-    shape: tuple[int, int, int] = (3, 224, 224)
-    rand_crop: bool = True
-    rand_mirror: bool = True
-    preprocess_threads: int = 4
-    images: ImagesSpec | None = None      # instead of train/val: packed (and cached) at launch
-
-
-@dataclasses.dataclass(frozen=True)
-class InitializerSpec:
-    type: str = "xavier"
-    params: Mapping[str, Any] = dataclasses.field(
-        default_factory=lambda: {"rnd_type": "gaussian", "factor_type": "in", "magnitude": 2})
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-    epochs: int = 8
-    batch_per_device: int = 16
-    optimizer: str = "sgd"
-    optimizer_params: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"learning_rate": 0.01})
-    initializer: InitializerSpec = dataclasses.field(default_factory=InitializerSpec)
-    seed: int | None = None
-    log_every_batches: int = 20
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusterSpec:
-    workers: int = 1
-    servers: int = 1
-    devices: tuple[int, ...] | None = TUTORIAL_GPUS  # GPU ids per worker; None = CPU
-    kvstore: str = "auto"
-    startup_timeout_s: int = 300          # every worker must have joined ps-lite by then
-    progress_timeout_s: int = 1800        # a worker silent this long is reported stuck
-    max_restarts: int = 0                 # resume from the last epoch after a failure, this many times
-
-    @property
-    def uses_gpu(self) -> bool:
-        return self.devices is not None
-
-    @property
-    def effective_kvstore(self) -> str:
-        """``auto`` is ``dist_sync_device`` on GPUs and ``dist_sync`` on CPU."""
-        if self.kvstore != "auto":
-            return self.kvstore
-        return "dist_sync_device" if self.uses_gpu else "dist_sync"
-
-
-@dataclasses.dataclass(frozen=True)
-class JobSpec:
-    name: str
-    source: str
-    num_classes: int
-    model: ModelSpec
-    data: DataSpec
-    train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
-    cluster: ClusterSpec = dataclasses.field(default_factory=ClusterSpec)
-    min_accuracy: float | None = None
-    builtin_assets: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy (enums as their values), for plans and result files."""
-        def plain(value: Any) -> Any:
-            if isinstance(value, enum.Enum):
-                return value.value
-            if isinstance(value, Mapping):
-                return {key: plain(item) for key, item in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [plain(item) for item in value]
-            return value
-        return plain(dataclasses.asdict(self))
-
-    def to_job_dict(self) -> dict[str, Any]:
-        """This spec as a job file would say it (absolute paths): ``parse_job`` of it gives it back."""
-        model, data, train, cluster = self.model, self.data, self.train, self.cluster
-        out: dict[str, Any] = {
-            "name": self.name,
-            "num_classes": self.num_classes,
-            "model": {"prefix": model.prefix, "epoch": model.epoch, "cut_layer": model.cut_layer,
-                      "variant": model.variant.value},
-            "data": {**({"images": {**dataclasses.asdict(data.images), "exclude": list(data.images.exclude)}}
-                        if data.images else {"train": data.train, "val": data.val}),
-                     "shape": list(data.shape), "rand_crop": data.rand_crop,
-                     "rand_mirror": data.rand_mirror, "preprocess_threads": data.preprocess_threads},
-            "train": {"epochs": train.epochs, "batch_per_device": train.batch_per_device,
-                      "optimizer": train.optimizer, "optimizer_params": dict(train.optimizer_params),
-                      "initializer": {"type": train.initializer.type, **train.initializer.params},
-                      "log_every_batches": train.log_every_batches},
-            "cluster": {"workers": cluster.workers, "servers": cluster.servers,
-                        "devices": "cpu" if cluster.devices is None else list(cluster.devices),
-                        "kvstore": cluster.kvstore, "startup_timeout_s": cluster.startup_timeout_s,
-                        "progress_timeout_s": cluster.progress_timeout_s, "max_restarts": cluster.max_restarts},
-        }
-        for key, value in (("url", model.url), ("params_sha256", model.params_sha256)):
-            if value is not None:
-                out["model"][key] = value
-        if train.seed is not None:
-            out["train"]["seed"] = train.seed
-        if self.min_accuracy is not None:
-            out["expect"] = {"min_accuracy": self.min_accuracy}
-        if self.builtin_assets is not None:
-            out["builtin_assets"] = self.builtin_assets
-        return out
-
-
-ROLE_NAMES = ("scheduler", "server", "worker")
-
-
-@dataclasses.dataclass(frozen=True)
-class CommandSpec:
-    """A ps-lite program to run in command mode (``launcher.command``): argv, counts, env, folders."""
-
-    name: str
-    source: str                                        # the job file, or "the command line"
-    argv: tuple[str, ...]
-    workers: int
-    servers: int
-    env: Mapping[str, str] = dataclasses.field(default_factory=dict)               # every role
-    role_env: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)  # role -> env
-    workdir: str = ""                                  # local folder the command runs in (and --sync-dir copies)
-    sync_dir: str | None = None                        # where remote hosts get a copy of workdir
-
-    def env_for(self, role: str) -> dict[str, str]:
-        return {**self.env, **self.role_env.get(role, {})}
-
-    def to_job_dict(self) -> dict[str, Any]:
-        """This command as a job file says it: ``parse_job`` of it gives it back."""
-        out: dict[str, Any] = {"name": self.name, "command": list(self.argv), "workdir": self.workdir,
-                               "cluster": {"workers": self.workers, "servers": self.servers}}
-        if self.env or self.role_env:
-            out["env"] = {**self.env, **{role: dict(values) for role, values in self.role_env.items()}}
-        if self.sync_dir:
-            out["sync_dir"] = self.sync_dir
-        return out
-
-
-def _parse_command_job(raw: dict, lines: Mapping[tuple, Any], source: str) -> CommandSpec:
-    """A job that names ``command:`` (argv list or one shell-like string) instead of the recipe::
-
-        command: [python, train.py, --kv-store, dist_sync]
-        cluster: {workers: 3, servers: 2}
-        env: {OMP_NUM_THREADS: 1, worker: {MXNET_ENGINE_TYPE: NaiveEngine}}
-        sync_dir: ~/jobs/train        # copy workdir (default: the job file's folder) there on each host
-    """
-    top = _Fields(source, lines, raw, (), ("name", "command", "cluster", "env", "workdir", "sync_dir"))
-    argv = top.get("command", _argv)
-    # No startup_timeout_s: a command emits no join events to time (the recipe's workers do).
-    cluster_f = top.section("cluster", ("workers", "servers"))
-    env_raw = top.raw.get("env") or {}
-    env_f = top.section("env", tuple(k for k in env_raw if isinstance(k, str)) if isinstance(env_raw, dict) else ())
-    common, by_role = {}, {}
-    for key, value in env_f.raw.items():
-        if key in ROLE_NAMES:
-            by_role[key] = env_f.get(key, _env_mapping)
-        else:
-            common[key] = env_f.get(key, _env_value)
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                env_f.fail(env_f.path + (key,), f"'{key}' is not an environment variable name")
-    base_dir = os.path.dirname(os.path.abspath(source))
-    workdir = top.get("workdir", _text, base_dir)
-    return CommandSpec(
-        name=top.get("name", _job_name, os.path.splitext(os.path.basename(source))[0]),
-        source=os.path.abspath(source),
-        argv=argv,
-        workers=cluster_f.get("workers", _int(1), 1),
-        servers=cluster_f.get("servers", _int(1), 1),
-        env=common,
-        role_env=by_role,
-        workdir=os.path.normpath(os.path.join(base_dir, os.path.expanduser(workdir))),
-        sync_dir=top.get("sync_dir", _text, None),
-    )
-
-
-def _argv(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = shlex.split(value)
-    if not isinstance(value, list) or not value or not all(isinstance(v, (str, int, float)) for v in value):
-        raise ValueError("a non-empty list of arguments (or one command line)")
-    return tuple(str(v) for v in value)
-
-
-def _env_value(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError("a string or number")
-    return str(value)
-
-
-def _env_mapping(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ValueError("a mapping of NAME: value")
-    return {key: _env_value(item) for key, item in value.items()}
-
-
-# --------------------------------------------------------------------------- YAML with lines
-
-def _compose_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
-    """Load YAML into plain Python values plus ``{key path: 1-based line}``."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        raise InputError(where, f"not valid YAML: {getattr(err, 'problem', err)}") from None
-    lines: dict[tuple, int] = {}
-    constructor = yaml.SafeLoader("")
-
-    def build(node: yaml.Node, path: tuple) -> Any:
-        lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = constructor.construct_object(key_node, deep=True)
-                if key in out:
-                    raise InputError(f"{source}:{key_node.start_mark.line + 1}", f"key {key!r} appears twice")
-                lines[path + (key,)] = key_node.start_mark.line + 1
-                out[key] = build(value_node, path + (key,))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [build(item, path + (i,)) for i, item in enumerate(node.value)]
-        return constructor.construct_object(node, deep=True)
-
-    return (build(root, ()) if root is not None else {}), lines
-
-
-_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
-
-
-def expand_path(value: str, base_dir: str, environ: Mapping[str, str]) -> str:
-    """``${VAR}``, ``${VAR:-default}`` and ``~``, then relative to ``base_dir``.
-
-    >>> expand_path("${D:-/tmp}/x.rec", "/jobs", {})
-    '/tmp/x.rec'
-    """
-    def substitute(match: re.Match) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in environ and environ[name] != "":
-            return environ[name]
-        if default is None:
-            raise KeyError(name)
-        return default
-    expanded = os.path.expanduser(_VAR.sub(substitute, value))
-    return os.path.normpath(os.path.join(base_dir, expanded))
-
-
 # --------------------------------------------------------------------------- checking values
-
-class _Fields:
-    """Reads one mapping of the job file, reporting errors at the right line."""
-
-    def __init__(self, source: str, lines: Mapping[tuple, int], raw: Any, path: tuple,
-                 allowed: tuple[str, ...]) -> None:
-        self.source, self.lines, self.path = source, lines, path
-        if not isinstance(raw, dict):
-            self.fail(path, f"{self.dotted(path) or 'the job'} must be a mapping of keys, "
-                            f"got {type(raw).__name__}")
-        for key in raw:
-            if key not in allowed:
-                near = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-                where = f" in {self.dotted(path)}" if path else ""
-                hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(allowed)}"
-                self.fail(path + (key,), f"unknown key '{key}'{where}; {hint}")
-        self.raw = raw
-
-    @staticmethod
-    def dotted(path: tuple) -> str:
-        return ".".join(str(part) for part in path)
-
-    def where(self, path: tuple) -> str:
-        while path and path not in self.lines:
-            path = path[:-1]
-        line = self.lines.get(path, 1)
-        return line if isinstance(line, str) else f"{self.source}:{line}"  # a str: the --set that gave it
-
-    def fail(self, path: tuple, message: str, hint: str = "") -> None:
-        raise InputError(self.where(path), message, hint=hint)
-
-    def get(self, key: str, check: Callable[[Any], Any], default: Any = dataclasses.MISSING) -> Any:
-        """The checked value of ``key``; ``check`` raises ValueError with what was expected."""
-        path = self.path + (key,)
-        if key not in self.raw or self.raw[key] is None:
-            if default is dataclasses.MISSING:
-                self.fail(self.path, f"missing required key '{self.dotted(path)}'")
-            return default
-        try:
-            return check(self.raw[key])
-        except ValueError as err:
-            self.fail(path, f"{self.dotted(path)} must be {err}, got {self.raw[key]!r}")
-
-    def section(self, key: str, allowed: tuple[str, ...], *, required: bool = False) -> "_Fields":
-        if key not in self.raw and required:
-            self.fail(self.path, f"missing required section '{self.dotted(self.path + (key,))}'")
-        return _Fields(self.source, self.lines, self.raw.get(key) or {}, self.path + (key,), allowed)
-
 
 def _int(minimum: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
@@ -446,7 +120,356 @@ def _scalar_mapping(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-# --------------------------------------------------------------------------- the schema
+
+def _job_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise ValueError("letters, digits, '.', '_' or '-' (at most 64)")
+    return value
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = shlex.split(value)
+    if not isinstance(value, list) or not value or not all(isinstance(v, (str, int, float)) for v in value):
+        raise ValueError("a non-empty list of arguments (or one command line)")
+    return tuple(str(v) for v in value)
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("a string or number")
+    return str(value)
+
+
+def _env_mapping(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError("a mapping of NAME: value")
+    return {key: _env_value(item) for key, item in value.items()}
+
+
+
+# --------------------------------------------------------------------------- declaring keys
+
+def key(default: Any = dataclasses.MISSING, *, check: Callable[[Any], Any], help: str,
+        factory: Callable[[], Any] | None = None, path: bool = False,
+        to_yaml: Callable[[Any], Any] | None = None) -> Any:
+    """A job key: its check (raises ValueError saying what it expects), default and help.
+
+    ``path``: a file path (``~``, ``${VAR}``, relative to the job file); ``to_yaml``: how
+    the value is written back into a job file when its Python form differs.
+    """
+    metadata = {"check": check, "help": help, "path": path, "to_yaml": to_yaml}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def section(cls: type, *, help: str, required: bool = False, optional: bool = False,
+            read: Callable[["Fields", Callable], Any] | None = None, allowed: Sequence[str] | None = None,
+            to_yaml: Callable[[Any], Any] | None = None) -> Any:
+    """A mapping of keys (``cls``'s own ``key`` fields); ``optional``: None when absent.
+
+    ``read``/``allowed``/``to_yaml`` replace the generic reading for a section whose YAML
+    shape is not its dataclass's (the initializer's flat ``{type: xavier, magnitude: 2}``).
+    """
+    metadata = {"section": cls, "help": help, "read": read, "allowed": allowed, "to_yaml": to_yaml,
+                "required": required}
+    if required:
+        return dataclasses.field(metadata=metadata)
+    if optional:
+        return dataclasses.field(default=None, metadata=metadata)
+    return dataclasses.field(default_factory=cls, metadata=metadata)
+
+
+def keys_of(cls: type) -> tuple[str, ...]:
+    """The YAML keys of a section class, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(cls) if "check" in f.metadata or "section" in f.metadata)
+
+
+def _default_of(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
+def read_section(cls: type, fields: Fields, expand: Callable[[Fields, str, str], str], **given: Any) -> Any:
+    """Build ``cls`` from one mapping of the file: every key checked, defaulted or refused."""
+    values = dict(given)
+    for field in dataclasses.fields(cls):
+        meta = field.metadata
+        if "section" in meta:
+            if meta["required"] is False and _default_of(field) is None and fields.raw.get(field.name) is None:
+                values[field.name] = None
+                continue
+            sub = fields.section(field.name, meta["allowed"] or keys_of(meta["section"]), required=meta["required"])
+            values[field.name] = (meta["read"] or functools.partial(read_section, meta["section"]))(sub, expand)
+        elif "check" in meta:
+            value = fields.get(field.name, meta["check"], _default_of(field))
+            values[field.name] = expand(fields, field.name, value) if meta["path"] and value else value
+    return cls(**values)
+
+
+def plain(value: Any) -> Any:
+    """JSON/YAML-ready: enums as their values, tuples as lists, mappings as dicts, dataclasses as dicts."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+def to_yaml_dict(spec: Any) -> dict[str, Any]:
+    """A section as a job file says it: ``read_section`` of it gives it back (unset keys left out)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(spec):
+        meta = field.metadata
+        if "check" not in meta and "section" not in meta:
+            continue
+        value = getattr(spec, field.name)
+        if meta["to_yaml"] is not None:
+            value = meta["to_yaml"](value)
+        elif "section" in meta:
+            value = None if value is None else to_yaml_dict(value)
+        else:
+            value = plain(value)
+        if value is not None and value != "" and not ("section" in meta and value == {}):
+            out[field.name] = value  # unset keys and empty sections are left out; an empty mapping value stays
+    return out
+
+
+# --------------------------------------------------------------------------- the recipe's keys
+
+class Variant(str, enum.Enum):
+    """How the pretrained network is used."""
+
+    FULL = "full"        # fine-tune every layer (the tutorial's main recipe)
+    FROZEN = "frozen"    # fixed feature extractor: only the new output layer learns
+    SCRATCH = "scratch"  # same graph, pretrained weights ignored: the baseline to beat
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    prefix: str = key(check=_text, path=True, help="PREFIX-symbol.json + PREFIX-EEEE.params")
+    epoch: int = key(0, check=_int(0), help="which PREFIX-EEEE.params")
+    url: str | None = key(None, check=_text, help="where the checkpoint can be downloaded (recorded, not fetched)")
+    params_sha256: str | None = key(None, check=_sha256, help="checked before launch when given")
+    cut_layer: str = key("flatten0", check=_text, help="the layer the new output layer goes on")
+    variant: Variant = key(Variant.FULL, check=lambda v: Variant(_choice(tuple(x.value for x in Variant))(v)),
+                           help="full | frozen (only the new layer learns) | scratch (baseline)")
+
+    @property
+    def symbol_path(self) -> str:
+        return f"{self.prefix}-symbol.json"
+
+    @property
+    def params_path(self) -> str:
+        return f"{self.prefix}-{self.epoch:04d}.params"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagesSpec:
+    """An image folder (one sub-folder per class) that the launch packs with mxft-prepare."""
+
+    folder: str = key(check=_text, path=True, help="one sub-folder of images per class")
+    train_per_class: int = key(60, check=_int(1), help="training images per class; the rest validate")
+    resize: int = key(256, check=_int(0), help="shorter edge in pixels (0: keep)")
+    quality: int = key(90, check=_int(1), help="JPEG quality")
+    exclude: tuple[str, ...] = key((), check=_names, help="class folders to leave out")
+    seed: int = key(0, check=_int(0), help="seed of the split")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    train: str = key("", check=_text, path=True, help="training .rec (its .idx beside it)")
+    val: str = key("", check=_text, path=True, help="validation .rec")
+    images: ImagesSpec | None = section(ImagesSpec, optional=True, help="instead of train/val: packed at launch")
+    shape: tuple[int, int, int] = key((3, 224, 224), check=_shape, help="[channels, height, width] fed to the net")
+    rand_crop: bool = key(True, check=_bool, help="random crops of training images")
+    rand_mirror: bool = key(True, check=_bool, help="random horizontal flips of training images")
+    preprocess_threads: int = key(4, check=_int(1), help="decoding threads per worker")
+
+
+def _read_initializer(fields: Fields, expand) -> "InitializerSpec":
+    kind = fields.get("type", _choice(INITIALIZERS), "xavier")
+    params = {name: value for name, value in fields.raw.items() if name != "type"}
+    if not params:
+        return InitializerSpec(kind) if kind == "xavier" else InitializerSpec(kind, {})
+    try:
+        return InitializerSpec(kind, _scalar_mapping(params))
+    except ValueError as err:
+        fields.fail(fields.path, f"{fields.dotted(fields.path)} must be {err}, got {params!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitializerSpec:
+    type: str = "xavier"
+    params: Mapping[str, Any] = dataclasses.field(
+        default_factory=lambda: {"rnd_type": "gaussian", "factor_type": "in", "magnitude": 2})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = key(8, check=_int(1), help="passes over the training data")
+    batch_per_device: int = key(16, check=_int(1), help="images per device per step")
+    optimizer: str = key("sgd", check=_choice(OPTIMIZERS), help="an MXNet optimizer")
+    optimizer_params: Mapping[str, Any] = key(check=_scalar_mapping, factory=lambda: {"learning_rate": 0.01},
+                                              help="its settings (--set train.lr/momentum/wd)")
+    initializer: InitializerSpec = section(
+        InitializerSpec, help="for the new output layer", read=_read_initializer, allowed=INITIALIZER_KEYS,
+        to_yaml=lambda init: {"type": init.type, **plain(init.params)})
+    seed: int | None = key(None, check=_int(0), help="seeds MXNet, numpy and the data order")
+    log_every_batches: int = key(20, check=_int(1), help="a progress line every N batches")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+    workers: int = key(1, check=_int(1), help="worker processes")
+    servers: int = key(1, check=_int(1), help="parameter server processes")
+    devices: tuple[int, ...] | None = key(TUTORIAL_GPUS, check=_devices,
+                                          to_yaml=lambda d: "cpu" if d is None else list(d),
+                                          help="GPU ids per worker ('gpu:N', [ids]) or 'cpu'")
+    kvstore: str = key("auto", check=_choice(KVSTORES), help="auto: dist_sync_device on GPUs, dist_sync on CPU")
+    startup_timeout_s: int = key(300, check=_int(1), help="every worker must have joined ps-lite by then")
+    progress_timeout_s: int = key(1800, check=_int(1), help="a worker silent this long is reported stuck")
+    max_restarts: int = key(0, check=_int(0), help="resume from the last epoch after a failure, this many times")
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.devices is not None
+
+    @property
+    def effective_kvstore(self) -> str:
+        """``auto`` is ``dist_sync_device`` on GPUs and ``dist_sync`` on CPU."""
+        if self.kvstore != "auto":
+            return self.kvstore
+        return "dist_sync_device" if self.uses_gpu else "dist_sync"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpectSpec:
+    min_accuracy: float | None = key(None, check=_fraction, help="exit 1 below this validation accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    source: str                                   # the job file (not a key)
+    num_classes: int = key(check=_int(2), help="classes of the new output layer")
+    model: ModelSpec = section(ModelSpec, required=True, help="the pretrained checkpoint and where to cut it")
+    data: DataSpec = section(DataSpec, required=True, help="training and validation data")
+    name: str = key("", check=_job_name, help="names the run (default: the job file's name)")
+    train: TrainSpec = section(TrainSpec, help="the training recipe")
+    cluster: ClusterSpec = section(ClusterSpec, help="processes, devices, deadlines")
+    expect: ExpectSpec = section(ExpectSpec, help="what counts as success")
+    builtin_assets: str | None = key(None, check=_choice(BUILTIN_ASSETS), help="build the demo's files if missing")
+
+    def to_job_dict(self) -> dict[str, Any]:
+        """This spec as a job file would say it (absolute paths): ``parse_job`` of it gives it back."""
+        out = to_yaml_dict(self)
+        if self.data.images is not None:  # the packed .rec files follow from the folder, which stays the key
+            out["data"].pop("train", None)
+            out["data"].pop("val", None)
+        return out
+
+
+# --------------------------------------------------------------------------- command jobs
+
+ROLE_NAMES = ("scheduler", "server", "worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandSpec:
+    """A ps-lite program to run in command mode (``launcher.command``): argv, counts, env, folders."""
+
+    name: str
+    source: str                                        # the job file, or "the command line"
+    argv: tuple[str, ...]
+    workers: int
+    servers: int
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)               # every role
+    role_env: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)  # role -> env
+    workdir: str = ""                                  # local folder the command runs in (and --sync-dir copies)
+    sync_dir: str | None = None                        # where remote hosts get a copy of workdir
+
+    def env_for(self, role: str) -> dict[str, str]:
+        return {**self.env, **self.role_env.get(role, {})}
+
+    def to_job_dict(self) -> dict[str, Any]:
+        """This command as a job file says it: ``parse_job`` of it gives it back."""
+        out: dict[str, Any] = {"name": self.name, "command": list(self.argv), "workdir": self.workdir,
+                               "cluster": {"workers": self.workers, "servers": self.servers}}
+        if self.env or self.role_env:
+            out["env"] = {**self.env, **{role: dict(values) for role, values in self.role_env.items()}}
+        if self.sync_dir:
+            out["sync_dir"] = self.sync_dir
+        return out
+
+
+def _parse_command_job(raw: dict, lines: Mapping[tuple, Any], source: str) -> CommandSpec:
+    """A job that names ``command:`` (argv list or one shell-like string) instead of the recipe::
+
+        command: [python, train.py, --kv-store, dist_sync]
+        cluster: {workers: 3, servers: 2}
+        env: {OMP_NUM_THREADS: 1, worker: {MXNET_ENGINE_TYPE: NaiveEngine}}
+        sync_dir: ~/jobs/train        # copy workdir (default: the job file's folder) there on each host
+    """
+    top = Fields(source, lines, raw, (), ("name", "command", "cluster", "env", "workdir", "sync_dir"))
+    argv = top.get("command", _argv)
+    # No startup_timeout_s: a command emits no join events to time (the recipe's workers do).
+    cluster_f = top.section("cluster", ("workers", "servers"))
+    env_raw = top.raw.get("env") or {}
+    env_f = top.section("env", tuple(k for k in env_raw if isinstance(k, str)) if isinstance(env_raw, dict) else ())
+    common, by_role = {}, {}
+    for key, value in env_f.raw.items():
+        if key in ROLE_NAMES:
+            by_role[key] = env_f.get(key, _env_mapping)
+        else:
+            common[key] = env_f.get(key, _env_value)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                env_f.fail(env_f.path + (key,), f"'{key}' is not an environment variable name")
+    base_dir = os.path.dirname(os.path.abspath(source))
+    workdir = top.get("workdir", _text, base_dir)
+    return CommandSpec(
+        name=top.get("name", _job_name, os.path.splitext(os.path.basename(source))[0]),
+        source=os.path.abspath(source),
+        argv=argv,
+        workers=cluster_f.get("workers", _int(1), 1),
+        servers=cluster_f.get("servers", _int(1), 1),
+        env=common,
+        role_env=by_role,
+        workdir=os.path.normpath(os.path.join(base_dir, os.path.expanduser(workdir))),
+        sync_dir=top.get("sync_dir", _text, None),
+    )
+
+
+
+# --------------------------------------------------------------------------- paths, overrides, parsing
+
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_path(value: str, base_dir: str, environ: Mapping[str, str]) -> str:
+    """``${VAR}``, ``${VAR:-default}`` and ``~``, then relative to ``base_dir``.
+
+    >>> expand_path("${D:-/tmp}/x.rec", "/jobs", {})
+    '/tmp/x.rec'
+    """
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ and environ[name] != "":
+            return environ[name]
+        if default is None:
+            raise KeyError(name)
+        return default
+    expanded = os.path.expanduser(_VAR.sub(substitute, value))
+    return os.path.normpath(os.path.join(base_dir, expanded))
+
+
 
 # ``--set`` names that are not keys of the file (the tutorial's words for common ones).
 SET_ALIASES = {"train.lr": "train.optimizer_params.learning_rate",
@@ -491,116 +514,47 @@ def apply_overrides(raw: Any, lines: dict[tuple, Any], overrides: Sequence[str])
         lines[path + (last,)] = where
 
 
-def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = None,
-              overrides: Sequence[str] = ()) -> "JobSpec | CommandSpec":
-    """Turn the text of a job file into a JobSpec (or a CommandSpec for a ``command:`` job).
 
-    ``overrides`` are ``--set KEY.PATH=VALUE`` items, applied before any check. Raises
-    InputError at the bad line (or the bad ``--set``).
-    """
-    environ = os.environ if environ is None else environ
-    raw, lines = _compose_with_lines(text, source)
-    apply_overrides(raw, lines, overrides)
-    if isinstance(raw, dict) and "command" in raw:
-        return _parse_command_job(raw, lines, source)
-    base_dir = os.path.dirname(os.path.abspath(source))
-    top = _Fields(source, lines, raw, (), ("name", "num_classes", "model", "data", "train", "cluster",
-                                          "expect", "builtin_assets"))
-
-    def path_of(fields: _Fields, key: str) -> str | None:
-        value = fields.get(key, _text, None)
-        if value is None:
-            return None
+def _path_expander(base_dir: str, environ: Mapping[str, str]) -> Callable[[Fields, str, str], str]:
+    def expand(fields: Fields, name: str, value: str) -> str:
         try:
             return expand_path(value, base_dir, environ)
         except KeyError as err:
-            fields.fail(fields.path + (key,), f"environment variable {err.args[0]} is not set",
+            fields.fail(fields.path + (name,), f"environment variable {err.args[0]} is not set",
                         hint=f"set it, or write ${{{err.args[0]}:-default}}")
-
-    model_f = top.section("model", ("prefix", "epoch", "url", "params_sha256", "cut_layer", "variant"),
-                          required=True)
-    model = ModelSpec(
-        prefix=path_of(model_f, "prefix") or model_f.get("prefix", _text),
-        epoch=model_f.get("epoch", _int(0), 0),
-        url=model_f.get("url", _text, None),
-        params_sha256=model_f.get("params_sha256", _sha256, None),
-        cut_layer=model_f.get("cut_layer", _text, "flatten0"),
-        variant=Variant(model_f.get("variant", _choice(tuple(v.value for v in Variant)), "full")),
-    )
-    data_f = top.section("data", ("train", "val", "images", "shape", "rand_crop", "rand_mirror",
-                                  "preprocess_threads"), required=True)
-    images = None
-    if data_f.raw.get("images") is not None:
-        if data_f.raw.get("train") is not None or data_f.raw.get("val") is not None:
-            data_f.fail(data_f.path + ("images",), "give data.images or data.train + data.val, not both")
-        images_f = data_f.section("images", ("folder", "train_per_class", "resize", "quality", "exclude", "seed"))
-        images = ImagesSpec(
-            folder=path_of(images_f, "folder") or images_f.get("folder", _text),
-            train_per_class=images_f.get("train_per_class", _int(1), 60),
-            resize=images_f.get("resize", _int(0), 256),
-            quality=images_f.get("quality", _int(1), 90),
-            exclude=images_f.get("exclude", _names, ()),
-            seed=images_f.get("seed", _int(0), 0),
-        )
-    data = DataSpec(
-        train="" if images else path_of(data_f, "train") or data_f.get("train", _text),
-        val="" if images else path_of(data_f, "val") or data_f.get("val", _text),
-        images=images,
-        shape=data_f.get("shape", _shape, (3, 224, 224)),
-        rand_crop=data_f.get("rand_crop", _bool, True),
-        rand_mirror=data_f.get("rand_mirror", _bool, True),
-        preprocess_threads=data_f.get("preprocess_threads", _int(1), 4),
-    )
-    train_f = top.section("train", ("epochs", "batch_per_device", "optimizer", "optimizer_params",
-                                    "initializer", "seed", "log_every_batches"))
-    init_raw = train_f.raw.get("initializer")
-    initializer = InitializerSpec()
-    if init_raw is not None:
-        init_f = train_f.section("initializer", ("type", "rnd_type", "factor_type", "magnitude", "sigma", "scale",
-                                                 "slope"))
-        init_type = init_f.get("type", _choice(INITIALIZERS), "xavier")
-        params = {key: value for key, value in init_f.raw.items() if key != "type"}
-        initializer = InitializerSpec(init_type, _scalar_mapping(params) if params else
-                                      (InitializerSpec().params if init_type == "xavier" else {}))
-    train = TrainSpec(
-        epochs=train_f.get("epochs", _int(1), 8),
-        batch_per_device=train_f.get("batch_per_device", _int(1), 16),
-        optimizer=train_f.get("optimizer", _choice(OPTIMIZERS), "sgd"),
-        optimizer_params=train_f.get("optimizer_params", _scalar_mapping, {"learning_rate": 0.01}),
-        initializer=initializer,
-        seed=train_f.get("seed", _int(0), None),
-        log_every_batches=train_f.get("log_every_batches", _int(1), 20),
-    )
-    cluster_f = top.section("cluster", ("workers", "servers", "devices", "kvstore", "startup_timeout_s",
-                                        "progress_timeout_s", "max_restarts"))
-    cluster = ClusterSpec(
-        workers=cluster_f.get("workers", _int(1), 1),
-        servers=cluster_f.get("servers", _int(1), 1),
-        devices=cluster_f.get("devices", _devices, TUTORIAL_GPUS),
-        kvstore=cluster_f.get("kvstore", _choice(KVSTORES), "auto"),
-        startup_timeout_s=cluster_f.get("startup_timeout_s", _int(1), 300),
-        progress_timeout_s=cluster_f.get("progress_timeout_s", _int(1), 1800),
-        max_restarts=cluster_f.get("max_restarts", _int(0), 0),
-    )
-    expect_f = top.section("expect", ("min_accuracy",))
-    default_name = os.path.splitext(os.path.basename(source))[0]
-    return JobSpec(
-        name=top.get("name", _job_name, default_name),
-        source=os.path.abspath(source),
-        num_classes=top.get("num_classes", _int(2)),
-        model=model,
-        data=data,
-        train=train,
-        cluster=cluster,
-        min_accuracy=expect_f.get("min_accuracy", _fraction, None),
-        builtin_assets=top.get("builtin_assets", _choice(BUILTIN_ASSETS), None),
-    )
+    return expand
 
 
-def _job_name(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
-        raise ValueError("letters, digits, '.', '_' or '-' (at most 64)")
-    return value
+def _check_data_source(job: JobSpec, top: Fields) -> None:
+    """``data.images`` or ``data.train`` + ``data.val``: exactly one of the two."""
+    data = top.section("data", keys_of(DataSpec))
+    if job.data.images is not None:
+        if data.raw.get("train") is not None or data.raw.get("val") is not None:
+            data.fail(data.path + ("images",), "give data.images or data.train + data.val, not both")
+        return
+    for name in ("train", "val"):
+        if not getattr(job.data, name):
+            data.fail(data.path, f"missing required key 'data.{name}'")
+
+
+def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = None,
+              overrides: Sequence[str] = (), schema: type = JobSpec) -> "JobSpec | CommandSpec":
+    """Turn the text of a job file into a JobSpec (or a CommandSpec for a ``command:`` job).
+
+    ``overrides`` are ``--set KEY.PATH=VALUE`` items, applied before any check; ``schema``
+    is the job's dataclass (a test extends it). Raises InputError at the bad line (or the
+    bad ``--set``).
+    """
+    environ = os.environ if environ is None else environ
+    raw, lines = compose_with_lines(text, source)
+    apply_overrides(raw, lines, overrides)
+    if isinstance(raw, dict) and "command" in raw:
+        return _parse_command_job(raw, lines, source)
+    top = Fields(source, lines, raw, (), keys_of(schema))
+    expand = _path_expander(os.path.dirname(os.path.abspath(source)), environ)
+    job = read_section(schema, top, expand, source=os.path.abspath(source))
+    _check_data_source(job, top)
+    return job if job.name else dataclasses.replace(job, name=os.path.splitext(os.path.basename(source))[0])
 
 
 def load_job(path: str, *, environ: Mapping[str, str] | None = None,

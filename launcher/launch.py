@@ -1,15 +1,19 @@
-"""One launch from parsed input to a result: attempts, preflight, planning, execution.
+"""One launch from parsed input to a result: facts, one plan, execution, attempts.
 
-``run`` is what ``mxft-launch JOB`` does after parsing: it plans the run, carries it
-out and, when the job allows restarts (``cluster.max_restarts``), resumes a failed
-attempt from the last complete epoch checkpoint. Raises the errors of
-``cluster.errors``; printing is the CLI's business.
+``run`` is what ``mxft-launch`` does after parsing, for a fine-tuning job and a
+command alike: it gathers the facts the plan depends on (each host's address, Python,
+CPUs and folders: probed, or for a dry run cached by an earlier probe or marked
+assumed), makes the plan once, checks that every host can take its part, and carries
+the plan out. When the job allows restarts (``cluster.max_restarts``) a failed attempt
+is followed by a new plan that resumes from the last complete epoch. Raises the errors
+of ``cluster.errors``; printing is the CLI's business.
 """
 from __future__ import annotations
 
 import dataclasses
 import glob
 import hashlib
+import json
 import os
 import secrets
 import sys
@@ -22,13 +26,14 @@ from cluster.local import free_ports
 from cluster.slurm import hosts_from_slurm
 from cluster.ssh import SSHHost, SSHOptions
 from launcher import assets, recfile, runstate
-from launcher.check import row as check_row, table
-from launcher.command import CommandPlan, make_command_plan, sync_files
-from launcher.execute import RunResult, execute, execute_command
+from launcher.check_table import HostRow, host_row
+from launcher.command import sync_files
+from launcher.execute import execute
 from launcher.inputs import Inventory, check_inputs
 from launcher.jobspec import CommandSpec, JobSpec, load_job
 from launcher.plan import Facts, HostFacts, Plan, Transfer, make_plan
-from launcher.preflight import Requirements, local_mxnet_version, preflight, probe_all
+from launcher.preflight import (HostReport, Requirements, assumed_facts, cached_facts, facts_of, local_mxnet_version,
+                                probe_all, problems, remember_facts, require_fit)
 
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,6 +52,25 @@ class LaunchConfig:
     resume_dir: str | None = None
     overrides: tuple[str, ...] = ()            # --set KEY.PATH=VALUE, applied to the job file
     command: CommandSpec | None = None         # command mode from the command line (no job file)
+    probe: bool = False                        # --dry-run --probe: ask the hosts instead of assuming
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """Which run a plan is for and where it starts: a new run, a resumed one, a restart."""
+
+    run_id: str
+    run_dir: str
+    number: int = 1
+    checkpoint: runstate.Checkpoint | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What ``run`` returns: the plan, and the run's result (None for a dry run)."""
+
+    plan: Plan
+    result: dict | None
 
 
 def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
@@ -112,91 +136,119 @@ def new_run_id(job: JobSpec | CommandSpec) -> str:
     return f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def _first_facts(hosts: tuple[HostSpec, ...], workers: int) -> tuple[dict[str, HostFacts], int, tuple[int, ...]]:
-    """Host facts before preflight, the scheduler's port and (locally) each worker's port."""
-    if not hosts[0].is_local:
-        host_facts = {h.label: HostFacts(h.name, h.python or "python3", 1) for h in hosts}
-        return host_facts, 20000 + secrets.randbelow(20000), ()  # cannot probe remote ports from here
+def _run_facts(config: LaunchConfig, spec: JobSpec | CommandSpec, attempt: Attempt) -> Facts:
+    """Every fact but the hosts' own and the ports: run, folders, code, data keys, resume point."""
+    code_files, code_hash = _code_files()
+    common = dict(run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=os.path.abspath(config.cache_dir),
+                  scheduler_port=0, code_dir=CODE_DIR, hosts={}, remote_dir=config.remote_dir,
+                  code_files=code_files, code_hash=code_hash, attempt=attempt.number, ssh=config.ssh)
+    if isinstance(spec, CommandSpec):
+        return Facts(train_fingerprint="", synced=sync_files(spec.workdir) if spec.sync_dir else (), **common)
+    checkpoint = attempt.checkpoint
+    return Facts(train_fingerprint=_fingerprint(spec.data.train), file_keys=_file_keys(spec),
+                 resume_epoch=checkpoint.epoch if checkpoint else 0,
+                 resume_prefix=checkpoint.prefix if checkpoint else None, **common)
+
+
+def _local_facts(facts: Facts, host: HostSpec, workers: int) -> Facts:
     # Ascending worker ports make worker i ps-lite's rank i here, so a seeded job trains the same every run.
     port, *worker_ports = free_ports(1 + workers)
-    return {hosts[0].label: HostFacts("127.0.0.1", sys.executable, os.cpu_count() or 1)}, port, tuple(worker_ports)
+    return dataclasses.replace(facts, hosts={host.label: HostFacts("127.0.0.1", sys.executable, os.cpu_count() or 1)},
+                               scheduler_port=port, worker_ports=tuple(worker_ports))
 
 
-def _preflight(hosts: tuple[HostSpec, ...], ssh_hosts: Mapping[str, SSHHost], need: Requirements,
-               echo: Callable[[str], None] | None) -> dict[str, HostFacts]:
+def _known_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec]) -> Facts:
+    """A dry run's facts without contacting any host: cached by an earlier probe, else assumed."""
+    found = {}
+    for host in hosts:
+        address = SSHHost(host, config.ssh).address  # the SSH config's HostName: no connection
+        found[host.label] = (cached_facts(config.cache_dir, host, config.remote_dir, config.ssh, address)
+                             or assumed_facts(host, address, config.remote_dir))
+    return dataclasses.replace(facts, hosts=found, scheduler_port=_remote_port())
+
+
+def _remote_port() -> int:
+    return 20000 + secrets.randbelow(20000)  # a remote port cannot be probed from here
+
+
+def _probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec],
+                  echo: Callable[[str], None] | None) -> tuple[Facts, list[HostReport]]:
+    """Probe every host; each usable one's facts (kept for later dry runs), assumed ones for the rest."""
     if echo:
         echo(f"[mxft] preflight: checking {len(hosts)} hosts")
-    return preflight([(h, ssh_hosts[h.label]) for h in hosts], need)
+    ssh_hosts = [(host, SSHHost(host, config.ssh)) for host in hosts]
+    reports = probe_all(ssh_hosts, config.remote_dir)
+    found, basic = {}, Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
+    for report, (host, ssh) in zip(reports, ssh_hosts):
+        usable = problems(report, basic) is None
+        found[host.label] = facts_of(report, ssh.address) if usable else assumed_facts(host, ssh.address,
+                                                                                        config.remote_dir)
+        if usable:
+            remember_facts(config.cache_dir, host, config.remote_dir, config.ssh, found[host.label])
+    return dataclasses.replace(facts, hosts=found, scheduler_port=_remote_port()), reports
 
 
-def prepare(config: LaunchConfig, job: JobSpec, hosts: tuple[HostSpec, ...], *, run_id: str, run_dir: str,
-            attempt: int = 1, resume: runstate.Checkpoint | None = None,
-            echo: Callable[[str], None] | None = None) -> tuple[Plan, Inventory, dict[str, SSHHost]]:
-    """Check inputs, preflight remote hosts (unless a dry run), and make the plan."""
-    inventory = check_inputs(job)
-    remote = not hosts[0].is_local
-    code_files, code_hash = _code_files()
-    host_facts, port, worker_ports = _first_facts(hosts, job.cluster.workers)
-    facts = Facts(
-        worker_ports=worker_ports,
-        run_id=run_id,
-        run_dir=run_dir,
-        cache_dir=os.path.abspath(config.cache_dir),
-        scheduler_port=port,
-        code_dir=CODE_DIR,
-        train_fingerprint=_fingerprint(job.data.train),
-        hosts=host_facts,
-        remote_dir=config.remote_dir,
-        code_files=code_files,
-        code_hash=code_hash,
-        file_keys=_file_keys(job),
-        attempt=attempt,
-        resume_epoch=resume.epoch if resume else 0,
-        resume_prefix=resume.prefix if resume else None,
-    )
-    plan = make_plan(job, inventory, hosts, facts)
-    ssh_hosts = {h.label: SSHHost(h, config.ssh) for h in hosts} if remote else {}
-    if remote and not config.dry_run:
-        facts = dataclasses.replace(facts, hosts=_preflight(hosts, ssh_hosts, _requirements(config, plan, inventory),
-                                                            echo))
-        plan = make_plan(job, inventory, hosts, facts)
-    return plan, inventory, ssh_hosts
+def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory | None) -> Requirements:
+    """What the plan puts on each host: GPUs and bytes to stage (shards counted before they exist)."""
+    known: dict[str, int] = {}
+    gpus: dict[str, int] = {}
+    if plan.recipe is not None:
+        known = {shard.rec_path: sum(inventory.train_records[i].size_bytes for i in shard.positions)
+                 for shard in plan.recipe.shards}
+        devices = len(plan.recipe.job.cluster.devices or ())
+        gpus = {label: plan.worker_hosts.count(label) * devices for label in set(plan.worker_hosts)}
+    return Requirements(local_mxnet_version(), gpus, _staging_bytes(plan.transfers, known), config.remote_dir)
 
 
-def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory) -> Requirements:
-    return Requirements(
-        mxnet_version=local_mxnet_version(),
-        gpus_per_host={label: plan.worker_hosts.count(label) * len(plan.job.cluster.devices or ())
-                       for label in set(plan.worker_hosts)},
-        bytes_per_host=_staging_bytes(plan.transfers, {  # shards, counted from the index before they exist
-            shard.rec_path: sum(inventory.train_records[i].size_bytes for i in shard.positions)
-            for shard in plan.shards}),
-        work_dir=config.remote_dir,
-    )
+def _checked_inputs(spec: JobSpec | CommandSpec) -> Inventory | None:
+    """What the job's files hold (a recipe), or that a command's folder exists; InputError if not."""
+    if isinstance(spec, CommandSpec):
+        if not os.path.isdir(spec.workdir):
+            raise InputError(spec.workdir, "working folder not found", hint=f"check workdir in {spec.source}")
+        return None
+    return check_inputs(spec)
 
 
-def check_hosts(config: LaunchConfig) -> tuple[list[str], bool]:
-    """Probe every host (``mxft-launch check``); with a job, against what the job puts on each.
+def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Sequence[HostSpec], attempt: Attempt,
+                 *, echo: Callable[[str], None] | None = None) -> Plan:
+    """Facts first, then the one plan, then whether every host can take its part of it (all hosts at once)."""
+    inventory = _checked_inputs(spec)
+    facts = _run_facts(config, spec, attempt)
+    reports = []
+    if hosts[0].is_local:
+        facts = _local_facts(facts, hosts[0], spec.cluster.workers if isinstance(spec, JobSpec) else 0)
+    elif config.dry_run and not config.probe:
+        facts = _known_facts(config, facts, hosts)
+    else:
+        facts, reports = _probed_facts(config, facts, hosts, echo)
+    plan = make_plan(spec, hosts, facts, inventory=inventory)
+    if reports:
+        require_fit(reports, _requirements(config, plan, inventory))
+    if isinstance(spec, CommandSpec) and not hosts[0].is_local and spec.sync_dir is None and echo:
+        echo(f"[mxft] no --sync-dir: remote processes run in {spec.workdir}, which must exist on every host")
+    return plan
 
-    Returns the table's lines and whether every host passed.
-    """
+
+def check_hosts(config: LaunchConfig) -> list[HostRow]:
+    """Probe every host (``mxft-launch check``); with a job, against what the job puts on each."""
     hosts = _hosts(config)
     if hosts[0].is_local:
         raise InputError(config.hosts_path or "--hosts", "lists this machine only; check probes remote hosts")
+    spec, inventory = None, None
+    if config.job_path:  # the job's own mistakes first, before any host is contacted
+        spec = load_job(config.job_path, overrides=config.overrides)
+        if isinstance(spec, JobSpec):
+            spec = pack_image_folder(spec, config.cache_dir, echo=lambda text: None, dry_run=True)
+        inventory = _checked_inputs(spec)
+    attempt = Attempt("check", "/nonexistent/check")
+    base = _run_facts(config, spec, attempt) if spec is not None else Facts(
+        run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=config.cache_dir, scheduler_port=0,
+        code_dir=CODE_DIR, train_fingerprint="", hosts={}, remote_dir=config.remote_dir, ssh=config.ssh)
+    facts, reports = _probed_facts(config, base, hosts, None)
     need = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
-    if config.job_path:
-        job = load_job(config.job_path, overrides=config.overrides)
-        if isinstance(job, CommandSpec):
-            plan, _ = plan_command(config, job, hosts, run_id="check")
-            need = dataclasses.replace(need, bytes_per_host=_staging_bytes(plan.transfers))
-        else:
-            job = ensure_prepared(job, config.cache_dir, echo=lambda text: None, dry_run=True)
-            plan, inventory, _ = prepare(config, job, hosts, run_id="check", run_dir="/nonexistent/check")
-            need = _requirements(config, plan, inventory)
-    ssh_hosts = [(h, SSHHost(h, config.ssh)) for h in hosts]
-    reports = probe_all(ssh_hosts, config.remote_dir)
-    rows = [check_row(report, need) for report in reports]
-    return table(rows), all(r[-1].startswith("ok") for r in rows)
+    if spec is not None:
+        need = _requirements(config, make_plan(spec, hosts, facts, inventory=inventory), inventory)
+    return [host_row(report, need) for report in reports]
 
 
 def _folder_key(job: JobSpec) -> str:
@@ -212,7 +264,7 @@ def _folder_key(job: JobSpec) -> str:
     return digest.hexdigest()[:16]
 
 
-def ensure_prepared(job: JobSpec, cache_dir: str, *, echo: Callable[[str], None], dry_run: bool) -> JobSpec:
+def pack_image_folder(job: JobSpec, cache_dir: str, *, echo: Callable[[str], None], dry_run: bool) -> JobSpec:
     """For ``data.images``: pack the folder into the cache once; the job then names those .rec files."""
     images = job.data.images
     if images is None:
@@ -224,38 +276,54 @@ def ensure_prepared(job: JobSpec, cache_dir: str, *, echo: Callable[[str], None]
         if dry_run:
             raise InputError(images.folder, "is not packed yet", hint="launch once without --dry-run, "
                              "or pack it with mxft-prepare and name the .rec files in the job")
-        import importlib.util
-        if importlib.util.find_spec("cv2") is None:
-            raise InputError(job.source, "data.images needs OpenCV on this machine",
-                             hint="pip install opencv-python-headless (the 'prepare' extra)")
-        from launcher.prepare import PrepareSpec, prepare
-        echo(f"[mxft] packing {images.folder} into {os.path.dirname(prefix)} (once; cached)")
-        summary = prepare(PrepareSpec(images.folder, prefix, images.train_per_class, images.seed, images.resize,
-                                      images.quality, images.exclude, os.cpu_count() or 1))
-        if summary["classes_without_training_images"]:
-            os.remove(prefix + "-summary.json")
-            raise InputError(images.folder, "no readable training image in class(es) "
-                             + ", ".join(summary["classes_without_training_images"]))
-        echo(f"[mxft] packed {summary['train']['images']} training and {summary['val']['images']} validation "
-             f"images of {summary['classes']} classes in {summary['seconds']:.1f} s")
+        _pack(job, prefix, echo)
     data = dataclasses.replace(job.data, train=prefix + "-train.rec", val=prefix + "-val.rec")
     return dataclasses.replace(job, data=data)
 
 
-def load_resume(run_dir: str) -> tuple[JobSpec, str, int, runstate.Checkpoint | None]:
-    """The job, run id, next attempt number and checkpoint of a stopped run, for --resume."""
+def _pack(job: JobSpec, prefix: str, echo: Callable[[str], None]) -> None:
+    import importlib.util
+    if importlib.util.find_spec("cv2") is None:
+        raise InputError(job.source, "data.images needs OpenCV on this machine",
+                         hint="pip install opencv-python-headless (the 'prepare' extra)")
+    from launcher.prepare import PrepareSpec, pack_images
+    images = job.data.images
+    echo(f"[mxft] packing {images.folder} into {os.path.dirname(prefix)} (once; cached)")
+    summary = pack_images(PrepareSpec(images.folder, prefix, images.train_per_class, images.seed, images.resize,
+                                      images.quality, images.exclude, os.cpu_count() or 1))
+    if summary["classes_without_training_images"]:
+        os.remove(prefix + "-summary.json")
+        raise InputError(images.folder, "no readable training image in class(es) "
+                         + ", ".join(summary["classes_without_training_images"]))
+    echo(f"[mxft] packed {summary['train']['images']} training and {summary['val']['images']} validation "
+         f"images of {summary['classes']} classes in {summary['seconds']:.1f} s")
+
+
+def _resumed(run_dir: str) -> tuple[JobSpec, Attempt]:
+    """The job and next attempt of a stopped run, for --resume."""
     job_path = os.path.join(run_dir, "job.yaml")
     if not os.path.isfile(job_path):
         raise InputError(run_dir, "is not an mxft run directory (no job.yaml)", hint="give the folder a launch printed")
     if runstate.running_launcher(run_dir) is not None:
         raise InputError(run_dir, "this run is still running", hint=f"stop it first: mxft-launch stop {run_dir}")
     job = load_job(job_path)
+    if isinstance(job, CommandSpec):
+        raise InputError(run_dir, "command-mode runs cannot be resumed", hint="launch the command again")
     attempts = runstate.read_attempts(run_dir)
     run_id = next((a["run_id"] for a in attempts if "run_id" in a), os.path.basename(os.path.normpath(run_dir)))
     checkpoint = runstate.latest_checkpoint(run_dir)
     if checkpoint is not None and checkpoint.epoch >= job.train.epochs:
         raise InputError(run_dir, f"all {job.train.epochs} epochs are done already", hint="see result.json")
-    return job, run_id, max((a.get("attempt", 0) for a in attempts), default=0) + 1, checkpoint
+    number = max((a.get("attempt", 0) for a in attempts), default=0) + 1
+    return job, Attempt(run_id, run_dir, number, checkpoint)
+
+
+def _what_to_run(config: LaunchConfig) -> tuple[JobSpec | CommandSpec, Attempt]:
+    if config.resume_dir:
+        return _resumed(os.path.abspath(config.resume_dir))
+    spec = config.command or load_job(config.job_path, overrides=config.overrides)
+    run_id = new_run_id(spec)
+    return spec, Attempt(run_id, os.path.abspath(os.path.join(config.run_root, run_id)))
 
 
 def _record_end(run_dir: str, attempt: int, outcome: str, **details) -> runstate.Checkpoint | None:
@@ -266,119 +334,60 @@ def _record_end(run_dir: str, attempt: int, outcome: str, **details) -> runstate
     return checkpoint
 
 
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    plan: Plan
-    result: RunResult
+def _started(plan: Plan, attempt: Attempt, echo: Callable[[str], None]) -> None:
+    os.makedirs(plan.run_dir, exist_ok=True)
+    runstate.write_launcher(plan.run_dir, plan.run_id)
+    begin = attempt.checkpoint.epoch if attempt.checkpoint else 0
+    runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "run_id": plan.run_id,
+                                           "outcome": "started", **({"begin_epoch": begin} if plan.recipe else {})})
+    what = f" running {plan.command.argv[0]}" if plan.command else ""
+    echo(f"[mxft] run {plan.run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s){what}, "
+         f"logs in {os.path.dirname(plan.processes[0].log_path)}"
+         + (f"; attempt {attempt.number}, from epoch {begin}" if attempt.number > 1 else ""))
 
 
-def run(config: LaunchConfig, *, echo: Callable[[str], None],
-        max_restarts: int | None = None) -> Outcome | Plan | CommandOutcome | CommandPlan:
-    """Launch (or resume) the job; returns the Plan alone for a dry run.
+def _finish(plan: Plan, attempt: Attempt, result: dict) -> dict:
+    """Record the attempt's success and write RUN_DIR/result.json, once, with every attempt in it."""
+    runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "outcome": "succeeded"})
+    result = dict(result, attempts=runstate.attempt_summary(plan.run_dir))
+    with open(os.path.join(plan.run_dir, "result.json.partial"), "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    os.replace(os.path.join(plan.run_dir, "result.json.partial"), os.path.join(plan.run_dir, "result.json"))
+    return result
+
+
+def run(config: LaunchConfig, *, echo: Callable[[str], None], max_restarts: int | None = None) -> Outcome:
+    """Launch (or resume) the job; a dry run returns its plan without a result.
 
     After a failed attempt, and while restarts are left, tears down (done by then),
-    resumes from the newest complete checkpoint, and records each attempt in the run dir.
+    plans again from the newest complete checkpoint, and records each attempt in the run dir.
     """
-    if config.command is not None:
-        return run_command(config, config.command, echo=echo)
-    if config.resume_dir:
-        run_dir = os.path.abspath(config.resume_dir)
-        job, run_id, attempt, checkpoint = load_resume(run_dir)
-        if isinstance(job, CommandSpec):
-            raise InputError(run_dir, "command-mode runs cannot be resumed", hint="launch the command again")
-    else:
-        job = load_job(config.job_path, overrides=config.overrides)
-        if isinstance(job, CommandSpec):
-            return run_command(config, job, echo=echo)
-        run_id, attempt, checkpoint = new_run_id(job), 1, None
-        run_dir = os.path.abspath(os.path.join(config.run_root, run_id))
+    spec, attempt = _what_to_run(config)
     hosts = _hosts(config)
-    if job.builtin_assets and not config.dry_run:
-        assets.ensure_built(job, echo=echo)
-    job = ensure_prepared(job, config.cache_dir, echo=echo, dry_run=config.dry_run)
-    restarts_left = job.cluster.max_restarts if max_restarts is None else max_restarts
+    if isinstance(spec, JobSpec):
+        if spec.builtin_assets and not config.dry_run:
+            assets.ensure_built(spec, echo=echo)
+        spec = pack_image_folder(spec, config.cache_dir, echo=echo, dry_run=config.dry_run)
+    restarts_left = (spec.cluster.max_restarts if max_restarts is None else max_restarts) \
+        if isinstance(spec, JobSpec) else 0
     while True:
-        plan, inventory, ssh_hosts = prepare(config, job, hosts, run_id=run_id, run_dir=run_dir, attempt=attempt,
-                                             resume=checkpoint, echo=echo)
+        plan = plan_attempt(config, spec, hosts, attempt, echo=echo)
         if config.dry_run:
-            return plan
-        os.makedirs(run_dir, exist_ok=True)
-        runstate.write_launcher(run_dir, run_id)
-        begin = checkpoint.epoch if checkpoint else 0
-        runstate.record_attempt(run_dir, {"attempt": attempt, "run_id": run_id, "begin_epoch": begin,
-                                          "outcome": "started"})
-        echo(f"[mxft] run {run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s), "
-             f"logs in {os.path.dirname(plan.processes[0].log_path)}"
-             + (f"; attempt {attempt}, from epoch {begin}" if attempt > 1 else ""))
+            return Outcome(plan, None)
+        _started(plan, attempt, echo)
         try:
-            result = execute(plan, inventory, echo=echo, ssh_hosts=ssh_hosts)
+            result = execute(plan, echo=echo)
         except (Interrupted, KeyboardInterrupt):
-            _record_end(run_dir, attempt, "interrupted")
+            _record_end(plan.run_dir, attempt.number, "interrupted")
             raise
-        except JobFailed as err:
-            checkpoint = _record_end(run_dir, attempt, "failed", reason=str(err).splitlines()[0])
+        except JobFailed as failure:
+            checkpoint = _record_end(plan.run_dir, attempt.number, "failed", **failure.record())
             if restarts_left <= 0:
                 raise
             restarts_left -= 1
-            attempt += 1
-            echo(f"[mxft] attempt {attempt - 1} failed: {str(err).splitlines()[0]}")
+            echo(f"[mxft] attempt {attempt.number} failed: {failure.reason}")
             echo(f"[mxft] restarting from epoch {checkpoint.epoch if checkpoint else 0} "
                  f"({restarts_left} restart(s) left)")
+            attempt = dataclasses.replace(attempt, number=attempt.number + 1, checkpoint=checkpoint)
             continue
-        runstate.record_attempt(run_dir, {"attempt": attempt, "outcome": "succeeded"})
-        result = dataclasses.replace(result, result=runstate.add_attempts_to_result(run_dir))
-        return Outcome(plan, result)
-
-
-@dataclasses.dataclass(frozen=True)
-class CommandOutcome:
-    plan: CommandPlan
-    summary: dict
-
-
-def plan_command(config: LaunchConfig, spec: CommandSpec, hosts: tuple[HostSpec, ...], *, run_id: str,
-                 echo: Callable[[str], None] | None = None) -> tuple[CommandPlan, dict[str, SSHHost]]:
-    """Preflight remote hosts (unless a dry run) and plan a command-mode run."""
-    if not os.path.isdir(spec.workdir):
-        raise InputError(spec.workdir, "working folder not found", hint=f"check workdir in {spec.source}")
-    synced = sync_files(spec.workdir) if spec.sync_dir else ()
-    code_files, code_hash = _code_files()
-    remote = not hosts[0].is_local
-    if remote and spec.sync_dir is None and echo:
-        echo(f"[mxft] no --sync-dir: remote processes run in {spec.workdir}, which must exist on every host")
-    host_facts, port, _ = _first_facts(hosts, 0)  # no worker ports: a command's ranks are its own business
-    facts = Facts(run_id=run_id, run_dir=os.path.abspath(os.path.join(config.run_root, run_id)),
-                  cache_dir=os.path.abspath(config.cache_dir), scheduler_port=port, code_dir=CODE_DIR,
-                  train_fingerprint="", hosts=host_facts, remote_dir=config.remote_dir, code_files=code_files,
-                  code_hash=code_hash)
-    plan = make_command_plan(spec, hosts, facts, synced=synced)
-    ssh_hosts = {h.label: SSHHost(h, config.ssh) for h in hosts} if remote else {}
-    if remote and not config.dry_run:
-        need = Requirements(mxnet_version=local_mxnet_version(), gpus_per_host={},
-                            bytes_per_host=_staging_bytes(plan.transfers), work_dir=config.remote_dir)
-        facts = dataclasses.replace(facts, hosts=_preflight(hosts, ssh_hosts, need, echo))
-        plan = make_command_plan(spec, hosts, facts, synced=synced)
-    return plan, ssh_hosts
-
-
-def run_command(config: LaunchConfig, spec: CommandSpec, *, echo: Callable[[str], None]) -> CommandOutcome | CommandPlan:
-    """Command mode: run ``spec.argv`` as every ps-lite process; JobFailed names the root cause."""
-    run_id = new_run_id(spec)
-    plan, ssh_hosts = plan_command(config, spec, _hosts(config), run_id=run_id, echo=echo)
-    if config.dry_run:
-        return plan
-    os.makedirs(plan.run_dir, exist_ok=True)
-    runstate.write_launcher(plan.run_dir, run_id)
-    runstate.record_attempt(plan.run_dir, {"attempt": 1, "run_id": run_id, "outcome": "started"})
-    echo(f"[mxft] run {run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s) running "
-         f"{spec.argv[0]}, logs in {os.path.dirname(plan.processes[0].log_path)}")
-    try:
-        summary = execute_command(plan, echo=echo, ssh_hosts=ssh_hosts)
-    except (Interrupted, KeyboardInterrupt):
-        _record_end(plan.run_dir, 1, "interrupted")
-        raise
-    except JobFailed as err:
-        _record_end(plan.run_dir, 1, "failed", reason=str(err).splitlines()[0])
-        raise
-    runstate.record_attempt(plan.run_dir, {"attempt": 1, "outcome": "succeeded"})
-    return CommandOutcome(plan, summary)
+        return Outcome(plan, _finish(plan, attempt, result))

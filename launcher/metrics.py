@@ -67,21 +67,29 @@ class MetricsWriter:
     def __init__(self, run_dir: str, num_workers: int, *, png_every_s: float = 30.0) -> None:
         self.run_dir, self.num_workers, self.png_every_s = run_dir, num_workers, png_every_s
         self._events = [e for e in read_events(run_dir) if e.get("event") == "epoch"]
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the events
+        self._write_lock = threading.Lock()  # the files
         self._png_at = 0.0
 
-    def add(self, event: dict) -> None:
-        """One worker's epoch event; writes the files when that epoch is complete."""
+    def add(self, event: dict) -> bool:
+        """Record one worker's epoch event; True when every worker has reported that epoch.
+
+        Only records (it runs in a log pump): the caller writes the files off the pump.
+        """
         with self._lock:
             self._events.append(event)
-            done = sum(e["epoch"] == event["epoch"] for e in self._events) >= self.num_workers
-        if done:
-            self.write(final=False)
+            return sum(e["epoch"] == event["epoch"] for e in self._events) >= self.num_workers
 
     def write(self, *, final: bool = True) -> list[dict]:
-        """Rewrite the CSV (and the plot when ``final`` or due); returns the rows."""
+        """Rewrite the CSV (and the plot when ``final`` or due); returns the rows.
+
+        The events are copied under the lock ``add`` takes and drawn outside it, so a log
+        pump never waits for a plot.
+        """
         with self._lock:
-            rows = epoch_rows(self._events, self.num_workers)
+            events = list(self._events)
+        with self._write_lock:
+            rows = epoch_rows(events, self.num_workers)
             if not rows:
                 return rows
             _replace(os.path.join(self.run_dir, CSV_NAME), _csv_bytes(rows))

@@ -1,24 +1,29 @@
 """The plan of a run, as data: which process runs where, with which argv and env.
 
-``make_plan`` is a pure function of the job, what its data holds, the hosts and a
-few facts decided outside (run id, directories, the scheduler's port, the Python
-to run). ``--dry-run`` prints the Plan it returns; ``execute`` carries out that same
-object. Nothing here touches a disk, a clock, a socket or a random generator.
+``make_plan`` is a pure function of the job (a fine-tuning recipe or a command), what
+its data holds, the hosts and the facts decided before planning (run id, directories,
+ports, each host's address, Python, CPUs and work folder, probed or cached or marked
+assumed). ``--dry-run`` prints the Plan it returns; ``execute`` carries out that same
+object and nothing else; ``RUN_DIR/plan.json`` records it. Nothing here touches a
+disk, a clock, a socket or a random generator.
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
 import hashlib
+import json
 import math
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
+from cluster.ssh import SSHOptions
 from launcher import recfile
 from launcher.inputs import Inventory
-from launcher.jobspec import JobSpec
+from launcher.jobspec import CommandSpec, JobSpec, plain
 from trainer.config import WorkerConfig
 
 
@@ -60,13 +65,14 @@ class ShardSpec:
 
 @dataclasses.dataclass(frozen=True)
 class HostFacts:
-    """What preflight learnt about a host (or what a dry run assumes)."""
+    """What preflight learnt about a host, what an earlier probe cached, or what a dry run assumes."""
 
     address: str                          # where the other hosts reach it (DMLC_NODE_HOST)
     python: str                           # the interpreter that runs trainer there
     cpu_count: int
     work_dir: str = ""                    # absolute remote work folder ("" = Facts.remote_dir)
     home: str = ""                        # the SSH user's home there (``~`` in paths given for that host)
+    assumed: bool = False                 # not probed: python, CPUs and folders are guesses (dry run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +94,8 @@ class Facts:
     resume_epoch: int = 0                 # epochs already done
     resume_prefix: str | None = None      # local checkpoint of epoch resume_epoch
     worker_ports: tuple[int, ...] = ()    # ps-lite PORT of each worker (ascending: worker i gets rank i)
+    ssh: SSHOptions = SSHOptions()        # how the executor reaches remote hosts
+    synced: tuple[str, ...] = ()          # command mode: files of the working folder that --sync-dir copies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,71 +109,131 @@ class Transfer:
 
 
 @dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What a fine-tuning run adds to a plan: the job, the shards and every worker's config."""
+
+    job: JobSpec
+    shards: tuple[ShardSpec, ...]
+    workers: tuple[WorkerConfig, ...]
+    batches_per_epoch: int
+    trimmed_params: str | None = None     # params without the layers above the cut, staged to hosts
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
+    """Everything ``execute`` needs: processes, transfers, hosts and how to reach them."""
+
     run_id: str
     run_dir: str
-    job: JobSpec
     hosts: tuple[HostSpec, ...]
+    ssh: SSHOptions
     scheduler_uri: str
     scheduler_port: int
     processes: tuple[ProcessSpec, ...]
-    shards: tuple[ShardSpec, ...]
-    workers: tuple[WorkerConfig, ...]
     worker_hosts: tuple[str, ...]         # host label of each worker
-    batches_per_epoch: int
     transfers: tuple[Transfer, ...] = ()
     remote_roots: Mapping[str, str] = dataclasses.field(default_factory=dict)  # host label -> work folder
     remote_pythons: Mapping[str, str] = dataclasses.field(default_factory=dict)  # host label -> interpreter
-    trimmed_params: str | None = None     # params without the layers above the cut, staged to hosts
     attempt: int = 1
+    assumed: Mapping[str, HostFacts] = dataclasses.field(default_factory=dict)  # hosts not probed (dry run)
+    recipe: Recipe | None = None          # a fine-tuning job
+    command: CommandSpec | None = None    # a command-mode job
 
     @property
-    def remote(self) -> bool:
-        return bool(self.transfers) or any(not h.is_local for h in self.hosts)
+    def name(self) -> str:
+        return self.recipe.job.name if self.recipe else self.command.name
+
+    @property
+    def source(self) -> str:
+        return self.recipe.job.source if self.recipe else self.command.source
+
+    def job_dict(self) -> dict:
+        """The effective job file of this run (``RUN_DIR/job.yaml``; --resume reads it)."""
+        return self.recipe.job.to_job_dict() if self.recipe else self.command.to_job_dict()
 
     def config_path(self, worker: int) -> str:
         """Where the launcher writes worker ``worker``'s config on this machine."""
         return os.path.join(self.run_dir, "config", f"worker-{worker}.json")
 
-    @property
-    def result_path(self) -> str:
-        return os.path.join(self.run_dir, "result.json")
+    def to_json(self) -> str:
+        """The whole plan as JSON (``RUN_DIR/plan.json``)."""
+        def default(value):
+            if isinstance(value, range):
+                return {"start": value.start, "stop": value.stop, "step": value.step}
+            raise TypeError(type(value).__name__)
+        return json.dumps(plain(self), indent=1, default=default)
 
     def describe(self) -> str:
-        """The plan as a person reads it (``--dry-run`` prints this)."""
-        job, cluster = self.job, self.job.cluster
-        devices = "cpu" if cluster.devices is None else "gpu " + ",".join(map(str, cluster.devices))
-        worker0 = self.workers[0]
-        lines = [
-            f"run {self.run_id}",
-            f"  job        {job.source} ({job.name}): {job.model.variant.value} fine-tuning of "
-            f"{os.path.basename(job.model.prefix)} at {job.model.cut_layer}, {job.num_classes} classes",
-            f"  run dir    {self.run_dir}",
-            f"  kvstore    {cluster.effective_kvstore}, {cluster.workers} worker(s) x {devices}, "
-            f"{cluster.servers} server(s)",
-            f"  training   {job.train.epochs} epochs x {self.batches_per_epoch} batches of "
-            f"{len(worker0.devices or [0]) * job.train.batch_per_device} per worker, "
-            f"{job.train.optimizer} {dict(job.train.optimizer_params)}",
-            f"  validation {worker0.num_val_images} images of {job.data.val}, evaluated by worker 0",
-            "  processes:",
-        ]
+        """The plan as a person reads it (``--dry-run`` prints this; ``RUN_DIR/plan.txt`` holds it)."""
+        lines = [f"run {self.run_id}"]
+        lines += _describe_recipe(self) if self.recipe else _describe_command(self)
         for proc in self.processes:
-            env = proc.env_dict
-            detail = f"root {self.scheduler_uri}:{self.scheduler_port}" if proc.role is Role.SCHEDULER else ""
-            if proc.role is Role.WORKER:
-                shard = self.shards[proc.rank]
-                detail = f"shard {proc.rank}: {len(shard.positions)} records -> {shard.rec_path}"
-            lines.append(f"    {proc.name:<10} on {proc.host:<16} DMLC_NODE_HOST={env['DMLC_NODE_HOST']:<15} "
-                         f"{detail}".rstrip())
-            lines.append(f"      {' '.join(proc.argv)}")
+            lines.append(f"    {proc.name:<10} on {proc.host:<16} DMLC_NODE_HOST={proc.env_dict['DMLC_NODE_HOST']:<15} "
+                         f"{_process_detail(self, proc)}".rstrip())
+            lines.append(f"      {shlex.join(proc.argv)}")
             lines.append(f"      log {proc.log_path}")
-        for host in self.hosts:
-            files = [t for t in self.transfers if t.host == host.label]
-            if files:
-                kinds = ", ".join(f"{sum(t.kind == kind for t in files)} {kind}" for kind in ("code", "data", "run"))
-                lines.append(f"  stage to {host.label}: {len(files)} files ({kinds})")
-                lines += [f"      {t.source} -> {t.dest}" for t in files if t.kind != "code"]
+        lines += _describe_transfers(self)
+        for label, facts in sorted(self.assumed.items()):
+            lines.append(f"  assumed    {label}: python {facts.python}, {facts.cpu_count} CPU(s), work folder "
+                         f"{facts.work_dir or '~/.mxft'} (never probed: --dry-run --probe asks the host)")
         return "\n".join(lines)
+
+
+def _describe_recipe(plan: Plan) -> list[str]:
+    recipe = plan.recipe
+    job, cluster = recipe.job, recipe.job.cluster
+    devices = "cpu" if cluster.devices is None else "gpu " + ",".join(map(str, cluster.devices))
+    worker0 = recipe.workers[0]
+    return [
+        f"  job        {job.source} ({job.name}): {job.model.variant.value} fine-tuning of "
+        f"{os.path.basename(job.model.prefix)} at {job.model.cut_layer}, {job.num_classes} classes",
+        f"  run dir    {plan.run_dir}",
+        f"  kvstore    {cluster.effective_kvstore}, {cluster.workers} worker(s) x {devices}, "
+        f"{cluster.servers} server(s)",
+        f"  training   {job.train.epochs} epochs x {recipe.batches_per_epoch} batches of "
+        f"{len(worker0.devices or [0]) * job.train.batch_per_device} per worker, "
+        f"{job.train.optimizer} {dict(job.train.optimizer_params)}",
+        f"  validation {worker0.num_val_images} images of {job.data.val}, evaluated by worker 0",
+        "  processes:",
+    ]
+
+
+def _describe_command(plan: Plan) -> list[str]:
+    spec = plan.command
+    return [f"  command    {shlex.join(spec.argv)} ({spec.source})",
+            f"  run dir    {plan.run_dir}",
+            f"  ps-lite    {spec.workers} worker(s), {spec.servers} server(s), "
+            f"scheduler at {plan.scheduler_uri}:{plan.scheduler_port}",
+            "  processes:"]
+
+
+def _process_detail(plan: Plan, proc: ProcessSpec) -> str:
+    if plan.command is not None:
+        extra = " ".join(f"{k}={v}" for k, v in sorted(plan.command.env_for(proc.role.value).items()))
+        return f"cwd {proc.cwd}" + (f" {extra}" if extra else "")
+    if proc.role is Role.SCHEDULER:
+        return f"root {plan.scheduler_uri}:{plan.scheduler_port}"
+    if proc.role is Role.WORKER:
+        shard = plan.recipe.shards[proc.rank]
+        return f"shard {proc.rank}: {len(shard.positions)} records -> {shard.rec_path}"
+    return ""
+
+
+def _describe_transfers(plan: Plan) -> list[str]:
+    lines = []
+    for host in plan.hosts:
+        files = [t for t in plan.transfers if t.host == host.label]
+        if not files:
+            continue
+        if plan.command is not None:
+            synced = [t for t in files if t.kind == "run"]
+            lines.append(f"  stage to {host.label}: {len(files) - len(synced)} code files, "
+                         f"{len(synced)} files of {plan.command.workdir} -> {plan.command.sync_dir}")
+            continue
+        kinds = ", ".join(f"{sum(t.kind == kind for t in files)} {kind}" for kind in ("code", "data", "run"))
+        lines.append(f"  stage to {host.label}: {len(files)} files ({kinds})")
+        lines += [f"      {t.source} -> {t.dest}" for t in files if t.kind != "code"]
+    return lines
 
 
 def shard_dir(facts: Facts, num_workers: int) -> str:
@@ -203,100 +271,162 @@ class HostLayout:
         return local_path if self.local else f"{self.data_dir}/{key}/{os.path.basename(local_path)}"
 
 
-def make_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], facts: Facts) -> Plan:
-    """Decide every process, shard, file copy and config of the run.
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Which host runs the scheduler, each server and each worker, and where each keeps its files."""
+
+    hosts: tuple[HostSpec, ...]
+    scheduler: HostSpec
+    servers: tuple[HostSpec, ...]
+    workers: tuple[HostSpec, ...]
+    layouts: Mapping[str, HostLayout]
+
+    @classmethod
+    def of(cls, hosts: Sequence[HostSpec], facts: Facts, *, workers: int, servers: int) -> "Placement":
+        """Workers round-robin from the first host, servers continue after them, the scheduler on the first."""
+        hosts = tuple(hosts)
+        return cls(hosts, hosts[0], tuple(place(servers, hosts, offset=workers)), tuple(place(workers, hosts)),
+                   {h.label: HostLayout.of(h, facts) for h in hosts})
+
+    @property
+    def busy(self) -> list[HostSpec]:
+        """Hosts that run at least one process, in hosts-file order."""
+        used = {h.label for h in (self.scheduler, *self.servers, *self.workers)}
+        return [h for h in self.hosts if h.label in used]
+
+    def code_transfers(self, facts: Facts) -> list[Transfer]:
+        """The trainer package to every busy remote host."""
+        return [Transfer(host.label, os.path.join(facts.code_dir, rel), f"{self.layouts[host.label].code_dir}/{rel}",
+                         "code")
+                for host in self.busy if not self.layouts[host.label].local for rel in facts.code_files]
+
+    def assemble(self, facts: Facts, processes: Sequence[ProcessSpec], transfers: Sequence[Transfer],
+                 **payload) -> Plan:
+        """The Plan of these processes and transfers (``payload``: recipe= or command=)."""
+        roots = {h.label: self.layouts[h.label].root for h in self.busy if not self.layouts[h.label].local}
+        return Plan(facts.run_id, facts.run_dir, self.hosts, facts.ssh, facts.hosts[self.scheduler.label].address,
+                    facts.scheduler_port, tuple(processes), tuple(h.label for h in self.workers), tuple(transfers),
+                    roots, {label: facts.hosts[label].python for label in roots}, facts.attempt,
+                    {label: f for label, f in facts.hosts.items() if f.assumed}, **payload)
+
+
+def make_plan(job: JobSpec | CommandSpec, hosts: Sequence[HostSpec], facts: Facts, *,
+              inventory: Inventory | None = None) -> Plan:
+    """Decide every process, shard, file copy and config of the run: the one planner.
 
     Raises InputError if the job cannot fit the data or the hosts.
     """
+    if isinstance(job, CommandSpec):
+        from launcher.command import make_command_plan  # the command planner builds on this module
+        return make_command_plan(job, hosts, facts)
+    return make_recipe_plan(job, inventory, hosts, facts)
+
+
+def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], facts: Facts) -> Plan:
+    """A fine-tuning run: shards, staged files and a config per worker, then the processes."""
     cluster = job.cluster
-    num_workers = cluster.workers
-    if num_workers > len(inventory.train_records):
-        raise InputError(job.source, f"{num_workers} workers but only {len(inventory.train_records)} "
+    if cluster.workers > len(inventory.train_records):
+        raise InputError(job.source, f"{cluster.workers} workers but only {len(inventory.train_records)} "
                          "training images", hint="use fewer workers")
-    hosts = tuple(hosts)
-    worker_hosts = place(num_workers, hosts)
-    server_hosts = place(cluster.servers, hosts, offset=num_workers)  # servers continue after the workers
-    _check_slots(job, worker_hosts)
-    scheduler_host = hosts[0]
-    layouts = {h.label: HostLayout.of(h, facts) for h in hosts}
+    placement = Placement.of(hosts, facts, workers=cluster.workers, servers=cluster.servers)
+    _check_slots(job, placement.workers)
     batch = job.train.batch_per_device * (len(cluster.devices) if cluster.devices else 1)
-    positions = recfile.strided_shards(len(inventory.train_records), num_workers)
-    batches_per_epoch = math.ceil(max(len(p) for p in positions) / batch)
-    shards_at = shard_dir(facts, num_workers)
-    shards = tuple(ShardSpec(i, p, os.path.join(shards_at, f"part-{i}-of-{num_workers}"))
+    positions = recfile.strided_shards(len(inventory.train_records), cluster.workers)
+    shards_at = shard_dir(facts, cluster.workers)
+    shards = tuple(ShardSpec(i, p, os.path.join(shards_at, f"part-{i}-of-{cluster.workers}"))
                    for i, p in enumerate(positions))
+    recipe = Recipe(job, shards, (), math.ceil(max(len(p) for p in positions) / batch),
+                    os.path.join(facts.cache_dir, "trimmed", f"{_model_key(job, facts)}-{job.model.cut_layer}",
+                                 os.path.basename(job.model.params_path)))
+    transfers = placement.code_transfers(facts)
+    workers = tuple(_place_worker(recipe, inventory, placement, facts, i, transfers)
+                    for i in range(cluster.workers))
+    recipe = dataclasses.replace(recipe, workers=workers, trimmed_params=recipe.trimmed_params if any(
+        t.source == recipe.trimmed_params for t in transfers) else None)
+    processes = plan_processes(placement, facts, cluster.servers, cluster.workers,
+                           worker_env=lambda host: _worker_threads(job, placement, facts, host),
+                           worker_args=lambda i, host: ("--config", f"{placement.layouts[host.label].run_dir}"
+                                                                    f"/config/worker-{i}.json"))
+    return placement.assemble(facts, processes, transfers, recipe=recipe)
 
-    transfers: list[Transfer] = []
-    model_key = facts.file_keys.get(job.model.params_path, "model")
-    trimmed = os.path.join(facts.cache_dir, "trimmed", f"{model_key}-{job.model.cut_layer}",
-                           os.path.basename(job.model.params_path))
 
-    def stage(host: HostSpec, source: str, key: str, kind: str = "data", *, send: str | None = None) -> str:
-        dest = layouts[host.label].data(source, key)
-        source = send or source
-        if not layouts[host.label].local and all(t.host != host.label or t.dest != dest for t in transfers):
-            transfers.append(Transfer(host.label, source, dest, kind))
+def _model_key(job: JobSpec, facts: Facts) -> str:
+    return facts.file_keys.get(job.model.params_path, "model")
+
+
+def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, facts: Facts, index: int,
+                  transfers: list[Transfer]) -> WorkerConfig:
+    """Worker ``index``'s config, with the transfers that put its files on its host (appended)."""
+    job, host = recipe.job, placement.workers[index]
+    layout, keys, shard = placement.layouts[host.label], facts.file_keys, recipe.shards[index]
+    model_key = f"{_model_key(job, facts)}-{job.model.cut_layer}"
+
+    def stage(source: str, key: str, *, send: str | None = None) -> str:
+        dest = layout.data(source, key)
+        transfer = Transfer(host.label, send or source, dest, "data")
+        if not layout.local and all(t.host != host.label or t.dest != dest for t in transfers):
+            transfers.append(transfer)
         return dest
 
-    busy = {h.label for h in [scheduler_host, *server_hosts, *worker_hosts]}
-    for host in hosts:
-        layout = layouts[host.label]
-        if not layout.local and host.label in busy:
-            transfers += [Transfer(host.label, os.path.join(facts.code_dir, rel), f"{layout.code_dir}/{rel}", "code")
-                          for rel in facts.code_files]
-    workers = []
-    shard_key = os.path.basename(shards_at)
-    for i, host in enumerate(worker_hosts):
-        layout = layouts[host.label]
-        keys = facts.file_keys
-        paths = {
-            "train_rec": stage(host, shards[i].rec_path, shard_key),
-            "train_idx": stage(host, shards[i].prefix + ".idx", shard_key),
-            "val_rec": stage(host, job.data.val, keys.get(job.data.val, "val")),
-            "model_symbol": stage(host, job.model.symbol_path, f"{model_key}-{job.model.cut_layer}"),
-            "model_params": stage(host, job.model.params_path, f"{model_key}-{job.model.cut_layer}", send=trimmed),
-        }
-        val_idx = recfile.idx_path_for(job.data.val)
-        if val_idx in keys:
-            stage(host, val_idx, keys[val_idx])
-        if facts.resume_prefix:
-            paths["resume_prefix"] = _resume_files(host, layout, facts, transfers)
-        workers.append(_worker_config(job, inventory, shards[i], batches_per_epoch, paths=paths,
-                                      out_dir=f"{layout.run_dir}/workers/worker-{i}",
-                                      begin_epoch=facts.resume_epoch))
-        if not layout.local:
-            transfers.append(Transfer(host.label, os.path.join(facts.run_dir, "config", f"worker-{i}.json"),
-                                      f"{layout.run_dir}/config/worker-{i}.json", "run"))
+    shard_key = os.path.basename(os.path.dirname(shard.prefix))
+    train_rec = stage(shard.rec_path, shard_key)
+    stage(shard.prefix + ".idx", shard_key)
+    val_rec = stage(job.data.val, keys.get(job.data.val, "val"))
+    symbol = stage(job.model.symbol_path, model_key)
+    stage(job.model.params_path, model_key, send=recipe.trimmed_params)
+    val_idx = recfile.idx_path_for(job.data.val)
+    if val_idx in keys:
+        stage(val_idx, keys[val_idx])
+    resume = _resume_files(host, layout, facts, transfers) if facts.resume_prefix else None
+    if not layout.local:
+        transfers.append(Transfer(host.label, os.path.join(facts.run_dir, "config", f"worker-{index}.json"),
+                                  f"{layout.run_dir}/config/worker-{index}.json", "run"))
+    return WorkerConfig(
+        index=index, train_rec=train_rec, val_rec=val_rec, num_val_images=inventory.val_records,
+        batches_per_epoch=recipe.batches_per_epoch, model_prefix=symbol[: -len("-symbol.json")],
+        devices=list(job.cluster.devices) if job.cluster.devices is not None else None,
+        kvstore=job.cluster.effective_kvstore, out_dir=f"{layout.run_dir}/workers/worker-{index}",
+        checkpoint_name=job.name, job=job.to_job_dict(), begin_epoch=facts.resume_epoch, resume_prefix=resume)
 
-    base_env = pslite_env(facts, scheduler_host, servers=cluster.servers, workers=num_workers)
-    workers_per_host = {h.label: worker_hosts.count(h) for h in hosts}
 
-    def process(role: Role, rank: int, host: HostSpec, args: tuple[str, ...] = ()) -> ProcessSpec:
-        layout, host_facts = layouts[host.label], facts.hosts[host.label]
-        env = dict(base_env, DMLC_ROLE=role.value, DMLC_NODE_HOST=host_facts.address, PYTHONPATH=layout.code_dir)
-        if role is Role.WORKER and facts.worker_ports:
-            env["PORT"] = str(facts.worker_ports[rank])  # ps-lite ranks workers by (address, port)
-        if role is Role.WORKER and cluster.devices is None:
-            env["OMP_NUM_THREADS"] = str(max(1, host_facts.cpu_count // workers_per_host[host.label]))
-        elif role is not Role.WORKER:
-            env["OMP_NUM_THREADS"] = "1"
+def _worker_threads(job: JobSpec, placement: Placement, facts: Facts, host: HostSpec) -> dict[str, str]:
+    """A CPU job's workers share their host's cores; GPU workers keep MXNet's own default."""
+    if job.cluster.devices is not None:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, facts.hosts[host.label].cpu_count // placement.workers.count(host)))}
+
+
+def plan_processes(placement: Placement, facts: Facts, servers: int, workers: int, *, worker_env, worker_args,
+               argv=None, env_for=None, cwd_for=None) -> list[ProcessSpec]:
+    """Scheduler, servers and workers in that order, each with its ps-lite environment.
+
+    The recipe runs ``python -m trainer`` (``worker_args`` for workers); a command passes
+    its own ``argv``, ``env_for(role)``, and ``cwd_for(host)``. Remote processes run under
+    ``trainer.remote``, which ends their process group when the SSH session ends.
+    """
+    base = pslite_env(facts, placement.scheduler, servers=servers, workers=workers)
+
+    def process(role: Role, rank: int, host: HostSpec) -> ProcessSpec:
+        layout, host_facts = placement.layouts[host.label], facts.hosts[host.label]
+        env = {**(env_for(role) if env_for else {}), **base, "DMLC_ROLE": role.value,
+               "DMLC_NODE_HOST": host_facts.address}
+        if argv is None:
+            env["PYTHONPATH"] = layout.code_dir
+            env.update(worker_env(host) if role is Role.WORKER else {"OMP_NUM_THREADS": "1"})
+            if role is Role.WORKER and facts.worker_ports:
+                env["PORT"] = str(facts.worker_ports[rank])  # ps-lite ranks workers by (address, port)
+        command = (host_facts.python, "-m", "trainer") + (worker_args(rank, host) if role is Role.WORKER else ()) \
+            if argv is None else argv(host_facts)
         name = file_name(role, rank)
-        argv = (host_facts.python, "-m", "trainer") + args
         if not layout.local:
-            argv = (host_facts.python, "-m", "trainer.remote", "--pid-file",
-                    f"{layout.run_dir}/pids/{name}.pid", "--") + argv
-        return ProcessSpec(role, rank, host.label, argv, tuple(sorted(env.items())), log_path(facts, name))
+            wrapper = ("-m", "trainer.remote") if argv is None else (f"{layout.code_dir}/trainer/remote.py",)
+            command = (host_facts.python, *wrapper, "--pid-file", f"{layout.run_dir}/pids/{name}.pid", "--") + command
+        return ProcessSpec(role, rank, host.label, tuple(command), tuple(sorted(env.items())), log_path(facts, name),
+                           cwd_for(host, layout) if cwd_for else None)
 
-    processes = [process(Role.SCHEDULER, 0, scheduler_host)]
-    processes += [process(Role.SERVER, i, h) for i, h in enumerate(server_hosts)]
-    processes += [process(Role.WORKER, i, h, ("--config", f"{layouts[h.label].run_dir}/config/worker-{i}.json"))
-                  for i, h in enumerate(worker_hosts)]
-    return Plan(facts.run_id, facts.run_dir, job, hosts, facts.hosts[scheduler_host.label].address,
-                facts.scheduler_port, tuple(processes), shards, tuple(workers),
-                tuple(h.label for h in worker_hosts), batches_per_epoch, tuple(transfers),
-                {label: layout.root for label, layout in layouts.items() if not layout.local},
-                {label: facts.hosts[label].python for label, layout in layouts.items() if not layout.local},
-                trimmed if any(t.source == trimmed for t in transfers) else None, facts.attempt)
+    return ([process(Role.SCHEDULER, 0, placement.scheduler)]
+            + [process(Role.SERVER, i, h) for i, h in enumerate(placement.servers)]
+            + [process(Role.WORKER, i, h) for i, h in enumerate(placement.workers)])
 
 
 def pslite_env(facts: Facts, scheduler_host: HostSpec, *, servers: int, workers: int) -> dict[str, str]:
@@ -335,49 +465,18 @@ def _resume_files(host: HostSpec, layout: HostLayout, facts: Facts, transfers: l
     return remote
 
 
-def _check_slots(job: JobSpec, worker_hosts: Sequence[HostSpec]) -> None:
-    """A host with ``slots=N`` must not get more devices than N."""
-    if job.cluster.devices is None:
-        return
-    for host in set(worker_hosts):
-        wanted = worker_hosts.count(host) * len(job.cluster.devices)
+def check_slots(worker_hosts: Sequence[HostSpec], devices_per_worker: int, *, hint: str) -> None:
+    """A host with ``slots=N`` must not get more devices (GPU jobs) or workers (commands) than N."""
+    for host in dict.fromkeys(worker_hosts):
+        count = worker_hosts.count(host)
+        wanted = count * devices_per_worker
         if host.slots is not None and wanted > host.slots:
+            what = f"{count} worker(s) x {devices_per_worker} devices" if devices_per_worker > 1 else f"{count} workers"
             raise InputError(f"line {host.line}" if host.line else host.label,
-                             f"host '{host.label}' offers slots={host.slots} but gets "
-                             f"{worker_hosts.count(host)} worker(s) x {len(job.cluster.devices)} devices",
-                             hint="add hosts, raise slots, or lower cluster.workers / cluster.devices")
+                             f"host '{host.label}' offers slots={host.slots} but gets {what}", hint=hint)
 
 
-def _worker_config(job: JobSpec, inventory: Inventory, shard: ShardSpec, batches_per_epoch: int, *,
-                   paths: Mapping[str, str], out_dir: str, begin_epoch: int) -> WorkerConfig:
-    train, data, model = job.train, job.data, job.model
-    return WorkerConfig(
-        index=shard.worker,
-        train_rec=paths["train_rec"],
-        val_rec=paths["val_rec"],
-        num_val_images=inventory.val_records,
-        batches_per_epoch=batches_per_epoch,
-        model_prefix=paths["model_symbol"][: -len("-symbol.json")],
-        model_epoch=model.epoch,
-        cut_layer=model.cut_layer,
-        variant=model.variant.value,
-        num_classes=job.num_classes,
-        data_shape=list(data.shape),
-        rand_crop=data.rand_crop,
-        rand_mirror=data.rand_mirror,
-        preprocess_threads=data.preprocess_threads,
-        epochs=train.epochs,
-        batch_per_device=train.batch_per_device,
-        optimizer=train.optimizer,
-        optimizer_params=dict(train.optimizer_params),
-        initializer={"type": train.initializer.type, "params": dict(train.initializer.params)},
-        seed=train.seed,
-        log_every_batches=train.log_every_batches,
-        devices=list(job.cluster.devices) if job.cluster.devices is not None else None,
-        kvstore=job.cluster.effective_kvstore,
-        out_dir=out_dir,
-        checkpoint_name=job.name,
-        job=job.to_dict(),
-        begin_epoch=begin_epoch,
-        resume_prefix=paths.get("resume_prefix"),
-    )
+def _check_slots(job: JobSpec, worker_hosts: Sequence[HostSpec]) -> None:
+    if job.cluster.devices is not None:
+        check_slots(worker_hosts, len(job.cluster.devices),
+                    hint="add hosts, raise slots, or lower cluster.workers / cluster.devices")

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
+import os
+import re
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -21,7 +25,7 @@ import paramiko
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from cluster.ssh import HostKeyError, SSHHost
+from cluster.ssh import HostKeyError, SSHHost, SSHOptions
 from launcher.plan import HostFacts
 
 # Runs on the host with its Python; prints one JSON line. Imports mxnet last so a
@@ -179,18 +183,53 @@ def probe_all(hosts: Sequence[tuple[HostSpec, SSHHost]], work_dir: str) -> list[
     return [reports[spec.label] for spec, _ in hosts]
 
 
-def preflight(hosts: Sequence[tuple[HostSpec, SSHHost]], need: Requirements) -> dict[str, HostFacts]:
-    """Check all hosts at once; raises one InputError listing every failing host (one line each)."""
-    facts: dict[str, HostFacts] = {}
+def require_fit(reports: Sequence[HostReport], need: Requirements) -> None:
+    """Raise one InputError listing every host that cannot take the job (one line each)."""
     failures = []
-    for (spec, ssh), report in zip(hosts, probe_all(hosts, need.work_dir)):
+    for report in reports:
         problem = problems(report, need)
         if problem is not None:
-            failures.append(str(InputError(f"host {spec.label}", problem[0], hint=problem[1])))
-            continue
-        info = report.info
-        facts[spec.label] = HostFacts(address=ssh.address, python=info["python_path"], cpu_count=int(info["cpus"]),
-                                      work_dir=info["work_dir"], home=info["home"])
+            failures.append(str(InputError(f"host {report.label}", problem[0], hint=problem[1])))
     if failures:
         raise InputError("", "\n".join(failures))
-    return facts
+
+
+def facts_of(report: HostReport, address: str) -> HostFacts:
+    """What planning needs from a probed host; ``address`` is where the SSH config says it is."""
+    info = report.info
+    return HostFacts(address=address, python=info["python_path"], cpu_count=int(info["cpus"]),
+                     work_dir=info["work_dir"], home=info["home"])
+
+
+def assumed_facts(spec: HostSpec, address: str, remote_dir: str) -> HostFacts:
+    """What a dry run plans with for a host never probed: the hosts file's Python, one CPU."""
+    return HostFacts(address=address, python=spec.python or "python3", cpu_count=1, work_dir=remote_dir,
+                     home="~", assumed=True)
+
+
+def _facts_file(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions) -> str:
+    """One file per host, hosts-file line, work folder and SSH config: a change to any is a new probe."""
+    config = ssh.ssh_config or os.path.expanduser("~/.ssh/config")
+    stamp = os.stat(config).st_mtime_ns if os.path.isfile(config) else 0
+    key = hashlib.sha256(repr((host.name, host.port, host.user, host.python, remote_dir, config, stamp)).encode())
+    return os.path.join(cache_dir, "hosts", f"{re.sub(r'[^A-Za-z0-9_.-]', '_', host.label)}-{key.hexdigest()[:16]}.json")
+
+
+def remember_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, facts: HostFacts) -> None:
+    """Keep a host's probed facts for later dry runs (``CACHE/hosts/LABEL-KEY.json``, replaced atomically)."""
+    path = _facts_file(cache_dir, host, remote_dir, ssh)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), suffix=".partial", delete=False)
+    with handle:
+        json.dump(dataclasses.asdict(facts), handle)
+    os.replace(handle.name, path)
+
+
+def cached_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, address: str) -> HostFacts | None:
+    """Facts an earlier launch or ``check`` probed for this host as it is configured now, if any."""
+    try:
+        with open(_facts_file(cache_dir, host, remote_dir, ssh), encoding="utf-8") as handle:
+            facts = HostFacts(**json.load(handle))
+    except (OSError, ValueError, TypeError):
+        return None
+    return facts if facts.address == address else None

@@ -159,7 +159,7 @@ def _encoder_pool(workers: int) -> Iterator:
         pool.join()
 
 
-def prepare(spec: PrepareSpec, *, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+def pack_images(spec: PrepareSpec, *, progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Run the whole preparation; returns the summary (also written as PREFIX-summary.json)."""
     started = time.time()
     classes = list_classes(spec.image_dir, spec.exclude)

@@ -12,7 +12,7 @@ import sys
 import time
 
 from cluster.errors import InputError
-from launcher.prepare import PrepareSpec, prepare
+from launcher.prepare import PrepareSpec, pack_images
 
 
 def parse_args(argv: list[str] | None) -> PrepareSpec:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
 
     try:
-        summary = prepare(spec, progress=progress)
+        summary = pack_images(spec, progress=progress)
     except InputError as err:
         print(f"mxft-prepare: error: {err}", file=sys.stderr)
         return 2

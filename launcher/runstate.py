@@ -113,18 +113,6 @@ def attempt_summary(run_dir: str) -> list[dict]:
     return [merged[number] for number in sorted(merged)]
 
 
-def add_attempts_to_result(run_dir: str) -> dict:
-    """Record every attempt in result.json (written atomically); returns the result."""
-    path = os.path.join(run_dir, "result.json")
-    with open(path, encoding="utf-8") as handle:
-        result = json.load(handle)
-    result["attempts"] = attempt_summary(run_dir)
-    with open(path + ".partial", "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
-    os.replace(path + ".partial", path)
-    return result
-
-
 def write_launcher(run_dir: str, run_id: str) -> None:
     me = psutil.Process()
     with open(os.path.join(run_dir, "launcher.json"), "w", encoding="utf-8") as handle:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import os
 import subprocess
 import sys
@@ -94,3 +95,17 @@ def start_launch(args: list[str], *, cwd: str, until: str | None = "epoch 1 done
             return proc, run_id_from("".join(seen)), seen
     proc.kill()
     raise AssertionError(f"the launch never printed {until!r}:\n" + "".join(seen[-30:]) + proc.stderr.read())
+
+
+def plan_lines(text: str, run_id: str) -> list[str]:
+    """A printed or saved plan with its run id and ports made neutral (they differ run to run)."""
+    text = text[text.index(f"run {run_id}"):]
+    return re.sub(r":\d{4,5}\b", ":PORT", text.replace(run_id, "RUN")).strip().splitlines()
+
+
+def assert_dry_run_is_the_plan(dry_stdout: str, run_dir: str) -> None:
+    """``--dry-run``'s output is the launch's plan.txt, line for line (run id and ports aside)."""
+    dry_id = next(line.split()[1] for line in dry_stdout.splitlines() if line.startswith("run "))
+    with open(os.path.join(run_dir, "plan.txt"), encoding="utf-8") as handle:
+        saved = handle.read()
+    assert plan_lines(dry_stdout, dry_id) == plan_lines(saved, os.path.basename(run_dir))

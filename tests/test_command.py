@@ -11,9 +11,9 @@ import pytest
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from launcher.cli import is_command_mode, parse_command_args
-from launcher.command import make_command_plan, parse_env, sync_files
+from launcher.command import parse_env, sync_files
 from launcher.jobspec import CommandSpec, parse_job
-from launcher.plan import Facts, HostFacts, Role, Transfer
+from launcher.plan import Facts, HostFacts, Role, Transfer, make_plan
 from tests.helpers import REPO, run_id_from, run_launch, wait_gone, write_job
 
 PROGRAM_DIR = os.path.join(REPO, "tests", "programs")
@@ -93,10 +93,10 @@ def test_command_plan_literal_on_two_hosts():
     spec = CommandSpec("t", "cli", ("python", "t.py", "a b"), workers=3, servers=2, env={"A": "1"},
                        workdir="/home/me/job", sync_dir="~/job")
     facts = Facts(run_id="t-1", run_dir="/runs/t-1", cache_dir="/c", scheduler_port=9000, code_dir="/code",
-                  train_fingerprint="", code_files=("trainer/remote.py",), code_hash="h",
+                  train_fingerprint="", code_files=("trainer/remote.py",), code_hash="h", synced=("t.py", "lib/u.py"),
                   hosts={"a": HostFacts("10.0.0.1", "/py", 4, "/w/a", "/home/a"),
                          "b": HostFacts("10.0.0.2", "/py", 4, "/w/b", "/home/b")})
-    plan = make_command_plan(spec, [HostSpec("a"), HostSpec("b")], facts, synced=("t.py", "lib/u.py"))
+    plan = make_plan(spec, [HostSpec("a"), HostSpec("b")], facts)
     assert [(p.role, p.rank, p.host, p.cwd) for p in plan.processes] == [
         (Role.SCHEDULER, 0, "a", "/home/a/job"), (Role.SERVER, 0, "b", "/home/b/job"),
         (Role.SERVER, 1, "a", "/home/a/job"), (Role.WORKER, 0, "a", "/home/a/job"),
@@ -119,7 +119,7 @@ def test_slots_limit_workers_per_host():
     facts = Facts(run_id="t", run_dir="/r", cache_dir="/c", scheduler_port=1, code_dir="/code", train_fingerprint="",
                   hosts={"a": HostFacts("a", "py", 1), "b": HostFacts("b", "py", 1)})
     with pytest.raises(InputError, match="host 'a' offers slots=1 but gets 2 workers"):
-        make_command_plan(spec, [HostSpec("a", slots=1, line=1), HostSpec("b")], facts)
+        make_plan(spec, [HostSpec("a", slots=1, line=1), HostSpec("b")], facts)
 
 
 def test_sync_files_skips_caches_and_vcs(tmp_path):

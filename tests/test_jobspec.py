@@ -70,7 +70,7 @@ def test_tutorial_jobs_match_the_published_runs():
         assert job.cluster.devices == tuple(range(8))
         assert job.data.train.endswith("caltech-256-60-train.rec")
         assert job.model.url.startswith("http")
-    assert r50.min_accuracy == 0.77 and r152.min_accuracy == 0.86
+    assert r50.expect.min_accuracy == 0.77 and r152.expect.min_accuracy == 0.86
     assert r50.model.prefix.endswith("resnet-50") and r152.model.prefix.endswith("resnet-152")
 
 
@@ -163,3 +163,42 @@ def test_bad_overrides_name_the_override(override, expected):
     with pytest.raises(InputError) as err:
         parse_job(MINIMAL, "/jobs/x.yaml", environ={}, overrides=[override])
     assert str(err.value).startswith(expected), str(err.value)
+
+
+def test_a_new_key_needs_one_declaration():
+    """One ``key(...)`` line in a section: parsing, its default, suggestions, the job file and the worker see it."""
+    import dataclasses
+
+    import yaml
+
+    from cluster.hosts import HostSpec
+    from launcher.jobspec import _int, key, section
+    from launcher.plan import make_plan
+    from tests.test_plan import FACTS, inventory
+
+    @dataclasses.dataclass(frozen=True)
+    class WarmTrain(TrainSpec):
+        warmup_epochs: int = key(0, check=_int(0), help="epochs of linear warm-up")
+
+    @dataclasses.dataclass(frozen=True)
+    class WarmJob(JobSpec):
+        train: WarmTrain = section(WarmTrain, help="the training recipe")
+
+    text = MINIMAL + "train: {warmup_epochs: 2}\ncluster: {devices: cpu}\n"
+    job = parse_job(text, "/jobs/x.yaml", environ={}, schema=WarmJob)
+    assert job.train.warmup_epochs == 2
+    assert parse_job(MINIMAL, "/jobs/x.yaml", environ={}, schema=WarmJob).train.warmup_epochs == 0
+    with pytest.raises(InputError, match="unknown key 'warmup_epoch' in train; did you mean 'warmup_epochs'"):
+        parse_job(MINIMAL + "train: {warmup_epoch: 2}\n", "/jobs/x.yaml", environ={}, schema=WarmJob)
+    assert job.to_job_dict()["train"]["warmup_epochs"] == 2
+    assert parse_job(yaml.safe_dump(job.to_job_dict()), job.source, environ={}, schema=WarmJob) == job
+    plan = make_plan(job, [HostSpec("localhost")], FACTS, inventory=inventory())
+    assert {w.train["warmup_epochs"] for w in plan.recipe.workers} == {2}
+
+
+def test_an_empty_mapping_value_survives_the_round_trip():
+    """``optimizer_params: {}`` (the optimizer's own defaults) is a value, not an unset key."""
+    import yaml
+    job = parse(MINIMAL + "train: {optimizer: adam, optimizer_params: {}}\n")
+    assert job.to_job_dict()["train"]["optimizer_params"] == {}
+    assert parse_job(yaml.safe_dump(job.to_job_dict()), job.source, environ={}) == job

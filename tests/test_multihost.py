@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from tests.helpers import demo_job, run_id_from, run_launch, start_launch, write_job
+from tests.helpers import assert_dry_run_is_the_plan, demo_job, run_id_from, run_launch, start_launch, write_job
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +61,11 @@ def test_demo_across_three_hosts_then_relaunch_sends_no_data(hosts3, tmp_path, d
     first = run_launch(ssh_args(hosts3, hosts) + [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr
     run_id = run_id_from(first.stdout)
+    # Offline, the dry run plans with the facts this launch probed: the plan it prints is the one that ran.
+    dry = run_launch(ssh_args(hosts3, hosts) + [job, "--dry-run", "--run-root", str(tmp_path / "runs")],
+                     cwd=str(tmp_path))
+    assert dry.returncode == 0 and "  assumed" not in dry.stdout, dry.stdout + dry.stderr
+    assert_dry_run_is_the_plan(dry.stdout, str(tmp_path / "runs" / run_id))
     for role, host in (("scheduler", "10.231.77.11"), ("server 0", "10.231.77.11"), ("server 1", "10.231.77.12")):
         assert f"[{role}] mxft {role.split()[0]}: serving ps-lite on {host}" in first.stdout
     accuracy = float(first.stdout.strip().splitlines()[-1].split()[2].rstrip(","))

@@ -27,11 +27,11 @@ FACTS = Facts(run_id="small-1", run_dir="/runs/small-1", cache_dir="/cache", sch
 
 def inventory(num_train: int = 9, num_val: int = 5) -> Inventory:
     spans = tuple(RecordSpan(i, 100 * i, 100) for i in range(num_train))
-    return Inventory(spans, {0: 3, 1: 3, 2: 3}, 100 * num_train, num_val, 500, 1000)
+    return Inventory(spans, 100 * num_train, num_val, 500)
 
 
 def test_local_plan_literal():
-    plan = make_plan(parse_job(JOB, "/jobs/small.yaml", environ={}), inventory(), [HostSpec("localhost")], FACTS)
+    plan = make_plan(parse_job(JOB, "/jobs/small.yaml", environ={}), [HostSpec("localhost")], FACTS, inventory=inventory())
     assert [(p.role, p.rank, p.host) for p in plan.processes] == [
         (Role.SCHEDULER, 0, "localhost"), (Role.SERVER, 0, "localhost"), (Role.SERVER, 1, "localhost"),
         (Role.WORKER, 0, "localhost"), (Role.WORKER, 1, "localhost")]
@@ -44,18 +44,18 @@ def test_local_plan_literal():
                                       "/runs/small-1/config/worker-0.json")
     assert plan.processes[4].log_path == "/runs/small-1/logs/worker-1.log"
     # 9 records over 2 workers: 5 and 4; batches of 4 -> 2 batches per epoch on both.
-    assert [list(s.positions) for s in plan.shards] == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
-    assert plan.batches_per_epoch == 2
-    assert plan.shards[1].rec_path == os.path.join(shard_dir(FACTS, 2), "part-1-of-2.rec")
-    worker = plan.workers[1]
+    assert [list(s.positions) for s in plan.recipe.shards] == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
+    assert plan.recipe.batches_per_epoch == 2
+    assert plan.recipe.shards[1].rec_path == os.path.join(shard_dir(FACTS, 2), "part-1-of-2.rec")
+    worker = plan.recipe.workers[1]
     assert (worker.index, worker.train_rec, worker.val_rec, worker.num_val_images, worker.kvstore,
-            worker.devices, worker.out_dir) == (1, plan.shards[1].rec_path, "/d/val.rec", 5, "dist_sync", None,
+            worker.devices, worker.out_dir) == (1, plan.recipe.shards[1].rec_path, "/d/val.rec", 5, "dist_sync", None,
                                                 "/runs/small-1/workers/worker-1")
 
 
 def test_threads_split_between_workers_of_a_host():
     job = parse_job(JOB.replace("workers: 2", "workers: 1"), "/jobs/small.yaml", environ={})
-    plan = make_plan(job, inventory(), [HostSpec("localhost")], FACTS)
+    plan = make_plan(job, [HostSpec("localhost")], FACTS, inventory=inventory())
     assert plan.processes[-1].env_dict["OMP_NUM_THREADS"] == "2"
 
 
@@ -67,7 +67,7 @@ def test_shard_cache_key_follows_data_and_worker_count():
 def test_more_workers_than_images_is_bad_input():
     job = parse_job(JOB.replace("workers: 2", "workers: 12"), "/jobs/small.yaml", environ={})
     with pytest.raises(InputError, match="12 workers but only 9 training images"):
-        make_plan(job, inventory(), [HostSpec("localhost")], FACTS)
+        make_plan(job, [HostSpec("localhost")], FACTS, inventory=inventory())
 
 
 def test_round_robin_placement():
@@ -77,7 +77,7 @@ def test_round_robin_placement():
 
 
 def test_describe_names_every_process():
-    plan = make_plan(parse_job(JOB, "/jobs/small.yaml", environ={}), inventory(), [HostSpec("localhost")], FACTS)
+    plan = make_plan(parse_job(JOB, "/jobs/small.yaml", environ={}), [HostSpec("localhost")], FACTS, inventory=inventory())
     text = plan.describe()
     for name in ("scheduler", "server 0", "server 1", "worker 0", "worker 1", "shard 1: 4 records",
                  "root 127.0.0.1:9000", "2 epochs x 2 batches of 4 per worker"):
@@ -92,7 +92,7 @@ def test_remote_plan_literal():
                          "10.0.0.2": HostFacts("10.0.0.2", "py", 4, "/home/b/.mxft")},
                   code_files=("trainer/worker.py",), code_hash="c0de",
                   file_keys={"/m/net-symbol.json": "mk", "/m/net-0000.params": "mk", "/d/val.rec": "vk"})
-    plan = make_plan(parse_job(JOB, "/jobs/small.yaml", environ={}), inventory(), hosts, facts)
+    plan = make_plan(parse_job(JOB, "/jobs/small.yaml", environ={}), hosts, facts, inventory=inventory())
     assert [(p.name, p.host, p.env_dict["DMLC_NODE_HOST"]) for p in plan.processes] == [
         ("scheduler", "10.0.0.1", "10.0.0.1"), ("server 0", "10.0.0.1", "10.0.0.1"),
         ("server 1", "10.0.0.2", "10.0.0.2"), ("worker 0", "10.0.0.1", "10.0.0.1"),
@@ -105,19 +105,19 @@ def test_remote_plan_literal():
     shard_key = os.path.basename(shard_dir(facts, 2))
     assert [t for t in plan.transfers if t.host == "10.0.0.2"] == [
         Transfer("10.0.0.2", "/code/trainer/worker.py", "/home/b/.mxft/code/c0de/trainer/worker.py", "code"),
-        Transfer("10.0.0.2", plan.shards[1].rec_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.rec", "data"),
-        Transfer("10.0.0.2", plan.shards[1].prefix + ".idx", f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx", "data"),
+        Transfer("10.0.0.2", plan.recipe.shards[1].rec_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.rec", "data"),
+        Transfer("10.0.0.2", plan.recipe.shards[1].prefix + ".idx", f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx", "data"),
         Transfer("10.0.0.2", "/d/val.rec", "/home/b/.mxft/data/vk/val.rec", "data"),
         Transfer("10.0.0.2", "/m/net-symbol.json", "/home/b/.mxft/data/mk-flatten0/net-symbol.json", "data"),
-        # The params without the layers above the cut (launcher.checkpoint), made while staging.
+        # The params without the layers above the cut (launcher.trim), made while staging.
         Transfer("10.0.0.2", "/cache/trimmed/mk-flatten0/net-0000.params",
                  "/home/b/.mxft/data/mk-flatten0/net-0000.params", "data"),
         Transfer("10.0.0.2", "/runs/small-1/config/worker-1.json", "/home/b/.mxft/runs/small-1/config/worker-1.json",
                  "run"),
     ]
-    assert plan.workers[1].model_prefix == "/home/b/.mxft/data/mk-flatten0/net"
-    assert plan.trimmed_params == "/cache/trimmed/mk-flatten0/net-0000.params"
-    assert plan.workers[1].out_dir == "/home/b/.mxft/runs/small-1/workers/worker-1"
+    assert plan.recipe.workers[1].model_prefix == "/home/b/.mxft/data/mk-flatten0/net"
+    assert plan.recipe.trimmed_params == "/cache/trimmed/mk-flatten0/net-0000.params"
+    assert plan.recipe.workers[1].out_dir == "/home/b/.mxft/runs/small-1/workers/worker-1"
     assert plan.remote_roots == {"10.0.0.1": "/home/a/.mxft", "10.0.0.2": "/home/b/.mxft"}
     assert plan.remote_pythons == {"10.0.0.1": "py", "10.0.0.2": "py"}
 
@@ -127,4 +127,4 @@ def test_slots_limit_devices_per_host():
     hosts = (HostSpec("a", slots=2, line=1), HostSpec("b", slots=1, line=2))
     facts = Facts(**{**FACTS.__dict__, "hosts": {"a": HostFacts("a", "py", 1), "b": HostFacts("b", "py", 1)}})
     with pytest.raises(InputError, match=r"line 2: host 'b' offers slots=1 but gets 1 worker\(s\) x 2 devices"):
-        make_plan(job, inventory(), hosts, facts)
+        make_plan(job, hosts, facts, inventory=inventory())

@@ -171,7 +171,7 @@ from launcher.jobspec import load_job
 signal.signal(signal.SIGTERM, cli._raise_interrupted)
 job = load_job(sys.argv[1])
 for i in range(30):
-    launch.ensure_prepared(job, os.path.join(sys.argv[2], str(i)), echo=lambda text: None, dry_run=False)
+    launch.pack_image_folder(job, os.path.join(sys.argv[2], str(i)), echo=lambda text: None, dry_run=False)
 print("packed 30 times")
 """
 

@@ -12,34 +12,38 @@ from typing import Any
 
 @dataclasses.dataclass(frozen=True)
 class WorkerConfig:
+    """Where this worker's files are and what it is (decided by the plan), plus the whole job.
+
+    ``job`` is the effective job file as a dict (the launcher's ``JobSpec.to_job_dict``):
+    every setting of ``model``, ``data`` and ``train`` reaches the worker without being
+    copied here one by one, so a new job key needs no change in this file.
+    """
+
     index: int                      # this worker's place in the plan (not its ps-lite rank)
-    train_rec: str                  # this worker's shard
+    train_rec: str                  # this worker's shard, on its host
     val_rec: str
     num_val_images: int             # every one is evaluated exactly once
     batches_per_epoch: int          # the same on every worker, or dist_sync would deadlock
-    model_prefix: str
-    model_epoch: int
-    cut_layer: str
-    variant: str                    # full | frozen | scratch
-    num_classes: int
-    data_shape: list[int]
-    rand_crop: bool
-    rand_mirror: bool
-    preprocess_threads: int
-    epochs: int
-    batch_per_device: int
-    optimizer: str
-    optimizer_params: dict[str, Any]
-    initializer: dict[str, Any]     # {"type": "xavier", "params": {...}}
-    seed: int | None
-    log_every_batches: int
+    model_prefix: str               # the pretrained checkpoint as staged on this host
     devices: list[int] | None       # GPU ids, or None for the CPU
     kvstore: str
     out_dir: str                    # worker 0 writes result.json and the checkpoint here
     checkpoint_name: str
-    job: dict[str, Any]             # the job spec, recorded in result.json
+    job: dict[str, Any]             # the effective job: num_classes, model, data, train, ... (recorded in result.json)
     begin_epoch: int = 0            # epochs already done (resuming)
     resume_prefix: str | None = None  # fine-tuned checkpoint of epoch begin_epoch to start from
+
+    @property
+    def train(self) -> dict[str, Any]:
+        return self.job["train"]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.job["data"]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.job["model"]
 
     @classmethod
     def load(cls, path: str) -> "WorkerConfig":

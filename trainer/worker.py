@@ -32,14 +32,14 @@ def _contexts(cfg: WorkerConfig) -> list:
 
 
 def _batch_size(cfg: WorkerConfig) -> int:
-    return cfg.batch_per_device * (len(cfg.devices) if cfg.devices is not None else 1)
+    return cfg.train["batch_per_device"] * (len(cfg.devices) if cfg.devices is not None else 1)
 
 
 def _train_iter(cfg: WorkerConfig, rank_seed: int):
     base = mx.io.ImageRecordIter(
-        path_imgrec=cfg.train_rec, data_shape=tuple(cfg.data_shape), batch_size=_batch_size(cfg),
-        rand_crop=cfg.rand_crop, rand_mirror=cfg.rand_mirror, shuffle=True, seed=rank_seed,
-        preprocess_threads=cfg.preprocess_threads, round_batch=True)
+        path_imgrec=cfg.train_rec, data_shape=tuple(cfg.data["shape"]), batch_size=_batch_size(cfg),
+        rand_crop=cfg.data["rand_crop"], rand_mirror=cfg.data["rand_mirror"], shuffle=True, seed=rank_seed,
+        preprocess_threads=cfg.data["preprocess_threads"], round_batch=True)
     # Every worker must run the same number of batches per epoch: in dist_sync the
     # servers wait for a push from every worker at each step.
     return mx.io.ResizeIter(base, cfg.batches_per_epoch)
@@ -50,14 +50,14 @@ def _val_iter(cfg: WorkerConfig):
     # round_batch=True starts the next pass where the padding left off and skips images,
     # and with round_batch=False it repeats images without reporting them as padding.
     return mx.io.ImageRecordIter(
-        path_imgrec=cfg.val_rec, data_shape=tuple(cfg.data_shape), batch_size=_batch_size(cfg),
+        path_imgrec=cfg.val_rec, data_shape=tuple(cfg.data["shape"]), batch_size=_batch_size(cfg),
         rand_crop=False, rand_mirror=False, shuffle=False,
-        preprocess_threads=cfg.preprocess_threads, round_batch=True)
+        preprocess_threads=cfg.data["preprocess_threads"], round_batch=True)
 
 
 def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
     """Top-1 and top-5 accuracy and mean cross-entropy over every validation image, each counted once."""
-    top_k = min(5, cfg.num_classes)
+    top_k = min(5, cfg.job["num_classes"])
     correct = correct_k = seen = 0
     loss = 0.0
     for batch in _val_iter(cfg):
@@ -80,7 +80,8 @@ def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
 def _initializer(cfg: WorkerConfig):
     kinds = {"xavier": mx.init.Xavier, "msraprelu": mx.init.MSRAPrelu, "normal": mx.init.Normal,
              "uniform": mx.init.Uniform}
-    return kinds[cfg.initializer["type"]](**cfg.initializer.get("params", {}))
+    params = dict(cfg.train["initializer"])  # the job file's form: {type: xavier, magnitude: 2, ...}
+    return kinds[params.pop("type")](**params)
 
 
 class _Throughput:
@@ -112,36 +113,42 @@ class _Throughput:
             self.window_start, self.window_batches = now, 0
 
 
+def _network(cfg: WorkerConfig):
+    """The graph to train and its starting weights: the pretrained net cut and extended, or a resumed run's."""
+    if cfg.resume_prefix:
+        net, arg_params, aux_params = mx.model.load_checkpoint(cfg.resume_prefix, cfg.begin_epoch)
+        fixed = ([name for name in net.list_arguments() if name not in ("data", "softmax_label")
+                  and not name.startswith(f"{NEW_LAYER}_")] if cfg.model["variant"] == "frozen" else [])
+        log.info("resuming after epoch %d from %s", cfg.begin_epoch, cfg.resume_prefix)
+        return net, arg_params, aux_params, fixed
+    symbol, arg_params, aux_params = mx.model.load_checkpoint(cfg.model_prefix, cfg.model["epoch"])
+    net, arg_params, aux_params, fixed = fine_tune_symbol(
+        symbol, arg_params, aux_params, num_classes=cfg.job["num_classes"], cut_layer=cfg.model["cut_layer"],
+        variant=cfg.model["variant"])
+    log.info("graph cut at %s, new %s with %d classes; %d pretrained arrays kept (%s)", cfg.model["cut_layer"],
+             NEW_LAYER, cfg.job["num_classes"], len(arg_params) + len(aux_params), cfg.model["variant"])
+    return net, arg_params, aux_params, fixed
+
+
 def run_worker(cfg: WorkerConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.time()
-    if cfg.seed is not None:
-        mx.random.seed(cfg.seed)
-        np.random.seed(cfg.seed)
+    seed = cfg.train.get("seed")
+    if seed is not None:
+        mx.random.seed(seed)
+        np.random.seed(seed)
     kv = mx.kv.create(cfg.kvstore)
     rank, num_workers = kv.rank, kv.num_workers
     lead = cfg.index == 0  # evaluates, checkpoints and writes the result
     log.info("worker %d joined ps-lite as rank %d of %d (kvstore %s)", cfg.index, rank, num_workers, cfg.kvstore)
     events.emit("joined", index=cfg.index, rank=rank, num_workers=num_workers, join_s=round(time.time() - started, 2))
 
-    if cfg.resume_prefix:
-        net, arg_params, aux_params = mx.model.load_checkpoint(cfg.resume_prefix, cfg.begin_epoch)
-        fixed = ([name for name in net.list_arguments() if name not in ("data", "softmax_label")
-                  and not name.startswith(f"{NEW_LAYER}_")] if cfg.variant == "frozen" else [])
-        log.info("resuming after epoch %d from %s", cfg.begin_epoch, cfg.resume_prefix)
-    else:
-        symbol, arg_params, aux_params = mx.model.load_checkpoint(cfg.model_prefix, cfg.model_epoch)
-        net, arg_params, aux_params, fixed = fine_tune_symbol(
-            symbol, arg_params, aux_params, num_classes=cfg.num_classes, cut_layer=cfg.cut_layer,
-            variant=cfg.variant)
-        log.info("graph cut at %s, new %s with %d classes; %d pretrained arrays kept (%s)", cfg.cut_layer,
-                 NEW_LAYER, cfg.num_classes, len(arg_params) + len(aux_params), cfg.variant)
-
+    net, arg_params, aux_params, fixed = _network(cfg)
     batch_size = _batch_size(cfg)
-    train = _train_iter(cfg, rank_seed=(cfg.seed or 0) + cfg.index)
+    train = _train_iter(cfg, rank_seed=(seed or 0) + cfg.index)
     mod = mx.mod.Module(net, context=_contexts(cfg), fixed_param_names=fixed or None)
-    metric = mx.metric.create(["acc", mx.metric.TopKAccuracy(top_k=min(5, cfg.num_classes)), "ce"])
-    speed = _Throughput(batch_size, cfg.log_every_batches)
+    metric = mx.metric.create(["acc", mx.metric.TopKAccuracy(top_k=min(5, cfg.job["num_classes"])), "ce"])
+    speed = _Throughput(batch_size, cfg.train["log_every_batches"])
     epochs: list[dict] = []
 
     def on_epoch_end(epoch, _symbol, _args, _aux) -> None:
@@ -163,8 +170,9 @@ def run_worker(cfg: WorkerConfig) -> int:
 
     fit_started = time.time()
     speed.start_epoch()
-    mod.fit(train, begin_epoch=cfg.begin_epoch, num_epoch=cfg.epochs, kvstore=kv, optimizer=cfg.optimizer,
-            optimizer_params=dict(cfg.optimizer_params), initializer=_initializer(cfg),
+    mod.fit(train, begin_epoch=cfg.begin_epoch, num_epoch=cfg.train["epochs"], kvstore=kv,
+            optimizer=cfg.train["optimizer"], optimizer_params=dict(cfg.train["optimizer_params"]),
+            initializer=_initializer(cfg),
             arg_params=arg_params, aux_params=aux_params, allow_missing=True, eval_metric=metric,
             batch_end_callback=speed, epoch_end_callback=on_epoch_end)
     train_s = time.time() - fit_started
@@ -223,7 +231,7 @@ def _write_result(cfg: WorkerConfig, epochs: list[dict], *, num_workers: int,
         "images_per_s_worker0": round(sum(e["images_per_s"] for e in epochs) / len(epochs), 2),
         "train_s": round(train_s, 3),
         "total_s": round(total_s, 3),
-        "checkpoint": {"prefix": cfg.checkpoint_name, "epoch": cfg.epochs},
+        "checkpoint": {"prefix": cfg.checkpoint_name, "epoch": cfg.train["epochs"]},
         "job": cfg.job,
     }
     tmp = os.path.join(cfg.out_dir, "result.json.partial")
