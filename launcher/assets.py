@@ -22,7 +22,7 @@ def ensure_built(job: JobSpec, *, echo: Callable[[str], None]) -> None:
     out_dir = os.path.dirname(job.model.prefix)
     if demo_assets.is_built(out_dir):
         return
-    echo(f"[mxft] building the {job.builtin_assets} demo assets into {out_dir} (once; about 30 s)")
+    echo(f"[mxft] building the {job.builtin_assets} demo assets into {out_dir} (once; about a minute)")
     os.makedirs(out_dir, exist_ok=True)
     code_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with Supervisor(echo=echo) as group:

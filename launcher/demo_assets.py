@@ -6,7 +6,7 @@ real 8x8 scans of handwritten digits, shipped inside the package, upscaled to 32
 * ``pretrained-digits0to4-symbol.json`` + ``-0000.params``: a small ResNet (the layer
   names of MXNet's ResNets: ``flatten0``, ``fc1``, ``softmax``) trained on digits 0-4,
   standing in for an ImageNet checkpoint;
-* ``digits5to9-train.rec/.idx``: digits 5-9 (labels 0-4), 20 images per class, the
+* ``digits5to9-train.rec/.idx``: digits 5-9 (labels 0-4), 10 images per class, the
   fine-tuning set; ``digits5to9-val.rec/.idx``: every other image of digits 5-9.
 
 The fine-tuning task shares no class with pretraining, as Caltech-256 shares few with
@@ -24,12 +24,12 @@ import time
 
 import numpy as np
 
-VERSION = 5
+VERSION = 6
 SIDE = 32
 CROP = 28
 PRETRAIN_DIGITS = (0, 1, 2, 3, 4)
 FINETUNE_DIGITS = (5, 6, 7, 8, 9)
-TRAIN_PER_CLASS = 20
+TRAIN_PER_CLASS = 10
 SEED = 20261128
 PRETRAINED = "pretrained-digits0to4"
 FILES = (f"{PRETRAINED}-symbol.json", f"{PRETRAINED}-0000.params",
@@ -119,7 +119,7 @@ def _pretrain(images: np.ndarray, digits: np.ndarray, prefix: str, rng: np.rando
     train_iter = mx.io.NDArrayIter(train_x, train_y, batch_size=64, shuffle=True)
     val_iter = mx.io.NDArrayIter(val_x.astype(np.float32), digits[held_out].astype(np.float32), batch_size=50)
     mod = mx.mod.Module(mini_resnet(len(PRETRAIN_DIGITS)), context=mx.cpu())
-    mod.fit(train_iter, num_epoch=4, optimizer="sgd",
+    mod.fit(train_iter, num_epoch=12, optimizer="sgd",  # 4 epochs: fine-tuning varied 0.75-0.88 by seed
             optimizer_params={"learning_rate": 0.1, "momentum": 0.9, "wd": 1e-4},
             initializer=mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
     accuracy = dict(mod.score(val_iter, "acc"))["accuracy"]

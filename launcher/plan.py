@@ -319,6 +319,8 @@ def make_plan(job: JobSpec | CommandSpec, hosts: Sequence[HostSpec], facts: Fact
     if isinstance(job, CommandSpec):
         from launcher.command import make_command_plan  # the command planner builds on this module
         return make_command_plan(job, hosts, facts)
+    if inventory is None:
+        raise TypeError("a fine-tuning plan needs the inventory of its data (launcher.inputs.check_inputs)")
     return make_recipe_plan(job, inventory, hosts, facts)
 
 

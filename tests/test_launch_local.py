@@ -34,10 +34,10 @@ def test_one_worker_result_and_checkpoint(tmp_path, demo_assets):
     outcome, run_dir, result = launch_ok(tmp_path, job)
     final_line = result.stdout.strip().splitlines()[-1]
     assert final_line == f"validation accuracy: {outcome['val_accuracy']:.4f}, top5 {outcome['val_top5']:.4f} " \
-                         f"(796 images, worker 0)"
-    assert outcome["val_images"] == 796 and outcome["num_workers"] == 1
+                         f"(846 images, worker 0)"
+    assert outcome["val_images"] == 846 and outcome["num_workers"] == 1
     assert [e["epoch"] for e in outcome["epochs"]] == [1, 2]
-    assert all(e["val_images"] == 796 and e["images_per_s"] > 0 for e in outcome["epochs"])
+    assert all(e["val_images"] == 846 and e["images_per_s"] > 0 for e in outcome["epochs"])
     assert outcome["job"]["model"]["cut_layer"] == "flatten0" and outcome["job"]["num_classes"] == 5
     for name in ("scheduler", "server-0", "worker-0"):
         assert os.path.getsize(os.path.join(run_dir, "logs", f"{name}.log")) > 0
@@ -51,7 +51,7 @@ def test_one_worker_result_and_checkpoint(tmp_path, demo_assets):
     sym, args, aux = mx.model.load_checkpoint(os.path.join(run_dir, "checkpoint", "demo"), 2)
     mod = mx.mod.Module(sym, context=mx.cpu())
     val = mx.io.ImageRecordIter(path_imgrec=os.path.join(demo_assets, "digits5to9-val.rec"), data_shape=(3, 28, 28),
-                                batch_size=796, preprocess_threads=1)
+                                batch_size=846, preprocess_threads=1)
     mod.bind(data_shapes=val.provide_data, label_shapes=val.provide_label, for_training=False)
     mod.set_params(args, aux)
     batch = next(iter(val))
@@ -178,7 +178,7 @@ def test_status_of_a_running_then_finished_run(tmp_path, demo_assets):
     assert done[2] == "  epochs done: worker 0 3, worker 1 3"
     assert done[3].startswith(f"  last epoch 3: train_accuracy ") and \
         f"val_accuracy {result['val_accuracy']:.4f}" in done[3]
-    assert done[4].startswith(f"  result: validation accuracy {result['val_accuracy']:.4f} (796 images)")
+    assert done[4].startswith(f"  result: validation accuracy {result['val_accuracy']:.4f} (846 images)")
     bad = run_launch(["status", str(tmp_path / "runs")], cwd=str(tmp_path))
     assert bad.returncode == 2 and "is not an mxft run directory" in bad.stderr
 
