@@ -50,7 +50,10 @@ def test_worker_that_never_joins_hits_the_startup_deadline(tmp_path, demo_assets
 
 def test_stuck_worker_is_named_by_the_watchdog(tmp_path, demo_assets):
     job = demo_job(demo_assets, train={"epochs": 200}, cluster={"progress_timeout_s": 4})
-    proc, run_id, _ = start(tmp_path, job)
+    # Freeze worker 1 in the middle of the second epoch (batch 2 of 4 logged; epochs count from 0 in these
+    # lines): the other worker then gets one batch further before it waits. Frozen at an epoch's end, both
+    # would wait at the same barrier with nothing to tell them apart.
+    proc, run_id, _ = start(tmp_path, job, until="epoch 1 batch 2:")
     find(run_id, "worker", "worker-1.json").suspend()
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr
