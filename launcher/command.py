@@ -50,7 +50,7 @@ def make_command_plan(spec: CommandSpec, hosts: Sequence[HostSpec], facts: Facts
     ``facts.synced`` lists the files of ``spec.workdir`` to copy to each busy remote host
     when ``spec.sync_dir`` is set (``sync_files`` finds them).
     """
-    placement = Placement.of(hosts, facts, workers=spec.workers, servers=spec.servers)
+    placement = Placement.round_robin(hosts, facts, workers=spec.workers, servers=spec.servers)
     check_slots(placement.workers, 1, hint="add hosts, raise slots, or lower -n")
     transfers = placement.code_transfers(facts)
     if spec.sync_dir:

@@ -4,7 +4,7 @@
 process and every file copy are in it. All processes of a run are owned by one
 Supervisor, so every way out (success, a failed process, Ctrl-C, SIGTERM) goes through
 its teardown. The log pumps only record events; fetching checkpoints and redrawing the
-metrics happen on one background thread, so a slow SSH fetch never stalls a process's
+metrics happen on background threads, so a slow SSH fetch never stalls a process's
 output.
 """
 from __future__ import annotations

@@ -43,6 +43,7 @@ OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "adadelta", "signum", 
 INITIALIZERS = ("xavier", "msraprelu", "normal", "uniform")
 INITIALIZER_KEYS = ("type", "rnd_type", "factor_type", "magnitude", "sigma", "scale", "slope")
 BUILTIN_ASSETS = ("digits",)
+AUTO = "auto"  # cluster.workers / cluster.servers: decided from the hosts (launcher.plan.assign_workers)
 
 
 # --------------------------------------------------------------------------- checking values
@@ -113,6 +114,15 @@ def _devices(value: Any) -> tuple[int, ...] | None:
     raise ValueError("'cpu', 'gpu:N' or a list of distinct GPU ids such as [0, 1]")
 
 
+def _count_or_auto(value: Any) -> int | str:
+    if value == AUTO:
+        return AUTO
+    try:
+        return _int(1)(value)
+    except ValueError:
+        raise ValueError("'auto' or an integer >= 1") from None
+
+
 def _scalar_mapping(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not all(
             isinstance(k, str) and isinstance(v, (int, float, str, bool)) for k, v in value.items()):
@@ -173,7 +183,7 @@ def section(cls: type, *, help: str, required: bool = False, optional: bool = Fa
     shape is not its dataclass's (the initializer's flat ``{type: xavier, magnitude: 2}``).
     """
     metadata = {"section": cls, "help": help, "read": read, "allowed": allowed, "to_yaml": to_yaml,
-                "required": required}
+                "required": required, "optional": optional}
     if required:
         return dataclasses.field(metadata=metadata)
     if optional:
@@ -200,7 +210,7 @@ def read_section(cls: type, fields: Fields, expand: Callable[[Fields, str, str],
     for field in dataclasses.fields(cls):
         meta = field.metadata
         if "section" in meta:
-            if meta["required"] is False and _default_of(field) is None and fields.raw.get(field.name) is None:
+            if meta["optional"] and fields.raw.get(field.name) is None:
                 values[field.name] = None
                 continue
             sub = fields.section(field.name, meta["allowed"] or keys_of(meta["section"]), required=meta["required"])
@@ -329,11 +339,13 @@ class TrainSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ClusterSpec:
-    workers: int = key(1, check=_int(1), help="worker processes")
-    servers: int = key(1, check=_int(1), help="parameter server processes")
+    workers: int | str = key(AUTO, check=_count_or_auto, help="worker processes; auto: one per GPU host (all "
+                             "its slots), or one per slot of a CPU host")
+    servers: int | str = key(AUTO, check=_count_or_auto, help="parameter servers; auto: one on each worker host")
     devices: tuple[int, ...] | None = key(TUTORIAL_GPUS, check=_devices,
                                           to_yaml=lambda d: "cpu" if d is None else list(d),
-                                          help="GPU ids per worker ('gpu:N', [ids]) or 'cpu'")
+                                          help="GPU ids per worker ('gpu:N', [ids]) or 'cpu'; with cluster.workers: "
+                                               "auto, a host's slots= decides")
     kvstore: str = key("auto", check=_choice(KVSTORES), help="auto: dist_sync_device on GPUs, dist_sync on CPU")
     startup_timeout_s: int = key(300, check=_int(1), help="every worker must have joined ps-lite by then")
     progress_timeout_s: int = key(1800, check=_int(1), help="a worker silent this long is reported stuck")

@@ -31,7 +31,7 @@ from launcher.command import sync_files
 from launcher.execute import execute
 from launcher.inputs import Inventory, check_inputs
 from launcher.jobspec import CommandSpec, JobSpec, load_job
-from launcher.plan import Facts, HostFacts, Plan, Transfer, make_plan
+from launcher.plan import Facts, HostFacts, Plan, Transfer, assign_workers, make_plan
 from launcher.preflight import (HostReport, Requirements, assumed_facts, cached_facts, facts_of, local_mxnet_version,
                                 probe_all, problems, remember_facts, require_fit)
 
@@ -195,8 +195,8 @@ def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory | None)
     if plan.recipe is not None:
         known = {shard.rec_path: sum(inventory.train_records[i].size_bytes for i in shard.positions)
                  for shard in plan.recipe.shards}
-        devices = len(plan.recipe.job.cluster.devices or ())
-        gpus = {label: plan.worker_hosts.count(label) * devices for label in set(plan.worker_hosts)}
+        for label, worker in zip(plan.worker_hosts, plan.recipe.workers):
+            gpus[label] = gpus.get(label, 0) + len(worker.devices or ())
     return Requirements(local_mxnet_version(), gpus, _staging_bytes(plan.transfers, known), config.remote_dir)
 
 
@@ -216,7 +216,8 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
     facts = _run_facts(config, spec, attempt)
     reports = []
     if hosts[0].is_local:
-        facts = _local_facts(facts, hosts[0], spec.cluster.workers if isinstance(spec, JobSpec) else 0)
+        workers = len(assign_workers(spec.cluster, hosts).workers) if isinstance(spec, JobSpec) else 0
+        facts = _local_facts(facts, hosts[0], workers)
     elif config.dry_run and not config.probe:
         facts = _known_facts(config, facts, hosts)
     else:

@@ -23,7 +23,7 @@ from cluster.hosts import HostSpec
 from cluster.ssh import SSHOptions
 from launcher import recfile
 from launcher.inputs import Inventory
-from launcher.jobspec import CommandSpec, JobSpec, plain
+from launcher.jobspec import AUTO, ClusterSpec, CommandSpec, JobSpec, plain
 from trainer.config import WorkerConfig
 
 
@@ -117,6 +117,7 @@ class Recipe:
     workers: tuple[WorkerConfig, ...]
     batches_per_epoch: int
     trimmed_params: str | None = None     # params without the layers above the cut, staged to hosts
+    why: tuple[str, ...] = ()             # how cluster.workers / servers: auto were decided
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,17 +183,18 @@ class Plan:
 def _describe_recipe(plan: Plan) -> list[str]:
     recipe = plan.recipe
     job, cluster = recipe.job, recipe.job.cluster
-    devices = "cpu" if cluster.devices is None else "gpu " + ",".join(map(str, cluster.devices))
     worker0 = recipe.workers[0]
+    devices = "cpu" if worker0.devices is None else f"{len(worker0.devices)} GPU(s)"
+    batch = len(worker0.devices or [0]) * job.train.batch_per_device
+    servers = sum(p.role is Role.SERVER for p in plan.processes)
     return [
         f"  job        {job.source} ({job.name}): {job.model.variant.value} fine-tuning of "
         f"{os.path.basename(job.model.prefix)} at {job.model.cut_layer}, {job.num_classes} classes",
         f"  run dir    {plan.run_dir}",
-        f"  kvstore    {cluster.effective_kvstore}, {cluster.workers} worker(s) x {devices}, "
-        f"{cluster.servers} server(s)",
-        f"  training   {job.train.epochs} epochs x {recipe.batches_per_epoch} batches of "
-        f"{len(worker0.devices or [0]) * job.train.batch_per_device} per worker, "
-        f"{job.train.optimizer} {dict(job.train.optimizer_params)}",
+        f"  kvstore    {cluster.effective_kvstore}, {len(recipe.workers)} worker(s) x {devices}, {servers} server(s)",
+        *(f"  {line}" for line in recipe.why),
+        f"  training   {job.train.epochs} epochs x {recipe.batches_per_epoch} batches of {batch} per worker "
+        f"(global batch {batch * len(recipe.workers)}), {job.train.optimizer} {dict(job.train.optimizer_params)}",
         f"  validation {worker0.num_val_images} images of {job.data.val}, evaluated by worker 0",
         "  processes:",
     ]
@@ -214,8 +216,9 @@ def _process_detail(plan: Plan, proc: ProcessSpec) -> str:
     if proc.role is Role.SCHEDULER:
         return f"root {plan.scheduler_uri}:{plan.scheduler_port}"
     if proc.role is Role.WORKER:
-        shard = plan.recipe.shards[proc.rank]
-        return f"shard {proc.rank}: {len(shard.positions)} records -> {shard.rec_path}"
+        shard, devices = plan.recipe.shards[proc.rank], plan.recipe.workers[proc.rank].devices
+        gpus = f", gpu {','.join(map(str, devices))}" if devices is not None else ""
+        return f"shard {proc.rank}: {len(shard.positions)} records -> {shard.rec_path}{gpus}"
     return ""
 
 
@@ -282,11 +285,16 @@ class Placement:
     layouts: Mapping[str, HostLayout]
 
     @classmethod
-    def of(cls, hosts: Sequence[HostSpec], facts: Facts, *, workers: int, servers: int) -> "Placement":
-        """Workers round-robin from the first host, servers continue after them, the scheduler on the first."""
+    def of(cls, hosts: Sequence[HostSpec], facts: Facts, *, workers: Sequence[HostSpec],
+           servers: Sequence[HostSpec]) -> "Placement":
+        """The given worker and server hosts, the scheduler on the first host."""
         hosts = tuple(hosts)
-        return cls(hosts, hosts[0], tuple(place(servers, hosts, offset=workers)), tuple(place(workers, hosts)),
-                   {h.label: HostLayout.of(h, facts) for h in hosts})
+        return cls(hosts, hosts[0], tuple(servers), tuple(workers), {h.label: HostLayout.of(h, facts) for h in hosts})
+
+    @classmethod
+    def round_robin(cls, hosts: Sequence[HostSpec], facts: Facts, *, workers: int, servers: int) -> "Placement":
+        """Workers round-robin from the first host, servers continue after them (tools/launch.py's way)."""
+        return cls.of(hosts, facts, workers=place(workers, hosts), servers=place(servers, hosts, offset=workers))
 
     @property
     def busy(self) -> list[HostSpec]:
@@ -310,6 +318,78 @@ class Placement:
                     {label: f for label, f in facts.hosts.items() if f.assumed}, **payload)
 
 
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    """Which host each worker and server runs on, each worker's GPUs, and why (printed in the plan)."""
+
+    workers: tuple[HostSpec, ...]
+    devices: tuple[tuple[int, ...] | None, ...]   # per worker: GPU ids on its host, None for the CPU
+    servers: tuple[HostSpec, ...]
+    why: tuple[str, ...] = ()
+
+
+def assign_workers(cluster: ClusterSpec, hosts: Sequence[HostSpec]) -> Assignment:
+    """Workers, their GPUs and the servers over ``hosts``: a pure function with literal tests.
+
+    ``workers: auto``: a GPU job runs one worker per host driving all its ``slots=`` (else
+    the job's devices): dist_sync_device reduces a host's GPUs locally and pushes once; a
+    CPU job runs one worker per slot (1 without ``slots=``). A count: round-robin over the
+    hosts, and two workers on one host drive disjoint blocks of its GPUs (0-3 and 4-7).
+    ``servers: auto``: one on each host that runs a worker.
+
+    >>> a = assign_workers(ClusterSpec(), (HostSpec("a", slots=8), HostSpec("b", slots=8)))
+    >>> [(h.name, d) for h, d in zip(a.workers, a.devices)], [h.name for h in a.servers]
+    ([('a', (0, 1, 2, 3, 4, 5, 6, 7)), ('b', (0, 1, 2, 3, 4, 5, 6, 7))], ['a', 'b'])
+    """
+    hosts = tuple(hosts)
+    if cluster.workers == AUTO:
+        workers, devices, why = _auto_workers(cluster, hosts)
+    else:
+        workers = tuple(place(cluster.workers, hosts))
+        devices, why = _device_blocks(cluster, workers), (f"workers    {len(workers)} (cluster.workers), "
+                                                          "round-robin over the hosts",)
+    if len({len(d) for d in devices if d is not None}) > 1:
+        counts = ", ".join(f"{h.label}: {len(d)}" for h, d in dict(zip(workers, devices)).items())
+        raise InputError(f"line {workers[0].line}" if workers[0].line else workers[0].label,
+                         f"the workers would drive different numbers of GPUs ({counts}); in dist_sync every worker "
+                         "must run the same batches per epoch",
+                         hint="give the hosts the same slots=, or set cluster.workers and cluster.devices")
+    if cluster.servers == AUTO:
+        servers = tuple(dict.fromkeys(workers))
+        why += (f"servers    {len(servers)}: one on each worker host (cluster.servers: auto)",)
+    else:
+        servers = tuple(place(cluster.servers, hosts, offset=len(workers)))
+    return Assignment(workers, tuple(devices), servers, why)
+
+
+def _auto_workers(cluster: ClusterSpec, hosts: tuple[HostSpec, ...]):
+    if cluster.devices is None:
+        workers = tuple(h for h in hosts for _ in range(h.slots or 1))
+        return workers, (None,) * len(workers), (f"workers    {len(workers)}: one per slot of each host (CPU job, "
+                                                  "cluster.workers: auto)",)
+    devices = tuple(tuple(range(h.slots)) if h.slots else cluster.devices for h in hosts)
+    gpus = sorted({len(d) for d in devices})
+    return hosts, devices, (f"workers    {len(hosts)}: one per host, {'/'.join(map(str, gpus))} GPUs each "
+                            "(cluster.workers: auto)",)
+
+
+def _device_blocks(cluster: ClusterSpec, workers: tuple[HostSpec, ...]) -> list[tuple[int, ...] | None]:
+    """The job's devices for a host's only worker; disjoint blocks (0-3, 4-7) for several on one host."""
+    if cluster.devices is None:
+        return [None] * len(workers)
+    size, out = len(cluster.devices), []
+    for i, host in enumerate(workers):
+        shared = workers.count(host) > 1
+        if shared and cluster.devices != tuple(range(size)):
+            raise InputError(f"line {host.line}" if host.line else host.label,
+                             f"{workers.count(host)} workers on host '{host.label}' cannot all drive GPUs "
+                             f"{list(cluster.devices)}", hint=f"use cluster.devices: gpu:{size} (each worker then "
+                             "gets its own block of the host's GPUs)")
+        block = workers[:i].count(host)
+        out.append(tuple(range(block * size, (block + 1) * size)) if shared else cluster.devices)
+    return out
+
+
 def make_plan(job: JobSpec | CommandSpec, hosts: Sequence[HostSpec], facts: Facts, *,
               inventory: Inventory | None = None) -> Plan:
     """Decide every process, shard, file copy and config of the run: the one planner.
@@ -326,26 +406,26 @@ def make_plan(job: JobSpec | CommandSpec, hosts: Sequence[HostSpec], facts: Fact
 
 def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], facts: Facts) -> Plan:
     """A fine-tuning run: shards, staged files and a config per worker, then the processes."""
-    cluster = job.cluster
-    if cluster.workers > len(inventory.train_records):
-        raise InputError(job.source, f"{cluster.workers} workers but only {len(inventory.train_records)} "
+    assignment = assign_workers(job.cluster, hosts)
+    count = len(assignment.workers)
+    if count > len(inventory.train_records):
+        raise InputError(job.source, f"{count} workers but only {len(inventory.train_records)} "
                          "training images", hint="use fewer workers")
-    placement = Placement.of(hosts, facts, workers=cluster.workers, servers=cluster.servers)
-    _check_slots(job, placement.workers)
-    batch = job.train.batch_per_device * (len(cluster.devices) if cluster.devices else 1)
-    positions = recfile.strided_shards(len(inventory.train_records), cluster.workers)
-    shards_at = shard_dir(facts, cluster.workers)
-    shards = tuple(ShardSpec(i, p, os.path.join(shards_at, f"part-{i}-of-{cluster.workers}"))
-                   for i, p in enumerate(positions))
+    placement = Placement.of(hosts, facts, workers=assignment.workers, servers=assignment.servers)
+    _check_slots(assignment)
+    batch = job.train.batch_per_device * len(assignment.devices[0] or (0,))
+    positions = recfile.strided_shards(len(inventory.train_records), count)
+    shards_at = shard_dir(facts, count)
+    shards = tuple(ShardSpec(i, p, os.path.join(shards_at, f"part-{i}-of-{count}")) for i, p in enumerate(positions))
     recipe = Recipe(job, shards, (), math.ceil(max(len(p) for p in positions) / batch),
                     os.path.join(facts.cache_dir, "trimmed", f"{_model_key(job, facts)}-{job.model.cut_layer}",
-                                 os.path.basename(job.model.params_path)))
+                                 os.path.basename(job.model.params_path)), assignment.why)
     transfers = placement.code_transfers(facts)
-    workers = tuple(_place_worker(recipe, inventory, placement, facts, i, transfers)
-                    for i in range(cluster.workers))
+    workers = tuple(_place_worker(recipe, inventory, placement, facts, i, transfers, assignment.devices[i])
+                    for i in range(count))
     recipe = dataclasses.replace(recipe, workers=workers, trimmed_params=recipe.trimmed_params if any(
         t.source == recipe.trimmed_params for t in transfers) else None)
-    processes = plan_processes(placement, facts, cluster.servers, cluster.workers,
+    processes = plan_processes(placement, facts, len(assignment.servers), count,
                            worker_env=lambda host: _worker_threads(job, placement, facts, host),
                            worker_args=lambda i, host: ("--config", f"{placement.layouts[host.label].run_dir}"
                                                                     f"/config/worker-{i}.json"))
@@ -357,7 +437,7 @@ def _model_key(job: JobSpec, facts: Facts) -> str:
 
 
 def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, facts: Facts, index: int,
-                  transfers: list[Transfer]) -> WorkerConfig:
+                  transfers: list[Transfer], devices: tuple[int, ...] | None) -> WorkerConfig:
     """Worker ``index``'s config, with the transfers that put its files on its host (appended)."""
     job, host = recipe.job, placement.workers[index]
     layout, keys, shard = placement.layouts[host.label], facts.file_keys, recipe.shards[index]
@@ -386,7 +466,7 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
     return WorkerConfig(
         index=index, train_rec=train_rec, val_rec=val_rec, num_val_images=inventory.val_records,
         batches_per_epoch=recipe.batches_per_epoch, model_prefix=symbol[: -len("-symbol.json")],
-        devices=list(job.cluster.devices) if job.cluster.devices is not None else None,
+        devices=list(devices) if devices is not None else None,
         kvstore=job.cluster.effective_kvstore, out_dir=f"{layout.run_dir}/workers/worker-{index}",
         checkpoint_name=job.name, job=job.to_job_dict(), begin_epoch=facts.resume_epoch, resume_prefix=resume)
 
@@ -478,7 +558,7 @@ def check_slots(worker_hosts: Sequence[HostSpec], devices_per_worker: int, *, hi
                              f"host '{host.label}' offers slots={host.slots} but gets {what}", hint=hint)
 
 
-def _check_slots(job: JobSpec, worker_hosts: Sequence[HostSpec]) -> None:
-    if job.cluster.devices is not None:
-        check_slots(worker_hosts, len(job.cluster.devices),
+def _check_slots(assignment: Assignment) -> None:
+    if assignment.devices[0] is not None:
+        check_slots(assignment.workers, len(assignment.devices[0]),
                     hint="add hosts, raise slots, or lower cluster.workers / cluster.devices")

@@ -41,8 +41,13 @@ def test_defaults_are_the_tutorial_recipe():
         train=TrainSpec(epochs=8, batch_per_device=16, optimizer="sgd", optimizer_params={"learning_rate": 0.01},
                         initializer=InitializerSpec("xavier", {"rnd_type": "gaussian", "factor_type": "in",
                                                                "magnitude": 2})),
-        cluster=ClusterSpec(workers=1, servers=1, devices=(0, 1, 2, 3, 4, 5, 6, 7), kvstore="auto"),
+        cluster=ClusterSpec(workers="auto", servers="auto", devices=(0, 1, 2, 3, 4, 5, 6, 7), kvstore="auto"),
     )
+    # On one machine "auto" is the tutorial's run: one worker driving GPUs 0-7, one server.
+    from cluster.hosts import HostSpec
+    from launcher.plan import assign_workers
+    one = assign_workers(job.cluster, (HostSpec("localhost"),))
+    assert (len(one.workers), one.devices, len(one.servers)) == (1, ((0, 1, 2, 3, 4, 5, 6, 7),), 1)
     assert job.cluster.effective_kvstore == "dist_sync_device"
     assert job.model.params_path == "/jobs/models/resnet-50-0000.params"
 

@@ -128,3 +128,72 @@ def test_slots_limit_devices_per_host():
     facts = Facts(**{**FACTS.__dict__, "hosts": {"a": HostFacts("a", "py", 1), "b": HostFacts("b", "py", 1)}})
     with pytest.raises(InputError, match=r"line 2: host 'b' offers slots=1 but gets 1 worker\(s\) x 2 devices"):
         make_plan(job, hosts, facts, inventory=inventory())
+
+
+# --------------------------------------------------------------------------- scaling out (issue 12, items 1-2)
+
+GPU_JOB = JOB.replace("cluster: {workers: 2, servers: 2, devices: cpu}", "cluster: {devices: gpu:8}")
+
+
+def gpu_hosts(*slots: int) -> tuple[HostSpec, ...]:
+    return tuple(HostSpec(f"10.0.0.{i + 1}", slots=n, line=i + 1) for i, n in enumerate(slots))
+
+
+def facts_for(hosts) -> Facts:
+    return Facts(**{**FACTS.__dict__, "hosts": {h.label: HostFacts(h.name, "py", 32, "/w") for h in hosts}})
+
+
+def roles(plan) -> list[tuple[str, str, object]]:
+    """(process, host, its GPUs) for every process of the plan."""
+    devices = {f"worker {w.index}": w.devices for w in plan.recipe.workers}
+    return [(p.name, p.host, devices.get(p.name)) for p in plan.processes]
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_auto_runs_one_worker_per_gpu_host_on_all_its_gpus_and_a_server_beside_it(count):
+    hosts = gpu_hosts(*[8] * count)
+    plan = make_plan(parse_job(GPU_JOB, "/jobs/small.yaml", environ={}), hosts, facts_for(hosts),
+                     inventory=inventory())
+    names = [h.name for h in hosts]
+    assert roles(plan) == ([("scheduler", names[0], None)] + [(f"server {i}", n, None) for i, n in enumerate(names)]
+                           + [(f"worker {i}", n, [0, 1, 2, 3, 4, 5, 6, 7]) for i, n in enumerate(names)])
+    text = plan.describe()
+    assert f"workers    {count}: one per host, 8 GPUs each (cluster.workers: auto)" in text
+    assert f"batches of 32 per worker (global batch {32 * count})" in text
+
+
+def test_two_workers_on_an_eight_gpu_host_get_disjoint_blocks():
+    hosts = gpu_hosts(8, 8)
+    job = parse_job(GPU_JOB.replace("{devices: gpu:8}", "{workers: 4, servers: 2, devices: gpu:4}"),
+                    "/jobs/small.yaml", environ={})
+    plan = make_plan(job, hosts, facts_for(hosts), inventory=inventory())
+    assert [r for r in roles(plan) if r[0].startswith("worker")] == [
+        ("worker 0", "10.0.0.1", [0, 1, 2, 3]), ("worker 1", "10.0.0.2", [0, 1, 2, 3]),
+        ("worker 2", "10.0.0.1", [4, 5, 6, 7]), ("worker 3", "10.0.0.2", [4, 5, 6, 7])]
+    assert "shard 2: 2 records -> " in plan.describe() and ", gpu 4,5,6,7" in plan.describe()
+
+
+def test_hosts_with_different_gpu_counts_are_refused_clearly():
+    hosts = gpu_hosts(8, 4)
+    with pytest.raises(InputError, match=r"line 1: the workers would drive different numbers of GPUs "
+                                         r"\(10.0.0.1: 8, 10.0.0.2: 4\)"):
+        make_plan(parse_job(GPU_JOB, "/jobs/small.yaml", environ={}), hosts, facts_for(hosts), inventory=inventory())
+
+
+def test_shared_host_with_hand_picked_gpu_ids_is_refused():
+    hosts = gpu_hosts(8)
+    job = parse_job(GPU_JOB.replace("{devices: gpu:8}", "{workers: 2, devices: [3, 5]}"), "/jobs/small.yaml",
+                    environ={})
+    with pytest.raises(InputError, match=r"2 workers on host '10.0.0.1' cannot all drive GPUs \[3, 5\]"):
+        make_plan(job, hosts, facts_for(hosts), inventory=inventory())
+
+
+def test_auto_on_cpu_hosts_runs_one_worker_per_slot():
+    hosts = gpu_hosts(2, 1)
+    job = parse_job(GPU_JOB.replace("{devices: gpu:8}", "{devices: cpu}"), "/jobs/small.yaml", environ={})
+    plan = make_plan(job, hosts, facts_for(hosts), inventory=inventory())
+    assert [r for r in roles(plan) if r[0] != "scheduler"] == [
+        ("server 0", "10.0.0.1", None), ("server 1", "10.0.0.2", None), ("worker 0", "10.0.0.1", None),
+        ("worker 1", "10.0.0.1", None), ("worker 2", "10.0.0.2", None)]
+    assert plan.processes[-1].env_dict["OMP_NUM_THREADS"] == "32"   # alone on its host
+    assert plan.processes[-2].env_dict["OMP_NUM_THREADS"] == "16"   # two workers share 10.0.0.1
