@@ -43,7 +43,7 @@ def test_typo_key(tmp_path, assets_copy):
 
 def test_wrong_type(tmp_path, assets_copy):
     path = job_file(tmp_path, assets_copy, cluster={"workers": "two"})
-    assert "cluster.workers must be an integer >= 1, got 'two'" in launch_bad(tmp_path, [path])
+    assert "cluster.workers must be 'auto' or an integer >= 1, got 'two'" in launch_bad(tmp_path, [path])
 
 
 def test_missing_rec(tmp_path, assets_copy):
