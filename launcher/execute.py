@@ -13,6 +13,8 @@ import concurrent.futures
 import json
 import os
 import shutil
+import stat
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 
@@ -82,6 +84,7 @@ class RunEvents:
         self.drawing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mxft-metrics")
         self.path = os.path.join(plan.run_dir, "events.jsonl")
         self.metrics = MetricsWriter(plan.run_dir, len(plan.recipe.workers))
+        self.epochs = plan.recipe.job.train.epochs
         self.first_batch_at: float | None = None  # wall-clock time of the first batch any worker finished
         self.rank_of: dict[int, int] = {}
         self.last_seen: dict[int, float] = {}
@@ -120,9 +123,13 @@ class RunEvents:
         elif kind == "epoch" and self.metrics.add(event):
             self._later(self.drawing, f"rewriting the metrics after epoch {event['epoch']}", self.metrics.write,
                         final=False)
-        elif kind == "checkpoint" and index == 0:  # worker 0 keeps the run's checkpoints
-            self._later(self.fetches, f"keeping the checkpoint of epoch {event['epoch']}", keep_checkpoint,
-                        self.plan, self.ssh_hosts, event)
+        elif kind == "checkpoint" and index == 0:  # worker 0 keeps the run's checkpoints; others are ignored
+            epoch = event.get("epoch")
+            if isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch <= self.epochs:
+                self._later(self.fetches, f"keeping the checkpoint of epoch {epoch}", keep_checkpoint, self.plan,
+                            self.ssh_hosts, epoch)
+            else:
+                self.echo(f"[mxft] ignored a checkpoint event of worker 0 naming epoch {epoch!r}")
 
     def _later(self, queue: concurrent.futures.Executor, what: str, work: Callable, *args, **kwargs) -> None:
         """Run ``work`` on a background thread; a failure is said, and the run goes on."""
@@ -257,15 +264,38 @@ def run_processes(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callabl
     return group.outcomes()
 
 
-def keep_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], event: dict) -> None:
-    """Bring an epoch checkpoint of worker 0 into RUN_DIR/checkpoints (the marker last)."""
-    host, files = plan.worker_hosts[0], list(event["files"])
-    if host in ssh_hosts:
-        incoming = os.path.join(plan.run_dir, "checkpoints", ".incoming")
-        fetch_dir(ssh_hosts[host], event["out_dir"], incoming, names=files)
+def checkpoint_files(plan: Plan, epoch: int) -> list[str]:
+    """The files of worker 0's checkpoint of ``epoch``, as the plan names them (marker last)."""
+    name = plan.recipe.workers[0].checkpoint_name
+    return [f"{name}-symbol.json", f"{name}-{epoch:04d}.params", f"checkpoint-{epoch:04d}.json"]
+
+
+def keep_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], epoch: int) -> None:
+    """Bring worker 0's checkpoint of ``epoch`` into RUN_DIR/checkpoints (the marker last).
+
+    A worker's event is a claim: it only says which epoch is ready. The folder and the file
+    names come from the plan, and only regular files are taken (a link could point anywhere).
+    """
+    files, host = checkpoint_files(plan, epoch), plan.worker_hosts[0]
+    if host not in ssh_hosts:
+        _require_regular_files(plan.recipe.workers[0].out_dir, files)
+        runstate.install_checkpoint(plan.recipe.workers[0].out_dir, files, plan.run_dir, link=True)
+        return
+    os.makedirs(runstate.checkpoint_dir(plan.run_dir), exist_ok=True)
+    incoming = tempfile.mkdtemp(prefix=".incoming-", dir=runstate.checkpoint_dir(plan.run_dir))
+    try:
+        fetch_dir(ssh_hosts[host], plan.recipe.workers[0].out_dir, incoming, names=files)
+        _require_regular_files(incoming, files)
         runstate.install_checkpoint(incoming, files, plan.run_dir, link=False)
-    else:
-        runstate.install_checkpoint(event["out_dir"], files, plan.run_dir, link=True)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+
+
+def _require_regular_files(folder: str, names: list[str]) -> None:
+    for name in names:
+        path = os.path.join(folder, name)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise JobFailed(f"{path} is not a regular file (a link or a folder); not taken")
 
 
 def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost], *,
@@ -275,6 +305,7 @@ def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost],
         raise JobFailed("the workers finished but worker 0 never reported joining; see the worker logs in "
                         f"{os.path.join(plan.run_dir, 'logs')}")
     result = _worker0_result(plan, ssh_hosts)
+    _check_result(plan, result)
     result.update(rank_of_worker_0=run_events.rank_of[0], run_id=plan.run_id, timing=dict(timing))
     rows = run_events.metrics.write()
     result["images_per_s_per_worker"] = {
@@ -298,6 +329,20 @@ def _worker0_result(plan: Plan, ssh_hosts: Mapping[str, SSHHost]) -> dict:
         raise JobFailed(f"worker 0 exited 0 but wrote no {source}")
     with open(source, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def _check_result(plan: Plan, result) -> None:
+    """Worker 0's result.json is a claim too: the fields the launcher uses must be what the plan says."""
+    job = plan.recipe.job
+    expected = {"prefix": plan.recipe.workers[0].checkpoint_name, "epoch": job.train.epochs}
+    named = result.get("checkpoint") if isinstance(result, dict) else None
+    if named != expected:
+        raise JobFailed(f"worker 0's result.json names the checkpoint {named!r}, the plan says {expected}; "
+                        "the result is not taken")
+    epochs = result.get("epochs")
+    if not (isinstance(epochs, list) and all(isinstance(e, dict) and isinstance(e.get("epoch"), int) for e in epochs)
+            and isinstance(result.get("val_accuracy"), (int, float))):
+        raise JobFailed("worker 0's result.json lacks its accuracy or per-epoch records; the result is not taken")
 
 
 def _install_final_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], name: str, epoch: int) -> None:

@@ -20,6 +20,7 @@ import time
 import psutil
 
 KEEP_PARAMS = 2
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a file name in the checkpoints folder, no path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,9 @@ def latest_checkpoint(run_dir: str) -> Checkpoint | None:
             continue
     for epoch in sorted(markers, reverse=True):
         marker = markers[epoch]
+        if not all(isinstance(marker.get(key), str) and _PLAIN_NAME.fullmatch(marker[key])
+                   for key in ("symbol", "params")):
+            continue  # a marker naming a path elsewhere (or nothing) is not a checkpoint of this run
         if all(os.path.isfile(os.path.join(folder, marker[key])) for key in ("symbol", "params")):
             prefix = os.path.join(folder, marker["symbol"][: -len("-symbol.json")])
             records = tuple(markers[e]["record"] for e in sorted(markers) if e <= epoch)
