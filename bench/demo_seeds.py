@@ -29,11 +29,12 @@ PATHS = (("default (MKLDNN, fused subgraphs)", {}),
          ("MXNET_MKLDNN_ENABLED=0 (plain CPU kernels)", {"MXNET_MKLDNN_ENABLED": "0"}))
 
 
-def run_demo(seed: int, extra_env: dict[str, str], run_root: str) -> float:
-    """One ``mxft-launch --local jobs/demo.yaml`` with this seed; its validation accuracy."""
+def run_demo(seed: int, extra_env: dict[str, str], run_root: str, *, sets: tuple[str, ...] = ()) -> float:
+    """One ``mxft-launch --local jobs/demo.yaml`` with this seed (and ``--set`` items); its validation accuracy."""
     name = f"seed{seed}-{len(extra_env)}"
+    overrides = [arg for item in sets for arg in ("--set", item)]
     subprocess.run([sys.executable, "-m", "launcher.cli", "--local", os.path.join(ROOT, "jobs", "demo.yaml"),
-                    "--set", f"train.seed={seed}", "--set", f"name={name}", "--run-root", run_root],
+                    "--set", f"train.seed={seed}", "--set", f"name={name}", "--run-root", run_root, *overrides],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
                    env=dict(os.environ, PYTHONPATH=ROOT, **extra_env))
     latest = max((os.path.join(run_root, d) for d in os.listdir(run_root) if d.startswith(name + "-")),

@@ -43,6 +43,7 @@ OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "adadelta", "signum", 
 INITIALIZERS = ("xavier", "msraprelu", "normal", "uniform")
 INITIALIZER_KEYS = ("type", "rnd_type", "factor_type", "magnitude", "sigma", "scale", "slope")
 BUILTIN_ASSETS = ("digits",)
+LR_SCALINGS = ("none", "linear")
 AUTO = "auto"  # cluster.workers / cluster.servers: decided from the hosts (launcher.plan.assign_workers)
 
 
@@ -335,6 +336,11 @@ class TrainSpec:
         to_yaml=lambda init: {"type": init.type, **plain(init.params)})
     seed: int | None = key(None, check=_int(0), help="seeds MXNet, numpy and the data order")
     log_every_batches: int = key(20, check=_int(1), help="a progress line every N batches")
+    lr_scaling: str = key("none", check=_choice(LR_SCALINGS),
+                          help="linear: learning_rate x global batch / reference_batch (Goyal et al.)")
+    reference_batch: int = key(128, check=_int(1), help="the global batch learning_rate was tuned for "
+                               "(the tutorial's 16 per GPU x 8 GPUs)")
+    warmup_epochs: int = key(0, check=_int(0), help="epochs that ramp the learning rate up from its unscaled value")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ from cluster.hosts import HostSpec
 from cluster.ssh import SSHOptions
 from launcher import recfile
 from launcher.inputs import Inventory
-from launcher.jobspec import AUTO, ClusterSpec, CommandSpec, JobSpec, plain
+from launcher.jobspec import AUTO, ClusterSpec, CommandSpec, JobSpec, parse_job, plain
 from trainer.config import WorkerConfig
 
 
@@ -195,6 +195,10 @@ def _describe_recipe(plan: Plan) -> list[str]:
         *(f"  {line}" for line in recipe.why),
         f"  training   {job.train.epochs} epochs x {recipe.batches_per_epoch} batches of {batch} per worker "
         f"(global batch {batch * len(recipe.workers)}), {job.train.optimizer} {dict(job.train.optimizer_params)}",
+        *([f"  lr         {worker0.learning_rate:g}: linear scaling, global batch {batch * len(recipe.workers)} / "
+           f"reference {job.train.reference_batch}" + (f", warmed up over {job.train.warmup_epochs} epoch(s)"
+                                                       if job.train.warmup_epochs else "")]
+          if worker0.learning_rate is not None else []),
         f"  validation {worker0.num_val_images} images of {job.data.val}, evaluated by worker 0",
         "  processes:",
     ]
@@ -465,10 +469,25 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
                                   f"{layout.run_dir}/config/worker-{index}.json", "run"))
     return WorkerConfig(
         index=index, train_rec=train_rec, val_rec=val_rec, num_val_images=inventory.val_records,
+        learning_rate=scaled_learning_rate(job, len(placement.workers) * len(devices or (0,)) * job.train.batch_per_device),
         batches_per_epoch=recipe.batches_per_epoch, model_prefix=symbol[: -len("-symbol.json")],
         devices=list(devices) if devices is not None else None,
         kvstore=job.cluster.effective_kvstore, out_dir=f"{layout.run_dir}/workers/worker-{index}",
         checkpoint_name=job.name, job=job.to_job_dict(), begin_epoch=facts.resume_epoch, resume_prefix=resume)
+
+
+def scaled_learning_rate(job: JobSpec, global_batch: int) -> float | None:
+    """``train.lr_scaling: linear``: the job's learning rate x global batch / ``train.reference_batch``.
+
+    >>> job = parse_job("{num_classes: 2, model: {prefix: m}, data: {train: t, val: v}, train: {lr_scaling: "
+    ...                 "linear, reference_batch: 16, optimizer_params: {learning_rate: 0.1}}}", "/j.yaml", environ={})
+    >>> scaled_learning_rate(job, 64)
+    0.4
+    """
+    rate = job.train.optimizer_params.get("learning_rate")
+    if job.train.lr_scaling != "linear" or not isinstance(rate, (int, float)):
+        return None
+    return round(rate * global_batch / job.train.reference_batch, 10)
 
 
 def _worker_threads(job: JobSpec, placement: Placement, facts: Facts, host: HostSpec) -> dict[str, str]:

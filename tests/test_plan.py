@@ -197,3 +197,17 @@ def test_auto_on_cpu_hosts_runs_one_worker_per_slot():
         ("worker 1", "10.0.0.1", None), ("worker 2", "10.0.0.2", None)]
     assert plan.processes[-1].env_dict["OMP_NUM_THREADS"] == "32"   # alone on its host
     assert plan.processes[-2].env_dict["OMP_NUM_THREADS"] == "16"   # two workers share 10.0.0.1
+
+
+def test_linear_lr_scaling_follows_the_global_batch():
+    hosts = gpu_hosts(8, 8)
+    job = parse_job(GPU_JOB.replace("train: {epochs: 2, batch_per_device: 4}",
+                                    "train: {epochs: 2, batch_per_device: 4, lr_scaling: linear, warmup_epochs: 1}"),
+                    "/jobs/small.yaml", environ={})
+    plan = make_plan(job, hosts, facts_for(hosts), inventory=inventory())
+    assert {w.learning_rate for w in plan.recipe.workers} == {0.005}  # 0.01 x 64 / 128
+    assert "lr         0.005: linear scaling, global batch 64 / reference 128, warmed up over 1 epoch(s)" in \
+        plan.describe()
+    unscaled = make_plan(parse_job(GPU_JOB, "/jobs/small.yaml", environ={}), hosts, facts_for(hosts),
+                         inventory=inventory())
+    assert {w.learning_rate for w in unscaled.recipe.workers} == {None} and "lr  " not in unscaled.describe()

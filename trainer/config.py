@@ -30,6 +30,7 @@ class WorkerConfig:
     out_dir: str                    # worker 0 writes result.json and the checkpoint here
     checkpoint_name: str
     job: dict[str, Any]             # the effective job: num_classes, model, data, train, ... (recorded in result.json)
+    learning_rate: float | None = None  # the plan's rate for the global batch (train.lr_scaling); None: the job's
     begin_epoch: int = 0            # epochs already done (resuming)
     resume_prefix: str | None = None  # fine-tuned checkpoint of epoch begin_epoch to start from
 

@@ -77,6 +77,21 @@ def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
             "val_images": seen}
 
 
+def _optimizer_params(cfg: WorkerConfig) -> dict:
+    """The job's optimizer settings at the plan's learning rate, ramped up over train.warmup_epochs."""
+    params = dict(cfg.train["optimizer_params"])
+    if cfg.learning_rate is not None:
+        params["learning_rate"] = cfg.learning_rate
+    warmup = cfg.train.get("warmup_epochs", 0) * cfg.batches_per_epoch
+    if warmup and "learning_rate" in params:
+        start = min(cfg.train["optimizer_params"].get("learning_rate", params["learning_rate"]),
+                    params["learning_rate"])
+        params["lr_scheduler"] = mx.lr_scheduler.FactorScheduler(
+            step=10 ** 9, factor=1.0, base_lr=params["learning_rate"], warmup_steps=warmup, warmup_begin_lr=start,
+            warmup_mode="linear")
+    return params
+
+
 def _initializer(cfg: WorkerConfig):
     kinds = {"xavier": mx.init.Xavier, "msraprelu": mx.init.MSRAPrelu, "normal": mx.init.Normal,
              "uniform": mx.init.Uniform}
@@ -171,7 +186,7 @@ def run_worker(cfg: WorkerConfig) -> int:
     fit_started = time.time()
     speed.start_epoch()
     mod.fit(train, begin_epoch=cfg.begin_epoch, num_epoch=cfg.train["epochs"], kvstore=kv,
-            optimizer=cfg.train["optimizer"], optimizer_params=dict(cfg.train["optimizer_params"]),
+            optimizer=cfg.train["optimizer"], optimizer_params=_optimizer_params(cfg),
             initializer=_initializer(cfg),
             arg_params=arg_params, aux_params=aux_params, allow_missing=True, eval_metric=metric,
             batch_end_callback=speed, epoch_end_callback=on_epoch_end)
