@@ -255,9 +255,10 @@ def _bad_input(err: InputError) -> int:
 
 def check(argv: list[str]) -> int:
     """``mxft-launch check --hosts FILE [JOB]``: preflight only, a table per host; exit 2 if a host fails."""
-    parser = argparse.ArgumentParser(prog="mxft-launch check", description="Probe every host as a launch would "
-                                     "(SSH, host key, Python, mxnet with ps-lite, GPUs, disk, clock) and print a table; "
-                                     "with a job file, also whether each host can take its part of that job.")
+    parser = argparse.ArgumentParser(
+        prog="mxft-launch check", description="Probe every host as a launch would (SSH, host key, Python, mxnet with "
+        "ps-lite, GPUs, disk, clock) and print a table; with a job file, also whether each host can take its part "
+        "of that job.")
     parser.add_argument("job", nargs="?", help="also check that each host can take its part of this job")
     parser.add_argument("--hosts", required=True, metavar="FILE", help="hosts file, or 'slurm'")
     _add_shared_options(parser, os.environ)

@@ -366,7 +366,8 @@ def assign_workers(cluster: ClusterSpec, hosts: Sequence[HostSpec]) -> Assignmen
     return Assignment(workers, tuple(devices), servers, why)
 
 
-def _auto_workers(cluster: ClusterSpec, hosts: tuple[HostSpec, ...]):
+def _auto_workers(cluster: ClusterSpec, hosts: tuple[HostSpec, ...]) -> tuple[tuple[HostSpec, ...], tuple, tuple[str]]:
+    """``workers: auto``: (worker hosts, their GPUs, why)."""
     if cluster.devices is None:
         workers = tuple(h for h in hosts for _ in range(h.slots or 1))
         return workers, (None,) * len(workers), (f"workers    {len(workers)}: one per slot of each host (CPU job, "
@@ -425,7 +426,8 @@ def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpe
                     os.path.join(facts.cache_dir, "trimmed", f"{_model_key(job, facts)}-{job.model.cut_layer}",
                                  os.path.basename(job.model.params_path)), assignment.why)
     transfers = placement.code_transfers(facts)
-    workers = tuple(_place_worker(recipe, inventory, placement, facts, i, transfers, assignment.devices[i])
+    rate = scaled_learning_rate(job, batch * count)
+    workers = tuple(_place_worker(recipe, inventory, placement, facts, i, transfers, assignment.devices[i], rate)
                     for i in range(count))
     recipe = dataclasses.replace(recipe, workers=workers, trimmed_params=recipe.trimmed_params if any(
         t.source == recipe.trimmed_params for t in transfers) else None)
@@ -441,7 +443,8 @@ def _model_key(job: JobSpec, facts: Facts) -> str:
 
 
 def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, facts: Facts, index: int,
-                  transfers: list[Transfer], devices: tuple[int, ...] | None) -> WorkerConfig:
+                  transfers: list[Transfer], devices: tuple[int, ...] | None,
+                  learning_rate: float | None) -> WorkerConfig:
     """Worker ``index``'s config, with the transfers that put its files on its host (appended)."""
     job, host = recipe.job, placement.workers[index]
     layout, keys, shard = placement.layouts[host.label], facts.file_keys, recipe.shards[index]
@@ -469,7 +472,7 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
                                   f"{layout.run_dir}/config/worker-{index}.json", "run"))
     return WorkerConfig(
         index=index, train_rec=train_rec, val_rec=val_rec, num_val_images=inventory.val_records,
-        learning_rate=scaled_learning_rate(job, len(placement.workers) * len(devices or (0,)) * job.train.batch_per_device),
+        learning_rate=learning_rate,
         batches_per_epoch=recipe.batches_per_epoch, model_prefix=symbol[: -len("-symbol.json")],
         devices=list(devices) if devices is not None else None,
         kvstore=job.cluster.effective_kvstore, out_dir=f"{layout.run_dir}/workers/worker-{index}",

@@ -212,7 +212,8 @@ def _facts_file(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions
     config = ssh.ssh_config or os.path.expanduser("~/.ssh/config")
     stamp = os.stat(config).st_mtime_ns if os.path.isfile(config) else 0
     key = hashlib.sha256(repr((host.name, host.port, host.user, host.python, remote_dir, config, stamp)).encode())
-    return os.path.join(cache_dir, "hosts", f"{re.sub(r'[^A-Za-z0-9_.-]', '_', host.label)}-{key.hexdigest()[:16]}.json")
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", host.label)
+    return os.path.join(cache_dir, "hosts", f"{label}-{key.hexdigest()[:16]}.json")
 
 
 def remember_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, facts: HostFacts) -> None:

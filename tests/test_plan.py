@@ -31,7 +31,8 @@ def inventory(num_train: int = 9, num_val: int = 5) -> Inventory:
 
 
 def test_local_plan_literal():
-    plan = make_plan(parse_job(JOB, "/jobs/small.yaml", environ={}), [HostSpec("localhost")], FACTS, inventory=inventory())
+    plan = make_plan(parse_job(JOB, "/jobs/small.yaml", environ={}), [HostSpec("localhost")], FACTS,
+                     inventory=inventory())
     assert [(p.role, p.rank, p.host) for p in plan.processes] == [
         (Role.SCHEDULER, 0, "localhost"), (Role.SERVER, 0, "localhost"), (Role.SERVER, 1, "localhost"),
         (Role.WORKER, 0, "localhost"), (Role.WORKER, 1, "localhost")]
@@ -77,7 +78,8 @@ def test_round_robin_placement():
 
 
 def test_describe_names_every_process():
-    plan = make_plan(parse_job(JOB, "/jobs/small.yaml", environ={}), [HostSpec("localhost")], FACTS, inventory=inventory())
+    plan = make_plan(parse_job(JOB, "/jobs/small.yaml", environ={}), [HostSpec("localhost")], FACTS,
+                     inventory=inventory())
     text = plan.describe()
     for name in ("scheduler", "server 0", "server 1", "worker 0", "worker 1", "shard 1: 4 records",
                  "root 127.0.0.1:9000", "2 epochs x 2 batches of 4 per worker"):
@@ -106,7 +108,8 @@ def test_remote_plan_literal():
     assert [t for t in plan.transfers if t.host == "10.0.0.2"] == [
         Transfer("10.0.0.2", "/code/trainer/worker.py", "/home/b/.mxft/code/c0de/trainer/worker.py", "code"),
         Transfer("10.0.0.2", plan.recipe.shards[1].rec_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.rec", "data"),
-        Transfer("10.0.0.2", plan.recipe.shards[1].prefix + ".idx", f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx", "data"),
+        Transfer("10.0.0.2", plan.recipe.shards[1].prefix + ".idx", f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx",
+                 "data"),
         Transfer("10.0.0.2", "/d/val.rec", "/home/b/.mxft/data/vk/val.rec", "data"),
         Transfer("10.0.0.2", "/m/net-symbol.json", "/home/b/.mxft/data/mk-flatten0/net-symbol.json", "data"),
         # The params without the layers above the cut (launcher.trim), made while staging.
