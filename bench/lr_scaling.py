@@ -11,7 +11,6 @@ median validation accuracy with one worker at the job's own learning rate (goal 
 """
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 

@@ -23,7 +23,7 @@ from cluster.hosts import HostSpec
 from cluster.ssh import SSHOptions
 from launcher import recfile
 from launcher.inputs import Inventory
-from launcher.jobspec import AUTO, ClusterSpec, CommandSpec, JobSpec, parse_job, plain
+from launcher.jobspec import AUTO, ClusterSpec, CommandSpec, JobSpec, plain
 from trainer.config import WorkerConfig
 
 
@@ -482,6 +482,7 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
 def scaled_learning_rate(job: JobSpec, global_batch: int) -> float | None:
     """``train.lr_scaling: linear``: the job's learning rate x global batch / ``train.reference_batch``.
 
+    >>> from launcher.jobspec import parse_job
     >>> job = parse_job("{num_classes: 2, model: {prefix: m}, data: {train: t, val: v}, train: {lr_scaling: "
     ...                 "linear, reference_batch: 16, optimizer_params: {learning_rate: 0.1}}}", "/j.yaml", environ={})
     >>> scaled_learning_rate(job, 64)
