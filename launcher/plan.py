@@ -248,6 +248,11 @@ def shard_dir(facts: Facts, num_workers: int) -> str:
     return os.path.join(facts.cache_dir, "shards", key)
 
 
+def _where(host: HostSpec) -> str:
+    """Where a host-placement error points: the hosts file's line, else the host."""
+    return f"line {host.line}" if host.line else host.label
+
+
 def place(count: int, hosts: Sequence[HostSpec], *, offset: int = 0) -> list[HostSpec]:
     """Round-robin ``count`` processes over ``hosts``, starting at host ``offset``.
 
@@ -354,7 +359,7 @@ def assign_workers(cluster: ClusterSpec, hosts: Sequence[HostSpec]) -> Assignmen
                                                           "round-robin over the hosts",)
     if len({len(d) for d in devices if d is not None}) > 1:
         counts = ", ".join(f"{h.label}: {len(d)}" for h, d in dict(zip(workers, devices)).items())
-        raise InputError(f"line {workers[0].line}" if workers[0].line else workers[0].label,
+        raise InputError(_where(workers[0]),
                          f"the workers would drive different numbers of GPUs ({counts}); in dist_sync every worker "
                          "must run the same batches per epoch",
                          hint="give the hosts the same slots=, or set cluster.workers and cluster.devices")
@@ -386,7 +391,7 @@ def _device_blocks(cluster: ClusterSpec, workers: tuple[HostSpec, ...]) -> list[
     for i, host in enumerate(workers):
         shared = workers.count(host) > 1
         if shared and cluster.devices != tuple(range(size)):
-            raise InputError(f"line {host.line}" if host.line else host.label,
+            raise InputError(_where(host),
                              f"{workers.count(host)} workers on host '{host.label}' cannot all drive GPUs "
                              f"{list(cluster.devices)}", hint=f"use cluster.devices: gpu:{size} (each worker then "
                              "gets its own block of the host's GPUs)")
@@ -577,7 +582,7 @@ def check_slots(worker_hosts: Sequence[HostSpec], devices_per_worker: int, *, hi
         wanted = count * devices_per_worker
         if host.slots is not None and wanted > host.slots:
             what = f"{count} worker(s) x {devices_per_worker} devices" if devices_per_worker > 1 else f"{count} workers"
-            raise InputError(f"line {host.line}" if host.line else host.label,
+            raise InputError(_where(host),
                              f"host '{host.label}' offers slots={host.slots} but gets {what}", hint=hint)
 
 

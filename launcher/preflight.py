@@ -84,8 +84,9 @@ print(json.dumps(out))
 """
 
 
+@functools.lru_cache(maxsize=1)
 def local_mxnet_version() -> str | None:
-    """The installed mxnet's version, read from package metadata (no import)."""
+    """The installed mxnet's version, read from package metadata (no import; looked up once per process)."""
     for dist in metadata.distributions():
         name = (dist.metadata["Name"] or "").lower()
         if name == "mxnet" or name.startswith("mxnet-"):
