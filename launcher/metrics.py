@@ -80,6 +80,12 @@ class MetricsWriter:
             self._events.append(event)
             return sum(e["epoch"] == event["epoch"] for e in self._events) >= self.num_workers
 
+    def rows(self) -> list[dict]:
+        """The rows of every epoch all workers have reported so far (see ``epoch_rows``)."""
+        with self._lock:
+            events = list(self._events)
+        return epoch_rows(events, self.num_workers)
+
     def write(self, *, final: bool = True) -> list[dict]:
         """Rewrite the CSV (and the plot when ``final`` or due); returns the rows.
 
