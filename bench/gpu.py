@@ -11,6 +11,10 @@ GPU, on the same generated 256x256 images packed as .rec. mxft side: ``mxft-laun
 worker config run in one process with ``kvstore: device`` (``Module.fit`` without ps-lite).
 Images/s come from the workers' epoch reports, epochs after the first. Any failure
 (the CUDA build not loading, no GPU) is written to gpu.json and reported, not hidden.
+Before training, gpu.json's ``preflight`` records what preflight's GPU probe finds on
+each GPU here (model, compute capability, a test operation, the build's architectures)
+and whether ``mxft-launch`` would let a job use them: the probe's GPU half, which needs
+no SSH (``mxft-launch check`` runs the same code on remote hosts).
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ import traceback
 import numpy as np
 import yaml
 
+from launcher.gpu_check import build_archs_of, gpu_problem, gpus_of
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -39,6 +45,23 @@ def environment() -> dict:
                 "gpus": mx.context.num_gpus() if features.is_enabled("CUDA") else 0}
     except Exception as err:  # noqa: BLE001 - the point is to record whatever stops the CUDA build
         return {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]}
+
+
+def gpu_preflight() -> dict:
+    """``launcher.gpu_probe`` on this machine's GPUs, in a fresh process as on a probed host, with its verdict."""
+    code = ("import json, mxnet\nfrom mxnet.runtime import Features\nfrom launcher.gpu_probe import gpu_facts\n"
+            "count = mxnet.context.num_gpus() if Features().is_enabled('CUDA') else 0\n"
+            "print(json.dumps(gpu_facts(mxnet, count, mxnet.base._LIB._name) if count else {}), flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=300)  # exit status aside: the line is the answer
+    try:
+        facts = json.loads(done.stdout.splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"exit {done.returncode}: {(done.stdout + done.stderr)[-2000:]}"}
+    gpus = gpus_of(facts)
+    problem = gpu_problem(gpus, [gpu.index for gpu in gpus], build_archs_of(facts))
+    verdict = "no GPU" if not gpus else "ok" if problem is None else f"{problem[0]} ({problem[1]})"
+    return {**facts, "verdict": verdict}
 
 
 def make_model(prefix: str) -> str:
@@ -122,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, subprocess.TimeoutExpired) as err:
         report["nvidia_smi"] = f"not available: {err}"
     try:
+        report["preflight"] = gpu_preflight()
+    except (OSError, subprocess.TimeoutExpired) as err:
+        report["preflight"] = {"error": f"{type(err).__name__}: {err}"}
+    try:
         if "error" in report["env"]:
             raise RuntimeError("mxnet did not load: " + report["env"]["error"])
         if not args.smoke and report["env"]["gpus"] < 1:
@@ -180,6 +207,9 @@ def section(report: dict | None) -> str:
     lines.append(f"Run {report.get('when', '?')}; GPU: {report.get('nvidia_smi', '?')}; mxnet: "
                  + (f"{env['mxnet']} (CUDA {env['cuda']}, cuDNN {env['cudnn']}, {env['gpus']} GPUs)"
                     if "mxnet" in env else env.get("error", "?")) + ".")
+    preflight = report.get("preflight", {})
+    if preflight:
+        lines.append(f"Preflight's GPU check: {preflight.get('verdict') or preflight.get('error', '?')[:500]}.")
     if "error" in report:
         return "\n".join(lines + ["", f"**Failed:** {report['error'][:1500]}"])
     mxft, plain = report["mxft"], report["plain"]

@@ -3,6 +3,8 @@
 # On a GPU machine, from the repository root:
 #
 #   bash bench/gpu.sh                 # writes ${OUT:-bench/out}/gpu.json (and install.log on a failed install)
+#                                     # gpu.json's "preflight": what mxft's preflight finds on each GPU here and
+#                                     # whether it would let a job use them (the GPU half of `mxft-launch check`)
 #   python -m bench gpu_report F      # then, here: BENCHMARKS.md's GPU section from that gpu.json
 #
 # MXFT_MXNET_WHEEL names the CUDA build for pip: a requirement (default mxnet-cu112==1.9.1, the newest

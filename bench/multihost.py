@@ -29,6 +29,7 @@ import yaml
 from bench.report import ROOT, events_in, provenance, spread, write_section
 from cluster.hosts import load_hosts
 from launcher.assets import ensure_built
+from launcher.console import Console
 from cluster.ssh import SSHHost, SSHOptions, remote_command
 from launcher.execute import stage_local, stage_remote
 from launcher.jobspec import load_job
@@ -98,7 +99,7 @@ class Bench:
         plan = plan_attempt(config, job, load_hosts(self.hosts), Attempt(run_id, os.path.join(self.runs, run_id)))
         ssh_hosts = {host.label: SSHHost(host, plan.ssh) for host in plan.hosts}
         stage_local(plan)
-        stage_remote(plan, ssh_hosts, echo=lambda text: None)  # configs and data in place, as by hand
+        stage_remote(plan, ssh_hosts, console=Console(open(os.devnull, 'w')))  # configs and data in place, as by hand
         started = time.time()
         procs, outputs = [], []
         for spec in plan.processes:
@@ -167,7 +168,7 @@ class Bench:
 def demo_assets() -> str:
     """The digits demo's folder, built first if missing (as ``make demo`` would)."""
     job = load_job(os.path.join(ROOT, "jobs", "demo.yaml"))
-    ensure_built(job, echo=print)
+    ensure_built(job, console=Console(verbose=True))
     return os.path.dirname(job.model.prefix)
 
 

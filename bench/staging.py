@@ -43,7 +43,7 @@ def _clear(config: str, address: str) -> None:
 def _mxft(config: str, address: str, paths: list[str]) -> None:
     host = SSHHost(HostSpec(address), SSHOptions(ssh_config=config))
     transfers = [Transfer(address, path, f"{DEST}/{os.path.basename(path)}", "run") for path in paths]
-    stage_host(host, transfers, root="/srv/mxft-host", python=sys.executable, progress=lambda text: None)
+    stage_host(host, transfers, root="/srv/mxft-host", python=sys.executable, progress=lambda *report: None)
 
 
 def _scp(config: str, address: str, paths: list[str], *cipher: str) -> None:
@@ -121,7 +121,7 @@ def wire_table(cluster, work: str) -> list[str]:
         inventory = check_inputs(job)
         stage_local(plan)
         reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
-                            python_of=plan.remote_pythons.__getitem__, progress=lambda text: None)
+                            python_of=plan.remote_pythons.__getitem__, progress=lambda *report: None)
         sent = sum(r.data_bytes_sent for r in reports)
         code = sum(r.code_bytes_sent for r in reports)
         stream = sum(r.bytes_sent for r in reports)

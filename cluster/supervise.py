@@ -112,9 +112,10 @@ class Supervisor:
     """
 
     def __init__(self, *, echo: Callable[[str], None], on_line: Callable[[Member, str], bool] | None = None,
-                 stop_grace_s: float = 5.0) -> None:
+                 relay: Callable[[str, str], None] | None = None, stop_grace_s: float = 5.0) -> None:
         self._echo = echo
         self._on_line = on_line
+        self._relay = relay  # (name, line) -> shows it or not; default: every line, prefixed with the name
         self._stop_grace_s = stop_grace_s
         self._echo_lock = threading.Lock()
         self.members: list[Member] = []
@@ -148,6 +149,9 @@ class Supervisor:
                 if self._on_line is not None and self._consumed(member, line):
                     continue  # consumed (a structured event): kept in the log, off the console
                 member.tail.append(line)
+                if self._relay is not None:
+                    self._relay(member.name, line)
+                    continue
                 with self._echo_lock:
                     self._echo(prefix + line)
 

@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 
 from cluster.local import LocalTransport
 from cluster.supervise import Supervisor
-from launcher import demo_assets
+from launcher import demo_assets, extras
+from launcher.console import Console
 from launcher.jobspec import JobSpec
 
 
-def ensure_built(job: JobSpec, *, echo: Callable[[str], None]) -> None:
-    """Run ``python -m launcher.demo_assets DIR`` unless a complete build of this version is there."""
+def ensure_built(job: JobSpec, *, console: Console) -> None:
+    """Run ``python -m launcher.demo_assets DIR`` unless a complete build of this version is there.
+
+    The build's own output goes to DIR/build.log (and to the console with -v).
+    """
     out_dir = os.path.dirname(job.model.prefix)
     if demo_assets.is_built(out_dir):
         return
-    echo(f"[mxft] building the {job.builtin_assets} demo assets into {out_dir} (once; about a minute)")
+    extras.require("sklearn", package="scikit-learn", extra="demo",
+                   needed_for=f"building the {job.builtin_assets} demo assets", source=job.source)
+    console(f"[mxft] building the {job.builtin_assets} demo assets into {out_dir} (once; about a minute)")
     os.makedirs(out_dir, exist_ok=True)
     code_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with Supervisor(echo=echo) as group:
+    with Supervisor(echo=console, relay=console.relay) as group:
         group.start("assets", LocalTransport(), (sys.executable, "-m", "launcher.demo_assets", out_dir),
                     env={"PYTHONPATH": code_dir, "PYTHONUNBUFFERED": "1"},
                     log_path=os.path.join(out_dir, "build.log"), primary=True)

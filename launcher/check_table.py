@@ -3,15 +3,16 @@
     mxft-launch check --hosts hosts.txt [JOB]
 
 Each host is probed in parallel exactly as a launch would (SSH with strict host keys,
-the Python of the hosts file, mxnet and its features, GPUs, free space in the work
-folder, clock). With a job, the last column says whether the host can take its part
-of that job; without one, whether it could run mxft at all.
+the Python of the hosts file, mxnet and its features, GPUs with their model and compute
+capability, free space in the work folder, clock). With a job, the last column says whether
+the host can take its part of that job; without one, whether it could run mxft at all.
 """
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
 
+from launcher.gpu_check import gpu_summary
 from launcher.preflight import HostReport, Requirements, problems
 
 COLUMNS = ("host", "ssh", "host key", "python", "mxnet", "ps-lite", "cuda", "gpus", "cpus", "free GB", "clock skew s",
@@ -37,7 +38,7 @@ def host_row(report: HostReport, need: Requirements) -> HostRow:
         verdict = f"ok (clock {skew:+.1f} s off: run NTP)"
     return HostRow((report.label, "ok" if report.reachable else "unreachable", report.host_key,
                     info.get("python", "-"), info.get("mxnet", "missing" if "mxnet_error" in info else "-"),
-                    yes_no("dist_kvstore"), yes_no("cuda"), str(info.get("gpus", "-")), str(info.get("cpus", "-")),
+                    yes_no("dist_kvstore"), yes_no("cuda"), gpu_summary(info), str(info.get("cpus", "-")),
                     f"{info['free_bytes'] / 1e9:.1f}" if "free_bytes" in info else "-",
                     f"{skew:+.2f}" if skew is not None else "-", verdict), problem is None)
 

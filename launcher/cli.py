@@ -1,19 +1,12 @@
-"""``mxft-launch``: the only module that prints to the user and chooses exit codes.
+"""The ``mxft-launch`` command line: the only module that prints to the user and chooses exit codes.
 
-    mxft-launch --local jobs/demo.yaml --set train.epochs=4
-    mxft-launch --hosts hosts.txt jobs/resnet152.yaml --dry-run
-    mxft-launch --resume runs/resnet152-caltech256-20261128-120000-ab12
-    mxft-launch stop runs/resnet152-caltech256-20261128-120000-ab12
-    mxft-launch status runs/resnet152-caltech256-20261128-120000-ab12
-    mxft-launch check --hosts hosts.txt jobs/resnet152.yaml
-    mxft-launch -H hosts.txt -n 3 -s 2 --sync-dir ~/job -- python train.py   (command mode, as tools/launch.py)
-
-Exit codes: 0 success; 1 the job failed or missed ``expect.min_accuracy``; 2 bad
-input (nothing was started); 130/143 stopped by SIGINT/SIGTERM.
+Subcommands: launch (the default), command (launch.py's options), check, status, stop,
+runs. Each has its own ``--help``, written for users; OVERVIEW is ``mxft-launch --help``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import signal
@@ -27,16 +20,82 @@ from cluster.ssh import SSHOptions
 from launcher import runstate
 from launcher.check_table import table
 from launcher.command import parse_env
+from launcher.console import Console
 from launcher.jobspec import CommandSpec
 from launcher.launch import LaunchConfig, check_hosts, run
 from launcher.plan import Plan
-from launcher.status import status_lines
+from launcher.status import runs_lines, status_lines
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
-    parser = argparse.ArgumentParser(prog="mxft-launch", description=__doc__.split("\n\n")[0])
+EXIT_CODES = """\
+exit codes:
+  0    success
+  1    the job failed, or its accuracy is below the job's expect.min_accuracy
+  2    bad input (a job file, hosts file, option or host that cannot work); nothing was started
+  130  stopped by Ctrl-C (SIGINT); 143 stopped by SIGTERM (mxft-launch stop)"""
+
+OVERVIEW = f"""\
+usage: mxft-launch [launch] JOB [options]          fine-tune: run a job file
+       mxft-launch command -n WORKERS [options] -- PROGRAM [ARGS ...]
+       mxft-launch check --hosts FILE [JOB]
+       mxft-launch status RUN_DIR
+       mxft-launch stop RUN_DIR
+       mxft-launch runs [--run-root DIR]
+
+Fine-tune a pretrained MXNet image model on one machine or many: mxft-launch plans
+the ps-lite scheduler, servers and workers, copies data and code to the hosts over SSH,
+starts every process, shows one line per epoch and brings back the validation score and
+the checkpoint.
+
+commands:
+  launch    run a job file (the default: 'mxft-launch jobs/demo.yaml' is 'mxft-launch launch jobs/demo.yaml')
+  command   run any ps-lite program as scheduler, servers and workers (the options of MXNet's
+            tools/launch.py; 'mxft-launch -n 2 -- python train.py' works too)
+  check     probe hosts as a launch would (SSH, Python, mxnet, GPUs, disk) and print a table
+  status    where a run stands: state, processes, last epoch, result
+  stop      stop a running run (every process on every host)
+  runs      list recent runs: state, accuracy, duration, folder
+
+examples:
+  mxft-launch jobs/demo.yaml                                 the demo, on this machine
+  mxft-launch --hosts hosts.txt jobs/resnet152.yaml --dry-run   the plan, without starting anything
+  mxft-launch --hosts hosts.txt jobs/resnet152.yaml          the tutorial's job on several hosts
+  mxft-launch --resume runs/resnet152-caltech256-20261128-120000-ab12
+
+'mxft-launch COMMAND --help' shows a command's options.
+
+{EXIT_CODES}"""
+
+LAUNCH_DESCRIPTION = """\
+Run a fine-tuning job file: plan it on this machine (--local, the default) or on the hosts
+of a hosts file, copy what each host needs, start the ps-lite scheduler, servers and
+workers, and bring back the validation score and the checkpoint. The console shows one
+line per epoch (and a progress bar on a terminal); every process's output is in the run
+folder's logs/."""
+
+LAUNCH_EPILOG = f"""\
+examples:
+  mxft-launch jobs/demo.yaml --set train.epochs=4
+  mxft-launch --hosts hosts.txt jobs/resnet152.yaml --dry-run --probe
+  mxft-launch --resume runs/resnet152-caltech256-20261128-120000-ab12
+
+{EXIT_CODES}"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+    """A launch or command, parsed: what to run, how many restarts, how much to show."""
+
+    config: LaunchConfig
+    max_restarts: int | None
+    verbose: bool
+
+
+def parse_args(argv: list[str] | None) -> Invocation:
+    parser = argparse.ArgumentParser(prog="mxft-launch [launch]", description=LAUNCH_DESCRIPTION, epilog=LAUNCH_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job", nargs="?", help="job file (YAML), e.g. jobs/demo.yaml")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last complete epoch")
     parser.add_argument("--max-restarts", type=int, metavar="N",
@@ -50,6 +109,8 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
                         help="override a job file value, e.g. --set train.epochs=4 --set train.lr=0.005 "
                              "(checked like the file; the effective job is saved as RUN_DIR/job.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show every process's output on the console (it is always in RUN_DIR/logs)")
     args = parser.parse_args(argv)
     if (args.job is None) == (args.resume is None):
         parser.error("give a job file, or --resume RUN_DIR")
@@ -61,7 +122,7 @@ def parse_args(argv: list[str] | None) -> tuple[LaunchConfig, int | None]:
         args.hosts = "slurm"  # inside an allocation: its nodes are the hosts
     config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
                           _ssh_options(args), args.resume, tuple(args.overrides), probe=args.probe)
-    return config, args.max_restarts
+    return Invocation(config, args.max_restarts, args.verbose)
 
 
 def _add_dry_run_options(parser: argparse.ArgumentParser) -> None:
@@ -110,9 +171,13 @@ def is_command_mode(argv: list[str]) -> bool:
 def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
     """``mxft-launch [-H FILE] -n W [-s S] [--sync-dir D] [--env ...] -- COMMAND ...`` (launch.py's options)."""
     parser = argparse.ArgumentParser(
-        prog="mxft-launch", usage="mxft-launch [-H HOSTS] -n WORKERS [-s SERVERS] [options] [--] COMMAND ...",
-        description="Command mode: run any ps-lite program as scheduler, servers and workers "
-                    "(the options of MXNet's tools/launch.py).")
+        prog="mxft-launch command",
+        usage="mxft-launch [command] [-H HOSTS] -n WORKERS [-s SERVERS] [options] [--] PROGRAM [ARGS ...]",
+        description="Run any ps-lite program (your own train.py with kvstore='dist_sync', say) as scheduler,\n"
+                    "servers and workers, on this machine or the hosts of a hosts file, with the options of\n"
+                    "MXNet's tools/launch.py. Every process's output is shown, prefixed with its role and rank.",
+        epilog="example:\n  mxft-launch -H hosts.txt -n 2 -s 2 --sync-dir ~/job -- python train.py --epochs 4"
+               f"\n\n{EXIT_CODES}", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--num-workers", type=int, required=True, help="number of workers")
     parser.add_argument("-s", "--num-servers", type=int, help="number of servers (default: as many as workers)")
     parser.add_argument("-H", "--hostfile", "--hosts", dest="hosts", metavar="FILE",
@@ -127,9 +192,10 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
                             help=f"set for {role} processes only (launch.py's NAME:VALUE also works)")
     parser.add_argument("--name", default=None, help="run name (default: the program's name)")
     parser.add_argument("--p3", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)  # always, in command mode
     _add_shared_options(parser, environ)
     _add_dry_run_options(parser)
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="the program and its arguments")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="PROGRAM", help="the program and its arguments")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if args.p3:
@@ -209,20 +275,33 @@ def _raise_interrupted(signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["stop"]:
-        return stop(argv[1:])
-    if argv[:1] in (["check"], ["status"]):
+    if not argv or argv[0] in ("-h", "--help"):
+        print(OVERVIEW, file=sys.stdout if argv else sys.stderr)
+        return EXIT_OK if argv else EXIT_BAD_INPUT
+    if argv[0] == "--version":
+        _echo(f"mxft-launch {_version()}")
+        return EXIT_OK
+    if argv[0] in TOOLS:
         try:
-            return check(argv[1:]) if argv[0] == "check" else status(argv[1:])
+            return TOOLS[argv[0]](argv[1:])
         except InputError as err:
             return _bad_input(err)
+    if argv[0] in ("launch", "command"):
+        return launch(argv[1:], command_mode=argv[0] == "command")
+    return launch(argv, command_mode=is_command_mode(argv))
+
+
+def launch(argv: list[str], *, command_mode: bool) -> int:
+    """Plan and run a job file or a command; prints the outcome and returns the exit code."""
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    console = None
     try:
-        if is_command_mode(argv):
-            config, max_restarts = parse_command_args(argv), 0
+        if command_mode:  # the program's own output is what the user came for
+            invocation = Invocation(parse_command_args(argv), 0, verbose=True)
         else:
-            config, max_restarts = parse_args(argv)
-        outcome = run(config, echo=_echo, max_restarts=max_restarts)
+            invocation = parse_args(argv)
+        console = Console(verbose=invocation.verbose)
+        outcome = run(invocation.config, console=console, max_restarts=invocation.max_restarts)
         if outcome.result is None:
             _echo(outcome.plan.describe())
             return EXIT_OK
@@ -245,6 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     except MxftError as err:
         print(f"mxft-launch: error: {err}", file=sys.stderr, flush=True)
         return EXIT_FAILED
+    finally:
+        if console is not None:
+            console.close()
+
+
+def _version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("mxft")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def _bad_input(err: InputError) -> int:
@@ -253,20 +343,28 @@ def _bad_input(err: InputError) -> int:
     return EXIT_BAD_INPUT
 
 
+def _tool_parser(name: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"mxft-launch {name}", description=description, epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def check(argv: list[str]) -> int:
     """``mxft-launch check --hosts FILE [JOB]``: preflight only, a table per host; exit 2 if a host fails."""
-    parser = argparse.ArgumentParser(
-        prog="mxft-launch check", description="Probe every host as a launch would (SSH, host key, Python, mxnet with "
-        "ps-lite, GPUs, disk, clock) and print a table; with a job file, also whether each host can take its part "
-        "of that job.")
+    parser = _tool_parser(
+        "check", "Probe every host as a launch would (SSH, host key, Python, mxnet with ps-lite, GPUs, disk, clock) "
+        "and print a table, one row per host. With a job file, also whether each host can take its part of that "
+        "job. Starts nothing and copies nothing.",
+        "example:\n  mxft-launch check --hosts hosts.txt jobs/resnet152.yaml\n\n"
+        "exit codes:\n  0    every host can take its part\n  2    some host cannot (its row says why), "
+        "or bad input")
     parser.add_argument("job", nargs="?", help="also check that each host can take its part of this job")
     parser.add_argument("--hosts", required=True, metavar="FILE", help="hosts file, or 'slurm'")
     _add_shared_options(parser, os.environ)
-    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE",
+                        help="override a job file value, as for a launch")
     args = parser.parse_args(argv)
     config = LaunchConfig(args.job or "", args.hosts, True, args.run_root, args.cache_dir, args.remote_dir,
-                          _ssh_options(args),
-                          overrides=tuple(args.overrides))
+                          _ssh_options(args), overrides=tuple(args.overrides))
     rows = check_hosts(config)
     for line in table(rows):
         _echo(line)
@@ -275,17 +373,39 @@ def check(argv: list[str]) -> int:
 
 def status(argv: list[str]) -> int:
     """``mxft-launch status RUN_DIR``: state, processes per host, epoch, last metrics, result."""
-    parser = argparse.ArgumentParser(prog="mxft-launch status")
-    parser.add_argument("run_dir", help="the run directory a launch printed")
+    parser = _tool_parser(
+        "status", "Show where a run stands, from its run folder alone (no SSH): running, succeeded, failed (and "
+        "why) or stopped; its attempts; its processes per host; the last epoch each worker finished; the last "
+        "metrics; the result.",
+        "example:\n  mxft-launch status runs/demo-20261128-210222-8250\n\n"
+        "exit codes:\n  0    shown\n  2    not a run folder")
+    parser.add_argument("run_dir", help="the run folder a launch printed (RUN_ROOT/RUN_ID)")
     for line in status_lines(parser.parse_args(argv).run_dir):
+        _echo(line)
+    return EXIT_OK
+
+
+def runs(argv: list[str]) -> int:
+    """``mxft-launch runs [--run-root DIR]``: the newest runs, one line each."""
+    parser = _tool_parser(
+        "runs", "List the newest runs under the run root, newest first: when each started, its state, its "
+        "validation accuracy, how long it took (or has been running) and its folder.",
+        "exit codes:\n  0    listed\n  2    no such run root")
+    parser.add_argument("--run-root", default="runs", metavar="DIR", help="where the runs are (default: ./runs)")
+    parser.add_argument("--limit", type=int, default=20, metavar="N", help="how many runs to show (default 20)")
+    args = parser.parse_args(argv)
+    for line in runs_lines(args.run_root, limit=max(args.limit, 1)):
         _echo(line)
     return EXIT_OK
 
 
 def stop(argv: list[str]) -> int:
     """``mxft-launch stop RUN_DIR``: stop exactly that run (its launcher tears down every process)."""
-    parser = argparse.ArgumentParser(prog="mxft-launch stop")
-    parser.add_argument("run_dir", help="the run directory a launch printed")
+    parser = _tool_parser(
+        "stop", "Stop a running run: its launcher is sent SIGTERM and stops every process of the run on every "
+        "host, then records the run as stopped (resume it later with mxft-launch --resume RUN_DIR).",
+        "exit codes:\n  0    stopped\n  1    no launcher of this run is running, or it did not stop in time")
+    parser.add_argument("run_dir", help="the run folder a launch printed (RUN_ROOT/RUN_ID)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="how long to wait (default 60)")
     args = parser.parse_args(argv)
     launcher = runstate.running_launcher(args.run_dir)
@@ -302,6 +422,9 @@ def stop(argv: list[str]) -> int:
         time.sleep(0.1)
     _echo(f"stopped {args.run_dir}")
     return EXIT_OK
+
+
+TOOLS = {"check": check, "status": status, "runs": runs, "stop": stop}
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -25,6 +25,7 @@ from cluster.local import LocalTransport
 from cluster.ssh import SSHHost
 from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
 from launcher import recfile, runstate
+from launcher.console import Console
 from launcher.metrics import MetricsWriter
 from launcher.plan import Plan, Role
 from launcher.stage import fetch_dir, stage_all
@@ -77,8 +78,8 @@ class RunEvents:
     worker 0's epoch checkpoint, rewriting the metrics files) runs on two background threads.
     """
 
-    def __init__(self, plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callable[[str], None]) -> None:
-        self.plan, self.ssh_hosts, self.echo = plan, ssh_hosts, echo
+    def __init__(self, plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Console) -> None:
+        self.plan, self.ssh_hosts, self.console = plan, ssh_hosts, console
         # Two queues: a slow plot never delays a checkpoint fetch (worker 0 prunes old epochs).
         self.fetches = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mxft-fetch")
         self.drawing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mxft-metrics")
@@ -91,6 +92,7 @@ class RunEvents:
         self.position: dict[int, tuple[int, int]] = {}
         self.done: set[int] = set()
         self.unreachable: dict[str, str] = {}  # process name -> why it cannot reach the scheduler
+        self.said_waiting: set[str] = set()  # processes the console was told are still waiting
 
     def on_line(self, member: Member, line: str) -> bool:
         event = events.parse(line)
@@ -101,13 +103,23 @@ class RunEvents:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(event, sort_keys=True) + "\n")
         if event["event"] == "scheduler_unreachable":
-            self.unreachable[member.name] = (f"on {member.host} cannot connect to the scheduler at "
-                                             f"{event['address']}: {event['error']}")
+            self._waiting_for_scheduler(member, event)
         elif event["event"] == "scheduler_reachable":
             self.unreachable.pop(member.name, None)
         if member.role == Role.WORKER.value:
             self._on_worker_event(member.index, event)
         return True
+
+    def _waiting_for_scheduler(self, member: Member, event: dict) -> None:
+        """Kept for the start-up deadline's report; said once if the wait grows long (a slow scheduler is normal)."""
+        address, error = str(event.get("address")), str(event.get("error"))[:200]
+        self.unreachable[member.name] = f"on {member.host} cannot connect to the scheduler at {address}: {error}"
+        waited = event.get("waited_s")
+        if isinstance(waited, (int, float)) and waited >= 30 and member.name not in self.said_waiting:
+            self.said_waiting.add(member.name)
+            self.console(f"[mxft] {member.name} on {member.host} is still waiting for the ps-lite scheduler at "
+                         f"{address} after {waited:.0f} s ({error}); the launch gives up after "
+                         f"{self.plan.recipe.job.cluster.startup_timeout_s} s (cluster.startup_timeout_s)")
 
     def _on_worker_event(self, index: int, event: dict) -> None:
         self.last_seen[index] = time.monotonic()
@@ -116,20 +128,28 @@ class RunEvents:
             self.rank_of[index] = int(event["rank"])
         elif kind == "progress":
             self.position[index] = (int(event["epoch"]), int(event["batch"]))
+            if index == 0:
+                self.console.batch(*self.position[index])
         elif kind == "done":
             self.done.add(index)
         elif kind == "first_batch":
             self.first_batch_at = min(self.first_batch_at or event["time"], event["time"])
         elif kind == "epoch" and self.metrics.add(event):
-            self._later(self.drawing, f"rewriting the metrics after epoch {event['epoch']}", self.metrics.write,
-                        final=False)
+            self._epoch_done(int(event["epoch"]))
         elif kind == "checkpoint" and index == 0:  # worker 0 keeps the run's checkpoints; others are ignored
             epoch = event.get("epoch")
             if isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch <= self.epochs:
                 self._later(self.fetches, f"keeping the checkpoint of epoch {epoch}", keep_checkpoint, self.plan,
                             self.ssh_hosts, epoch)
             else:
-                self.echo(f"[mxft] ignored a checkpoint event of worker 0 naming epoch {epoch!r}")
+                self.console(f"[mxft] ignored a checkpoint event of worker 0 naming epoch {epoch!r}")
+
+    def _epoch_done(self, epoch: int) -> None:
+        """Every worker reported ``epoch``: its line on the console, and the metrics files redrawn."""
+        row = next((r for r in self.metrics.rows() if r["epoch"] == epoch), None)
+        if row is not None:
+            self.console.epoch(row)
+        self._later(self.drawing, f"rewriting the metrics after epoch {epoch}", self.metrics.write, final=False)
 
     def _later(self, queue: concurrent.futures.Executor, what: str, work: Callable, *args, **kwargs) -> None:
         """Run ``work`` on a background thread; a failure is said, and the run goes on."""
@@ -137,7 +157,7 @@ class RunEvents:
             try:
                 work(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - a late checkpoint or plot must not stop training
-                self.echo(f"[mxft] {what} failed ({type(err).__name__}: {err}); continuing")
+                self.console(f"[mxft] {what} failed ({type(err).__name__}: {err}); continuing")
         try:
             queue.submit(guarded)
         except RuntimeError:  # a line read after the run ended: nothing is waiting for it any more
@@ -193,7 +213,7 @@ class Watchdog:
             reason=f"{names} did not join ps-lite within {self.startup_timeout_s} s")
 
 
-def execute(plan: Plan, *, echo: Callable[[str], None]) -> dict:
+def execute(plan: Plan, *, console: Console) -> dict:
     """Run the plan to completion and return its result; raises JobFailed (root cause first).
 
     A recipe's result is worker 0's result.json with timing and throughput added; a
@@ -202,17 +222,21 @@ def execute(plan: Plan, *, echo: Callable[[str], None]) -> dict:
     ssh_hosts = {host.label: SSHHost(host, plan.ssh) for host in plan.hosts if not host.is_local}
     began = time.time()
     stage_local(plan)
-    stage_remote(plan, ssh_hosts, echo=echo)
+    stage_remote(plan, ssh_hosts, console=console)
     started = time.time()
     if plan.recipe is None:
-        outcomes = run_processes(plan, ssh_hosts, echo=echo)
+        outcomes = run_processes(plan, ssh_hosts, console=console)
         return {"run_id": plan.run_id, "command": list(plan.command.argv), "staging_s": round(started - began, 3),
                 "running_s": round(time.time() - started, 3), "processes": [o.summary() for o in outcomes]}
-    run_events = RunEvents(plan, ssh_hosts, echo=echo)
+    run_events = RunEvents(plan, ssh_hosts, console=console)
+    console.start_training(plan.recipe.workers[0].begin_epoch, plan.recipe.job.train.epochs,
+                           plan.recipe.batches_per_epoch)
     try:
-        run_processes(plan, ssh_hosts, echo=echo, on_line=run_events.on_line, check=Watchdog(plan, run_events).check)
+        run_processes(plan, ssh_hosts, console=console, on_line=run_events.on_line,
+                      check=Watchdog(plan, run_events).check)
     finally:
         run_events.close()
+        console.close()
     ended = time.time()
     first = run_events.first_batch_at or started
     timing = {"staging_s": round(started - began, 3), "startup_s": round(first - started, 3),
@@ -220,28 +244,29 @@ def execute(plan: Plan, *, echo: Callable[[str], None]) -> dict:
     return collect(plan, run_events, ssh_hosts, timing=timing)
 
 
-def stage_remote(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callable[[str], None]) -> None:
+def stage_remote(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Console) -> None:
     """Send every remote host what the plan puts there, reporting per host."""
     if not plan.transfers:
         return
     started = time.monotonic()
     reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
-                        python_of=plan.remote_pythons.__getitem__, progress=lambda text: echo(f"[stage] {text}"))
+                        python_of=plan.remote_pythons.__getitem__,
+                        progress=lambda host, sent, total: console.progress(f"staging {host}", sent, total, unit="B"))
     for report in reports:
-        echo(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data, "
+        console(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data, "
              f"{report.code_bytes_sent} of code), "
              f"{report.files_present} already there ({report.bytes_present} bytes) in {report.seconds:.1f} s")
-    echo(f"[stage] {sum(r.data_bytes_sent for r in reports)} bytes of data sent in total "
+    console(f"[stage] {sum(r.data_bytes_sent for r in reports)} bytes of data sent in total "
          f"({time.monotonic() - started:.1f} s)")
 
 
-def run_processes(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, echo: Callable[[str], None],
+def run_processes(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Console,
                   on_line: Callable[[Member, str], bool] | None = None,
                   check: Callable[[], None] | None = None) -> list[ProcessOutcome]:
     """Start every process of the plan under one Supervisor, wait for the workers; how each ended."""
     transports: dict[str, Transport] = {label: LocalTransport() for label in (h.label for h in plan.hosts)}
     transports.update(ssh_hosts)
-    with Supervisor(echo=echo, on_line=on_line) as group:
+    with Supervisor(echo=console, relay=console.relay, on_line=on_line) as group:
         def start(proc):
             return group.start(proc.name, transports[proc.host], proc.argv, env=proc.env_dict,
                                log_path=proc.log_path, primary=proc.role is Role.WORKER, cwd=proc.cwd,

@@ -103,16 +103,33 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _devices(value: Any) -> tuple[int, ...] | None:
-    """``cpu``, a GPU count ``gpu:4`` (ids 0-3), or a list of GPU ids ``[0, 1]``."""
+@dataclasses.dataclass(frozen=True)
+class CPUContexts:
+    """``devices: cpu`` (one context) or ``cpu:N``: each worker computes on ``mx.cpu(0)`` .. ``mx.cpu(N-1)``.
+
+    MXNet's Module splits every batch over a worker's contexts and sums their gradients
+    before the push, as on a multi-GPU worker (so that code path runs without GPUs); a
+    ``cpu:N`` worker takes N of its host's ``slots=`` and N x batch_per_device images a step.
+    """
+
+    count: int = 1
+
+    def __str__(self) -> str:
+        return "cpu" if self.count == 1 else f"cpu:{self.count}"
+
+
+def _devices(value: Any) -> tuple[int, ...] | CPUContexts:
+    """``cpu``, N CPU contexts ``cpu:2``, a GPU count ``gpu:4`` (ids 0-3), or a list of GPU ids ``[0, 1]``."""
     if value == "cpu":
-        return None
+        return CPUContexts(1)
+    if isinstance(value, str) and re.fullmatch(r"cpu:[1-9]\d*", value):
+        return CPUContexts(int(value[4:]))
     if isinstance(value, str) and re.fullmatch(r"gpu:[1-9]\d*", value):
         return tuple(range(int(value[4:])))
     if (isinstance(value, list) and value and len(set(value)) == len(value)
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
         return tuple(value)
-    raise ValueError("'cpu', 'gpu:N' or a list of distinct GPU ids such as [0, 1]")
+    raise ValueError("'cpu', 'cpu:N' or 'gpu:N' (N >= 1), or a list of distinct GPU ids such as [0, 1]")
 
 
 def _count_or_auto(value: Any) -> int | str:
@@ -341,17 +358,19 @@ class TrainSpec:
     reference_batch: int = key(128, check=_int(1), help="the global batch learning_rate was tuned for "
                                "(the tutorial's 16 per GPU x 8 GPUs)")
     warmup_epochs: int = key(0, check=_int(0), help="epochs that ramp the learning rate up from its unscaled value")
+    top_k: int = key(5, check=_int(2), help="also report top-k accuracy (only when k < num_classes: "
+                     "with k classes or fewer it is 1.0 by construction)")
 
 
 @dataclasses.dataclass(frozen=True)
 class ClusterSpec:
     workers: int | str = key(AUTO, check=_count_or_auto, help="worker processes; auto: one per GPU host (all "
-                             "its slots), or one per slot of a CPU host")
+                             "its slots), or one per slot of a CPU host (per N slots with devices: cpu:N)")
     servers: int | str = key(AUTO, check=_count_or_auto, help="parameter servers; auto: one on each worker host")
-    devices: tuple[int, ...] | None = key(TUTORIAL_GPUS, check=_devices,
-                                          to_yaml=lambda d: "cpu" if d is None else list(d),
-                                          help="GPU ids per worker ('gpu:N', [ids]) or 'cpu'; with cluster.workers: "
-                                               "auto, a host's slots= decides")
+    devices: tuple[int, ...] | CPUContexts = key(
+        TUTORIAL_GPUS, check=_devices, to_yaml=lambda d: str(d) if isinstance(d, CPUContexts) else list(d),
+        help="GPU ids per worker ('gpu:N', [ids]), or 'cpu' / 'cpu:N' (N CPU contexts per worker, each taking a "
+             "slot); with cluster.workers: auto, a host's slots= decides")
     kvstore: str = key("auto", check=_choice(KVSTORES), help="auto: dist_sync_device on GPUs, dist_sync on CPU")
     startup_timeout_s: int = key(300, check=_int(1), help="every worker must have joined ps-lite by then")
     progress_timeout_s: int = key(1800, check=_int(1), help="a worker silent this long is reported stuck")
@@ -359,7 +378,7 @@ class ClusterSpec:
 
     @property
     def uses_gpu(self) -> bool:
-        return self.devices is not None
+        return not isinstance(self.devices, CPUContexts)
 
     @property
     def effective_kvstore(self) -> str:

@@ -25,9 +25,10 @@ from cluster.hosts import HostSpec, load_hosts
 from cluster.local import free_ports
 from cluster.slurm import hosts_from_slurm
 from cluster.ssh import SSHHost, SSHOptions
-from launcher import assets, recfile, runstate
+from launcher import assets, extras, recfile, runstate
 from launcher.check_table import HostRow, host_row
 from launcher.command import sync_files
+from launcher.console import Console
 from launcher.execute import execute
 from launcher.inputs import Inventory, check_inputs
 from launcher.jobspec import CommandSpec, JobSpec, load_job
@@ -192,12 +193,15 @@ def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory | None)
     """What the plan puts on each host: GPUs and bytes to stage (shards counted before they exist)."""
     known: dict[str, int] = {}
     gpus: dict[str, int] = {}
+    gpu_ids: dict[str, tuple[int, ...]] = {}
     if plan.recipe is not None:
         known = {shard.rec_path: sum(inventory.train_records[i].size_bytes for i in shard.positions)
                  for shard in plan.recipe.shards}
         for label, worker in zip(plan.worker_hosts, plan.recipe.workers):
             gpus[label] = gpus.get(label, 0) + len(worker.devices or ())
-    return Requirements(local_mxnet_version(), gpus, _staging_bytes(plan.transfers, known), config.remote_dir)
+            gpu_ids[label] = gpu_ids.get(label, ()) + tuple(worker.devices or ())
+    return Requirements(local_mxnet_version(), gpus, _staging_bytes(plan.transfers, known), config.remote_dir,
+                        gpu_ids_per_host=gpu_ids)
 
 
 def _checked_inputs(spec: JobSpec | CommandSpec) -> Inventory | None:
@@ -265,7 +269,8 @@ def _folder_key(job: JobSpec) -> str:
     return digest.hexdigest()[:16]
 
 
-def pack_image_folder(job: JobSpec, cache_dir: str, *, echo: Callable[[str], None], dry_run: bool) -> JobSpec:
+def pack_image_folder(job: JobSpec, cache_dir: str, *, echo: Callable[[str], None], dry_run: bool,
+                      progress: Callable[[int, int], None] = lambda done, total: None) -> JobSpec:
     """For ``data.images``: pack the folder into the cache once; the job then names those .rec files."""
     images = job.data.images
     if images is None:
@@ -277,21 +282,19 @@ def pack_image_folder(job: JobSpec, cache_dir: str, *, echo: Callable[[str], Non
         if dry_run:
             raise InputError(images.folder, "is not packed yet", hint="launch once without --dry-run, "
                              "or pack it with mxft-prepare and name the .rec files in the job")
-        _pack(job, prefix, echo)
+        _pack(job, prefix, echo, progress)
     data = dataclasses.replace(job.data, train=prefix + "-train.rec", val=prefix + "-val.rec")
     return dataclasses.replace(job, data=data)
 
 
-def _pack(job: JobSpec, prefix: str, echo: Callable[[str], None]) -> None:
-    import importlib.util
-    if importlib.util.find_spec("cv2") is None:
-        raise InputError(job.source, "data.images needs OpenCV on this machine",
-                         hint="pip install opencv-python-headless (the 'prepare' extra)")
+def _pack(job: JobSpec, prefix: str, echo: Callable[[str], None], progress: Callable[[int, int], None]) -> None:
+    extras.require("cv2", package="opencv-python-headless", extra="prepare", needed_for="packing data.images",
+                   source=job.source)
     from launcher.prepare import PrepareSpec, pack_images
     images = job.data.images
     echo(f"[mxft] packing {images.folder} into {os.path.dirname(prefix)} (once; cached)")
     summary = pack_images(PrepareSpec(images.folder, prefix, images.train_per_class, images.seed, images.resize,
-                                      images.quality, images.exclude, os.cpu_count() or 1))
+                                      images.quality, images.exclude, os.cpu_count() or 1), progress=progress)
     if summary["classes_without_training_images"]:
         os.remove(prefix + "-summary.json")
         raise InputError(images.folder, "no readable training image in class(es) "
@@ -335,14 +338,14 @@ def _record_end(run_dir: str, attempt: int, outcome: str, **details) -> runstate
     return checkpoint
 
 
-def _started(plan: Plan, attempt: Attempt, echo: Callable[[str], None]) -> None:
+def _started(plan: Plan, attempt: Attempt, console: Console) -> None:
     os.makedirs(plan.run_dir, exist_ok=True)
     runstate.write_launcher(plan.run_dir, plan.run_id)
     begin = attempt.checkpoint.epoch if attempt.checkpoint else 0
     runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "run_id": plan.run_id,
                                            "outcome": "started", **({"begin_epoch": begin} if plan.recipe else {})})
     what = f" running {plan.command.argv[0]}" if plan.command else ""
-    echo(f"[mxft] run {plan.run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s){what}, "
+    console(f"[mxft] run {plan.run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s){what}, "
          f"logs in {os.path.dirname(plan.processes[0].log_path)}"
          + (f"; attempt {attempt.number}, from epoch {begin}" if attempt.number > 1 else ""))
 
@@ -357,7 +360,7 @@ def _finish(plan: Plan, attempt: Attempt, result: dict) -> dict:
     return result
 
 
-def run(config: LaunchConfig, *, echo: Callable[[str], None], max_restarts: int | None = None) -> Outcome:
+def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = None) -> Outcome:
     """Launch (or resume) the job; a dry run returns its plan without a result.
 
     After a failed attempt, and while restarts are left, tears down (done by then),
@@ -367,17 +370,19 @@ def run(config: LaunchConfig, *, echo: Callable[[str], None], max_restarts: int 
     hosts = _hosts(config)
     if isinstance(spec, JobSpec):
         if spec.builtin_assets and not config.dry_run:
-            assets.ensure_built(spec, echo=echo)
-        spec = pack_image_folder(spec, config.cache_dir, echo=echo, dry_run=config.dry_run)
+            assets.ensure_built(spec, console=console)
+        spec = pack_image_folder(
+            spec, config.cache_dir, echo=console, dry_run=config.dry_run,
+            progress=lambda done, total: console.progress("packing images", done, total, unit="image"))
     restarts_left = (spec.cluster.max_restarts if max_restarts is None else max_restarts) \
         if isinstance(spec, JobSpec) else 0
     while True:
-        plan = plan_attempt(config, spec, hosts, attempt, echo=echo)
+        plan = plan_attempt(config, spec, hosts, attempt, echo=console)
         if config.dry_run:
             return Outcome(plan, None)
-        _started(plan, attempt, echo)
+        _started(plan, attempt, console)
         try:
-            result = execute(plan, echo=echo)
+            result = execute(plan, console=console)
         except (Interrupted, KeyboardInterrupt):
             _record_end(plan.run_dir, attempt.number, "interrupted")
             raise
@@ -386,8 +391,8 @@ def run(config: LaunchConfig, *, echo: Callable[[str], None], max_restarts: int 
             if restarts_left <= 0:
                 raise
             restarts_left -= 1
-            echo(f"[mxft] attempt {attempt.number} failed: {failure.reason}")
-            echo(f"[mxft] restarting from epoch {checkpoint.epoch if checkpoint else 0} "
+            console(f"[mxft] attempt {attempt.number} failed: {failure.reason}")
+            console(f"[mxft] restarting from epoch {checkpoint.epoch if checkpoint else 0} "
                  f"({restarts_left} restart(s) left)")
             attempt = dataclasses.replace(attempt, number=attempt.number + 1, checkpoint=checkpoint)
             continue

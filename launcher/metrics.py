@@ -1,24 +1,50 @@
-"""Per-epoch metrics of a run: ``metrics.csv`` and ``metrics.png`` from the workers' epoch events.
+"""Per-epoch metrics of a run: ``metrics.csv``, ``metrics.png`` and TensorBoard event files from the epoch events.
 
-Every worker reports each epoch (time, images/s, training accuracy, top-5 and loss on
-its shard); worker 0 adds validation accuracy, top-5 and loss. An epoch's row is written
+Every worker reports each epoch (time, images/s, training accuracy, top-k and loss on
+its shard); worker 0 adds validation accuracy, top-k and loss. Top-k is there only when
+the job's ``train.top_k`` is below ``num_classes`` (with k classes it is 1.0 by
+construction), as ``train_topK``/``val_topK`` for that K. An epoch's row is written
 once every worker has reported it; a resumed attempt's rows replace the earlier ones.
-``MetricsWriter`` keeps both files current during a run.
+``MetricsWriter`` keeps the files current during a run.
+
+The TensorBoard files (``RUN_DIR/events.out.tfevents.*``, one TensorBoard run per run
+folder: ``tensorboard --logdir runs/``) are optional: they need tensorboardX
+(``pip install 'mxft[tensorboard]'``); without it they are silently not written.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import itertools
 import json
 import os
+import re
+import struct
 import threading
 import time
+import types
 from collections.abc import Iterable, Sequence
 
 from launcher.plot import Panel, Series, render
 
 CSV_NAME, PNG_NAME = "metrics.csv", "metrics.png"
-LEAD_FIELDS = ("train_accuracy", "train_top5", "train_loss", "val_accuracy", "val_top5", "val_loss")
+TENSORBOARD_PREFIX = "events.out.tfevents."  # TensorBoard reads the files whose names hold "tfevents"
+
+
+def lead_fields(lead: dict) -> tuple[str, ...]:
+    """Worker 0's columns of a row: accuracy, top-k (only those it reported) and loss, for train then val.
+
+    >>> lead_fields({"train_accuracy": 0.5, "train_top3": 0.9, "val_top3": 0.8, "rank": 0})
+    ('train_accuracy', 'train_top3', 'train_loss', 'val_accuracy', 'val_top3', 'val_loss')
+    >>> lead_fields({"train_accuracy": 0.5})
+    ('train_accuracy', 'train_loss', 'val_accuracy', 'val_loss')
+    """
+    fields: list[str] = []
+    for split in ("train", "val"):
+        top_k = sorted(name for name in lead if re.fullmatch(rf"{split}_top\d+", name))
+        fields += [f"{split}_accuracy", *top_k, f"{split}_loss"]
+    return tuple(fields)
 
 
 def epoch_rows(events: Iterable[dict], num_workers: int) -> list[dict]:
@@ -40,7 +66,7 @@ def epoch_rows(events: Iterable[dict], num_workers: int) -> list[dict]:
             continue
         lead = reports.get(0, reports[min(reports)])
         row = {"epoch": epoch, "epoch_s": max(float(r["epoch_s"]) for r in reports.values())}
-        row.update({field: lead.get(field, "") for field in LEAD_FIELDS})
+        row.update({field: lead.get(field, "") for field in lead_fields(lead)})
         row["images_per_s_total"] = round(sum(float(r["images_per_s"]) for r in reports.values()), 2)
         row.update({f"images_per_s_worker_{i}": reports[i]["images_per_s"] for i in sorted(reports)})
         rows.append(row)
@@ -56,7 +82,7 @@ def read_events(run_dir: str) -> list[dict]:
 
 
 class MetricsWriter:
-    """Keeps RUN_DIR/metrics.csv (each completed epoch) and metrics.png (now and then, and at the end) current.
+    """Keeps RUN_DIR's metrics.csv and TensorBoard files (each epoch) and metrics.png (now and then) current.
 
     Fed the workers' epoch events as they arrive (from several log pump threads); starts
     from the events earlier attempts left in events.jsonl, so a resumed run's files cover
@@ -70,6 +96,7 @@ class MetricsWriter:
         self._lock = threading.Lock()  # the events
         self._write_lock = threading.Lock()  # the files
         self._png_at = 0.0
+        self._tensorboard = TensorBoardScalars(run_dir)
 
     def add(self, event: dict) -> bool:
         """Record one worker's epoch event; True when every worker has reported that epoch.
@@ -87,10 +114,11 @@ class MetricsWriter:
         return epoch_rows(events, self.num_workers)
 
     def write(self, *, final: bool = True) -> list[dict]:
-        """Rewrite the CSV (and the plot when ``final`` or due); returns the rows.
+        """Rewrite the CSV, add new epochs to the TensorBoard files (and redraw the plot when ``final`` or due).
 
-        The events are copied under the lock ``add`` takes and drawn outside it, so a log
-        pump never waits for a plot.
+        Returns the rows. The events are copied under the lock ``add`` takes and drawn
+        outside it, so a log pump never waits for a plot. ``final`` also closes the
+        TensorBoard file (a later write opens another).
         """
         with self._lock:
             events = list(self._events)
@@ -99,6 +127,9 @@ class MetricsWriter:
             if not rows:
                 return rows
             _replace(os.path.join(self.run_dir, CSV_NAME), _csv_bytes(rows))
+            self._tensorboard.add(rows)
+            if final:
+                self._tensorboard.close()
             if final or time.monotonic() - self._png_at >= self.png_every_s:
                 self._png_at = time.monotonic()
                 _replace(os.path.join(self.run_dir, PNG_NAME), render(panels(rows)))
@@ -120,14 +151,130 @@ def _replace(path: str, data: bytes) -> None:
 
 
 def panels(rows: Sequence[dict]) -> list[Panel]:
+    """metrics.png's panels: accuracy (with val top-k when reported), loss, images/s."""
     def series(name: str, field: str) -> Series:
-        return Series(name, tuple((row["epoch"], float(row[field])) for row in rows if row.get(field) != ""))
+        return Series(name, tuple((row["epoch"], float(row[field])) for row in rows if row.get(field, "") != ""))
 
+    top_k = sorted({field for row in rows for field in row if re.fullmatch(r"val_top\d+", field)})
     return [
         Panel("accuracy", (series("train (worker 0)", "train_accuracy"), series("val", "val_accuracy"),
-                           series("val top-5", "val_top5")), (0.0, 1.0)),
+                           *(series(f"val top-{field[len('val_top'):]}", field) for field in top_k)), (0.0, 1.0)),
         Panel("loss", (series("train (worker 0)", "train_loss"), series("val", "val_loss"))),
         Panel("images/s", (series("all workers", "images_per_s_total"),
                            *(series(f"worker {k.rsplit('_', 1)[1]}", k) for k in rows[-1]
                              if k.startswith("images_per_s_worker_")))),
     ]
+
+
+# --------------------------------------------------------------------------- TensorBoard
+
+def scalar_tags(row: dict) -> dict[str, float]:
+    """A row's scalars as TensorBoard tags, grouped like metrics.png's panels; empty cells left out.
+
+    >>> scalar_tags({"epoch": 2, "epoch_s": 3.0, "train_accuracy": 0.5, "val_top3": 0.9, "val_loss": ""})
+    {'time/epoch_s': 3.0, 'accuracy/train': 0.5, 'accuracy/val_top3': 0.9}
+    >>> scalar_tags({"val_loss": 1.5, "images_per_s_total": 20.0, "images_per_s_worker_1": 9.5})
+    {'loss/val': 1.5, 'images_per_s/total': 20.0, 'images_per_s/worker_1': 9.5}
+    """
+    scalars = {}
+    for column, value in row.items():
+        if column == "epoch" or value == "":
+            continue
+        split, _, name = column.partition("_")
+        if column.startswith("images_per_s_"):
+            tag = "images_per_s/" + column[len("images_per_s_"):]
+        elif name == "loss":
+            tag = f"loss/{split}"
+        elif split in ("train", "val"):
+            tag = f"accuracy/{split}" if name == "accuracy" else f"accuracy/{split}_{name}"
+        else:
+            tag = f"time/{column}"
+        scalars[tag] = float(value)
+    return scalars
+
+
+@functools.cache
+def _tensorboardx() -> types.SimpleNamespace | None:
+    """tensorboardX's synchronous event file writer and protos; None when it is not installed (it is optional)."""
+    try:
+        from google.protobuf.message import DecodeError
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.summary_pb2 import Summary
+    except ImportError:
+        return None
+    return types.SimpleNamespace(EventsWriter=EventsWriter, Event=Event, Summary=Summary, DecodeError=DecodeError)
+
+
+_EVENT_FILES = itertools.count(1)
+
+
+class TensorBoardScalars:
+    """Rows as TensorBoard scalars in RUN_DIR (global step = epoch), each (tag, epoch) written once.
+
+    The scalars already in the folder's event files (an earlier attempt of a resumed run)
+    are read back before the first write, so no epoch is written twice. Each writer makes
+    one file, ``events.out.tfevents.TIME.HOST.mxft-eEEEE-PID-N`` (EEEE: its first epoch), with
+    tensorboardX's synchronous writer (no thread of its own); without tensorboardX, nothing.
+    """
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+        self._written: set[tuple[str, int]] | None = None  # (tag, epoch), read from the files on the first add
+        self._file = None
+
+    def add(self, rows: Sequence[dict]) -> int:
+        """Write (and flush) the scalars of ``rows`` that are not in the files yet; returns how many."""
+        tbx = _tensorboardx()
+        if tbx is None:
+            return 0
+        if self._written is None:
+            self._written = scalars_in_event_files(self.run_dir)
+        new = [(row["epoch"], {tag: value for tag, value in scalar_tags(row).items()
+                               if (tag, row["epoch"]) not in self._written}) for row in rows]
+        new = [(epoch, scalars) for epoch, scalars in new if scalars]
+        if not new:
+            return 0
+        if self._file is None:
+            # The name holds the time to the second: the suffix keeps two writers of one second apart.
+            suffix = f".mxft-e{new[0][0]:04d}-{os.getpid()}-{next(_EVENT_FILES)}"
+            self._file = tbx.EventsWriter(os.path.join(self.run_dir, "events"), suffix)
+        for epoch, scalars in new:
+            summary = tbx.Summary(value=[tbx.Summary.Value(tag=tag, simple_value=value)
+                                         for tag, value in scalars.items()])
+            self._file.write_event(tbx.Event(wall_time=time.time(), step=epoch, summary=summary))
+            self._written.update((tag, epoch) for tag in scalars)
+        self._file.flush()
+        return sum(len(scalars) for _, scalars in new)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def scalars_in_event_files(run_dir: str) -> set[tuple[str, int]]:
+    """(tag, step) of every scalar in RUN_DIR's TensorBoard files (TFRecord framing: length, crc, event, crc).
+
+    A record cut short (the launcher killed mid-write) ends its file's reading.
+    """
+    tbx, written = _tensorboardx(), set()
+    if tbx is None:
+        return written
+    for name in sorted(os.listdir(run_dir)):
+        if not name.startswith(TENSORBOARD_PREFIX):
+            continue
+        with open(os.path.join(run_dir, name), "rb") as handle:
+            data = handle.read()
+        at = 0
+        while at + 12 <= len(data):
+            (length,) = struct.unpack_from("<Q", data, at)
+            if at + 16 + length > len(data):
+                break
+            try:
+                event = tbx.Event.FromString(data[at + 12:at + 12 + length])
+            except tbx.DecodeError:
+                break
+            written.update((value.tag, event.step) for value in event.summary.value)
+            at += 16 + length
+    return written

@@ -23,7 +23,7 @@ from cluster.hosts import HostSpec
 from cluster.ssh import SSHOptions
 from launcher import recfile
 from launcher.inputs import Inventory
-from launcher.jobspec import AUTO, ClusterSpec, CommandSpec, JobSpec, plain
+from launcher.jobspec import AUTO, ClusterSpec, CommandSpec, CPUContexts, JobSpec, plain
 from trainer.config import WorkerConfig
 
 
@@ -184,8 +184,8 @@ def _describe_recipe(plan: Plan) -> list[str]:
     recipe = plan.recipe
     job, cluster = recipe.job, recipe.job.cluster
     worker0 = recipe.workers[0]
-    devices = "cpu" if worker0.devices is None else f"{len(worker0.devices)} GPU(s)"
-    batch = len(worker0.devices or [0]) * job.train.batch_per_device
+    devices = str(cluster.devices) if not cluster.uses_gpu else f"{len(worker0.devices)} GPU(s)"
+    batch = worker0.batch_size
     servers = sum(p.role is Role.SERVER for p in plan.processes)
     return [
         f"  job        {job.source} ({job.name}): {job.model.variant.value} fine-tuning of "
@@ -220,9 +220,10 @@ def _process_detail(plan: Plan, proc: ProcessSpec) -> str:
     if proc.role is Role.SCHEDULER:
         return f"root {plan.scheduler_uri}:{plan.scheduler_port}"
     if proc.role is Role.WORKER:
-        shard, devices = plan.recipe.shards[proc.rank], plan.recipe.workers[proc.rank].devices
-        gpus = f", gpu {','.join(map(str, devices))}" if devices is not None else ""
-        return f"shard {proc.rank}: {len(shard.positions)} records -> {shard.rec_path}{gpus}"
+        shard, worker = plan.recipe.shards[proc.rank], plan.recipe.workers[proc.rank]
+        on = (f", gpu {','.join(map(str, worker.devices))}" if worker.devices is not None else
+              f", cpu {','.join(map(str, range(worker.cpu_contexts)))}" if worker.cpu_contexts > 1 else "")
+        return f"shard {proc.rank}: {len(shard.positions)} records -> {shard.rec_path}{on}"
     return ""
 
 
@@ -329,10 +330,10 @@ class Placement:
 
 @dataclasses.dataclass(frozen=True)
 class Assignment:
-    """Which host each worker and server runs on, each worker's GPUs, and why (printed in the plan)."""
+    """Which host each worker and server runs on, each worker's devices, and why (printed in the plan)."""
 
     workers: tuple[HostSpec, ...]
-    devices: tuple[tuple[int, ...] | None, ...]   # per worker: GPU ids on its host, None for the CPU
+    devices: tuple[tuple[int, ...] | CPUContexts, ...]   # per worker: GPU ids on its host, or its CPU contexts
     servers: tuple[HostSpec, ...]
     why: tuple[str, ...] = ()
 
@@ -342,8 +343,10 @@ def assign_workers(cluster: ClusterSpec, hosts: Sequence[HostSpec]) -> Assignmen
 
     ``workers: auto``: a GPU job runs one worker per host driving all its ``slots=`` (else
     the job's devices): dist_sync_device reduces a host's GPUs locally and pushes once; a
-    CPU job runs one worker per slot (1 without ``slots=``). A count: round-robin over the
-    hosts, and two workers on one host drive disjoint blocks of its GPUs (0-3 and 4-7).
+    CPU job runs one worker per slot (1 without ``slots=``), and with ``cpu:N`` one per N
+    slots (a host with fewer is refused; leftover slots stay idle). A count: round-robin
+    over the hosts, and two workers on one host drive disjoint blocks of its GPUs (0-3 and
+    4-7). Either way a host's ``slots=`` must cover its workers' GPUs or CPU contexts.
     ``servers: auto``: one on each host that runs a worker.
 
     >>> a = assign_workers(ClusterSpec(), (HostSpec("a", slots=8), HostSpec("b", slots=8)))
@@ -357,7 +360,7 @@ def assign_workers(cluster: ClusterSpec, hosts: Sequence[HostSpec]) -> Assignmen
         workers = tuple(place(cluster.workers, hosts))
         devices, why = _device_blocks(cluster, workers), (f"workers    {len(workers)} (cluster.workers), "
                                                           "round-robin over the hosts",)
-    if len({len(d) for d in devices if d is not None}) > 1:
+    if len({len(d) for d in devices if isinstance(d, tuple)}) > 1:
         counts = ", ".join(f"{h.label}: {len(d)}" for h, d in dict(zip(workers, devices)).items())
         raise InputError(_where(workers[0]),
                          f"the workers would drive different numbers of GPUs ({counts}); in dist_sync every worker "
@@ -372,21 +375,34 @@ def assign_workers(cluster: ClusterSpec, hosts: Sequence[HostSpec]) -> Assignmen
 
 
 def _auto_workers(cluster: ClusterSpec, hosts: tuple[HostSpec, ...]) -> tuple[tuple[HostSpec, ...], tuple, tuple[str]]:
-    """``workers: auto``: (worker hosts, their GPUs, why)."""
-    if cluster.devices is None:
-        workers = tuple(h for h in hosts for _ in range(h.slots or 1))
-        return workers, (None,) * len(workers), (f"workers    {len(workers)}: one per slot of each host (CPU job, "
-                                                  "cluster.workers: auto)",)
+    """``workers: auto``: (worker hosts, their devices, why)."""
+    if not cluster.uses_gpu:
+        size = cluster.devices.count
+        for host in hosts:
+            if host.slots is not None and host.slots < size:
+                raise InputError(_where(host), f"host '{host.label}' offers slots={host.slots}, fewer than the {size} "
+                                 f"CPU contexts of one worker (cluster.devices: {cluster.devices})",
+                                 hint="raise slots, or lower N in cluster.devices: cpu:N")
+        workers = tuple(h for h in hosts for _ in range((h.slots or size) // size))
+        per = (f"one per {size} slots of each host ({cluster.devices} workers" if size > 1
+               else "one per slot of each host (CPU job")
+        return workers, (cluster.devices,) * len(workers), (f"workers    {len(workers)}: {per}, "
+                                                             "cluster.workers: auto)",)
     devices = tuple(tuple(range(h.slots)) if h.slots else cluster.devices for h in hosts)
     gpus = sorted({len(d) for d in devices})
     return hosts, devices, (f"workers    {len(hosts)}: one per host, {'/'.join(map(str, gpus))} GPUs each "
                             "(cluster.workers: auto)",)
 
 
-def _device_blocks(cluster: ClusterSpec, workers: tuple[HostSpec, ...]) -> list[tuple[int, ...] | None]:
+def device_count(devices: tuple[int, ...] | CPUContexts) -> int:
+    """A worker's GPUs or CPU contexts: each takes one of its host's slots and train.batch_per_device images a step."""
+    return devices.count if isinstance(devices, CPUContexts) else len(devices)
+
+
+def _device_blocks(cluster: ClusterSpec, workers: tuple[HostSpec, ...]) -> list[tuple[int, ...] | CPUContexts]:
     """The job's devices for a host's only worker; disjoint blocks (0-3, 4-7) for several on one host."""
-    if cluster.devices is None:
-        return [None] * len(workers)
+    if not cluster.uses_gpu:
+        return [cluster.devices] * len(workers)  # CPU contexts are the worker's own, whatever shares its host
     size, out = len(cluster.devices), []
     for i, host in enumerate(workers):
         shared = workers.count(host) > 1
@@ -422,8 +438,8 @@ def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpe
         raise InputError(job.source, f"{count} workers but only {len(inventory.train_records)} "
                          "training images", hint="use fewer workers")
     placement = Placement.of(hosts, facts, workers=assignment.workers, servers=assignment.servers)
-    _check_slots(assignment)
-    batch = job.train.batch_per_device * len(assignment.devices[0] or (0,))
+    _check_slots(job.cluster, assignment)
+    batch = job.train.batch_per_device * device_count(assignment.devices[0])
     positions = recfile.strided_shards(len(inventory.train_records), count)
     shards_at = shard_dir(facts, count)
     shards = tuple(ShardSpec(i, p, os.path.join(shards_at, f"part-{i}-of-{count}")) for i, p in enumerate(positions))
@@ -448,7 +464,7 @@ def _model_key(job: JobSpec, facts: Facts) -> str:
 
 
 def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, facts: Facts, index: int,
-                  transfers: list[Transfer], devices: tuple[int, ...] | None,
+                  transfers: list[Transfer], devices: tuple[int, ...] | CPUContexts,
                   learning_rate: float | None) -> WorkerConfig:
     """Worker ``index``'s config, with the transfers that put its files on its host (appended)."""
     job, host = recipe.job, placement.workers[index]
@@ -479,7 +495,8 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
         index=index, train_rec=train_rec, val_rec=val_rec, num_val_images=inventory.val_records,
         learning_rate=learning_rate,
         batches_per_epoch=recipe.batches_per_epoch, model_prefix=symbol[: -len("-symbol.json")],
-        devices=list(devices) if devices is not None else None,
+        devices=list(devices) if isinstance(devices, tuple) else None,
+        cpu_contexts=devices.count if isinstance(devices, CPUContexts) else 1,
         kvstore=job.cluster.effective_kvstore, out_dir=f"{layout.run_dir}/workers/worker-{index}",
         checkpoint_name=job.name, job=job.to_job_dict(), begin_epoch=facts.resume_epoch, resume_prefix=resume)
 
@@ -500,10 +517,11 @@ def scaled_learning_rate(job: JobSpec, global_batch: int) -> float | None:
 
 
 def _worker_threads(job: JobSpec, placement: Placement, facts: Facts, host: HostSpec) -> dict[str, str]:
-    """A CPU job's workers share their host's cores; GPU workers keep MXNet's own default."""
-    if job.cluster.devices is not None:
+    """A CPU job's contexts (workers x cpu:N) share their host's cores; GPU workers keep MXNet's own default."""
+    if job.cluster.uses_gpu:
         return {}
-    return {"OMP_NUM_THREADS": str(max(1, facts.hosts[host.label].cpu_count // placement.workers.count(host)))}
+    contexts = placement.workers.count(host) * job.cluster.devices.count
+    return {"OMP_NUM_THREADS": str(max(1, facts.hosts[host.label].cpu_count // contexts))}
 
 
 def plan_processes(placement: Placement, facts: Facts, servers: int, workers: int, *, worker_env, worker_args,
@@ -575,18 +593,20 @@ def _resume_files(host: HostSpec, layout: HostLayout, facts: Facts, transfers: l
     return remote
 
 
-def check_slots(worker_hosts: Sequence[HostSpec], devices_per_worker: int, *, hint: str) -> None:
-    """A host with ``slots=N`` must not get more devices (GPU jobs) or workers (commands) than N."""
+def check_slots(worker_hosts: Sequence[HostSpec], devices_per_worker: int, *, hint: str,
+                unit: str = "devices") -> None:
+    """A host with ``slots=N`` must not get more devices (GPUs, CPU contexts) or workers (commands) than N."""
     for host in dict.fromkeys(worker_hosts):
         count = worker_hosts.count(host)
         wanted = count * devices_per_worker
         if host.slots is not None and wanted > host.slots:
-            what = f"{count} worker(s) x {devices_per_worker} devices" if devices_per_worker > 1 else f"{count} workers"
+            what = f"{count} worker(s) x {devices_per_worker} {unit}" if devices_per_worker > 1 else f"{count} workers"
             raise InputError(_where(host),
                              f"host '{host.label}' offers slots={host.slots} but gets {what}", hint=hint)
 
 
-def _check_slots(assignment: Assignment) -> None:
-    if assignment.devices[0] is not None:
-        check_slots(assignment.workers, len(assignment.devices[0]),
-                    hint="add hosts, raise slots, or lower cluster.workers / cluster.devices")
+def _check_slots(cluster: ClusterSpec, assignment: Assignment) -> None:
+    """Each worker takes a slot per GPU, or per CPU context (``cpu:N``), of its host."""
+    check_slots(assignment.workers, device_count(assignment.devices[0]),
+                unit="devices" if cluster.uses_gpu else "CPU contexts",
+                hint="add hosts, raise slots, or lower cluster.workers / cluster.devices")

@@ -2,15 +2,16 @@
 
 Each host must be reachable over SSH with a known host key, have the Python named in
 the hosts file (default ``python3``), import the same mxnet version as this machine
-with ps-lite (``DIST_KVSTORE``; and CUDA with enough GPUs when the job wants GPUs),
-and have room in its work folder for what will be staged. All failures are reported
-together, one line per host.
+with ps-lite (``DIST_KVSTORE``; and CUDA with enough GPUs when the job wants GPUs, each
+of which ran a small operation of that build: ``launcher.gpu_check``), and have room in
+its work folder for what will be staged. All failures are reported together, one line per host.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -26,6 +27,8 @@ import paramiko
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.ssh import HostKeyError, SSHHost, SSHOptions
+from launcher import gpu_probe
+from launcher.gpu_check import build_archs_of, gpu_problem, gpus_of
 from launcher.plan import HostFacts
 
 # Runs on the host with its Python; prints one JSON line. Imports mxnet last so a
@@ -33,8 +36,10 @@ from launcher.plan import HostFacts
 # CPU build's result is cached on the host (~/.cache/mxft/preflight, not the work
 # folder, which preflight leaves untouched) under a key that changes whenever
 # the interpreter or the files of mxnet, its library or numpy change (a numpy upgrade
-# is what breaks mxnet 1.x most often). CUDA builds are always imported: GPUs come and go.
-_PROBE = r"""
+# is what breaks mxnet 1.x most often). CUDA builds are always imported: GPUs come and go; and
+# on every GPU they see, one small operation runs (``launcher.gpu_probe``, whose source heads
+# the script), then the probe exits without mxnet's teardown, which a failed kernel can crash.
+_PROBE = inspect.getsource(gpu_probe) + r"""
 import hashlib, importlib.util, json, os, sys, time
 out = {"python": sys.version.split()[0], "cpus": os.cpu_count() or 1, "home": os.path.expanduser("~")}
 work = os.path.expanduser(sys.argv[1])
@@ -61,6 +66,7 @@ try:
 except (OSError, ValueError):
     found = {}
     try:
+        os.environ.setdefault("CUDA_MODULE_LOADING", "LAZY")  # CUDA 11.7+: load kernels when used, not all at once
         import mxnet
         from mxnet.runtime import Features
         features = Features()
@@ -70,6 +76,8 @@ except (OSError, ValueError):
         found["gpus"] = mxnet.context.num_gpus() if found["cuda"] else 0
     except Exception as err:
         found["mxnet_error"] = f"{type(err).__name__}: {err}"
+    if found.get("gpus"):
+        found.update(gpu_facts(mxnet, found["gpus"], getattr(mxnet.base._LIB, "_name", "")))
     out.update(found)
     if "mxnet_error" not in found and not found["cuda"]:
         try:
@@ -80,7 +88,9 @@ except (OSError, ValueError):
         except OSError:
             pass
 out["time"] = time.time()  # last: the launcher compares it with when this line arrives
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
+if out.get("gpu_devices"):
+    os._exit(0)
 """
 
 
@@ -100,6 +110,9 @@ class Requirements:
     gpus_per_host: Mapping[str, int]          # devices the job puts on each host (0: CPU job)
     bytes_per_host: Mapping[str, int]         # what staging may write there
     work_dir: str
+    # The GPU ids (mx.gpu(i)) the job's workers use on each host; a host missing here is taken
+    # to use GPUs 0..N-1 for its gpus_per_host N (auto workers, cluster.devices gpu:N, blocks 0-3, 4-7).
+    gpu_ids_per_host: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +175,11 @@ def problems(report: HostReport, need: Requirements) -> tuple[str, str] | None:
         return f"the job puts {gpus} GPUs there but its mxnet has no CUDA", "install mxnet-cu* there"
     if gpus > info.get("gpus", 0):
         return f"the job puts {gpus} GPUs there but it has {info.get('gpus', 0)}", ""
+    if gpus:
+        gpu_ids = need.gpu_ids_per_host.get(report.label) or tuple(range(gpus))
+        problem = gpu_problem(gpus_of(info), gpu_ids, build_archs_of(info))
+        if problem is not None:
+            return problem
     wanted = need.bytes_per_host.get(report.label, 0)
     if wanted > info["free_bytes"]:
         return (f"{info['work_dir']} has {info['free_bytes'] / 1e9:.1f} GB free, staging needs {wanted / 1e9:.1f} GB",

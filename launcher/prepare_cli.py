@@ -1,22 +1,29 @@
-"""``mxft-prepare IMAGE_DIR OUT_PREFIX``: pack an image folder into train/val .rec files.
-
-    mxft-prepare 256_ObjectCategories data/caltech-256-60 --exclude 257.clutter
-
-Exit codes: 0 done; 1 done, but some class has no training image left; 2 bad input.
-"""
+"""mxft-prepare IMAGE_DIR OUT_PREFIX: pack an image folder into train/val .rec files (the CLI)."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 
 from cluster.errors import InputError
+from launcher import extras
+from launcher.console import Console
 from launcher.prepare import PrepareSpec, pack_images
+
+DESCRIPTION = """\
+Pack a folder of images (one sub-folder per class) into train and validation .rec files
+for mxft-launch, as MXNet's im2rec.py does: a random split per class, images resized and
+re-encoded as JPEG.
+
+example:
+  mxft-prepare 256_ObjectCategories data/caltech-256-60 --exclude 257.clutter"""
+
+EPILOG = "exit codes: 0 done; 1 done, but some class has no training image left; 2 bad input"
 
 
 def parse_args(argv: list[str] | None) -> PrepareSpec:
-    parser = argparse.ArgumentParser(prog="mxft-prepare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="mxft-prepare", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image_dir", help="folder with one sub-folder of images per class")
     parser.add_argument("out_prefix", help="writes OUT_PREFIX-{train,val}.{rec,idx,lst}, -labels.txt, -summary.json")
     parser.add_argument("--train-per-class", type=int, default=60, metavar="N",
@@ -40,24 +47,17 @@ def parse_args(argv: list[str] | None) -> PrepareSpec:
 
 def main(argv: list[str] | None = None) -> int:
     spec = parse_args(argv)
-    started = time.time()
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.time()
-        if now - last[0] >= 0.5 or done == total:
-            last[0] = now
-            rate = done / max(now - started, 1e-9)
-            bar = "#" * (30 * done // total)
-            print(f"\r[prepare] [{bar:<30}] {done}/{total} images, {rate:.0f}/s", end="", file=sys.stderr,
-                  flush=True)
-
+    console = Console(sys.stderr)
     try:
-        summary = pack_images(spec, progress=progress)
+        extras.require("cv2", package="opencv-python-headless", extra="prepare", needed_for="mxft-prepare",
+                       source="mxft-prepare")
+        summary = pack_images(spec, progress=lambda done, total: console.progress("packing", done, total,
+                                                                                  unit="image"))
     except InputError as err:
         print(f"mxft-prepare: error: {err}", file=sys.stderr)
         return 2
-    print(file=sys.stderr)
+    finally:
+        console.close()
     for name in ("train", "val"):
         part = summary[name]
         print(f"{spec.out_prefix}-{name}.rec: {part['images']} images, {part['bytes'] / 1e6:.1f} MB")

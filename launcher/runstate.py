@@ -101,12 +101,24 @@ def record_attempt(run_dir: str, entry: dict) -> None:
 
 
 def read_attempts(run_dir: str) -> list[dict]:
-    """The lines of attempts.jsonl (several per attempt: started, then failed or succeeded)."""
+    """The lines of attempts.jsonl (several per attempt: started, then failed or succeeded).
+
+    A line that is not a JSON object (torn by a crash mid-write) is skipped.
+    """
     try:
         with open(os.path.join(run_dir, "attempts.jsonl"), encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+            lines = handle.readlines()
     except OSError:
         return []
+    return [entry for entry in map(_json_object, lines) if entry is not None]
+
+
+def _json_object(line: str) -> dict | None:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("attempt", 0), int) else None
 
 
 def attempt_summary(run_dir: str) -> list[dict]:

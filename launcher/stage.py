@@ -159,7 +159,7 @@ def _frame(header: dict) -> bytes:
 
 
 def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str, python: str,
-               progress: Callable[[str], None], progress_every_s: float = 1.0) -> HostStaging:
+               progress: Callable[[str, int, int], None], progress_every_s: float = 0.5) -> HostStaging:
     """Send the host what it lacks: content-addressed files once, run files always.
 
     One SSH connection does both: the receiver first answers which of the offered
@@ -175,7 +175,7 @@ def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str, pytho
         now = time.monotonic()
         if now - last_report[0] >= progress_every_s and total:
             last_report[0] = now
-            progress(f"{host.label}: {sent[0] / 1e6:.1f}/{total / 1e6:.1f} MB ({100 * min(sent[0], total) // total}%)")
+            progress(host.label, sent[0], total)
 
     proc = host.stream_to(shlex.join([python, "-c", _RECEIVER, root]))
     try:
@@ -184,6 +184,8 @@ def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str, pytho
             missing = [t for t in transfers if t.kind == "run" or t.dest not in present]
             total = sum(os.path.getsize(t.source) for t in missing)
             _send(proc, missing, on_bytes=on_bytes)
+            if total:
+                progress(host.label, total, total)
     except BaseException:
         proc.kill()
         proc.communicate()
@@ -238,7 +240,7 @@ def _send(proc, transfers: Sequence[Transfer], *, on_bytes: Callable[[int], None
 
 
 def stage_all(hosts: Mapping[str, SSHHost], transfers: Sequence[Transfer], *, root_of: Callable[[str], str],
-              python_of: Callable[[str], str], progress: Callable[[str], None]) -> list[HostStaging]:
+              python_of: Callable[[str], str], progress: Callable[[str, int, int], None]) -> list[HostStaging]:
     """Stage every host in parallel; raises JobFailed naming each host that failed."""
     results: dict[str, HostStaging] = {}
     errors: dict[str, str] = {}

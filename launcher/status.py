@@ -1,4 +1,4 @@
-"""``mxft-launch status RUN_DIR``: where a running or finished run stands, from its run directory.
+"""``mxft-launch status RUN_DIR`` and ``mxft-launch runs``: where runs stand, from their run folders.
 
 Reads only files the launcher keeps there (no SSH): who runs it (launcher.json), its
 attempts, the processes it started and on which host (processes.json), the last epoch
@@ -7,6 +7,7 @@ each worker reported (events.jsonl), the last metrics row and result.json.
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import os
 
@@ -14,25 +15,30 @@ import psutil
 
 from cluster.errors import InputError
 from launcher import runstate
+from launcher.console import clock_text
 from launcher.metrics import read_events
+
+
+def run_state(run_dir: str, attempts: list[dict]) -> str:
+    """``running (launcher pid P, attempt N)``, ``succeeded``, ``failed: REASON``, ``stopped (interrupted)``, ..."""
+    launcher = runstate.running_launcher(run_dir)
+    last = attempts[-1] if attempts else {}
+    if launcher is not None:
+        return f"running (launcher pid {launcher.pid}, attempt {last.get('attempt', 1)})"
+    return {"succeeded": "succeeded", "failed": f"failed: {last.get('reason', '?')}",
+            "interrupted": "stopped (interrupted)"}.get(last.get("outcome"), "ended without a record (launcher died)")
 
 
 def status_lines(run_dir: str) -> list[str]:
     if not os.path.isfile(os.path.join(run_dir, "job.yaml")):
         raise InputError(run_dir, "is not an mxft run directory (no job.yaml)", hint="give the folder a launch printed")
     attempts = runstate.read_attempts(run_dir)
-    launcher = runstate.running_launcher(run_dir)
-    last = attempts[-1] if attempts else {}
-    if launcher is not None:
-        state = f"running (launcher pid {launcher.pid}, attempt {last.get('attempt', 1)})"
-    else:
-        state = {"succeeded": "succeeded", "failed": f"failed: {last.get('reason', '?')}",
-                 "interrupted": "stopped (interrupted)"}.get(last.get("outcome"), "ended without a record (launcher died)")
+    state = run_state(run_dir, attempts)
     lines = [f"run {os.path.basename(os.path.normpath(run_dir))}: {state}"]
     ends = [a for a in attempts if a.get("outcome") not in ("started", None)]
     if len(ends) > 1:
         lines.append("  attempts: " + ", ".join(f"{a['attempt']} {a['outcome']}" for a in ends))
-    lines += _process_lines(run_dir, running=launcher is not None)
+    lines += _process_lines(run_dir, running=state.startswith("running"))
     events = read_events(run_dir)
     epochs: dict[str, int] = {}
     for event in events:
@@ -43,7 +49,8 @@ def status_lines(run_dir: str) -> list[str]:
     rows = _metrics_rows(run_dir)
     if rows:
         row = rows[-1]
-        shown = ", ".join(f"{key} {float(row[key]):.4f}" for key in ("train_accuracy", "val_accuracy", "val_top5",
+        top_k = [key for key in row if key.startswith("val_top")]  # the job's train.top_k, when reported
+        shown = ", ".join(f"{key} {float(row[key]):.4f}" for key in ("train_accuracy", "val_accuracy", *top_k,
                                                                     "val_loss") if row.get(key))
         lines.append(f"  last epoch {row['epoch']}: {shown}, {float(row['images_per_s_total']):.1f} images/s in total")
     result_path = os.path.join(run_dir, "result.json")
@@ -83,3 +90,46 @@ def _metrics_rows(run_dir: str) -> list[dict]:
         return []
     with open(path, encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def runs_lines(run_root: str, *, limit: int = 20) -> list[str]:
+    """The newest ``limit`` runs under ``run_root``: state, accuracy, duration, folder (a table)."""
+    if not os.path.isdir(run_root):
+        raise InputError(run_root, "no such folder", hint="give --run-root the folder runs are kept in (default ./runs)")
+    folders = [os.path.join(run_root, name) for name in os.listdir(run_root)
+               if os.path.isfile(os.path.join(run_root, name, "job.yaml"))]
+    folders.sort(key=lambda path: os.path.getmtime(os.path.join(path, "job.yaml")), reverse=True)
+    if not folders:
+        return [f"no runs in {run_root}"]
+    lines = [f"{'started':<19}  {'state':<12}  {'accuracy':>8}  {'duration':>8}  folder"]
+    for folder in folders[:limit]:
+        attempts = runstate.read_attempts(folder)
+        state = run_state(folder, attempts).split(" (")[0].split(":")[0]
+        lines.append(f"{_started_at(attempts):<19}  {state:<12}  {_accuracy(folder):>8}  "
+                     f"{_duration(attempts, running=state == 'running'):>8}  {folder}")
+    if len(folders) > limit:
+        lines.append(f"({len(folders) - limit} older runs not shown; --limit N shows more)")
+    return lines
+
+
+def _started_at(attempts: list[dict]) -> str:
+    return attempts[0].get("time", "?").replace("T", " ") if attempts else "?"
+
+
+def _duration(attempts: list[dict], *, running: bool) -> str:
+    """From the first attempt's start to the last line (or now, while running): ``1:02:05``."""
+    try:
+        first = datetime.datetime.fromisoformat(attempts[0]["time"])
+        last = datetime.datetime.now() if running else datetime.datetime.fromisoformat(attempts[-1]["time"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return "-"
+    return clock_text((last - first).total_seconds())
+
+
+def _accuracy(run_dir: str) -> str:
+    try:
+        with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as handle:
+            accuracy = json.load(handle).get("val_accuracy")
+        return f"{float(accuracy):.4f}" if accuracy is not None else "-"
+    except (OSError, ValueError, TypeError, AttributeError):
+        return "-"

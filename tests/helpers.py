@@ -67,6 +67,15 @@ def wait_gone(run_id: str, timeout_s: float = 10.0) -> list[psutil.Process]:
     return processes_of_run(run_id)
 
 
+def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in RUN_DIR as TensorBoard itself reads the folder: tag -> [(step, value), ...]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
+
+
 def run_id_from(stdout: str) -> str:
     for line in stdout.splitlines():
         if line.startswith("[mxft] run ") and ":" in line:
@@ -79,10 +88,11 @@ def start_launch(args: list[str], *, cwd: str, until: str | None = "epoch 1 done
     """Start ``mxft-launch ARGS`` and read its output until a line holds ``until``.
 
     With ``until=None``, returns as soon as the run id is known. Returns the process (its
-    stdout still open), the run id and the lines read so far.
+    stdout still open), the run id and the lines read so far. The launch runs with ``-v``
+    (every process's lines on the console), so ``until`` can be a worker's line.
     """
     env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
-    proc = subprocess.Popen(LAUNCH + args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(LAUNCH + ["-v"] + args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     seen: list[str] = []
     deadline = time.monotonic() + timeout_s

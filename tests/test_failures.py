@@ -115,7 +115,7 @@ def start_logged(tmp_path, job: dict, name: str) -> tuple[subprocess.Popen, str]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         text = (tmp_path / f"{name}.out").read_text()
-        if "epoch 1 done" in text:
+        if "\nepoch 1/" in text:  # the console's line for epoch 1
             return proc, run_id_from(text)
         time.sleep(0.2)
     proc.kill()

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from cluster.errors import InputError
-from launcher.jobspec import (ClusterSpec, DataSpec, InitializerSpec, JobSpec, ModelSpec, TrainSpec, Variant,
-                              expand_path, load_job, parse_job)
+from launcher.jobspec import (ClusterSpec, CPUContexts, DataSpec, InitializerSpec, JobSpec, ModelSpec, TrainSpec,
+                              Variant, expand_path, load_job, parse_job)
 from tests.helpers import REPO
 
 MINIMAL = """\
@@ -54,9 +54,26 @@ def test_defaults_are_the_tutorial_recipe():
 
 def test_cpu_devices_use_dist_sync():
     job = parse(MINIMAL + "cluster: {devices: cpu, workers: 2}\n")
-    assert job.cluster.devices is None and job.cluster.effective_kvstore == "dist_sync"
+    assert job.cluster.devices == CPUContexts(1) and job.cluster.effective_kvstore == "dist_sync"
     assert parse(MINIMAL + "cluster: {devices: 'gpu:2'}\n").cluster.devices == (0, 1)
     assert parse(MINIMAL + "cluster: {devices: [3, 5]}\n").cluster.devices == (3, 5)
+
+
+def test_cpu_n_gives_each_worker_n_cpu_contexts():
+    job = parse(MINIMAL + "cluster: {devices: 'cpu:2'}\n")
+    assert job.cluster.devices == CPUContexts(2) and not job.cluster.uses_gpu
+    assert job.cluster.effective_kvstore == "dist_sync"
+    assert job.to_job_dict()["cluster"]["devices"] == "cpu:2" and job.to_job_dict()["cluster"]["kvstore"] == "auto"
+    assert parse_job(MINIMAL, "/jobs/x.yaml", environ={}, overrides=["cluster.devices=cpu:3"]).cluster.devices == \
+        CPUContexts(3)
+    assert parse(MINIMAL + "cluster: {devices: cpu}\n").to_job_dict()["cluster"]["devices"] == "cpu"
+    expects = "must be 'cpu', 'cpu:N' or 'gpu:N' (N >= 1), or a list of distinct GPU ids such as [0, 1]"
+    for bad in ("cpu:0", "cpu:x", "cpu:-1", "cpu:2.5", "cpu:"):
+        assert error_of(MINIMAL + f"cluster:\n  devices: '{bad}'\n") == \
+            f"/jobs/x.yaml:8: cluster.devices {expects}, got '{bad}'"
+    with pytest.raises(InputError) as info:
+        parse_job(MINIMAL, "/jobs/x.yaml", environ={}, overrides=["cluster.devices=cpu:0"])
+    assert str(info.value) == f"--set cluster.devices=cpu:0: cluster.devices {expects}, got 'cpu:0'"
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "jobs", "*.yaml"))))
@@ -99,8 +116,8 @@ def test_paths_expand_variables_and_home():
      "/jobs/x.yaml:8: cluster.kvstore must be one of auto, dist_sync, dist_sync_device, dist_async, "
      "dist_device_sync, got 'dist_sink'"),
     (MINIMAL + "cluster:\n  devices: gpu\n",
-     "/jobs/x.yaml:8: cluster.devices must be 'cpu', 'gpu:N' or a list of distinct GPU ids such as [0, 1], "
-     "got 'gpu'"),
+     "/jobs/x.yaml:8: cluster.devices must be 'cpu', 'cpu:N' or 'gpu:N' (N >= 1), or a list of distinct GPU ids "
+     "such as [0, 1], got 'gpu'"),
     (MINIMAL + "expect:\n  min_accuracy: 77\n",
      "/jobs/x.yaml:8: expect.min_accuracy must be a number between 0 and 1, got 77"),
     (MINIMAL + "data2: 1\n", "/jobs/x.yaml:7: unknown key 'data2'; did you mean 'data'?"),
@@ -112,6 +129,10 @@ def test_paths_expand_variables_and_home():
     ("- 1\n- 2\n", "/jobs/x.yaml:1: the job must be a mapping of keys, got list"),
     (MINIMAL + "train:\n  batch_per_device: true\n",
      "/jobs/x.yaml:8: train.batch_per_device must be an integer >= 1, got True"),
+    (MINIMAL + "train:\n  top_k: 1\n",
+     "/jobs/x.yaml:8: train.top_k must be an integer >= 2, got 1"),
+    (MINIMAL + "train:\n  top_k: five\n",
+     "/jobs/x.yaml:8: train.top_k must be an integer >= 2, got 'five'"),
     (MINIMAL.replace("prefix: models/resnet-50", "prefix: ${MODELS}/resnet-50"),
      "/jobs/x.yaml:3: environment variable MODELS is not set (set it, or write ${MODELS:-default})"),
     (MINIMAL + "model2: {}\n", "/jobs/x.yaml:7: unknown key 'model2'; did you mean 'model'?"),
@@ -127,6 +148,13 @@ def test_variant_and_shape_are_checked():
         MINIMAL.replace("prefix: models/resnet-50", "prefix: m\n  variant: freeze"))
     assert "data.shape must be [channels, height, width]" in error_of(
         MINIMAL.replace("  val: data/val.rec", "  val: v.rec\n  shape: [3, 224]"))
+
+
+def test_top_k_defaults_to_five_and_reaches_the_workers_job():
+    assert parse(MINIMAL).train.top_k == 5
+    job = parse(MINIMAL + "train: {top_k: 3}\n")
+    assert job.train.top_k == 3 and job.to_job_dict()["train"]["top_k"] == 3
+    assert parse_job(MINIMAL, "/jobs/x.yaml", environ={}, overrides=["train.top_k=10"]).train.top_k == 10
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "jobs", "*.yaml"))))
@@ -153,7 +181,7 @@ def test_set_overrides_are_checked_like_the_file():
     job = parse_job(MINIMAL, "/jobs/x.yaml", environ={},
                     overrides=["train.epochs=4", "train.lr=0.005", "cluster.devices=cpu", "data.shape=[3, 32, 32]"])
     assert (job.train.epochs, job.train.optimizer_params, job.cluster.devices, job.data.shape) == \
-        (4, {"learning_rate": 0.005}, None, (3, 32, 32))
+        (4, {"learning_rate": 0.005}, CPUContexts(1), (3, 32, 32))
     assert parse_job(MINIMAL, "/jobs/x.yaml", environ={}, overrides=["name=other"]).name == "other"
 
 

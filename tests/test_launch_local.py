@@ -12,7 +12,8 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.helpers import demo_job, processes_of_run, run_id_from, run_launch, start_launch, wait_gone, write_job
+from tests.helpers import (demo_job, processes_of_run, run_id_from, run_launch, start_launch, tensorboard_scalars,
+                           wait_gone, write_job)
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +34,21 @@ def test_one_worker_result_and_checkpoint(tmp_path, demo_assets):
     job = demo_job(demo_assets, train={"epochs": 2}, cluster={"workers": 1, "servers": 1})
     outcome, run_dir, result = launch_ok(tmp_path, job)
     final_line = result.stdout.strip().splitlines()[-1]
-    assert final_line == f"validation accuracy: {outcome['val_accuracy']:.4f}, top5 {outcome['val_top5']:.4f} " \
-                         f"(846 images, worker 0)"
+    # 5 classes: top-5 is 1.0 by construction, so no top-k anywhere (train.top_k reports only k < num_classes)
+    assert final_line == f"validation accuracy: {outcome['val_accuracy']:.4f} (846 images, worker 0)"
+    assert not [key for e in outcome["epochs"] for key in e if "top" in key]
     assert outcome["val_images"] == 846 and outcome["num_workers"] == 1
     assert [e["epoch"] for e in outcome["epochs"]] == [1, 2]
     assert all(e["val_images"] == 846 and e["images_per_s"] > 0 for e in outcome["epochs"])
     assert outcome["job"]["model"]["cut_layer"] == "flatten0" and outcome["job"]["num_classes"] == 5
+    scalars = tensorboard_scalars(run_dir)  # RUN_DIR is one TensorBoard run: one scalar per tag and epoch
+    assert scalars["accuracy/val"] == [(e["epoch"], pytest.approx(e["val_accuracy"])) for e in outcome["epochs"]]
+    assert [step for step, _ in scalars["images_per_s/worker_0"]] == [1, 2]
+    assert {"loss/train", "loss/val", "accuracy/train", "images_per_s/total"} < set(scalars)
+    assert not [tag for tag in scalars if "top" in tag]
     for name in ("scheduler", "server-0", "worker-0"):
         assert os.path.getsize(os.path.join(run_dir, "logs", f"{name}.log")) > 0
-    assert "[worker 0] " in result.stdout and "[scheduler] " in result.stdout
+    assert "[worker 0] " not in result.stdout and "[scheduler] " not in result.stdout  # in logs/ (and with -v)
 
     # The checkpoint loads with mx.model.load_checkpoint and scores what result.json says.
     # mxnet 1.9.1's CPU inference graph passes (MKLDNN conv+BN+sum fusion) compute this
@@ -146,13 +153,21 @@ def test_sigkill_to_the_launcher_leaves_no_orphan(tmp_path, demo_assets):
 
 
 def test_result_accuracy_matches_the_events(tmp_path, demo_assets):
-    outcome, run_dir, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"epochs": 1}))
+    outcome, run_dir, result = launch_ok(tmp_path, demo_job(demo_assets, train={"epochs": 1, "top_k": 3}))
     with open(os.path.join(run_dir, "events.jsonl"), encoding="utf-8") as handle:
         events = [json.loads(line) for line in handle]
     joined = sorted((e["index"], e["rank"]) for e in events if e["event"] == "joined")
     assert joined == [(0, 0), (1, 1)]  # ascending PORTs: local worker i is ps-lite's rank i
     lead_epochs = [e for e in events if e["event"] == "epoch" and e["index"] == 0]
     assert np.isclose(lead_epochs[-1]["val_accuracy"], outcome["val_accuracy"])
+    # train.top_k 3 < 5 classes: top-3 is reported, named for its K, and worker 0's is at least its top-1
+    assert lead_epochs[-1]["val_accuracy"] <= lead_epochs[-1]["val_top3"] == outcome["val_top3"] <= 1.0
+    assert all("train_top3" in e and "train_top5" not in e for e in events if e["event"] == "epoch")
+    assert result.stdout.strip().splitlines()[-1] == \
+        f"validation accuracy: {outcome['val_accuracy']:.4f}, top3 {outcome['val_top3']:.4f} (846 images, worker 0)"
+    with open(os.path.join(run_dir, "metrics.csv"), encoding="utf-8") as handle:
+        assert [name for name in handle.readline().strip().split(",") if "top" in name] == ["train_top3", "val_top3"]
+    assert [tag for tag in tensorboard_scalars(run_dir) if "top" in tag] == ["accuracy/train_top3", "accuracy/val_top3"]
 
 
 def test_status_of_a_running_then_finished_run(tmp_path, demo_assets):
@@ -176,7 +191,7 @@ def test_status_of_a_running_then_finished_run(tmp_path, demo_assets):
     assert done[0] == f"run {run_id}: succeeded"
     assert done[1] == "  localhost: scheduler (ended), server 0 (ended), worker 0 (ended), worker 1 (ended)"
     assert done[2] == "  epochs done: worker 0 3, worker 1 3"
-    assert done[3].startswith(f"  last epoch 3: train_accuracy ") and \
+    assert done[3].startswith("  last epoch 3: train_accuracy ") and \
         f"val_accuracy {result['val_accuracy']:.4f}" in done[3]
     assert done[4].startswith(f"  result: validation accuracy {result['val_accuracy']:.4f} (846 images)")
     bad = run_launch(["status", str(tmp_path / "runs")], cwd=str(tmp_path))

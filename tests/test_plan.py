@@ -202,6 +202,64 @@ def test_auto_on_cpu_hosts_runs_one_worker_per_slot():
     assert plan.processes[-2].env_dict["OMP_NUM_THREADS"] == "16"   # two workers share 10.0.0.1
 
 
+# --------------------------------------------------------------------------- cpu:N workers (issue 12, item 3)
+
+CPU2_JOB = GPU_JOB.replace("{devices: gpu:8}", "{devices: 'cpu:2'}")
+
+
+def cpu_workers(plan) -> list[tuple[str, str, object, int]]:
+    """(worker, host, its GPUs, its CPU contexts) for every worker of the plan."""
+    hosts = {p.name: p.host for p in plan.processes}
+    return [(f"worker {w.index}", hosts[f"worker {w.index}"], w.devices, w.cpu_contexts) for w in plan.recipe.workers]
+
+
+def test_cpu2_on_two_2_slot_hosts_runs_one_worker_per_host_over_two_contexts():
+    hosts = gpu_hosts(2, 2)
+    plan = make_plan(parse_job(CPU2_JOB, "/jobs/small.yaml", environ={}), hosts, facts_for(hosts),
+                     inventory=inventory(num_train=40))
+    assert cpu_workers(plan) == [("worker 0", "10.0.0.1", None, 2), ("worker 1", "10.0.0.2", None, 2)]
+    assert [(p.name, p.host) for p in plan.processes if p.role is Role.SERVER] == [
+        ("server 0", "10.0.0.1"), ("server 1", "10.0.0.2")]
+    assert [w.batch_size for w in plan.recipe.workers] == [8, 8]       # 4 per context x 2 contexts
+    assert plan.recipe.batches_per_epoch == 3                          # 20 records per shard / 8, rounded up
+    assert plan.processes[-1].env_dict["OMP_NUM_THREADS"] == "16"      # 32 CPUs over its 2 contexts
+    text = plan.describe()
+    assert "kvstore    dist_sync, 2 worker(s) x cpu:2, 2 server(s)" in text
+    assert "workers    2: one per 2 slots of each host (cpu:2 workers, cluster.workers: auto)" in text
+    assert "2 epochs x 3 batches of 8 per worker (global batch 16)" in text
+    assert "shard 1: 20 records -> " in text and text.count(", cpu 0,1\n") == 2
+
+
+def test_cpu2_on_a_4_slot_host_runs_two_workers_and_fills_no_more_slots_than_it_has():
+    hosts = gpu_hosts(4)
+    plan = make_plan(parse_job(CPU2_JOB, "/jobs/small.yaml", environ={}), hosts, facts_for(hosts),
+                     inventory=inventory(num_train=40))
+    assert cpu_workers(plan) == [("worker 0", "10.0.0.1", None, 2), ("worker 1", "10.0.0.1", None, 2)]
+    assert plan.processes[-1].env_dict["OMP_NUM_THREADS"] == "8"       # 32 CPUs over 2 workers x 2 contexts
+    assert "workers    2: one per 2 slots of each host (cpu:2 workers, cluster.workers: auto)" in plan.describe()
+    odd = gpu_hosts(3)                                                 # one slot left idle
+    assert len(make_plan(parse_job(CPU2_JOB, "/jobs/small.yaml", environ={}), odd, facts_for(odd),
+                         inventory=inventory()).recipe.workers) == 1
+    unsized = (HostSpec("10.0.0.1"),)                                  # no slots=: one worker, the job's contexts
+    assert cpu_workers(make_plan(parse_job(CPU2_JOB, "/jobs/small.yaml", environ={}), unsized, facts_for(unsized),
+                                 inventory=inventory())) == [("worker 0", "10.0.0.1", None, 2)]
+
+
+def test_cpu2_workers_that_do_not_fit_the_slots_are_refused():
+    hosts = gpu_hosts(4, 1)
+    with pytest.raises(InputError, match=r"^line 2: host '10.0.0.2' offers slots=1, fewer than the 2 CPU contexts "
+                                         r"of one worker \(cluster.devices: cpu:2\)"):
+        make_plan(parse_job(CPU2_JOB, "/jobs/small.yaml", environ={}), hosts, facts_for(hosts), inventory=inventory())
+    three = parse_job(CPU2_JOB.replace("{devices: 'cpu:2'}", "{workers: 3, devices: 'cpu:2'}"), "/jobs/small.yaml",
+                      environ={})
+    one = gpu_hosts(4)
+    with pytest.raises(InputError, match=r"^line 1: host '10.0.0.1' offers slots=4 but gets 3 worker\(s\) x 2 CPU "
+                                         r"contexts \(add hosts, raise slots, or lower cluster.workers"):
+        make_plan(three, one, facts_for(one), inventory=inventory())
+    wide = gpu_hosts(4, 4)
+    assert len(make_plan(three, wide, facts_for(wide), inventory=inventory()).recipe.workers) == 3
+
+
 def test_linear_lr_scaling_follows_the_global_batch():
     hosts = gpu_hosts(8, 8)
     job = parse_job(GPU_JOB.replace("train: {epochs: 2, batch_per_device: 4}",

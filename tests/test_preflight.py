@@ -24,6 +24,7 @@ def probe(tmp_path, **env) -> dict:
 def test_probe_caches_mxnet_and_notices_a_changed_numpy(tmp_path):
     first = probe(tmp_path)
     assert first["dist_kvstore"] is True and "cached" not in first
+    assert first["cuda"] is False and "gpu_devices" not in first and "build_archs" not in first  # no libcuda
     second = probe(tmp_path)
     assert second["cached"] is True and second["mxnet"] == first["mxnet"]
     assert not os.path.exists(tmp_path / "work")  # the work folder is left alone

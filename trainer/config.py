@@ -33,6 +33,17 @@ class WorkerConfig:
     learning_rate: float | None = None  # the plan's rate for the global batch (train.lr_scaling); None: the job's
     begin_epoch: int = 0            # epochs already done (resuming)
     resume_prefix: str | None = None  # fine-tuned checkpoint of epoch begin_epoch to start from
+    cpu_contexts: int = 1           # devices None: computes on mx.cpu(0) .. mx.cpu(N-1) (cluster.devices: cpu:N)
+
+    @property
+    def device_count(self) -> int:
+        """The contexts this worker splits each batch over: its GPUs, or its CPU contexts."""
+        return len(self.devices) if self.devices is not None else self.cpu_contexts
+
+    @property
+    def batch_size(self) -> int:
+        """Images per step of this worker: ``train.batch_per_device`` on each of its contexts."""
+        return self.train["batch_per_device"] * self.device_count
 
     @property
     def train(self) -> dict[str, Any]:

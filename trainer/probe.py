@@ -7,37 +7,38 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import threading
 import time
 
 from trainer import events
 
 
-def probe_scheduler(*, retry_s: float = 1.0, report_after_s: float = 3.0) -> None:
+def probe_scheduler(*, retry_s: float = 1.0, report_after_s: float = 3.0, wait_note_after_s: float = 30.0) -> None:
     """Keep trying to open a TCP connection to the scheduler until one succeeds.
 
-    ps-lite itself retries silently forever. Once connecting has failed for
-    ``report_after_s``, this emits ``scheduler_unreachable`` with the error (again when
-    the error changes), and ``scheduler_reachable`` if a later try succeeds (a scheduler
-    that was merely slow to start), so the launcher's start-up deadline can name the
-    processes that really are cut off, and say why.
+    ps-lite itself retries silently forever, and a scheduler that takes seconds to
+    import mxnet on a loaded machine is normal, so nothing is printed. Once connecting
+    has failed for ``report_after_s``, this emits ``scheduler_unreachable`` with the error
+    and how long it has waited (again when the error changes, and once more after
+    ``wait_note_after_s``, when the launcher says that this process is still waiting), and
+    ``scheduler_reachable`` if a later try succeeds. The launcher's start-up deadline names
+    the processes that really are cut off, and why.
     """
     address = (os.environ.get("DMLC_PS_ROOT_URI", ""), int(os.environ.get("DMLC_PS_ROOT_PORT", "0")))
-    started, reported = time.time(), None
+    where = f"{address[0]}:{address[1]}"
+    started, reported, noted = time.time(), None, False
     while True:
         try:
             with socket.create_connection(address, timeout=retry_s):
                 if reported is not None:
-                    events.emit("scheduler_reachable", address=f"{address[0]}:{address[1]}")
+                    events.emit("scheduler_reachable", address=where, waited_s=round(time.time() - started, 1))
                 return
         except OSError as err:
-            error = str(err) or type(err).__name__
-            if time.time() - started >= report_after_s and error != reported:
-                print(f"mxft: cannot connect to the ps-lite scheduler at {address[0]}:{address[1]}: {error}",
-                      file=sys.stderr, flush=True)
-                events.emit("scheduler_unreachable", address=f"{address[0]}:{address[1]}", error=error)
-                reported = error
+            error, waited = str(err) or type(err).__name__, time.time() - started
+            note = waited >= wait_note_after_s and not noted
+            if waited >= report_after_s and (error != reported or note):
+                events.emit("scheduler_unreachable", address=where, error=error, waited_s=round(waited, 1))
+                reported, noted = error, noted or note
         time.sleep(retry_s)
 
 

@@ -28,11 +28,14 @@ log = logging.getLogger("mxft.worker")
 
 
 def _contexts(cfg: WorkerConfig) -> list:
-    return [mx.gpu(i) for i in cfg.devices] if cfg.devices is not None else [mx.cpu()]
+    """The worker's GPUs, or its ``cpu:N`` CPU contexts: Module splits each batch over them."""
+    if cfg.devices is not None:
+        return [mx.gpu(i) for i in cfg.devices]
+    return [mx.cpu(i) for i in range(cfg.cpu_contexts)]
 
 
 def _batch_size(cfg: WorkerConfig) -> int:
-    return cfg.train["batch_per_device"] * (len(cfg.devices) if cfg.devices is not None else 1)
+    return cfg.batch_size
 
 
 def _train_iter(cfg: WorkerConfig, rank_seed: int):
@@ -55,9 +58,21 @@ def _val_iter(cfg: WorkerConfig):
         preprocess_threads=cfg.data["preprocess_threads"], round_batch=True)
 
 
+def reported_top_k(cfg: WorkerConfig) -> int | None:
+    """``train.top_k`` when it is below ``num_classes``; None otherwise (top-k of k classes is 1.0 by construction)."""
+    top_k = cfg.train.get("top_k", 5)
+    return top_k if top_k < cfg.job["num_classes"] else None
+
+
+def _train_metric(cfg: WorkerConfig):
+    """Training accuracy, top-k (when reported) and cross-entropy: train_accuracy, train_topK, train_loss."""
+    top_k = reported_top_k(cfg)
+    return mx.metric.create(["acc", *([mx.metric.TopKAccuracy(top_k=top_k)] if top_k else []), "ce"])
+
+
 def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
-    """Top-1 and top-5 accuracy and mean cross-entropy over every validation image, each counted once."""
-    top_k = min(5, cfg.job["num_classes"])
+    """Top-1, top-k (``reported_top_k``) and mean cross-entropy over every validation image, each counted once."""
+    top_k = reported_top_k(cfg)
     correct = correct_k = seen = 0
     loss = 0.0
     for batch in _val_iter(cfg):
@@ -66,15 +81,15 @@ def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
         labels = batch.label[0].asnumpy().astype(np.int64)
         real = len(labels) - batch.pad
         probs, labels = probs[:real], labels[:real]
-        ranked = np.argsort(-probs, axis=1)[:, :top_k]
+        ranked = np.argsort(-probs, axis=1)[:, :top_k or 1]
         correct += int((ranked[:, 0] == labels).sum())
         correct_k += int((ranked == labels[:, None]).any(axis=1).sum())
         loss -= float(np.log(np.maximum(probs[np.arange(real), labels], 1e-12)).sum())
         seen += real
     if seen != cfg.num_val_images:
         raise RuntimeError(f"evaluated {seen} validation images, expected {cfg.num_val_images}")
-    return {"val_accuracy": correct / seen, f"val_top{top_k}": correct_k / seen, "val_loss": loss / seen,
-            "val_images": seen}
+    return {"val_accuracy": correct / seen, **({f"val_top{top_k}": correct_k / seen} if top_k else {}),
+            "val_loss": loss / seen, "val_images": seen}
 
 
 def _optimizer_params(cfg: WorkerConfig) -> dict:
@@ -161,8 +176,11 @@ def run_worker(cfg: WorkerConfig) -> int:
     net, arg_params, aux_params, fixed = _network(cfg)
     batch_size = _batch_size(cfg)
     train = _train_iter(cfg, rank_seed=(seed or 0) + cfg.index)
-    mod = mx.mod.Module(net, context=_contexts(cfg), fixed_param_names=fixed or None)
-    metric = mx.metric.create(["acc", mx.metric.TopKAccuracy(top_k=min(5, cfg.job["num_classes"])), "ce"])
+    contexts = _contexts(cfg)
+    log.info("worker %d computes on %d context(s): %s, %d images per step", cfg.index, len(contexts),
+             ", ".join(map(str, contexts)), batch_size)
+    mod = mx.mod.Module(net, context=contexts, fixed_param_names=fixed or None)
+    metric = _train_metric(cfg)
     speed = _Throughput(batch_size, cfg.train["log_every_batches"])
     epochs: list[dict] = []
 
