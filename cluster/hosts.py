@@ -1,25 +1,30 @@
-"""Hosts files: ``HOST[:PORT] [slots=N] [user=NAME] [python=PATH]`` per line.
+"""Hosts files: ``HOST[:PORT] [slots=N] [user=NAME] [python=PATH] [addr=IP]`` per line.
 
 ``#`` starts a comment; blank lines are ignored; a bare IP per line (the format of
 MXNet's tools/launch.py) is valid. ``slots`` is how many devices (GPUs) the host
 offers, as in DeepSpeed's and MPI's hostfiles; ``python`` the interpreter with mxnet
-there (default ``python3``). Example::
+there (default ``python3``); ``addr`` the address ps-lite binds and advertises on that
+host, for a training network other than the one SSH reaches (default: the SSH address).
+Example::
 
     # hosts.txt
     gpu01 slots=8
-    gpu02:2222 slots=8 user=train
+    gpu02:2222 slots=8 user=train addr=10.1.0.7
     10.0.0.7
 """
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 
 from cluster.errors import InputError
 
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 _HOST = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.-]+|[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*))"
-                   r"(?::(?P<port>\d+))?$")
+                   r"(?::(?P<port>[0-9]{1,5}))?$")
+MAX_HOSTS = 10_000    # lines of one hosts file (or nodes of a Slurm allocation)
+MAX_SLOTS = 1024      # slots= of one host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +37,7 @@ class HostSpec:
     user: str | None = None
     line: int = 0
     python: str | None = None
+    addr: str | None = None        # ps-lite's address on this host (the training network), if not the SSH one
 
     @property
     def is_local(self) -> bool:
@@ -48,27 +54,47 @@ def _parse_line(text: str, where: str, line_no: int) -> HostSpec:
     if not match:
         raise InputError(where, f"'{fields[0]}' is not a host name or address", hint="expected HOST[:PORT]")
     name = match.group("v6") or match.group("name")
+    if name.startswith("-"):  # ssh and other tools would read it as an option
+        raise InputError(where, f"'{name}' is not a host name: it starts with '-'")
     port = match.group("port")
     if port is not None and not 0 < int(port) < 65536:
         raise InputError(where, f"port {port} is not in 1-65535")
     options: dict[str, str] = {}
     for field in fields[1:]:
         key, sep, value = field.partition("=")
-        if not sep or key not in ("slots", "user", "python"):
-            raise InputError(where, f"unknown field '{field}'", hint="expected slots=N, user=NAME or python=PATH")
+        if not sep or key not in ("slots", "user", "python", "addr"):
+            raise InputError(where, f"unknown field '{field}'",
+                             hint="expected slots=N, user=NAME, python=PATH or addr=IP")
         if key in options:
             raise InputError(where, f"'{key}' is given twice")
         options[key] = value
     slots = options.get("slots")
-    if slots is not None and (not slots.isdigit() or int(slots) < 1):
+    if slots is not None and not (re.fullmatch(r"[0-9]+", slots) and slots.lstrip("0")):
         raise InputError(where, f"slots must be a whole number >= 1, got '{slots}'")
+    if slots is not None and (len(slots.lstrip("0")) > 6 or int(slots) > MAX_SLOTS):
+        raise InputError(where, f"slots={slots} is more than {MAX_SLOTS}")
     user = options.get("user")
     if user is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", user):
         raise InputError(where, f"'{user}' is not a user name")
     python = options.get("python")
     if python is not None and not python:
         raise InputError(where, "python= needs a path")
-    return HostSpec(name, int(port) if port else None, int(slots) if slots else None, user, line_no, python)
+    if python is not None and python.startswith("~"):  # run as one quoted word there: no shell expands it
+        raise InputError(where, f"python={python}: '~' is not expanded on the host",
+                         hint="give the full path, e.g. python=/home/USER/venv/bin/python")
+    return HostSpec(name, int(port) if port else None, int(slots) if slots else None, user, line_no, python,
+                    _address(options.get("addr"), where))
+
+
+def _address(text: str | None, where: str) -> str | None:
+    """``addr=``: an IPv4 or IPv6 address (what ps-lite binds and advertises), not a name."""
+    if text is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InputError(where, f"addr={text} is not an IP address",
+                         hint="give the host's address on the training network, e.g. addr=10.1.0.7") from None
 
 
 def parse_hosts(text: str, source: str) -> tuple[HostSpec, ...]:
@@ -80,6 +106,8 @@ def parse_hosts(text: str, source: str) -> tuple[HostSpec, ...]:
         if not text_part:
             continue
         where = f"{source}:{line_no}"
+        if len(hosts) == MAX_HOSTS:
+            raise InputError(where, f"more than {MAX_HOSTS} hosts")
         host = _parse_line(text_part, where, line_no)
         key = (host.name, host.port)
         if key in seen:
@@ -87,7 +115,7 @@ def parse_hosts(text: str, source: str) -> tuple[HostSpec, ...]:
         seen[key] = line_no
         hosts.append(host)
     if not hosts:
-        raise InputError(source, "lists no hosts", hint="one HOST[:PORT] [slots=N] [user=NAME] [python=PATH] per line")
+        raise InputError(source, "lists no hosts", hint="one HOST[:PORT] [slots=N] [user=NAME] [python=PATH] [addr=IP] per line")
     return tuple(hosts)
 
 

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from typing import IO
 
@@ -54,29 +55,38 @@ class LocalProcess:
         return self._popen.poll()
 
     def stop(self, *, grace_s: float) -> None:
-        """SIGTERM the process group and every descendant, SIGKILL what is left after ``grace_s``."""
+        """SIGTERM the process group and every descendant, SIGKILL what is left after ``grace_s``.
+
+        The process itself is waited for through its Popen only: had psutil reaped it,
+        Popen could no longer read its status and would report exit code 0 for a process
+        that was killed. Its descendants are not our children, so psutil waits for them.
+        """
         try:
-            family = [psutil.Process(self.pid)]
-            family += family[0].children(recursive=True)
+            descendants = psutil.Process(self.pid).children(recursive=True)
         except psutil.NoSuchProcess:
-            family = []
+            descendants = []
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-            for proc in family:
+            self._popen.send_signal(sig)  # (a no-op once it has been waited for)
+            for proc in descendants:
                 try:
                     proc.send_signal(sig)
                 except psutil.NoSuchProcess:
                     pass
-            _, family = psutil.wait_procs(family, timeout=wait_s)
-            if not family:
+            deadline = time.monotonic() + wait_s
+            _, descendants = psutil.wait_procs(descendants, timeout=wait_s)
+            if self._exited_by(deadline) and not descendants:
                 break
+
+    def _exited_by(self, deadline: float) -> bool:
         try:
-            self._popen.wait(timeout=5.0)
+            self._popen.wait(timeout=max(deadline - time.monotonic(), 0.0))
+            return True
         except subprocess.TimeoutExpired:
-            pass
+            return False
 
 
 class LocalTransport:

@@ -1,20 +1,20 @@
 """Remote hosts over SSH: fabric for commands and processes, OpenSSH for bulk bytes.
 
-Host keys are checked strictly: the keys of ``~/.ssh/known_hosts`` and of every
-``UserKnownHostsFile`` the SSH config names are loaded and an unknown key is refused
-(fabric alone would accept any key). ``accept_new_host_keys`` trusts and records a
-key seen for the first time, like OpenSSH's ``StrictHostKeyChecking=accept-new``; a
-*changed* key is always refused. ``~/.ssh/config`` (or ``ssh_config``) is honoured by
-both fabric and OpenSSH: host aliases, ports, users, identity files.
+Host keys are checked strictly, the same way on both stacks and for a ProxyJump bastion
+too (fabric alone would accept any key): ``cluster.ssh_resolve`` reads the SSH config
+once (OpenSSH's files, ``~`` from the password database), ``cluster.known_hosts``
+decides for paramiko over every user and global known-hosts file under the
+``HostKeyAlias``, and OpenSSH is given the same files, alias, host name and jump
+explicitly. An unknown key is refused; ``accept_new_host_keys`` trusts and records a
+key for a host no file knows, like OpenSSH's ``StrictHostKeyChecking=accept-new``; a key
+that differs from one pinned in any file is always refused. ``~/.ssh/config`` (or
+``ssh_config``) is honoured: host aliases, ports, users, identity files.
 
 Commands are argv lists; ``remote_command`` is the one place they become a shell line.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
-import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -23,6 +23,8 @@ import fabric
 import paramiko
 
 from cluster.hosts import HostSpec
+from cluster.known_hosts import CheckKnownHosts, HostKeyError, keys_for, pinned_key_types, prefer_key_types
+from cluster.ssh_resolve import SSHTarget, jump_of, resolve_target
 
 # Fast ciphers first (AES-GCM runs on the AES instructions of any current CPU); the
 # server picks the first one it also supports.
@@ -41,43 +43,16 @@ def remote_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
     """argv + env + cwd -> one POSIX shell line, every part quoted exactly once.
 
     >>> remote_command(["echo", "a b", "$HOME"], env={"X": "1"}, cwd="/tmp")
-    "cd /tmp && exec env X=1 echo 'a b' '$HOME'"
+    "cd /tmp && exec env -- X=1 echo 'a b' '$HOME'"
+
+    A folder or an assignment is never read as an option of ``cd`` or ``env``: ``-x`` is
+    written ``./-x``, and ``--`` ends env's options (environment names are checked when
+    parsed, too).
     """
-    env_part = ["env"] + [f"{key}={value}" for key, value in sorted((env or {}).items())] if env else []
+    env_part = ["env", "--"] + [f"{key}={value}" for key, value in sorted((env or {}).items())] if env else []
     line = "exec " + shlex.join(env_part + list(argv))
-    return f"cd {shlex.quote(cwd)} && {line}" if cwd else line
-
-
-class HostKeyError(Exception):
-    """The host's key is unknown or changed; the message says which key and what to do."""
-
-
-class _RecordNewKey(paramiko.MissingHostKeyPolicy):
-    def __init__(self, known_hosts: str) -> None:
-        self.known_hosts = known_hosts
-
-    def missing_host_key(self, client, hostname, key) -> None:
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        os.makedirs(os.path.dirname(self.known_hosts), exist_ok=True)
-        with open(self.known_hosts, "a", encoding="ascii") as handle:
-            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-
-
-class _RefuseUnknownKey(paramiko.MissingHostKeyPolicy):
-    def __init__(self, known_hosts: str) -> None:
-        self.known_hosts = known_hosts
-
-    def missing_host_key(self, client, hostname, key) -> None:
-        fingerprint = _sha256_fingerprint(key)
-        raise HostKeyError(
-            f"unknown host key {key.get_name()} {fingerprint}; if that is the host's key, add it with "
-            f"'ssh-keyscan -H {hostname} >> {self.known_hosts}' (after checking the fingerprint) "
-            "or launch with --accept-new-host-keys")
-
-
-def _sha256_fingerprint(key: paramiko.PKey) -> str:
-    """The fingerprint OpenSSH prints: SHA256:base64-without-padding."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    folder = f"./{cwd}" if cwd and cwd.startswith("-") else cwd
+    return f"cd {shlex.quote(folder)} && {line}" if cwd else line
 
 
 class SSHProcess:
@@ -130,37 +105,25 @@ class SSHHost:
         self.options = options
         self.label = spec.label
 
-    def _config(self) -> fabric.Config:
-        return fabric.Config(runtime_ssh_path=self.options.ssh_config) if self.options.ssh_config \
-            else fabric.Config()
+    def target(self) -> SSHTarget:
+        """Where the host is and how its key is checked: one reading of the SSH config, for both stacks."""
+        return resolve_target(self.spec.name, port=self.spec.port, user=self.spec.user,
+                              ssh_config=self.options.ssh_config)
 
     def connect(self) -> fabric.Connection:
-        """A new, open connection with strict host-key checking. Raises HostKeyError or OSError-likes."""
-        conn = fabric.Connection(self.spec.name, user=self.spec.user, port=self.spec.port, config=self._config(),
-                                 connect_timeout=self.options.connect_timeout_s)
-        known_files = [os.path.expanduser("~/.ssh/known_hosts")]
-        for path in conn.ssh_config.get("userknownhostsfile", "").split():
-            known_files.append(os.path.expanduser(path))
-        for path in known_files:
-            if os.path.isfile(path):
-                conn.client.load_host_keys(path)
-        record_to = known_files[-1]
-        policy = _RecordNewKey(record_to) if self.options.accept_new_host_keys else _RefuseUnknownKey(record_to)
-        conn.client.set_missing_host_key_policy(policy)
+        """A new, open connection with strict host-key checking (a bastion's too).
+
+        Raises HostKeyError, or OSError / paramiko.SSHException-likes.
+        """
+        conn = _connection(self.target(), self.options)
         try:
             conn.open()
-        except paramiko.BadHostKeyException as err:
-            conn.close()
-            raise HostKeyError(
-                f"host key changed: it offers {_sha256_fingerprint(err.key)}, known_hosts has "
-                f"{_sha256_fingerprint(err.expected_key)}; if the host was reinstalled, remove the old key with "
-                f"'ssh-keygen -R {self.spec.name}', else someone may be intercepting the connection") from None
         except paramiko.SSHException as err:
             conn.close()
             if isinstance(err.__context__, HostKeyError):
                 raise err.__context__ from None
             raise
-        except HostKeyError:
+        except BaseException:
             conn.close()
             raise
         return conn
@@ -168,8 +131,7 @@ class SSHHost:
     @property
     def address(self) -> str:
         """The address other hosts reach this one at: HostName from the SSH config, else the name."""
-        conn = fabric.Connection(self.spec.name, user=self.spec.user, port=self.spec.port, config=self._config())
-        return conn.host
+        return self.target().hostname
 
     def run(self, argv: Sequence[str], *, timeout_s: float = 60.0):
         """Run a command to completion; returns (exit code, stdout, stderr)."""
@@ -189,16 +151,14 @@ class SSHHost:
 
     def openssh_argv(self) -> list[str]:
         """``ssh ... HOST`` with the same config, user, port and host-key strictness."""
-        argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", f"Ciphers={_CIPHERS}",
-                "-o", f"ConnectTimeout={int(self.options.connect_timeout_s)}",
-                "-o", "StrictHostKeyChecking=" + ("accept-new" if self.options.accept_new_host_keys else "yes")]
+        argv = ["ssh", "-T"] + openssh_options(self.target(), self.options)
         if self.options.ssh_config:
             argv += ["-F", self.options.ssh_config]
         if self.spec.port:
             argv += ["-p", str(self.spec.port)]
         if self.spec.user:
             argv += ["-l", self.spec.user]
-        return argv + [self.spec.name]
+        return argv + ["--", self.spec.name]  # "--": a host name is never read as an option
 
     def stream_to(self, command: str) -> subprocess.Popen:
         """Start ``command`` on the host with a pipe to its stdin (for bulk copies)."""
@@ -208,3 +168,74 @@ class SSHHost:
     def stream_from(self, command: str) -> subprocess.Popen:
         return subprocess.Popen(self.openssh_argv() + [command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
+
+
+class _Connection(fabric.Connection):
+    """A fabric connection that also closes the bastion connection it was opened through."""
+
+    def close(self) -> None:
+        super().close()
+        if isinstance(self.gateway, fabric.Connection):
+            self.gateway.close()
+
+
+def _connection(target: SSHTarget, options: SSHOptions, *, depth: int = 0, who: str = "") -> fabric.Connection:
+    """An unopened connection to ``target`` whose key (and every bastion's) is checked by ``CheckKnownHosts``.
+
+    fabric would build a ProxyJump gateway itself, with paramiko's AutoAddPolicy; here each hop
+    is a connection of its own with the same policy.
+    """
+    jump = jump_of(target, depth=depth)
+    gateway = (_connection(jump, options, depth=depth + 1, who=f"ProxyJump host {jump.name}: ") if jump
+               else target.proxy_command or False)
+    pinned = keys_for(target.known_hosts.name, target.known_hosts.files)
+    conn = _Connection(target.name, user=target.user, port=target.port,
+                       config=fabric.Config(ssh_config=target.config), connect_timeout=options.connect_timeout_s,
+                       gateway=gateway,
+                       connect_kwargs={"transport_factory": prefer_key_types(pinned_key_types(pinned))})
+    conn.client.set_missing_host_key_policy(
+        CheckKnownHosts(target.known_hosts, accept_new=options.accept_new_host_keys, who=who))
+    return conn
+
+
+def openssh_options(target: SSHTarget, options: SSHOptions, *, depth: int = 0) -> list[str]:
+    """OpenSSH ``-o`` options that make it check exactly what ``_connection`` checks.
+
+    The host name, known-hosts files, alias and jump come from the same reading of the
+    config, given on the command line (which wins over any file). A bastion is reached by a
+    ProxyCommand that is this same ``ssh`` with the bastion's options (OpenSSH's own
+    ProxyJump would start it without them).
+    """
+    argv = ["-o", "BatchMode=yes", "-o", f"Ciphers={_CIPHERS}", "-o", f"ConnectTimeout={int(options.connect_timeout_s)}",
+            "-o", "StrictHostKeyChecking=" + ("accept-new" if options.accept_new_host_keys else "yes"),
+            "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no", "-o", "HostName=" + _percent(target.hostname),
+            "-o", "UserKnownHostsFile=" + _file_list(target.known_hosts.user_files),
+            "-o", "GlobalKnownHostsFile=" + _file_list(target.known_hosts.global_files),
+            "-o", "HashKnownHosts=" + ("yes" if target.known_hosts.hash_new else "no")]
+    if target.host_key_alias:
+        argv += ["-o", "HostKeyAlias=" + target.host_key_alias]
+    jump = jump_of(target, depth=depth)
+    if jump is not None:
+        argv += ["-o", "ProxyCommand=" + _proxy_command(jump, options, depth=depth + 1)]
+    elif not target.proxy_command:
+        argv += ["-o", "ProxyJump=none"]  # none that paramiko did not see either (an Include, a Match)
+    return argv
+
+
+def _proxy_command(jump: SSHTarget, options: SSHOptions, *, depth: int) -> str:
+    """``ssh OPTIONS -W [%h]:%p -- BASTION``, quoted for the shell and with ``%`` kept from OpenSSH's tokens."""
+    argv = ["ssh", "-T"] + openssh_options(jump, options, depth=depth) + ["-p", str(jump.port)]
+    if options.ssh_config:
+        argv += ["-F", options.ssh_config]
+    if jump.user:
+        argv += ["-l", jump.user]
+    return f"{_percent(shlex.join(argv))} -W '[%h]:%p' -- {_percent(shlex.quote(jump.name))}"
+
+
+def _percent(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+def _file_list(paths: tuple[str, ...]) -> str:
+    """Known-hosts files as one OpenSSH option value: each double-quoted, ``none`` for no file."""
+    return " ".join('"' + _percent(path) + '"' for path in paths) or "none"

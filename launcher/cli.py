@@ -21,7 +21,7 @@ from launcher import runstate
 from launcher.check_table import table
 from launcher.command import parse_env
 from launcher.console import Console
-from launcher.jobspec import CommandSpec
+from launcher.jobspec import MAX_PROCESSES, RUN_NAME, CommandSpec
 from launcher.launch import LaunchConfig, check_hosts, run
 from launcher.plan import Plan
 from launcher.status import runs_lines, status_lines
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None) -> Invocation:
     parser.add_argument("--max-restarts", type=int, metavar="N",
                         help="resume automatically after up to N failures (default: the job's cluster.max_restarts)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--hosts", metavar="FILE", help="hosts file: HOST[:PORT] [slots=N] [user=NAME] [python=PATH] "
+    where.add_argument("--hosts", metavar="FILE", help="hosts file: HOST[:PORT] [slots=N] [user=NAME] [python=PATH] [addr=IP] "
                        "per line; 'slurm': the nodes of this Slurm allocation (the default inside one)")
     where.add_argument("--local", action="store_true", help="run every process on this machine (the default)")
     _add_dry_run_options(parser)
@@ -209,12 +209,7 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
         raise InputError(f"--launcher {launcher}", "unknown launcher", hint="use local or ssh")
     if launcher == "ssh" and not args.hosts:
         raise InputError("--launcher ssh", "needs a hosts file", hint="add -H hosts.txt")
-    if not command:
-        parser.error("no command given (put it after --)")
-    if args.probe and not args.dry_run:
-        parser.error("--probe goes with --dry-run (a launch always probes its hosts)")
-    if args.num_workers < 1 or (args.num_servers is not None and args.num_servers < 1):
-        parser.error("-n and -s must be at least 1")
+    _check_command_args(parser, args, command)
     roles = {role: parse_env(getattr(args, f"env_{role}"), environ=environ, option=f"--env-{role}")
              for role in ("worker", "server", "scheduler")}
     spec = CommandSpec(
@@ -224,6 +219,20 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
         role_env={role: env for role, env in roles.items() if env}, workdir=os.getcwd(), sync_dir=args.sync_dir)
     return LaunchConfig("", None if launcher == "local" else args.hosts, args.dry_run, args.run_root, args.cache_dir,
                         args.remote_dir, _ssh_options(args), command=spec, probe=args.probe)
+
+
+def _check_command_args(parser: argparse.ArgumentParser, args: argparse.Namespace, command: list[str]) -> None:
+    """What argparse cannot check itself: a command, counts within bounds, a name that is one folder name."""
+    if not command:
+        parser.error("no command given (put it after --)")
+    if args.probe and not args.dry_run:
+        parser.error("--probe goes with --dry-run (a launch always probes its hosts)")
+    servers = args.num_workers if args.num_servers is None else args.num_servers
+    if not (1 <= args.num_workers <= MAX_PROCESSES and 1 <= servers <= MAX_PROCESSES):
+        parser.error(f"-n and -s must be from 1 to {MAX_PROCESSES}")
+    if args.name is not None and not RUN_NAME.fullmatch(args.name):  # it names a folder under --run-root
+        raise InputError(f"--name {args.name}", "is not a run name",
+                         hint="letters, digits, '.', '_' or '-', at most 64, starting with a letter or digit")
 
 
 def _name_of(command: list[str]) -> str:
@@ -250,8 +259,16 @@ def _report(plan: Plan, result: dict) -> int:
               f"{plan.recipe.job.expect.min_accuracy} ({plan.recipe.job.source})", file=sys.stderr, flush=True)
         code = EXIT_FAILED
     topk = f", {top.replace('val_', '')} {result[top]:.4f}" if top else ""
-    _echo(f"validation accuracy: {accuracy:.4f}{topk} ({result['val_images']} images, worker 0)")
+    _echo(f"validation accuracy: {accuracy:.4f}{topk} ({result['val_images']} images, {_evaluated_by(result)})")
     return code
+
+
+def _evaluated_by(result: dict) -> str:
+    """``worker 0`` (train.evaluation: worker0), else how many workers shared the evaluation."""
+    if (result.get("job") or {}).get("train", {}).get("evaluation") == "worker0":
+        return "worker 0"
+    workers = result.get("num_workers", 1)
+    return f"{workers} worker{'s' if workers != 1 else ''}"
 
 
 def summary_table(plan: Plan, result: dict) -> list[str]:

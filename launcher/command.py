@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from launcher.jobspec import CommandSpec
+from launcher.jobspec import ENV_NAME, CommandSpec
 from launcher.plan import Facts, Placement, Plan, Transfer, plan_processes, check_slots
 
 # Never copied by --sync-dir: version control, caches, virtual environments, run folders.
@@ -35,6 +35,14 @@ def sync_files(folder: str) -> tuple[str, ...]:
         found += [os.path.relpath(os.path.join(root, name), folder) for name in files
                   if os.path.isfile(os.path.join(root, name))]
     return tuple(sorted(found))
+
+
+def sync_destinations(spec: CommandSpec) -> tuple[str, ...]:
+    """The folders ``--sync-dir`` copies into on remote hosts, as given (``~`` is each host's home).
+
+    Preflight refuses one that another user could write to or create first (``launcher.folder_check``).
+    """
+    return (spec.sync_dir,) if spec.sync_dir else ()
 
 
 def remote_path(path: str, home: str) -> str:
@@ -85,8 +93,8 @@ def parse_env(items: Sequence[str], *, environ: Mapping[str, str], option: str) 
     for item in items:
         cut = min((i for i in (item.find("="), item.find(":")) if i > 0), default=-1)
         name, value = (item[:cut], item[cut + 1:]) if cut > 0 else (item, None)
-        if not name.replace("_", "a").isalnum() or name[0].isdigit():
-            raise InputError(f"{option} {item}", f"'{name}' is not an environment variable name",
+        if not ENV_NAME.fullmatch(name):  # [A-Za-z_][A-Za-z0-9_]*: never an option of the remote ``env``
+            raise InputError(f"{option} {item}", f"{name!r} is not an environment variable name",
                              hint="write NAME=VALUE, NAME:VALUE or NAME")
         if value is None:
             if name not in environ:

@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from launcher.cachefile import replacing
+
 VERSION = 6
 SIDE = 32
 CROP = 28
@@ -156,9 +158,8 @@ def build(out_dir: str) -> dict:
         stats = _pretrain(images, digits.target, os.path.join(out_dir, PRETRAINED), rng)
         manifest = {"version": VERSION, "train_images": len(train), "val_images": len(val),
                     "build_s": round(time.time() - started, 1), **stats}
-        with open(manifest_path + ".partial", "w", encoding="utf-8") as handle:
+        with replacing(manifest_path, "w", encoding="utf-8") as handle:
             json.dump(manifest, handle, indent=2)
-        os.replace(manifest_path + ".partial", manifest_path)
         return manifest
 
 

@@ -24,8 +24,9 @@ from cluster.errors import JobFailed
 from cluster.local import LocalTransport
 from cluster.ssh import SSHHost
 from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
-from launcher import recfile, runstate
+from launcher import cachefile, paramsfile, recfile, runstate
 from launcher.console import Console
+from launcher.jobspec import ModelSpec
 from launcher.metrics import MetricsWriter
 from launcher.plan import Plan, Role
 from launcher.stage import fetch_dir, stage_all
@@ -57,18 +58,28 @@ def stage_local(plan: Plan) -> None:
     for config in recipe.workers:
         with open(plan.config_path(config.index), "w", encoding="utf-8") as handle:
             handle.write(config.to_json())
-    model = recipe.job.model
-    if recipe.trimmed_params and not os.path.isfile(recipe.trimmed_params):
-        os.makedirs(os.path.dirname(recipe.trimmed_params), exist_ok=True)
-        if trim_params(model.params_path, used_variables(model.symbol_path, model.cut_layer),
-                       recipe.trimmed_params) is None:
-            shutil.copyfile(model.params_path, recipe.trimmed_params)  # a form we cannot trim: send it whole
-    missing = [s for s in recipe.shards if not (os.path.isfile(s.rec_path) and os.path.isfile(s.prefix + ".idx"))]
-    if missing:  # shards are written atomically, so a present one is complete
-        spans = recfile.read_index(recipe.job.data.train)
-        for shard in missing:
-            os.makedirs(os.path.dirname(shard.prefix), exist_ok=True)
-            recfile.write_shard(recipe.job.data.train, [spans[i] for i in shard.positions], shard.prefix)
+    if recipe.trimmed_params:
+        with cachefile.locked(os.path.dirname(recipe.trimmed_params)):  # one launch builds it, the others wait
+            _write_trimmed_params(recipe.job.model, recipe.trimmed_params)
+    with cachefile.locked(os.path.dirname(recipe.shards[0].prefix)):
+        missing = [s for s in recipe.shards if not (os.path.isfile(s.rec_path) and os.path.isfile(s.prefix + ".idx"))]
+        if missing:  # shards are written atomically, so a present one is complete
+            spans = recfile.read_index(recipe.job.data.train)
+            for shard in missing:
+                recfile.write_shard(recipe.job.data.train, [spans[i] for i in shard.positions], shard.prefix)
+
+
+def _write_trimmed_params(model: ModelSpec, trimmed: str) -> None:
+    """The trimmed params in the cache, unless a complete params file is there already.
+
+    ``trim_params`` handles every file ``check_inputs`` accepts; one it cannot read has changed since.
+    """
+    if os.path.isfile(trimmed) and isinstance(paramsfile.read_layout(trimmed), paramsfile.ParamsLayout):
+        return
+    if trim_params(model.params_path, used_variables(model.symbol_path, model.cut_layer), trimmed) is None:
+        layout = paramsfile.read_layout(model.params_path)
+        why = layout.reason if isinstance(layout, paramsfile.BadParams) else "its arrays have no names"
+        raise JobFailed(f"{model.params_path} changed after the input checks and cannot be used: {why}")
 
 
 class RunEvents:

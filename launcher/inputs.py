@@ -1,9 +1,10 @@
 """Check a job's files before anything starts, and measure what planning needs.
 
 Reads (never writes) the checkpoint and the ``.rec``/``.idx`` files: the cut layer
-must be in the symbol, the params file must be an MXNet NDArray file (and match its
-sha256 when the job gives one), and every label must lie in ``[0, num_classes)`` with
-every class present in the training data. Pure Python: the launch host needs no mxnet.
+must be in the symbol, the params file must be a complete MXNet NDArray file (every array's
+header and data, to its last byte; and match its sha256 when the job gives one), and every
+label must lie in ``[0, num_classes)`` with every class present in the training data. Pure
+Python: the launch host needs no mxnet.
 """
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ import json
 import os
 
 from cluster.errors import InputError
-from launcher import recfile
+from launcher import paramsfile, recfile
 from launcher.jobspec import JobSpec
-
-_NDARRAY_LIST_MAGIC = 0x112  # first uint64 of a file written by mx.nd.save
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,17 +50,25 @@ def check_model(job: JobSpec) -> int:
         ops = [node["name"] for node in graph["nodes"] if node.get("op") not in (None, "null")]
         raise InputError(job.source, f"model.cut_layer '{model.cut_layer}' is not a layer of {model.symbol_path}",
                          hint=f"its last layers are {', '.join(ops[-5:])}")
-    with open(model.params_path, "rb") as handle:
-        head = handle.read(8)
-    if len(head) < 8 or int.from_bytes(head, "little") != _NDARRAY_LIST_MAGIC:
-        raise InputError(model.params_path, "is not an MXNet params file (bad header)",
-                         hint="the download may be incomplete; fetch it again")
+    check_params_file(model.params_path)
     if model.params_sha256:
         digest = _sha256(model.params_path)
         if digest != model.params_sha256:
             raise InputError(model.params_path, f"sha256 is {digest[:12]}..., the job expects "
                              f"{model.params_sha256[:12]}...", hint="the file is corrupt or a different model")
     return os.path.getsize(model.symbol_path) + os.path.getsize(model.params_path)
+
+
+def check_params_file(path: str) -> None:
+    """Raise InputError unless ``path`` is a whole MXNet params file of named arrays (every header and
+    data length adding up to its size, as ``mx.model.load_checkpoint`` needs)."""
+    layout = paramsfile.read_layout(path)
+    if isinstance(layout, paramsfile.BadParams):
+        raise InputError(path, f"is not an MXNet params file ({layout.reason})",
+                         hint="the download may be incomplete; fetch it again")
+    if layout.arrays and not layout.names:
+        raise InputError(path, f"holds {len(layout.arrays)} arrays without names",
+                         hint="save a dict of 'arg:NAME' / 'aux:NAME' arrays, as Module.save_checkpoint does")
 
 
 def _sha256(path: str) -> str:

@@ -32,10 +32,8 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import yaml
-
 from cluster.errors import InputError
-from launcher.yamlfields import Fields, compose_with_lines
+from launcher.yamlfields import Fields, compose_with_lines, load_value
 
 TUTORIAL_GPUS = tuple(range(8))
 KVSTORES = ("auto", "dist_sync", "dist_sync_device", "dist_async", "dist_device_sync")
@@ -44,7 +42,13 @@ INITIALIZERS = ("xavier", "msraprelu", "normal", "uniform")
 INITIALIZER_KEYS = ("type", "rnd_type", "factor_type", "magnitude", "sigma", "scale", "slope")
 BUILTIN_ASSETS = ("digits",)
 LR_SCALINGS = ("none", "linear")
+EVALUATIONS = ("shared", "worker0")
 AUTO = "auto"  # cluster.workers / cluster.servers: decided from the hosts (launcher.plan.assign_workers)
+# Caps on counts, checked before anything is built from them (a list per process, per device).
+MAX_PROCESSES = 4096        # workers or servers of one job
+MAX_DEVICES = 256           # GPUs or CPU contexts of one worker
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")   # a run's name: one plain folder name, no path
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")            # an environment variable's name (never an option)
 
 
 # --------------------------------------------------------------------------- checking values
@@ -55,6 +59,13 @@ def _int(minimum: int) -> Callable[[Any], int]:
             raise ValueError(f"an integer >= {minimum}")
         return value
     return check
+
+
+def _count(value: Any) -> int:
+    """A number of processes: 1 .. MAX_PROCESSES."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PROCESSES:
+        raise ValueError(f"an integer from 1 to {MAX_PROCESSES}")
+    return value
 
 
 def _bool(value: Any) -> bool:
@@ -75,6 +86,12 @@ def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
             raise ValueError(f"one of {', '.join(options)}")
         return value
     return check
+
+
+def _interface(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", value) or value.startswith("-"):
+        raise ValueError("a network interface name, e.g. eth1 or ib0")
+    return value
 
 
 def _fraction(value: Any) -> float:
@@ -122,23 +139,25 @@ def _devices(value: Any) -> tuple[int, ...] | CPUContexts:
     """``cpu``, N CPU contexts ``cpu:2``, a GPU count ``gpu:4`` (ids 0-3), or a list of GPU ids ``[0, 1]``."""
     if value == "cpu":
         return CPUContexts(1)
-    if isinstance(value, str) and re.fullmatch(r"cpu:[1-9]\d*", value):
-        return CPUContexts(int(value[4:]))
-    if isinstance(value, str) and re.fullmatch(r"gpu:[1-9]\d*", value):
-        return tuple(range(int(value[4:])))
-    if (isinstance(value, list) and value and len(set(value)) == len(value)
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+    count = re.fullmatch(r"(cpu|gpu):([1-9][0-9]{0,5})", value) if isinstance(value, str) else None
+    if count and int(count.group(2)) <= MAX_DEVICES:
+        number = int(count.group(2))
+        return CPUContexts(number) if count.group(1) == "cpu" else tuple(range(number))
+    if (isinstance(value, list) and 0 < len(value) <= MAX_DEVICES
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_DEVICES for v in value)
+            and len(set(value)) == len(value)):
         return tuple(value)
-    raise ValueError("'cpu', 'cpu:N' or 'gpu:N' (N >= 1), or a list of distinct GPU ids such as [0, 1]")
+    raise ValueError(f"'cpu', 'cpu:N' or 'gpu:N' (N from 1 to {MAX_DEVICES}), or a list of distinct GPU ids "
+                     "such as [0, 1]")
 
 
 def _count_or_auto(value: Any) -> int | str:
     if value == AUTO:
         return AUTO
     try:
-        return _int(1)(value)
+        return _count(value)
     except ValueError:
-        raise ValueError("'auto' or an integer >= 1") from None
+        raise ValueError(f"'auto' or an integer from 1 to {MAX_PROCESSES}") from None
 
 
 def _scalar_mapping(value: Any) -> dict[str, Any]:
@@ -150,7 +169,7 @@ def _scalar_mapping(value: Any) -> dict[str, Any]:
 
 
 def _job_name(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+    if not isinstance(value, str) or not RUN_NAME.fullmatch(value):
         raise ValueError("letters, digits, '.', '_' or '-' (at most 64)")
     return value
 
@@ -170,8 +189,8 @@ def _env_value(value: Any) -> str:
 
 
 def _env_mapping(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ValueError("a mapping of NAME: value")
+    if not isinstance(value, dict) or not all(isinstance(k, str) and ENV_NAME.fullmatch(k) for k in value):
+        raise ValueError("a mapping of NAME: value, each NAME letters, digits and '_' (not first a digit)")
     return {key: _env_value(item) for key, item in value.items()}
 
 
@@ -360,6 +379,9 @@ class TrainSpec:
     warmup_epochs: int = key(0, check=_int(0), help="epochs that ramp the learning rate up from its unscaled value")
     top_k: int = key(5, check=_int(2), help="also report top-k accuracy (only when k < num_classes: "
                      "with k classes or fewer it is 1.0 by construction)")
+    evaluation: str = key("shared", check=_choice(EVALUATIONS),
+                          help="shared: workers average BatchNorm statistics, each evaluates a part of the "
+                               "validation set; worker0: worker 0 alone, with its own statistics")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,6 +397,8 @@ class ClusterSpec:
     startup_timeout_s: int = key(300, check=_int(1), help="every worker must have joined ps-lite by then")
     progress_timeout_s: int = key(1800, check=_int(1), help="a worker silent this long is reported stuck")
     max_restarts: int = key(0, check=_int(0), help="resume from the last epoch after a failure, this many times")
+    interface: str | None = key(None, check=_interface, help="network interface ps-lite uses on every host (its "
+                                "address there, found by preflight); a host's addr= in the hosts file wins")
 
     @property
     def uses_gpu(self) -> bool:
@@ -466,17 +490,17 @@ def _parse_command_job(raw: dict, lines: Mapping[tuple, Any], source: str) -> Co
         if key in ROLE_NAMES:
             by_role[key] = env_f.get(key, _env_mapping)
         else:
+            if not ENV_NAME.fullmatch(key):  # [A-Za-z_][A-Za-z0-9_]*: never an option of the remote ``env``
+                env_f.fail(env_f.path + (key,), f"{key!r} is not an environment variable name")
             common[key] = env_f.get(key, _env_value)
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                env_f.fail(env_f.path + (key,), f"'{key}' is not an environment variable name")
     base_dir = os.path.dirname(os.path.abspath(source))
     workdir = top.get("workdir", _text, base_dir)
     return CommandSpec(
         name=top.get("name", _job_name, os.path.splitext(os.path.basename(source))[0]),
         source=os.path.abspath(source),
         argv=argv,
-        workers=cluster_f.get("workers", _int(1), 1),
-        servers=cluster_f.get("servers", _int(1), 1),
+        workers=cluster_f.get("workers", _count, 1),
+        servers=cluster_f.get("servers", _count, 1),
         env=common,
         role_env=by_role,
         workdir=os.path.normpath(os.path.join(base_dir, os.path.expanduser(workdir))),
@@ -530,10 +554,7 @@ def apply_overrides(raw: Any, lines: dict[tuple, Any], overrides: Sequence[str])
         key = SET_ALIASES.get(key.strip(), key.strip())
         if not sep or not key or any(not part for part in key.split(".")):
             raise InputError(where, "expected KEY.PATH=VALUE", hint="e.g. --set train.epochs=4")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as err:
-            raise InputError(where, f"the value is not valid YAML: {getattr(err, 'problem', err)}") from None
+        value = load_value(text, where) if text.strip() else None
         if not isinstance(raw, dict):
             raise InputError(where, "the job file is not a mapping of keys")
         node, path = raw, ()

@@ -25,16 +25,17 @@ from cluster.hosts import HostSpec, load_hosts
 from cluster.local import free_ports
 from cluster.slurm import hosts_from_slurm
 from cluster.ssh import SSHHost, SSHOptions
-from launcher import assets, extras, recfile, runstate
+from launcher import assets, cachefile, extras, recfile, runstate
 from launcher.check_table import HostRow, host_row
-from launcher.command import sync_files
+from launcher.command import sync_destinations, sync_files
 from launcher.console import Console
 from launcher.execute import execute
 from launcher.inputs import Inventory, check_inputs
 from launcher.jobspec import CommandSpec, JobSpec, load_job
-from launcher.plan import Facts, HostFacts, Plan, Transfer, assign_workers, make_plan
+from launcher.plan import Facts, HostFacts, Plan, Transfer, assign_workers, make_plan, public_addresses
 from launcher.preflight import (HostReport, Requirements, assumed_facts, cached_facts, facts_of, local_mxnet_version,
                                 probe_all, problems, remember_facts, require_fit)
+from launcher.reach import require_scheduler_reachable
 
 CODE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,7 +135,23 @@ def _staging_bytes(transfers: Sequence[Transfer], known: Mapping[str, int] | Non
 
 
 def new_run_id(job: JobSpec | CommandSpec) -> str:
-    return f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    """``NAME-YYYYmmdd-HHMMSS-`` and 8 random hex digits: launches in the same second differ."""
+    return f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def _new_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec) -> Attempt:
+    run_id = new_run_id(spec)
+    return Attempt(run_id, os.path.abspath(os.path.join(config.run_root, run_id)))
+
+
+def _claim_run_dir(run_dir: str) -> bool:
+    """Create a new run's folder; False if it exists (another launch has that run id: never share it)."""
+    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    try:
+        os.mkdir(run_dir)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _run_facts(config: LaunchConfig, spec: JobSpec | CommandSpec, attempt: Attempt) -> Facts:
@@ -173,12 +190,13 @@ def _remote_port() -> int:
 
 
 def _probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec],
-                  echo: Callable[[str], None] | None) -> tuple[Facts, list[HostReport]]:
+                  echo: Callable[[str], None] | None, *,
+                  other_folders: Sequence[str] = ()) -> tuple[Facts, list[HostReport]]:
     """Probe every host; each usable one's facts (kept for later dry runs), assumed ones for the rest."""
     if echo:
         echo(f"[mxft] preflight: checking {len(hosts)} hosts")
     ssh_hosts = [(host, SSHHost(host, config.ssh)) for host in hosts]
-    reports = probe_all(ssh_hosts, config.remote_dir)
+    reports = probe_all(ssh_hosts, config.remote_dir, other_folders=other_folders)
     found, basic = {}, Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
     for report, (host, ssh) in zip(reports, ssh_hosts):
         usable = problems(report, basic) is None
@@ -225,10 +243,16 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
     elif config.dry_run and not config.probe:
         facts = _known_facts(config, facts, hosts)
     else:
-        facts, reports = _probed_facts(config, facts, hosts, echo)
+        facts, reports = _probed_facts(config, facts, hosts, echo, other_folders=(
+            sync_destinations(spec) if isinstance(spec, CommandSpec) else ()))
     plan = make_plan(spec, hosts, facts, inventory=inventory)
     if reports:
         require_fit(reports, _requirements(config, plan, inventory))
+        require_scheduler_reachable(plan)  # on the training network, before any ps-lite process starts
+    public = public_addresses(dict.fromkeys(p.env_dict["DMLC_NODE_HOST"] for p in plan.processes))
+    if public and echo and not config.dry_run:  # a dry run's plan says so itself
+        echo(f"[mxft] warning: ps-lite will listen on public address(es) {', '.join(public)} with no "
+             "authentication or encryption; use a private network (addr= in the hosts file, or cluster.interface)")
     if isinstance(spec, CommandSpec) and not hosts[0].is_local and spec.sync_dir is None and echo:
         echo(f"[mxft] no --sync-dir: remote processes run in {spec.workdir}, which must exist on every host")
     return plan
@@ -282,7 +306,9 @@ def pack_image_folder(job: JobSpec, cache_dir: str, *, echo: Callable[[str], Non
         if dry_run:
             raise InputError(images.folder, "is not packed yet", hint="launch once without --dry-run, "
                              "or pack it with mxft-prepare and name the .rec files in the job")
-        _pack(job, prefix, echo, progress)
+        with cachefile.locked(os.path.dirname(prefix)):  # a launch packing it now goes first; then it is there
+            if not os.path.isfile(prefix + "-summary.json"):
+                _pack(job, prefix, echo, progress)
     data = dataclasses.replace(job.data, train=prefix + "-train.rec", val=prefix + "-val.rec")
     return dataclasses.replace(job, data=data)
 
@@ -326,8 +352,7 @@ def _what_to_run(config: LaunchConfig) -> tuple[JobSpec | CommandSpec, Attempt]:
     if config.resume_dir:
         return _resumed(os.path.abspath(config.resume_dir))
     spec = config.command or load_job(config.job_path, overrides=config.overrides)
-    run_id = new_run_id(spec)
-    return spec, Attempt(run_id, os.path.abspath(os.path.join(config.run_root, run_id)))
+    return spec, _new_attempt(config, spec)
 
 
 def _record_end(run_dir: str, attempt: int, outcome: str, **details) -> runstate.Checkpoint | None:
@@ -376,10 +401,15 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
             progress=lambda done, total: console.progress("packing images", done, total, unit="image"))
     restarts_left = (spec.cluster.max_restarts if max_restarts is None else max_restarts) \
         if isinstance(spec, JobSpec) else 0
+    fresh = config.resume_dir is None  # a new run: its folder is made now, and must not exist yet
     while True:
         plan = plan_attempt(config, spec, hosts, attempt, echo=console)
         if config.dry_run:
             return Outcome(plan, None)
+        if fresh and not _claim_run_dir(plan.run_dir):  # the id is taken: plan again under a new one
+            attempt = _new_attempt(config, spec)
+            continue
+        fresh = False
         _started(plan, attempt, console)
         try:
             result = execute(plan, console=console)

@@ -74,11 +74,20 @@ def epoch_rows(events: Iterable[dict], num_workers: int) -> list[dict]:
 
 
 def read_events(run_dir: str) -> list[dict]:
+    """The events of events.jsonl; a line that is not a JSON object (torn by a crash mid-write) is skipped."""
     path = os.path.join(run_dir, "events.jsonl")
     if not os.path.isfile(path):
         return []
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        return [event for event in map(_json_object, handle) if event is not None]
+
+
+def _json_object(line: str) -> dict | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
 
 
 class MetricsWriter:

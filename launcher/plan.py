@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -73,6 +74,8 @@ class HostFacts:
     work_dir: str = ""                    # absolute remote work folder ("" = Facts.remote_dir)
     home: str = ""                        # the SSH user's home there (``~`` in paths given for that host)
     assumed: bool = False                 # not probed: python, CPUs and folders are guesses (dry run)
+    interfaces: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> IPv4 address, probed
+    ip: str = ""                          # the IP address SSH reached it at (probed), when ``address`` is a name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +142,7 @@ class Plan:
     assumed: Mapping[str, HostFacts] = dataclasses.field(default_factory=dict)  # hosts not probed (dry run)
     recipe: Recipe | None = None          # a fine-tuning job
     command: CommandSpec | None = None    # a command-mode job
+    network: str = ""                     # why ps-lite uses the addresses it does, if not the SSH ones
 
     @property
     def name(self) -> str:
@@ -174,6 +178,7 @@ class Plan:
             lines.append(f"      {shlex.join(proc.argv)}")
             lines.append(f"      log {proc.log_path}")
         lines += _describe_transfers(self)
+        lines += _describe_network(self)
         for label, facts in sorted(self.assumed.items()):
             lines.append(f"  assumed    {label}: python {facts.python}, {facts.cpu_count} CPU(s), work folder "
                          f"{facts.work_dir or '~/.mxft'} (never probed: --dry-run --probe asks the host)")
@@ -195,13 +200,52 @@ def _describe_recipe(plan: Plan) -> list[str]:
         *(f"  {line}" for line in recipe.why),
         f"  training   {job.train.epochs} epochs x {recipe.batches_per_epoch} batches of {batch} per worker "
         f"(global batch {batch * len(recipe.workers)}), {job.train.optimizer} {dict(job.train.optimizer_params)}",
-        *([f"  lr         {worker0.learning_rate:g}: linear scaling, global batch {batch * len(recipe.workers)} / "
-           f"reference {job.train.reference_batch}" + (f", warmed up over {job.train.warmup_epochs} epoch(s)"
-                                                       if job.train.warmup_epochs else "")]
-          if worker0.learning_rate is not None else []),
-        f"  validation {worker0.num_val_images} images of {job.data.val}, evaluated by worker 0",
+        _describe_lr(job, worker0.learning_rate, batch * len(recipe.workers)),
+        f"  validation {worker0.num_val_images} images of {job.data.val}, " + (
+            "evaluated by worker 0 alone (train.evaluation: worker0)" if job.train.evaluation == "worker0" else
+            f"a part evaluated by each of the {len(recipe.workers)} workers with their BatchNorm statistics averaged"
+            if len(recipe.workers) > 1 else "evaluated by worker 0"),
         "  processes:",
     ]
+
+
+def _describe_lr(job: JobSpec, scaled: float | None, global_batch: int) -> str:
+    """The learning rate each worker uses, and where it comes from."""
+    if scaled is None:
+        given = job.train.optimizer_params.get("learning_rate", "the optimizer's default")
+        return (f"  lr         {given} as given (train.lr_scaling: none; global batch {global_batch}, "
+                f"train.reference_batch {job.train.reference_batch})")
+    return (f"  lr         {scaled:g}: linear scaling, global batch {global_batch} / reference "
+            f"{job.train.reference_batch}" + (f", warmed up over {job.train.warmup_epochs} epoch(s)"
+                                              if job.train.warmup_epochs else ""))
+
+
+def _describe_network(plan: Plan) -> list[str]:
+    """Which addresses ps-lite listens on and why; a warning when one is public (ps-lite has no authentication)."""
+    addresses = dict.fromkeys(p.env_dict["DMLC_NODE_HOST"] for p in plan.processes)
+    lines = [f"  network    ps-lite on {', '.join(addresses)} ({plan.network})"] if plan.network else []
+    public = public_addresses(addresses)
+    if public:
+        lines.append(f"  warning    ps-lite listens on public address(es) {', '.join(public)} with no authentication "
+                     "or encryption: use a private network (addr= in the hosts file, or cluster.interface)")
+    return lines
+
+
+def public_addresses(addresses) -> list[str]:
+    """The addresses that are neither private nor loopback (nor placeholders of a dry run).
+
+    >>> public_addresses(["10.1.0.7", "127.0.0.1", "192.168.3.4", "8.8.8.8", "<eth1 of h1>", "fd00::1"])
+    ['8.8.8.8']
+    """
+    public = []
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue  # a dry run's placeholder, or a name of a host never probed
+        if not (address.is_private or address.is_loopback or address.is_link_local):
+            public.append(text)
+    return public
 
 
 def _describe_command(plan: Plan) -> list[str]:
@@ -422,12 +466,61 @@ def make_plan(job: JobSpec | CommandSpec, hosts: Sequence[HostSpec], facts: Fact
 
     Raises InputError if the job cannot fit the data or the hosts.
     """
+    interface = job.cluster.interface if isinstance(job, JobSpec) else None
+    facts, network = training_network(hosts, facts, interface)
     if isinstance(job, CommandSpec):
         from launcher.command import make_command_plan  # the command planner builds on this module
-        return make_command_plan(job, hosts, facts)
+        return dataclasses.replace(make_command_plan(job, hosts, facts), network=network)
     if inventory is None:
         raise TypeError("a fine-tuning plan needs the inventory of its data (launcher.inputs.check_inputs)")
-    return make_recipe_plan(job, inventory, hosts, facts)
+    return dataclasses.replace(make_recipe_plan(job, inventory, hosts, facts), network=network)
+
+
+def training_network(hosts: Sequence[HostSpec], facts: Facts, interface: str | None) -> tuple[Facts, str]:
+    """The facts with each host's address made ps-lite's (``node_address``), and why, for the plan."""
+    chosen = {h.label: dataclasses.replace(facts.hosts[h.label], address=node_address(h, facts.hosts[h.label],
+                                                                                       interface))
+              for h in hosts if h.label in facts.hosts}
+    why = (["addr= in the hosts file"] if any(h.addr for h in hosts) else []) + \
+        ([f"interface {interface} (cluster.interface)"] if interface and not all(h.is_local for h in hosts) else [])
+    return dataclasses.replace(facts, hosts={**facts.hosts, **chosen}), "; ".join(why)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def node_address(host: HostSpec, facts: HostFacts, interface: str | None) -> str:
+    """Where ps-lite binds and is reached on ``host``: its ``addr=``, else its address on ``interface``, else
+    the SSH one (``DMLC_NODE_HOST``; the scheduler's is ``DMLC_PS_ROOT_URI``).
+
+    >>> node_address(HostSpec("h1", addr="10.1.0.7"), HostFacts("192.168.0.5", "python3", 8), "eth1")
+    '10.1.0.7'
+    >>> node_address(HostSpec("h1"), HostFacts("192.168.0.5", "python3", 8, interfaces={"eth1": "10.1.0.5"}), "eth1")
+    '10.1.0.5'
+    >>> node_address(HostSpec("h1"), HostFacts("192.168.0.5", "python3", 8), None)
+    '192.168.0.5'
+    >>> node_address(HostSpec("gpu01"), HostFacts("gpu01.cluster", "python3", 8, ip="10.0.0.11"), None)
+    '10.0.0.11'
+    """
+    if host.addr:
+        return host.addr
+    if interface is None or host.is_local:
+        if _is_ip(facts.address) or facts.ip:
+            return facts.address if _is_ip(facts.address) else facts.ip  # ps-lite binds numeric addresses only
+        return f"<IP of {host.label}>" if facts.assumed else facts.address
+    if facts.assumed:
+        return f"<{interface} of {host.label}>"  # a dry run that never probed the host
+    if interface not in facts.interfaces:
+        have = ", ".join(f"{name} {address}" for name, address in sorted(facts.interfaces.items())) or "none"
+        raise InputError(_where(host), f"host '{host.label}' has no IPv4 address on interface {interface} "
+                         f"(cluster.interface); it has: {have}",
+                         hint="choose another interface, or give this host addr= in the hosts file")
+    return facts.interfaces[interface]
 
 
 def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], facts: Facts) -> Plan:
@@ -540,6 +633,7 @@ def plan_processes(placement: Placement, facts: Facts, servers: int, workers: in
                "DMLC_NODE_HOST": host_facts.address}
         if argv is None:
             env["PYTHONPATH"] = layout.code_dir
+            env["PYTHONSAFEPATH"] = "1"  # -m trainer: a trainer/ in the folder it starts in must not shadow ours
             env.update(worker_env(host) if role is Role.WORKER else {"OMP_NUM_THREADS": "1"})
             if role is Role.WORKER and facts.worker_ports:
                 env["PORT"] = str(facts.worker_ports[rank])  # ps-lite ranks workers by (address, port)

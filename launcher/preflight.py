@@ -4,7 +4,10 @@ Each host must be reachable over SSH with a known host key, have the Python name
 the hosts file (default ``python3``), import the same mxnet version as this machine
 with ps-lite (``DIST_KVSTORE``; and CUDA with enough GPUs when the job wants GPUs, each
 of which ran a small operation of that build: ``launcher.gpu_check``), and have room in
-its work folder for what will be staged. All failures are reported together, one line per host.
+its work folder for what will be staged. The work folder (and command mode's sync folder) must
+be safe to run programs from: owned by the user or root and not writable by others, up to ``/``
+(``launcher.folder_check``), checked before anything is written there. All failures are
+reported together, one line per host.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import dataclasses
 import functools
 import hashlib
 import inspect
+import ipaddress
 import json
 import os
 import re
@@ -27,7 +31,8 @@ import paramiko
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.ssh import HostKeyError, SSHHost, SSHOptions
-from launcher import gpu_probe
+from cluster.ssh_resolve import account_home
+from launcher import folder_check, gpu_probe
 from launcher.gpu_check import build_archs_of, gpu_problem, gpus_of
 from launcher.plan import HostFacts
 
@@ -39,7 +44,9 @@ from launcher.plan import HostFacts
 # is what breaks mxnet 1.x most often). CUDA builds are always imported: GPUs come and go; and
 # on every GPU they see, one small operation runs (``launcher.gpu_probe``, whose source heads
 # the script), then the probe exits without mxnet's teardown, which a failed kernel can crash.
-_PROBE = inspect.getsource(gpu_probe) + r"""
+# argv: the work folder, then any other folder the launch writes programs into (command mode's
+# sync folder); each is checked by ``launcher.folder_check`` (source included) and reported unsafe.
+_PROBE = inspect.getsource(gpu_probe) + inspect.getsource(folder_check) + r"""
 import hashlib, importlib.util, json, os, sys, time
 out = {"python": sys.version.split()[0], "cpus": os.cpu_count() or 1, "home": os.path.expanduser("~")}
 work = os.path.expanduser(sys.argv[1])
@@ -49,6 +56,24 @@ while not os.path.isdir(probe):
 st = os.statvfs(probe)
 out["free_bytes"] = st.f_bavail * st.f_frsize
 out["work_dir"] = os.path.abspath(work)
+out["unsafe_folders"] = [[folder, reason] for folder, reason in ((f, folder_unsafe_reason(f)) for f in sys.argv[1:])
+                         if reason is not None]
+def interfaces():  # name -> IPv4 address (SIOCGIFADDR), for cluster.interface
+    import fcntl, socket, struct
+    found = {}
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))
+            except OSError:
+                continue
+            found[name] = socket.inet_ntoa(packed[20:24])
+    return found
+try:
+    out["interfaces"] = interfaces()
+except Exception:
+    out["interfaces"] = {}
+out["ssh_ip"] = (os.environ.get("SSH_CONNECTION", "").split()[2:3] or [""])[0]  # the address SSH reached
 parts = [os.path.realpath(sys.executable), sys.version]
 for name in ("mxnet", "numpy"):
     spec = importlib.util.find_spec(name)
@@ -121,22 +146,26 @@ class HostReport:
 
     label: str
     reachable: bool = False
-    host_key: str = "?"                   # ok | unknown | changed | ?
+    host_key: str = "?"                   # ok | unknown | changed | revoked | ?
     info: Mapping = dataclasses.field(default_factory=dict)   # the probe's JSON (python, mxnet, gpus, ...)
     clock_skew_s: float | None = None     # the host's clock minus this machine's (less one-way latency)
     error: str = ""
     hint: str = ""
 
 
-def probe_host(ssh: SSHHost, spec: HostSpec, work_dir: str) -> HostReport:
-    """Run the probe on one host; never raises for the host's own problems (they are in ``error``)."""
+def probe_host(ssh: SSHHost, spec: HostSpec, work_dir: str, *, other_folders: Sequence[str] = ()) -> HostReport:
+    """Run the probe on one host; never raises for the host's own problems (they are in ``error``).
+
+    ``other_folders``: folders besides the work folder the launch copies programs into (checked like it).
+    """
     python = spec.python or "python3"
     report = functools.partial(HostReport, spec.label)
     try:
-        code, out, err = ssh.run([python, "-c", _PROBE, work_dir], timeout_s=60)
+        code, out, err = ssh.run([python, "-c", _PROBE, work_dir, *other_folders], timeout_s=60)
         after = time.time()
     except HostKeyError as err:
-        return report(True, "changed" if "CHANGED" in str(err).upper() else "unknown", error=str(err))
+        state = next((state for state in ("changed", "revoked") if f"host key {state}" in str(err)), "unknown")
+        return report(True, state, error=str(err))
     except paramiko.AuthenticationException as err:
         return report(True, "ok", error=f"SSH authentication failed ({err})",
                       hint="check the user and identity file in ~/.ssh/config")
@@ -161,6 +190,10 @@ def problems(report: HostReport, need: Requirements) -> tuple[str, str] | None:
     if report.error:
         return report.error, report.hint
     info = report.info
+    for folder, reason in info.get("unsafe_folders", ()):
+        option = "--remote-dir" if folder == need.work_dir else "--sync-dir"
+        return (f"unsafe folder {folder}: {reason}; another user could plant programs there that run as you",
+                f"choose a {option} of your own, e.g. under your home directory")
     python = info["python_path"]
     if "mxnet_error" in info:
         return (f"mxnet is not importable by {python}: {info['mxnet_error']}",
@@ -187,12 +220,13 @@ def problems(report: HostReport, need: Requirements) -> tuple[str, str] | None:
     return None
 
 
-def probe_all(hosts: Sequence[tuple[HostSpec, SSHHost]], work_dir: str) -> list[HostReport]:
+def probe_all(hosts: Sequence[tuple[HostSpec, SSHHost]], work_dir: str, *,
+              other_folders: Sequence[str] = ()) -> list[HostReport]:
     """Probe every host at once (one thread each); reports in the order given."""
     reports: dict[str, HostReport] = {}
 
     def one(spec: HostSpec, ssh: SSHHost) -> None:
-        reports[spec.label] = probe_host(ssh, spec, work_dir)
+        reports[spec.label] = probe_host(ssh, spec, work_dir, other_folders=other_folders)
 
     threads = [threading.Thread(target=one, args=pair, name=f"probe {pair[0].label}") for pair in hosts]
     for thread in threads:
@@ -216,8 +250,17 @@ def require_fit(reports: Sequence[HostReport], need: Requirements) -> None:
 def facts_of(report: HostReport, address: str) -> HostFacts:
     """What planning needs from a probed host; ``address`` is where the SSH config says it is."""
     info = report.info
+    interfaces = info.get("interfaces")
     return HostFacts(address=address, python=info["python_path"], cpu_count=int(info["cpus"]),
-                     work_dir=info["work_dir"], home=info["home"])
+                     work_dir=info["work_dir"], home=info["home"], ip=_ip_or_empty(info.get("ssh_ip")),
+                     interfaces={str(k): str(v) for k, v in interfaces.items()} if isinstance(interfaces, dict) else {})
+
+
+def _ip_or_empty(text) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return ""
 
 
 def assumed_facts(spec: HostSpec, address: str, remote_dir: str) -> HostFacts:
@@ -228,7 +271,7 @@ def assumed_facts(spec: HostSpec, address: str, remote_dir: str) -> HostFacts:
 
 def _facts_file(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions) -> str:
     """One file per host, hosts-file line, work folder and SSH config: a change to any is a new probe."""
-    config = ssh.ssh_config or os.path.expanduser("~/.ssh/config")
+    config = ssh.ssh_config or os.path.join(account_home(), ".ssh", "config")
     stamp = os.stat(config).st_mtime_ns if os.path.isfile(config) else 0
     key = hashlib.sha256(repr((host.name, host.port, host.user, host.python, remote_dir, config, stamp)).encode())
     label = re.sub(r"[^A-Za-z0-9_.-]", "_", host.label)

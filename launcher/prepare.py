@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from cluster.errors import InputError
+from launcher.cachefile import replacing
 from launcher.recfile import RecordWriter
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -86,7 +87,7 @@ def split(spec: PrepareSpec, classes: Sequence[str]) -> tuple[list[Item], list[I
 
 def write_lst(path: str, items: Sequence[Item]) -> None:
     """MXNet's .lst: ``INDEX<TAB>LABEL<TAB>RELATIVE_PATH`` per line."""
-    with open(path, "w", encoding="utf-8") as handle:
+    with replacing(path, "w", encoding="utf-8") as handle:
         for item in items:
             handle.write(f"{item.index}\t{item.label:.6f}\t{item.path}\n")
 
@@ -168,7 +169,7 @@ def pack_images(spec: PrepareSpec, *, progress: Callable[[int, int], None] = lam
     if not total:
         raise InputError(spec.image_dir, f"holds no images ({', '.join(IMAGE_SUFFIXES)})")
     os.makedirs(os.path.dirname(os.path.abspath(spec.out_prefix)), exist_ok=True)
-    with open(f"{spec.out_prefix}-labels.txt", "w", encoding="utf-8") as handle:
+    with replacing(f"{spec.out_prefix}-labels.txt", "w", encoding="utf-8") as handle:
         handle.writelines(f"{label}\t{name}\n" for label, name in enumerate(classes))
     done = [0]
 
@@ -189,6 +190,6 @@ def pack_images(spec: PrepareSpec, *, progress: Callable[[int, int], None] = lam
     summary["classes_without_training_images"] = [classes[i] for i in range(len(classes)) if i not in trained]
     summary["seconds"] = round(time.time() - started, 2)
     summary["images_per_s"] = round(total / max(summary["seconds"], 1e-9), 1)
-    with open(f"{spec.out_prefix}-summary.json", "w", encoding="utf-8") as handle:
+    with replacing(f"{spec.out_prefix}-summary.json", "w", encoding="utf-8") as handle:  # last: marks it complete
         json.dump(summary, handle, indent=2)
     return summary

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from cluster.errors import InputError
+from launcher.cachefile import replacing, temp_name
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -217,12 +218,12 @@ def strided_shards(num_records: int, num_shards: int) -> list[range]:
 def write_shard(rec_path: str, spans: Sequence[RecordSpan], out_prefix: str) -> tuple[str, str]:
     """Copy the records ``spans`` verbatim into ``out_prefix.rec`` + ``.idx``.
 
-    Written under temporary names and renamed at the end, so a reader never sees a
-    half-written shard. Returns the two paths.
+    Written under fresh temporary names and renamed at the end (the ``.idx`` first), so a
+    reader never sees a half-written shard and two writers never share a file. Returns the
+    two paths.
     """
     out_rec, out_idx = out_prefix + ".rec", out_prefix + ".idx"
-    tmp_rec, tmp_idx = out_rec + ".partial", out_idx + ".partial"
-    with open(rec_path, "rb") as src, open(tmp_rec, "wb") as rec, open(tmp_idx, "w", encoding="ascii") as idx:
+    with open(rec_path, "rb") as src, replacing(out_rec) as rec, replacing(out_idx, "w", encoding="ascii") as idx:
         for span in spans:
             src.seek(span.offset)
             data = src.read(span.size_bytes)
@@ -230,8 +231,6 @@ def write_shard(rec_path: str, spans: Sequence[RecordSpan], out_prefix: str) -> 
                 raise InputError(rec_path, f"record {span.key} is truncated")
             idx.write(f"{span.key}\t{rec.tell()}\n")
             rec.write(data)
-    os.replace(tmp_idx, out_idx)
-    os.replace(tmp_rec, out_rec)
     return out_rec, out_idx
 
 
@@ -259,14 +258,15 @@ def pack_image_record(image: bytes, label: float, key: int) -> bytes:
 class RecordWriter:
     """Append image records to ``PREFIX.rec`` and their offsets to ``PREFIX.idx``.
 
-    Written under ``.partial`` names and renamed by ``close``: an interrupted writer
-    leaves no file a reader would take for complete.
+    Written under fresh temporary names and renamed by ``close``: an interrupted writer
+    leaves no file a reader would take for complete, and two writers never share a file.
     """
 
     def __init__(self, prefix: str) -> None:
         self.rec_path, self.idx_path = prefix + ".rec", prefix + ".idx"
-        self._rec = open(self.rec_path + ".partial", "wb")
-        self._idx = open(self.idx_path + ".partial", "w", encoding="ascii")
+        self._rec_tmp, self._idx_tmp = temp_name(self.rec_path), temp_name(self.idx_path)
+        self._rec = open(self._rec_tmp, "xb")
+        self._idx = open(self._idx_tmp, "x", encoding="ascii")
         self.count = 0
 
     @property
@@ -281,11 +281,11 @@ class RecordWriter:
     def close(self) -> None:
         self._rec.close()
         self._idx.close()
-        os.replace(self.idx_path + ".partial", self.idx_path)
-        os.replace(self.rec_path + ".partial", self.rec_path)
+        os.replace(self._idx_tmp, self.idx_path)
+        os.replace(self._rec_tmp, self.rec_path)
 
     def abort(self) -> None:
-        for handle, path in ((self._rec, self.rec_path), (self._idx, self.idx_path)):
+        for handle, path in ((self._rec, self._rec_tmp), (self._idx, self._idx_tmp)):
             handle.close()
-            if os.path.exists(path + ".partial"):
-                os.remove(path + ".partial")
+            if os.path.exists(path):
+                os.remove(path)

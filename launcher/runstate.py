@@ -5,7 +5,8 @@
     RUN_DIR/launcher.json      pid and start time of the launcher running the run now
 
 A checkpoint counts only when its marker ``checkpoint-EEEE.json`` exists and names
-files that exist: the marker is always written (renamed into place) last.
+files that exist, the params a complete params file: the marker is always written
+(renamed into place) last.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import shutil
 import time
 
 import psutil
+
+from launcher import paramsfile
+from launcher.cachefile import temp_name
 
 KEEP_PARAMS = 2
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a file name in the checkpoints folder, no path
@@ -50,7 +54,8 @@ def latest_checkpoint(run_dir: str) -> Checkpoint | None:
         if not all(isinstance(marker.get(key), str) and _PLAIN_NAME.fullmatch(marker[key])
                    for key in ("symbol", "params")):
             continue  # a marker naming a path elsewhere (or nothing) is not a checkpoint of this run
-        if all(os.path.isfile(os.path.join(folder, marker[key])) for key in ("symbol", "params")):
+        if all(os.path.isfile(os.path.join(folder, marker[key])) for key in ("symbol", "params")) and isinstance(
+                paramsfile.read_layout(os.path.join(folder, marker["params"])), paramsfile.ParamsLayout):
             prefix = os.path.join(folder, marker["symbol"][: -len("-symbol.json")])
             records = tuple(markers[e]["record"] for e in sorted(markers) if e <= epoch)
             return Checkpoint(epoch, prefix, records)
@@ -64,28 +69,28 @@ def install_checkpoint(source_dir: str, files: list[str], run_dir: str, *, link:
     ordered = sorted(files, key=lambda name: name.startswith("checkpoint-"))  # the marker goes last
     for name in ordered:
         source, target = os.path.join(source_dir, name), os.path.join(folder, name)
-        tmp = target + ".partial"
         if os.path.exists(target) and os.path.samefile(source, target):
             continue  # the symbol, linked at an earlier epoch
         if link:
             link_or_copy(source, target)
         else:
-            os.replace(source, tmp)
-            os.replace(tmp, target)
+            os.replace(source, target)  # fetched into a folder beside this one: a rename, whole or not at all
     _prune(folder)
 
 
 def link_or_copy(source: str, target: str) -> None:
     """Put ``source`` at ``target`` atomically: a hard link where the file system allows (no second
     copy of a large params file), else a copy."""
-    tmp = target + ".partial"
-    if os.path.exists(tmp):
-        os.remove(tmp)
+    tmp = temp_name(target)
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 
 def _prune(folder: str) -> None:
@@ -129,18 +134,36 @@ def attempt_summary(run_dir: str) -> list[dict]:
     return [merged[number] for number in sorted(merged)]
 
 
+# launcher.json of the run this process launches, held open while it runs (see running_launcher).
+_held_launcher_file: list = []
+
+
 def write_launcher(run_dir: str, run_id: str) -> None:
+    """Record this process as the run's launcher, and keep the record open as proof of it."""
     me = psutil.Process()
-    with open(os.path.join(run_dir, "launcher.json"), "w", encoding="utf-8") as handle:
+    path = os.path.join(run_dir, "launcher.json")
+    with open(path, "w", encoding="utf-8") as handle:
         json.dump({"pid": me.pid, "create_time": me.create_time(), "run_id": run_id}, handle)
+    for held in _held_launcher_file:  # one run at a time per process: the previous run's is done
+        held.close()
+    _held_launcher_file[:] = [open(path, "rb")]  # open until this process exits or launches another run
 
 
 def running_launcher(run_dir: str) -> psutil.Process | None:
-    """The launcher process of this run if it still runs (pid and start time both match)."""
+    """The launcher process of this run if it still runs, else None.
+
+    launcher.json only claims a pid: the process must also have started at the recorded
+    time and hold this very launcher.json open (``write_launcher`` keeps it open), so a
+    forged or stale file never gets another process signalled by ``mxft-launch stop``.
+    """
+    path = os.path.join(run_dir, "launcher.json")
     try:
-        with open(os.path.join(run_dir, "launcher.json"), encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             info = json.load(handle)
         proc = psutil.Process(info["pid"])
-        return proc if abs(proc.create_time() - info["create_time"]) < 0.01 else None
-    except (OSError, ValueError, KeyError, psutil.NoSuchProcess):
+        if abs(proc.create_time() - info["create_time"]) >= 0.01:
+            return None
+        held = {opened.path for opened in proc.open_files()}
+        return proc if os.path.realpath(path) in held else None
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         return None

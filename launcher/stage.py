@@ -12,7 +12,11 @@ rename the files into place, so a copy that dies halfway leaves nothing a later 
 would trust.
 
 Code and data land at content-addressed paths (their key is in the path), so a file
-that is present is identical, and an unchanged relaunch sends no data at all.
+that is present is identical, and an unchanged relaunch sends no data at all. Present
+means the receiver itself put the file there after checking its sha256: it then writes
+``.NAME.verified`` beside it (the sha256 and the file's inode, size and mtime), and
+answers an offer only with files whose mark matches them. A file copied there any other
+way, cut short or changed since is sent again; nothing is hashed again to decide.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from launcher.plan import Transfer
 # Runs on the host with its own Python (3.8 or newer; splice needs 3.10 and a pipe,
 # otherwise it copies in 1 MiB reads).
 _RECEIVER = r"""
-import errno, fcntl, hashlib, json, mmap, os, shutil, struct, sys, tempfile
+import errno, fcntl, hashlib, json, mmap, os, shutil, stat, struct, sys, tempfile
 root = sys.argv[1]
 try:
     fcntl.fcntl(0, 1031, 1 << 20)  # F_SETPIPE_SZ: 1 MiB, not 64 KiB, per wake-up from sshd
@@ -72,9 +76,53 @@ def sha256_of(path):
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
             return hashlib.sha256(view).hexdigest()
 
+def beside(dest, suffix):
+    folder, name = os.path.split(os.path.abspath(dest))
+    return os.path.join(folder, "." + name + suffix)
+
+def identity(info):
+    return [info.st_ino, info.st_size, info.st_mtime_ns]
+
+def is_verified(dest):
+    # Present means: this receiver put it there after checking its sha256, and it is unchanged since.
+    try:
+        info = os.lstat(dest)
+        with open(beside(dest, ".verified")) as handle:
+            mark = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(info.st_mode) and isinstance(mark, dict) and mark.get("file") == identity(info)
+
+def write_mark(dest, digest, info):
+    part = beside(dest, "." + os.urandom(8).hex() + ".partial")
+    with open(part, "x") as handle:
+        json.dump({"sha256": digest, "file": identity(info)}, handle)
+    os.replace(part, beside(dest, ".verified"))
+
+def land(path, dest, digest):
+    # Rename the checked file to dest; on another file system, via a copy beside dest, checked again.
+    info = os.stat(path)
+    try:
+        os.replace(path, dest)
+        return info
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+    part = beside(dest, "." + os.urandom(8).hex() + ".partial")
+    try:
+        shutil.copyfile(path, part)
+        if sha256_of(part) != digest:
+            sys.exit("checksum mismatch after copying: " + dest)
+        info = os.stat(part)
+        os.replace(part, dest)
+    finally:
+        if os.path.lexists(part):
+            os.remove(part)
+    return info
+
 try:
     offer = json.loads(read_exact(struct.unpack(">I", read_exact(4))[0]))["offer"]
-    sys.stdout.write(json.dumps({"present": [dest for dest in offer if os.path.isfile(dest)]}) + "\n")
+    sys.stdout.write(json.dumps({"present": [dest for dest in offer if is_verified(dest)]}) + "\n")
     sys.stdout.flush()
     received = []
     while True:
@@ -89,17 +137,14 @@ try:
             os.close(out)
         if sha256_of(path) != header["sha256"]:
             sys.exit("checksum mismatch: " + header["dest"])
-        received.append((path, header["dest"]))
+        received.append((path, header["dest"], header["sha256"], header.get("keep", False)))
     if header["end"] != len(received):
         sys.exit("the stream ended with %d of %d files" % (len(received), header["end"]))
-    for path, dest in received:
+    for path, dest, digest, keep in received:
         os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-        try:
-            os.replace(path, dest)
-        except OSError as err:
-            if err.errno != errno.EXDEV:
-                raise
-            shutil.move(path, dest)  # another file system (a --sync-dir elsewhere): copy, then remove
+        info = land(path, dest, digest)
+        if keep:  # content-addressed: offered again by later launches
+            write_mark(dest, digest, info)
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
 """
@@ -222,7 +267,8 @@ def _send(proc, transfers: Sequence[Transfer], *, on_bytes: Callable[[int], None
         for transfer in transfers:
             with open(transfer.source, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
-                header = _frame({"dest": transfer.dest, "size": size, "sha256": sha256_of(transfer.source)})
+                header = _frame({"dest": transfer.dest, "size": size, "sha256": sha256_of(transfer.source),
+                                 "keep": transfer.kind != "run"})
                 proc.stdin.write(header)
                 on_bytes(len(header))
                 offset = 0

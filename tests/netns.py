@@ -20,6 +20,7 @@ import sys
 import time
 
 BRIDGE = "mxftbr0"
+TRAINING_BRIDGE = "mxftbr1"  # add_network: a second network between some hosts
 SUBNET = "10.231.77"
 STATE_DIR = "/tmp/mxft-netns"
 WORK_DIR = "/srv/mxft-host"
@@ -80,7 +81,34 @@ def down(count: int = 16) -> None:
         _sh("ip", "link", "del", f"mxv-h{i}", check=False)
         _sh("ip", "netns", "del", f"mxft-h{i}", check=False)
     _sh("ip", "link", "del", BRIDGE, check=False)
+    remove_network(count)
     shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+
+def add_network(cluster: "NetnsCluster", names, *, subnet: str = "10.232.77", device: str = "eth1") -> dict[str, str]:
+    """A second network on a bridge of its own (``TRAINING_BRIDGE``) for the hosts ``names``: each gets
+    ``device`` with address SUBNET.(10+i). This machine is not on it: SSH stays on the first network.
+    Returns host name -> its address on the new network."""
+    _sh("ip", "link", "add", TRAINING_BRIDGE, "type", "bridge")
+    _sh("ip", "link", "set", TRAINING_BRIDGE, "up")
+    addresses = {}
+    for host in cluster.hosts:
+        if host.name not in names:
+            continue
+        veth, address = f"mxw-{host.name}", f"{subnet}.{10 + int(host.name[1:])}"
+        _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", device, "netns", host.namespace)
+        _sh("ip", "link", "set", veth, "master", TRAINING_BRIDGE, "up")
+        _sh("ip", "-n", host.namespace, "addr", "add", f"{address}/24", "dev", device)
+        _sh("ip", "-n", host.namespace, "link", "set", device, "up")
+        addresses[host.name] = address
+    return addresses
+
+
+def remove_network(count: int = 16) -> None:
+    """Undo ``add_network``."""
+    for i in range(1, count + 1):
+        _sh("ip", "link", "del", f"mxw-h{i}", check=False)
+    _sh("ip", "link", "del", TRAINING_BRIDGE, check=False)
 
 
 def _sshd_config(host_dir: str, address: str, authorized_keys: str) -> str:

@@ -43,7 +43,7 @@ def test_typo_key(tmp_path, assets_copy):
 
 def test_wrong_type(tmp_path, assets_copy):
     path = job_file(tmp_path, assets_copy, cluster={"workers": "two"})
-    assert "cluster.workers must be 'auto' or an integer >= 1, got 'two'" in launch_bad(tmp_path, [path])
+    assert "cluster.workers must be 'auto' or an integer from 1 to 4096, got 'two'" in launch_bad(tmp_path, [path])
 
 
 def test_missing_rec(tmp_path, assets_copy):
@@ -63,6 +63,18 @@ def test_corrupt_params(tmp_path, assets_copy):
     with open(os.path.join(assets_copy, "pretrained-digits0to4-0000.params"), "r+b") as handle:
         handle.write(b"garbage!")
     assert "is not an MXNet params file (bad header)" in launch_bad(tmp_path, [job_file(tmp_path, assets_copy)])
+
+
+def test_truncated_params_are_refused_before_anything_starts(tmp_path, assets_copy):
+    params = os.path.join(assets_copy, "pretrained-digits0to4-0000.params")
+    with open(params, "r+b") as handle:  # a correct header, cut short: a download that stopped halfway
+        handle.truncate(os.path.getsize(params) // 2)
+    cache = tmp_path / "cache"
+    line = launch_bad(tmp_path, [job_file(tmp_path, assets_copy), "--cache-dir", str(cache)])
+    assert line.startswith(f"mxft-launch: error: {params}: is not an MXNet params file (cut short at byte "
+                           f"{os.path.getsize(params)}: array "), line
+    assert line.endswith("(the download may be incomplete; fetch it again)")
+    assert not cache.exists()  # no shard, no trimmed copy: nothing was staged
 
 
 def test_params_checksum_mismatch(tmp_path, assets_copy):

@@ -80,7 +80,8 @@ def test_command_job_file_parses_with_env_per_role_and_overrides():
     assert parse_job(write_free(spec.to_job_dict()), "/jobs/cmd.yaml") == spec
     with pytest.raises(InputError, match=r"^/jobs/c.yaml:2: unknown key 'wrokers' in cluster; did you mean 'workers'"):
         parse_job("command: [prog]\ncluster: {wrokers: 3}\n", "/jobs/c.yaml")
-    with pytest.raises(InputError, match=r"^--set cluster.servers=0: cluster.servers must be an integer >= 1"):
+    with pytest.raises(InputError,
+                       match=r"^--set cluster.servers=0: cluster.servers must be an integer from 1 to 4096"):
         parse_job("command: [prog]\n", "/jobs/c.yaml", overrides=["cluster.servers=0"])
 
 

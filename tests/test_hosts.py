@@ -33,10 +33,10 @@ def test_forms():
     ("a\na\n", "h.txt:2: host 'a' is already listed on line 1"),
     ("a slots=0\n", "h.txt:1: slots must be a whole number >= 1, got '0'"),
     ("a slots=x\n", "h.txt:1: slots must be a whole number >= 1, got 'x'"),
-    ("a gpus=2\n", "h.txt:1: unknown field 'gpus=2' (expected slots=N, user=NAME or python=PATH)"),
+    ("a gpus=2\n", "h.txt:1: unknown field 'gpus=2' (expected slots=N, user=NAME, python=PATH or addr=IP)"),
     ("a:99999\n", "h.txt:1: port 99999 is not in 1-65535"),
     ("a/b\n", "h.txt:1: 'a/b' is not a host name or address (expected HOST[:PORT])"),
-    ("# nothing\n\n", "h.txt: lists no hosts (one HOST[:PORT] [slots=N] [user=NAME] [python=PATH] per line)"),
+    ("# nothing\n\n", "h.txt: lists no hosts (one HOST[:PORT] [slots=N] [user=NAME] [python=PATH] [addr=IP] per line)"),
     ("a slots=1 slots=2\n", "h.txt:1: 'slots' is given twice"),
 ])
 def test_mistakes(text, expected):
@@ -51,3 +51,10 @@ def test_hosts_example_parses():
     from cluster.hosts import load_hosts
     from tests.helpers import REPO
     assert [h.name for h in load_hosts(os.path.join(REPO, "hosts.example"))] == ["localhost"]
+
+
+def test_addr_is_the_training_address():
+    hosts = parse_hosts("gpu01 slots=8 addr=10.1.0.11\ngpu02 addr=fd00::12\ngpu03\n", "hosts.txt")
+    assert [h.addr for h in hosts] == ["10.1.0.11", "fd00::12", None]
+    with pytest.raises(InputError, match=r"^hosts.txt:2: addr=gpu01-ib is not an IP address \(give the host's "):
+        parse_hosts("gpu01\ngpu02 addr=gpu01-ib\n", "hosts.txt")

@@ -12,8 +12,9 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.helpers import (demo_job, processes_of_run, run_id_from, run_launch, start_launch, tensorboard_scalars,
-                           wait_gone, write_job)
+from launcher import recfile
+from tests.helpers import (CACHE_DIR, LAUNCH, REPO, demo_job, processes_of_run, run_id_from, run_launch, start_launch,
+                           tensorboard_scalars, wait_gone, write_job)
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ def test_one_worker_result_and_checkpoint(tmp_path, demo_assets):
     outcome, run_dir, result = launch_ok(tmp_path, job)
     final_line = result.stdout.strip().splitlines()[-1]
     # 5 classes: top-5 is 1.0 by construction, so no top-k anywhere (train.top_k reports only k < num_classes)
-    assert final_line == f"validation accuracy: {outcome['val_accuracy']:.4f} (846 images, worker 0)"
+    assert final_line == f"validation accuracy: {outcome['val_accuracy']:.4f} (846 images, 1 worker)"
     assert not [key for e in outcome["epochs"] for key in e if "top" in key]
     assert outcome["val_images"] == 846 and outcome["num_workers"] == 1
     assert [e["epoch"] for e in outcome["epochs"]] == [1, 2]
@@ -50,12 +51,18 @@ def test_one_worker_result_and_checkpoint(tmp_path, demo_assets):
         assert os.path.getsize(os.path.join(run_dir, "logs", f"{name}.log")) > 0
     assert "[worker 0] " not in result.stdout and "[scheduler] " not in result.stdout  # in logs/ (and with -v)
 
-    # The checkpoint loads with mx.model.load_checkpoint and scores what result.json says.
-    # mxnet 1.9.1's CPU inference graph passes (MKLDNN conv+BN+sum fusion) compute this
-    # pre-activation ResNet wrongly (0.43 instead of 0.64 once); the trainer evaluates on the
-    # training-bound module, which they do not touch. Loading for inference needs them off.
+    assert checkpoint_correct(run_dir, demo_assets, 2) == outcome["epochs"][-1]["val_correct"]
+
+
+def checkpoint_correct(run_dir: str, demo_assets: str, epoch: int) -> int:
+    """How many validation images the run's checkpoint classifies right, evaluated whole, by this process.
+
+    mxnet 1.9.1's CPU inference graph passes (MKLDNN conv+BN+sum fusion) compute this
+    pre-activation ResNet wrongly (0.43 instead of 0.64 once); the trainer evaluates on the
+    training-bound module, which they do not touch. Loading for inference needs them off.
+    """
     os.environ["MXNET_SUBGRAPH_BACKEND"] = "NONE"
-    sym, args, aux = mx.model.load_checkpoint(os.path.join(run_dir, "checkpoint", "demo"), 2)
+    sym, args, aux = mx.model.load_checkpoint(os.path.join(run_dir, "checkpoint", "demo"), epoch)
     mod = mx.mod.Module(sym, context=mx.cpu())
     val = mx.io.ImageRecordIter(path_imgrec=os.path.join(demo_assets, "digits5to9-val.rec"), data_shape=(3, 28, 28),
                                 batch_size=846, preprocess_threads=1)
@@ -64,8 +71,21 @@ def test_one_worker_result_and_checkpoint(tmp_path, demo_assets):
     batch = next(iter(val))
     mod.forward(batch, is_train=False)
     predicted = mod.get_outputs()[0].asnumpy().argmax(axis=1)
-    accuracy = float((predicted == batch.label[0].asnumpy()).mean())
-    assert accuracy == pytest.approx(outcome["val_accuracy"], abs=1e-6)
+    return int((predicted == batch.label[0].asnumpy()).sum())
+
+
+def test_shared_evaluation_scores_what_one_evaluator_scores_with_averaged_statistics(tmp_path, demo_assets):
+    """Two workers average their BatchNorm statistics and each evaluates half the validation set: the sum of their
+    counts is what the saved checkpoint (holding the averaged statistics) scores on the whole set."""
+    outcome, run_dir, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"epochs": 2},
+                                                       cluster={"workers": 2, "servers": 1}))
+    events = [json.loads(line) for line in open(os.path.join(run_dir, "events.jsonl"), encoding="utf-8")]
+    final = {e["index"]: e for e in events if e["event"] == "epoch" and e["epoch"] == 2}
+    assert final[0]["val_correct"] == final[1]["val_correct"] == outcome["epochs"][-1]["val_correct"]
+    assert outcome["val_images"] == 846
+    assert checkpoint_correct(run_dir, demo_assets, 2) == outcome["epochs"][-1]["val_correct"]
+    worker_log = open(os.path.join(run_dir, "logs", "worker-1.log"), encoding="utf-8").read()
+    assert "ImageRecordIOParser2: " in worker_log and "digits5to9-val.rec" in worker_log  # worker 1 evaluated too
 
 
 def test_two_workers_two_servers_learn_what_one_worker_learns(tmp_path, demo_assets):
@@ -164,7 +184,7 @@ def test_result_accuracy_matches_the_events(tmp_path, demo_assets):
     assert lead_epochs[-1]["val_accuracy"] <= lead_epochs[-1]["val_top3"] == outcome["val_top3"] <= 1.0
     assert all("train_top3" in e and "train_top5" not in e for e in events if e["event"] == "epoch")
     assert result.stdout.strip().splitlines()[-1] == \
-        f"validation accuracy: {outcome['val_accuracy']:.4f}, top3 {outcome['val_top3']:.4f} (846 images, worker 0)"
+        f"validation accuracy: {outcome['val_accuracy']:.4f}, top3 {outcome['val_top3']:.4f} (846 images, 2 workers)"
     with open(os.path.join(run_dir, "metrics.csv"), encoding="utf-8") as handle:
         assert [name for name in handle.readline().strip().split(",") if "top" in name] == ["train_top3", "val_top3"]
     assert [tag for tag in tensorboard_scalars(run_dir) if "top" in tag] == ["accuracy/train_top3", "accuracy/val_top3"]
@@ -204,3 +224,33 @@ def test_a_seeded_job_gives_the_same_result_every_run(tmp_path, demo_assets):
     first, _, _ = launch_ok(tmp_path, job, "first")
     second, _, _ = launch_ok(tmp_path, job, "second")
     assert [e["val_accuracy"] for e in first["epochs"]] == [e["val_accuracy"] for e in second["epochs"]]
+
+
+@pytest.mark.timeout(420)
+def test_two_launches_sharing_a_cache_at_the_same_moment(tmp_path, demo_assets):
+    """Both succeed, in run folders of their own, and the shards both used are whole and identical."""
+    path = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 1}))
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
+    launches = [subprocess.Popen(LAUNCH + [path, "--run-root", str(tmp_path / "runs"), "--cache-dir", str(cache)],
+                                 cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(2)]
+    try:
+        outputs = [launch.communicate(timeout=360) for launch in launches]
+    finally:
+        for launch in launches:
+            launch.kill()
+    for launch, (out, err) in zip(launches, outputs):
+        assert launch.returncode == 0, out[-2000:] + err
+    run_ids = [run_id_from(out) for out, _ in outputs]
+    assert run_ids[0] != run_ids[1] and sorted(os.listdir(tmp_path / "runs")) == sorted(run_ids)
+
+    (shard_dir,) = (cache / "shards").iterdir()
+    assert sorted(os.listdir(shard_dir)) == [".lock", "part-0-of-2.idx", "part-0-of-2.rec", "part-1-of-2.idx",
+                                             "part-1-of-2.rec"]  # no temporary file left behind
+    train = os.path.join(demo_assets, "digits5to9-train.rec")
+    spans = recfile.read_index(train)
+    for i, positions in enumerate(recfile.strided_shards(len(spans), 2)):
+        expected = recfile.write_shard(train, [spans[p] for p in positions], str(tmp_path / f"expected-{i}"))
+        for made, wanted in zip((f"part-{i}-of-2.rec", f"part-{i}-of-2.idx"), expected):
+            assert (shard_dir / made).read_bytes() == open(wanted, "rb").read()

@@ -58,7 +58,8 @@ def no_processes_left(cluster, run_id: str, timeout_s: float = 10.0) -> dict[str
 def test_demo_across_three_hosts_then_relaunch_sends_no_data(hosts3, tmp_path, demo_assets):
     job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, cluster={"workers": 3, "servers": 2}))
     hosts = hosts_file(hosts3, tmp_path)
-    first = run_launch(ssh_args(hosts3, hosts) + [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
+    first = run_launch(ssh_args(hosts3, hosts) + [job, "-v", "--run-root", str(tmp_path / "runs")],
+                       cwd=str(tmp_path))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr
     run_id = run_id_from(first.stdout)
     # Offline, the dry run plans with the facts this launch probed: the plan it prints is the one that ran.

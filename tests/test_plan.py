@@ -1,6 +1,7 @@
 """Planning is pure: literal expectations for a small job, and a dry run that touches nothing."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -37,7 +38,7 @@ def test_local_plan_literal():
         (Role.SCHEDULER, 0, "localhost"), (Role.SERVER, 0, "localhost"), (Role.SERVER, 1, "localhost"),
         (Role.WORKER, 0, "localhost"), (Role.WORKER, 1, "localhost")]
     common = {"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "9000", "DMLC_NUM_SERVER": "2",
-              "DMLC_NUM_WORKER": "2", "DMLC_NODE_HOST": "127.0.0.1", "PYTHONPATH": "/code",
+              "DMLC_NUM_WORKER": "2", "DMLC_NODE_HOST": "127.0.0.1", "PYTHONPATH": "/code", "PYTHONSAFEPATH": "1",
               "PYTHONUNBUFFERED": "1", "MXFT_RUN_ID": "small-1"}
     assert plan.processes[0].env_dict == {**common, "DMLC_ROLE": "scheduler", "OMP_NUM_THREADS": "1"}
     assert plan.processes[3].env_dict == {**common, "DMLC_ROLE": "worker", "OMP_NUM_THREADS": "1"}
@@ -271,4 +272,43 @@ def test_linear_lr_scaling_follows_the_global_batch():
         plan.describe()
     unscaled = make_plan(parse_job(GPU_JOB, "/jobs/small.yaml", environ={}), hosts, facts_for(hosts),
                          inventory=inventory())
-    assert {w.learning_rate for w in unscaled.recipe.workers} == {None} and "lr  " not in unscaled.describe()
+    assert {w.learning_rate for w in unscaled.recipe.workers} == {None}
+    assert ("  lr         0.01 as given (train.lr_scaling: none; global batch 64, train.reference_batch 128)"
+            in unscaled.describe())
+
+
+def _two_host_plan(hosts, interfaces=({}, {}), job_text=JOB, assumed=False):
+    facts = dataclasses.replace(FACTS, hosts={
+        h.label: HostFacts(ssh, "/usr/bin/python3", 2, interfaces=ifs, assumed=assumed)
+        for h, ssh, ifs in zip(hosts, ("192.168.0.11", "192.168.0.12"), interfaces)})
+    return make_plan(parse_job(job_text, "/jobs/small.yaml", environ={}), hosts, facts, inventory=inventory())
+
+
+def test_training_network_from_addr_or_interface():
+    """addr= wins, else the job's interface as preflight found it, else the SSH address; the plan says which."""
+    by_addr = _two_host_plan([HostSpec("h1", addr="10.1.0.11", line=1), HostSpec("h2", addr="10.1.0.12", line=2)])
+    assert {p.host: p.env_dict["DMLC_NODE_HOST"] for p in by_addr.processes} == {"h1": "10.1.0.11", "h2": "10.1.0.12"}
+    assert by_addr.scheduler_uri == "10.1.0.11" and by_addr.processes[0].env_dict["DMLC_PS_ROOT_URI"] == "10.1.0.11"
+    assert "  network    ps-lite on 10.1.0.11, 10.1.0.12 (addr= in the hosts file)" in by_addr.describe()
+
+    eth1 = JOB.replace("devices: cpu}", "devices: cpu, interface: eth1}")
+    hosts = [HostSpec("h1", line=1), HostSpec("h2", addr="10.1.0.99", line=2)]
+    mixed = _two_host_plan(hosts, ({"eth0": "192.168.0.11", "eth1": "10.1.0.11"}, {}), eth1)
+    assert {p.host: p.env_dict["DMLC_NODE_HOST"] for p in mixed.processes} == {"h1": "10.1.0.11", "h2": "10.1.0.99"}
+    assert mixed.network == "addr= in the hosts file; interface eth1 (cluster.interface)"
+    with pytest.raises(InputError, match=r"^line 2: host 'h2' has no IPv4 address on interface eth1 "
+                                         r"\(cluster.interface\); it has: eth0 192.168.0.12 \("):
+        _two_host_plan([HostSpec("h1", line=1), HostSpec("h2", line=2)],
+                       ({"eth1": "10.1.0.11"}, {"eth0": "192.168.0.12"}), eth1)
+    never_probed = _two_host_plan([HostSpec("h1", line=1), HostSpec("h2", line=2)], job_text=eth1, assumed=True)
+    assert never_probed.processes[-1].env_dict["DMLC_NODE_HOST"] == "<eth1 of h2>"
+
+    plain = _two_host_plan([HostSpec("h1", line=1), HostSpec("h2", line=2)])
+    assert plain.network == "" and "  network" not in plain.describe()
+    assert {p.env_dict["DMLC_NODE_HOST"] for p in plain.processes} == {"192.168.0.11", "192.168.0.12"}
+
+
+def test_public_training_address_is_warned_about():
+    plan = _two_host_plan([HostSpec("h1", addr="10.1.0.11", line=1), HostSpec("h2", addr="8.8.4.4", line=2)])
+    assert ("  warning    ps-lite listens on public address(es) 8.8.4.4 with no authentication or encryption: use a "
+            "private network (addr= in the hosts file, or cluster.interface)") in plan.describe()

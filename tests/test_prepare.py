@@ -134,7 +134,7 @@ def test_im2rec_and_mxft_prepare_files_train_the_same_job(tmp_path, demo_assets)
                             cwd=str(tmp_path))
         assert result.returncode == 0, result.stderr
         accuracies[name] = float(result.stdout.strip().splitlines()[-1].split()[2].rstrip(","))
-        assert result.stdout.strip().endswith("(24 images, worker 0)")  # every validation image, once
+        assert result.stdout.strip().endswith("(24 images, 2 workers)")  # every validation image, once
     # Flat colours per class, 24 training images: both packings train well above chance (0.25);
     # runs differ by up to ~0.25 from one to the next with so few images.
     assert accuracies["im2rec"] > 0.6 and accuracies["mxft"] > 0.6, accuracies
@@ -158,7 +158,7 @@ def test_a_job_can_name_an_image_folder(tmp_path, demo_assets):
     first = run_launch(args, cwd=str(tmp_path))
     assert first.returncode == 0, first.stderr
     assert "[mxft] packing" in first.stdout and "packed 15 training and 15 validation images of 3 classes" in first.stdout
-    assert first.stdout.strip().endswith("(15 images, worker 0)")
+    assert first.stdout.strip().endswith("(15 images, 1 worker)")
     second = run_launch(args, cwd=str(tmp_path))
     assert second.returncode == 0 and "[mxft] packing" not in second.stdout
 

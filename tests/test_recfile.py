@@ -67,6 +67,16 @@ def test_shards_are_byte_copies_readable_by_mxnet(tmp_path):
     assert not any(name.endswith(".partial") for name in os.listdir(tmp_path))
 
 
+def test_a_shard_that_cannot_be_finished_leaves_nothing(tmp_path):
+    rec = write_rec(str(tmp_path / "a"), [0, 1, 2], payload=lambda i: bytes([i]) * 8)
+    spans = recfile.read_index(rec)
+    past_the_end = recfile.RecordSpan(9, spans[-1].offset, spans[-1].size_bytes + 4)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(InputError, match="record 9 is truncated"):
+        recfile.write_shard(rec, [spans[0], past_the_end], str(tmp_path / "part"))
+    assert sorted(os.listdir(tmp_path)) == before  # neither the shard nor a temporary file
+
+
 def test_label_summary_checks():
     summary = recfile.LabelSummary.of("t.rec", [0, 1, 2, 256, 256])
     with pytest.raises(InputError) as info:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 from launcher.stage import _RECEIVER, _frame
 
@@ -16,8 +18,9 @@ def _receive(root: str, stream: bytes, offer: tuple[str, ...] = ()) -> subproces
                           capture_output=True, timeout=60)
 
 
-def _file_frame(dest: str, body: bytes, digest: str | None = None) -> bytes:
-    return _frame({"dest": dest, "size": len(body), "sha256": digest or hashlib.sha256(body).hexdigest()}) + body
+def _file_frame(dest: str, body: bytes, digest: str | None = None, *, keep: bool = False) -> bytes:
+    return _frame({"dest": dest, "size": len(body), "sha256": digest or hashlib.sha256(body).hexdigest(),
+                   "keep": keep}) + body
 
 
 def test_complete_stream_lands_every_file(tmp_path):
@@ -49,10 +52,41 @@ def test_stream_cut_short_lands_nothing(tmp_path):
     assert os.listdir(root) == []
 
 
-def test_the_offer_is_answered_with_the_files_already_there(tmp_path):
-    root, kept = str(tmp_path), tmp_path / "data" / "k" / "a.bin"
-    kept.parent.mkdir(parents=True)
-    kept.write_bytes(b"old")
-    done = _receive(root, _frame({"end": 0}), offer=(str(kept), str(tmp_path / "data" / "k" / "b.bin")))
+def test_only_files_the_receiver_checked_and_placed_count_as_present(tmp_path):
+    root, data = str(tmp_path), tmp_path / "data" / "k"
+    landed, run_file, planted = str(data / "a.rec"), str(tmp_path / "runs" / "r" / "w.json"), data / "b.rec"
+    offer = (landed, run_file, str(planted))
+    done = _receive(root, _file_frame(landed, b"records", keep=True) + _file_frame(run_file, b"{}")
+                    + _frame({"end": 2}))
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"present": [str(kept)]}
+    planted.write_bytes(b"a file some other tool put at a content-addressed path")
+    assert json.loads(_receive(root, _frame({"end": 0}), offer=offer).stdout) == {"present": [landed]}
+    assert sorted(os.listdir(data)) == [".a.rec.verified", "a.rec", "b.rec"]
+
+    with open(landed, "r+b") as handle:  # cut short after it was checked: sent again
+        handle.truncate(3)
+    assert json.loads(_receive(root, _frame({"end": 0}), offer=offer).stdout) == {"present": []}
+    os.remove(landed)
+    os.symlink(str(planted), landed)
+    assert json.loads(_receive(root, _frame({"end": 0}), offer=offer).stdout) == {"present": []}
+
+    again = _receive(root, _file_frame(landed, b"records", keep=True) + _file_frame(str(planted), b"b", keep=True)
+                     + _frame({"end": 2}), offer=offer)
+    assert json.loads(again.stdout.splitlines()[0]) == {"present": []}
+    assert json.loads(_receive(root, _frame({"end": 0}), offer=offer).stdout) == {"present": [landed, str(planted)]}
+    assert open(landed, "rb").read() == b"records" and not os.path.islink(landed)
+
+
+def test_files_land_whole_on_another_file_system(tmp_path):
+    """A destination outside the receiver's file system (here /dev/shm, where it is one) gets a copy
+    beside it, checked again and renamed: never a copy straight to the final name."""
+    outside = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        dest, body = os.path.join(outside, "x", "a.bin"), os.urandom(1 << 20)
+        done = _receive(str(tmp_path), _file_frame(dest, body, keep=True) + _frame({"end": 1}))
+        assert done.returncode == 0, done.stderr
+        assert open(dest, "rb").read() == body
+        assert sorted(os.listdir(os.path.dirname(dest))) == [".a.bin.verified", "a.bin"]
+        assert json.loads(_receive(str(tmp_path), _frame({"end": 0}), offer=(dest,)).stdout) == {"present": [dest]}
+    finally:
+        shutil.rmtree(outside)

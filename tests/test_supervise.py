@@ -1,6 +1,8 @@
 """The supervisor with real child processes: success, first failure wins, nothing left behind."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 
@@ -46,6 +48,40 @@ def test_first_failure_is_the_root_cause_and_everyone_is_stopped(tmp_path):
     assert sleeper.process.poll() is not None
 
 
+def wait_for_line(tmp_path, *names: str) -> None:
+    """Until each named process has printed its first line (the test's timeout bounds the wait)."""
+    logs = [tmp_path / f"{name}.log" for name in names]
+    while not all(log.exists() and log.read_text().startswith("up") for log in logs):
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(60)
+def test_stopped_processes_are_recorded_with_the_signal_that_ended_them(tmp_path):
+    """Not exit code 0: psutil must not reap our own child before its Popen reads the status."""
+    ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); " \
+                  "time.sleep(60)"
+    with pytest.raises(JobFailed):
+        with Supervisor(echo=lambda line: None, stop_grace_s=0.5) as group:
+            stubborn = start(group, "worker 0", ignore_term, tmp_path)
+            polite = start(group, "worker 1", "import time; print('up', flush=True); time.sleep(60)", tmp_path)
+            wait_for_line(tmp_path, "worker 0", "worker 1")  # SIGTERM is ignored from here on
+            start(group, "worker 2", "import sys; sys.exit(3)", tmp_path)
+            group.wait()
+    assert [(o.name, o.returncode) for o in group.outcomes()] == [("worker 0", -9), ("worker 1", -15), ("worker 2", 3)]
+    assert stubborn.process.poll() == -9 and polite.process.poll() == -15
+
+
+@pytest.mark.timeout(60)
+def test_a_process_killed_from_outside_is_recorded_as_killed(tmp_path):
+    with pytest.raises(JobFailed, match="worker 0 on localhost .* was killed by SIGKILL"):
+        with Supervisor(echo=lambda line: None) as group:
+            member = start(group, "worker 0", "import time; print('up', flush=True); time.sleep(60)", tmp_path)
+            wait_for_line(tmp_path, "worker 0")
+            os.kill(member.process.pid, signal.SIGKILL)
+            group.wait()
+    assert group.outcomes()[0].returncode == -9
+
+
 def test_support_leaving_early_fails_the_group(tmp_path):
     started = time.monotonic()
     with pytest.raises(JobFailed, match="scheduler on localhost .* exited before the workers finished"):
@@ -81,7 +117,7 @@ def test_describe_exit(code, text):
 def test_remote_command_quotes_once():
     from cluster.ssh import remote_command
     assert remote_command(["echo", "a b", "$HOME"], env={"X": "1 2"}, cwd="/t d") == \
-        "cd '/t d' && exec env 'X=1 2' echo 'a b' '$HOME'"
+        "cd '/t d' && exec env -- 'X=1 2' echo 'a b' '$HOME'"
     assert remote_command(["true"]) == "exec true"
 
 

@@ -30,3 +30,16 @@ def test_other_dtypes_and_unknown_forms(tmp_path):
     (tmp_path / "junk.params").write_bytes(header + b"\0" * 40)
     assert trim_params(str(tmp_path / "junk.params"), {"x"}, str(tmp_path / "c.params")) is None
     assert not (tmp_path / "c.params").exists()
+
+
+def test_sparse_arrays_are_kept_verbatim_and_a_cut_file_is_not_trimmed(tmp_path):
+    source, out = str(tmp_path / "s.params"), str(tmp_path / "t.params")
+    mx.nd.save(source, {"arg:w": mx.nd.array([[0, 1], [2, 0]]).tostype("csr"), "arg:fc1_weight": mx.nd.ones((3,))})
+    assert trim_params(source, {"w"}, out) == (1, 1)
+    assert (mx.nd.load(out)["arg:w"].asnumpy() == [[0, 1], [2, 0]]).all()
+    data = open(source, "rb").read()
+    with open(source, "wb") as handle:
+        handle.write(data[:-3])  # the last name cut short
+    os.remove(out)
+    assert trim_params(source, {"w"}, out) is None
+    assert os.listdir(tmp_path) == ["s.params"]  # no output, no temporary file left

@@ -1,14 +1,13 @@
 """A worker of a fine-tuning run: join ps-lite, edit the graph, train, evaluate, report.
 
 Every worker trains on its own shard with ``Module.fit`` on the distributed kvstore.
-Worker 0 (the plan's, whatever rank ps-lite gives it) also evaluates the whole
-validation set after each epoch (every image exactly once) and at the end writes
-``result.json`` and the fine-tuned checkpoint into its ``out_dir``. Not "rank 0":
-ps-lite ranks nodes by address and a random port, and BatchNorm's moving statistics
-differ per worker, so the evaluating worker must be the same one every run for a
-seeded job to give the same accuracy (0.79 or 0.80 on the demo, by rank, before).
-After each epoch every worker waits at a ps-lite barrier for worker 0's evaluation,
-so that no worker's epoch time (and images/s) includes that wait.
+After each epoch the workers evaluate together (``trainer.evaluation``: averaged
+BatchNorm statistics, a part of the validation set each, the counts summed), or with
+``train.evaluation: worker0`` worker 0 alone while the others wait at a ps-lite
+barrier. Worker 0 (the plan's, whatever rank ps-lite gives it: ps-lite ranks nodes by
+address and a random port) saves each epoch's checkpoint and at the end writes
+``result.json`` into its ``out_dir``. No worker's epoch time (and images/s) includes
+the evaluation.
 """
 from __future__ import annotations
 
@@ -16,12 +15,14 @@ import json
 import logging
 import os
 import time
+import warnings
 
 import mxnet as mx
 import numpy as np
 
 from trainer import events
 from trainer.config import WorkerConfig
+from trainer.evaluation import SharedEvaluation, count_part, same_start, summary
 from trainer.graph import NEW_LAYER, fine_tune_symbol
 
 log = logging.getLogger("mxft.worker")
@@ -48,16 +49,6 @@ def _train_iter(cfg: WorkerConfig, rank_seed: int):
     return mx.io.ResizeIter(base, cfg.batches_per_epoch)
 
 
-def _val_iter(cfg: WorkerConfig):
-    # A fresh iterator for each evaluation: after its first pass, ImageRecordIter with
-    # round_batch=True starts the next pass where the padding left off and skips images,
-    # and with round_batch=False it repeats images without reporting them as padding.
-    return mx.io.ImageRecordIter(
-        path_imgrec=cfg.val_rec, data_shape=tuple(cfg.data["shape"]), batch_size=_batch_size(cfg),
-        rand_crop=False, rand_mirror=False, shuffle=False,
-        preprocess_threads=cfg.data["preprocess_threads"], round_batch=True)
-
-
 def reported_top_k(cfg: WorkerConfig) -> int | None:
     """``train.top_k`` when it is below ``num_classes``; None otherwise (top-k of k classes is 1.0 by construction)."""
     top_k = cfg.train.get("top_k", 5)
@@ -71,25 +62,10 @@ def _train_metric(cfg: WorkerConfig):
 
 
 def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
-    """Top-1, top-k (``reported_top_k``) and mean cross-entropy over every validation image, each counted once."""
+    """Top-1, top-k (``reported_top_k``) and mean cross-entropy over every validation image, each counted once,
+    by this worker alone with its own statistics (``train.evaluation: worker0``)."""
     top_k = reported_top_k(cfg)
-    correct = correct_k = seen = 0
-    loss = 0.0
-    for batch in _val_iter(cfg):
-        mod.forward(batch, is_train=False)
-        probs = mod.get_outputs()[0].asnumpy()
-        labels = batch.label[0].asnumpy().astype(np.int64)
-        real = len(labels) - batch.pad
-        probs, labels = probs[:real], labels[:real]
-        ranked = np.argsort(-probs, axis=1)[:, :top_k or 1]
-        correct += int((ranked[:, 0] == labels).sum())
-        correct_k += int((ranked == labels[:, None]).any(axis=1).sum())
-        loss -= float(np.log(np.maximum(probs[np.arange(real), labels], 1e-12)).sum())
-        seen += real
-    if seen != cfg.num_val_images:
-        raise RuntimeError(f"evaluated {seen} validation images, expected {cfg.num_val_images}")
-    return {"val_accuracy": correct / seen, **({f"val_top{top_k}": correct_k / seen} if top_k else {}),
-            "val_loss": loss / seen, "val_images": seen}
+    return summary(*count_part(mod, cfg, part=0, parts=1, top_k=top_k), cfg, top_k)
 
 
 def _optimizer_params(cfg: WorkerConfig) -> dict:
@@ -160,26 +136,54 @@ def _network(cfg: WorkerConfig):
     return net, arg_params, aux_params, fixed
 
 
+def _prepared_module(cfg: WorkerConfig, net, fixed: list[str], train, kv, arg_params, aux_params, *,
+                     same_weights: bool) -> mx.mod.Module:
+    """The Module bound, initialised and with its optimizer on ``kv`` (``fit`` then only trains).
+
+    With ``same_weights`` (workers that update their own weights) every worker then takes
+    the weights the kvstore kept at init, so a new layer initialised differently on each
+    worker (no seed) still starts the same everywhere.
+    """
+    contexts = _contexts(cfg)
+    log.info("worker %d computes on %d context(s): %s, %d images per step", cfg.index, len(contexts),
+             ", ".join(map(str, contexts)), _batch_size(cfg))
+    mod = mx.mod.Module(net, context=contexts, fixed_param_names=fixed or None)
+    mod.bind(data_shapes=train.provide_data, label_shapes=train.provide_label, for_training=True)
+    mod.init_params(initializer=_initializer(cfg), arg_params=arg_params, aux_params=aux_params, allow_missing=True)
+    mod.init_optimizer(kvstore=kv, optimizer=cfg.train["optimizer"], optimizer_params=_optimizer_params(cfg))
+    if same_weights:
+        same_start(mod, kv)
+    return mod
+
+
+def _shared_evaluation(cfg: WorkerConfig) -> bool:
+    """``train.evaluation: shared`` (the default): every worker evaluates a part, with averaged statistics."""
+    shared = cfg.train.get("evaluation", "shared") == "shared"
+    if shared:  # the servers keep what is pushed (sums); every worker applies the summed gradient itself
+        os.environ["MXNET_UPDATE_ON_KVSTORE"] = "0"
+    return shared
+
+
 def run_worker(cfg: WorkerConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    warnings.filterwarnings("ignore", message="Parameters already initialized")  # fit() after init_params()
     started = time.time()
     seed = cfg.train.get("seed")
     if seed is not None:
         mx.random.seed(seed)
         np.random.seed(seed)
+    shared = _shared_evaluation(cfg)
     kv = mx.kv.create(cfg.kvstore)
     rank, num_workers = kv.rank, kv.num_workers
-    lead = cfg.index == 0  # evaluates, checkpoints and writes the result
+    lead = cfg.index == 0  # checkpoints and writes the result (and evaluates alone with evaluation: worker0)
     log.info("worker %d joined ps-lite as rank %d of %d (kvstore %s)", cfg.index, rank, num_workers, cfg.kvstore)
     events.emit("joined", index=cfg.index, rank=rank, num_workers=num_workers, join_s=round(time.time() - started, 2))
 
     net, arg_params, aux_params, fixed = _network(cfg)
     batch_size = _batch_size(cfg)
     train = _train_iter(cfg, rank_seed=(seed or 0) + cfg.index)
-    contexts = _contexts(cfg)
-    log.info("worker %d computes on %d context(s): %s, %d images per step", cfg.index, len(contexts),
-             ", ".join(map(str, contexts)), batch_size)
-    mod = mx.mod.Module(net, context=contexts, fixed_param_names=fixed or None)
+    mod = _prepared_module(cfg, net, fixed, train, kv, arg_params, aux_params, same_weights=shared)
+    shared_evaluation = SharedEvaluation(mod, kv, cfg, top_k=reported_top_k(cfg)) if shared else None
     metric = _train_metric(cfg)
     speed = _Throughput(batch_size, cfg.train["log_every_batches"])
     epochs: list[dict] = []
@@ -190,23 +194,25 @@ def run_worker(cfg: WorkerConfig) -> int:
                   "images_per_s": round(cfg.batches_per_epoch * batch_size / max(elapsed, 1e-9), 2),
                   **{"train_" + name.replace("top_k_accuracy_", "top").replace("cross-entropy", "loss"): value
                      for name, value in metric.get_name_value()}}
-        if lead:
+        evaluating = time.time()
+        if shared_evaluation is not None:
+            record.update(shared_evaluation())  # every worker: averaged statistics, its part, the sums
+        elif lead:
             record.update(evaluate(mod, cfg))
+        if "val_accuracy" in record:
+            record["val_s"] = round(time.time() - evaluating, 3)
         epochs.append(record)
         log.info("epoch %d done: %s", epoch + 1, json.dumps(record))
         events.emit("epoch", index=cfg.index, rank=rank, **record)
         if lead:
             save_epoch_checkpoint(cfg, mod, net, epoch + 1, record)
-        if kv.type.startswith("dist"):
+        if shared_evaluation is None and kv.type.startswith("dist"):
             kv._barrier()  # everyone waits for worker 0's evaluation here, outside the next epoch's clock
         speed.start_epoch()
 
     fit_started = time.time()
     speed.start_epoch()
-    mod.fit(train, begin_epoch=cfg.begin_epoch, num_epoch=cfg.train["epochs"], kvstore=kv,
-            optimizer=cfg.train["optimizer"], optimizer_params=_optimizer_params(cfg),
-            initializer=_initializer(cfg),
-            arg_params=arg_params, aux_params=aux_params, allow_missing=True, eval_metric=metric,
+    mod.fit(train, begin_epoch=cfg.begin_epoch, num_epoch=cfg.train["epochs"], kvstore=kv, eval_metric=metric,
             batch_end_callback=speed, epoch_end_callback=on_epoch_end)
     train_s = time.time() - fit_started
 
