@@ -87,13 +87,13 @@ def _parse_line(text: str, where: str, line_no: int) -> HostSpec:
 
 
 def _address(text: str | None, where: str) -> str | None:
-    """``addr=``: an IPv4 or IPv6 address (what ps-lite binds and advertises), not a name."""
+    """``addr=``: an IPv4 address (what ps-lite binds and advertises; its zmq transport takes no IPv6), not a name."""
     if text is None:
         return None
     try:
-        return str(ipaddress.ip_address(text))
+        return str(ipaddress.IPv4Address(text))
     except ValueError:
-        raise InputError(where, f"addr={text} is not an IP address",
+        raise InputError(where, f"addr={text} is not an IPv4 address (ps-lite cannot use IPv6 or names)",
                          hint="give the host's address on the training network, e.g. addr=10.1.0.7") from None
 
 
@@ -115,7 +115,8 @@ def parse_hosts(text: str, source: str) -> tuple[HostSpec, ...]:
         seen[key] = line_no
         hosts.append(host)
     if not hosts:
-        raise InputError(source, "lists no hosts", hint="one HOST[:PORT] [slots=N] [user=NAME] [python=PATH] [addr=IP] per line")
+        raise InputError(source, "lists no hosts",
+                         hint="one HOST[:PORT] [slots=N] [user=NAME] [python=PATH] [addr=IP] per line")
     return tuple(hosts)
 
 

@@ -151,8 +151,8 @@ def pinned_key_types(pinned: Sequence[KnownKey]) -> tuple[str, ...]:
 
 def prefer_key_types(key_types: Sequence[str]):
     """A paramiko ``transport_factory`` that asks for ``key_types`` first (OpenSSH orders them the same way)."""
-    def make(sock, disabled_algorithms=None) -> paramiko.Transport:
-        transport = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms)
+    def make(sock, **kwargs) -> paramiko.Transport:  # paramiko 2.12-3.x also pass gss_kex, gss_deleg_creds
+        transport = paramiko.Transport(sock, **kwargs)
         options = transport.get_security_options()
         offered = list(options.key_types)
         options.key_types = [t for t in offered if t in key_types] + [t for t in offered if t not in key_types]

@@ -15,21 +15,28 @@ Commands are argv lists; ``remote_command`` is the one place they become a shell
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 
 import fabric
 import paramiko
 
 from cluster.hosts import HostSpec
 from cluster.known_hosts import CheckKnownHosts, HostKeyError, keys_for, pinned_key_types, prefer_key_types
+from cluster.secret import ENV_FROM_STDIN, split_secrets
 from cluster.ssh_resolve import SSHTarget, jump_of, resolve_target
+from cluster.ssh_sessions import SessionPool, SharedConnection
 
 # Fast ciphers first (AES-GCM runs on the AES instructions of any current CPU); the
 # server picks the first one it also supports.
 _CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr"
 CONNECTION_LOST = 255  # what OpenSSH exits with when the connection fails or dies
+# Hosts contacted at once by probing, staging and the reach check: threads, descriptors and ssh
+# processes stay bounded for a hosts file of thousands.
+HOSTS_AT_ONCE = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,24 +63,31 @@ def remote_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
 
 
 class SSHProcess:
-    """A process started through an SSH channel, run under ``trainer.remote``.
+    """A process started through an SSH session (channel), run under ``trainer.remote``.
 
     Closing the channel's stdin (``stop``) makes the remote wrapper end its process group.
+    The session is given back to its host's pool once the process is over: stopped, its
+    connection lost, or exited with all its output read (the last session closes the connection).
     """
 
     pid = None  # the remote pid is in the run's pid files on that host
 
-    def __init__(self, connection: fabric.Connection, channel: paramiko.Channel) -> None:
-        self._connection = connection
+    def __init__(self, channel: paramiko.Channel, *, sessions: SessionPool, shared: SharedConnection) -> None:
         self._channel = channel
-        self.stdout = _Lines(channel)
+        self._sessions, self._shared = sessions, shared
+        self._ended: set[str] = set()
+        self._released = False
+        self._lock = threading.Lock()
+        self.stdout = _Lines(channel, on_end=lambda: self._end("output"))
 
     def poll(self) -> int | None:
         if not self._channel.exit_status_ready():
-            if self._connection.transport is not None and not self._connection.transport.is_active():
+            if not self._shared.alive:
+                self._end("lost")
                 return CONNECTION_LOST
             return None
         code = self._channel.recv_exit_status()
+        self._end("exit")
         return CONNECTION_LOST if code == -1 else code
 
     def stop(self, *, grace_s: float) -> None:
@@ -82,19 +96,33 @@ class SSHProcess:
         except (OSError, EOFError, paramiko.SSHException):
             pass
         self._channel.status_event.wait(grace_s + 6.0)
-        self._channel.close()
-        self._connection.close()
+        self._end("stopped")
+
+    def _end(self, what: str) -> None:
+        """Record that the process ``what`` (exit, output, stopped, lost); give the session back once it is over."""
+        with self._lock:
+            self._ended.add(what)
+            over = {"exit", "output"} <= self._ended or bool({"stopped", "lost"} & self._ended)
+            if self._released or not over:
+                return
+            self._released = True
+        self._channel.close()  # what was received stays readable
+        self._sessions.release(self._shared)
 
 
 class _Lines:
-    """Iterate a channel's stdout as text lines (stderr is merged into it)."""
+    """Iterate a channel's stdout as text lines (stderr is merged into it); ``on_end`` at its end."""
 
-    def __init__(self, channel: paramiko.Channel) -> None:
+    def __init__(self, channel: paramiko.Channel, *, on_end: Callable[[], None]) -> None:
         self._file = channel.makefile("rb")
+        self._on_end = on_end
 
     def __iter__(self):
-        for raw in self._file:
-            yield raw.decode("utf-8", errors="replace")
+        try:
+            for raw in self._file:
+                yield raw.decode("utf-8", errors="replace")
+        finally:
+            self._on_end()
 
 
 class SSHHost:
@@ -104,6 +132,8 @@ class SSHHost:
         self.spec = spec
         self.options = options
         self.label = spec.label
+        # Every process started here is a session of a few shared connections (cluster.ssh_sessions).
+        self._sessions = SessionPool(self.connect, open_timeout_s=options.connect_timeout_s + 20.0)
 
     def target(self) -> SSHTarget:
         """Where the host is and how its key is checked: one reading of the SSH config, for both stacks."""
@@ -143,11 +173,22 @@ class SSHHost:
             conn.close()
 
     def start(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None = None) -> SSHProcess:
-        conn = self.connect()
-        channel = conn.transport.open_session()
-        channel.set_combine_stderr(True)
-        channel.exec_command(remote_command(argv, env=env, cwd=cwd))
-        return SSHProcess(conn, channel)
+        """Start ``argv`` on the host; secret values (``cluster.secret``) go on the session's input, never
+        on the command line, and only to a command that reads them there (``trainer.remote --env-from-stdin``)."""
+        public, secrets = split_secrets(env)
+        if secrets and ENV_FROM_STDIN not in argv:
+            raise ValueError(f"secret environment values for a command that does not read {ENV_FROM_STDIN}")
+        shared, channel = self._sessions.open_session()
+        try:
+            channel.set_combine_stderr(True)
+            channel.exec_command(remote_command(argv, env=public, cwd=cwd))
+            if secrets:
+                channel.sendall((json.dumps(secrets) + "\n").encode())
+        except BaseException:
+            channel.close()
+            self._sessions.release(shared)
+            raise
+        return SSHProcess(channel, sessions=self._sessions, shared=shared)
 
     def openssh_argv(self) -> list[str]:
         """``ssh ... HOST`` with the same config, user, port and host-key strictness."""
@@ -207,7 +248,9 @@ def openssh_options(target: SSHTarget, options: SSHOptions, *, depth: int = 0) -
     ProxyJump would start it without them).
     """
     argv = ["-o", "BatchMode=yes", "-o", f"Ciphers={_CIPHERS}", "-o", f"ConnectTimeout={int(options.connect_timeout_s)}",
-            "-o", "StrictHostKeyChecking=" + ("accept-new" if options.accept_new_host_keys else "yes"),
+            # Always yes: preflight's paramiko connection already recorded any new key (accept-new), and OpenSSH's
+            # accept-new would also take a key of a new type for a host pinned with another type.
+            "-o", "StrictHostKeyChecking=yes",
             "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no", "-o", "HostName=" + _percent(target.hostname),
             "-o", "UserKnownHostsFile=" + _file_list(target.known_hosts.user_files),
             "-o", "GlobalKnownHostsFile=" + _file_list(target.known_hosts.global_files),

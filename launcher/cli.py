@@ -1,7 +1,7 @@
 """The ``mxft-launch`` command line: the only module that prints to the user and chooses exit codes.
 
 Subcommands: launch (the default), command (launch.py's options), check, status, stop,
-runs. Each has its own ``--help``, written for users; OVERVIEW is ``mxft-launch --help``.
+runs, clean. Each has its own ``--help``, written for users; OVERVIEW is ``mxft-launch --help``.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from cluster.errors import InputError, Interrupted, JobFailed, MxftError
 from cluster.ssh import SSHOptions
 from launcher import runstate
 from launcher.check_table import table
+from launcher.clean import clean_hosts, cleanup_lines, load_clean_hosts
 from launcher.command import parse_env
 from launcher.console import Console
 from launcher.jobspec import MAX_PROCESSES, RUN_NAME, CommandSpec
@@ -43,6 +44,7 @@ usage: mxft-launch [launch] JOB [options]          fine-tune: run a job file
        mxft-launch status RUN_DIR
        mxft-launch stop RUN_DIR
        mxft-launch runs [--run-root DIR]
+       mxft-launch clean --hosts FILE [--older-than DAYS] [--dry-run]
 
 Fine-tune a pretrained MXNet image model on one machine or many: mxft-launch plans
 the ps-lite scheduler, servers and workers, copies data and code to the hosts over SSH,
@@ -57,6 +59,7 @@ commands:
   status    where a run stands: state, processes, last epoch, result
   stop      stop a running run (every process on every host)
   runs      list recent runs: state, accuracy, duration, folder
+  clean     free the hosts' work folders: finished runs, unused cached data, interrupted copies
 
 examples:
   mxft-launch jobs/demo.yaml                                 the demo, on this machine
@@ -101,8 +104,8 @@ def parse_args(argv: list[str] | None) -> Invocation:
     parser.add_argument("--max-restarts", type=int, metavar="N",
                         help="resume automatically after up to N failures (default: the job's cluster.max_restarts)")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--hosts", metavar="FILE", help="hosts file: HOST[:PORT] [slots=N] [user=NAME] [python=PATH] [addr=IP] "
-                       "per line; 'slurm': the nodes of this Slurm allocation (the default inside one)")
+    where.add_argument("--hosts", metavar="FILE", help="hosts file: HOST[:PORT] [slots=N] [user=NAME] [python=PATH] "
+                       "[addr=IP] per line; 'slurm': the nodes of this Slurm allocation (the default inside one)")
     where.add_argument("--local", action="store_true", help="run every process on this machine (the default)")
     _add_dry_run_options(parser)
     _add_shared_options(parser, os.environ)
@@ -303,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
             return TOOLS[argv[0]](argv[1:])
         except InputError as err:
             return _bad_input(err)
+        except KeyboardInterrupt:
+            return 128 + signal.SIGINT
+        except (MxftError, OSError, ValueError) as err:  # a run folder's file unreadable or torn, a host gone
+            print(f"mxft-launch: error: {err}", file=sys.stderr, flush=True)
+            return EXIT_FAILED
     if argv[0] in ("launch", "command"):
         return launch(argv[1:], command_mode=argv[0] == "command")
     return launch(argv, command_mode=is_command_mode(argv))
@@ -311,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 def launch(argv: list[str], *, command_mode: bool) -> int:
     """Plan and run a job file or a command; prints the outcome and returns the exit code."""
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    os.umask(0o077)  # run folders, logs, plans and the cache are the user's alone (0700 folders, 0600 files)
     console = None
     try:
         if command_mode:  # the program's own output is what the user came for
@@ -441,7 +450,41 @@ def stop(argv: list[str]) -> int:
     return EXIT_OK
 
 
-TOOLS = {"check": check, "status": status, "runs": runs, "stop": stop}
+def clean(argv: list[str]) -> int:
+    """``mxft-launch clean --hosts FILE [--older-than DAYS] [--dry-run]``: free the hosts' work folders."""
+    parser = _tool_parser(
+        "clean", "Free space in each host's work folder (--remote-dir): remove the folders of finished runs, "
+        "cached data and code no run that stays uses, and copies interrupted halfway. A run with a process "
+        "still alive on the host is never removed, nor anything changed within the last hour (a launch may be "
+        "staging or starting it), nor data and code while a launch is staging there. This machine's run "
+        "folders (results, checkpoints, logs) are not touched.",
+        "examples:\n  mxft-launch clean --hosts hosts.txt --dry-run          what would go, and how much it frees\n"
+        "  mxft-launch clean --hosts hosts.txt --older-than 7     keep what runs used in the last week\n\n"
+        "exit codes:\n  0    every host cleaned (or, with --dry-run, listed)\n"
+        "  1    some host could not be reached or cleaned fully (its line says why)\n"
+        "  2    bad input (hosts file, option)")
+    parser.add_argument("--hosts", required=True, metavar="FILE", help="hosts file, or 'slurm'")
+    parser.add_argument("--older-than", type=float, default=0.0, metavar="DAYS",
+                        help="remove only runs, data and code unchanged for DAYS days (default 0: everything "
+                             "finished; never less than an hour)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    parser.add_argument("--remote-dir", default="~/.mxft", metavar="DIR",
+                        help="work folder on the hosts, as given to launches (default: ~/.mxft)")
+    parser.add_argument("--ssh-config", metavar="FILE", help="SSH config to use instead of ~/.ssh/config")
+    parser.add_argument("--accept-new-host-keys", action="store_true",
+                        help="trust and record host keys seen for the first time (a changed key is still refused)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.older_than < 100_000:  # also refuses nan and inf
+        parser.error("--older-than must be a number of days from 0")
+    ssh = _ssh_options(args)
+    reports = clean_hosts(load_clean_hosts(args.hosts, ssh), ssh, args.remote_dir,
+                          older_than_s=args.older_than * 86400, dry_run=args.dry_run)
+    for line in cleanup_lines(reports, dry_run=args.dry_run):
+        _echo(line)
+    return EXIT_FAILED if any(report.error for report in reports) else EXIT_OK
+
+
+TOOLS = {"check": check, "status": status, "runs": runs, "stop": stop, "clean": clean}
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
+from cluster.secret import Secret
 from launcher.jobspec import ENV_NAME, CommandSpec
 from launcher.plan import Facts, Placement, Plan, Transfer, plan_processes, check_slots
 
@@ -28,12 +29,29 @@ SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".venv", "venv",
 
 
 def sync_files(folder: str) -> tuple[str, ...]:
-    """Files under ``folder`` that ``--sync-dir`` copies (relative paths, sorted)."""
+    """Files under ``folder`` that ``--sync-dir`` copies (relative paths, sorted).
+
+    A link to a file inside the folder is copied as that file. A link that leads outside
+    the folder (``key -> ~/.ssh/id_rsa``) and a link to a folder are refused by name:
+    mxft copies only what is inside, and says so rather than skip it.
+    """
     found = []
+    inside = os.path.realpath(folder)
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info"))
-        found += [os.path.relpath(os.path.join(root, name), folder) for name in files
-                  if os.path.isfile(os.path.join(root, name))]
+        for name in dirs:
+            if os.path.islink(os.path.join(root, name)):
+                raise InputError(os.path.join(root, name), "is a link to a folder, which --sync-dir does not copy",
+                                 hint="copy that folder in, or move the link out of the synced folder")
+        for name in files:
+            path = os.path.join(root, name)
+            target = os.path.realpath(path)
+            if os.path.islink(path) and os.path.commonpath([inside, target]) != inside:
+                raise InputError(path, f"is a link to {target}, outside the synced folder {folder}",
+                                 hint="--sync-dir copies only what is inside the folder: copy the file in, or "
+                                      "remove the link")
+            if os.path.isfile(path):
+                found.append(os.path.relpath(path, folder))
     return tuple(sorted(found))
 
 
@@ -86,8 +104,11 @@ def make_command_plan(spec: CommandSpec, hosts: Sequence[HostSpec], facts: Facts
 def parse_env(items: Sequence[str], *, environ: Mapping[str, str], option: str) -> dict[str, str]:
     """``NAME=VALUE``, ``NAME:VALUE`` (launch.py's form) or ``NAME`` (this machine's value).
 
-    >>> parse_env(["A=1", "B:x=y", "HOME"], environ={"HOME": "/root"}, option="--env")
-    {'A': '1', 'B': 'x=y', 'HOME': '/root'}
+    Values are secrets: passed to the processes, never written (plans show where they came from).
+
+    >>> env = parse_env(["A=1", "B:x=y", "HOME"], environ={"HOME": "/root"}, option="--env")
+    >>> env == {'A': '1', 'B': 'x=y', 'HOME': '/root'}, env
+    (True, {'A': '<given>', 'B': '<given>', 'HOME': '<from environment>'})
     """
     out = {}
     for item in items:
@@ -100,6 +121,7 @@ def parse_env(items: Sequence[str], *, environ: Mapping[str, str], option: str) 
             if name not in environ:
                 raise InputError(f"{option} {item}", f"{name} is not set on this machine",
                                  hint=f"set it, or write {name}=VALUE")
-            value = environ[name]
-        out[name] = value
+            out[name] = Secret(environ[name], "<from environment>")
+        else:
+            out[name] = Secret(value, "<given>")
     return out

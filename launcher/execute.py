@@ -22,7 +22,7 @@ import yaml
 
 from cluster.errors import JobFailed
 from cluster.local import LocalTransport
-from cluster.ssh import SSHHost
+from cluster.ssh import HOSTS_AT_ONCE, SSHHost
 from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
 from launcher import cachefile, paramsfile, recfile, runstate
 from launcher.console import Console
@@ -236,6 +236,7 @@ def execute(plan: Plan, *, console: Console) -> dict:
     stage_remote(plan, ssh_hosts, console=console)
     started = time.time()
     if plan.recipe is None:
+        console.verbose = True  # a command's own output is what its user came for (as with tools/launch.py)
         outcomes = run_processes(plan, ssh_hosts, console=console)
         return {"run_id": plan.run_id, "command": list(plan.command.argv), "staging_s": round(started - began, 3),
                 "running_s": round(time.time() - started, 3), "processes": [o.summary() for o in outcomes]}
@@ -283,11 +284,12 @@ def run_processes(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Cons
                                log_path=proc.log_path, primary=proc.role is Role.WORKER, cwd=proc.cwd,
                                role=proc.role.value, index=proc.rank)
 
-        # Remote starts all at once: each is an SSH connection of its own (~0.3 s of handshake).
+        # Remote starts in parallel across hosts: each is a session of its host's shared connections
+        # (cluster.ssh_sessions), which a host opens one at a time (~0.3 s of handshake each).
         # Local ones stay in this thread: PR_SET_PDEATHSIG fires when the thread that started
         # the child ends, so a pool thread would take its children with it.
         remote = [proc for proc in plan.processes if proc.host in ssh_hosts]
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(32, len(remote)))) as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(HOSTS_AT_ONCE, len(remote)))) as pool:
             futures = {proc.name: pool.submit(start, proc) for proc in remote}
             local = {proc.name: start(proc) for proc in plan.processes if proc.host not in ssh_hosts}
         started = [local[proc.name] if proc.name in local else futures[proc.name].result()

@@ -78,13 +78,16 @@ def _entry_unsafe_reason(path, info, uid, below_exists):
 
 
 def _own_group(gid, uid):
-    """Whether group ``gid`` is ``uid``'s private group: its primary group, with no other member listed."""
+    """Whether group ``gid`` is ``uid``'s private group: its primary group, no other member listed, and no
+    other account's primary group (``gr_mem`` does not list those: a shared ``users`` group is not private)."""
     try:
         user = pwd.getpwuid(uid)
         group = grp.getgrgid(gid)
     except KeyError:
         return False
-    return gid == user.pw_gid and set(group.gr_mem) <= {user.pw_name}
+    if gid != user.pw_gid or not set(group.gr_mem) <= {user.pw_name}:
+        return False
+    return not any(other.pw_gid == gid and other.pw_uid != uid for other in pwd.getpwall())
 
 
 def _user(uid):

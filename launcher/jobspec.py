@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cluster.errors import InputError
+from cluster.secret import Secret
 from launcher.yamlfields import Fields, compose_with_lines, load_value
 
 TUTORIAL_GPUS = tuple(range(8))
@@ -185,7 +186,7 @@ def _argv(value: Any) -> tuple[str, ...]:
 def _env_value(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError("a string or number")
-    return str(value)
+    return Secret(str(value), "<from the job file>")  # passed to the processes, never written by mxft
 
 
 def _env_mapping(value: Any) -> dict[str, str]:
@@ -259,7 +260,10 @@ def read_section(cls: type, fields: Fields, expand: Callable[[Fields, str, str],
 
 
 def plain(value: Any) -> Any:
-    """JSON/YAML-ready: enums as their values, tuples as lists, mappings as dicts, dataclasses as dicts."""
+    """JSON/YAML-ready: enums as their values, tuples as lists, mappings as dicts, dataclasses as dicts,
+    secrets as where they came from (never their value)."""
+    if isinstance(value, Secret):
+        return value.shown
     if isinstance(value, enum.Enum):
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -399,6 +403,9 @@ class ClusterSpec:
     max_restarts: int = key(0, check=_int(0), help="resume from the last epoch after a failure, this many times")
     interface: str | None = key(None, check=_interface, help="network interface ps-lite uses on every host (its "
                                 "address there, found by preflight); a host's addr= in the hosts file wins")
+    bigarray_bound: int = key(100_000, check=_int(1), help="arrays of this many values or more are split over all "
+                              "servers, smaller ones go whole to one (MXNET_KVSTORE_BIGARRAY_BOUND; MXNet's own "
+                              "default, 1000000, loads one of 3 servers 2-8x the others on ResNet-50/152)")
 
     @property
     def uses_gpu(self) -> bool:
@@ -464,8 +471,8 @@ class CommandSpec:
         """This command as a job file says it: ``parse_job`` of it gives it back."""
         out: dict[str, Any] = {"name": self.name, "command": list(self.argv), "workdir": self.workdir,
                                "cluster": {"workers": self.workers, "servers": self.servers}}
-        if self.env or self.role_env:
-            out["env"] = {**self.env, **{role: dict(values) for role, values in self.role_env.items()}}
+        if self.env or self.role_env:  # names only: the values are secrets (plain() shows where they came from)
+            out["env"] = plain({**self.env, **{role: dict(values) for role, values in self.role_env.items()}})
         if self.sync_dir:
             out["sync_dir"] = self.sync_dir
         return out
@@ -595,6 +602,15 @@ def _check_data_source(job: JobSpec, top: Fields) -> None:
             data.fail(data.path, f"missing required key 'data.{name}'")
 
 
+def _check_evaluation(job: JobSpec, top: Fields) -> None:
+    """Shared evaluation sums through servers that keep what is pushed: a synchronous kvstore only."""
+    if job.train.evaluation == "shared" and "async" in job.cluster.effective_kvstore:
+        cluster = top.section("cluster", keys_of(ClusterSpec))
+        cluster.fail(cluster.path + ("kvstore",), f"train.evaluation: shared needs a synchronous kvstore, not "
+                   f"{job.cluster.effective_kvstore} (its servers must apply an optimizer)",
+                   hint="set train.evaluation: worker0, or cluster.kvstore: dist_sync / dist_sync_device")
+
+
 def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = None,
               overrides: Sequence[str] = (), schema: type = JobSpec) -> "JobSpec | CommandSpec":
     """Turn the text of a job file into a JobSpec (or a CommandSpec for a ``command:`` job).
@@ -612,6 +628,7 @@ def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = Non
     expand = _path_expander(os.path.dirname(os.path.abspath(source)), environ)
     job = read_section(schema, top, expand, source=os.path.abspath(source))
     _check_data_source(job, top)
+    _check_evaluation(job, top)
     return job if job.name else dataclasses.replace(job, name=os.path.splitext(os.path.basename(source))[0])
 
 

@@ -248,7 +248,8 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
     plan = make_plan(spec, hosts, facts, inventory=inventory)
     if reports:
         require_fit(reports, _requirements(config, plan, inventory))
-        require_scheduler_reachable(plan)  # on the training network, before any ps-lite process starts
+        if not config.dry_run:  # a dry run starts nothing, not even the check's listener
+            require_scheduler_reachable(plan)  # on the training network, before any ps-lite process starts
     public = public_addresses(dict.fromkeys(p.env_dict["DMLC_NODE_HOST"] for p in plan.processes))
     if public and echo and not config.dry_run:  # a dry run's plan says so itself
         echo(f"[mxft] warning: ps-lite will listen on public address(es) {', '.join(public)} with no "

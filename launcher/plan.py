@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
+from cluster.secret import ENV_FROM_STDIN, split_secrets
 from cluster.ssh import SSHOptions
 from launcher import recfile
 from launcher.inputs import Inventory
@@ -196,7 +197,9 @@ def _describe_recipe(plan: Plan) -> list[str]:
         f"  job        {job.source} ({job.name}): {job.model.variant.value} fine-tuning of "
         f"{os.path.basename(job.model.prefix)} at {job.model.cut_layer}, {job.num_classes} classes",
         f"  run dir    {plan.run_dir}",
-        f"  kvstore    {cluster.effective_kvstore}, {len(recipe.workers)} worker(s) x {devices}, {servers} server(s)",
+        f"  kvstore    {cluster.effective_kvstore}, {len(recipe.workers)} worker(s) x {devices}, {servers} server(s)"
+        + (f"; arrays of {cluster.bigarray_bound}+ values split over the servers (cluster.bigarray_bound)"
+           if servers > 1 else ""),
         *(f"  {line}" for line in recipe.why),
         f"  training   {job.train.epochs} epochs x {recipe.batches_per_epoch} batches of {batch} per worker "
         f"(global batch {batch * len(recipe.workers)}), {job.train.optimizer} {dict(job.train.optimizer_params)}",
@@ -259,7 +262,7 @@ def _describe_command(plan: Plan) -> list[str]:
 
 def _process_detail(plan: Plan, proc: ProcessSpec) -> str:
     if plan.command is not None:
-        extra = " ".join(f"{k}={v}" for k, v in sorted(plan.command.env_for(proc.role.value).items()))
+        extra = " ".join(f"{k}={plain(v)}" for k, v in sorted(plan.command.env_for(proc.role.value).items()))
         return f"cwd {proc.cwd}" + (f" {extra}" if extra else "")
     if proc.role is Role.SCHEDULER:
         return f"root {plan.scheduler_uri}:{plan.scheduler_port}"
@@ -546,7 +549,8 @@ def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpe
     recipe = dataclasses.replace(recipe, workers=workers, trimmed_params=recipe.trimmed_params if any(
         t.source == recipe.trimmed_params for t in transfers) else None)
     processes = plan_processes(placement, facts, len(assignment.servers), count,
-                           worker_env=lambda host: _worker_threads(job, placement, facts, host),
+                           worker_env=lambda host: {**_worker_threads(job, placement, facts, host),
+                                                    "MXNET_KVSTORE_BIGARRAY_BOUND": str(job.cluster.bigarray_bound)},
                            worker_args=lambda i, host: ("--config", f"{placement.layouts[host.label].run_dir}"
                                                                     f"/config/worker-{i}.json"))
     return placement.assemble(facts, processes, transfers, recipe=recipe)
@@ -642,7 +646,9 @@ def plan_processes(placement: Placement, facts: Facts, servers: int, workers: in
         name = file_name(role, rank)
         if not layout.local:
             wrapper = ("-m", "trainer.remote") if argv is None else (f"{layout.code_dir}/trainer/remote.py",)
-            command = (host_facts.python, *wrapper, "--pid-file", f"{layout.run_dir}/pids/{name}.pid", "--") + command
+            secrets = (ENV_FROM_STDIN,) if split_secrets(env)[1] else ()  # values on the SSH session's input
+            command = (host_facts.python, *wrapper, "--pid-file", f"{layout.run_dir}/pids/{name}.pid", *secrets,
+                       "--") + command
         return ProcessSpec(role, rank, host.label, tuple(command), tuple(sorted(env.items())), log_path(facts, name),
                            cwd_for(host, layout) if cwd_for else None)
 

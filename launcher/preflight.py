@@ -1,4 +1,4 @@
-"""Preflight: check every host in parallel before anything starts on any of them.
+"""Preflight: check every host in parallel (32 at a time) before anything starts on any of them.
 
 Each host must be reachable over SSH with a known host key, have the Python named in
 the hosts file (default ``python3``), import the same mxnet version as this machine
@@ -11,6 +11,7 @@ reported together, one line per host.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -21,7 +22,6 @@ import os
 import re
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -30,7 +30,7 @@ import paramiko
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from cluster.ssh import HostKeyError, SSHHost, SSHOptions
+from cluster.ssh import HOSTS_AT_ONCE, HostKeyError, SSHHost, SSHOptions
 from cluster.ssh_resolve import account_home
 from launcher import folder_check, gpu_probe
 from launcher.gpu_check import build_archs_of, gpu_problem, gpus_of
@@ -222,18 +222,16 @@ def problems(report: HostReport, need: Requirements) -> tuple[str, str] | None:
 
 def probe_all(hosts: Sequence[tuple[HostSpec, SSHHost]], work_dir: str, *,
               other_folders: Sequence[str] = ()) -> list[HostReport]:
-    """Probe every host at once (one thread each); reports in the order given."""
-    reports: dict[str, HostReport] = {}
+    """Probe every host, ``HOSTS_AT_ONCE`` at a time; one report per host, in the order given.
 
-    def one(spec: HostSpec, ssh: SSHHost) -> None:
-        reports[spec.label] = probe_host(ssh, spec, work_dir, other_folders=other_folders)
-
-    threads = [threading.Thread(target=one, args=pair, name=f"probe {pair[0].label}") for pair in hosts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [reports[spec.label] for spec, _ in hosts]
+    A bounded pool: a thousand hosts cost 32 threads and their connections, not a thousand of each.
+    """
+    if not hosts:
+        return []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(HOSTS_AT_ONCE, len(hosts)),
+                                               thread_name_prefix="mxft-probe") as pool:
+        return list(pool.map(lambda pair: probe_host(pair[1], pair[0], work_dir, other_folders=other_folders),
+                             hosts))
 
 
 def require_fit(reports: Sequence[HostReport], need: Requirements) -> None:
@@ -257,8 +255,9 @@ def facts_of(report: HostReport, address: str) -> HostFacts:
 
 
 def _ip_or_empty(text) -> str:
+    """An IPv4 address, else "" (ps-lite's zmq transport takes no IPv6)."""
     try:
-        return str(ipaddress.ip_address(text))
+        return str(ipaddress.IPv4Address(text))
     except ValueError:
         return ""
 

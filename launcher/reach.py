@@ -20,7 +20,7 @@ import time
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from cluster.ssh import SSHHost
+from cluster.ssh import HOSTS_AT_ONCE, SSHHost
 from launcher.plan import Plan, Role
 
 # Runs on the scheduler's host: bind the scheduler's address and port, say so, accept until stdin closes.
@@ -71,7 +71,7 @@ def require_scheduler_reachable(plan: Plan, *, connect_timeout_s: float = 5.0) -
     busy = list(dict.fromkeys(p.host for p in plan.processes))
     target = f"{plan.scheduler_uri}:{plan.scheduler_port}"
     with _listening(plan, hosts[scheduler.host]):
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(busy))) as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(HOSTS_AT_ONCE, len(busy))) as pool:
             reaches = list(pool.map(lambda label: _try_connect(plan, hosts[label], connect_timeout_s), busy))
     failed = [r for r in reaches if r.error is not None]
     if failed:
@@ -88,7 +88,7 @@ class _listening:
 
     def __init__(self, plan: Plan, host: HostSpec) -> None:
         python = plan.remote_pythons.get(host.label, sys.executable)
-        argv = [python, "-c", LISTENER, plan.scheduler_uri, str(plan.scheduler_port), "120"]
+        argv = [python, "-c", LISTENER, plan.scheduler_uri, str(plan.scheduler_port), "900"]  # ends with stdin
         if host.is_local:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         else:
@@ -96,13 +96,14 @@ class _listening:
         self.host, self.plan = host, plan
 
     def __enter__(self) -> "_listening":
-        line = _first_line(self.proc, timeout_s=self.plan.ssh.connect_timeout_s + 10)
+        line = _first_line(self.proc, timeout_s=60.0)  # as long as a preflight probe may take
         if line != "listening":
             self.__exit__()
             raise InputError(f"host {self.host.label}", f"the ps-lite scheduler's address "
                              f"{self.plan.scheduler_uri}:{self.plan.scheduler_port} cannot be opened there: "
                              f"{line or self.proc.stderr.read().decode(errors='replace').strip()[-300:]}",
-                             hint="addr= must be one of that host's own addresses")
+                             hint="addr= must be one of that host's own addresses; a port in use: launch again "
+                                  "(each launch picks another)")
         return self
 
     def __exit__(self, *exc) -> None:

@@ -9,7 +9,10 @@ incoming folder with ``splice``, so no file byte is copied through Python on eit
 (Python's tarfile did, and halved throughput), and both ends widen their pipe to 1 MiB.
 Only when every file's sha256 matches and the end frame arrived does the receiver
 rename the files into place, so a copy that dies halfway leaves nothing a later launch
-would trust.
+would trust. A receiver removes the ``.incoming.*`` folders of earlier copies that were
+killed (nothing in them changed for an hour: another launch may be staging right now), and
+holds a shared lock on the work folder while it runs, so ``mxft-launch clean``
+(``launcher.cleanup``) never removes data or code a stage is answering for.
 
 Code and data land at content-addressed paths (their key is in the path), so a file
 that is present is identical, and an unchanged relaunch sends no data at all. Present
@@ -20,6 +23,7 @@ way, cut short or changed since is sent again; nothing is hashed again to decide
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import fcntl
 import hashlib
@@ -27,6 +31,7 @@ import json
 import mmap
 import os
 import shlex
+import stat
 import struct
 import tarfile
 import threading
@@ -34,19 +39,39 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from cluster.errors import JobFailed
-from cluster.ssh import SSHHost
+from cluster.ssh import HOSTS_AT_ONCE, SSHHost
 from launcher.plan import Transfer
 
 # Runs on the host with its own Python (3.8 or newer; splice needs 3.10 and a pipe,
 # otherwise it copies in 1 MiB reads).
 _RECEIVER = r"""
-import errno, fcntl, hashlib, json, mmap, os, shutil, stat, struct, sys, tempfile
+import errno, fcntl, hashlib, json, mmap, os, shutil, stat, struct, sys, tempfile, time
 root = sys.argv[1]
+os.umask(0o077)  # the work folder and what lands in it are the user's alone
 try:
     fcntl.fcntl(0, 1031, 1 << 20)  # F_SETPIPE_SZ: 1 MiB, not 64 KiB, per wake-up from sshd
 except OSError:
     pass
 os.makedirs(root, exist_ok=True)
+held = os.open(root, os.O_RDONLY)
+fcntl.flock(held, fcntl.LOCK_SH)  # held until exit: mxft-launch clean (LOCK_EX) waits, or keeps data and code
+
+def newest_mtime(path):
+    newest = os.lstat(path).st_mtime
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+            except OSError:
+                pass
+    return newest
+
+for name in os.listdir(root):  # left by a copy killed halfway; a live one wrote within the hour
+    try:
+        if name.startswith(".incoming.") and time.time() - newest_mtime(os.path.join(root, name)) > 3600:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    except OSError:
+        pass
 tmp = tempfile.mkdtemp(prefix=".incoming.", dir=root)
 
 def read_exact(count):
@@ -111,6 +136,7 @@ def land(path, dest, digest):
     part = beside(dest, "." + os.urandom(8).hex() + ".partial")
     try:
         shutil.copyfile(path, part)
+        shutil.copymode(path, part)
         if sha256_of(part) != digest:
             sys.exit("checksum mismatch after copying: " + dest)
         info = os.stat(part)
@@ -130,13 +156,14 @@ try:
         if "end" in header:
             break
         path = os.path.join(tmp, str(len(received)))
-        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             copy_to(out, header["size"])
         finally:
             os.close(out)
         if sha256_of(path) != header["sha256"]:
             sys.exit("checksum mismatch: " + header["dest"])
+        os.chmod(path, header.get("mode", 0o600) & 0o777)  # the sender's mode: a 0600 file stays 0600
         received.append((path, header["dest"], header["sha256"], header.get("keep", False)))
     if header["end"] != len(received):
         sys.exit("the stream ended with %d of %d files" % (len(received), header["end"]))
@@ -267,8 +294,9 @@ def _send(proc, transfers: Sequence[Transfer], *, on_bytes: Callable[[int], None
         for transfer in transfers:
             with open(transfer.source, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
+                mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)  # kept on the host: 0600 stays 0600
                 header = _frame({"dest": transfer.dest, "size": size, "sha256": sha256_of(transfer.source),
-                                 "keep": transfer.kind != "run"})
+                                 "keep": transfer.kind != "run", "mode": mode})
                 proc.stdin.write(header)
                 on_bytes(len(header))
                 offset = 0
@@ -287,26 +315,27 @@ def _send(proc, transfers: Sequence[Transfer], *, on_bytes: Callable[[int], None
 
 def stage_all(hosts: Mapping[str, SSHHost], transfers: Sequence[Transfer], *, root_of: Callable[[str], str],
               python_of: Callable[[str], str], progress: Callable[[str, int, int], None]) -> list[HostStaging]:
-    """Stage every host in parallel; raises JobFailed naming each host that failed."""
-    results: dict[str, HostStaging] = {}
-    errors: dict[str, str] = {}
+    """Stage every host in parallel, ``HOSTS_AT_ONCE`` at a time; one report per host in the order of the
+    transfers. Raises JobFailed naming each host that failed (every host is tried)."""
+    labels = list(dict.fromkeys(t.host for t in transfers))
 
-    def one(label: str) -> None:
+    def one(label: str) -> HostStaging | str:
         try:
-            results[label] = stage_host(hosts[label], [t for t in transfers if t.host == label],
-                                        root=root_of(label), python=python_of(label), progress=progress)
-        except Exception as err:  # reported below, per host
-            errors[label] = str(err)
+            return stage_host(hosts[label], [t for t in transfers if t.host == label],
+                              root=root_of(label), python=python_of(label), progress=progress)
+        except Exception as err:  # reported below, one line per host
+            text = " ".join(str(err).split())  # ssh's stderr may span lines
+            return text[len(label) + 2:] if text.startswith(f"{label}: ") else text
 
-    threads = [threading.Thread(target=one, args=(label,), name=f"stage {label}")
-               for label in dict.fromkeys(t.host for t in transfers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    if not labels:
+        return []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(HOSTS_AT_ONCE, len(labels)),
+                                               thread_name_prefix="mxft-stage") as pool:
+        outcomes = list(pool.map(one, labels))
+    errors = [(label, text) for label, text in zip(labels, outcomes) if isinstance(text, str)]
     if errors:
-        raise JobFailed("staging failed:\n" + "\n".join(f"  {label}: {text}" for label, text in errors.items()))
-    return [results[label] for label in results]
+        raise JobFailed("staging failed:\n" + "\n".join(f"  {label}: {text}" for label, text in errors))
+    return outcomes
 
 
 def fetch_dir(host: SSHHost, remote_dir: str, local_dir: str, *, names: Sequence[str] = (".",)) -> None:

@@ -95,7 +95,8 @@ def _metrics_rows(run_dir: str) -> list[dict]:
 def runs_lines(run_root: str, *, limit: int = 20) -> list[str]:
     """The newest ``limit`` runs under ``run_root``: state, accuracy, duration, folder (a table)."""
     if not os.path.isdir(run_root):
-        raise InputError(run_root, "no such folder", hint="give --run-root the folder runs are kept in (default ./runs)")
+        raise InputError(run_root, "no such folder",
+                         hint="give --run-root the folder runs are kept in (default ./runs)")
     folders = [os.path.join(run_root, name) for name in os.listdir(run_root)
                if os.path.isfile(os.path.join(run_root, name, "job.yaml"))]
     folders.sort(key=lambda path: os.path.getmtime(os.path.join(path, "job.yaml")), reverse=True)

@@ -104,6 +104,28 @@ def add_network(cluster: "NetnsCluster", names, *, subnet: str = "10.232.77", de
     return addresses
 
 
+def limit_links(cluster: "NetnsCluster", rate_mbit: float | None) -> None:
+    """Every host's link limited to ``rate_mbit`` in each direction (tc tbf on both ends of its veth), or
+    unlimited again with None. netem does not exist on this kernel; tbf does."""
+    for host in cluster.hosts:
+        for prefix, device in ((("ip", "netns", "exec", host.namespace), "eth0"), ((), f"mxv-{host.name}")):
+            if rate_mbit is None:
+                _sh(*prefix, "tc", "qdisc", "del", "dev", device, "root", check=False)
+                continue
+            burst = max(int(rate_mbit * 1e6 / 8 / 100), 64 * 1024)  # 10 ms of traffic, at least 64 KiB
+            _sh(*prefix, "tc", "qdisc", "replace", "dev", device, "root", "tbf", "rate", f"{rate_mbit}mbit",
+                "burst", str(burst), "latency", "200ms")
+
+
+def link_bytes(cluster: "NetnsCluster") -> dict[str, tuple[int, int]]:
+    """Bytes each host received and sent on its eth0 so far (its own counters)."""
+    out = {}
+    for host in cluster.hosts:
+        rx, tx = (int(host.exec("cat", f"/sys/class/net/eth0/statistics/{k}_bytes").stdout) for k in ("rx", "tx"))
+        out[host.name] = (rx, tx)
+    return out
+
+
 def remove_network(count: int = 16) -> None:
     """Undo ``add_network``."""
     for i in range(1, count + 1):
@@ -111,8 +133,11 @@ def remove_network(count: int = 16) -> None:
     _sh("ip", "link", "del", TRAINING_BRIDGE, check=False)
 
 
-def _sshd_config(host_dir: str, address: str, authorized_keys: str) -> str:
+def _sshd_config(host_dir: str, address: str, authorized_keys: str, *, stock_limits: bool = False) -> str:
+    """The host's sshd_config; ``stock_limits``: OpenSSH's own MaxStartups (10:30:100) and MaxSessions (10),
+    as on a real host, instead of the wide ones that let tests start many connections at once."""
     path = os.path.join(host_dir, "sshd_config")
+    limits = "" if stock_limits else "MaxStartups 100:30:200\nMaxSessions 100\n"
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(f"""ListenAddress {address}
 Port 22
@@ -125,9 +150,7 @@ UsePAM no
 StrictModes no
 PidFile none
 Subsystem sftp internal-sftp
-MaxStartups 100:30:200
-MaxSessions 100
-LogLevel ERROR
+{limits}LogLevel ERROR
 """)
     return path
 
@@ -142,6 +165,59 @@ def _wait_listening(address: str, timeout_s: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"sshd on {address} did not come up")
             time.sleep(0.05)
+
+
+def _start_host(i: int, authorized_keys: str, *, stock_limits: bool = False) -> tuple[NetnsHost, str]:
+    """Host h<i>: its namespace on the bridge, work dir, host key and sshd; returns it and its known_hosts line."""
+    name, namespace, address = f"h{i}", f"mxft-h{i}", f"{SUBNET}.{10 + i}"
+    host_dir = os.path.join(STATE_DIR, name)
+    work = os.path.join(host_dir, "work")
+    os.makedirs(work)
+    _sh("ip", "netns", "add", namespace)
+    _sh("ip", "link", "add", f"mxv-{name}", "type", "veth", "peer", "name", "eth0", "netns", namespace)
+    _sh("ip", "link", "set", f"mxv-{name}", "master", BRIDGE, "up")
+    _sh("ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
+    _sh("ip", "-n", namespace, "link", "set", "eth0", "up")
+    _sh("ip", "-n", namespace, "link", "set", "lo", "up")
+    key = os.path.join(host_dir, "ssh_host_ed25519_key")
+    _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key)
+    config = _sshd_config(host_dir, address, authorized_keys, stock_limits=stock_limits)
+    with open(os.path.join(host_dir, "hosts"), "w", encoding="utf-8") as handle:
+        handle.write(f"127.0.0.1 localhost\n{address} {name}\n")
+    setup = (f"hostname {name}; mount --bind {work} {WORK_DIR}; "
+             f"mount --bind {host_dir}/hosts /etc/hosts; exec {SSHD} -D -f {config}")
+    subprocess.Popen(["ip", "netns", "exec", namespace, "setsid", "unshare", "--mount", "--uts", "--pid",
+                      "--fork", "--mount-proc", "--propagation", "private", "sh", "-ec", setup],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
+    with open(key + ".pub", encoding="utf-8") as handle:
+        key_line = f"{address} {' '.join(handle.read().split()[:2])}\n"
+    return NetnsHost(name, namespace, address, work), key_line
+
+
+def add_host(cluster: NetnsCluster, *, stock_limits: bool = False) -> NetnsHost:
+    """One more host beside ``cluster``'s (h<N+1>, on the same bridge, key and known_hosts), for a test
+    that needs a host configured differently; ``remove_host`` takes it away again."""
+    host, key_line = _start_host(len(cluster.hosts) + 1, os.path.join(STATE_DIR, "authorized_keys"),
+                                 stock_limits=stock_limits)
+    with open(cluster.known_hosts, "a", encoding="utf-8") as handle:
+        handle.write(key_line)
+    _wait_listening(host.address)
+    return host
+
+
+def remove_host(host: NetnsHost) -> None:
+    """Undo ``add_host``: the host's processes, link, namespace and files."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in host.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.3)
+    _sh("ip", "link", "del", f"mxv-{host.name}", check=False)
+    _sh("ip", "netns", "del", host.namespace, check=False)
+    shutil.rmtree(os.path.join(STATE_DIR, host.name), ignore_errors=True)
 
 
 def up(count: int) -> NetnsCluster:
@@ -161,30 +237,9 @@ def up(count: int) -> NetnsCluster:
     _sh("ip", "link", "set", BRIDGE, "up")
     hosts, known = [], []
     for i in range(1, count + 1):
-        name, namespace, address = f"h{i}", f"mxft-h{i}", f"{SUBNET}.{10 + i}"
-        host_dir = os.path.join(STATE_DIR, name)
-        work = os.path.join(host_dir, "work")
-        os.makedirs(work)
-        _sh("ip", "netns", "add", namespace)
-        _sh("ip", "link", "add", f"mxv-{name}", "type", "veth", "peer", "name", "eth0", "netns", namespace)
-        _sh("ip", "link", "set", f"mxv-{name}", "master", BRIDGE, "up")
-        _sh("ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
-        _sh("ip", "-n", namespace, "link", "set", "eth0", "up")
-        _sh("ip", "-n", namespace, "link", "set", "lo", "up")
-        key = os.path.join(host_dir, "ssh_host_ed25519_key")
-        _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key)
-        config = _sshd_config(host_dir, address, authorized_keys)
-        with open(os.path.join(host_dir, "hosts"), "w", encoding="utf-8") as handle:
-            handle.write(f"127.0.0.1 localhost\n{address} {name}\n")
-        setup = (f"hostname {name}; mount --bind {work} {WORK_DIR}; "
-                 f"mount --bind {host_dir}/hosts /etc/hosts; exec {SSHD} -D -f {config}")
-        subprocess.Popen(["ip", "netns", "exec", namespace, "setsid", "unshare", "--mount", "--uts", "--pid",
-                          "--fork", "--mount-proc", "--propagation", "private", "sh", "-ec", setup],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         start_new_session=True)
-        with open(key + ".pub", encoding="utf-8") as handle:
-            known.append(f"{address} {' '.join(handle.read().split()[:2])}\n")
-        hosts.append(NetnsHost(name, namespace, address, work))
+        host, key_line = _start_host(i, authorized_keys)
+        hosts.append(host)
+        known.append(key_line)
     known_hosts = os.path.join(STATE_DIR, "known_hosts")
     with open(known_hosts, "w", encoding="utf-8") as handle:
         handle.writelines(known)

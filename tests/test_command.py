@@ -2,6 +2,7 @@
 ps-lite program (tests/programs/pslite_check.py) on this machine and on namespace hosts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -77,7 +78,10 @@ def test_command_job_file_parses_with_env_per_role_and_overrides():
     assert (spec.argv, spec.workers, spec.servers, spec.workdir, spec.sync_dir) == \
         (("python", "train.py", "--x", "a b"), 4, 2, "/jobs", "~/job")
     assert spec.env_for("worker") == {"A": "1", "B": "two"} and spec.env_for("server") == {"A": "1"}
-    assert parse_job(write_free(spec.to_job_dict()), "/jobs/cmd.yaml") == spec
+    # job.yaml holds the names and where each value came from, never the values (a resumed command is refused)
+    assert spec.to_job_dict()["env"] == {"A": "<from the job file>", "worker": {"B": "<from the job file>"}}
+    again = parse_job(write_free(spec.to_job_dict()), "/jobs/cmd.yaml")
+    assert dataclasses.replace(again, env={}, role_env={}) == dataclasses.replace(spec, env={}, role_env={})
     with pytest.raises(InputError, match=r"^/jobs/c.yaml:2: unknown key 'wrokers' in cluster; did you mean 'workers'"):
         parse_job("command: [prog]\ncluster: {wrokers: 3}\n", "/jobs/c.yaml")
     with pytest.raises(InputError,
@@ -195,6 +199,46 @@ def test_pslite_program_across_three_hosts(hosts3, tmp_path):
     assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr
     assert failed.stderr.splitlines()[0].endswith("exited with code 3"), failed.stderr
     assert no_processes_left(hosts3, run_id_from(failed.stdout)) == {}
+
+
+@pslite
+@pytest.mark.timeout(900)
+def test_sixteen_processes_on_one_host_under_sshds_default_limits(hosts3, tmp_path):
+    """16 processes on one host whose sshd keeps OpenSSH's MaxStartups 10:30:100 and MaxSessions 10: they
+    are sessions of two shared connections (at most 9 each), not 16 connections opened at once."""
+    import dataclasses
+    import subprocess
+    import threading
+
+    from tests import netns
+    from tests.test_multihost import no_processes_left, python_field, ssh_args
+    host = netns.add_host(hosts3, stock_limits=True)
+    most, done_sampling = [0], threading.Event()
+
+    def count_connections() -> None:  # SSH connections from here to the host, sampled while the launch runs
+        while not done_sampling.wait(0.2):
+            out = subprocess.run(["ss", "-Htn", "state", "established"], capture_output=True, text=True).stdout
+            most[0] = max(most[0], sum(f"{host.address}:22" in line.split() for line in out.splitlines()))
+
+    sampler = threading.Thread(target=count_connections, daemon=True)
+    try:
+        config = open(os.path.join(netns.STATE_DIR, host.name, "sshd_config")).read()
+        assert "MaxStartups" not in config and "MaxSessions" not in config  # OpenSSH's defaults
+        hosts = tmp_path / "hosts.txt"
+        hosts.write_text(f"{host.address} {python_field()}\n")
+        args = ssh_args(hosts3, str(hosts)) + ["-n", "12", "-s", "3", "--sync-dir", "/srv/mxft-host/job",
+                                               "--run-root", str(tmp_path / "runs")]
+        sampler.start()
+        done = run_launch(args + ["--", *check_argv("--rounds", "1")], cwd=PROGRAM_DIR, timeout_s=800)
+        done_sampling.set()
+        sampler.join()
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+        assert done.stdout.count("all 1 rounds of push/pull correct (sum 78 per round)") == 12
+        assert 2 <= most[0] <= 4, most  # the processes' two, and at most a staging stream or a check beside them
+        assert no_processes_left(dataclasses.replace(hosts3, hosts=(host,)), run_id_from(done.stdout)) == {}
+    finally:
+        done_sampling.set()
+        netns.remove_host(host)
 
 
 @pslite

@@ -106,7 +106,7 @@ def test_scheduler_probe_waits_quietly_and_reports_as_events(capsys):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["launch", "--help"], ["command", "--help"], ["check", "--help"],
-                                  ["status", "--help"], ["stop", "--help"], ["runs", "--help"]])
+                                  ["status", "--help"], ["stop", "--help"], ["runs", "--help"], ["clean", "--help"]])
 def test_every_command_has_help_for_users(argv, capsys):
     try:
         code = cli.main(argv)
@@ -117,7 +117,7 @@ def test_every_command_has_help_for_users(argv, capsys):
     assert "exit codes:" in text and "usage: mxft-launch" in text
     assert "``" not in text and ":func:" not in text and "the only module" not in text
     if argv == ["--help"]:
-        for name in ("launch", "command", "check", "status", "stop", "runs"):
+        for name in ("launch", "command", "check", "status", "stop", "runs", "clean"):
             assert f"\n  {name} " in text, name
         assert "130" in text and "bad input" in text
 

@@ -54,7 +54,8 @@ def test_hosts_example_parses():
 
 
 def test_addr_is_the_training_address():
-    hosts = parse_hosts("gpu01 slots=8 addr=10.1.0.11\ngpu02 addr=fd00::12\ngpu03\n", "hosts.txt")
-    assert [h.addr for h in hosts] == ["10.1.0.11", "fd00::12", None]
-    with pytest.raises(InputError, match=r"^hosts.txt:2: addr=gpu01-ib is not an IP address \(give the host's "):
-        parse_hosts("gpu01\ngpu02 addr=gpu01-ib\n", "hosts.txt")
+    hosts = parse_hosts("gpu01 slots=8 addr=10.1.0.11\ngpu03\n", "hosts.txt")
+    assert [h.addr for h in hosts] == ["10.1.0.11", None]
+    for bad in ("gpu01-ib", "fd00::12"):
+        with pytest.raises(InputError, match=rf"^hosts.txt:2: addr={bad} is not an IPv4 address \(ps-lite cannot "):
+            parse_hosts(f"gpu01\ngpu02 addr={bad}\n", "hosts.txt")

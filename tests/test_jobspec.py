@@ -235,3 +235,13 @@ def test_an_empty_mapping_value_survives_the_round_trip():
     job = parse(MINIMAL + "train: {optimizer: adam, optimizer_params: {}}\n")
     assert job.to_job_dict()["train"]["optimizer_params"] == {}
     assert parse_job(yaml.safe_dump(job.to_job_dict()), job.source, environ={}) == job
+
+
+def test_shared_evaluation_needs_a_synchronous_kvstore():
+    from launcher.jobspec import parse_job
+    text = MINIMAL + "cluster:\n  kvstore: dist_async\n"
+    with pytest.raises(InputError, match=r"^/jobs/x.yaml:[89]: train.evaluation: shared needs a synchronous kvstore, not "
+                                         r"dist_async .*\(set train.evaluation: worker0"):
+        parse_job(text, "/jobs/x.yaml", environ={})
+    assert parse_job(text + "train:\n  evaluation: worker0\n", "/jobs/x.yaml", environ={}).train.evaluation == \
+        "worker0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 
@@ -191,7 +192,7 @@ def test_result_accuracy_matches_the_events(tmp_path, demo_assets):
 
 
 def test_status_of_a_running_then_finished_run(tmp_path, demo_assets):
-    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 3}))
+    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 12}))  # still running at status
     proc, run_id, _ = start_launch([job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path),
                                    until="epoch 1 done")
     run_dir = str(tmp_path / "runs" / run_id)
@@ -210,8 +211,8 @@ def test_status_of_a_running_then_finished_run(tmp_path, demo_assets):
     result = json.load(open(os.path.join(run_dir, "result.json")))
     assert done[0] == f"run {run_id}: succeeded"
     assert done[1] == "  localhost: scheduler (ended), server 0 (ended), worker 0 (ended), worker 1 (ended)"
-    assert done[2] == "  epochs done: worker 0 3, worker 1 3"
-    assert done[3].startswith("  last epoch 3: train_accuracy ") and \
+    assert done[2] == "  epochs done: worker 0 12, worker 1 12"
+    assert done[3].startswith("  last epoch 12: train_accuracy ") and \
         f"val_accuracy {result['val_accuracy']:.4f}" in done[3]
     assert done[4].startswith(f"  result: validation accuracy {result['val_accuracy']:.4f} (846 images)")
     bad = run_launch(["status", str(tmp_path / "runs")], cwd=str(tmp_path))
@@ -248,6 +249,12 @@ def test_two_launches_sharing_a_cache_at_the_same_moment(tmp_path, demo_assets):
     (shard_dir,) = (cache / "shards").iterdir()
     assert sorted(os.listdir(shard_dir)) == [".lock", "part-0-of-2.idx", "part-0-of-2.rec", "part-1-of-2.idx",
                                              "part-1-of-2.rec"]  # no temporary file left behind
+    # Private to the user (umask 077): the cache and run folders 0700, their files 0600.
+    run = tmp_path / "runs" / run_ids[0]
+    modes = {path: stat.S_IMODE(os.stat(path).st_mode) for path in (cache, cache / "shards", shard_dir, run, run / "logs")}
+    assert set(modes.values()) == {0o700}, modes
+    for path in (shard_dir / "part-0-of-2.rec", run / "plan.json", run / "result.json", run / "logs" / "worker-0.log"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     train = os.path.join(demo_assets, "digits5to9-train.rec")
     spans = recfile.read_index(train)
     for i, positions in enumerate(recfile.strided_shards(len(spans), 2)):

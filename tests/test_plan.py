@@ -41,7 +41,8 @@ def test_local_plan_literal():
               "DMLC_NUM_WORKER": "2", "DMLC_NODE_HOST": "127.0.0.1", "PYTHONPATH": "/code", "PYTHONSAFEPATH": "1",
               "PYTHONUNBUFFERED": "1", "MXFT_RUN_ID": "small-1"}
     assert plan.processes[0].env_dict == {**common, "DMLC_ROLE": "scheduler", "OMP_NUM_THREADS": "1"}
-    assert plan.processes[3].env_dict == {**common, "DMLC_ROLE": "worker", "OMP_NUM_THREADS": "1"}
+    assert plan.processes[3].env_dict == {**common, "DMLC_ROLE": "worker", "OMP_NUM_THREADS": "1",
+                                          "MXNET_KVSTORE_BIGARRAY_BOUND": "100000"}  # key balance (bench/network.py)
     assert plan.processes[3].argv == ("/usr/bin/python3", "-m", "trainer", "--config",
                                       "/runs/small-1/config/worker-0.json")
     assert plan.processes[4].log_path == "/runs/small-1/logs/worker-1.log"

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 from launcher.stage import _RECEIVER, _frame
 
@@ -90,3 +91,16 @@ def test_files_land_whole_on_another_file_system(tmp_path):
         assert json.loads(_receive(str(tmp_path), _frame({"end": 0}), offer=(dest,)).stdout) == {"present": [dest]}
     finally:
         shutil.rmtree(outside)
+
+
+def test_a_receiver_removes_the_incoming_folders_of_copies_killed_over_an_hour_ago(tmp_path):
+    old, live = tmp_path / ".incoming.old", tmp_path / ".incoming.live"  # live: another launch staging now
+    for folder in (old, live):
+        folder.mkdir()
+        (folder / "0").write_bytes(b"part of a file")
+    long_ago = time.time() - 3700
+    for path in (old / "0", old, live):  # live's folder is old too, but a file in it was written just now
+        os.utime(path, (long_ago, long_ago))
+    done = _receive(str(tmp_path), _frame({"end": 0}))
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(tmp_path)) == [".incoming.live"]

@@ -1,18 +1,22 @@
 """Run one mxft process on a remote host, tied to the SSH session that started it.
 
-    python -m trainer.remote --pid-file PIDS/worker-0.pid -- python -m trainer --config C.json
+    python -m trainer.remote --pid-file PIDS/worker-0.pid [--env-from-stdin] -- python -m trainer --config C.json
 
 A process started over SSH without a terminal outlives its SSH client. This wrapper
 closes that gap: it starts the command in a process group of its own, records the
 group id, and ends the whole group (SIGTERM, then SIGKILL after a grace period) as
 soon as its stdin reaches EOF (the launcher closed the session, died, or lost the
 connection) or it receives SIGTERM/SIGHUP/SIGINT. Its exit code is the command's
-(128 + N for a command killed by signal N). Standard library only.
+(128 + N for a command killed by signal N). With ``--env-from-stdin`` the first line of
+stdin is a JSON object of environment values for the command (the user's ``--env``
+values: secrets, kept off every command line). Files it and its command create are
+private to the user (umask 077). Standard library only.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -58,14 +62,32 @@ def _watch_stdin(group: Group) -> None:
     group.stop()
 
 
+def _env_from_stdin() -> dict[str, str]:
+    """The first line of stdin, a JSON object of names and values (read byte by byte: the rest is the watch's)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            sys.exit("trainer.remote: the environment line never arrived on stdin")
+        line += byte
+    values = json.loads(line)
+    if not (isinstance(values, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in values.items())):
+        sys.exit("trainer.remote: the environment line is not a JSON object of strings")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.remote")
     parser.add_argument("--pid-file", required=True)
+    parser.add_argument("--env-from-stdin", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given after --")
+    os.umask(0o077)
+    if args.env_from_stdin:
+        os.environ.update(_env_from_stdin())
     group = Group(command)
     os.makedirs(os.path.dirname(os.path.abspath(args.pid_file)), exist_ok=True)
     with open(args.pid_file, "w", encoding="ascii") as handle:

@@ -206,8 +206,8 @@ def run_worker(cfg: WorkerConfig) -> int:
         events.emit("epoch", index=cfg.index, rank=rank, **record)
         if lead:
             save_epoch_checkpoint(cfg, mod, net, epoch + 1, record)
-        if shared_evaluation is None and kv.type.startswith("dist"):
-            kv._barrier()  # everyone waits for worker 0's evaluation here, outside the next epoch's clock
+        if kv.type.startswith("dist"):
+            kv._barrier()  # all wait for worker 0's evaluation and checkpoint here, outside the next epoch's clock
         speed.start_epoch()
 
     fit_started = time.time()
@@ -228,8 +228,8 @@ KEEP_CHECKPOINTS = 2  # epochs of checkpoints kept on the host; the launcher kee
 def save_epoch_checkpoint(cfg: WorkerConfig, mod: mx.mod.Module, net, epoch: int, record: dict) -> None:
     """Write ``NAME-EPOCH.params`` atomically, then the marker ``checkpoint-EPOCH.json`` that says it is whole.
 
-    Optimizer state is not saved: with a distributed kvstore it lives on the servers and
-    MXNet cannot save it from a worker (the tutorial's plain SGD has none).
+    Optimizer state is not saved (the tutorial's plain SGD has none; momentum or Adam restart
+    from zero on resume).
     """
     os.makedirs(cfg.out_dir, exist_ok=True)
     prefix = os.path.join(cfg.out_dir, cfg.checkpoint_name)

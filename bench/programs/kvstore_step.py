@@ -14,7 +14,10 @@ import time
 import mxnet as mx  # servers and the scheduler run their ps-lite loop here and exit
 
 
-def shapes_of(model: str, params: str | None) -> list[tuple[int, ...]]:
+def shapes_of(model: str, params: str | None, shapes: str | None = None) -> list[tuple[int, ...]]:
+    if shapes:  # a JSON list of shapes in the order Module initialises its keys (bench/network.py writes it)
+        with open(shapes, encoding="utf-8") as handle:
+            return [tuple(shape) for shape in json.load(handle)]
     if model == "resnet50":  # the tutorial's network with a 257-class head; built, not downloaded
         net = mx.gluon.model_zoo.vision.resnet50_v1(classes=257)
         net.initialize()
@@ -28,10 +31,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=("demo", "resnet50"), default="demo")
     parser.add_argument("--params", help="for --model demo: the pretrained .params file")
+    parser.add_argument("--shapes", help="a JSON list of array shapes (instead of --model)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--kvstore", default="dist_sync")
     args = parser.parse_args()
-    shapes = shapes_of(args.model, args.params)
+    shapes = shapes_of(args.model, args.params, args.shapes)
     kv = mx.kv.create(args.kvstore)
     grads = [mx.nd.ones(shape) for shape in shapes]
     outs = [mx.nd.zeros(shape) for shape in shapes]

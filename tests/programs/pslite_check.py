@@ -4,11 +4,13 @@
 
 Run as every role by mxft-launch (servers and the scheduler become ps-lite nodes when
 they import mxnet). Each worker checks that its own argv after ``--`` equals the JSON
-list (what the launcher was given), that ``--expect-env NAME=VALUE`` holds, pushes
+list (what the launcher was given), that ``--expect-env NAME=VALUE`` holds (or
+``--expect-env-sha256 NAME=HEX``, for a value that must not appear on a command line), pushes
 ``rank + 1`` into a small key and a key big enough to be split over every server,
 and checks the pulled sums on every worker. ``--fail-rank R`` makes rank R exit 3.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -18,6 +20,7 @@ import mxnet as mx  # a server or the scheduler runs its ps-lite loop here and e
 parser = argparse.ArgumentParser()
 parser.add_argument("--expect-json", default="[]")
 parser.add_argument("--expect-env", action="append", default=[])
+parser.add_argument("--expect-env-sha256", action="append", default=[])
 parser.add_argument("--fail-rank", type=int, default=-1)
 parser.add_argument("--rounds", type=int, default=3)
 parser.add_argument("words", nargs="*")
@@ -33,6 +36,10 @@ for item in args.expect_env:
     name, _, value = item.partition("=")
     if os.environ.get(name) != value:
         sys.exit(f"environment: {name}={os.environ.get(name)!r}, expected {value!r}")
+for item in args.expect_env_sha256:
+    name, _, digest = item.partition("=")
+    if hashlib.sha256(os.environ.get(name, "").encode()).hexdigest() != digest:
+        sys.exit(f"environment: {name} is not the value expected (sha256 {digest[:12]}...)")
 if rank == args.fail_rank:
     print(f"rank {rank} fails on purpose", flush=True)
     os._exit(3)

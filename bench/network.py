@@ -1,0 +1,177 @@
+"""Gradient steps against a real network limit (issue 13, items 1-4): the tutorial's gradients over tbf links.
+
+Three namespace hosts (tests/netns.py) whose links are limited to ``RATE_MBIT`` in each
+direction with ``tc ... tbf``, so the network, not the two shared cores, sets the pace.
+``bench/programs/kvstore_step.py`` (command mode) pushes and pulls the exact parameter
+shapes of the tutorial's fine-tuned ResNet-50 and ResNet-152 (built from the
+pre-activation ResNet of ``bench.synthetic``, cut at flatten0 with a 257-class ``fc1``; the
+key order is Module's), one worker per host. For each setting it reports the median step
+time, the lower bound ``t_min = 2·G·(H-1)/(H·B)`` (G bytes of gradients, H hosts, B bytes/s
+per link and direction: each host must send and receive its share, the bound of a ring
+all-reduce), their ratio, and the bytes each server receives per step under MXNet's key
+assignment (``server_shares``, from ``src/kvstore/kvstore_dist.h``: an array of fewer values
+than ``MXNET_KVSTORE_BIGARRAY_BOUND`` goes whole to server ``key*9973 % S``, a larger one is
+split evenly over all servers).
+
+Placements: one server per host (mxft's ``servers: auto``; tools/launch.py's ``-s`` =
+``-n`` puts them on the same hosts here, one worker per host), and a single server. Bounds:
+MXNet's default 1,000,000 and mxft's default 100,000 (``cluster.bigarray_bound``).
+
+``python -m bench network`` (root; about 10 minutes); ``MXFT_NET_MBIT`` sets the rate.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from bench.report import ROOT, provenance, write_section
+
+RATE_MBIT = float(os.environ.get("MXFT_NET_MBIT", "400"))
+STEPS = 3
+MXNET_BOUND, MXFT_BOUND = 1_000_000, 100_000
+
+
+def server_shares(sizes: list[int], servers: int, bound: int) -> list[int]:
+    """Values each server holds (and receives from each worker per push) under MXNet's key assignment.
+
+    >>> server_shares([10, 10, 10, 300], 3, 100)     # 300 >= 100: split; keys 0-2 -> servers 0-2
+    [110, 110, 110]
+    >>> server_shares([10, 10, 10, 300], 3, 1000)    # key 3 -> server 3*9973 % 3 = 0, whole
+    [310, 10, 10]
+    """
+    out = [0] * servers
+    for key, size in enumerate(sizes):
+        if size < bound:
+            out[(key * 9973) % servers] += size
+        else:
+            for i in range(servers):
+                out[i] += round(size / servers * (i + 1)) - round(size / servers * i)
+    return out
+
+
+def t_min_s(gradient_bytes: int, hosts: int, rate_mbit: float) -> float:
+    """The push+pull step's lower bound on links of ``rate_mbit`` each way.
+
+    >>> round(t_min_s(96_000_000, 3, 400), 3)
+    2.56
+    """
+    return 2 * gradient_bytes * (hosts - 1) / (hosts * rate_mbit * 1e6 / 8)
+
+
+def model_shapes(depth: int, work: str) -> list[list[int]]:
+    """The fine-tuned tutorial network's parameter shapes, in Module's key order (a child process: mxnet).
+
+    The cut-and-extended graph has the arguments of the pre-activation ResNet with a 257-class
+    ``fc1``, in the same order (``trainer.graph`` puts the new fc1 where the old one was: last).
+    """
+    out = os.path.join(work, f"shapes-{depth}.json")
+    code = f"""
+import json
+from bench.synthetic import preact_resnet
+net = preact_resnet({depth}, 257)
+shapes, _, _ = net.infer_shape(data=(1, 3, 224, 224), softmax_label=(1,))
+json.dump([list(s) for n, s in zip(net.list_arguments(), shapes) if n not in ("data", "softmax_label")],
+          open({out!r}, "w"))
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(out, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def step_time(cluster, work: str, shapes_file: str, *, hosts: int, servers: int, bound: int) -> float:
+    """Median step seconds of kvstore_step.py with one worker on each of the first ``hosts`` hosts."""
+    hosts_file = os.path.join(work, f"hosts{hosts}.txt")
+    with open(hosts_file, "w", encoding="utf-8") as handle:
+        handle.writelines(f"{h.address} python={sys.executable}\n" for h in cluster.hosts[:hosts])
+    result = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "-H", hosts_file, "--ssh-config", cluster.ssh_config, "--remote-dir",
+         "/srv/mxft-host", "-n", str(hosts), "-s", str(servers), "--sync-dir", "/srv/mxft-host/bench-network",
+         "--env", f"MXNET_KVSTORE_BIGARRAY_BOUND={bound}", "--run-root", os.path.join(work, "runs"), "--",
+         "python", "kvstore_step.py", "--shapes", os.path.basename(shapes_file), "--steps", str(STEPS)],
+        cwd=os.path.dirname(shapes_file), env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+        timeout=900)
+    line = next((l for l in result.stdout.splitlines() if "@bench " in l), None)
+    if result.returncode != 0 or line is None:
+        raise RuntimeError(f"kvstore_step failed ({result.returncode}): {result.stdout[-1500:]}{result.stderr[-800:]}")
+    return json.loads(line.split("@bench ", 1)[1])["median_ms"] / 1000
+
+
+SETTINGS = (  # (depth, hosts, servers, bound)
+    (50, 2, 2, MXNET_BOUND), (50, 2, 2, MXFT_BOUND), (50, 2, 1, MXFT_BOUND),
+    (50, 3, 3, MXNET_BOUND), (50, 3, 3, MXFT_BOUND), (50, 3, 1, MXFT_BOUND),
+    (152, 3, 3, MXNET_BOUND), (152, 3, 3, MXFT_BOUND),
+)
+
+
+def measure(cluster, work: str) -> list[dict]:
+    program = os.path.join(work, "program")
+    os.makedirs(program)
+    shutil.copy(os.path.join(ROOT, "bench", "programs", "kvstore_step.py"), program)
+    shapes = {}
+    for depth in (50, 152):
+        shapes[depth] = model_shapes(depth, work)
+        with open(os.path.join(program, f"shapes-{depth}.json"), "w", encoding="utf-8") as handle:
+            json.dump(shapes[depth], handle)
+    rows = []
+    for depth, hosts, servers, bound in SETTINGS:
+        sizes = [math.prod(s) for s in shapes[depth]]
+        seconds = step_time(cluster, work, os.path.join(program, f"shapes-{depth}.json"), hosts=hosts,
+                            servers=servers, bound=bound)
+        shares = server_shares(sizes, servers, bound)
+        rows.append({"depth": depth, "hosts": hosts, "servers": servers, "bound": bound, "step_s": seconds,
+                     "t_min_s": t_min_s(4 * sum(sizes), hosts, RATE_MBIT), "shares": shares})
+        print(f"[bench] resnet-{depth} {hosts} hosts {servers} servers bound {bound}: {seconds:.2f} s", flush=True)
+    return rows
+
+
+def section(rows: list[dict]) -> str:
+    lines = ["## Gradient steps on a limited network (issue 13)", "",
+             f"Three namespace hosts, each link limited to {RATE_MBIT:g} Mbit/s each way (`tc tbf`); one worker per "
+             "host pushes and pulls the fine-tuned tutorial network's gradients (`bench/programs/kvstore_step.py`, "
+             f"median of {STEPS} steps after 2 warm-up steps). t_min = 2·G·(H−1)/(H·B). Server shares: values each "
+             "server receives per worker push, largest / smallest.", "",
+             "| network | hosts | servers | bigarray bound | step s | t_min s | step / t_min | server shares max/min |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = max(r["shares"]) / min(r["shares"])
+        lines.append(f"| ResNet-{r['depth']} | {r['hosts']} | {r['servers']} | {r['bound']:,} | {r['step_s']:.2f} | "
+                     f"{r['t_min_s']:.2f} | {r['step_s'] / r['t_min_s']:.2f} | {ratio:.2f} |")
+    best3 = min(r["step_s"] / r["t_min_s"] for r in rows if r["depth"] == 50 and r["hosts"] == 3)
+    mxft3 = next(r for r in rows if (r["depth"], r["hosts"], r["servers"], r["bound"]) == (50, 3, 3, MXFT_BOUND))
+    balanced = all(max(r["shares"]) / min(r["shares"]) <= 1.10 for r in rows
+                   if r["bound"] == MXFT_BOUND and r["servers"] > 1)
+    launch_py3 = next(r for r in rows if (r["depth"], r["hosts"], r["servers"], r["bound"]) == (50, 3, 3, MXNET_BOUND))
+    lines += ["", "tools/launch.py's placement is the same here (`-s` = `-n`, one worker per host: a server on each "
+                  "host) with MXNet's bound; mxft's default is its placement with bound 100,000. ResNet-50, 3 hosts: "
+                  f"mxft {mxft3['step_s']:.2f} s vs launch.py {launch_py3['step_s']:.2f} s (goal: at least as fast): "
+                  f"**{'met' if mxft3['step_s'] <= launch_py3['step_s'] * 1.02 else 'NOT met'}**."]
+    lines += ["", f"ResNet-50 at 3 hosts with mxft's defaults: {mxft3['step_s'] / mxft3['t_min_s']:.2f}x t_min "
+                  f"(goal: at most 1.3x): **{'met' if mxft3['step_s'] <= 1.3 * mxft3['t_min_s'] else 'NOT met'}**; "
+                  f"best setting {best3:.2f}x. Server shares within 10% with mxft's bound, both networks: "
+                  f"**{'met' if balanced else 'NOT met'}**.", "", f"Measured {provenance()}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    sys.path.insert(0, ROOT)
+    from tests import netns
+    cluster = netns.up(3)
+    try:
+        netns.limit_links(cluster, RATE_MBIT)
+        with tempfile.TemporaryDirectory() as work:
+            rows = measure(cluster, work)
+    finally:
+        netns.down()
+    text = section(rows)
+    write_section("network", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
