@@ -65,7 +65,8 @@ def main() -> None:
     lines = ["## Demo: accuracy over seeds and numeric paths", "",
              f"`jobs/demo.yaml` (`expect.min_accuracy: {min_accuracy}`) with `--set train.seed=S`, S = 1..{SEEDS}, "
              "on MXNet's default CPU path, with subgraph fusion off, and with MKLDNN off (other numeric paths, "
-             "standing in for another CPU). Validation accuracy of worker 0 at the end of the run.", ""]
+             "standing in for another CPU). Validation accuracy at the end of the run (every worker evaluates a "
+             "part, with their BatchNorm statistics averaged).", ""]
     lines += table(results, min_accuracy)
     verdict = "met" if worst - min_accuracy >= 0.05 else "NOT met"
     lines += ["", f"Worst run: {worst:.3f}, {worst - min_accuracy:+.3f} over `min_accuracy` "

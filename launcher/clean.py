@@ -11,8 +11,8 @@ checkpoints, logs) and cache are never touched.
 """
 from __future__ import annotations
 
-import dataclasses
 import concurrent.futures
+import dataclasses
 import inspect
 import json
 import os

@@ -46,9 +46,11 @@ def latest_checkpoint(run_dir: str) -> Checkpoint | None:
         match = re.fullmatch(r"checkpoint-(\d+)\.json", os.path.basename(path))
         try:
             with open(path, encoding="utf-8") as handle:
-                markers[int(match.group(1))] = json.load(handle)
-        except (ValueError, OSError, AttributeError):
+                marker = json.load(handle)
+        except (ValueError, OSError):
             continue
+        if match and isinstance(marker, dict) and isinstance(marker.get("record"), dict):
+            markers[int(match.group(1))] = marker  # anything else is not a marker this launcher wrote
     for epoch in sorted(markers, reverse=True):
         marker = markers[epoch]
         if not all(isinstance(marker.get(key), str) and _PLAIN_NAME.fullmatch(marker[key])

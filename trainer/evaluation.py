@@ -48,10 +48,10 @@ class SharedEvaluation:
         self.keys_ready = False
 
     def _init_keys(self, aux: dict) -> None:
-        """New kvstore keys, once, by every worker at the same point (init holds a barrier)."""
-        for name in sorted(aux):
-            self.kv.init(AUX_KEY + name, mx.nd.zeros(aux[name].shape, dtype=aux[name].dtype))
-        self.kv.init(COUNTS_KEY, mx.nd.zeros((4,)))
+        """New kvstore keys, once, by every worker at the same point (one init call: one barrier)."""
+        names = sorted(aux)
+        self.kv.init([AUX_KEY + name for name in names] + [COUNTS_KEY],
+                     [mx.nd.zeros(aux[name].shape, dtype=aux[name].dtype) for name in names] + [mx.nd.zeros((4,))])
         self.keys_ready = True
 
     def average_statistics(self) -> None:
@@ -59,11 +59,10 @@ class SharedEvaluation:
         args, aux = self.mod.get_params()
         if not self.keys_ready:
             self._init_keys(aux)
-        workers = self.kv.num_workers
-        for name in sorted(aux):
-            self.kv.push(AUX_KEY + name, aux[name] / workers)
-        for name in sorted(aux):
-            self.kv.pull(AUX_KEY + name, out=aux[name])
+        names, workers = sorted(aux), self.kv.num_workers
+        keys = [AUX_KEY + name for name in names]
+        self.kv.push(keys, [aux[name] / workers for name in names])
+        self.kv.pull(keys, out=[aux[name] for name in names])
         self.mod.set_params(args, aux, force_init=True)
 
     def __call__(self) -> dict:
