@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ import tempfile
 from bench.report import ROOT, provenance, write_section
 
 RATE_MBIT = float(os.environ.get("MXFT_NET_MBIT", "400"))
-STEPS = 3
+STEPS = 5
 MXNET_BOUND, MXFT_BOUND = 1_000_000, 100_000
 
 
@@ -84,8 +85,8 @@ json.dump([list(s) for n, s in zip(net.list_arguments(), shapes) if n not in ("d
         return json.load(handle)
 
 
-def step_time(cluster, work: str, shapes_file: str, *, hosts: int, servers: int, bound: int) -> float:
-    """Median step seconds of kvstore_step.py with one worker on each of the first ``hosts`` hosts."""
+def step_times(cluster, work: str, shapes_file: str, *, hosts: int, servers: int, bound: int) -> list[float]:
+    """Step seconds of kvstore_step.py (after its warm-up) with one worker on each of the first ``hosts`` hosts."""
     hosts_file = os.path.join(work, f"hosts{hosts}.txt")
     with open(hosts_file, "w", encoding="utf-8") as handle:
         handle.writelines(f"{h.address} python={sys.executable}\n" for h in cluster.hosts[:hosts])
@@ -99,7 +100,7 @@ def step_time(cluster, work: str, shapes_file: str, *, hosts: int, servers: int,
     line = next((l for l in result.stdout.splitlines() if "@bench " in l), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"kvstore_step failed ({result.returncode}): {result.stdout[-1500:]}{result.stderr[-800:]}")
-    return json.loads(line.split("@bench ", 1)[1])["median_ms"] / 1000
+    return [ms / 1000 for ms in json.loads(line.split("@bench ", 1)[1])["step_ms"]]
 
 
 SETTINGS = (  # (depth, hosts, servers, bound)
@@ -121,12 +122,13 @@ def measure(cluster, work: str) -> list[dict]:
     rows = []
     for depth, hosts, servers, bound in SETTINGS:
         sizes = [math.prod(s) for s in shapes[depth]]
-        seconds = step_time(cluster, work, os.path.join(program, f"shapes-{depth}.json"), hosts=hosts,
-                            servers=servers, bound=bound)
+        steps = step_times(cluster, work, os.path.join(program, f"shapes-{depth}.json"), hosts=hosts,
+                           servers=servers, bound=bound)
         shares = server_shares(sizes, servers, bound)
-        rows.append({"depth": depth, "hosts": hosts, "servers": servers, "bound": bound, "step_s": seconds,
+        rows.append({"depth": depth, "hosts": hosts, "servers": servers, "bound": bound,
+                     "step_s": statistics.median(steps), "steps": steps,
                      "t_min_s": t_min_s(4 * sum(sizes), hosts, RATE_MBIT), "shares": shares})
-        print(f"[bench] resnet-{depth} {hosts} hosts {servers} servers bound {bound}: {seconds:.2f} s", flush=True)
+        print(f"[bench] resnet-{depth} {hosts} hosts {servers} servers bound {bound}: {steps}", flush=True)
     return rows
 
 
@@ -136,11 +138,13 @@ def section(rows: list[dict]) -> str:
              "host pushes and pulls the fine-tuned tutorial network's gradients (`bench/programs/kvstore_step.py`, "
              f"median of {STEPS} steps after 2 warm-up steps). t_min = 2·G·(H−1)/(H·B). Server shares: values each "
              "server receives per worker push, largest / smallest.", "",
-             "| network | hosts | servers | bigarray bound | step s | t_min s | step / t_min | server shares max/min |",
+             "| network | hosts | servers | bigarray bound | step s (min-max) | t_min s | step / t_min | "
+             "server shares max/min |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = max(r["shares"]) / min(r["shares"])
-        lines.append(f"| ResNet-{r['depth']} | {r['hosts']} | {r['servers']} | {r['bound']:,} | {r['step_s']:.2f} | "
+        lines.append(f"| ResNet-{r['depth']} | {r['hosts']} | {r['servers']} | {r['bound']:,} | "
+                     f"{r['step_s']:.2f} ({min(r['steps']):.2f}-{max(r['steps']):.2f}) | "
                      f"{r['t_min_s']:.2f} | {r['step_s'] / r['t_min_s']:.2f} | {ratio:.2f} |")
     best3 = min(r["step_s"] / r["t_min_s"] for r in rows if r["depth"] == 50 and r["hosts"] == 3)
     mxft3 = next(r for r in rows if (r["depth"], r["hosts"], r["servers"], r["bound"]) == (50, 3, 3, MXFT_BOUND))
@@ -150,8 +154,11 @@ def section(rows: list[dict]) -> str:
     lines += ["", "tools/launch.py's placement is the same here (`-s` = `-n`, one worker per host: a server on each "
                   "host) with MXNet's bound; mxft's default is its placement with bound 100,000. ResNet-50, 3 hosts: "
                   f"mxft {mxft3['step_s']:.2f} s vs launch.py {launch_py3['step_s']:.2f} s (goal: at least as fast): "
-                  f"**{'met' if mxft3['step_s'] <= launch_py3['step_s'] * 1.02 else 'NOT met'}**."]
-    lines += ["", f"ResNet-50 at 3 hosts with mxft's defaults: {mxft3['step_s'] / mxft3['t_min_s']:.2f}x t_min "
+                  f"**{'met' if mxft3['step_s'] <= launch_py3['step_s'] else 'NOT met'}**"
+                  + (" (every mxft step faster than every launch.py step)."
+                     if max(mxft3["steps"]) < min(launch_py3["steps"]) else " (the step ranges overlap).")]
+    lines += ["", f"ResNet-50 at 3 hosts with mxft's defaults: {mxft3['step_s'] / mxft3['t_min_s']:.2f}x t_min, "
+                  f"slowest step {max(mxft3['steps']) / mxft3['t_min_s']:.2f}x "
                   f"(goal: at most 1.3x): **{'met' if mxft3['step_s'] <= 1.3 * mxft3['t_min_s'] else 'NOT met'}**; "
                   f"best setting {best3:.2f}x. Server shares within 10% with mxft's bound, both networks: "
                   f"**{'met' if balanced else 'NOT met'}**.", "", f"Measured {provenance()}."]

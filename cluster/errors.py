@@ -35,19 +35,23 @@ class JobFailed(MxftError):
     """The run started but did not succeed; the message puts the root cause first.
 
     ``reason`` is one line for attempts.jsonl and restarts; ``process`` the outcome of the
-    process that failed first, when a process did (``cluster.supervise.ProcessOutcome``).
+    process that failed first, when a process did (``cluster.supervise.ProcessOutcome``);
+    ``host`` the host label when a whole host failed.
     """
 
-    def __init__(self, message: str, *, reason: str = "", process=None) -> None:
+    def __init__(self, message: str, *, reason: str = "", process=None, host: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason or message.splitlines()[0]
         self.process = process
+        self.host = host  # a host that failed as a whole (stopped answering), not one of its processes
 
     def record(self) -> dict:
         """What an attempt record keeps of this failure (JSON-ready)."""
         record = {"reason": self.reason}
         if self.process is not None:
             record["process"] = self.process.summary()
+        if self.host is not None:
+            record["host"] = self.host
         return record
 
 

@@ -71,9 +71,12 @@ class SSHProcess:
     """
 
     pid = None  # the remote pid is in the run's pid files on that host
+    confirmed_stopped = True  # False: stop() had no answer from the host (it may still run there)
 
-    def __init__(self, channel: paramiko.Channel, *, sessions: SessionPool, shared: SharedConnection) -> None:
+    def __init__(self, channel: paramiko.Channel, *, sessions: SessionPool, shared: SharedConnection,
+                 unreachable: threading.Event | None = None) -> None:
         self._channel = channel
+        self._unreachable = unreachable or threading.Event()
         self._sessions, self._shared = sessions, shared
         self._ended: set[str] = set()
         self._released = False
@@ -95,7 +98,9 @@ class SSHProcess:
             self._channel.shutdown_write()  # EOF on the wrapper's stdin: it stops its group
         except (OSError, EOFError, paramiko.SSHException):
             pass
-        self._channel.status_event.wait(grace_s + 6.0)
+        if not self._unreachable.is_set():  # a host that stopped answering never will: do not wait for it
+            self._channel.status_event.wait(grace_s + 3.0)
+        self.confirmed_stopped = self._channel.exit_status_ready()
         self._end("stopped")
 
     def _end(self, what: str) -> None:
@@ -134,6 +139,7 @@ class SSHHost:
         self.label = spec.label
         # Every process started here is a session of a few shared connections (cluster.ssh_sessions).
         self._sessions = SessionPool(self.connect, open_timeout_s=options.connect_timeout_s + 20.0)
+        self.unreachable = threading.Event()  # set by cluster.hostwatch: the host stopped answering
 
     def target(self) -> SSHTarget:
         """Where the host is and how its key is checked: one reading of the SSH config, for both stacks."""
@@ -188,7 +194,7 @@ class SSHHost:
             channel.close()
             self._sessions.release(shared)
             raise
-        return SSHProcess(channel, sessions=self._sessions, shared=shared)
+        return SSHProcess(channel, sessions=self._sessions, shared=shared, unreachable=self.unreachable)
 
     def openssh_argv(self) -> list[str]:
         """``ssh ... HOST`` with the same config, user, port and host-key strictness."""
@@ -251,7 +257,8 @@ def openssh_options(target: SSHTarget, options: SSHOptions, *, depth: int = 0) -
             # Always yes: preflight's paramiko connection already recorded any new key (accept-new), and OpenSSH's
             # accept-new would also take a key of a new type for a host pinned with another type.
             "-o", "StrictHostKeyChecking=yes",
-            "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no", "-o", "HostName=" + _percent(target.hostname),
+            "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no", "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=4",  # a host that stops answering ends the stream in about 20 s "-o", "HostName=" + _percent(target.hostname),
             "-o", "UserKnownHostsFile=" + _file_list(target.known_hosts.user_files),
             "-o", "GlobalKnownHostsFile=" + _file_list(target.known_hosts.global_files),
             "-o", "HashKnownHosts=" + ("yes" if target.known_hosts.hash_new else "no")]

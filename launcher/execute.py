@@ -10,6 +10,7 @@ output.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from collections.abc import Callable, Mapping
 import yaml
 
 from cluster.errors import JobFailed
+from cluster.hostwatch import HostWatch, first_lost
 from cluster.local import LocalTransport
 from cluster.ssh import HOSTS_AT_ONCE, SSHHost
 from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
@@ -237,15 +239,18 @@ def execute(plan: Plan, *, console: Console) -> dict:
     started = time.time()
     if plan.recipe is None:
         console.verbose = True  # a command's own output is what its user came for (as with tools/launch.py)
-        outcomes = run_processes(plan, ssh_hosts, console=console)
+        with watching(plan, ssh_hosts) as hosts_answer:
+            outcomes = run_processes(plan, ssh_hosts, console=console, check=hosts_answer)
         return {"run_id": plan.run_id, "command": list(plan.command.argv), "staging_s": round(started - began, 3),
                 "running_s": round(time.time() - started, 3), "processes": [o.summary() for o in outcomes]}
     run_events = RunEvents(plan, ssh_hosts, console=console)
     console.start_training(plan.recipe.workers[0].begin_epoch, plan.recipe.job.train.epochs,
                            plan.recipe.batches_per_epoch)
+    watchdog = Watchdog(plan, run_events)
     try:
-        run_processes(plan, ssh_hosts, console=console, on_line=run_events.on_line,
-                      check=Watchdog(plan, run_events).check)
+        with watching(plan, ssh_hosts) as hosts_answer:
+            run_processes(plan, ssh_hosts, console=console, on_line=run_events.on_line,
+                          check=lambda: (hosts_answer(), watchdog.check()))
     finally:
         run_events.close()
         console.close()
@@ -254,6 +259,27 @@ def execute(plan: Plan, *, console: Console) -> dict:
     timing = {"staging_s": round(started - began, 3), "startup_s": round(first - started, 3),
               "training_s": round(ended - first, 3)}
     return collect(plan, run_events, ssh_hosts, timing=timing)
+
+
+@contextlib.contextmanager
+def watching(plan: Plan, ssh_hosts: Mapping[str, SSHHost]):
+    """Keepalives to every remote host that runs a process; yields a check that raises JobFailed naming the
+    first host that stopped answering (before its silent processes or the ps-lite hang say anything)."""
+    busy = [ssh_hosts[label] for label in dict.fromkeys(p.host for p in plan.processes) if label in ssh_hosts]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(HOSTS_AT_ONCE, len(busy)))) as pool:
+        watches = list(pool.map(HostWatch, busy))
+
+    def hosts_answer() -> None:
+        lost = first_lost(watches)
+        if lost is not None:
+            raise JobFailed(f"host {lost.host.label} stopped answering ({lost.lost}); the processes on the other "
+                            "hosts were stopped", reason=f"host {lost.host.label} stopped answering ({lost.lost})",
+                            host=lost.host.label)
+    try:
+        yield hosts_answer
+    finally:
+        for watch in watches:
+            watch.close()
 
 
 def stage_remote(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Console) -> None:

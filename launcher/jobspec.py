@@ -401,6 +401,8 @@ class ClusterSpec:
     startup_timeout_s: int = key(300, check=_int(1), help="every worker must have joined ps-lite by then")
     progress_timeout_s: int = key(1800, check=_int(1), help="a worker silent this long is reported stuck")
     max_restarts: int = key(0, check=_int(0), help="resume from the last epoch after a failure, this many times")
+    min_hosts: int | None = key(None, check=_int(1), help="with max_restarts: restart without a host that failed "
+                                "(stopped answering, or fails preflight) while at least this many remain")
     interface: str | None = key(None, check=_interface, help="network interface ps-lite uses on every host (its "
                                 "address there, found by preflight); a host's addr= in the hosts file wins")
     bigarray_bound: int = key(100_000, check=_int(1), help="arrays of this many values or more are split over all "

@@ -24,7 +24,7 @@ from cluster.errors import InputError, Interrupted, JobFailed
 from cluster.hosts import HostSpec, load_hosts
 from cluster.local import free_ports
 from cluster.slurm import hosts_from_slurm
-from cluster.ssh import SSHHost, SSHOptions
+from cluster.ssh import CONNECTION_LOST, SSHHost, SSHOptions
 from launcher import assets, cachefile, extras, recfile, runstate
 from launcher.check_table import HostRow, host_row
 from launcher.command import sync_destinations, sync_files
@@ -356,6 +356,35 @@ def _what_to_run(config: LaunchConfig) -> tuple[JobSpec | CommandSpec, Attempt]:
     return spec, _new_attempt(config, spec)
 
 
+def failed_host(failure: JobFailed) -> str | None:
+    """The host a failure took down as a whole: it stopped answering, or a process's connection died."""
+    if failure.host is not None:
+        return failure.host
+    process = failure.process
+    return process.host if process is not None and process.returncode == CONNECTION_LOST else None
+
+
+def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Sequence[HostSpec],
+                       failure: JobFailed, console: Console) -> tuple[HostSpec, ...]:
+    """The next attempt's hosts: without a failed host, and without any that fails preflight now, while at
+    least ``cluster.min_hosts`` remain (unset: the same hosts)."""
+    least = spec.cluster.min_hosts if isinstance(spec, JobSpec) else None
+    if least is None or hosts[0].is_local:
+        return tuple(hosts)
+    lost = failed_host(failure)
+    keep = [h for h in hosts if h.label != lost]
+    ssh_hosts = [(host, SSHHost(host, config.ssh)) for host in keep]
+    basic = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
+    unfit = {r.label: problems(r, basic)[0] for r in probe_all(ssh_hosts, config.remote_dir) if problems(r, basic)}
+    keep = [h for h in keep if h.label not in unfit]
+    for label, why in ([(lost, "failed")] if lost else []) + list(unfit.items()):
+        console(f"[mxft] leaving out host {label} ({why}; cluster.min_hosts {least})")
+    if len(keep) < least:
+        raise JobFailed(f"{failure}\n  no restart: {len(keep)} usable host(s) left, cluster.min_hosts is {least}",
+                        reason=failure.reason, process=failure.process, host=failure.host)
+    return tuple(keep)
+
+
 def _record_end(run_dir: str, attempt: int, outcome: str, **details) -> runstate.Checkpoint | None:
     """Record how an attempt ended and how far it got; returns the checkpoint to resume from."""
     checkpoint = runstate.latest_checkpoint(run_dir)
@@ -368,8 +397,9 @@ def _started(plan: Plan, attempt: Attempt, console: Console) -> None:
     os.makedirs(plan.run_dir, exist_ok=True)
     runstate.write_launcher(plan.run_dir, plan.run_id)
     begin = attempt.checkpoint.epoch if attempt.checkpoint else 0
-    runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "run_id": plan.run_id,
-                                           "outcome": "started", **({"begin_epoch": begin} if plan.recipe else {})})
+    runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "run_id": plan.run_id, "outcome": "started",
+                                           "hosts": [h.label for h in plan.hosts],
+                                           **({"begin_epoch": begin} if plan.recipe else {})})
     what = f" running {plan.command.argv[0]}" if plan.command else ""
     console(f"[mxft] run {plan.run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s){what}, "
          f"logs in {os.path.dirname(plan.processes[0].log_path)}"
@@ -423,8 +453,9 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
                 raise
             restarts_left -= 1
             console(f"[mxft] attempt {attempt.number} failed: {failure.reason}")
-            console(f"[mxft] restarting from epoch {checkpoint.epoch if checkpoint else 0} "
-                 f"({restarts_left} restart(s) left)")
+            hosts = _hosts_for_restart(config, spec, hosts, failure, console)
+            console(f"[mxft] restarting from epoch {checkpoint.epoch if checkpoint else 0} on {len(hosts)} host(s) "
+                    f"({restarts_left} restart(s) left)")
             attempt = dataclasses.replace(attempt, number=attempt.number + 1, checkpoint=checkpoint)
             continue
         return Outcome(plan, _finish(plan, attempt, result))

@@ -17,7 +17,6 @@ import csv
 import functools
 import io
 import itertools
-import json
 import os
 import re
 import struct
@@ -27,6 +26,7 @@ import types
 from collections.abc import Iterable, Sequence
 
 from launcher.plot import Panel, Series, render
+from launcher.runstate import json_lines
 
 CSV_NAME, PNG_NAME = "metrics.csv", "metrics.png"
 TENSORBOARD_PREFIX = "events.out.tfevents."  # TensorBoard reads the files whose names hold "tfevents"
@@ -75,19 +75,7 @@ def epoch_rows(events: Iterable[dict], num_workers: int) -> list[dict]:
 
 def read_events(run_dir: str) -> list[dict]:
     """The events of events.jsonl; a line that is not a JSON object (torn by a crash mid-write) is skipped."""
-    path = os.path.join(run_dir, "events.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        return [event for event in map(_json_object, handle) if event is not None]
-
-
-def _json_object(line: str) -> dict | None:
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) else None
+    return json_lines(os.path.join(run_dir, "events.jsonl"))
 
 
 class MetricsWriter:

@@ -112,20 +112,26 @@ def read_attempts(run_dir: str) -> list[dict]:
 
     A line that is not a JSON object (torn by a crash mid-write) is skipped.
     """
+    return [entry for entry in json_lines(os.path.join(run_dir, "attempts.jsonl"))
+            if isinstance(entry.get("attempt", 0), int)]
+
+
+def json_lines(path: str) -> list[dict]:
+    """The JSON objects of a file of one per line; a line that is not one (torn by a crash) is skipped."""
     try:
-        with open(os.path.join(run_dir, "attempts.jsonl"), encoding="utf-8") as handle:
+        with open(path, encoding="utf-8", errors="replace") as handle:
             lines = handle.readlines()
     except OSError:
         return []
-    return [entry for entry in map(_json_object, lines) if entry is not None]
-
-
-def _json_object(line: str) -> dict | None:
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        return None
-    return entry if isinstance(entry, dict) and isinstance(entry.get("attempt", 0), int) else None
+    found = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            found.append(entry)
+    return found
 
 
 def attempt_summary(run_dir: str) -> list[dict]:

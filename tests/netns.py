@@ -62,20 +62,24 @@ class NetnsCluster:
         return path
 
 
+def _kill_processes(host: NetnsHost) -> None:
+    """Every process in the host's namespace: TERM, then KILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in host.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.3)
+
+
 def down(count: int = 16) -> None:
     """Remove every trace of earlier hosts: processes, sockets, links, namespaces, files."""
     for i in range(1, count + 1):
         namespace = f"mxft-h{i}"
         if not os.path.exists(f"/run/netns/{namespace}"):
             continue
-        host = NetnsHost(f"h{i}", namespace, f"{SUBNET}.{10 + i}", "")
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in host.pids():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.3)
+        _kill_processes(NetnsHost(f"h{i}", namespace, f"{SUBNET}.{10 + i}", ""))
     _sh("ss", "-K", "dst", f"{SUBNET}.0/24", check=False)
     for i in range(1, count + 1):
         _sh("ip", "link", "del", f"mxv-h{i}", check=False)
@@ -208,13 +212,7 @@ def add_host(cluster: NetnsCluster, *, stock_limits: bool = False) -> NetnsHost:
 
 def remove_host(host: NetnsHost) -> None:
     """Undo ``add_host``: the host's processes, link, namespace and files."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in host.pids():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.3)
+    _kill_processes(host)
     _sh("ip", "link", "del", f"mxv-{host.name}", check=False)
     _sh("ip", "netns", "del", host.namespace, check=False)
     shutil.rmtree(os.path.join(STATE_DIR, host.name), ignore_errors=True)
