@@ -267,7 +267,13 @@ def watching(plan: Plan, ssh_hosts: Mapping[str, SSHHost]):
     first host that stopped answering (before its silent processes or the ps-lite hang say anything)."""
     busy = [ssh_hosts[label] for label in dict.fromkeys(p.host for p in plan.processes) if label in ssh_hosts]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(HOSTS_AT_ONCE, len(busy)))) as pool:
-        watches = list(pool.map(HostWatch, busy))
+        futures = [pool.submit(_watch, host) for host in busy]
+    failed = [f.exception() for f in futures if f.exception() is not None]
+    watches = [f.result() for f in futures if f.exception() is None]
+    if failed:
+        for watch in watches:
+            watch.close()
+        raise failed[0]
 
     def hosts_answer() -> None:
         lost = first_lost(watches)
@@ -280,6 +286,14 @@ def watching(plan: Plan, ssh_hosts: Mapping[str, SSHHost]):
     finally:
         for watch in watches:
             watch.close()
+
+
+def _watch(host: SSHHost) -> HostWatch:
+    try:
+        return HostWatch(host)
+    except Exception as err:  # noqa: BLE001 - the host went away between staging and now: a failed host
+        raise JobFailed(f"host {host.label}: cannot connect to watch it ({type(err).__name__}: {err})",
+                        host=host.label) from None
 
 
 def stage_remote(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Console) -> None:

@@ -375,7 +375,8 @@ def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts:
     keep = [h for h in hosts if h.label != lost]
     ssh_hosts = [(host, SSHHost(host, config.ssh)) for host in keep]
     basic = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
-    unfit = {r.label: problems(r, basic)[0] for r in probe_all(ssh_hosts, config.remote_dir) if problems(r, basic)}
+    found = {r.label: problems(r, basic) for r in probe_all(ssh_hosts, config.remote_dir)}
+    unfit = {label: problem[0] for label, problem in found.items() if problem is not None}
     keep = [h for h in keep if h.label not in unfit]
     for label, why in ([(lost, "failed")] if lost else []) + list(unfit.items()):
         console(f"[mxft] leaving out host {label} ({why}; cluster.min_hosts {least})")
