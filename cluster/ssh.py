@@ -14,12 +14,15 @@ Commands are argv lists; ``remote_command`` is the one place they become a shell
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import shlex
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import fabric
 import paramiko
@@ -37,6 +40,35 @@ CONNECTION_LOST = 255  # what OpenSSH exits with when the connection fails or di
 # Hosts contacted at once by probing, staging and the reach check: threads, descriptors and ssh
 # processes stay bounded for a hosts file of thousands.
 HOSTS_AT_ONCE = 32
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+# What a host's own trouble raises on either SSH path (unreachable, refused, a bad key, a dropped connection).
+SSH_ERRORS = (HostKeyError, OSError, socket.timeout, paramiko.SSHException, EOFError)
+
+
+def on_hosts(work: Callable[[Item], Result], items: Sequence[Item], *, name: str) -> list[Result]:
+    """``work`` for every item (a host, or what names one), ``HOSTS_AT_ONCE`` at a time; results in order.
+
+    A bounded pool: a thousand hosts cost 32 threads and their connections, not a thousand of each.
+
+    >>> on_hosts(lambda n: n * n, [1, 2, 3], name="squares")
+    [1, 4, 9]
+    """
+    if not items:
+        return []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(HOSTS_AT_ONCE, len(items)),
+                                               thread_name_prefix=f"mxft-{name}") as pool:
+        return list(pool.map(work, items))
+
+
+def ssh_error_text(err: BaseException) -> str:
+    """One line for a host's SSH trouble (one of ``SSH_ERRORS``), the same in every report."""
+    if isinstance(err, HostKeyError):
+        return str(err)
+    if isinstance(err, paramiko.AuthenticationException):
+        return f"SSH authentication failed ({err})"
+    return f"unreachable over SSH: {err or type(err).__name__}"
 
 
 @dataclasses.dataclass(frozen=True)

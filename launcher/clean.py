@@ -11,21 +11,17 @@ checkpoints, logs) and cache are never touched.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import inspect
 import json
 import os
-import socket
 import sys
 from collections.abc import Sequence
-
-import paramiko
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec, load_hosts
 from cluster.slurm import hosts_from_slurm
-from cluster.ssh import HOSTS_AT_ONCE, HostKeyError, SSHHost, SSHOptions
+from cluster.ssh import SSH_ERRORS, SSHHost, SSHOptions, on_hosts, ssh_error_text
 from launcher import cleanup
 
 CLEANUP_SCRIPT = inspect.getsource(cleanup)
@@ -71,12 +67,8 @@ def load_clean_hosts(path: str, ssh: SSHOptions) -> tuple[HostSpec, ...]:
 def clean_hosts(hosts: Sequence[HostSpec], ssh: SSHOptions, remote_dir: str, *, older_than_s: float,
                 dry_run: bool) -> list[HostCleanup]:
     """Clean every host, ``HOSTS_AT_ONCE`` at a time; one report per host, in the order given."""
-    if not hosts:
-        return []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(HOSTS_AT_ONCE, len(hosts)),
-                                               thread_name_prefix="mxft-clean") as pool:
-        return list(pool.map(lambda host: clean_host(host, SSHHost(host, ssh), remote_dir, older_than_s=older_than_s,
-                                                     dry_run=dry_run), hosts))
+    return on_hosts(lambda host: clean_host(host, SSHHost(host, ssh), remote_dir, older_than_s=older_than_s,
+                                            dry_run=dry_run), hosts, name="clean")
 
 
 def clean_host(spec: HostSpec, ssh: SSHHost, remote_dir: str, *, older_than_s: float, dry_run: bool) -> HostCleanup:
@@ -85,12 +77,8 @@ def clean_host(spec: HostSpec, ssh: SSHHost, remote_dir: str, *, older_than_s: f
     argv = [python, "-c", CLEANUP_SCRIPT, remote_dir, repr(float(older_than_s)), "dry-run" if dry_run else "remove"]
     try:
         code, out, err = ssh.run(argv, timeout_s=1800)
-    except HostKeyError as err:
-        return HostCleanup(spec.label, error=str(err))
-    except paramiko.AuthenticationException as err:
-        return HostCleanup(spec.label, error=f"SSH authentication failed ({err})")
-    except (OSError, socket.timeout, paramiko.SSHException, EOFError) as err:
-        return HostCleanup(spec.label, error=f"unreachable over SSH: {err or type(err).__name__}")
+    except SSH_ERRORS as err:
+        return HostCleanup(spec.label, error=ssh_error_text(err))
     if code != 0:
         last = (err or out).strip().splitlines()[-1:] or ["no output"]
         return HostCleanup(spec.label, error=f"'{python}' failed (exit {code}): {last[0][:300]}")

@@ -24,7 +24,7 @@ import yaml
 from cluster.errors import JobFailed
 from cluster.hostwatch import HostWatch, first_lost
 from cluster.local import LocalTransport
-from cluster.ssh import HOSTS_AT_ONCE, SSHHost
+from cluster.ssh import HOSTS_AT_ONCE, SSHHost, on_hosts
 from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
 from launcher import cachefile, paramsfile, recfile, runstate
 from launcher.console import Console
@@ -266,10 +266,9 @@ def watching(plan: Plan, ssh_hosts: Mapping[str, SSHHost]):
     """Keepalives to every remote host that runs a process; yields a check that raises JobFailed naming the
     first host that stopped answering (before its silent processes or the ps-lite hang say anything)."""
     busy = [ssh_hosts[label] for label in dict.fromkeys(p.host for p in plan.processes) if label in ssh_hosts]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(HOSTS_AT_ONCE, len(busy)))) as pool:
-        futures = [pool.submit(_watch, host) for host in busy]
-    failed = [f.exception() for f in futures if f.exception() is not None]
-    watches = [f.result() for f in futures if f.exception() is None]
+    started = on_hosts(_watch, busy, name="watch")
+    failed = [w for w in started if isinstance(w, JobFailed)]
+    watches = [w for w in started if isinstance(w, HostWatch)]
     if failed:
         for watch in watches:
             watch.close()
@@ -288,12 +287,13 @@ def watching(plan: Plan, ssh_hosts: Mapping[str, SSHHost]):
             watch.close()
 
 
-def _watch(host: SSHHost) -> HostWatch:
+def _watch(host: SSHHost) -> HostWatch | JobFailed:
+    """A watch on ``host``, or the failure of a host that went away between staging and now."""
     try:
         return HostWatch(host)
-    except Exception as err:  # noqa: BLE001 - the host went away between staging and now: a failed host
-        raise JobFailed(f"host {host.label}: cannot connect to watch it ({type(err).__name__}: {err})",
-                        host=host.label) from None
+    except Exception as err:  # noqa: BLE001 - whatever stops the connection, the host failed
+        return JobFailed(f"host {host.label}: cannot connect to watch it ({type(err).__name__}: {err})",
+                         host=host.label)
 
 
 def stage_remote(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Console) -> None:

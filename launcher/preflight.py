@@ -11,7 +11,6 @@ reported together, one line per host.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -20,7 +19,6 @@ import ipaddress
 import json
 import os
 import re
-import socket
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -30,7 +28,7 @@ import paramiko
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from cluster.ssh import HOSTS_AT_ONCE, HostKeyError, SSHHost, SSHOptions
+from cluster.ssh import SSH_ERRORS, HostKeyError, SSHHost, SSHOptions, on_hosts, ssh_error_text
 from cluster.ssh_resolve import account_home
 from launcher import folder_check, gpu_probe
 from launcher.gpu_check import build_archs_of, gpu_problem, gpus_of
@@ -167,11 +165,9 @@ def probe_host(ssh: SSHHost, spec: HostSpec, work_dir: str, *, other_folders: Se
         state = next((state for state in ("changed", "revoked") if f"host key {state}" in str(err)), "unknown")
         return report(True, state, error=str(err))
     except paramiko.AuthenticationException as err:
-        return report(True, "ok", error=f"SSH authentication failed ({err})",
-                      hint="check the user and identity file in ~/.ssh/config")
-    except (OSError, socket.timeout, paramiko.SSHException, EOFError) as err:
-        return report(error=f"unreachable over SSH: {err or type(err).__name__}",
-                      hint="check the name, port and network, then retry")
+        return report(True, "ok", error=ssh_error_text(err), hint="check the user and identity file in ~/.ssh/config")
+    except SSH_ERRORS as err:
+        return report(error=ssh_error_text(err), hint="check the name, port and network, then retry")
     if code == 127:
         return report(True, "ok", error=f"'{python}' not found",
                       hint="install Python 3 there or set python=PATH in the hosts file")
@@ -224,14 +220,10 @@ def probe_all(hosts: Sequence[tuple[HostSpec, SSHHost]], work_dir: str, *,
               other_folders: Sequence[str] = ()) -> list[HostReport]:
     """Probe every host, ``HOSTS_AT_ONCE`` at a time; one report per host, in the order given.
 
-    A bounded pool: a thousand hosts cost 32 threads and their connections, not a thousand of each.
+    (``cluster.ssh.on_hosts``: a thousand hosts cost 32 threads, not a thousand).
     """
-    if not hosts:
-        return []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(HOSTS_AT_ONCE, len(hosts)),
-                                               thread_name_prefix="mxft-probe") as pool:
-        return list(pool.map(lambda pair: probe_host(pair[1], pair[0], work_dir, other_folders=other_folders),
-                             hosts))
+    return on_hosts(lambda pair: probe_host(pair[1], pair[0], work_dir, other_folders=other_folders), hosts,
+                    name="probe")
 
 
 def require_fit(reports: Sequence[HostReport], need: Requirements) -> None:

@@ -9,7 +9,6 @@ that cannot is named, with the error, and nothing is started.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
 import select
@@ -20,7 +19,7 @@ import time
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from cluster.ssh import HOSTS_AT_ONCE, SSHHost
+from cluster.ssh import SSHHost, on_hosts
 from launcher.plan import Plan, Role
 
 # Runs on the scheduler's host: bind the scheduler's address and port, say so, accept until stdin closes.
@@ -71,8 +70,7 @@ def require_scheduler_reachable(plan: Plan, *, connect_timeout_s: float = 5.0) -
     busy = list(dict.fromkeys(p.host for p in plan.processes))
     target = f"{plan.scheduler_uri}:{plan.scheduler_port}"
     with _listening(plan, hosts[scheduler.host]):
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(HOSTS_AT_ONCE, len(busy))) as pool:
-            reaches = list(pool.map(lambda label: _try_connect(plan, hosts[label], connect_timeout_s), busy))
+        reaches = on_hosts(lambda label: _try_connect(plan, hosts[label], connect_timeout_s), busy, name="reach")
     failed = [r for r in reaches if r.error is not None]
     if failed:
         raise InputError("", "\n".join(

@@ -23,7 +23,6 @@ way, cut short or changed since is sent again; nothing is hashed again to decide
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import fcntl
 import hashlib
@@ -39,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from cluster.errors import JobFailed
-from cluster.ssh import HOSTS_AT_ONCE, SSHHost
+from cluster.ssh import SSHHost, on_hosts
 from launcher.plan import Transfer
 
 # Runs on the host with its own Python (3.8 or newer; splice needs 3.10 and a pipe,
@@ -327,11 +326,7 @@ def stage_all(hosts: Mapping[str, SSHHost], transfers: Sequence[Transfer], *, ro
             text = " ".join(str(err).split())  # ssh's stderr may span lines
             return text[len(label) + 2:] if text.startswith(f"{label}: ") else text
 
-    if not labels:
-        return []
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(HOSTS_AT_ONCE, len(labels)),
-                                               thread_name_prefix="mxft-stage") as pool:
-        outcomes = list(pool.map(one, labels))
+    outcomes = on_hosts(one, labels, name="stage")
     errors = [(label, text) for label, text in zip(labels, outcomes) if isinstance(text, str)]
     if errors:
         raise JobFailed("staging failed:\n" + "\n".join(f"  {label}: {text}" for label, text in errors))
