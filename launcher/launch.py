@@ -411,9 +411,8 @@ def _finish(plan: Plan, attempt: Attempt, result: dict) -> dict:
     """Record the attempt's success and write RUN_DIR/result.json, once, with every attempt in it."""
     runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "outcome": "succeeded"})
     result = dict(result, attempts=runstate.attempt_summary(plan.run_dir))
-    with open(os.path.join(plan.run_dir, "result.json.partial"), "w", encoding="utf-8") as handle:
+    with cachefile.replacing(os.path.join(plan.run_dir, "result.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)
-    os.replace(os.path.join(plan.run_dir, "result.json.partial"), os.path.join(plan.run_dir, "result.json"))
     return result
 
 

@@ -25,6 +25,7 @@ import time
 import types
 from collections.abc import Iterable, Sequence
 
+from launcher import cachefile
 from launcher.plot import Panel, Series, render
 from launcher.runstate import json_lines
 
@@ -142,9 +143,8 @@ def _csv_bytes(rows: Sequence[dict]) -> bytes:
 
 
 def _replace(path: str, data: bytes) -> None:
-    with open(path + ".partial", "wb") as handle:
+    with cachefile.replacing(path) as handle:
         handle.write(data)
-    os.replace(path + ".partial", path)
 
 
 def panels(rows: Sequence[dict]) -> list[Panel]:

@@ -19,7 +19,6 @@ import ipaddress
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -30,7 +29,7 @@ from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.ssh import SSH_ERRORS, HostKeyError, SSHHost, SSHOptions, on_hosts, ssh_error_text
 from cluster.ssh_resolve import account_home
-from launcher import folder_check, gpu_probe
+from launcher import cachefile, folder_check, gpu_probe
 from launcher.gpu_check import build_archs_of, gpu_problem, gpus_of
 from launcher.plan import HostFacts
 
@@ -273,10 +272,8 @@ def remember_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOpti
     """Keep a host's probed facts for later dry runs (``CACHE/hosts/LABEL-KEY.json``, replaced atomically)."""
     path = _facts_file(cache_dir, host, remote_dir, ssh)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), suffix=".partial", delete=False)
-    with handle:
+    with cachefile.replacing(path, "w") as handle:
         json.dump(dataclasses.asdict(facts), handle)
-    os.replace(handle.name, path)
 
 
 def cached_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, address: str) -> HostFacts | None:
