@@ -21,7 +21,11 @@ demo: $(BIN)/mxft-launch
 /usr/sbin/sshd:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2 >/dev/null
 
-test: $(BIN)/mxft-launch /usr/sbin/sshd
+# --launcher srun is tested on a real Slurm (slurmctld here, a slurmd in each namespace host: tests/slurm.py).
+/usr/sbin/slurmd:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
+
+test: $(BIN)/mxft-launch /usr/sbin/sshd /usr/sbin/slurmd
 	$(BIN)/python -m pytest -q
 
 test-fast: $(BIN)/mxft-launch

@@ -3,7 +3,7 @@
     MxftError
      +-- InputError        bad hosts file, job file, data or checkpoint: exit 2, nothing started
      +-- JobFailed         a process of the run failed or the job missed its expectation: exit 1
-     +-- Interrupted       the launcher was asked to stop (SIGINT/SIGTERM): exit 130/143
+     +-- Interrupted       the launcher was asked to stop (SIGINT/SIGTERM/SIGUSR1): exit 130/143/138
 
 Library code raises these; only ``launcher.cli`` prints them and exits.
 """
@@ -31,6 +31,10 @@ class InputError(MxftError):
         super().__init__(text)
 
 
+class HostUnreachable(OSError):
+    """A host could not be reached by the way the launcher reaches it; ``str(err)`` says it all."""
+
+
 class JobFailed(MxftError):
     """The run started but did not succeed; the message puts the root cause first.
 
@@ -56,8 +60,19 @@ class JobFailed(MxftError):
 
 
 class Interrupted(MxftError):
-    """The launcher received SIGINT or SIGTERM and tore the run down."""
+    """The launcher received SIGINT, SIGTERM or SIGUSR1 (Slurm's warning before a time limit) and tore the
+    run down; ``resume_dir``: the run folder that ``--resume`` continues from its last complete epoch."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, *, resume_dir: str | None = None) -> None:
         self.signum = signum
-        super().__init__(f"interrupted by signal {signum}; every process of the run was stopped")
+        self.resume_dir = resume_dir
+        text = f"interrupted by {_signal_name(signum)}; every process of the run was stopped"
+        super().__init__(text + (f"; continue with: mxft-launch --resume {resume_dir}" if resume_dir else ""))
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -20,7 +20,7 @@ import psutil
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the launcher's own teardown still applies
@@ -62,12 +62,12 @@ class LocalProcess:
         that was killed. Its descendants are not our children, so psutil waits for them.
         """
         try:
-            descendants = psutil.Process(self.pid).children(recursive=True)
+            descendants = psutil.Process(self._popen.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             descendants = []
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             try:
-                os.killpg(self.pid, sig)
+                os.killpg(self._popen.pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
             self._popen.send_signal(sig)  # (a no-op once it has been waited for)
@@ -100,5 +100,5 @@ class LocalTransport:
         popen = subprocess.Popen(
             list(argv), env=full_env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace",
-            start_new_session=True, preexec_fn=_die_with_parent)
+            start_new_session=True, preexec_fn=die_with_parent)
         return LocalProcess(popen)

@@ -27,6 +27,7 @@ from typing import TypeVar
 import fabric
 import paramiko
 
+from cluster.errors import HostUnreachable
 from cluster.hosts import HostSpec
 from cluster.known_hosts import CheckKnownHosts, HostKeyError, keys_for, pinned_key_types, prefer_key_types
 from cluster.secret import ENV_FROM_STDIN, split_secrets
@@ -64,7 +65,7 @@ def on_hosts(work: Callable[[Item], Result], items: Sequence[Item], *, name: str
 
 def ssh_error_text(err: BaseException) -> str:
     """One line for a host's SSH trouble (one of ``SSH_ERRORS``), the same in every report."""
-    if isinstance(err, HostKeyError):
+    if isinstance(err, (HostKeyError, HostUnreachable)):
         return str(err)
     if isinstance(err, paramiko.AuthenticationException):
         return f"SSH authentication failed ({err})"
@@ -290,7 +291,8 @@ def openssh_options(target: SSHTarget, options: SSHOptions, *, depth: int = 0) -
             # accept-new would also take a key of a new type for a host pinned with another type.
             "-o", "StrictHostKeyChecking=yes",
             "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no", "-o", "ServerAliveInterval=5",
-            "-o", "ServerAliveCountMax=4",  # a host that stops answering ends the stream in about 20 s "-o", "HostName=" + _percent(target.hostname),
+            "-o", "ServerAliveCountMax=4",  # a host that stops answering ends the stream in about 20 s
+            "-o", "HostName=" + _percent(target.hostname),
             "-o", "UserKnownHostsFile=" + _file_list(target.known_hosts.user_files),
             "-o", "GlobalKnownHostsFile=" + _file_list(target.known_hosts.global_files),
             "-o", "HashKnownHosts=" + ("yes" if target.known_hosts.hash_new else "no")]

@@ -16,6 +16,7 @@ import time
 import psutil
 
 from cluster.errors import InputError, Interrupted, JobFailed, MxftError
+from cluster.srun import default_launcher
 from cluster.ssh import SSHOptions
 from launcher import runstate
 from launcher.check_table import table
@@ -121,10 +122,13 @@ def parse_args(argv: list[str] | None) -> Invocation:
         parser.error("--probe goes with --dry-run (a launch always probes its hosts)")
     if args.max_restarts is not None and args.max_restarts < 0:
         parser.error("--max-restarts must be >= 0")
-    if args.hosts is None and not args.local and os.environ.get("SLURM_JOB_NODELIST"):
+    if args.local and args.launcher == "srun":
+        parser.error("--launcher srun reaches the nodes of a Slurm allocation; --local runs on this machine")
+    if args.hosts is None and not args.local and (os.environ.get("SLURM_JOB_NODELIST") or args.launcher == "srun"):
         args.hosts = "slurm"  # inside an allocation: its nodes are the hosts
     config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
-                          _ssh_options(args), args.resume, tuple(args.overrides), probe=args.probe)
+                          _ssh_options(args), args.resume, tuple(args.overrides), probe=args.probe,
+                          launcher=args.launcher or default_launcher(args.hosts, os.environ))
     return Invocation(config, args.max_restarts, args.verbose)
 
 
@@ -137,7 +141,7 @@ def _add_dry_run_options(parser: argparse.ArgumentParser) -> None:
                              "dry runs), so the plan shown is the one a launch runs")
 
 
-def _add_shared_options(parser: argparse.ArgumentParser, environ) -> None:
+def _add_shared_options(parser: argparse.ArgumentParser, environ, *, launcher_option: bool = True) -> None:
     """Folders and SSH settings every launching subcommand takes, with the same defaults."""
     cache = environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft")
     parser.add_argument("--run-root", default="runs", metavar="DIR",
@@ -146,6 +150,10 @@ def _add_shared_options(parser: argparse.ArgumentParser, environ) -> None:
                         help="where training shards are cached (default: $MXFT_CACHE or ~/.cache/mxft)")
     parser.add_argument("--remote-dir", default="~/.mxft", metavar="DIR",
                         help="work folder on remote hosts: code, data, runs (default: ~/.mxft)")
+    if launcher_option:  # command mode has its own (with local)
+        parser.add_argument("--launcher", choices=("ssh", "srun"),
+                            help="how remote hosts are reached: ssh, or srun (each process a job step of this Slurm "
+                                 "allocation; the default for its own nodes when srun exists)")
     parser.add_argument("--ssh-config", metavar="FILE", help="SSH config to use instead of ~/.ssh/config")
     parser.add_argument("--accept-new-host-keys", action="store_true",
                         help="trust and record host keys seen for the first time (a changed key is still refused)")
@@ -158,7 +166,7 @@ def _ssh_options(args: argparse.Namespace) -> SSHOptions:
 # tools/launch.py options mxft does not take, and why.
 UNSUPPORTED = {
     "--p3": "P3 (priority-based parameter propagation) needs MXNet's P3 kvstore build; not supported",
-    "--launcher mpi": "use --hosts (SSH) or run inside a Slurm allocation",
+    "--launcher mpi": "use --hosts (SSH), or --launcher srun inside a Slurm allocation",
     "--launcher sge": "use --hosts (SSH) with the hosts SGE gave you",
     "--launcher yarn": "not supported",
 }
@@ -185,7 +193,8 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
     parser.add_argument("-s", "--num-servers", type=int, help="number of servers (default: as many as workers)")
     parser.add_argument("-H", "--hostfile", "--hosts", dest="hosts", metavar="FILE",
                         help="hosts file, or 'slurm' for the hosts of this Slurm allocation")
-    parser.add_argument("--launcher", default=None, help="local or ssh (default: ssh with a hosts file, else local)")
+    parser.add_argument("--launcher", default=None, help="local, ssh or srun (default: srun for the nodes of this "
+                        "Slurm allocation when srun exists, ssh with a hosts file, else local)")
     parser.add_argument("--sync-dir", "--sync-dst-dir", dest="sync_dir", metavar="DIR",
                         help="copy the current folder to DIR on every host and run there")
     parser.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
@@ -196,20 +205,21 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
     parser.add_argument("--name", default=None, help="run name (default: the program's name)")
     parser.add_argument("--p3", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)  # always, in command mode
-    _add_shared_options(parser, environ)
+    _add_shared_options(parser, environ, launcher_option=False)
     _add_dry_run_options(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="PROGRAM", help="the program and its arguments")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if args.p3:
         raise InputError("--p3", UNSUPPORTED["--p3"])
-    if args.hosts is None and args.launcher is None and environ.get("SLURM_JOB_NODELIST"):
+    if args.hosts is None and args.launcher in (None, "srun") and (environ.get("SLURM_JOB_NODELIST")
+                                                                   or args.launcher == "srun"):
         args.hosts = "slurm"  # inside an allocation: its nodes are the hosts
-    launcher = args.launcher or ("ssh" if args.hosts else "local")
+    launcher = args.launcher or (default_launcher(args.hosts, environ) if args.hosts else "local")
     if f"--launcher {launcher}" in UNSUPPORTED:
         raise InputError(f"--launcher {launcher}", "not supported by mxft", hint=UNSUPPORTED[f"--launcher {launcher}"])
-    if launcher not in ("local", "ssh"):
-        raise InputError(f"--launcher {launcher}", "unknown launcher", hint="use local or ssh")
+    if launcher not in ("local", "ssh", "srun"):
+        raise InputError(f"--launcher {launcher}", "unknown launcher", hint="use local, ssh or srun")
     if launcher == "ssh" and not args.hosts:
         raise InputError("--launcher ssh", "needs a hosts file", hint="add -H hosts.txt")
     _check_command_args(parser, args, command)
@@ -221,7 +231,8 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
         env=parse_env(args.env, environ=environ, option="--env"),
         role_env={role: env for role, env in roles.items() if env}, workdir=os.getcwd(), sync_dir=args.sync_dir)
     return LaunchConfig("", None if launcher == "local" else args.hosts, args.dry_run, args.run_root, args.cache_dir,
-                        args.remote_dir, _ssh_options(args), command=spec, probe=args.probe)
+                        args.remote_dir, _ssh_options(args), command=spec, probe=args.probe,
+                        launcher="ssh" if launcher == "local" else launcher)
 
 
 def _check_command_args(parser: argparse.ArgumentParser, args: argparse.Namespace, command: list[str]) -> None:
@@ -319,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 def launch(argv: list[str], *, command_mode: bool) -> int:
     """Plan and run a job file or a command; prints the outcome and returns the exit code."""
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGUSR1, _raise_interrupted)  # Slurm ahead of a time limit: sbatch --signal=B:USR1@120
     os.umask(0o077)  # run folders, logs, plans and the cache are the user's alone (0700 folders, 0600 files)
     console = None
     try:
@@ -390,7 +402,8 @@ def check(argv: list[str]) -> int:
                         help="override a job file value, as for a launch")
     args = parser.parse_args(argv)
     config = LaunchConfig(args.job or "", args.hosts, True, args.run_root, args.cache_dir, args.remote_dir,
-                          _ssh_options(args), overrides=tuple(args.overrides))
+                          _ssh_options(args), overrides=tuple(args.overrides),
+                          launcher=args.launcher or default_launcher(args.hosts, os.environ))
     rows = check_hosts(config)
     for line in table(rows):
         _echo(line)

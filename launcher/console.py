@@ -26,6 +26,9 @@ from tqdm import tqdm
 
 # A process line shown without -v: it reads like a warning or an error (Python's, MXNet's, ps-lite's).
 ALARM = re.compile(r"(?i)\b(warning|error|exception|traceback|fatal|critical|killed|abort(ed)?)\b|\w+(Error|Warning)\b")
+# Slurm's own echo of how a step ended (``--launcher srun``): the launcher reports that exit itself, with its cause.
+STEP_ENDED = re.compile(r"srun: error: \S+: tasks? [0-9,-]+: (Exited with exit code \d+|Terminated|Killed)"
+                        r"|slurmstepd-\S+: error: \*\*\* STEP \S+ ON \S+ CANCELLED")
 
 
 def looks_like_alarm(line: str) -> bool:
@@ -37,8 +40,10 @@ def looks_like_alarm(line: str) -> bool:
     True
     >>> looks_like_alarm("UserWarning: the optimizer state is not saved")
     True
+    >>> looks_like_alarm("srun: error: h1: task 0: Exited with exit code 143")
+    False
     """
-    return ALARM.search(line) is not None
+    return ALARM.search(line) is not None and STEP_ENDED.match(line) is None
 
 
 def clock_text(seconds: float) -> str:

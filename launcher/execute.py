@@ -24,6 +24,7 @@ import yaml
 from cluster.errors import JobFailed
 from cluster.hostwatch import HostWatch, first_lost
 from cluster.local import LocalTransport
+from cluster.srun import remote_host
 from cluster.ssh import HOSTS_AT_ONCE, SSHHost, on_hosts
 from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
 from launcher import cachefile, paramsfile, recfile, runstate
@@ -232,7 +233,7 @@ def execute(plan: Plan, *, console: Console) -> dict:
     A recipe's result is worker 0's result.json with timing and throughput added; a
     command's is each process's outcome. The caller writes it to RUN_DIR/result.json.
     """
-    ssh_hosts = {host.label: SSHHost(host, plan.ssh) for host in plan.hosts if not host.is_local}
+    ssh_hosts = {host.label: remote_host(host, plan.ssh, plan.launcher) for host in plan.hosts if not host.is_local}
     began = time.time()
     stage_local(plan)
     stage_remote(plan, ssh_hosts, console=console)
@@ -265,7 +266,9 @@ def execute(plan: Plan, *, console: Console) -> dict:
 def watching(plan: Plan, ssh_hosts: Mapping[str, SSHHost]):
     """Keepalives to every remote host that runs a process; yields a check that raises JobFailed naming the
     first host that stopped answering (before its silent processes or the ps-lite hang say anything)."""
-    busy = [ssh_hosts[label] for label in dict.fromkeys(p.host for p in plan.processes) if label in ssh_hosts]
+    # srun's steps have no keepalive of their own here: Slurm ends a job whose node stops answering (SlurmdTimeout)
+    busy = [ssh_hosts[label] for label in dict.fromkeys(p.host for p in plan.processes)
+            if isinstance(ssh_hosts.get(label), SSHHost)]
     started = on_hosts(_watch, busy, name="watch")
     failed = [w for w in started if isinstance(w, JobFailed)]
     watches = [w for w in started if isinstance(w, HostWatch)]
@@ -327,11 +330,11 @@ def run_processes(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Cons
         # Remote starts in parallel across hosts: each is a session of its host's shared connections
         # (cluster.ssh_sessions), which a host opens one at a time (~0.3 s of handshake each).
         # Local ones stay in this thread: PR_SET_PDEATHSIG fires when the thread that started
-        # the child ends, so a pool thread would take its children with it.
-        remote = [proc for proc in plan.processes if proc.host in ssh_hosts]
+        # the child ends, so a pool thread would take its children with it (srun steps are such children too).
+        remote = [proc for proc in plan.processes if isinstance(transports[proc.host], SSHHost)]
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(HOSTS_AT_ONCE, len(remote)))) as pool:
             futures = {proc.name: pool.submit(start, proc) for proc in remote}
-            local = {proc.name: start(proc) for proc in plan.processes if proc.host not in ssh_hosts}
+            local = {proc.name: start(proc) for proc in plan.processes if proc not in remote}
         started = [local[proc.name] if proc.name in local else futures[proc.name].result()
                    for proc in plan.processes]
         with open(os.path.join(plan.run_dir, "processes.json"), "w", encoding="utf-8") as handle:  # for status

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,8 @@ from cluster.errors import InputError, Interrupted, JobFailed
 from cluster.hosts import HostSpec, load_hosts
 from cluster.local import free_ports
 from cluster.slurm import hosts_from_slurm
-from cluster.ssh import CONNECTION_LOST, SSHHost, SSHOptions
+from cluster.srun import remote_host, require_allocation_nodes, require_srun
+from cluster.ssh import CONNECTION_LOST, SSHOptions
 from launcher import assets, cachefile, extras, recfile, runstate
 from launcher.check_table import HostRow, host_row
 from launcher.command import sync_destinations, sync_files
@@ -55,6 +57,7 @@ class LaunchConfig:
     overrides: tuple[str, ...] = ()            # --set KEY.PATH=VALUE, applied to the job file
     command: CommandSpec | None = None         # command mode from the command line (no job file)
     probe: bool = False                        # --dry-run --probe: ask the hosts instead of assuming
+    launcher: str = "ssh"                      # ssh | srun: how remote hosts are reached (cluster.srun)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +83,8 @@ def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
         return (HostSpec("localhost"),)
     if config.hosts_path == "slurm":
         # Nodes of one allocation share a file system, so this launcher's Python is theirs too.
+        if config.launcher == "srun":
+            require_srun(os.environ)
         return tuple(dataclasses.replace(h, python=h.python or sys.executable) for h in hosts_from_slurm(os.environ))
     if config.ssh.ssh_config and not os.path.isfile(config.ssh.ssh_config):
         raise InputError(config.ssh.ssh_config, "SSH config file not found", hint="check --ssh-config")
@@ -89,6 +94,8 @@ def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
         raise InputError(f"{config.hosts_path}:{local[0].line}",
                          f"'{local[0].label}' cannot be mixed with remote hosts",
                          hint="list this machine by an address the other hosts can reach")
+    if config.launcher == "srun":
+        require_allocation_nodes(hosts, os.environ, where=config.hosts_path)
     return hosts[:1] if local else hosts
 
 
@@ -159,7 +166,8 @@ def _run_facts(config: LaunchConfig, spec: JobSpec | CommandSpec, attempt: Attem
     code_files, code_hash = _code_files()
     common = dict(run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=os.path.abspath(config.cache_dir),
                   scheduler_port=0, code_dir=CODE_DIR, hosts={}, remote_dir=config.remote_dir,
-                  code_files=code_files, code_hash=code_hash, attempt=attempt.number, ssh=config.ssh)
+                  code_files=code_files, code_hash=code_hash, attempt=attempt.number, ssh=config.ssh,
+                  launcher=config.launcher)
     if isinstance(spec, CommandSpec):
         return Facts(train_fingerprint="", synced=sync_files(spec.workdir) if spec.sync_dir else (), **common)
     checkpoint = attempt.checkpoint
@@ -179,7 +187,7 @@ def _known_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec]) 
     """A dry run's facts without contacting any host: cached by an earlier probe, else assumed."""
     found = {}
     for host in hosts:
-        address = SSHHost(host, config.ssh).address  # the SSH config's HostName: no connection
+        address = remote_host(host, config.ssh, config.launcher).address  # the SSH config's HostName: no connection
         found[host.label] = (cached_facts(config.cache_dir, host, config.remote_dir, config.ssh, address)
                              or assumed_facts(host, address, config.remote_dir))
     return dataclasses.replace(facts, hosts=found, scheduler_port=_remote_port())
@@ -195,7 +203,7 @@ def _probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec],
     """Probe every host; each usable one's facts (kept for later dry runs), assumed ones for the rest."""
     if echo:
         echo(f"[mxft] preflight: checking {len(hosts)} hosts")
-    ssh_hosts = [(host, SSHHost(host, config.ssh)) for host in hosts]
+    ssh_hosts = [(host, remote_host(host, config.ssh, config.launcher)) for host in hosts]
     reports = probe_all(ssh_hosts, config.remote_dir, other_folders=other_folders)
     found, basic = {}, Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
     for report, (host, ssh) in zip(reports, ssh_hosts):
@@ -373,7 +381,7 @@ def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts:
         return tuple(hosts)
     lost = failed_host(failure)
     keep = [h for h in hosts if h.label != lost]
-    ssh_hosts = [(host, SSHHost(host, config.ssh)) for host in keep]
+    ssh_hosts = [(host, remote_host(host, config.ssh, config.launcher)) for host in keep]
     basic = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
     found = {r.label: problems(r, basic) for r in probe_all(ssh_hosts, config.remote_dir)}
     unfit = {label: problem[0] for label, problem in found.items() if problem is not None}
@@ -444,9 +452,10 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
         _started(plan, attempt, console)
         try:
             result = execute(plan, console=console)
-        except (Interrupted, KeyboardInterrupt):
+        except (Interrupted, KeyboardInterrupt) as stop:
             _record_end(plan.run_dir, attempt.number, "interrupted")
-            raise
+            signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+            raise Interrupted(signum, resume_dir=plan.run_dir if plan.recipe else None) from None
         except JobFailed as failure:
             checkpoint = _record_end(plan.run_dir, attempt.number, "failed", **failure.record())
             if restarts_left <= 0:

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.secret import ENV_FROM_STDIN, split_secrets
+from cluster.srun import srun_argv
 from cluster.ssh import SSHOptions
 from launcher import recfile
 from launcher.inputs import Inventory
@@ -99,6 +100,7 @@ class Facts:
     resume_prefix: str | None = None      # local checkpoint of epoch resume_epoch
     worker_ports: tuple[int, ...] = ()    # ps-lite PORT of each worker (ascending: worker i gets rank i)
     ssh: SSHOptions = SSHOptions()        # how the executor reaches remote hosts
+    launcher: str = "ssh"                 # ssh | srun (job steps of the Slurm allocation the launcher runs in)
     synced: tuple[str, ...] = ()          # command mode: files of the working folder that --sync-dir copies
 
 
@@ -144,6 +146,7 @@ class Plan:
     recipe: Recipe | None = None          # a fine-tuning job
     command: CommandSpec | None = None    # a command-mode job
     network: str = ""                     # why ps-lite uses the addresses it does, if not the SSH ones
+    launcher: str = "ssh"                 # how remote processes start: ssh | srun (``cluster.srun``)
 
     @property
     def name(self) -> str:
@@ -227,6 +230,9 @@ def _describe_network(plan: Plan) -> list[str]:
     """Which addresses ps-lite listens on and why; a warning when one is public (ps-lite has no authentication)."""
     addresses = dict.fromkeys(p.env_dict["DMLC_NODE_HOST"] for p in plan.processes)
     lines = [f"  network    ps-lite on {', '.join(addresses)} ({plan.network})"] if plan.network else []
+    if plan.launcher == "srun":
+        lines.append("  launcher   srun: each process, copy and probe is a job step of this Slurm allocation "
+                     f"({shlex.join(srun_argv('NODE', ['...'])[:-2])} -- ARGV); no SSH between nodes")
     public = public_addresses(addresses)
     if public:
         lines.append(f"  warning    ps-lite listens on public address(es) {', '.join(public)} with no authentication "
@@ -372,7 +378,7 @@ class Placement:
         return Plan(facts.run_id, facts.run_dir, self.hosts, facts.ssh, facts.hosts[self.scheduler.label].address,
                     facts.scheduler_port, tuple(processes), tuple(h.label for h in self.workers), tuple(transfers),
                     roots, {label: facts.hosts[label].python for label in roots}, facts.attempt,
-                    {label: f for label, f in facts.hosts.items() if f.assumed}, **payload)
+                    {label: f for label, f in facts.hosts.items() if f.assumed}, launcher=facts.launcher, **payload)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,7 +70,19 @@ try:
     out["interfaces"] = interfaces()
 except Exception:
     out["interfaces"] = {}
-out["ssh_ip"] = (os.environ.get("SSH_CONNECTION", "").split()[2:3] or [""])[0]  # the address SSH reached
+def reached_ip():  # the address SSH reached; in an srun step, this host's address on the route to the launcher
+    ssh = (os.environ.get("SSH_CONNECTION", "").split()[2:3] or [""])[0]
+    launcher = os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "")
+    if ssh or not launcher:
+        return ssh
+    import socket
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((launcher, 9))  # UDP: chooses the route, sends nothing
+        return sock.getsockname()[0]
+try:
+    out["reached_ip"] = reached_ip()
+except OSError:
+    out["reached_ip"] = ""
 parts = [os.path.realpath(sys.executable), sys.version]
 for name in ("mxnet", "numpy"):
     spec = importlib.util.find_spec(name)
@@ -241,7 +253,7 @@ def facts_of(report: HostReport, address: str) -> HostFacts:
     info = report.info
     interfaces = info.get("interfaces")
     return HostFacts(address=address, python=info["python_path"], cpu_count=int(info["cpus"]),
-                     work_dir=info["work_dir"], home=info["home"], ip=_ip_or_empty(info.get("ssh_ip")),
+                     work_dir=info["work_dir"], home=info["home"], ip=_ip_or_empty(info.get("reached_ip")),
                      interfaces={str(k): str(v) for k, v in interfaces.items()} if isinstance(interfaces, dict) else {})
 
 

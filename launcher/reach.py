@@ -19,7 +19,8 @@ import time
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from cluster.ssh import SSHHost, on_hosts
+from cluster.srun import remote_host
+from cluster.ssh import on_hosts
 from launcher.plan import Plan, Role
 
 # Runs on the scheduler's host: bind the scheduler's address and port, say so, accept until stdin closes.
@@ -90,7 +91,7 @@ class _listening:
         if host.is_local:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         else:
-            self.proc = SSHHost(host, plan.ssh).stream_to(shlex.join(argv))
+            self.proc = remote_host(host, plan.ssh, plan.launcher).stream_to(shlex.join(argv))
         self.host, self.plan = host, plan
 
     def __enter__(self) -> "_listening":
@@ -133,9 +134,9 @@ def _try_connect(plan: Plan, host: HostSpec, timeout_s: float) -> Reach:
         if host.is_local:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s + 10).stdout
         else:
-            _, out, err = SSHHost(host, plan.ssh).run(argv, timeout_s=timeout_s + plan.ssh.connect_timeout_s + 5)
+            _, out, err = remote_host(host, plan.ssh, plan.launcher).run(argv, timeout_s=timeout_s + plan.ssh.connect_timeout_s + 5)
             out = out or err
     except Exception as err:  # noqa: BLE001 - an SSH failure here is this host's answer
-        return Reach(host.label, f"the check could not run over SSH ({type(err).__name__}: {err})")
+        return Reach(host.label, f"the check could not run there ({type(err).__name__}: {err})")
     answer = out.strip().splitlines()[-1] if out.strip() else "no answer"
     return Reach(host.label, None if answer == "ok" else answer)

@@ -156,13 +156,14 @@ def test_killing_a_worker_stops_the_run(tmp_path, demo_assets):
     assert wait_gone(run_id, timeout_s=2) == []
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR1, 138)])
 def test_signals_to_the_launcher_stop_every_process(tmp_path, demo_assets, signum, code):
     proc, run_id, _ = start_long_run(tmp_path, demo_assets)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
     assert "every process of the run was stopped" in stderr
+    assert f"continue with: mxft-launch --resume {tmp_path / 'runs' / run_id}" in stderr
     assert wait_gone(run_id, timeout_s=2) == []
 
 

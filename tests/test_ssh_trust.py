@@ -120,6 +120,7 @@ def test_openssh_is_told_the_same_files_alias_and_bastion(tmp_path, monkeypatch)
                                     "  GlobalKnownHostsFile /k/global\n  Include /nonexistent/*.conf\n")
     host = SSHHost(HostSpec("gpu01"), SSHOptions(ssh_config=config, accept_new_host_keys=True))
     seen = openssh_reads(host.openssh_argv())
+    assert "HostName=10.0.0.7" in host.openssh_argv()  # given, not left to OpenSSH's own reading of the files
     # OpenSSH never accepts a key itself: preflight's connection recorded any new one (a key of a new type for a
     # pinned host would pass OpenSSH's accept-new)
     assert (seen["hostname"], seen["hostkeyalias"], seen["stricthostkeychecking"]) == ("10.0.0.7", "gpu01-key", "true")

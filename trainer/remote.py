@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         parser.error("no command given after --")
     os.umask(0o077)
+    # Slurm's warning ahead of a time limit (--signal=USR1@120) goes to every step; the launcher stops the run
+    # for it (sbatch --signal=B:USR1@120). Ignored here and inherited by the command, it kills nothing on its own.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if args.env_from_stdin:
         os.environ.update(_env_from_stdin())
     group = Group(command)

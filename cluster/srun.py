@@ -1,0 +1,160 @@
+"""Nodes of this Slurm allocation reached through job steps, not SSH (``--launcher srun``).
+
+Every probe, copy and process on a node is one job step of the allocation the launcher
+runs in::
+
+    srun --nodes=1 --ntasks=1 --nodelist=NODE --kill-on-bad-exit=1 --overlap --quiet ... -- ARGV
+
+so a site that allows only ``srun`` between nodes works, Slurm accounts every process to
+the job, and a step ends with the allocation. ``--overlap`` lets the steps of one node
+share its CPUs (a scheduler, a server and a worker run side by side); a step gets all
+of the job's GPUs on its node, as Slurm gives steps by default. A step's stdin and stdout
+are pipes of its ``srun`` here, so ``SrunHost`` offers what ``cluster.ssh.SSHHost`` offers
+(``run``, ``start``, ``stream_to``, ``stream_from``): staging, fetching, probing and the
+reach check are unchanged. Public environment values go to the step through srun's
+environment (``--export=ALL``); secret ones still arrive as the first stdin line of
+``trainer.remote``, never in argv or in the environment srun sends.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+
+from cluster.errors import HostUnreachable, InputError
+from cluster.hosts import HostSpec
+from cluster.local import LocalProcess, die_with_parent
+from cluster.secret import ENV_FROM_STDIN, split_secrets
+from cluster.slurm import expand_nodelist
+from cluster.ssh import SSHHost, SSHOptions
+
+
+def srun_argv(node: str, argv: Sequence[str], *, name: str = "mxft", cwd: str | None = None) -> list[str]:
+    """One step of one task on ``node`` running ``argv``.
+
+    >>> srun_argv("gpu01", ["python3", "-V"], name="mxft-worker-0", cwd="/w")
+    ['srun', '--nodes=1', '--ntasks=1', '--nodelist=gpu01', '--kill-on-bad-exit=1', '--overlap', '--quiet', \
+'--job-name=mxft-worker-0', '--export=ALL', '--chdir=/w', '--', 'python3', '-V']
+    """
+    options = ["--nodes=1", "--ntasks=1", f"--nodelist={node}", "--kill-on-bad-exit=1", "--overlap", "--quiet",
+               f"--job-name={name}", "--export=ALL"]
+    return ["srun", *options, *([f"--chdir={cwd}"] if cwd else []), "--", *argv]
+
+
+def in_allocation(environ: Mapping[str, str]) -> bool:
+    """Inside ``salloc`` or an ``sbatch`` script (a job id and its node list are set)."""
+    return bool(environ.get("SLURM_JOB_ID") and (environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")))
+
+
+def default_launcher(hosts_path: str | None, environ: Mapping[str, str]) -> str:
+    """``srun`` for the allocation's own nodes when ``srun`` is installed, else ``ssh``."""
+    return "srun" if hosts_path == "slurm" and in_allocation(environ) and shutil.which("srun") else "ssh"
+
+
+def require_srun(environ: Mapping[str, str]) -> None:
+    """InputError unless this is inside a Slurm allocation with ``srun`` on PATH."""
+    if not in_allocation(environ):
+        raise InputError("--launcher srun", "SLURM_JOB_ID is not set: this is not inside a Slurm allocation",
+                         hint="run under salloc or sbatch, or use --launcher ssh")
+    if shutil.which("srun") is None:
+        raise InputError("--launcher srun", "srun is not on PATH here", hint="use --launcher ssh")
+
+
+def require_allocation_nodes(hosts: Sequence[HostSpec], environ: Mapping[str, str], *, where: str) -> None:
+    """InputError unless this is an allocation with ``srun`` whose nodes include every host (named by line)."""
+    require_srun(environ)
+    nodes = set(expand_nodelist(environ.get("SLURM_JOB_NODELIST") or environ["SLURM_NODELIST"]))
+    for host in hosts:
+        if host.name not in nodes or host.port is not None or host.user is not None:
+            raise InputError(f"{where}:{host.line}" if host.line else where,
+                             f"'{host.label}' is not a node of Slurm job {environ['SLURM_JOB_ID']} "
+                             f"({', '.join(sorted(nodes))})" if host.name not in nodes else
+                             f"'{host.label}': port= and user= are SSH settings; srun reaches nodes by name",
+                             hint="list the allocation's nodes (or give --hosts slurm), or use --launcher ssh")
+
+
+class SrunProcess(LocalProcess):
+    """A process on a node: its ``srun`` here, whose stdin is the remote ``trainer.remote``'s.
+
+    Stopping closes that stdin first (the wrapper then ends its process group, and srun exits
+    with its code), then signals srun as any local process (srun passes SIGTERM to the step).
+    """
+
+    confirmed_stopped = True
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        super().__init__(popen)
+        self.pid = None  # srun's pid here is not the process's; that one is in the run's pid files on the node
+
+    def stop(self, *, grace_s: float) -> None:
+        try:
+            self._popen.stdin.close()
+            self._popen.wait(timeout=grace_s + 3.0)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        super().stop(grace_s=grace_s)
+
+
+class SrunHost:
+    """One node of the allocation: commands, processes and byte streams, each a job step."""
+
+    def __init__(self, spec: HostSpec) -> None:
+        self.spec = spec
+        self.label = spec.label
+        self.unreachable = threading.Event()  # the same attribute as SSHHost's (no keepalive watch here)
+
+    @property
+    def address(self) -> str:
+        return self.spec.name
+
+    def run(self, argv: Sequence[str], *, timeout_s: float = 60.0):
+        """Run a command to completion on the node; (exit code, stdout, stderr). HostUnreachable when srun
+        itself could not run the step (a node down, not in the allocation, the allocation gone)."""
+        try:
+            done = subprocess.run(srun_argv(self.spec.name, argv), capture_output=True, text=True, errors="replace",
+                                  stdin=subprocess.DEVNULL, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise HostUnreachable(f"node {self.label}: no answer through srun within {timeout_s:.0f} s") from None
+        refusal = _srun_refusal(done.stderr)
+        if done.returncode != 0 and refusal:
+            raise HostUnreachable(f"node {self.label}: {refusal}")
+        return done.returncode, done.stdout, done.stderr
+
+    def start(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None = None,
+              name: str = "mxft") -> SrunProcess:
+        """Start ``argv`` as a step on the node (from the calling thread: srun dies with the launcher)."""
+        public, secrets = split_secrets(env)
+        if secrets and ENV_FROM_STDIN not in argv:
+            raise ValueError(f"secret environment values for a command that does not read {ENV_FROM_STDIN}")
+        popen = subprocess.Popen(
+            srun_argv(self.spec.name, argv, name=name, cwd=cwd), env={**os.environ, **public},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            errors="replace", start_new_session=True, preexec_fn=die_with_parent)
+        if secrets:
+            popen.stdin.write(json.dumps(dict(secrets)) + "\n")
+            popen.stdin.flush()
+        return SrunProcess(popen)
+
+    def stream_to(self, command: str) -> subprocess.Popen:
+        """Start the shell ``command`` on the node with a pipe to its stdin (for bulk copies)."""
+        return subprocess.Popen(srun_argv(self.spec.name, ["sh", "-c", command]), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+
+    def stream_from(self, command: str) -> subprocess.Popen:
+        return subprocess.Popen(srun_argv(self.spec.name, ["sh", "-c", command]), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _srun_refusal(stderr: str) -> str:
+    """srun's own error (not the command's), e.g. ``Required node not available``; "" if none."""
+    lines = [line for line in stderr.splitlines() if line.startswith("srun: error:")]
+    return lines[0].removeprefix("srun: error:").strip() if lines else ""
+
+
+
+def remote_host(spec: HostSpec, ssh: SSHOptions, launcher: str) -> SSHHost | SrunHost:
+    """How the launcher reaches ``spec``: a job step of this allocation (``srun``) or SSH."""
+    return SrunHost(spec) if launcher == "srun" else SSHHost(spec, ssh)

@@ -1,0 +1,124 @@
+"""A real Slurm cluster on the namespace hosts of ``tests.netns``: munge, slurmctld here, a slurmd on each host.
+
+Debian's ``slurmctld slurmd slurm-client munge`` (``make test`` installs them). slurmctld
+runs in this machine's namespace on the bridge address; each host's slurmd runs in the
+host's network namespace and in a mount namespace of its own where, as for the host's
+sshd, ``tests.netns.WORK_DIR`` is that host's private folder (so a file staged to h1 is
+not on h2) and /etc/hosts names the host. Steps run as root with the shared Python and
+venv. The configuration lives under the namespace state folder; commands find it through
+``SLURM_CONF`` in ``env``. ``python -m tests.slurm up 2`` / ``down`` by hand.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests import netns
+
+STATE = "/tmp/mxft-slurm"  # not under netns.STATE_DIR, which netns.down removes while slurmctld may still run
+CONF = os.path.join(STATE, "slurm.conf")
+BINARIES = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/srun", "/usr/sbin/munged")
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmCluster:
+    hosts: netns.NetnsCluster
+    nodes: tuple[str, ...]   # h1, h2, ...
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, SLURM_CONF=CONF)
+
+
+def _config(cluster: netns.NetnsCluster) -> str:
+    nodes = "".join(f"NodeName={h.name} NodeAddr={h.address} CPUs={os.cpu_count() or 2} RealMemory=4000\n"
+                    for h in cluster.hosts)
+    return (f"ClusterName=mxft\nSlurmctldHost={os.uname().nodename}({netns.SUBNET}.1)\nSlurmUser=root\n"
+            "AuthType=auth/munge\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n"
+            "SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\nReturnToService=2\nMpiDefault=none\n"
+            "JobAcctGatherType=jobacct_gather/none\nSlurmctldPort=6917\nSlurmdPort=6918\n"
+            f"StateSaveLocation={STATE}/state\nSlurmdSpoolDir={STATE}/spool/%n\n"
+            f"SlurmctldPidFile={STATE}/slurmctld.pid\nSlurmdPidFile={STATE}/slurmd-%n.pid\n"
+            f"SlurmctldLogFile={STATE}/slurmctld.log\nSlurmdLogFile={STATE}/slurmd-%n.log\n"
+            "KillWait=5\nInactiveLimit=0\n" + nodes +
+            "PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n")
+
+
+def _start_munge() -> None:
+    """munged with the packaged key, unless it already answers."""
+    if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0:
+        return
+    for folder in ("/run/munge", "/var/log/munge", "/var/lib/munge"):
+        os.makedirs(folder, exist_ok=True)
+        subprocess.run(["chown", "munge:munge", folder], check=True)
+    subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+
+
+def _start_slurmd(host: netns.NetnsHost) -> None:
+    setup = (f"hostname {host.name}; mount --bind {host.work_dir} {netns.WORK_DIR}; "
+             f"mount --bind {os.path.dirname(host.work_dir)}/hosts /etc/hosts; exec /usr/sbin/slurmd -N {host.name}"
+             f" -f {CONF}")
+    subprocess.run(["nsenter", f"--net=/var/run/netns/{host.namespace}", "unshare", "--mount", "--uts",
+                    "--propagation", "private", "sh", "-ec", setup], check=True, capture_output=True)
+
+
+def _wait_idle(cluster: SlurmCluster, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=cluster.env, capture_output=True,
+                             text=True).stdout
+        states = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+        if all(states.get(node) == "idle" for node in cluster.nodes):
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"Slurm nodes never became idle: {out!r}; see {STATE}/*.log")
+
+
+def up(cluster: netns.NetnsCluster) -> SlurmCluster:
+    """Slurm on ``cluster``'s hosts (tearing down any earlier one first)."""
+    missing = [path for path in BINARIES if not os.path.exists(path)]
+    if missing:
+        raise RuntimeError(f"Slurm is not installed ({', '.join(missing)} missing): "
+                           "apt-get install slurmctld slurmd slurm-client munge")
+    down()
+    os.makedirs(os.path.join(STATE, "state"))
+    os.makedirs(os.path.join(STATE, "spool"))
+    with open(CONF, "w", encoding="utf-8") as handle:
+        handle.write(_config(cluster))
+    _start_munge()
+    subprocess.run(["/usr/sbin/slurmctld", "-f", CONF], check=True, capture_output=True)
+    for host in cluster.hosts:
+        _start_slurmd(host)
+    slurm = SlurmCluster(cluster, tuple(h.name for h in cluster.hosts))
+    _wait_idle(slurm)
+    return slurm
+
+
+def down() -> None:
+    """Cancel every job, stop slurmctld and every slurmd of an earlier ``up``, remove their state."""
+    if not os.path.exists(CONF):
+        return
+    subprocess.run(["scancel", "--full", "--user=root"], env=dict(os.environ, SLURM_CONF=CONF),
+                   capture_output=True, timeout=10)
+    for name in sorted(os.listdir(STATE)):
+        if name.endswith(".pid"):
+            try:
+                with open(os.path.join(STATE, name), encoding="ascii") as handle:
+                    os.kill(int(handle.read().strip()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+    time.sleep(0.3)
+    subprocess.run(["rm", "-rf", STATE], check=False)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["up"]:
+        slurm = up(netns.up(int(sys.argv[2]) if len(sys.argv) > 2 else 2))
+        print(f"export SLURM_CONF={CONF}; sinfo; salloc -N{len(slurm.nodes)}")
+    else:
+        down()
+        netns.down()
