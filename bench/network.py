@@ -85,8 +85,10 @@ json.dump([list(s) for n, s in zip(net.list_arguments(), shapes) if n not in ("d
         return json.load(handle)
 
 
-def step_times(cluster, work: str, shapes_file: str, *, hosts: int, servers: int, bound: int) -> list[float]:
-    """Step seconds of kvstore_step.py (after its warm-up) with one worker on each of the first ``hosts`` hosts."""
+def step_times(cluster, work: str, shapes_file: str, *, hosts: int, servers: int, bound: int,
+               extra: tuple[str, ...] = ()) -> list[float]:
+    """Step seconds of kvstore_step.py (after its warm-up) with one worker on each of the first ``hosts`` hosts
+    (``extra``: more of its arguments)."""
     hosts_file = os.path.join(work, f"hosts{hosts}.txt")
     with open(hosts_file, "w", encoding="utf-8") as handle:
         handle.writelines(f"{h.address} python={sys.executable}\n" for h in cluster.hosts[:hosts])
@@ -94,7 +96,7 @@ def step_times(cluster, work: str, shapes_file: str, *, hosts: int, servers: int
         [sys.executable, "-m", "launcher.cli", "-H", hosts_file, "--ssh-config", cluster.ssh_config, "--remote-dir",
          "/srv/mxft-host", "-n", str(hosts), "-s", str(servers), "--sync-dir", "/srv/mxft-host/bench-network",
          "--env", f"MXNET_KVSTORE_BIGARRAY_BOUND={bound}", "--run-root", os.path.join(work, "runs"), "--",
-         "python", "kvstore_step.py", "--shapes", os.path.basename(shapes_file), "--steps", str(STEPS)],
+         "python", "kvstore_step.py", "--shapes", os.path.basename(shapes_file), "--steps", str(STEPS), *extra],
         cwd=os.path.dirname(shapes_file), env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
         timeout=900)
     line = next((l for l in result.stdout.splitlines() if "@bench " in l), None)
@@ -110,15 +112,21 @@ SETTINGS = (  # (depth, hosts, servers, bound)
 )
 
 
-def measure(cluster, work: str) -> list[dict]:
+def bench_program(work: str, depths=(50, 152)) -> tuple[str, dict[int, list[list[int]]]]:
+    """kvstore_step.py and each network's shapes file in one folder (what --sync-dir sends); their shapes."""
     program = os.path.join(work, "program")
     os.makedirs(program)
     shutil.copy(os.path.join(ROOT, "bench", "programs", "kvstore_step.py"), program)
     shapes = {}
-    for depth in (50, 152):
+    for depth in depths:
         shapes[depth] = model_shapes(depth, work)
         with open(os.path.join(program, f"shapes-{depth}.json"), "w", encoding="utf-8") as handle:
             json.dump(shapes[depth], handle)
+    return program, shapes
+
+
+def measure(cluster, work: str) -> list[dict]:
+    program, shapes = bench_program(work)
     rows = []
     for depth, hosts, servers, bound in SETTINGS:
         sizes = [math.prod(s) for s in shapes[depth]]

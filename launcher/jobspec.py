@@ -44,6 +44,7 @@ INITIALIZER_KEYS = ("type", "rnd_type", "factor_type", "magnitude", "sigma", "sc
 BUILTIN_ASSETS = ("digits",)
 LR_SCALINGS = ("none", "linear")
 EVALUATIONS = ("shared", "worker0")
+COMPRESSIONS = ("2bit",)
 AUTO = "auto"  # cluster.workers / cluster.servers: decided from the hosts (launcher.plan.assign_workers)
 # Caps on counts, checked before anything is built from them (a list per process, per device).
 MAX_PROCESSES = 4096        # workers or servers of one job
@@ -98,6 +99,12 @@ def _interface(value: Any) -> str:
 def _fraction(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ValueError("a number between 0 and 1")
+    return float(value)
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1e6:
+        raise ValueError("a number above 0")
     return float(value)
 
 
@@ -389,6 +396,13 @@ class TrainSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class CompressionSpec:
+    type: str = key(check=_choice(COMPRESSIONS), help="2bit: each value a worker pushes is sent as -threshold, 0 "
+                    "or +threshold (16 values per float), what is left over added to its next push")
+    threshold: float = key(0.5, check=_positive, help="the 2bit quantisation step")
+
+
+@dataclasses.dataclass(frozen=True)
 class ClusterSpec:
     workers: int | str = key(AUTO, check=_count_or_auto, help="worker processes; auto: one per GPU host (all "
                              "its slots), or one per slot of a CPU host (per N slots with devices: cpu:N)")
@@ -408,6 +422,9 @@ class ClusterSpec:
     bigarray_bound: int = key(100_000, check=_int(1), help="arrays of this many values or more are split over all "
                               "servers, smaller ones go whole to one (MXNET_KVSTORE_BIGARRAY_BOUND; MXNet's own "
                               "default, 1000000, loads one of 3 servers 2-8x the others on ResNet-50/152)")
+    gradient_compression: CompressionSpec | None = section(
+        CompressionSpec, optional=True, help="compress what workers push to the servers (MXNet's "
+        "set_gradient_compression; pulls stay float32); a synchronous kvstore and train.evaluation: worker0")
 
     @property
     def uses_gpu(self) -> bool:
@@ -613,6 +630,22 @@ def _check_evaluation(job: JobSpec, top: Fields) -> None:
                    hint="set train.evaluation: worker0, or cluster.kvstore: dist_sync / dist_sync_device")
 
 
+def _check_compression(job: JobSpec, top: Fields) -> None:
+    """2bit compression quantises every push: of gradients, and also of shared evaluation's sums."""
+    if job.cluster.gradient_compression is None:
+        return
+    cluster = top.section("cluster", keys_of(ClusterSpec))
+    where = cluster.path + ("gradient_compression",)
+    if "async" in job.cluster.effective_kvstore:
+        cluster.fail(where, f"cluster.gradient_compression needs a synchronous kvstore, not "
+                     f"{job.cluster.effective_kvstore}",
+                     hint="cluster.kvstore: dist_sync or dist_sync_device")
+    if job.train.evaluation == "shared":
+        cluster.fail(where, "cluster.gradient_compression needs train.evaluation: worker0 (shared evaluation sums BatchNorm statistics and "
+                     "counts through the kvstore, whose pushes would be compressed too)",
+                     hint="add train.evaluation: worker0, or remove gradient_compression")
+
+
 def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = None,
               overrides: Sequence[str] = (), schema: type = JobSpec) -> "JobSpec | CommandSpec":
     """Turn the text of a job file into a JobSpec (or a CommandSpec for a ``command:`` job).
@@ -631,6 +664,7 @@ def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = Non
     job = read_section(schema, top, expand, source=os.path.abspath(source))
     _check_data_source(job, top)
     _check_evaluation(job, top)
+    _check_compression(job, top)
     return job if job.name else dataclasses.replace(job, name=os.path.splitext(os.path.basename(source))[0])
 
 

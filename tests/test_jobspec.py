@@ -245,3 +245,21 @@ def test_shared_evaluation_needs_a_synchronous_kvstore():
         parse_job(text, "/jobs/x.yaml", environ={})
     assert parse_job(text + "train:\n  evaluation: worker0\n", "/jobs/x.yaml", environ={}).train.evaluation == \
         "worker0"
+
+
+def test_gradient_compression_is_checked_where_it_is_written():
+    worker0 = MINIMAL + "train:\n  evaluation: worker0\n"
+    job = parse(worker0 + "cluster:\n  gradient_compression: {type: 2bit, threshold: 0.25}\n")
+    assert (job.cluster.gradient_compression.type, job.cluster.gradient_compression.threshold) == ("2bit", 0.25)
+    assert job.to_job_dict()["cluster"]["gradient_compression"] == {"type": "2bit", "threshold": 0.25}
+    assert parse(worker0 + "cluster:\n  gradient_compression: {type: 2bit}\n").cluster.gradient_compression.threshold \
+        == 0.5
+    assert parse(MINIMAL).cluster.gradient_compression is None and "gradient_compression" not in \
+        parse(MINIMAL).to_job_dict()["cluster"]
+    assert error_of(MINIMAL + "cluster:\n  gradient_compression: {type: 2bit}\n").startswith(
+        "/jobs/x.yaml:8: cluster.gradient_compression needs train.evaluation: worker0 (shared evaluation sums")
+    assert error_of(worker0 + "cluster:\n  kvstore: dist_async\n  gradient_compression: {type: 2bit}\n") == (
+        "/jobs/x.yaml:11: cluster.gradient_compression needs a synchronous kvstore, not dist_async "
+        "(cluster.kvstore: dist_sync or dist_sync_device)")
+    assert "threshold" in error_of(worker0 + "cluster:\n  gradient_compression: {type: 2bit, threshold: 0}\n")
+    assert "one of 2bit" in error_of(worker0 + "cluster:\n  gradient_compression: {type: 1bit}\n")

@@ -156,6 +156,21 @@ def _prepared_module(cfg: WorkerConfig, net, fixed: list[str], train, kv, arg_pa
     return mod
 
 
+def _compress_pushes(kv, compression: dict) -> None:
+    """``cluster.gradient_compression``, set before any key exists: every push after a key's init is quantised.
+
+    MXNet 1.9's distributed kvstore refuses ``pushpull`` with compression ("Compression not
+    supported with PushPull") and Module updates through ``pushpull``; a push then a pull of the
+    same key does the same (the pull waits for the servers' merged value) and compresses.
+    """
+    kv.set_gradient_compression({"type": compression["type"], "threshold": compression["threshold"]})
+
+    def push_then_pull(key, value, out=None, priority=0):
+        kv.push(key, value, priority=priority)
+        kv.pull(key, out=value if out is None else out, priority=priority)
+    kv.pushpull = push_then_pull
+
+
 def _shared_evaluation(cfg: WorkerConfig) -> bool:
     """``train.evaluation: shared`` (the default): every worker evaluates a part, with averaged statistics."""
     shared = cfg.train.get("evaluation", "shared") == "shared"
@@ -174,6 +189,9 @@ def run_worker(cfg: WorkerConfig) -> int:
         np.random.seed(seed)
     shared = _shared_evaluation(cfg)
     kv = mx.kv.create(cfg.kvstore)
+    compression = cfg.job.get("cluster", {}).get("gradient_compression")
+    if compression:
+        _compress_pushes(kv, compression)
     rank, num_workers = kv.rank, kv.num_workers
     lead = cfg.index == 0  # checkpoints and writes the result (and evaluates alone with evaluation: worker0)
     log.info("worker %d joined ps-lite as rank %d of %d (kvstore %s)", cfg.index, rank, num_workers, cfg.kvstore)

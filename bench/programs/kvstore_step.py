@@ -34,9 +34,13 @@ def main() -> None:
     parser.add_argument("--shapes", help="a JSON list of array shapes (instead of --model)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--kvstore", default="dist_sync")
+    parser.add_argument("--compression", type=float, default=0.0, help="2bit gradient compression with this "
+                        "threshold (0: none), set before any key as mxft's trainer does")
     args = parser.parse_args()
     shapes = shapes_of(args.model, args.params, args.shapes)
     kv = mx.kv.create(args.kvstore)
+    if args.compression:
+        kv.set_gradient_compression({"type": "2bit", "threshold": args.compression})
     grads = [mx.nd.ones(shape) for shape in shapes]
     outs = [mx.nd.zeros(shape) for shape in shapes]
     for key, grad in enumerate(grads):
