@@ -11,11 +11,12 @@ import sys
 import time
 
 from bench import (compression, demo_seeds, demo_vs_scratch, evaluation, launch_overhead, lr_scaling, multihost,
-                   network, prepare_vs_im2rec, staging)
+                   network, prepare_vs_im2rec, staging, startup)
 
 BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "demo_seeds": demo_seeds.main,
            "prepare_vs_im2rec": prepare_vs_im2rec.main, "lr_scaling": lr_scaling.main, "evaluation": evaluation.main,
            "network": network.main, "compression": compression.main,
+           "startup": startup.main,
            "staging": staging.main, "launch_overhead": launch_overhead.main, "multihost": multihost.main}
 DEFAULT = ("staging", "launch_overhead", "multihost")
 

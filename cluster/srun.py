@@ -7,19 +7,25 @@ runs in::
 
 so a site that allows only ``srun`` between nodes works, Slurm accounts every process to
 the job, and a step ends with the allocation. ``--overlap`` lets the steps of one node
-share its CPUs (a scheduler, a server and a worker run side by side); a step gets all
-of the job's GPUs on its node, as Slurm gives steps by default. A step's stdin and stdout
-are pipes of its ``srun`` here, so ``SrunHost`` offers what ``cluster.ssh.SSHHost`` offers
-(``run``, ``start``, ``stream_to``, ``stream_from``): staging, fetching, probing and the
-reach check are unchanged. Public environment values go to the step through srun's
-environment (``--export=ALL``); secret ones still arrive as the first stdin line of
-``trainer.remote``, never in argv or in the environment srun sends.
+share its resources (a scheduler, a server and a worker run side by side); without
+``--exact`` a step may use all of the job's CPUs and GPUs on its node, as srun gives steps
+by default. A step's stdin and stdout are pipes of its ``srun`` here, so ``SrunHost`` offers
+what ``cluster.ssh.SSHHost`` offers (``run``, ``start``, ``stream_to``, ``stream_from``):
+staging, fetching, probing and the reach check are unchanged.
+
+A step's environment is built, not inherited: the allocation's ``SLURM_*`` variables, a few
+of the session's (``STEP_ENVIRONMENT``: PATH, HOME, the locale) and the process's public
+values, as a login shell plus the plan's values over SSH; secret values still arrive as the
+first stdin line of ``trainer.remote``. srun carries stdin to the node over its own
+connection, unencrypted (as ps-lite's traffic is): see the README's security model.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
@@ -66,14 +72,33 @@ def require_srun(environ: Mapping[str, str]) -> None:
 def require_allocation_nodes(hosts: Sequence[HostSpec], environ: Mapping[str, str], *, where: str) -> None:
     """InputError unless this is an allocation with ``srun`` whose nodes include every host (named by line)."""
     require_srun(environ)
-    nodes = set(expand_nodelist(environ.get("SLURM_JOB_NODELIST") or environ["SLURM_NODELIST"]))
+    try:
+        nodes = set(expand_nodelist(environ.get("SLURM_JOB_NODELIST") or environ["SLURM_NODELIST"]))
+    except ValueError as err:
+        raise InputError("SLURM_JOB_NODELIST", str(err)) from None
+    listed = ", ".join(sorted(nodes)[:8]) + (f", ... ({len(nodes)} nodes)" if len(nodes) > 8 else "")
     for host in hosts:
         if host.name not in nodes or host.port is not None or host.user is not None:
             raise InputError(f"{where}:{host.line}" if host.line else where,
                              f"'{host.label}' is not a node of Slurm job {environ['SLURM_JOB_ID']} "
-                             f"({', '.join(sorted(nodes))})" if host.name not in nodes else
+                             f"({listed})" if host.name not in nodes else
                              f"'{host.label}': port= and user= are SSH settings; srun reaches nodes by name",
                              hint="list the allocation's nodes (or give --hosts slurm), or use --launcher ssh")
+
+
+# The launcher's own variables a step gets besides SLURM_* (a login shell over SSH would set these too).
+STEP_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+
+
+def step_environment(environ: Mapping[str, str], public: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What srun exports to a step: the allocation's variables, the session's basics and ``public``.
+
+    >>> step_environment({"SLURM_JOB_ID": "7", "PATH": "/bin", "SSH_CONNECTION": "x", "TOKEN": "s"}, {"A": "1"})
+    {'SLURM_JOB_ID': '7', 'PATH': '/bin', 'A': '1'}
+    """
+    chosen = {k: v for k, v in environ.items() if k.startswith("SLURM_") or k in STEP_ENVIRONMENT
+              or k.startswith("LC_")}
+    return {**chosen, **(public or {})}
 
 
 class SrunProcess(LocalProcess):
@@ -113,15 +138,17 @@ class SrunHost:
     def run(self, argv: Sequence[str], *, timeout_s: float = 60.0):
         """Run a command to completion on the node; (exit code, stdout, stderr). HostUnreachable when srun
         itself could not run the step (a node down, not in the allocation, the allocation gone)."""
+        proc = self._step(argv, stdin=subprocess.DEVNULL)
         try:
-            done = subprocess.run(srun_argv(self.spec.name, argv), capture_output=True, text=True, errors="replace",
-                                  stdin=subprocess.DEVNULL, timeout=timeout_s)
+            out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            _end(proc)
             raise HostUnreachable(f"node {self.label}: no answer through srun within {timeout_s:.0f} s") from None
-        refusal = _srun_refusal(done.stderr)
-        if done.returncode != 0 and refusal:
+        out, err = out.decode(errors="replace"), err.decode(errors="replace")
+        refusal = _srun_refusal(err)
+        if proc.returncode != 0 and refusal:
             raise HostUnreachable(f"node {self.label}: {refusal}")
-        return done.returncode, done.stdout, done.stderr
+        return proc.returncode, out, err
 
     def start(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None = None,
               name: str = "mxft") -> SrunProcess:
@@ -130,9 +157,9 @@ class SrunHost:
         if secrets and ENV_FROM_STDIN not in argv:
             raise ValueError(f"secret environment values for a command that does not read {ENV_FROM_STDIN}")
         popen = subprocess.Popen(
-            srun_argv(self.spec.name, argv, name=name, cwd=cwd), env={**os.environ, **public},
+            srun_argv(self.spec.name, argv, name=name, cwd=cwd), env=step_environment(os.environ, public),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            errors="replace", start_new_session=True, preexec_fn=die_with_parent)
+            errors="replace", start_new_session=True, preexec_fn=_term_with_parent)
         if secrets:
             popen.stdin.write(json.dumps(dict(secrets)) + "\n")
             popen.stdin.flush()
@@ -140,21 +167,52 @@ class SrunHost:
 
     def stream_to(self, command: str) -> subprocess.Popen:
         """Start the shell ``command`` on the node with a pipe to its stdin (for bulk copies)."""
-        return subprocess.Popen(srun_argv(self.spec.name, ["sh", "-c", command]), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        return self._step(["sh", "-c", command], stdin=subprocess.PIPE)
 
     def stream_from(self, command: str) -> subprocess.Popen:
-        return subprocess.Popen(srun_argv(self.spec.name, ["sh", "-c", command]), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return self._step(["sh", "-c", command], stdin=subprocess.DEVNULL)
+
+    def _step(self, argv: Sequence[str], *, stdin) -> subprocess.Popen:
+        """A step in ``/`` with bytes on its pipes, in a session of its own (a Ctrl-C reaches the launcher only)."""
+        return subprocess.Popen(srun_argv(self.spec.name, argv, cwd="/"), env=step_environment(os.environ),
+                                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+                                start_new_session=True, preexec_fn=_term_with_parent)
+
+
+def _term_with_parent() -> None:
+    """SIGTERM, not SIGKILL, when the launcher dies: srun passes it on and ends the step (a killed srun cannot)."""
+    die_with_parent(signal.SIGTERM)
+
+
+def _end(proc: subprocess.Popen) -> None:
+    proc.terminate()  # srun ends its step on SIGTERM
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# srun's report of how a task ended: the command's outcome, not a refusal to run it.
+_TASK_ENDED = re.compile(r"srun: error: \S+: tasks? [0-9,-]+: ")
 
 
 def _srun_refusal(stderr: str) -> str:
-    """srun's own error (not the command's), e.g. ``Required node not available``; "" if none."""
-    lines = [line for line in stderr.splitlines() if line.startswith("srun: error:")]
+    """srun's own error (not the command's), e.g. ``Required node not available``; "" if none.
+
+    >>> _srun_refusal("srun: error: h1: task 0: Exited with exit code 127")
+    ''
+    >>> _srun_refusal("srun: error: Unable to create step for job 7: Invalid node name specified")
+    'Unable to create step for job 7: Invalid node name specified'
+    """
+    lines = [line for line in stderr.splitlines() if line.startswith("srun: error:") and not _TASK_ENDED.match(line)]
     return lines[0].removeprefix("srun: error:").strip() if lines else ""
 
 
 
-def remote_host(spec: HostSpec, ssh: SSHOptions, launcher: str) -> SSHHost | SrunHost:
+RemoteHost = SSHHost | SrunHost  # how the launcher reaches a host that is not this machine
+
+
+def remote_host(spec: HostSpec, ssh: SSHOptions, launcher: str) -> RemoteHost:
     """How the launcher reaches ``spec``: a job step of this allocation (``srun``) or SSH."""
     return SrunHost(spec) if launcher == "srun" else SSHHost(spec, ssh)

@@ -24,7 +24,7 @@ import yaml
 from cluster.errors import JobFailed
 from cluster.hostwatch import HostWatch, first_lost
 from cluster.local import LocalTransport
-from cluster.srun import remote_host
+from cluster.srun import RemoteHost, remote_host
 from cluster.ssh import HOSTS_AT_ONCE, SSHHost, on_hosts
 from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
 from launcher import cachefile, paramsfile, recfile, runstate
@@ -64,12 +64,16 @@ def stage_local(plan: Plan) -> None:
     if recipe.trimmed_params:
         with cachefile.locked(os.path.dirname(recipe.trimmed_params)):  # one launch builds it, the others wait
             _write_trimmed_params(recipe.job.model, recipe.trimmed_params)
-    with cachefile.locked(os.path.dirname(recipe.shards[0].prefix)):
-        missing = [s for s in recipe.shards if not (os.path.isfile(s.rec_path) and os.path.isfile(s.prefix + ".idx"))]
+    copies = [s for s in recipe.shards if not s.in_place]
+    if not copies:  # every worker reads its part of the training file where it is
+        return
+    with cachefile.locked(os.path.dirname(copies[0].rec_path)):
+        missing = [s for s in copies if not (os.path.isfile(s.rec_path) and os.path.isfile(s.idx_path))]
         if missing:  # shards are written atomically, so a present one is complete
             spans = recfile.read_index(recipe.job.data.train)
             for shard in missing:
-                recfile.write_shard(recipe.job.data.train, [spans[i] for i in shard.positions], shard.prefix)
+                recfile.write_shard(recipe.job.data.train, [spans[i] for i in shard.positions],
+                                    os.path.splitext(shard.rec_path)[0])
 
 
 def _write_trimmed_params(model: ModelSpec, trimmed: str) -> None:
@@ -92,8 +96,8 @@ class RunEvents:
     worker 0's epoch checkpoint, rewriting the metrics files) runs on two background threads.
     """
 
-    def __init__(self, plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Console) -> None:
-        self.plan, self.ssh_hosts, self.console = plan, ssh_hosts, console
+    def __init__(self, plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console) -> None:
+        self.plan, self.remote_hosts, self.console = plan, remote_hosts, console
         # Two queues: a slow plot never delays a checkpoint fetch (worker 0 prunes old epochs).
         self.fetches = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mxft-fetch")
         self.drawing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mxft-metrics")
@@ -154,7 +158,7 @@ class RunEvents:
             epoch = event.get("epoch")
             if isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch <= self.epochs:
                 self._later(self.fetches, f"keeping the checkpoint of epoch {epoch}", keep_checkpoint, self.plan,
-                            self.ssh_hosts, epoch)
+                            self.remote_hosts, epoch)
             else:
                 self.console(f"[mxft] ignored a checkpoint event of worker 0 naming epoch {epoch!r}")
 
@@ -233,24 +237,24 @@ def execute(plan: Plan, *, console: Console) -> dict:
     A recipe's result is worker 0's result.json with timing and throughput added; a
     command's is each process's outcome. The caller writes it to RUN_DIR/result.json.
     """
-    ssh_hosts = {host.label: remote_host(host, plan.ssh, plan.launcher) for host in plan.hosts if not host.is_local}
+    remote_hosts = {host.label: remote_host(host, plan.ssh, plan.launcher) for host in plan.hosts if not host.is_local}
     began = time.time()
     stage_local(plan)
-    stage_remote(plan, ssh_hosts, console=console)
+    stage_remote(plan, remote_hosts, console=console)
     started = time.time()
     if plan.recipe is None:
         console.verbose = True  # a command's own output is what its user came for (as with tools/launch.py)
-        with watching(plan, ssh_hosts) as hosts_answer:
-            outcomes = run_processes(plan, ssh_hosts, console=console, check=hosts_answer)
+        with watching(plan, remote_hosts) as hosts_answer:
+            outcomes = run_processes(plan, remote_hosts, console=console, check=hosts_answer)
         return {"run_id": plan.run_id, "command": list(plan.command.argv), "staging_s": round(started - began, 3),
                 "running_s": round(time.time() - started, 3), "processes": [o.summary() for o in outcomes]}
-    run_events = RunEvents(plan, ssh_hosts, console=console)
+    run_events = RunEvents(plan, remote_hosts, console=console)
     console.start_training(plan.recipe.workers[0].begin_epoch, plan.recipe.job.train.epochs,
                            plan.recipe.batches_per_epoch)
     watchdog = Watchdog(plan, run_events)
     try:
-        with watching(plan, ssh_hosts) as hosts_answer:
-            run_processes(plan, ssh_hosts, console=console, on_line=run_events.on_line,
+        with watching(plan, remote_hosts) as hosts_answer:
+            run_processes(plan, remote_hosts, console=console, on_line=run_events.on_line,
                           check=lambda: (hosts_answer(), watchdog.check()))
     finally:
         run_events.close()
@@ -259,16 +263,16 @@ def execute(plan: Plan, *, console: Console) -> dict:
     first = run_events.first_batch_at or started
     timing = {"staging_s": round(started - began, 3), "startup_s": round(first - started, 3),
               "training_s": round(ended - first, 3)}
-    return collect(plan, run_events, ssh_hosts, timing=timing)
+    return collect(plan, run_events, remote_hosts, timing=timing)
 
 
 @contextlib.contextmanager
-def watching(plan: Plan, ssh_hosts: Mapping[str, SSHHost]):
+def watching(plan: Plan, remote_hosts: Mapping[str, RemoteHost]):
     """Keepalives to every remote host that runs a process; yields a check that raises JobFailed naming the
     first host that stopped answering (before its silent processes or the ps-lite hang say anything)."""
     # srun's steps have no keepalive of their own here: Slurm ends a job whose node stops answering (SlurmdTimeout)
-    busy = [ssh_hosts[label] for label in dict.fromkeys(p.host for p in plan.processes)
-            if isinstance(ssh_hosts.get(label), SSHHost)]
+    busy = [remote_hosts[label] for label in dict.fromkeys(p.host for p in plan.processes)
+            if isinstance(remote_hosts.get(label), SSHHost)]
     started = on_hosts(_watch, busy, name="watch")
     failed = [w for w in started if isinstance(w, JobFailed)]
     watches = [w for w in started if isinstance(w, HostWatch)]
@@ -299,12 +303,12 @@ def _watch(host: SSHHost) -> HostWatch | JobFailed:
                          host=host.label)
 
 
-def stage_remote(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Console) -> None:
+def stage_remote(plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console) -> None:
     """Send every remote host what the plan puts there, reporting per host."""
     if not plan.transfers:
         return
     started = time.monotonic()
-    reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
+    reports = stage_all(remote_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
                         python_of=plan.remote_pythons.__getitem__,
                         progress=lambda host, sent, total: console.progress(f"staging {host}", sent, total, unit="B"))
     for report in reports:
@@ -315,12 +319,12 @@ def stage_remote(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Conso
          f"({time.monotonic() - started:.1f} s)")
 
 
-def run_processes(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Console,
+def run_processes(plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console,
                   on_line: Callable[[Member, str], bool] | None = None,
                   check: Callable[[], None] | None = None) -> list[ProcessOutcome]:
     """Start every process of the plan under one Supervisor, wait for the workers; how each ended."""
     transports: dict[str, Transport] = {label: LocalTransport() for label in (h.label for h in plan.hosts)}
-    transports.update(ssh_hosts)
+    transports.update(remote_hosts)
     with Supervisor(echo=console, relay=console.relay, on_line=on_line) as group:
         def start(proc):
             return group.start(proc.name, transports[proc.host], proc.argv, env=proc.env_dict,
@@ -339,7 +343,7 @@ def run_processes(plan: Plan, ssh_hosts: Mapping[str, SSHHost], *, console: Cons
                    for proc in plan.processes]
         with open(os.path.join(plan.run_dir, "processes.json"), "w", encoding="utf-8") as handle:  # for status
             json.dump([{"name": proc.name, "role": proc.role.value, "host": proc.host, "log": proc.log_path,
-                        "pid": member.process.pid if proc.host not in ssh_hosts else None}
+                        "pid": member.process.pid if proc.host not in remote_hosts else None}
                        for proc, member in zip(plan.processes, started)], handle, indent=1)
         group.wait(check=check)
     return group.outcomes()
@@ -351,21 +355,21 @@ def checkpoint_files(plan: Plan, epoch: int) -> list[str]:
     return [f"{name}-symbol.json", f"{name}-{epoch:04d}.params", f"checkpoint-{epoch:04d}.json"]
 
 
-def keep_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], epoch: int) -> None:
+def keep_checkpoint(plan: Plan, remote_hosts: Mapping[str, RemoteHost], epoch: int) -> None:
     """Bring worker 0's checkpoint of ``epoch`` into RUN_DIR/checkpoints (the marker last).
 
     A worker's event is a claim: it only says which epoch is ready. The folder and the file
     names come from the plan, and only regular files are taken (a link could point anywhere).
     """
     files, host = checkpoint_files(plan, epoch), plan.worker_hosts[0]
-    if host not in ssh_hosts:
+    if host not in remote_hosts:
         _require_regular_files(plan.recipe.workers[0].out_dir, files)
         runstate.install_checkpoint(plan.recipe.workers[0].out_dir, files, plan.run_dir, link=True)
         return
     os.makedirs(runstate.checkpoint_dir(plan.run_dir), exist_ok=True)
     incoming = tempfile.mkdtemp(prefix=".incoming-", dir=runstate.checkpoint_dir(plan.run_dir))
     try:
-        fetch_dir(ssh_hosts[host], plan.recipe.workers[0].out_dir, incoming, names=files)
+        fetch_dir(remote_hosts[host], plan.recipe.workers[0].out_dir, incoming, names=files)
         _require_regular_files(incoming, files)
         runstate.install_checkpoint(incoming, files, plan.run_dir, link=False)
     finally:
@@ -379,13 +383,13 @@ def _require_regular_files(folder: str, names: list[str]) -> None:
             raise JobFailed(f"{path} is not a regular file (a link or a folder); not taken")
 
 
-def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost], *,
+def collect(plan: Plan, run_events: RunEvents, remote_hosts: Mapping[str, RemoteHost], *,
             timing: Mapping[str, float]) -> dict:
     """Worker 0's result with the run's timing, throughput and every epoch; its checkpoint to RUN_DIR/checkpoint."""
     if not run_events.lead_joined():
         raise JobFailed("the workers finished but worker 0 never reported joining; see the worker logs in "
                         f"{os.path.join(plan.run_dir, 'logs')}")
-    result = _worker0_result(plan, ssh_hosts)
+    result = _worker0_result(plan, remote_hosts)
     _check_result(plan, result)
     result.update(rank_of_worker_0=run_events.rank_of[0], run_id=plan.run_id, timing=dict(timing))
     rows = run_events.metrics.write()
@@ -395,15 +399,15 @@ def collect(plan: Plan, run_events: RunEvents, ssh_hosts: Mapping[str, SSHHost],
     earlier = runstate.latest_checkpoint(plan.run_dir)
     done = {record["epoch"] for record in result["epochs"]}
     result["epochs"] = [r for r in (earlier.records if earlier else ()) if r["epoch"] not in done] + result["epochs"]
-    _install_final_checkpoint(plan, ssh_hosts, result["checkpoint"]["prefix"], result["checkpoint"]["epoch"])
+    _install_final_checkpoint(plan, remote_hosts, result["checkpoint"]["prefix"], result["checkpoint"]["epoch"])
     return result
 
 
-def _worker0_result(plan: Plan, ssh_hosts: Mapping[str, SSHHost]) -> dict:
+def _worker0_result(plan: Plan, remote_hosts: Mapping[str, RemoteHost]) -> dict:
     out_dir, host = plan.recipe.workers[0].out_dir, plan.worker_hosts[0]
-    if host in ssh_hosts:
+    if host in remote_hosts:
         local_dir = os.path.join(plan.run_dir, "workers", "worker-0")
-        fetch_dir(ssh_hosts[host], out_dir, local_dir, names=["result.json"])  # the checkpoint came per epoch
+        fetch_dir(remote_hosts[host], out_dir, local_dir, names=["result.json"])  # the checkpoint came per epoch
         out_dir = local_dir
     source = os.path.join(out_dir, "result.json")
     if not os.path.isfile(source):
@@ -426,15 +430,15 @@ def _check_result(plan: Plan, result) -> None:
         raise JobFailed("worker 0's result.json lacks its accuracy or per-epoch records; the result is not taken")
 
 
-def _install_final_checkpoint(plan: Plan, ssh_hosts: Mapping[str, SSHHost], name: str, epoch: int) -> None:
+def _install_final_checkpoint(plan: Plan, remote_hosts: Mapping[str, RemoteHost], name: str, epoch: int) -> None:
     """RUN_DIR/checkpoint/NAME-symbol.json + NAME-EEEE.params: linked from checkpoints/ (fetched per epoch)."""
     files = [f"{name}-symbol.json", f"{name}-{epoch:04d}.params"]
     kept = runstate.latest_checkpoint(plan.run_dir)
     if kept is not None and kept.epoch == epoch:
         source_dir = runstate.checkpoint_dir(plan.run_dir)
-    elif plan.worker_hosts[0] in ssh_hosts:
+    elif plan.worker_hosts[0] in remote_hosts:
         source_dir = os.path.join(plan.run_dir, "workers", "worker-0")
-        fetch_dir(ssh_hosts[plan.worker_hosts[0]], plan.recipe.workers[0].out_dir, source_dir, names=files)
+        fetch_dir(remote_hosts[plan.worker_hosts[0]], plan.recipe.workers[0].out_dir, source_dir, names=files)
     else:
         source_dir = plan.recipe.workers[0].out_dir
     checkpoint_dir = os.path.join(plan.run_dir, "checkpoint")

@@ -26,6 +26,8 @@ class Inventory:
     train_bytes: int
     val_records: int
     val_bytes: int
+    train_labels: tuple[float, ...] = ()   # of each record, in train_records order
+    train_index: str | None = None         # the training file's .idx, if it has one (reading it in place needs it)
 
 
 def _require_file(path: str, what: str, hint: str) -> None:
@@ -83,7 +85,8 @@ def check_inputs(job: JobSpec) -> Inventory:
     """Raise InputError for the first thing wrong with the job's files, else describe them."""
     check_model(job)
     train_spans = recfile.read_index(job.data.train)
-    train = recfile.LabelSummary.of(job.data.train, recfile.read_labels(job.data.train, train_spans))
+    train_labels = recfile.read_labels(job.data.train, train_spans)
+    train = recfile.LabelSummary.of(job.data.train, train_labels)
     train.check(job.num_classes, require_every_class=True)
     val_spans = recfile.read_index(job.data.val)
     val = recfile.LabelSummary.of(job.data.val, recfile.read_labels(job.data.val, val_spans))
@@ -93,4 +96,6 @@ def check_inputs(job: JobSpec) -> Inventory:
         train_bytes=sum(span.size_bytes for span in train_spans),
         val_records=val.num_records,
         val_bytes=os.path.getsize(job.data.val),
+        train_labels=tuple(train_labels),
+        train_index=idx if os.path.isfile(idx := recfile.idx_path_for(job.data.train)) else None,
     )

@@ -187,8 +187,9 @@ def _known_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec]) 
     """A dry run's facts without contacting any host: cached by an earlier probe, else assumed."""
     found = {}
     for host in hosts:
-        address = remote_host(host, config.ssh, config.launcher).address  # the SSH config's HostName: no connection
-        found[host.label] = (cached_facts(config.cache_dir, host, config.remote_dir, config.ssh, address)
+        address = remote_host(host, config.ssh, config.launcher).address  # the SSH config's HostName (no connection)
+        found[host.label] = (cached_facts(config.cache_dir, host, config.remote_dir, config.ssh, address,
+                                          launcher=config.launcher)
                              or assumed_facts(host, address, config.remote_dir))
     return dataclasses.replace(facts, hosts=found, scheduler_port=_remote_port())
 
@@ -211,7 +212,8 @@ def _probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec],
         found[host.label] = facts_of(report, ssh.address) if usable else assumed_facts(host, ssh.address,
                                                                                         config.remote_dir)
         if usable:
-            remember_facts(config.cache_dir, host, config.remote_dir, config.ssh, found[host.label])
+            remember_facts(config.cache_dir, host, config.remote_dir, config.ssh, found[host.label],
+                           launcher=config.launcher)
     return dataclasses.replace(facts, hosts=found, scheduler_port=_remote_port()), reports
 
 

@@ -57,13 +57,15 @@ class ProcessSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ShardSpec:
-    worker: int
-    positions: range                      # which records of the training .rec (see recfile.strided_shards)
-    prefix: str                           # written as PREFIX.rec + PREFIX.idx
+    """The training records of one worker: a copy cut into the cache (staged to its host), or a part of the
+    training file that a worker on this machine reads where it is (``in_place``: ImageRecordIter's
+    ``part_index``/``num_parts`` over the file's ``.idx``; nothing copied)."""
 
-    @property
-    def rec_path(self) -> str:
-        return self.prefix + ".rec"
+    worker: int
+    positions: range | tuple[int, ...]    # which records of the training .rec (recfile.strided_shards / index_parts)
+    rec_path: str
+    idx_path: str
+    in_place: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +280,9 @@ def _process_detail(plan: Plan, proc: ProcessSpec) -> str:
         shard, worker = plan.recipe.shards[proc.rank], plan.recipe.workers[proc.rank]
         on = (f", gpu {','.join(map(str, worker.devices))}" if worker.devices is not None else
               f", cpu {','.join(map(str, range(worker.cpu_contexts)))}" if worker.cpu_contexts > 1 else "")
+        if shard.in_place:
+            return (f"part {proc.rank} of {len(plan.recipe.shards)} of {shard.rec_path} in place: "
+                    f"{len(shard.positions)} records{on}")
         return f"shard {proc.rank}: {len(shard.positions)} records -> {shard.rec_path}{on}"
     return ""
 
@@ -544,10 +549,8 @@ def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpe
     placement = Placement.of(hosts, facts, workers=assignment.workers, servers=assignment.servers)
     _check_slots(job.cluster, assignment)
     batch = job.train.batch_per_device * device_count(assignment.devices[0])
-    positions = recfile.strided_shards(len(inventory.train_records), count)
-    shards_at = shard_dir(facts, count)
-    shards = tuple(ShardSpec(i, p, os.path.join(shards_at, f"part-{i}-of-{count}")) for i, p in enumerate(positions))
-    recipe = Recipe(job, shards, (), math.ceil(max(len(p) for p in positions) / batch),
+    shards = _shards(job, inventory, facts, count, local=all(placement.layouts[h.label].local for h in placement.workers))
+    recipe = Recipe(job, shards, (), math.ceil(max(len(s.positions) for s in shards) / batch),
                     os.path.join(facts.cache_dir, "trimmed", f"{_model_key(job, facts)}-{job.model.cut_layer}",
                                  os.path.basename(job.model.params_path)), assignment.why)
     transfers = placement.code_transfers(facts)
@@ -562,6 +565,20 @@ def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpe
                            worker_args=lambda i, host: ("--config", f"{placement.layouts[host.label].run_dir}"
                                                                     f"/config/worker-{i}.json"))
     return placement.assemble(facts, processes, transfers, recipe=recipe)
+
+
+def _shards(job: JobSpec, inventory: Inventory, facts: Facts, count: int, *, local: bool) -> tuple[ShardSpec, ...]:
+    """Workers on this machine read parts of the training file in place when it has an index and its classes are
+    mixed through it; otherwise (and for data that must travel) strided copies are cut into the cache."""
+    if local and inventory.train_index is not None:
+        parts = recfile.index_parts(inventory.train_records, count)
+        if all(parts) and recfile.mixed_classes(inventory.train_labels, parts):
+            return tuple(ShardSpec(i, p, job.data.train, inventory.train_index, in_place=True)
+                         for i, p in enumerate(parts))
+    shards_at = shard_dir(facts, count)
+    return tuple(ShardSpec(i, p, os.path.join(shards_at, f"part-{i}-of-{count}.rec"),
+                           os.path.join(shards_at, f"part-{i}-of-{count}.idx"))
+                 for i, p in enumerate(recfile.strided_shards(len(inventory.train_records), count)))
 
 
 def _model_key(job: JobSpec, facts: Facts) -> str:
@@ -583,9 +600,9 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
             transfers.append(transfer)
         return dest
 
-    shard_key = os.path.basename(os.path.dirname(shard.prefix))
+    shard_key = os.path.basename(os.path.dirname(shard.rec_path))
     train_rec = stage(shard.rec_path, shard_key)
-    stage(shard.prefix + ".idx", shard_key)
+    stage(shard.idx_path, shard_key)
     val_rec = stage(job.data.val, keys.get(job.data.val, "val"))
     symbol = stage(job.model.symbol_path, model_key)
     stage(job.model.params_path, model_key, send=recipe.trimmed_params)
@@ -598,6 +615,7 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
                                   f"{layout.run_dir}/config/worker-{index}.json", "run"))
     return WorkerConfig(
         index=index, train_rec=train_rec, val_rec=val_rec, num_val_images=inventory.val_records,
+        train_part=[index, len(recipe.shards), shard.idx_path] if shard.in_place else None,
         learning_rate=learning_rate,
         batches_per_epoch=recipe.batches_per_epoch, model_prefix=symbol[: -len("-symbol.json")],
         devices=list(devices) if isinstance(devices, tuple) else None,

@@ -27,7 +27,8 @@ import paramiko
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from cluster.ssh import SSH_ERRORS, HostKeyError, SSHHost, SSHOptions, on_hosts, ssh_error_text
+from cluster.srun import RemoteHost
+from cluster.ssh import SSH_ERRORS, HostKeyError, SSHOptions, on_hosts, ssh_error_text
 from cluster.ssh_resolve import account_home
 from launcher import cachefile, folder_check, gpu_probe
 from launcher.gpu_check import build_archs_of, gpu_problem, gpus_of
@@ -70,11 +71,10 @@ try:
     out["interfaces"] = interfaces()
 except Exception:
     out["interfaces"] = {}
-def reached_ip():  # the address SSH reached; in an srun step, this host's address on the route to the launcher
-    ssh = (os.environ.get("SSH_CONNECTION", "").split()[2:3] or [""])[0]
-    launcher = os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "")
-    if ssh or not launcher:
-        return ssh
+def reached_ip():  # in an srun step, this host's address on the route to the launcher; else the address SSH reached
+    launcher = os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "") if os.environ.get("SLURM_STEP_ID") else ""
+    if not launcher:
+        return (os.environ.get("SSH_CONNECTION", "").split()[2:3] or [""])[0]
     import socket
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect((launcher, 9))  # UDP: chooses the route, sends nothing
@@ -162,7 +162,7 @@ class HostReport:
     hint: str = ""
 
 
-def probe_host(ssh: SSHHost, spec: HostSpec, work_dir: str, *, other_folders: Sequence[str] = ()) -> HostReport:
+def probe_host(ssh: RemoteHost, spec: HostSpec, work_dir: str, *, other_folders: Sequence[str] = ()) -> HostReport:
     """Run the probe on one host; never raises for the host's own problems (they are in ``error``).
 
     ``other_folders``: folders besides the work folder the launch copies programs into (checked like it).
@@ -227,7 +227,7 @@ def problems(report: HostReport, need: Requirements) -> tuple[str, str] | None:
     return None
 
 
-def probe_all(hosts: Sequence[tuple[HostSpec, SSHHost]], work_dir: str, *,
+def probe_all(hosts: Sequence[tuple[HostSpec, RemoteHost]], work_dir: str, *,
               other_folders: Sequence[str] = ()) -> list[HostReport]:
     """Probe every host, ``HOSTS_AT_ONCE`` at a time; one report per host, in the order given.
 
@@ -271,27 +271,30 @@ def assumed_facts(spec: HostSpec, address: str, remote_dir: str) -> HostFacts:
                      home="~", assumed=True)
 
 
-def _facts_file(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions) -> str:
-    """One file per host, hosts-file line, work folder and SSH config: a change to any is a new probe."""
+def _facts_file(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, launcher: str) -> str:
+    """One file per host, hosts-file line, work folder, SSH config and launcher: a change to any is a new probe."""
     config = ssh.ssh_config or os.path.join(account_home(), ".ssh", "config")
     stamp = os.stat(config).st_mtime_ns if os.path.isfile(config) else 0
-    key = hashlib.sha256(repr((host.name, host.port, host.user, host.python, remote_dir, config, stamp)).encode())
+    key = hashlib.sha256(repr((host.name, host.port, host.user, host.python, remote_dir, config, stamp)
+                              + ((launcher,) if launcher != "ssh" else ())).encode())
     label = re.sub(r"[^A-Za-z0-9_.-]", "_", host.label)
     return os.path.join(cache_dir, "hosts", f"{label}-{key.hexdigest()[:16]}.json")
 
 
-def remember_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, facts: HostFacts) -> None:
+def remember_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, facts: HostFacts, *,
+                   launcher: str = "ssh") -> None:
     """Keep a host's probed facts for later dry runs (``CACHE/hosts/LABEL-KEY.json``, replaced atomically)."""
-    path = _facts_file(cache_dir, host, remote_dir, ssh)
+    path = _facts_file(cache_dir, host, remote_dir, ssh, launcher)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with cachefile.replacing(path, "w") as handle:
         json.dump(dataclasses.asdict(facts), handle)
 
 
-def cached_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, address: str) -> HostFacts | None:
+def cached_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, address: str, *,
+                 launcher: str = "ssh") -> HostFacts | None:
     """Facts an earlier launch or ``check`` probed for this host as it is configured now, if any."""
     try:
-        with open(_facts_file(cache_dir, host, remote_dir, ssh), encoding="utf-8") as handle:
+        with open(_facts_file(cache_dir, host, remote_dir, ssh, launcher), encoding="utf-8") as handle:
             facts = HostFacts(**json.load(handle))
     except (OSError, ValueError, TypeError):
         return None

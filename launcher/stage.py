@@ -38,7 +38,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from cluster.errors import JobFailed
-from cluster.ssh import SSHHost, on_hosts
+from cluster.srun import RemoteHost
+from cluster.ssh import on_hosts
 from launcher.plan import Transfer
 
 # Runs on the host with its own Python (3.8 or newer; splice needs 3.10 and a pipe,
@@ -229,7 +230,7 @@ def _frame(header: dict) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def stage_host(host: SSHHost, transfers: Sequence[Transfer], *, root: str, python: str,
+def stage_host(host: RemoteHost, transfers: Sequence[Transfer], *, root: str, python: str,
                progress: Callable[[str, int, int], None], progress_every_s: float = 0.5) -> HostStaging:
     """Send the host what it lacks: content-addressed files once, run files always.
 
@@ -312,7 +313,7 @@ def _send(proc, transfers: Sequence[Transfer], *, on_bytes: Callable[[int], None
         pass  # the receiver failed; its exit code and stderr say why
 
 
-def stage_all(hosts: Mapping[str, SSHHost], transfers: Sequence[Transfer], *, root_of: Callable[[str], str],
+def stage_all(hosts: Mapping[str, RemoteHost], transfers: Sequence[Transfer], *, root_of: Callable[[str], str],
               python_of: Callable[[str], str], progress: Callable[[str, int, int], None]) -> list[HostStaging]:
     """Stage every host in parallel, ``HOSTS_AT_ONCE`` at a time; one report per host in the order of the
     transfers. Raises JobFailed naming each host that failed (every host is tried)."""
@@ -333,7 +334,7 @@ def stage_all(hosts: Mapping[str, SSHHost], transfers: Sequence[Transfer], *, ro
     return outcomes
 
 
-def fetch_dir(host: SSHHost, remote_dir: str, local_dir: str, *, names: Sequence[str] = (".",)) -> None:
+def fetch_dir(host: RemoteHost, remote_dir: str, local_dir: str, *, names: Sequence[str] = (".",)) -> None:
     """Copy a folder (or the files ``names`` in it) from the host in one tar stream."""
     os.makedirs(local_dir, exist_ok=True)
     proc = host.stream_from(shlex.join(["tar", "-cf", "-", "-C", remote_dir, "--", *names]))

@@ -79,7 +79,7 @@ def _process_lines(run_dir: str, *, running: bool) -> list[str]:
         elif proc.get("pid") is not None:  # started on this machine: look
             state = "running" if psutil.pid_exists(proc["pid"]) else "exited"
         else:
-            state = "started over SSH"
+            state = "started on that host"
         by_host.setdefault(proc["host"], []).append(f"{proc['name']} ({state})")
     return [f"  {host}: {', '.join(names)}" for host, names in by_host.items()]
 

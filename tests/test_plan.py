@@ -56,6 +56,26 @@ def test_local_plan_literal():
                                                 "/runs/small-1/workers/worker-1")
 
 
+def test_workers_on_this_machine_read_parts_of_a_mixed_indexed_file_in_place():
+    job = parse_job(JOB, "/jobs/small.yaml", environ={})
+    mixed = dataclasses.replace(inventory(), train_labels=(0, 1, 2) * 3, train_index="/d/train.idx")
+    plan = make_plan(job, [HostSpec("localhost")], FACTS, inventory=mixed)
+    # ImageRecordIter's parts over the .idx: ceil(9 / 2) = 5 records, then 4; nothing is copied or cached
+    assert [(s.positions, s.rec_path, s.idx_path, s.in_place) for s in plan.recipe.shards] == [
+        (range(0, 5), "/d/train.rec", "/d/train.idx", True), (range(5, 9), "/d/train.rec", "/d/train.idx", True)]
+    assert [(w.train_rec, w.train_part) for w in plan.recipe.workers] == [
+        ("/d/train.rec", [0, 2, "/d/train.idx"]), ("/d/train.rec", [1, 2, "/d/train.idx"])]
+    assert plan.recipe.batches_per_epoch == 2 and not plan.transfers
+    assert "part 1 of 2 of /d/train.rec in place: 4 records" in plan.describe()
+    # sorted by class: contiguous parts would give each worker a few classes, so strided copies are cut
+    by_class = dataclasses.replace(mixed, train_labels=(0, 0, 0, 1, 1, 1, 2, 2, 2))
+    shards = make_plan(job, [HostSpec("localhost")], FACTS, inventory=by_class).recipe.shards
+    assert [(list(s.positions), s.in_place) for s in shards] == [([0, 2, 4, 6, 8], False), ([1, 3, 5, 7], False)]
+    # no .idx: copies too (the indexed reader needs one)
+    assert not make_plan(job, [HostSpec("localhost")], FACTS, inventory=dataclasses.replace(
+        mixed, train_index=None)).recipe.shards[0].in_place
+
+
 def test_threads_split_between_workers_of_a_host():
     job = parse_job(JOB.replace("workers: 2", "workers: 1"), "/jobs/small.yaml", environ={})
     plan = make_plan(job, [HostSpec("localhost")], FACTS, inventory=inventory())
@@ -110,7 +130,7 @@ def test_remote_plan_literal():
     assert [t for t in plan.transfers if t.host == "10.0.0.2"] == [
         Transfer("10.0.0.2", "/code/trainer/worker.py", "/home/b/.mxft/code/c0de/trainer/worker.py", "code"),
         Transfer("10.0.0.2", plan.recipe.shards[1].rec_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.rec", "data"),
-        Transfer("10.0.0.2", plan.recipe.shards[1].prefix + ".idx", f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx",
+        Transfer("10.0.0.2", plan.recipe.shards[1].idx_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx",
                  "data"),
         Transfer("10.0.0.2", "/d/val.rec", "/home/b/.mxft/data/vk/val.rec", "data"),
         Transfer("10.0.0.2", "/m/net-symbol.json", "/home/b/.mxft/data/mk-flatten0/net-symbol.json", "data"),

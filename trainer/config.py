@@ -34,6 +34,7 @@ class WorkerConfig:
     begin_epoch: int = 0            # epochs already done (resuming)
     resume_prefix: str | None = None  # fine-tuned checkpoint of epoch begin_epoch to start from
     cpu_contexts: int = 1           # devices None: computes on mx.cpu(0) .. mx.cpu(N-1) (cluster.devices: cpu:N)
+    train_part: list | None = None  # [part, parts, .idx]: read that part of train_rec in place (no shard copied)
 
     @property
     def device_count(self) -> int:

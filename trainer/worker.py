@@ -40,10 +40,13 @@ def _batch_size(cfg: WorkerConfig) -> int:
 
 
 def _train_iter(cfg: WorkerConfig, rank_seed: int):
+    # A part of the training file read in place (its records through the .idx, shuffled each epoch), or a shard.
+    part = dict(part_index=cfg.train_part[0], num_parts=cfg.train_part[1], path_imgidx=cfg.train_part[2]) \
+        if cfg.train_part else {}
     base = mx.io.ImageRecordIter(
         path_imgrec=cfg.train_rec, data_shape=tuple(cfg.data["shape"]), batch_size=_batch_size(cfg),
         rand_crop=cfg.data["rand_crop"], rand_mirror=cfg.data["rand_mirror"], shuffle=True, seed=rank_seed,
-        preprocess_threads=cfg.data["preprocess_threads"], round_batch=True)
+        preprocess_threads=cfg.data["preprocess_threads"], round_batch=True, **part)
     # Every worker must run the same number of batches per epoch: in dist_sync the
     # servers wait for a push from every worker at each step.
     return mx.io.ResizeIter(base, cfg.batches_per_epoch)
