@@ -390,6 +390,9 @@ class TrainSpec:
     warmup_epochs: int = key(0, check=_int(0), help="epochs that ramp the learning rate up from its unscaled value")
     top_k: int = key(5, check=_int(2), help="also report top-k accuracy (only when k < num_classes: "
                      "with k classes or fewer it is 1.0 by construction)")
+    step_timing: bool = key(False, check=_bool, help="split each epoch's time into compute and communication "
+                            "(compute_s, communication_s in result.json); waiting between the two slows training, so "
+                            "it is for measuring")
     evaluation: str = key("shared", check=_choice(EVALUATIONS),
                           help="shared: workers average BatchNorm statistics, each evaluates a part of the "
                                "validation set; worker0: worker 0 alone, with its own statistics")

@@ -46,7 +46,9 @@ from launcher.plan import HostFacts
 # sync folder); each is checked by ``launcher.folder_check`` (source included) and reported unsafe.
 _PROBE = inspect.getsource(gpu_probe) + inspect.getsource(folder_check) + r"""
 import hashlib, importlib.util, json, os, sys, time
-out = {"python": sys.version.split()[0], "cpus": os.cpu_count() or 1, "home": os.path.expanduser("~")}
+# The CPUs this process may run on (a Slurm step's, a cpuset's), not the machine's
+cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+out = {"python": sys.version.split()[0], "cpus": cpus or 1, "home": os.path.expanduser("~")}
 work = os.path.expanduser(sys.argv[1])
 probe = work
 while not os.path.isdir(probe):

@@ -38,7 +38,7 @@ def _config(cluster: netns.NetnsCluster) -> str:
     nodes = "".join(f"NodeName={h.name} NodeAddr={h.address} CPUs={os.cpu_count() or 2} RealMemory=4000\n"
                     for h in cluster.hosts)
     return (f"ClusterName=mxft\nSlurmctldHost={os.uname().nodename}({netns.SUBNET}.1)\nSlurmUser=root\n"
-            "AuthType=auth/munge\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n"
+            "AuthType=auth/munge\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/affinity\n"
             "SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\nReturnToService=2\nMpiDefault=none\n"
             "JobAcctGatherType=jobacct_gather/none\nSlurmctldPort=6917\nSlurmdPort=6918\n"
             f"StateSaveLocation={STATE}/state\nSlurmdSpoolDir={STATE}/spool/%n\n"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -129,8 +130,13 @@ def test_gradient_compression_quantises_every_push(tmp_path, demo_assets):
     assert outcome["val_accuracy"] < 0.35, outcome["val_accuracy"]
     plan = open(os.path.join(run_dir, "plan.txt"), encoding="utf-8").read()
     assert "pushes compressed 2bit, threshold 100000" in plan
-    plain, _, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"epochs": 2, "evaluation": "worker0"}), "plain")
+    plain, _, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"epochs": 2, "evaluation": "worker0",
+                                                                   "step_timing": True}), "plain")
     assert plain["val_accuracy"] > 0.5, plain["val_accuracy"]
+    # train.step_timing (this run too, to save a launch): each epoch's steps split into compute and communication
+    for epoch in plain["epochs"]:
+        assert 0 < epoch["compute_s"] and 0 < epoch["communication_s"], epoch
+        assert epoch["compute_s"] + epoch["communication_s"] <= epoch["epoch_s"], epoch
 
 
 def test_fine_tuning_beats_training_from_scratch(tmp_path, demo_assets):
@@ -243,8 +249,13 @@ def test_a_seeded_job_gives_the_same_result_every_run(tmp_path, demo_assets):
 
 @pytest.mark.timeout(420)
 def test_two_launches_sharing_a_cache_at_the_same_moment(tmp_path, demo_assets):
-    """Both succeed, in run folders of their own, and the shards both used are whole and identical."""
-    path = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 1}))
+    """Both succeed, in run folders of their own, and the shards both used are whole and identical.
+
+    The training file comes without its .idx, so shards are cut (workers read an indexed file in place); a third
+    launch of the indexed file then adds no shard to the cache."""
+    train = str(tmp_path / "unindexed-train.rec")
+    shutil.copy(os.path.join(demo_assets, "digits5to9-train.rec"), train)
+    path = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 1}, data={"train": train}))
     cache = tmp_path / "cache"
     env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
     launches = [subprocess.Popen(LAUNCH + [path, "--run-root", str(tmp_path / "runs"), "--cache-dir", str(cache)],
@@ -269,9 +280,13 @@ def test_two_launches_sharing_a_cache_at_the_same_moment(tmp_path, demo_assets):
     assert set(modes.values()) == {0o700}, modes
     for path in (shard_dir / "part-0-of-2.rec", run / "plan.json", run / "result.json", run / "logs" / "worker-0.log"):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
-    train = os.path.join(demo_assets, "digits5to9-train.rec")
     spans = recfile.read_index(train)
     for i, positions in enumerate(recfile.strided_shards(len(spans), 2)):
         expected = recfile.write_shard(train, [spans[p] for p in positions], str(tmp_path / f"expected-{i}"))
         for made, wanted in zip((f"part-{i}-of-2.rec", f"part-{i}-of-2.idx"), expected):
             assert (shard_dir / made).read_bytes() == open(wanted, "rb").read()
+    indexed = write_job(tmp_path / "indexed.yaml", demo_job(demo_assets, train={"epochs": 1}))
+    in_place = run_launch([indexed, "--run-root", str(tmp_path / "runs"), "--cache-dir", str(cache)],
+                          cwd=str(tmp_path))
+    assert in_place.returncode == 0, in_place.stderr
+    assert list((cache / "shards").iterdir()) == [shard_dir]  # read in place: no shard cut, nothing copied

@@ -65,9 +65,10 @@ def slurm(hosts3):
 
 
 def in_salloc(slurm, argv: list[str], *, cwd, timeout_s: float = 240) -> subprocess.CompletedProcess:
-    """``salloc -w h1,h2 ARGV`` with the launcher's environment (the allocation's variables are salloc's)."""
+    """``salloc --exclusive -w h1,h2 ARGV`` (every CPU of both nodes) with the launcher's environment."""
     env = dict(slurm.env, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
-    return subprocess.run(["salloc", "--quiet", "-w", "h1,h2", "-N2", *argv], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run(["salloc", "--quiet", "--exclusive", "-w", "h1,h2", "-N2", *argv], cwd=cwd, env=env,
+                          capture_output=True,
                           text=True, timeout=timeout_s)
 
 
@@ -99,7 +100,8 @@ def test_demo_through_srun_steps_inside_salloc(slurm, tmp_path, demo_assets):
 
 STEP_PROGRAM = """
 import os, sys, time
-print("step", os.environ.get("SLURM_STEP_ID"), "node", os.environ.get("SLURMD_NODENAME"), flush=True)
+print("step", os.environ.get("SLURM_STEP_ID"), "node", os.environ.get("SLURMD_NODENAME"),
+      "cpus", len(os.sched_getaffinity(0)), flush=True)
 if os.environ["DMLC_ROLE"] == "worker" and os.environ["DMLC_NODE_HOST"] == "10.231.77.12":
     time.sleep(1)
     sys.exit(3)
@@ -120,6 +122,8 @@ def test_a_failed_step_stops_every_other_step_with_its_exit_code(slurm, tmp_path
     for name, node in (("scheduler", "h1"), ("server-0", "h1"), ("worker-0", "h1"), ("worker-1", "h2")):
         log = (tmp_path / "runs").glob(f"*/logs/{name}.log").__next__().read_text()
         assert f"node {node}" in log and "step None" not in log, (name, log)  # each process is a Slurm job step
+        # with all of the job's CPUs on its node (task/affinity binds each step to them; --exclusive: all of them)
+        assert f"cpus {os.cpu_count()}" in log, (name, log)
 
 
 @pytest.mark.timeout(240)
@@ -130,7 +134,7 @@ def test_usr1_before_the_time_limit_stops_the_run_and_resume_finishes_it(slurm, 
     (tmp_path / "job.sh").write_text(f"#!/bin/sh\ncd {REPO}\nexport PYTHONPATH={REPO} MXFT_CACHE={CACHE_DIR}\n"
                                      f"exec {launch}\n")
     env = slurm.env
-    job_id = subprocess.run(["sbatch", "--parsable", "-w", "h1,h2", "-N2", f"--output={tmp_path / 'out.txt'}",
+    job_id = subprocess.run(["sbatch", "--parsable", "--exclusive", "-w", "h1,h2", "-N2", f"--output={tmp_path / 'out.txt'}",
                              str(tmp_path / "job.sh")], env=env, capture_output=True, text=True, check=True,
                             timeout=30).stdout.strip()
     deadline = time.monotonic() + 120

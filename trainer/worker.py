@@ -209,12 +209,10 @@ def run_worker(cfg: WorkerConfig) -> int:
     speed = _Throughput(batch_size, cfg.train["log_every_batches"])
     epochs: list[dict] = []
 
+    timing = StepTiming(mod) if cfg.train.get("step_timing") else None
+
     def on_epoch_end(epoch, _symbol, _args, _aux) -> None:
-        elapsed = time.time() - speed.epoch_start
-        record = {"epoch": epoch + 1, "epoch_s": round(elapsed, 3),
-                  "images_per_s": round(cfg.batches_per_epoch * batch_size / max(elapsed, 1e-9), 2),
-                  **{"train_" + name.replace("top_k_accuracy_", "top").replace("cross-entropy", "loss"): value
-                     for name, value in metric.get_name_value()}}
+        record = _epoch_record(cfg, epoch, time.time() - speed.epoch_start, batch_size, metric, timing)
         evaluating = time.time()
         if shared_evaluation is not None:
             record.update(shared_evaluation())  # every worker: averaged statistics, its part, the sums
@@ -241,6 +239,47 @@ def run_worker(cfg: WorkerConfig) -> int:
         _write_result(cfg, epochs, num_workers=num_workers, train_s=train_s, total_s=time.time() - started)
     events.emit("done", index=cfg.index, rank=rank, train_s=round(train_s, 3))
     return 0
+
+
+def _epoch_record(cfg: WorkerConfig, epoch: int, elapsed: float, batch_size: int, metric, timing) -> dict:
+    """An epoch's numbers: its time and images/s, the training metrics, and with ``timing`` its step split."""
+    return {"epoch": epoch + 1, "epoch_s": round(elapsed, 3),
+            "images_per_s": round(cfg.batches_per_epoch * batch_size / max(elapsed, 1e-9), 2),
+            **{"train_" + name.replace("top_k_accuracy_", "top").replace("cross-entropy", "loss"): value
+               for name, value in metric.get_name_value()},
+            **(timing.take() if timing is not None else {})}
+
+
+class StepTiming:
+    """``train.step_timing`` (``bench.end_to_end``): each step's compute and communication, from this worker.
+
+    Compute is ``forward_backward`` until its gradients are finished; communication is ``update``
+    (push, pull and applying the result) until the weights are finished. Waiting for each part
+    takes away the overlap MXNet's engine gives them, so a timed run is a measurement, not a run.
+    """
+
+    def __init__(self, mod: mx.mod.Module) -> None:
+        self.compute_s = self.communication_s = 0.0
+        forward_backward, update = mod.forward_backward, mod.update
+
+        def timed_forward_backward(batch) -> None:
+            started = time.perf_counter()
+            forward_backward(batch)
+            mx.nd.waitall()
+            self.compute_s += time.perf_counter() - started
+
+        def timed_update() -> None:
+            started = time.perf_counter()
+            update()
+            mx.nd.waitall()
+            self.communication_s += time.perf_counter() - started
+        mod.forward_backward, mod.update = timed_forward_backward, timed_update
+
+    def take(self) -> dict:
+        """The epoch's totals (then zero again)."""
+        taken = {"compute_s": round(self.compute_s, 3), "communication_s": round(self.communication_s, 3)}
+        self.compute_s = self.communication_s = 0.0
+        return taken
 
 
 KEEP_CHECKPOINTS = 2  # epochs of checkpoints kept on the host; the launcher keeps its own copies

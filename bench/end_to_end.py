@@ -1,0 +1,108 @@
+"""The demo end to end on 1, 2 and 3 hosts with limited links (issue 13, item 6).
+
+Namespace hosts (tests/netns.py) on links limited to ``RATE_MBIT`` each way with ``tc tbf``,
+low enough that the demo's small network (about 80,000 parameters, 0.3 MB of gradients)
+takes as long to cross them as a step takes to compute. ``jobs/demo.yaml`` runs with one
+worker (one CPU context) and one server per host, ``train.step_timing`` on: each worker
+times its steps' compute (forward and backward, finished) and communication (push, pull and
+the update, finished). Images/s is all workers' (worker 0's per epoch x workers, epochs after
+the first), scaling efficiency is images/s over the one-host figure times the hosts, and t_min
+is the push+pull bound 2·G·(H−1)/(H·B) of ``bench.network``.
+
+The two cores of this machine are shared by every host, so compute per step grows with the
+hosts too: the split shows how much of the loss of efficiency is the link and how much the CPU.
+
+``python -m bench end_to_end`` (root; about 4 minutes); ``MXFT_E2E_MBIT`` sets the rate.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from bench.network import t_min_s
+from bench.report import ROOT, provenance, write_section
+
+RATE_MBIT = float(os.environ.get("MXFT_E2E_MBIT", "20"))
+EPOCHS = 6
+TRAIN_IMAGES, BATCH = 50, 8  # jobs/demo.yaml's training set and batch per worker
+
+
+def run_demo(cluster, work: str, hosts: int) -> dict:
+    """The demo on the first ``hosts`` namespace hosts; its result.json."""
+    hosts_file = os.path.join(work, f"hosts{hosts}.txt")
+    with open(hosts_file, "w", encoding="utf-8") as handle:
+        handle.writelines(f"{h.address} python={sys.executable}\n" for h in cluster.hosts[:hosts])
+    runs = os.path.join(work, f"runs{hosts}")
+    sets = [f"cluster.workers={hosts}", "cluster.servers=auto", "train.step_timing=true", f"train.epochs={EPOCHS}",
+            "expect.min_accuracy=0"]
+    done = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", os.path.join(ROOT, "jobs", "demo.yaml"), "--hosts", hosts_file,
+         "--ssh-config", cluster.ssh_config, "--remote-dir", "/srv/mxft-host", "--run-root", runs,
+         *[arg for item in sets for arg in ("--set", item)]],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"demo on {hosts} hosts failed: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+    (run_dir,) = [os.path.join(runs, d) for d in os.listdir(runs)]
+    with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def row(hosts: int, result: dict, gradient_bytes: int) -> dict:
+    epochs = result["epochs"][1:]  # the first holds the start-up of every engine and connection
+    steps = math.ceil(math.ceil(TRAIN_IMAGES / hosts) / BATCH)
+    return {"hosts": hosts, "images_per_s": statistics.median(e["images_per_s"] for e in epochs) * hosts,
+            "compute_ms": statistics.median(e["compute_s"] for e in epochs) / steps * 1000,
+            "communication_ms": statistics.median(e["communication_s"] for e in epochs) / steps * 1000,
+            "step_ms": statistics.median(e["epoch_s"] for e in epochs) / steps * 1000,
+            "t_min_ms": t_min_s(gradient_bytes, hosts, RATE_MBIT) * 1000, "val_accuracy": result["val_accuracy"]}
+
+
+def section(rows: list[dict], gradient_bytes: int) -> str:
+    one = rows[0]["images_per_s"]
+    lines = ["## The demo end to end on limited links (issue 13)", "",
+             f"`jobs/demo.yaml` ({gradient_bytes / 1e6:.2f} MB of gradients) with one worker and one server per "
+             f"namespace host, links limited to {RATE_MBIT:g} Mbit/s each way (`tc tbf`), {EPOCHS} epochs, "
+             "`train.step_timing` on (its waits remove the overlap of compute and communication, so these steps "
+             "are slower than untimed ones); medians over epochs 2-6 of worker 0's own timing.", "",
+             "| hosts | images/s | scaling efficiency | step ms | compute ms | communication ms | t_min ms | "
+             "val accuracy |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['hosts']} | {r['images_per_s']:.0f} | {r['images_per_s'] / (one * r['hosts']):.2f} | "
+                     f"{r['step_ms']:.0f} | {r['compute_ms']:.0f} | {r['communication_ms']:.0f} | "
+                     f"{r['t_min_ms']:.0f} | {r['val_accuracy']:.3f} |")
+    lines += ["", "The hosts share this machine's 2 cores: compute per step grows with them, which the link does "
+                  "not explain; communication above t_min is ps-lite's own cost (and CPU) on top of the link.", "",
+              f"Measured {provenance()}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    sys.path.insert(0, ROOT)
+    from tests import netns
+    params = os.path.join(os.environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft"), "digits",
+                          "pretrained-digits0to4-0000.params")
+    subprocess.run([sys.executable, "-m", "launcher.demo_assets", os.path.dirname(params)], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=ROOT))
+    gradient_bytes = os.path.getsize(params)  # float32 weights: about the gradients' bytes
+    cluster = netns.up(3)
+    try:
+        netns.limit_links(cluster, RATE_MBIT)
+        with tempfile.TemporaryDirectory() as work:
+            rows = []
+            for hosts in (1, 2, 3):
+                rows.append(row(hosts, run_demo(cluster, work, hosts), gradient_bytes))
+                print(f"[bench] end to end {hosts} host(s): {rows[-1]}", flush=True)
+    finally:
+        netns.down()
+    text = section(rows, gradient_bytes)
+    write_section("end_to_end", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
