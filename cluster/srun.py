@@ -86,8 +86,10 @@ def require_allocation_nodes(hosts: Sequence[HostSpec], environ: Mapping[str, st
                              hint="list the allocation's nodes (or give --hosts slurm), or use --launcher ssh")
 
 
-# The launcher's own variables a step gets besides SLURM_* (a login shell over SSH would set these too).
-STEP_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+# The launcher's own variables a step gets besides SLURM_*: a login shell's, and what ``module load`` or an
+# activated environment sets for the Python and CUDA libraries the steps run (the nodes share this file system).
+STEP_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+                    "LD_LIBRARY_PATH", "VIRTUAL_ENV", "CONDA_PREFIX", "CUDA_HOME", "CUDA_PATH")
 
 
 def step_environment(environ: Mapping[str, str], public: Mapping[str, str] | None = None) -> dict[str, str]:

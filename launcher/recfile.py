@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -29,6 +30,7 @@ MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _LENGTH_MASK = (1 << 29) - 1
 _IR_HEADER = struct.Struct("<IfQQ")
+_IDX_LINE = re.compile(r"([0-9]{1,19})[ \t]+([0-9]{1,19})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,19 +61,23 @@ def read_index(rec_path: str) -> list[RecordSpan]:
         return scan_records(rec_path)
     rec_size = os.path.getsize(rec_path)
     entries: list[tuple[int, int]] = []
+    seen: dict[int, int] = {}
     with open(idx_path, encoding="ascii", errors="replace") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            fields = line.split()
-            try:
-                key, offset = int(fields[0]), int(fields[1])
-            except (IndexError, ValueError):
-                raise InputError(f"{idx_path}:{line_no}", f"expected 'KEY<TAB>OFFSET', got {line.strip()[:60]!r}") from None
+            match = _IDX_LINE.fullmatch(line.strip())  # two decimal numbers, as MXNet's own reader takes them
+            if match is None:
+                raise InputError(f"{idx_path}:{line_no}", f"expected 'KEY<TAB>OFFSET', got {line.strip()[:60]!r}")
+            key, offset = int(match.group(1)), int(match.group(2))
             if not 0 <= offset < rec_size:
                 raise InputError(f"{idx_path}:{line_no}",
                                  f"offset {offset} is outside {rec_path} ({rec_size} bytes)",
                                  hint="the .idx does not belong to this .rec; re-pack both")
+            if offset in seen:  # MXNet would read the repeat as an empty record and end a worker's epoch early
+                raise InputError(f"{idx_path}:{line_no}", f"offset {offset} is listed twice (also on line "
+                                 f"{seen[offset]})", hint="re-pack the .rec and .idx")
+            seen[offset] = line_no
             entries.append((key, offset))
     if not entries:
         raise InputError(idx_path, "the index lists no records")
@@ -123,7 +129,7 @@ def _read_payload(handle, rec_path: str, span: RecordSpan, *, max_bytes: int) ->
     payload = b""
     while True:
         cflag, length = _part_header(handle, rec_path, f"record {span.key} at byte {span.offset}")
-        payload += handle.read(min(length, max_bytes - len(payload)))
+        payload += handle.read(max(0, min(length, max_bytes - len(payload))))
         if cflag in (0, 3) or len(payload) >= max_bytes:
             return payload[:max_bytes]
         payload += _MAGIC_BYTES

@@ -92,8 +92,9 @@ def test_shared_evaluation_scores_what_one_evaluator_scores_with_averaged_statis
 
 def test_two_workers_two_servers_learn_what_one_worker_learns(tmp_path, demo_assets):
     # Same global batch (16) and steps: 1 worker x 16 vs 2 workers x 8, gradients averaged by dist_sync.
-    # 16 epochs: at the demo's 8 the runs are not converged and differ by up to 0.1 (measured
-    # here: 1 worker 0.707, 2 workers 0.79-0.80); at 16, 0.874 vs 0.83-0.85 over 3 runs each.
+    # 16 epochs: at the demo's 8 the runs are not converged and differ by up to 0.1. At 16, reading the
+    # training file in place (shuffled through its .idx), seeds 1, 2, 3, 7 gave 1 worker 0.881, 0.892, 0.929,
+    # 0.857 and 2 workers 0.901, 0.909, 0.930, 0.918: gaps up to 0.061 (seed 7, this job's), hence 0.08.
     one, _, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"batch_per_device": 16, "epochs": 16},
                                              cluster={"workers": 1, "servers": 1}), "one")
     two, run_dir, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"epochs": 16},
@@ -101,7 +102,7 @@ def test_two_workers_two_servers_learn_what_one_worker_learns(tmp_path, demo_ass
     assert two["num_workers"] == 2 and len(os.listdir(os.path.join(run_dir, "logs"))) == 5
     assert_metrics(run_dir, two, epochs=16, workers=2)
     assert one["val_accuracy"] > 0.8 and two["val_accuracy"] > 0.8
-    assert abs(one["val_accuracy"] - two["val_accuracy"]) < 0.06, (one["val_accuracy"], two["val_accuracy"])
+    assert abs(one["val_accuracy"] - two["val_accuracy"]) < 0.08, (one["val_accuracy"], two["val_accuracy"])
 
 
 def assert_metrics(run_dir: str, result: dict, *, epochs: int, workers: int) -> None:

@@ -102,3 +102,37 @@ def test_broken_files_are_named(tmp_path):
         recfile.read_index(str(tmp_path / "junk.rec"))
     with pytest.raises(InputError, match="file not found"):
         recfile.read_index(str(tmp_path / "missing.rec"))
+
+
+@pytest.mark.parametrize("order", ["file", "shuffled"])
+def test_parts_are_the_records_imagerecorditer_reads(tmp_path, order):
+    """index_parts against MXNet's own reader: part k of 3 of 11 records (labels are the keys), .idx in file order
+    or shuffled (the reader sorts by offset)."""
+    import cv2
+    import numpy as np
+    image = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    rec = write_rec(str(tmp_path / "p"), range(11), payload=lambda key: image)
+    idx = tmp_path / "p.idx"
+    if order == "shuffled":
+        lines = idx.read_text().splitlines()
+        idx.write_text("\n".join(lines[5:] + lines[:5][::-1]) + "\n")
+    spans = recfile.read_index(rec)
+    parts = recfile.index_parts(spans, 3)
+    assert [len(p) for p in parts] == [4, 4, 3]
+    for k, part in enumerate(parts):
+        reader = mx.io.ImageRecordIter(path_imgrec=rec, path_imgidx=str(idx), data_shape=(3, 8, 8), batch_size=1,
+                                       part_index=k, num_parts=3, shuffle=False)
+        read = sorted(int(label) for batch in reader for label in batch.label[0].asnumpy())
+        assert read == sorted(spans[i].key for i in part), (k, read)
+
+
+def test_an_index_mxnet_would_read_otherwise_is_refused(tmp_path):
+    rec = write_rec(str(tmp_path / "d"), [0, 1, 2])
+    idx = tmp_path / "d.idx"
+    lines = idx.read_text().splitlines()
+    idx.write_text("\n".join(lines + [lines[1].split("\t")[0] + "9\t" + lines[1].split("\t")[1]]) + "\n")
+    with pytest.raises(InputError, match=r"d.idx:4: offset \d+ is listed twice \(also on line 2\)"):
+        recfile.read_index(rec)
+    idx.write_text(lines[0] + "\n1\t1_0\n")
+    with pytest.raises(InputError, match=r"d.idx:2: expected 'KEY<TAB>OFFSET', got '1\\t1_0'"):
+        recfile.read_index(rec)

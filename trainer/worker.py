@@ -40,9 +40,10 @@ def _batch_size(cfg: WorkerConfig) -> int:
 
 
 def _train_iter(cfg: WorkerConfig, rank_seed: int):
-    # A part of the training file read in place (its records through the .idx, shuffled each epoch), or a shard.
+    # A part of the training file read in place, or a whole shard: either way through its .idx, so MXNet shuffles
+    # every record anew each epoch (without an index it shuffles only within the chunks it reads).
     part = dict(part_index=cfg.train_part[0], num_parts=cfg.train_part[1], path_imgidx=cfg.train_part[2]) \
-        if cfg.train_part else {}
+        if cfg.train_part else dict(path_imgidx=os.path.splitext(cfg.train_rec)[0] + ".idx")
     base = mx.io.ImageRecordIter(
         path_imgrec=cfg.train_rec, data_shape=tuple(cfg.data["shape"]), batch_size=_batch_size(cfg),
         rand_crop=cfg.data["rand_crop"], rand_mirror=cfg.data["rand_mirror"], shuffle=True, seed=rank_seed,
