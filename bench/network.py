@@ -141,7 +141,8 @@ def measure(cluster, work: str) -> list[dict]:
 
 
 def section(rows: list[dict]) -> str:
-    lines = ["## Gradient steps on a limited network (issue 13)", "",
+    lines = ["## Gradient steps on a limited network (issue 13)" + ("" if RATE_MBIT == 400 else f", {RATE_MBIT:g} Mbit/s"),
+             "",
              f"Three namespace hosts, each link limited to {RATE_MBIT:g} Mbit/s each way (`tc tbf`); one worker per "
              "host pushes and pulls the fine-tuned tutorial network's gradients (`bench/programs/kvstore_step.py`, "
              f"median of {STEPS} steps after 2 warm-up steps). t_min = 2·G·(H−1)/(H·B). Server shares: values each "
@@ -184,7 +185,7 @@ def main() -> None:
     finally:
         netns.down()
     text = section(rows)
-    write_section("network", text)
+    write_section("network" if RATE_MBIT == 400 else f"network-{RATE_MBIT:g}mbit", text)  # other rates: beside it
     print(text)
 
 
