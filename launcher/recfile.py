@@ -16,7 +16,9 @@ or re-encoded and a shard is bit-identical to the records it came from.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import os
 import re
 import struct
@@ -141,8 +143,25 @@ def read_labels(rec_path: str, spans: Sequence[RecordSpan]) -> list[float]:
     """The (first) label of every record, in ``spans`` order, from its first 40 bytes only.
 
     Unbuffered, and with read-ahead off (``POSIX_FADV_RANDOM``): a 100 KB record costs one page
-    read from disk, not the record (a 2 GB file of them: about 80 MB of pages, not 2 GB).
+    read from disk, not the record (a 2 GB file of them: about 80 MB of pages, not 2 GB). Large
+    files are read by ``LABEL_READERS`` threads at once: a cold disk serves a few small reads in
+    parallel far faster than one after another (2 GB of 100 KB records, page cache dropped, here:
+    1.85 s in one thread, 0.80 s in 4, 0.71 s in 16; warm, the threads' locking costs 0.1 s in 4
+    and 0.2 s in 16, so 4).
     """
+    if len(spans) < 4 * LABEL_READERS:
+        return _read_labels(rec_path, spans)
+    step = -(-len(spans) // (4 * LABEL_READERS))
+    with concurrent.futures.ThreadPoolExecutor(LABEL_READERS, thread_name_prefix="mxft-labels") as pool:
+        parts = pool.map(functools.partial(_read_labels, rec_path),
+                         [spans[start:start + step] for start in range(0, len(spans), step)])
+        return [label for part in parts for label in part]
+
+
+LABEL_READERS = 4
+
+
+def _read_labels(rec_path: str, spans: Sequence[RecordSpan]) -> list[float]:
     labels = []
     with open(rec_path, "rb", buffering=0) as handle:
         if hasattr(os, "posix_fadvise"):

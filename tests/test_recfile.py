@@ -136,3 +136,9 @@ def test_an_index_mxnet_would_read_otherwise_is_refused(tmp_path):
     idx.write_text(lines[0] + "\n1\t1_0\n")
     with pytest.raises(InputError, match=r"d.idx:2: expected 'KEY<TAB>OFFSET', got '1\\t1_0'"):
         recfile.read_index(rec)
+
+
+def test_labels_read_by_several_threads_keep_the_records_order(tmp_path):
+    labels = [(key * 7) % 5 for key in range(4 * recfile.LABEL_READERS * 3 + 1)]  # enough for the threaded path
+    rec = write_rec(str(tmp_path / "many"), labels)
+    assert recfile.read_labels(rec, recfile.read_index(rec)) == labels
