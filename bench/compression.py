@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import sys
 import tempfile
 
 from bench.demo_seeds import run_demo
-from bench.network import MXFT_BOUND, RATE_MBIT, STEPS, bench_program, step_times, t_min_s
-from bench.report import ROOT, provenance, write_section
+from bench.network import MXFT_BOUND, RATE_MBIT, STEPS, bench_program, limited_hosts, step_times, t_min_s
+from bench.report import provenance, write_section
 
 THRESHOLD = 0.5
 ROUNDS = 2
@@ -33,21 +32,14 @@ COMPRESSED = ("cluster.gradient_compression.type=2bit", f"cluster.gradient_compr
 
 def measure_steps() -> dict:
     """Step seconds with and without compression, ``ROUNDS`` alternations of ``STEPS`` steps each."""
-    sys.path.insert(0, ROOT)
-    from tests import netns
-    cluster = netns.up(3)
     steps: dict[str, list[float]] = {"none": [], "2bit": []}
-    try:
-        netns.limit_links(cluster, RATE_MBIT)
-        with tempfile.TemporaryDirectory() as work:
-            program, shapes = bench_program(work, depths=(50,))
-            for _ in range(ROUNDS):
-                for label, extra in (("none", ()), ("2bit", ("--compression", str(THRESHOLD)))):
-                    steps[label] += step_times(cluster, work, os.path.join(program, "shapes-50.json"), hosts=3,
-                                               servers=3, bound=MXFT_BOUND, extra=extra)
-                    print(f"[bench] compression {label}: {steps[label]}", flush=True)
-    finally:
-        netns.down()
+    with limited_hosts(RATE_MBIT) as (cluster, work):
+        program, shapes = bench_program(work, depths=(50,))
+        for _ in range(ROUNDS):
+            for label, extra in (("none", ()), ("2bit", ("--compression", str(THRESHOLD)))):
+                steps[label] += step_times(cluster, work, os.path.join(program, "shapes-50.json"), hosts=3,
+                                           servers=3, bound=MXFT_BOUND, extra=extra)
+                print(f"[bench] compression {label}: {steps[label]}", flush=True)
     gradient_bytes = 4 * sum(math.prod(s) for s in shapes[50])
     return {"steps": steps, "t_min_s": t_min_s(gradient_bytes, 3, RATE_MBIT), "mb": gradient_bytes / 1e6}
 

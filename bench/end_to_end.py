@@ -22,9 +22,8 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 
-from bench.network import t_min_s
+from bench.network import limited_hosts, t_min_s
 from bench.report import ROOT, provenance, write_section
 
 RATE_MBIT = float(os.environ.get("MXFT_E2E_MBIT", "20"))
@@ -96,23 +95,16 @@ def section(rows: list[dict], gradient_bytes: int) -> str:
 
 
 def main() -> None:
-    sys.path.insert(0, ROOT)
-    from tests import netns
     params = os.path.join(os.environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft"), "digits",
                           "pretrained-digits0to4-0000.params")
     subprocess.run([sys.executable, "-m", "launcher.demo_assets", os.path.dirname(params)], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=ROOT))
     gradient_bytes = os.path.getsize(params)  # float32 weights: about the gradients' bytes
-    cluster = netns.up(3)
-    try:
-        netns.limit_links(cluster, RATE_MBIT)
-        with tempfile.TemporaryDirectory() as work:
-            rows = []
-            for hosts in (1, 2, 3):
-                rows.append(row(hosts, *run_demo(cluster, work, hosts), gradient_bytes))
-                print(f"[bench] end to end {hosts} host(s): {rows[-1]}", flush=True)
-    finally:
-        netns.down()
+    rows = []
+    with limited_hosts(RATE_MBIT) as (cluster, work):
+        for hosts in (1, 2, 3):
+            rows.append(row(hosts, *run_demo(cluster, work, hosts), gradient_bytes))
+            print(f"[bench] end to end {hosts} host(s): {rows[-1]}", flush=True)
     text = section(rows, gradient_bytes)
     write_section("end_to_end", text)
     print(text)

@@ -21,6 +21,7 @@ MXNet's default 1,000,000 and mxft's default 100,000 (``cluster.bigarray_bound``
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -174,16 +175,23 @@ def section(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+@contextlib.contextmanager
+def limited_hosts(rate_mbit: float, count: int = 3):
+    """``count`` namespace hosts whose links carry ``rate_mbit`` each way, and a work folder; both gone after."""
     sys.path.insert(0, ROOT)
     from tests import netns
-    cluster = netns.up(3)
+    cluster = netns.up(count)
     try:
-        netns.limit_links(cluster, RATE_MBIT)
+        netns.limit_links(cluster, rate_mbit)
         with tempfile.TemporaryDirectory() as work:
-            rows = measure(cluster, work)
+            yield cluster, work
     finally:
         netns.down()
+
+
+def main() -> None:
+    with limited_hosts(RATE_MBIT) as (cluster, work):
+        rows = measure(cluster, work)
     text = section(rows)
     write_section("network" if RATE_MBIT == 400 else f"network-{RATE_MBIT:g}mbit", text)  # other rates: beside it
     print(text)

@@ -195,8 +195,9 @@ def _end(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-# srun's report of how a task ended: the command's outcome, not a refusal to run it.
-_TASK_ENDED = re.compile(r"srun: error: \S+: tasks? [0-9,-]+: ")
+# srun's and slurmstepd's report of how a step's task ended: the command's outcome (which the launcher reports
+# itself, with its cause), not a refusal to run it.
+STEP_ENDED = re.compile(r"srun: error: \S+: tasks? [0-9,-]+: |slurmstepd-\S+: error: \*\*\* STEP \S+ ON \S+ CANCELLED")
 
 
 def _srun_refusal(stderr: str) -> str:
@@ -207,7 +208,7 @@ def _srun_refusal(stderr: str) -> str:
     >>> _srun_refusal("srun: error: Unable to create step for job 7: Invalid node name specified")
     'Unable to create step for job 7: Invalid node name specified'
     """
-    lines = [line for line in stderr.splitlines() if line.startswith("srun: error:") and not _TASK_ENDED.match(line)]
+    lines = [line for line in stderr.splitlines() if line.startswith("srun: error:") and not STEP_ENDED.match(line)]
     return lines[0].removeprefix("srun: error:").strip() if lines else ""
 
 

@@ -24,11 +24,10 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from cluster.srun import STEP_ENDED  # Slurm's echo of a step's end (--launcher srun)
+
 # A process line shown without -v: it reads like a warning or an error (Python's, MXNet's, ps-lite's).
 ALARM = re.compile(r"(?i)\b(warning|error|exception|traceback|fatal|critical|killed|abort(ed)?)\b|\w+(Error|Warning)\b")
-# Slurm's own echo of how a step ended (``--launcher srun``): the launcher reports that exit itself, with its cause.
-STEP_ENDED = re.compile(r"srun: error: \S+: tasks? [0-9,-]+: (Exited with exit code \d+|Terminated|Killed)"
-                        r"|slurmstepd-\S+: error: \*\*\* STEP \S+ ON \S+ CANCELLED")
 
 
 def looks_like_alarm(line: str) -> bool:
