@@ -34,7 +34,7 @@ from cluster.errors import HostUnreachable, InputError
 from cluster.hosts import HostSpec
 from cluster.local import LocalProcess, die_with_parent
 from cluster.secret import ENV_FROM_STDIN, split_secrets
-from cluster.slurm import expand_nodelist
+from cluster.slurm import hosts_from_slurm
 from cluster.ssh import SSHHost, SSHOptions
 
 
@@ -72,10 +72,7 @@ def require_srun(environ: Mapping[str, str]) -> None:
 def require_allocation_nodes(hosts: Sequence[HostSpec], environ: Mapping[str, str], *, where: str) -> None:
     """InputError unless this is an allocation with ``srun`` whose nodes include every host (named by line)."""
     require_srun(environ)
-    try:
-        nodes = set(expand_nodelist(environ.get("SLURM_JOB_NODELIST") or environ["SLURM_NODELIST"]))
-    except ValueError as err:
-        raise InputError("SLURM_JOB_NODELIST", str(err)) from None
+    nodes = {node.name for node in hosts_from_slurm(environ)}  # InputError for a list that does not parse
     listed = ", ".join(sorted(nodes)[:8]) + (f", ... ({len(nodes)} nodes)" if len(nodes) > 8 else "")
     for host in hosts:
         if host.name not in nodes or host.port is not None or host.user is not None:

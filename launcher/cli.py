@@ -154,6 +154,11 @@ def _add_shared_options(parser: argparse.ArgumentParser, environ, *, launcher_op
         parser.add_argument("--launcher", choices=("ssh", "srun"),
                             help="how remote hosts are reached: ssh, or srun (each process a job step of this Slurm "
                                  "allocation; the default for its own nodes when srun exists)")
+    _add_ssh_options(parser)
+
+
+def _add_ssh_options(parser: argparse.ArgumentParser) -> None:
+    """How hosts are reached over SSH (``_ssh_options`` reads them back)."""
     parser.add_argument("--ssh-config", metavar="FILE", help="SSH config to use instead of ~/.ssh/config")
     parser.add_argument("--accept-new-host-keys", action="store_true",
                         help="trust and record host keys seen for the first time (a changed key is still refused)")
@@ -483,9 +488,7 @@ def clean(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     parser.add_argument("--remote-dir", default="~/.mxft", metavar="DIR",
                         help="work folder on the hosts, as given to launches (default: ~/.mxft)")
-    parser.add_argument("--ssh-config", metavar="FILE", help="SSH config to use instead of ~/.ssh/config")
-    parser.add_argument("--accept-new-host-keys", action="store_true",
-                        help="trust and record host keys seen for the first time (a changed key is still refused)")
+    _add_ssh_options(parser)
     args = parser.parse_args(argv)
     if not 0 <= args.older_than < 100_000:  # also refuses nan and inf
         parser.error("--older-than must be a number of days from 0")
