@@ -644,8 +644,8 @@ def _check_compression(job: JobSpec, top: Fields) -> None:
                      f"{job.cluster.effective_kvstore}",
                      hint="cluster.kvstore: dist_sync or dist_sync_device")
     if job.train.evaluation == "shared":
-        cluster.fail(where, "cluster.gradient_compression needs train.evaluation: worker0 (shared evaluation sums BatchNorm statistics and "
-                     "counts through the kvstore, whose pushes would be compressed too)",
+        cluster.fail(where, "cluster.gradient_compression needs train.evaluation: worker0 (shared evaluation sums "
+                     "BatchNorm statistics and counts through the kvstore, whose pushes would be compressed too)",
                      hint="add train.evaluation: worker0, or remove gradient_compression")
 
 

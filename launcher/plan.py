@@ -549,7 +549,8 @@ def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpe
     placement = Placement.of(hosts, facts, workers=assignment.workers, servers=assignment.servers)
     _check_slots(job.cluster, assignment)
     batch = job.train.batch_per_device * device_count(assignment.devices[0])
-    shards = _shards(job, inventory, facts, count, local=all(placement.layouts[h.label].local for h in placement.workers))
+    all_local = all(placement.layouts[h.label].local for h in placement.workers)
+    shards = _shards(job, inventory, facts, count, local=all_local)
     recipe = Recipe(job, shards, (), math.ceil(max(len(s.positions) for s in shards) / batch),
                     os.path.join(facts.cache_dir, "trimmed", f"{_model_key(job, facts)}-{job.model.cut_layer}",
                                  os.path.basename(job.model.params_path)), assignment.why)

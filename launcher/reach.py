@@ -134,7 +134,8 @@ def _try_connect(plan: Plan, host: HostSpec, timeout_s: float) -> Reach:
         if host.is_local:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s + 10).stdout
         else:
-            _, out, err = remote_host(host, plan.ssh, plan.launcher).run(argv, timeout_s=timeout_s + plan.ssh.connect_timeout_s + 5)
+            remote = remote_host(host, plan.ssh, plan.launcher)
+            _, out, err = remote.run(argv, timeout_s=timeout_s + plan.ssh.connect_timeout_s + 5)
             out = out or err
     except Exception as err:  # noqa: BLE001 - an SSH failure here is this host's answer
         return Reach(host.label, f"the check could not run there ({type(err).__name__}: {err})")
