@@ -1,7 +1,7 @@
 """Check a job's files before anything starts, and measure what planning needs.
 
-Reads (never writes) the checkpoint and the ``.rec``/``.idx`` files: the cut layer
-must be in the symbol, the params file must be a complete MXNet NDArray file (every array's
+Reads the checkpoint and the ``.rec``/``.idx`` files (and writes nothing but the label
+cache, ``launcher.labelsource``): the cut layer must be in the symbol, the params file must be a complete MXNet NDArray file (every array's
 header and data, to its last byte; and match its sha256 when the job gives one), and every
 label must lie in ``[0, num_classes)`` with every class present in the training data. Pure
 Python: the launch host needs no mxnet.
@@ -16,6 +16,7 @@ import os
 from cluster.errors import InputError
 from launcher import paramsfile, recfile
 from launcher.jobspec import JobSpec
+from launcher.labelsource import load_labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Inventory:
     val_bytes: int
     train_labels: tuple[float, ...] = ()   # of each record, in train_records order
     train_index: str | None = None         # the training file's .idx, if it has one (reading it in place needs it)
+    notes: tuple[str, ...] = ()            # what the launcher passed over and the user may want to know
 
 
 def _require_file(path: str, what: str, hint: str) -> None:
@@ -81,21 +83,26 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def check_inputs(job: JobSpec) -> Inventory:
-    """Raise InputError for the first thing wrong with the job's files, else describe them."""
+def check_inputs(job: JobSpec, *, cache_dir: str | None = None) -> Inventory:
+    """Raise InputError for the first thing wrong with the job's files, else describe them.
+
+    The labels come from ``cache_dir``'s label cache, the ``.lst`` or the records (``launcher.labelsource``).
+    """
     check_model(job)
     train_spans = recfile.read_index(job.data.train)
-    train_labels = recfile.read_labels(job.data.train, train_spans)
-    train = recfile.LabelSummary.of(job.data.train, train_labels)
+    train_labels = load_labels(job.data.train, train_spans, cache_dir)
+    train = recfile.LabelSummary.of(job.data.train, train_labels.values)
     train.check(job.num_classes, require_every_class=True)
     val_spans = recfile.read_index(job.data.val)
-    val = recfile.LabelSummary.of(job.data.val, recfile.read_labels(job.data.val, val_spans))
+    val_labels = load_labels(job.data.val, val_spans, cache_dir)
+    val = recfile.LabelSummary.of(job.data.val, val_labels.values)
     val.check(job.num_classes, require_every_class=False)
     return Inventory(
         train_records=tuple(train_spans),
         train_bytes=sum(span.size_bytes for span in train_spans),
         val_records=val.num_records,
         val_bytes=os.path.getsize(job.data.val),
-        train_labels=tuple(train_labels),
+        train_labels=train_labels.values,
         train_index=idx if os.path.isfile(idx := recfile.idx_path_for(job.data.train)) else None,
+        notes=tuple(labels.note for labels in (train_labels, val_labels) if labels.note),
     )
