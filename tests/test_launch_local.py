@@ -92,7 +92,7 @@ def test_shared_evaluation_scores_what_one_evaluator_scores_with_averaged_statis
 
 def test_two_workers_two_servers_learn_what_one_worker_learns(tmp_path, demo_assets):
     # Same global batch (16) and steps: 1 worker x 16 vs 2 workers x 8, gradients averaged by dist_sync.
-    # 16 epochs: at the demo's 8 the runs are not converged and differ by up to 0.1. At 16, reading the
+    # 16 epochs: at 8 the runs are not converged and differ by up to 0.1. At 16, reading the
     # training file in place (shuffled through its .idx), seeds 1, 2, 3, 7 gave 1 worker 0.881, 0.892, 0.929,
     # 0.857 and 2 workers 0.901, 0.909, 0.930, 0.918: gaps up to 0.061 (seed 7, this job's), hence 0.08.
     one, _, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"batch_per_device": 16, "epochs": 16},
