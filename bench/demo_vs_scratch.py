@@ -1,6 +1,6 @@
 """Fine-tuning the demo vs training the same network from scratch, same data and budget.
 
-Both runs are the shipped ``jobs/demo.yaml`` (2 workers, 1 server, 8 epochs, 50
+Both runs are the shipped ``jobs/demo.yaml`` (2 workers, 1 server, its epochs, 50
 training images); the scratch run uses ``model.variant: scratch`` and, to be fair to
 it, the best learning rate of a small sweep. The tutorial's other variant, the
 frozen feature extractor, is measured beside them. Each setting runs ``REPEATS`` times.
@@ -62,7 +62,7 @@ def main() -> None:
     median_tuned = statistics.median(tuned)
     lines = ["## Demo: fine-tuning vs training from scratch", "",
              "`jobs/demo.yaml`: digits 5-9, 10 training images per class, 846 validation images; 2 workers, "
-             "8 epochs, batch 8 per worker. Validation accuracy, median (min-max) of "
+             f"{demo['train']['epochs']} epochs, batch 8 per worker. Validation accuracy, median (min-max) of "
              f"{REPEATS} runs.", "",
              "| network | lr | validation accuracy |", "|---|---|---|"]
     lines += [f"| {name} | {lr} | {spread(values, '{:.3f}')} |" for name, lr, values in rows]
