@@ -17,6 +17,13 @@ Placements: one server per host (mxft's ``servers: auto``; tools/launch.py's ``-
 ``-n`` puts them on the same hosts here, one worker per host), and a single server. Bounds:
 MXNet's default 1,000,000 and mxft's default 100,000 (``cluster.bigarray_bound``).
 
+Steps free-running (each worker starts its next push as soon as its own pulls are in) and
+aligned (``--barrier``: every worker waits for the others after each step). With no compute
+between steps, a worker whose pulls finish first pushes its next step into the downlink of a
+worker still pulling; that worker's uplink idles meanwhile, and the step stretches (the links'
+byte counters, sampled every 0.2 s, show it). Beside them, plain TCP over the same links
+(``bench/programs/tcp_mesh.py``) moves a step's bytes: what the links deliver with no ps-lite.
+
 ``python -m bench network`` (root; about 10 minutes); ``MXFT_NET_MBIT`` sets the rate.
 """
 from __future__ import annotations
@@ -30,8 +37,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
-from bench.report import ROOT, provenance, write_section
+from bench.report import ROOT, provenance, spread, write_section
 
 RATE_MBIT = float(os.environ.get("MXFT_NET_MBIT", "400"))
 STEPS = 5
@@ -106,11 +114,24 @@ def step_times(cluster, work: str, shapes_file: str, *, hosts: int, servers: int
     return [ms / 1000 for ms in json.loads(line.split("@bench ", 1)[1])["step_ms"]]
 
 
-SETTINGS = (  # (depth, hosts, servers, bound)
-    (50, 2, 2, MXNET_BOUND), (50, 2, 2, MXFT_BOUND), (50, 2, 1, MXFT_BOUND),
-    (50, 3, 3, MXNET_BOUND), (50, 3, 3, MXFT_BOUND), (50, 3, 1, MXFT_BOUND),
-    (152, 3, 3, MXNET_BOUND), (152, 3, 3, MXFT_BOUND),
+SETTINGS = (  # (depth, hosts, servers, bound, aligned: every worker waits for the others after each step)
+    (50, 2, 2, MXNET_BOUND, False), (50, 2, 2, MXFT_BOUND, False), (50, 2, 1, MXFT_BOUND, False),
+    (50, 3, 3, MXNET_BOUND, False), (50, 3, 3, MXFT_BOUND, False), (50, 3, 3, MXFT_BOUND, True),
+    (50, 3, 1, MXFT_BOUND, False),
+    (152, 3, 3, MXNET_BOUND, False), (152, 3, 3, MXFT_BOUND, False), (152, 3, 3, MXFT_BOUND, True),
 )
+
+
+def tcp_mesh_s(cluster, hosts: int, per_peer: int) -> float:
+    """Seconds plain TCP takes when each of the first ``hosts`` hosts sends ``per_peer`` bytes to every other at
+    once (``bench/programs/tcp_mesh.py`` in each namespace): what the links deliver, with no ps-lite."""
+    program = os.path.join(ROOT, "bench", "programs", "tcp_mesh.py")
+    chosen = cluster.hosts[:hosts]
+    start_at = time.time() + 2
+    runs = [subprocess.Popen(["ip", "netns", "exec", host.namespace, sys.executable, program, host.address,
+                              ",".join(other.address for other in chosen if other is not host), str(per_peer),
+                              f"{start_at:.3f}"], stdout=subprocess.PIPE, text=True) for host in chosen]
+    return max(float(run.communicate(timeout=600)[0]) for run in runs)
 
 
 def bench_program(work: str, depths=(50, 152)) -> tuple[str, dict[int, list[list[int]]]]:
@@ -129,50 +150,77 @@ def bench_program(work: str, depths=(50, 152)) -> tuple[str, dict[int, list[list
 def measure(cluster, work: str) -> list[dict]:
     program, shapes = bench_program(work)
     rows = []
-    for depth, hosts, servers, bound in SETTINGS:
+    for depth, hosts, servers, bound, aligned in SETTINGS:
         sizes = [math.prod(s) for s in shapes[depth]]
         steps = step_times(cluster, work, os.path.join(program, f"shapes-{depth}.json"), hosts=hosts,
-                           servers=servers, bound=bound)
+                           servers=servers, bound=bound, extra=("--barrier",) if aligned else ())
         shares = server_shares(sizes, servers, bound)
-        rows.append({"depth": depth, "hosts": hosts, "servers": servers, "bound": bound,
+        rows.append({"depth": depth, "hosts": hosts, "servers": servers, "bound": bound, "aligned": aligned,
                      "step_s": statistics.median(steps), "steps": steps,
                      "t_min_s": t_min_s(4 * sum(sizes), hosts, RATE_MBIT), "shares": shares})
-        print(f"[bench] resnet-{depth} {hosts} hosts {servers} servers bound {bound}: {steps}", flush=True)
+        print(f"[bench] resnet-{depth} {hosts} hosts {servers} servers bound {bound} aligned {aligned}: {steps}",
+              flush=True)
     return rows
 
 
-def section(rows: list[dict]) -> str:
+def measure_tcp(cluster, work: str) -> list[dict]:
+    """Plain TCP moving a ResNet-50 step's bytes (each host sends 2·G/H to every other host), 3 times per count."""
+    gradient_bytes = 4 * sum(math.prod(s) for s in model_shapes(50, work))
+    rows = []
+    for hosts in (2, 3):
+        runs = [tcp_mesh_s(cluster, hosts, 2 * gradient_bytes // hosts) for _ in range(3)]
+        rows.append({"hosts": hosts, "runs": runs, "t_min_s": t_min_s(gradient_bytes, hosts, RATE_MBIT)})
+        print(f"[bench] tcp mesh {hosts} hosts: {runs}", flush=True)
+    return rows
+
+
+def section(rows: list[dict], tcp: list[dict]) -> str:
     lines = ["## Gradient steps on a limited network (issue 13)" + ("" if RATE_MBIT == 400 else f", {RATE_MBIT:g} Mbit/s"),
              "",
              f"Three namespace hosts, each link limited to {RATE_MBIT:g} Mbit/s each way (`tc tbf`); one worker per "
              "host pushes and pulls the fine-tuned tutorial network's gradients (`bench/programs/kvstore_step.py`, "
              f"median of {STEPS} steps after 2 warm-up steps). t_min = 2·G·(H−1)/(H·B). Server shares: values each "
-             "server receives per worker push, largest / smallest.", "",
-             "| network | hosts | servers | bigarray bound | step s (min-max) | t_min s | step / t_min | "
+             "server receives per worker push, largest / smallest. Aligned: every worker waits for the others "
+             "(`kv._barrier()`) after each step, so that no worker's next pushes compete with another's pulls.", "",
+             "| network | hosts | servers | bigarray bound | aligned | step s (min-max) | t_min s | step / t_min | "
              "server shares max/min |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = max(r["shares"]) / min(r["shares"])
         lines.append(f"| ResNet-{r['depth']} | {r['hosts']} | {r['servers']} | {r['bound']:,} | "
-                     f"{r['step_s']:.2f} ({min(r['steps']):.2f}-{max(r['steps']):.2f}) | "
+                     f"{'yes' if r['aligned'] else 'no'} | {spread(r['steps'], '{:.2f}')} | "
                      f"{r['t_min_s']:.2f} | {r['step_s'] / r['t_min_s']:.2f} | {ratio:.2f} |")
-    best3 = min(r["step_s"] / r["t_min_s"] for r in rows if r["depth"] == 50 and r["hosts"] == 3)
-    mxft3 = next(r for r in rows if (r["depth"], r["hosts"], r["servers"], r["bound"]) == (50, 3, 3, MXFT_BOUND))
+    lines += ["", "Plain TCP over the same links (`bench/programs/tcp_mesh.py`: every host sends a ResNet-50 step's "
+                  "bytes to every other at once, no ps-lite), 3 runs:", "",
+              "| hosts | seconds (min-max) | t_min s | seconds / t_min |", "|---|---|---|---|"]
+    lines += [f"| {t['hosts']} | {spread(t['runs'], '{:.2f}')} | {t['t_min_s']:.2f} | "
+              f"{statistics.median(t['runs']) / t['t_min_s']:.2f} |" for t in tcp]
+    return "\n".join(lines + ["", *network_verdict(rows), "", f"Measured {provenance()}."])
+
+
+def network_verdict(rows: list[dict]) -> list[str]:
+    """The goals, said plainly."""
+    def row(depth, servers, bound, aligned):
+        return next(r for r in rows if (r["depth"], r["hosts"], r["servers"], r["bound"], r["aligned"])
+                    == (depth, 3, servers, bound, aligned))
+    mxft3, aligned3, launch_py3 = row(50, 3, MXFT_BOUND, False), row(50, 3, MXFT_BOUND, True), row(50, 3, MXNET_BOUND,
+                                                                                                   False)
     balanced = all(max(r["shares"]) / min(r["shares"]) <= 1.10 for r in rows
                    if r["bound"] == MXFT_BOUND and r["servers"] > 1)
-    launch_py3 = next(r for r in rows if (r["depth"], r["hosts"], r["servers"], r["bound"]) == (50, 3, 3, MXNET_BOUND))
-    lines += ["", "tools/launch.py's placement is the same here (`-s` = `-n`, one worker per host: a server on each "
-                  "host) with MXNet's bound; mxft's default is its placement with bound 100,000. ResNet-50, 3 hosts: "
-                  f"mxft {mxft3['step_s']:.2f} s vs launch.py {launch_py3['step_s']:.2f} s (goal: at least as fast): "
-                  f"**{'met' if mxft3['step_s'] <= launch_py3['step_s'] else 'NOT met'}**"
-                  + (" (every mxft step faster than every launch.py step)."
-                     if max(mxft3["steps"]) < min(launch_py3["steps"]) else " (the step ranges overlap).")]
-    lines += ["", f"ResNet-50 at 3 hosts with mxft's defaults: {mxft3['step_s'] / mxft3['t_min_s']:.2f}x t_min, "
-                  f"slowest step {max(mxft3['steps']) / mxft3['t_min_s']:.2f}x "
-                  f"(goal: at most 1.3x): **{'met' if mxft3['step_s'] <= 1.3 * mxft3['t_min_s'] else 'NOT met'}**; "
-                  f"best setting {best3:.2f}x. Server shares within 10% with mxft's bound, both networks: "
-                  f"**{'met' if balanced else 'NOT met'}**.", "", f"Measured {provenance()}."]
-    return "\n".join(lines)
+    faster = mxft3["step_s"] <= launch_py3["step_s"]
+    return ["tools/launch.py's placement is the same here (`-s` = `-n`, one worker per host: a server on each "
+            "host) with MXNet's bound; mxft's default is its placement with bound 100,000. ResNet-50, 3 hosts: "
+            f"mxft {mxft3['step_s']:.2f} s vs launch.py {launch_py3['step_s']:.2f} s (goal: at least as fast): "
+            f"**{'met' if faster else 'NOT met'}**" + (" (every mxft step faster than every launch.py step)."
+                                                     if max(mxft3["steps"]) < min(launch_py3["steps"])
+                                                     else " (the step ranges overlap)."),
+            "",
+            f"ResNet-50 at 3 hosts with mxft's placement and bound (goal: at most 1.3x t_min): aligned steps "
+            f"{aligned3['step_s'] / aligned3['t_min_s']:.2f}x, "
+            f"**{'met' if aligned3['step_s'] <= 1.3 * aligned3['t_min_s'] else 'NOT met'}**; free-running steps "
+            f"{mxft3['step_s'] / mxft3['t_min_s']:.2f}x, "
+            f"**{'met' if mxft3['step_s'] <= 1.3 * mxft3['t_min_s'] else 'NOT met'}**. Server shares within 10% with "
+            f"mxft's bound, both networks: **{'met' if balanced else 'NOT met'}**."]
 
 
 @contextlib.contextmanager
@@ -192,7 +240,8 @@ def limited_hosts(rate_mbit: float, count: int = 3):
 def main() -> None:
     with limited_hosts(RATE_MBIT) as (cluster, work):
         rows = measure(cluster, work)
-    text = section(rows)
+        tcp = measure_tcp(cluster, work)
+    text = section(rows, tcp)
     write_section("network" if RATE_MBIT == 400 else f"network-{RATE_MBIT:g}mbit", text)  # other rates: beside it
     print(text)
 

@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--shapes", help="a JSON list of array shapes (instead of --model)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--kvstore", default="dist_sync")
+    parser.add_argument("--barrier", action="store_true", help="every worker waits for the others after each "
+                        "step, so that no worker's next pushes compete with another's pulls")
     parser.add_argument("--compression", type=float, default=0.0, help="2bit gradient compression with this "
                         "threshold (0: none), set before any key as mxft's trainer does")
     args = parser.parse_args()
@@ -53,6 +55,8 @@ def main() -> None:
             kv.push(key, grad, priority=-key)
             kv.pull(key, out=outs[key], priority=-key)
         mx.nd.waitall()
+        if args.barrier:
+            kv._barrier()
         if step >= 2:
             times.append(time.perf_counter() - started)
     size_mb = sum(g.size for g in grads) * 4 / 1e6
