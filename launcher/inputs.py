@@ -83,18 +83,19 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def check_inputs(job: JobSpec, *, cache_dir: str | None = None) -> Inventory:
+def check_inputs(job: JobSpec, *, cache_dir: str | None = None, remember_labels: bool = True) -> Inventory:
     """Raise InputError for the first thing wrong with the job's files, else describe them.
 
-    The labels come from ``cache_dir``'s label cache, the ``.lst`` or the records (``launcher.labelsource``).
+    The labels come from ``cache_dir``'s label cache, the ``.lst`` or the records (``launcher.labelsource``),
+    and are cached there with ``remember_labels``.
     """
     check_model(job)
     train_spans = recfile.read_index(job.data.train)
-    train_labels = load_labels(job.data.train, train_spans, cache_dir)
+    train_labels = load_labels(job.data.train, train_spans, cache_dir, remember=remember_labels)
     train = recfile.LabelSummary.of(job.data.train, train_labels.values)
     train.check(job.num_classes, require_every_class=True)
     val_spans = recfile.read_index(job.data.val)
-    val_labels = load_labels(job.data.val, val_spans, cache_dir)
+    val_labels = load_labels(job.data.val, val_spans, cache_dir, remember=remember_labels)
     val = recfile.LabelSummary.of(job.data.val, val_labels.values)
     val.check(job.num_classes, require_every_class=False)
     return Inventory(

@@ -16,7 +16,7 @@ GB of 100 KB records (some 29,000 reads/s with 4 threads). The sources, in order
    whoever can write one can write the other.
 3. **Every record's header** (``recfile.read_labels``).
 
-Whatever the source, the labels are cached for the next launch. Any problem with a cache
+Whatever the source, a launch caches the labels for the next one (a dry run only reads the cache). Any problem with a cache
 entry is a miss: the entry is read again from the file.
 """
 from __future__ import annotations
@@ -47,8 +47,11 @@ class Labels:
     note: str = ""               # a .lst that was present but ignored, and why
 
 
-def load_labels(rec_path: str, spans: Sequence[recfile.RecordSpan], cache_dir: str | None) -> Labels:
-    """The labels of ``rec_path``'s records (``spans`` from ``recfile.read_index``); see the module's text."""
+def load_labels(rec_path: str, spans: Sequence[recfile.RecordSpan], cache_dir: str | None, *,
+                remember: bool = True) -> Labels:
+    """The labels of ``rec_path``'s records (``spans`` from ``recfile.read_index``); see the module's text.
+
+    ``remember``: cache what was read (a dry run writes nothing)."""
     identity = _identity(rec_path)
     entry = _cache_entry(cache_dir, rec_path) if cache_dir else None
     cached = _read_cache(entry, identity, len(spans)) if entry else None
@@ -57,7 +60,7 @@ def load_labels(rec_path: str, spans: Sequence[recfile.RecordSpan], cache_dir: s
     from_list, note = labels_from_lst(rec_path, spans)
     labels = (Labels(from_list, "lst") if from_list is not None
               else Labels(tuple(recfile.read_labels(rec_path, spans)), "records", note))
-    if entry:
+    if entry and remember:
         _write_cache(entry, identity, labels.values)
     return labels
 

@@ -232,19 +232,21 @@ def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory | None)
                         gpu_ids_per_host=gpu_ids)
 
 
-def _checked_inputs(spec: JobSpec | CommandSpec, cache_dir: str) -> Inventory | None:
-    """What the job's files hold (a recipe), or that a command's folder exists; InputError if not."""
+def _checked_inputs(spec: JobSpec | CommandSpec, config: LaunchConfig) -> Inventory | None:
+    """What the job's files hold (a recipe), or that a command's folder exists; InputError if not.
+
+    A dry run (and ``check``) reads the label cache but writes nothing to it."""
     if isinstance(spec, CommandSpec):
         if not os.path.isdir(spec.workdir):
             raise InputError(spec.workdir, "working folder not found", hint=f"check workdir in {spec.source}")
         return None
-    return check_inputs(spec, cache_dir=cache_dir)
+    return check_inputs(spec, cache_dir=config.cache_dir, remember_labels=not config.dry_run)
 
 
 def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Sequence[HostSpec], attempt: Attempt,
                  *, echo: Callable[[str], None] | None = None) -> Plan:
     """Facts first, then the one plan, then whether every host can take its part of it (all hosts at once)."""
-    inventory = _checked_inputs(spec, config.cache_dir)
+    inventory = _checked_inputs(spec, config)
     for note in inventory.notes if inventory and echo else ():
         echo(f"[mxft] {note}")
     facts = _run_facts(config, spec, attempt)
@@ -281,7 +283,7 @@ def check_hosts(config: LaunchConfig) -> list[HostRow]:
         spec = load_job(config.job_path, overrides=config.overrides)
         if isinstance(spec, JobSpec):
             spec = pack_image_folder(spec, config.cache_dir, echo=lambda text: None, dry_run=True)
-        inventory = _checked_inputs(spec, config.cache_dir)
+        inventory = _checked_inputs(spec, config)
     attempt = Attempt("check", "/nonexistent/check")
     base = _run_facts(config, spec, attempt) if spec is not None else Facts(
         run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=config.cache_dir, scheduler_port=0,

@@ -109,3 +109,12 @@ def test_extra_list_lines_for_images_im2rec_could_not_pack_are_fine(tmp_path):
     rec = write_rec(str(tmp_path / "train"), [2, 3, 4])
     write_lst(rec, [2, 3, 4, 0], keys=[0, 1, 2, 99])
     assert load(rec, None) == labelsource.Labels((2.0, 3.0, 4.0), "lst")
+
+
+def test_a_dry_run_reads_the_cache_and_writes_nothing(tmp_path):
+    rec = write_rec(str(tmp_path / "train"), [0, 1, 2])
+    spans = recfile.read_index(rec)
+    assert load_labels(rec, spans, str(tmp_path / "cache"), remember=False).source == "records"
+    assert not os.path.exists(tmp_path / "cache")
+    load_labels(rec, spans, str(tmp_path / "cache"))
+    assert load_labels(rec, spans, str(tmp_path / "cache"), remember=False).source == "cache"
