@@ -21,7 +21,7 @@ Steps free-running (each worker starts its next push as soon as its own pulls ar
 aligned (``--barrier``: every worker waits for the others after each step). With no compute
 between steps, a worker whose pulls finish first pushes its next step into the downlink of a
 worker still pulling; that worker's uplink idles meanwhile, and the step stretches (the links'
-byte counters, sampled every 0.2 s, show it). Beside them, plain TCP over the same links
+byte counters, sampled every 0.2 s while developing this bench, showed it). Beside them, plain TCP over the same links
 (``bench/programs/tcp_mesh.py``) moves a step's bytes: what the links deliver with no ps-lite.
 
 ``python -m bench network`` (root; about 10 minutes); ``MXFT_NET_MBIT`` sets the rate.
@@ -131,7 +131,14 @@ def tcp_mesh_s(cluster, hosts: int, per_peer: int) -> float:
     runs = [subprocess.Popen(["ip", "netns", "exec", host.namespace, sys.executable, program, host.address,
                               ",".join(other.address for other in chosen if other is not host), str(per_peer),
                               f"{start_at:.3f}"], stdout=subprocess.PIPE, text=True) for host in chosen]
-    return max(float(run.communicate(timeout=600)[0]) for run in runs)
+    try:
+        outputs = [run.communicate(timeout=660)[0] for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
+    if any(run.returncode for run in runs):
+        raise RuntimeError(f"tcp_mesh.py failed on {hosts} hosts: {outputs}")
+    return max(float(out) for out in outputs)
 
 
 def bench_program(work: str, depths=(50, 152)) -> tuple[str, dict[int, list[list[int]]]]:

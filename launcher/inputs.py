@@ -1,10 +1,11 @@
 """Check a job's files before anything starts, and measure what planning needs.
 
 Reads the checkpoint and the ``.rec``/``.idx`` files (and writes nothing but the label
-cache, ``launcher.labelsource``): the cut layer must be in the symbol, the params file must be a complete MXNet NDArray file (every array's
-header and data, to its last byte; and match its sha256 when the job gives one), and every
-label must lie in ``[0, num_classes)`` with every class present in the training data. Pure
-Python: the launch host needs no mxnet.
+cache): the cut layer must be in the symbol, the params file must be a complete MXNet NDArray
+file (every array's header and data, to its last byte; and match its sha256 when the job gives
+one), and every label must lie in ``[0, num_classes)`` with every class present in the
+training data; the labels are the records' own, or a ``.lst`` that a sample of the records
+agrees with (``launcher.labelsource``). Pure Python: the launch host needs no mxnet.
 """
 from __future__ import annotations
 
@@ -90,12 +91,10 @@ def check_inputs(job: JobSpec, *, cache_dir: str | None = None, remember_labels:
     and are cached there with ``remember_labels``.
     """
     check_model(job)
-    train_spans = recfile.read_index(job.data.train)
-    train_labels = load_labels(job.data.train, train_spans, cache_dir, remember=remember_labels)
+    train_spans, train_labels = load_labels(job.data.train, cache_dir, remember=remember_labels)
     train = recfile.LabelSummary.of(job.data.train, train_labels.values)
     train.check(job.num_classes, require_every_class=True)
-    val_spans = recfile.read_index(job.data.val)
-    val_labels = load_labels(job.data.val, val_spans, cache_dir, remember=remember_labels)
+    _, val_labels = load_labels(job.data.val, cache_dir, remember=remember_labels)
     val = recfile.LabelSummary.of(job.data.val, val_labels.values)
     val.check(job.num_classes, require_every_class=False)
     return Inventory(

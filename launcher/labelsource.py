@@ -2,8 +2,8 @@
 
 Planning checks every label (an integer in range, every class present) and decides whether
 the workers can read their parts of the file in place (``recfile.mixed_classes``). Reading
-each record's header costs one random read per record: on a cold disk here about 0.35 s per
-GB of 100 KB records (some 29,000 reads/s with 4 threads). The sources, in order:
+each record's header costs one random read per record: on a cold disk here 0.4-0.45 s per GB
+of 100 KB records (BENCHMARKS.md, "Start-up"). The sources, in order:
 
 1. **The label cache** (``CACHE/labels/``): the labels read earlier from this very file. An
    entry holds for as long as the ``.rec`` and its ``.idx`` keep their device, inode, size,
@@ -12,21 +12,27 @@ GB of 100 KB records (some 29,000 reads/s with 4 threads). The sources, in order
    <TAB>PATH``), read in one sequential pass. It is used only when it gives a label for every
    key of the ``.idx``, and when ``SAMPLE`` records chosen at random hold in their own headers
    the labels it gives. A stale list (re-shuffled, or from another pack) fails that check and
-   is ignored, with a note saying why. It is trusted no further than the ``.rec`` beside it:
-   whoever can write one can write the other.
+   is ignored, with a note saying why. A sample is not a proof: a list edited in a few lines
+   and not re-packed can pass it, and then the checks speak for the list, while training reads
+   the records. The list is trusted no further than the ``.rec`` beside it: whoever can write
+   one can write the other.
 3. **Every record's header** (``recfile.read_labels``).
 
-Whatever the source, a launch caches the labels for the next one (a dry run only reads the cache). Any problem with a cache
-entry is a miss: the entry is read again from the file.
+Whatever the source, a launch caches the labels for the next one (a dry run only reads the
+cache). Any problem with a cache entry is a miss: the labels are read again.
 """
 from __future__ import annotations
 
 import array
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import os
+import re
 import secrets
+import stat
 import struct
 from collections.abc import Sequence
 
@@ -35,7 +41,8 @@ from launcher.cachefile import replacing
 
 SAMPLE = 64
 _CACHE_VERSION = 1
-_MAX_LST_BYTES_PER_RECORD = 4096   # a longer list is not the one im2rec wrote for this file
+_MAX_LST_LINE = 4096                 # characters: an index, labels and a path
+_DECIMAL = re.compile(r"[0-9]{1,19}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,22 +54,24 @@ class Labels:
     note: str = ""               # a .lst that was present but ignored, and why
 
 
-def load_labels(rec_path: str, spans: Sequence[recfile.RecordSpan], cache_dir: str | None, *,
-                remember: bool = True) -> Labels:
-    """The labels of ``rec_path``'s records (``spans`` from ``recfile.read_index``); see the module's text.
+def load_labels(rec_path: str, cache_dir: str | None, *,
+                remember: bool = True) -> tuple[list[recfile.RecordSpan], Labels]:
+    """The records of ``rec_path`` (``recfile.read_index``) and their labels; see the module's text.
 
-    ``remember``: cache what was read (a dry run writes nothing)."""
+    The file's identity is taken before its index is read and again after its labels are: only labels read
+    from one unchanged file are cached, and only with ``remember`` (a dry run writes nothing)."""
     identity = _identity(rec_path)
+    spans = recfile.read_index(rec_path)
     entry = _cache_entry(cache_dir, rec_path) if cache_dir else None
     cached = _read_cache(entry, identity, len(spans)) if entry else None
     if cached is not None:
-        return Labels(cached, "cache")
+        return spans, Labels(cached, "cache")
     from_list, note = labels_from_lst(rec_path, spans)
     labels = (Labels(from_list, "lst") if from_list is not None
               else Labels(tuple(recfile.read_labels(rec_path, spans)), "records", note))
-    if entry and remember:
-        _write_cache(entry, identity, labels.values)
-    return labels
+    if entry and remember and _identity(rec_path) == identity:
+        _write_cache(entry, identity, labels)
+    return spans, labels
 
 
 def lst_path_for(rec_path: str) -> str:
@@ -75,9 +84,10 @@ def labels_from_lst(rec_path: str, spans: Sequence[recfile.RecordSpan]) -> tuple
     lst = lst_path_for(rec_path)
     if not os.path.isfile(lst) or not os.path.isfile(recfile.idx_path_for(rec_path)):
         return None, ""   # without the .idx the keys are positions, which a .lst does not name
-    if os.path.getsize(lst) > _MAX_LST_BYTES_PER_RECORD * max(1, len(spans)):
-        return None, f"ignored {lst}: far larger than a list of {len(spans)} records"
-    by_key, problem = _parse_lst(lst)
+    try:
+        by_key, problem = _parse_lst(lst, {span.key for span in spans})
+    except OSError as err:
+        return None, f"ignored {lst}: {err.strerror or err}"
     if problem:
         return None, f"ignored {problem}"
     missing = next((span.key for span in spans if span.key not in by_key), None)
@@ -94,24 +104,40 @@ def labels_from_lst(rec_path: str, spans: Sequence[recfile.RecordSpan]) -> tuple
     return labels, ""
 
 
-def _parse_lst(path: str) -> tuple[dict[int, float], str]:
-    """``{INDEX: first label as float32}``, or ``({}, "FILE:LINE: what is wrong")``."""
+def _parse_lst(path: str, keys: set[int]) -> tuple[dict[int, float], str]:
+    """``{INDEX: first label as float32}`` for the ``keys`` of the ``.idx``, or ``({}, "FILE[:LINE]: what is
+    wrong")``. Lines for other keys (images im2rec listed but could not pack) are passed over, up to as many
+    again as there are keys; a line is at most ``_MAX_LST_LINE`` bytes."""
     by_key: dict[int, float] = {}
     with open(path, encoding="utf-8", errors="replace") as handle:
-        for line_no, line in enumerate(handle, 1):
+        lines = iter(functools.partial(handle.readline, _MAX_LST_LINE + 1), "")
+        for line_no, line in enumerate(lines, 1):
+            if len(line) > _MAX_LST_LINE:
+                return {}, f"{path}:{line_no}: a line longer than {_MAX_LST_LINE} characters"
+            if line_no > 2 * len(keys) + 1024:
+                return {}, f"{path}: far more lines than the {len(keys)} records of its .rec"
             fields = line.rstrip("\r\n").split("\t")
             if fields == [""]:
                 continue
-            try:
-                if len(fields) < 3:
-                    raise ValueError
-                key, label = int(fields[0]), _float32(fields[1])
-            except (ValueError, OverflowError):
+            key, label = _lst_fields(fields)
+            if key is None:
                 return {}, f"{path}:{line_no}: expected 'INDEX<TAB>LABEL<TAB>PATH', got {line.strip()[:60]!r}"
             if key in by_key:
                 return {}, f"{path}:{line_no}: index {key} is listed twice"
-            by_key[key] = label
+            if key in keys:
+                by_key[key] = label
     return by_key, ""
+
+
+def _lst_fields(fields: list[str]) -> tuple[int | None, float]:
+    """(index, first label as float32) of one ``.lst`` line, or (None, 0.0): a decimal index and a finite label."""
+    if len(fields) < 3 or not _DECIMAL.fullmatch(fields[0]):
+        return None, 0.0
+    try:
+        label = _float32(fields[1])
+    except (ValueError, OverflowError):
+        return None, 0.0
+    return (int(fields[0]), label) if math.isfinite(label) else (None, 0.0)
 
 
 def _float32(text: str) -> float:
@@ -133,18 +159,24 @@ def _identity(rec_path: str) -> list[list[int] | None]:
 
 
 def _cache_entry(cache_dir: str, rec_path: str) -> str:
-    name = hashlib.sha256(os.path.realpath(rec_path).encode()).hexdigest()[:24]
+    name = hashlib.sha256(os.fsencode(os.path.realpath(rec_path))).hexdigest()[:24]
     return os.path.join(cache_dir, "labels", name + ".labels")
 
 
 def _read_cache(entry: str, identity: list, count: int) -> tuple[float, ...] | None:
-    """The cached labels if the entry is whole and about this very file, else None."""
+    """The cached labels if the entry is a whole regular file about this very file, else None."""
     try:
-        with open(entry, "rb") as handle:
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with open(fd, "rb") as handle:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             header = json.loads(handle.readline(4096))
             body = handle.read(4 * count + 1)
-    except (OSError, ValueError):
-        return None
+        except (OSError, ValueError, RecursionError):
+            return None
     if not isinstance(header, dict) or header.get("version") != _CACHE_VERSION \
             or header.get("identity") != identity or header.get("records") != count or len(body) != 4 * count:
         return None
@@ -153,13 +185,14 @@ def _read_cache(entry: str, identity: list, count: int) -> tuple[float, ...] | N
     return tuple(values)
 
 
-def _write_cache(entry: str, identity: list, labels: Sequence[float]) -> None:
+def _write_cache(entry: str, identity: list, labels: Labels) -> None:
     """Best effort: a cache that cannot be written costs the next launch the reads, nothing more."""
     try:
         os.makedirs(os.path.dirname(entry), exist_ok=True)
         with replacing(entry) as handle:
-            header = {"version": _CACHE_VERSION, "identity": identity, "records": len(labels)}
+            header = {"version": _CACHE_VERSION, "identity": identity, "records": len(labels.values),
+                      "from": labels.source}
             handle.write(json.dumps(header).encode() + b"\n")
-            handle.write(array.array("f", labels).tobytes())
+            handle.write(array.array("f", labels.values).tobytes())
     except OSError:
         pass

@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import math
 import os
 import re
 import struct
@@ -208,8 +209,9 @@ class LabelSummary:
         total = 0
         for label in labels:
             total += 1
-            if label != int(label):
+            if not math.isfinite(label) or label != int(label):  # a NaN or infinite header label too
                 non_integer += 1
+                continue
             counts[int(label)] += 1
         return cls(path, total, dict(sorted(counts.items())), non_integer)
 

@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from cluster.errors import InputError
 from launcher import labelsource, recfile
 from launcher.labelsource import load_labels
 
@@ -29,7 +30,9 @@ def write_lst(rec: str, labels, *, keys=None) -> str:
 
 
 def load(rec: str, cache) -> labelsource.Labels:
-    return load_labels(rec, recfile.read_index(rec), None if cache is None else str(cache))
+    spans, labels = load_labels(rec, None if cache is None else str(cache))
+    assert spans == recfile.read_index(rec)
+    return labels
 
 
 def test_a_relaunch_reads_the_cache_and_a_rewritten_file_is_read_again(tmp_path):
@@ -84,6 +87,9 @@ def test_a_stale_list_is_ignored_with_the_record_that_disagrees(tmp_path):
     ("0\t1\ta.jpg\n1 1 b.jpg\n", ".lst:2: expected"),
     ("0\t1\ta.jpg\n0\t1\tb.jpg\n", ".lst:2: index 0 is listed twice"),
     ("0\t1\ta.jpg\n", ": it gives no label for key 1 of "),
+    ("0\tnan\ta.jpg\n1\t0\tb.jpg\n", ".lst:1: expected"),
+    ("0\t1e40\ta.jpg\n1\t0\tb.jpg\n", ".lst:1: expected"),
+    ("+0\t1\ta.jpg\n1\t0\tb.jpg\n", ".lst:1: expected"),
 ])
 def test_a_list_that_is_broken_or_short_is_ignored_naming_the_line(tmp_path, body, expected):
     rec = write_rec(str(tmp_path / "train"), [1, 0])
@@ -94,12 +100,14 @@ def test_a_list_that_is_broken_or_short_is_ignored_naming_the_line(tmp_path, bod
     assert got.note.startswith("ignored ") and expected in got.note
 
 
-def test_a_list_is_not_read_without_the_idx_or_when_it_is_far_too_large(tmp_path):
+def test_a_list_is_not_read_without_the_idx_nor_past_its_limits(tmp_path):
     rec = write_rec(str(tmp_path / "train"), [1, 0])
     write_lst(rec, [1, 0])
     with open(os.path.splitext(rec)[0] + ".lst", "a", encoding="utf-8") as handle:
-        handle.write("#" * (2 * labelsource._MAX_LST_BYTES_PER_RECORD * 2))
-    assert "far larger" in load(rec, None).note
+        handle.write("#" * (labelsource._MAX_LST_LINE + 1))
+    assert ".lst:3: a line longer than 4096 characters" in load(rec, None).note
+    write_lst(rec, [0] * 1100, keys=range(1000, 2100))          # lines for keys the .idx does not have
+    assert load(rec, None).note.endswith(".lst: far more lines than the 2 records of its .rec")
     write_lst(rec, [1, 0])
     os.remove(recfile.idx_path_for(rec))
     assert load(rec, None) == labelsource.Labels((1.0, 0.0), "records")
@@ -113,8 +121,27 @@ def test_extra_list_lines_for_images_im2rec_could_not_pack_are_fine(tmp_path):
 
 def test_a_dry_run_reads_the_cache_and_writes_nothing(tmp_path):
     rec = write_rec(str(tmp_path / "train"), [0, 1, 2])
-    spans = recfile.read_index(rec)
-    assert load_labels(rec, spans, str(tmp_path / "cache"), remember=False).source == "records"
+    assert load_labels(rec, str(tmp_path / "cache"), remember=False)[1].source == "records"
     assert not os.path.exists(tmp_path / "cache")
-    load_labels(rec, spans, str(tmp_path / "cache"))
-    assert load_labels(rec, spans, str(tmp_path / "cache"), remember=False).source == "cache"
+    load_labels(rec, str(tmp_path / "cache"))
+    assert load_labels(rec, str(tmp_path / "cache"), remember=False)[1].source == "cache"
+
+
+def test_a_cache_entry_that_is_not_a_regular_file_is_a_miss(tmp_path):
+    rec = write_rec(str(tmp_path / "train"), [0, 1, 2])
+    load(rec, tmp_path / "cache")
+    [entry] = [os.path.join(root, name) for root, _, names in os.walk(tmp_path / "cache") for name in names]
+    os.remove(entry)
+    os.mkfifo(entry)                       # opening it for reading would wait for a writer forever
+    assert load(rec, tmp_path / "cache").source == "records"
+    os.remove(entry)
+    with open(entry, "wb") as handle:
+        handle.write(b"[" * 4000 + b"\n")  # JSON nested past the parser's recursion limit
+    assert load(rec, tmp_path / "cache").source == "records"
+
+
+def test_nan_and_infinite_record_labels_are_refused_not_a_traceback(tmp_path):
+    rec = write_rec(str(tmp_path / "train"), [0, float("nan"), float("inf"), 1])
+    summary = recfile.LabelSummary.of(rec, load(rec, None).values)
+    with pytest.raises(InputError, match="2 records have non-integer labels"):
+        summary.check(2, require_every_class=True)

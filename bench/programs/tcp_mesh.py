@@ -13,6 +13,7 @@ import threading
 import time
 
 PORT = 5999
+TIMEOUT_S = 600
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
 
     def send(peer: str) -> None:
         block = bytes(1 << 20)
-        with socket.create_connection((peer, PORT)) as conn:
+        with connect(peer, deadline=start_at + 60) as conn:
             for offset in range(0, size, len(block)):
                 conn.sendall(block[:min(len(block), size - offset)])
         finished.append(time.time())
@@ -43,8 +44,23 @@ def main() -> None:
     for thread in senders:
         thread.start()
     while len(finished) < 2 * len(peers):
+        if time.time() > start_at + TIMEOUT_S:
+            sys.exit(f"tcp_mesh on {me}: {len(finished)} of {2 * len(peers)} transfers done in {TIMEOUT_S} s")
         time.sleep(0.01)
     print(f"{max(finished) - start_at:.3f}")
+
+
+def connect(peer: str, *, deadline: float) -> socket.socket:
+    """A connection to ``peer``'s listener, which may start a moment after this one (tried until ``deadline``)."""
+    while True:
+        try:
+            conn = socket.create_connection((peer, PORT), timeout=5)
+            conn.settimeout(None)
+            return conn
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 if __name__ == "__main__":
