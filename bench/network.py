@@ -20,9 +20,10 @@ MXNet's default 1,000,000 and mxft's default 100,000 (``cluster.bigarray_bound``
 Steps free-running (each worker starts its next push as soon as its own pulls are in) and
 aligned (``--barrier``: every worker waits for the others after each step). With no compute
 between steps, a worker whose pulls finish first pushes its next step into the downlink of a
-worker still pulling; that worker's uplink idles meanwhile, and the step stretches (the links'
-byte counters, sampled every 0.2 s while developing this bench, showed it). Beside them, plain TCP over the same links
-(``bench/programs/tcp_mesh.py``) moves a step's bytes: what the links deliver with no ps-lite.
+worker still pulling; that worker's uplink idles meanwhile, and the step stretches (the
+links' byte counters, sampled every 0.2 s while this bench was written, showed it). Beside
+them, plain TCP over the same links (``bench/programs/tcp_mesh.py``) moves a step's bytes:
+what the links deliver with no ps-lite.
 
 ``python -m bench network`` (root; about 10 minutes); ``MXFT_NET_MBIT`` sets the rate.
 """
@@ -182,12 +183,12 @@ def measure_tcp(cluster, work: str) -> list[dict]:
 
 
 def section(rows: list[dict], tcp: list[dict]) -> str:
-    lines = ["## Gradient steps on a limited network (issue 13)" + ("" if RATE_MBIT == 400 else f", {RATE_MBIT:g} Mbit/s"),
-             "",
+    rate = "" if RATE_MBIT == 400 else f", {RATE_MBIT:g} Mbit/s"
+    lines = [f"## Gradient steps on a limited network (issue 13){rate}", "",
              f"Three namespace hosts, each link limited to {RATE_MBIT:g} Mbit/s each way (`tc tbf`); one worker per "
              "host pushes and pulls the fine-tuned tutorial network's gradients (`bench/programs/kvstore_step.py`, "
-             f"median of {STEPS} steps after 2 warm-up steps). t_min = 2·G·(H−1)/(H·B). Server shares: values each "
-             "server receives per worker push, largest / smallest. Aligned: every worker waits for the others "
+             f"median of {STEPS} steps after 2 warm-up steps). t_min = 2·G·(H−1)/(H·B). Server shares: values "
+             "each server receives per worker push, largest / smallest. Aligned: every worker waits for the others "
              "(`kv._barrier()`) after each step, so that no worker's next pushes compete with another's pulls.", "",
              "| network | hosts | servers | bigarray bound | aligned | step s (min-max) | t_min s | step / t_min | "
              "server shares max/min |",
@@ -210,8 +211,8 @@ def network_verdict(rows: list[dict]) -> list[str]:
     def row(depth, servers, bound, aligned):
         return next(r for r in rows if (r["depth"], r["hosts"], r["servers"], r["bound"], r["aligned"])
                     == (depth, 3, servers, bound, aligned))
-    mxft3, aligned3, launch_py3 = row(50, 3, MXFT_BOUND, False), row(50, 3, MXFT_BOUND, True), row(50, 3, MXNET_BOUND,
-                                                                                                   False)
+    mxft3, aligned3 = row(50, 3, MXFT_BOUND, False), row(50, 3, MXFT_BOUND, True)
+    launch_py3 = row(50, 3, MXNET_BOUND, False)
     balanced = all(max(r["shares"]) / min(r["shares"]) <= 1.10 for r in rows
                    if r["bound"] == MXFT_BOUND and r["servers"] > 1)
     faster = mxft3["step_s"] <= launch_py3["step_s"]

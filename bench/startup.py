@@ -178,8 +178,8 @@ def section(rows: list[dict]) -> str:
              f"run folder and any shards), timed in a child process; 100 KB records; {REPEATS} runs each, median "
              "(min-max) seconds and seconds per GB. Cold: the page cache dropped first; a first launch has a new "
              "cache folder, a relaunch the one its last launch left (the label cache). The .lst files (training and "
-             "validation set) are the ones im2rec would have packed the files from. Baseline: the launcher before header-only reads and in-place parts "
-             f"({BASELINE}), same run; it reads no .lst and keeps no labels.", "",
+             "validation set) are the ones im2rec would have packed the files from. Baseline: the launcher before "
+             f"header-only reads and in-place parts ({BASELINE}), same run; it reads no .lst and keeps no labels.", "",
              "| data | records | code | " + " | ".join(title for _, title in COLUMNS) + " | cache after | "
              "first launch / baseline |", "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
     base = {r["gb"]: r for r in rows if r["code"] == "baseline"}
