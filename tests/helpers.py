@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import re
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,6 +84,12 @@ def run_id_from(stdout: str) -> str:
     raise AssertionError(f"no '[mxft] run ID:' line in:\n{stdout[-2000:]}")
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT back to its default in the launcher: a test suite started in the background (``cmd &`` in a script,
+    which ignores SIGINT, and every child inherits that) must still see the launcher take a Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_launch(args: list[str], *, cwd: str, until: str | None = "epoch 1 done",
                  timeout_s: float = 120) -> tuple[subprocess.Popen, str, list[str]]:
     """Start ``mxft-launch ARGS`` and read its output until a line holds ``until``.
@@ -93,7 +100,7 @@ def start_launch(args: list[str], *, cwd: str, until: str | None = "epoch 1 done
     """
     env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR)
     proc = subprocess.Popen(LAUNCH + ["-v"] + args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_ctrl_c_as_at_a_terminal)
     seen: list[str] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+import yaml
 
 from cluster.hosts import HostSpec
 from cluster.supervise import Member
@@ -182,13 +183,16 @@ def test_demo_console_is_short_and_the_logs_hold_everything(tmp_path, demo_asset
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) <= 20, result.stdout
-    assert [line.split(":")[0] for line in lines if line.startswith("epoch ")] == [f"epoch {e}/8" for e in range(1, 9)]
+    with open(os.path.join(REPO, "jobs", "demo.yaml"), encoding="utf-8") as handle:
+        epochs = yaml.safe_load(handle)["train"]["epochs"]
+    assert [line.split(":")[0] for line in lines if line.startswith("epoch ")] == \
+        [f"epoch {e}/{epochs}" for e in range(1, epochs + 1)]
     for internal in ("Subgraph backend", "ImageRecordIOParser2", "src/", "[worker", "[scheduler", "Train-accuracy"):
         assert internal not in result.stdout + result.stderr, internal
     run_id = run_id_from(result.stdout)
     logs = runs / run_id / "logs"
     worker0 = (logs / "worker-0.log").read_text()
-    assert "ImageRecordIOParser2" in worker0 and "epoch 8 done" in worker0 and "batch 2:" in worker0
+    assert "ImageRecordIOParser2" in worker0 and f"epoch {epochs} done" in worker0 and "batch 2:" in worker0
     assert "serving ps-lite" in (logs / "scheduler.log").read_text()
     listed = subprocess.run([sys.executable, "-m", "launcher.cli", "runs", "--run-root", str(runs)], cwd=REPO,
                             capture_output=True, text=True, timeout=60)

@@ -57,7 +57,8 @@ def no_processes_left(cluster, run_id: str, timeout_s: float = 10.0) -> dict[str
 
 
 def test_demo_across_three_hosts_then_relaunch_sends_no_data(hosts3, tmp_path, demo_assets):
-    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, cluster={"workers": 3, "servers": 2}))
+    spec = demo_job(demo_assets, cluster={"workers": 3, "servers": 2})
+    job = write_job(tmp_path / "job.yaml", spec)
     hosts = hosts_file(hosts3, tmp_path)
     first = run_launch(ssh_args(hosts3, hosts) + [job, "-v", "--run-root", str(tmp_path / "runs")],
                        cwd=str(tmp_path))
@@ -75,7 +76,7 @@ def test_demo_across_three_hosts_then_relaunch_sends_no_data(hosts3, tmp_path, d
     assert local.returncode == 0, local.stderr
     local_accuracy = float(local.stdout.strip().splitlines()[-1].split()[2].rstrip(","))
     assert abs(accuracy - local_accuracy) < 0.08, (accuracy, local_accuracy)
-    assert os.path.isfile(tmp_path / "runs" / run_id / "checkpoint" / "demo-0008.params")
+    assert os.path.isfile(tmp_path / "runs" / run_id / "checkpoint" / f"demo-{spec['train']['epochs']:04d}.params")
     assert no_processes_left(hosts3, run_id) == {}
 
     # Each host holds exactly its own workers' shards: worker i runs on host i+1.
@@ -97,8 +98,8 @@ def test_cpu2_workers_one_per_two_slot_host_train_as_well_as_single_context_ones
     4 images per context keep each worker's batch at the demo's 8, so the run takes the same steps as
     the demo's single-context workers and must pass the same bar (demo_seeds: worst 0.798 over seeds).
     """
-    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, cluster={"workers": "auto", "servers": 2},
-                                                    expect={"min_accuracy": 0.72}))
+    spec = demo_job(demo_assets, cluster={"workers": "auto", "servers": 2}, expect={"min_accuracy": 0.72})
+    job = write_job(tmp_path / "job.yaml", spec)
     hosts = hosts_file(hosts3, tmp_path, extra={h.name: f"{python_field()} slots=2" for h in hosts3.hosts})
     args = ssh_args(hosts3, hosts) + [job, "--set", "cluster.devices=cpu:2", "--set", "train.batch_per_device=4",
                                       "--run-root", str(tmp_path / "runs")]
@@ -108,7 +109,7 @@ def test_cpu2_workers_one_per_two_slot_host_train_as_well_as_single_context_ones
     plan = (run_dir / "plan.txt").read_text()
     assert "kvstore    dist_sync, 3 worker(s) x cpu:2, 2 server(s)" in plan
     assert "workers    3: one per 2 slots of each host (cpu:2 workers, cluster.workers: auto)" in plan
-    assert "8 epochs x 3 batches of 8 per worker (global batch 24)" in plan
+    assert f"{spec['train']['epochs']} epochs x 3 batches of 8 per worker (global batch 24)" in plan
     for i, host in enumerate(hosts3.hosts):
         assert f"    worker {i}   on {host.address} " in plan
         log = (run_dir / "logs" / f"worker-{i}.log").read_text()
