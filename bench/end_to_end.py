@@ -22,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 from bench.network import limited_hosts, t_min_s
 from bench.report import ROOT, provenance, write_section
@@ -30,14 +31,15 @@ RATE_MBIT = float(os.environ.get("MXFT_E2E_MBIT", "20"))
 EPOCHS = 6
 
 
-def run_demo(cluster, work: str, hosts: int) -> tuple[dict, dict]:
-    """The demo on the first ``hosts`` namespace hosts; its result.json and plan.json."""
+def run_demo(cluster, work: str, hosts: int, *,
+             sets: tuple[str, ...] = ("train.step_timing=true", f"train.epochs={EPOCHS}")) -> tuple[dict, dict]:
+    """The demo (with ``sets``) on the first ``hosts`` namespace hosts, one worker each; its result.json and
+    plan.json."""
     hosts_file = os.path.join(work, f"hosts{hosts}.txt")
     with open(hosts_file, "w", encoding="utf-8") as handle:
         handle.writelines(f"{h.address} python={sys.executable}\n" for h in cluster.hosts[:hosts])
-    runs = os.path.join(work, f"runs{hosts}")
-    sets = [f"cluster.workers={hosts}", "cluster.servers=auto", "train.step_timing=true", f"train.epochs={EPOCHS}",
-            "expect.min_accuracy=0"]
+    runs = tempfile.mkdtemp(prefix=f"runs{hosts}-", dir=work)
+    sets = (f"cluster.workers={hosts}", "cluster.servers=auto", "expect.min_accuracy=0", *sets)
     done = subprocess.run(
         [sys.executable, "-m", "launcher.cli", os.path.join(ROOT, "jobs", "demo.yaml"), "--hosts", hosts_file,
          "--ssh-config", cluster.ssh_config, "--remote-dir", "/srv/mxft-host", "--run-root", runs,

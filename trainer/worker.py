@@ -210,7 +210,9 @@ def run_worker(cfg: WorkerConfig) -> int:
     speed = _Throughput(batch_size, cfg.train["log_every_batches"])
     epochs: list[dict] = []
 
-    timing = StepTiming(mod) if cfg.train.get("step_timing") else None
+    if cfg.job.get("cluster", {}).get("align_steps") and kv.type.startswith("dist") and num_workers > 1:
+        align_steps(mod, kv)
+    timing = StepTiming(mod) if cfg.train.get("step_timing") else None  # wraps the aligned update: its wait counts
 
     def on_epoch_end(epoch, _symbol, _args, _aux) -> None:
         record = _epoch_record(cfg, epoch, time.time() - speed.epoch_start, batch_size, metric, timing)
@@ -249,6 +251,24 @@ def _epoch_record(cfg: WorkerConfig, epoch: int, elapsed: float, batch_size: int
             **{"train_" + name.replace("top_k_accuracy_", "top").replace("cross-entropy", "loss"): value
                for name, value in metric.get_name_value()},
             **(timing.take() if timing is not None else {})}
+
+
+def align_steps(mod: mx.mod.Module, kv) -> None:
+    """``cluster.align_steps``: after each step's update, wait for its pulls, then for every other worker.
+
+    Free-running, the first worker whose pulls are in pushes its next step's gradients while
+    another still pulls: both share that worker's link, and the step of a push+pull bound by
+    the links stretches (BENCHMARKS.md, "Gradient steps on a limited network"). The barrier
+    starts every worker's pushes together, at the cost of one round trip to the scheduler and
+    of the overlap of the last pulls with the next forward pass.
+    """
+    update = mod.update
+
+    def aligned_update() -> None:
+        update()
+        mx.nd.waitall()
+        kv._barrier()
+    mod.update = aligned_update
 
 
 class StepTiming:
