@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--kvstore", default="dist_sync")
     parser.add_argument("--barrier", action="store_true", help="every worker waits for the others after each "
                         "step, so that no worker's next pushes compete with another's pulls")
+    parser.add_argument("--push-then-pull", action="store_true", help="a push, then a pull of each key (as "
+                        "MXNet's Module does only for compressed or sparse arrays); default: one pushpull per key, "
+                        "as Module does otherwise, so the servers answer a push with the merged value")
     parser.add_argument("--compression", type=float, default=0.0, help="2bit gradient compression with this "
                         "threshold (0: none), set before any key as mxft's trainer does")
     args = parser.parse_args()
@@ -52,8 +55,11 @@ def main() -> None:
     for step in range(args.steps + 2):  # two warm-up steps
         started = time.perf_counter()
         for key, grad in enumerate(grads):
-            kv.push(key, grad, priority=-key)
-            kv.pull(key, out=outs[key], priority=-key)
+            if args.push_then_pull or args.compression:  # MXNet 1.9 refuses pushpull with compression
+                kv.push(key, grad, priority=-key)
+                kv.pull(key, out=outs[key], priority=-key)
+            else:
+                kv.pushpull(key, grad, out=outs[key], priority=-key)
         mx.nd.waitall()
         if args.barrier:
             kv._barrier()
