@@ -425,8 +425,6 @@ class ClusterSpec:
     bigarray_bound: int = key(100_000, check=_int(1), help="arrays of this many values or more are split over all "
                               "servers, smaller ones go whole to one (MXNET_KVSTORE_BIGARRAY_BOUND; MXNet's own "
                               "default, 1000000, loads one of 3 servers 2-8x the others on ResNet-50/152)")
-    align_steps: bool = key(False, check=_bool, help="every worker waits for the others after each step's update, "
-                            "so that no worker's next pushes share a link with another's pulls (a synchronous kvstore)")
     gradient_compression: CompressionSpec | None = section(
         CompressionSpec, optional=True, help="compress what workers push to the servers (MXNet's "
         "set_gradient_compression; pulls stay float32); a synchronous kvstore and train.evaluation: worker0")
@@ -635,15 +633,6 @@ def _check_evaluation(job: JobSpec, top: Fields) -> None:
                    hint="set train.evaluation: worker0, or cluster.kvstore: dist_sync / dist_sync_device")
 
 
-def _check_align_steps(job: JobSpec, top: Fields) -> None:
-    """A barrier after each step holds every worker to the slowest: an asynchronous kvstore would lose its point."""
-    if job.cluster.align_steps and "async" in job.cluster.effective_kvstore:
-        cluster = top.section("cluster", keys_of(ClusterSpec))
-        cluster.fail(cluster.path + ("align_steps",), f"cluster.align_steps needs a synchronous kvstore, not "
-                     f"{job.cluster.effective_kvstore}", hint="cluster.kvstore: dist_sync or dist_sync_device, or "
-                     "cluster.align_steps: false")
-
-
 def _check_compression(job: JobSpec, top: Fields) -> None:
     """2bit compression quantises every push: of gradients, and also of shared evaluation's sums."""
     if job.cluster.gradient_compression is None:
@@ -679,7 +668,6 @@ def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = Non
     _check_data_source(job, top)
     _check_evaluation(job, top)
     _check_compression(job, top)
-    _check_align_steps(job, top)
     return job if job.name else dataclasses.replace(job, name=os.path.splitext(os.path.basename(source))[0])
 
 

@@ -206,8 +206,7 @@ def _describe_recipe(plan: Plan) -> list[str]:
         + (f"; arrays of {cluster.bigarray_bound}+ values split over the servers (cluster.bigarray_bound)"
            if servers > 1 else "")
         + (f"; pushes compressed {cluster.gradient_compression.type}, threshold "
-           f"{cluster.gradient_compression.threshold:g}" if cluster.gradient_compression else "")
-        + ("; steps aligned (cluster.align_steps)" if cluster.align_steps and len(recipe.workers) > 1 else ""),
+           f"{cluster.gradient_compression.threshold:g}" if cluster.gradient_compression else ""),
         *(f"  {line}" for line in recipe.why),
         f"  training   {job.train.epochs} epochs x {recipe.batches_per_epoch} batches of {batch} per worker "
         f"(global batch {batch * len(recipe.workers)}), {job.train.optimizer} {dict(job.train.optimizer_params)}",

@@ -247,16 +247,6 @@ def test_shared_evaluation_needs_a_synchronous_kvstore():
         "worker0"
 
 
-def test_align_steps_needs_a_synchronous_kvstore():
-    worker0 = MINIMAL + "train:\n  evaluation: worker0\n"
-    assert parse(MINIMAL + "cluster:\n  align_steps: true\n").cluster.align_steps is True
-    assert parse(MINIMAL).cluster.align_steps is False
-    assert error_of(worker0 + "cluster:\n  kvstore: dist_async\n  align_steps: true\n") == (
-        "/jobs/x.yaml:11: cluster.align_steps needs a synchronous kvstore, not dist_async "
-        "(cluster.kvstore: dist_sync or dist_sync_device, or cluster.align_steps: false)")
-    assert "true or false" in error_of(MINIMAL + "cluster:\n  align_steps: sometimes\n")
-
-
 def test_gradient_compression_is_checked_where_it_is_written():
     worker0 = MINIMAL + "train:\n  evaluation: worker0\n"
     job = parse(worker0 + "cluster:\n  gradient_compression: {type: 2bit, threshold: 0.25}\n")

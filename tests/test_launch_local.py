@@ -140,21 +140,6 @@ def test_gradient_compression_quantises_every_push(tmp_path, demo_assets):
         assert epoch["compute_s"] + epoch["communication_s"] <= epoch["epoch_s"], epoch
 
 
-def test_aligned_steps_pass_a_barrier_each_step_and_learn_what_free_steps_learn(tmp_path, demo_assets):
-    """cluster.align_steps: every step of every epoch waits for both workers (worker 0 counts them), and the weights
-    are the free-running run's to the bit (two workers: each sum has two terms, in either order the same)."""
-    aligned, run_dir, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"epochs": 2},
-                                                       cluster={"align_steps": True}), "aligned")
-    with open(os.path.join(run_dir, "plan.json"), encoding="utf-8") as handle:
-        steps = json.load(handle)["recipe"]["batches_per_epoch"]
-    assert [e["aligned_steps"] for e in aligned["epochs"]] == [steps, steps]
-    assert "steps aligned (cluster.align_steps)" in open(os.path.join(run_dir, "plan.txt"), encoding="utf-8").read()
-    free, _, _ = launch_ok(tmp_path, demo_job(demo_assets, train={"epochs": 2}), "free")
-    assert not [e for e in free["epochs"] if "aligned_steps" in e]
-    assert [(e["val_accuracy"], e["train_loss"]) for e in aligned["epochs"]] == \
-        [(e["val_accuracy"], e["train_loss"]) for e in free["epochs"]]
-
-
 def test_fine_tuning_beats_training_from_scratch(tmp_path, demo_assets):
     tuned, _, _ = launch_ok(tmp_path, demo_job(demo_assets), "tuned")
     # Scratch gets a learning rate near its best of {0.02, 0.05, 0.1} (bench/demo_vs_scratch.py sweeps them).

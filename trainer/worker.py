@@ -210,13 +210,10 @@ def run_worker(cfg: WorkerConfig) -> int:
     speed = _Throughput(batch_size, cfg.train["log_every_batches"])
     epochs: list[dict] = []
 
-    aligning = cfg.job.get("cluster", {}).get("align_steps") and kv.type.startswith("dist") and num_workers > 1
-    step_records = [AlignedSteps(mod, kv)] if aligning else []
-    if cfg.train.get("step_timing"):  # wraps the aligned update: its wait is communication
-        step_records.append(StepTiming(mod))
+    timing = StepTiming(mod) if cfg.train.get("step_timing") else None
 
     def on_epoch_end(epoch, _symbol, _args, _aux) -> None:
-        record = _epoch_record(cfg, epoch, time.time() - speed.epoch_start, batch_size, metric, step_records)
+        record = _epoch_record(cfg, epoch, time.time() - speed.epoch_start, batch_size, metric, timing)
         evaluating = time.time()
         if shared_evaluation is not None:
             record.update(shared_evaluation())  # every worker: averaged statistics, its part, the sums
@@ -245,42 +242,13 @@ def run_worker(cfg: WorkerConfig) -> int:
     return 0
 
 
-def _epoch_record(cfg: WorkerConfig, epoch: int, elapsed: float, batch_size: int, metric, step_records) -> dict:
-    """An epoch's numbers: its time and images/s, the training metrics, and what ``step_records`` counted
-    (AlignedSteps, StepTiming)."""
+def _epoch_record(cfg: WorkerConfig, epoch: int, elapsed: float, batch_size: int, metric, timing) -> dict:
+    """An epoch's numbers: its time and images/s, the training metrics, and with ``timing`` its step split."""
     return {"epoch": epoch + 1, "epoch_s": round(elapsed, 3),
             "images_per_s": round(cfg.batches_per_epoch * batch_size / max(elapsed, 1e-9), 2),
             **{"train_" + name.replace("top_k_accuracy_", "top").replace("cross-entropy", "loss"): value
                for name, value in metric.get_name_value()},
-            **{name: value for counter in step_records for name, value in counter.take().items()}}
-
-
-class AlignedSteps:
-    """``cluster.align_steps``: after each step's update, wait for its pulls, then for every other worker.
-
-    Free-running, the first worker whose pulls are in pushes its next step's gradients while
-    another still pulls: both share that worker's link, and the step of a push+pull bound by
-    the links stretches (BENCHMARKS.md, "Gradient steps on a limited network"). The barrier
-    starts every worker's pushes together, at the cost of one round trip to the scheduler and
-    of the overlap of the last pulls with the next forward pass. Every worker runs the same
-    steps (dist_sync needs it), so each passes the same barriers.
-    """
-
-    def __init__(self, mod: mx.mod.Module, kv) -> None:
-        self.steps = 0
-        update = mod.update
-
-        def aligned_update() -> None:
-            update()
-            mx.nd.waitall()
-            kv._barrier()
-            self.steps += 1
-        mod.update = aligned_update
-
-    def take(self) -> dict:
-        """The epoch's steps that waited for every worker (then zero again)."""
-        taken, self.steps = {"aligned_steps": self.steps}, 0
-        return taken
+            **(timing.take() if timing is not None else {})}
 
 
 class StepTiming:

@@ -2,9 +2,11 @@
 
     mxft-launch -H hosts.txt -n 4 -s 2 -- python kvstore_step.py --model resnet50 --steps 10
 
-Every array of the model (the shapes of its parameters) is pushed and then pulled, as
-``Module.update`` does with ``update_on_kvstore``; a step ends when every pulled array
-is ready. Rank 0 prints ``@bench {json}`` with the median and min-max step time.
+Every array of the model (the shapes of its parameters) goes through one ``pushpull``, as
+``Module.update`` sends it (MXNet 1.9: a push whose answer is the servers' merged value), or
+with ``--push-then-pull`` a push and then a pull, as Module does for compressed pushes; a
+step ends when every pulled array is ready. Rank 0 prints ``@bench {json}`` with the median
+and min-max step time.
 """
 import argparse
 import json
@@ -34,8 +36,6 @@ def main() -> None:
     parser.add_argument("--shapes", help="a JSON list of array shapes (instead of --model)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--kvstore", default="dist_sync")
-    parser.add_argument("--barrier", action="store_true", help="every worker waits for the others after each "
-                        "step, so that no worker's next pushes compete with another's pulls")
     parser.add_argument("--push-then-pull", action="store_true", help="a push, then a pull of each key (as "
                         "MXNet's Module does only for compressed or sparse arrays); default: one pushpull per key, "
                         "as Module does otherwise, so the servers answer a push with the merged value")
@@ -61,8 +61,6 @@ def main() -> None:
             else:
                 kv.pushpull(key, grad, out=outs[key], priority=-key)
         mx.nd.waitall()
-        if args.barrier:
-            kv._barrier()
         if step >= 2:
             times.append(time.perf_counter() - started)
     size_mb = sum(g.size for g in grads) * 4 / 1e6
