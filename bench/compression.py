@@ -61,8 +61,10 @@ def section(steps: dict, accuracy: dict[str, list[float]]) -> str:
     lines = ["## Gradient compression (issue 13)", "",
              f"Step time: ResNet-50's {steps['mb']:.0f} MB of gradients, 3 namespace hosts on {RATE_MBIT:g} Mbit/s "
              f"links (`tc tbf`), one worker and server per host, bigarray bound {MXFT_BOUND:,}; {ROUNDS} alternating "
-             f"rounds of {STEPS} steps each (`bench/programs/kvstore_step.py --compression {THRESHOLD}`). A compressed "
-             "push carries 1/16 of the bytes, a pull all of them: its bound is (1 + 1/16) / 2 of t_min.", "",
+             f"rounds of {STEPS} steps each (`bench/programs/kvstore_step.py --compression {THRESHOLD}`). Keys move as "
+             "the trainer moves them: one pushpull each uncompressed, a push then a pull compressed (MXNet 1.9 "
+             "refuses pushpull with compression). A compressed push carries 1/16 of the bytes, a pull all of them: "
+             "its bound is (1 + 1/16) / 2 of t_min.", "",
              "| compression | step s median (min-max) | bound s | step / bound | step / uncompressed step |",
              "|---|---|---|---|---|"]
     base = statistics.median(steps["steps"]["none"])
