@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import re
 import signal
@@ -310,6 +311,7 @@ def _raise_interrupted(signum, _frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    gc.freeze()  # what the imports made lives as long as the launcher: no full collection walks it again
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(OVERVIEW, file=sys.stdout if argv else sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import mxnet as mx
 import pytest
@@ -138,7 +139,16 @@ def test_an_index_mxnet_would_read_otherwise_is_refused(tmp_path):
         recfile.read_index(rec)
 
 
-def test_labels_read_by_several_threads_keep_the_records_order(tmp_path):
-    labels = [(key * 7) % 5 for key in range(4 * recfile.LABEL_READERS * 3 + 1)]  # enough for the threaded path
+def test_labels_read_with_their_pages_requested_ahead_keep_the_records_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(recfile, "_REQUEST_LEAD", 7)  # the requests wait for the reader many times over
+    labels = [(key * 7) % 5 for key in range(3 * 64 + 1)]  # enough for a thread to request the pages
     rec = write_rec(str(tmp_path / "many"), labels)
-    assert recfile.read_labels(rec, recfile.read_index(rec)) == labels
+    spans = recfile.read_index(rec)
+    assert recfile.read_labels(rec, spans) == labels
+    assert recfile.read_labels(rec, spans[::-1]) == labels[::-1]
+    with open(rec, "r+b") as handle:  # a bad record half way: the error, and the requesting thread gone
+        handle.seek(spans[100].offset)
+        handle.write(b"\0" * 4)
+    with pytest.raises(InputError, match="magic"):
+        recfile.read_labels(rec, spans)
+    assert [t.name for t in threading.enumerate() if t.name == "mxft-label-pages"] == []
