@@ -39,7 +39,8 @@ _IDX_LINE = re.compile(r"([0-9]{1,19})[ \t]+([0-9]{1,19})")
 
 class RecordSpan(NamedTuple):
     """Where one record lives in a ``.rec`` file (a named tuple: an index makes one per record, and a tuple of
-    numbers costs a fifth of a frozen dataclass to make and nothing for the cycle collector to walk)."""
+    numbers is half as dear to make as a frozen dataclass, and no longer walked by the cycle collector once it
+    has seen it)."""
 
     key: int
     offset: int
@@ -181,7 +182,10 @@ def _headers_requested(fd: int, spans: Sequence[RecordSpan]) -> Iterator[Callabl
             room.acquire()
             if stopped.is_set():
                 return
-            os.posix_fadvise(fd, span.offset, 8 + _HEAD_BYTES, os.POSIX_FADV_WILLNEED)
+            try:
+                os.posix_fadvise(fd, span.offset, 8 + _HEAD_BYTES, os.POSIX_FADV_WILLNEED)
+            except OSError:  # only advice: the reader reads each page itself anyway
+                return
     requester = threading.Thread(target=request, name="mxft-label-pages", daemon=True)
     requester.start()
     try:
