@@ -132,10 +132,11 @@ def measure(work: str, baseline_root: str) -> list[dict]:
         records = write_data(prefix, size)
         job = job_file(work, prefix)
         data_bytes = os.path.getsize(prefix + ".rec")
+        _place_list(prefix, present=False)
         for _ in range(SETTLING_RUNS):  # the disk is still busy with the data just written: not counted
             timed(ROOT, job, os.path.join(work, "runs", "settling"), tempfile.mkdtemp(dir=work, prefix="cache-"),
                   cold=True)
-        for label, root in (("baseline", baseline_root), ("mxft", ROOT)):
+        for label, root in (("mxft", ROOT), ("baseline", baseline_root)):  # the baseline's copies written last
             times: dict[str, list[float]] = {}
             cache_bytes = 0
             for _ in range(REPEATS):
@@ -182,15 +183,15 @@ def section(rows: list[dict]) -> str:
     lines = ["## Start-up against the training data's size (issue 13)", "",
              "Work before the first process of a local 2-worker launch (planning with the data's labels, then the "
              f"run folder and any shards), timed in a child process; 100 KB records; {REPEATS} runs each, median "
-             f"(min-max) seconds and seconds per GB, after {SETTLING_RUNS} uncounted cold launches that let the disk "
-             "finish with the data just written. Cold: the page cache dropped first; a first launch has a new "
+             f"(min-max) seconds and seconds per GB, after {SETTLING_RUNS} uncounted cold first launches that let the "
+             "disk finish with the data just written. Cold: the page cache dropped first; a first launch has a new "
              "cache folder, a relaunch the one its last launch left (the label cache). The .lst files (training and "
              "validation set) are the ones im2rec would have packed the files from. Baseline: the launcher before "
              f"header-only reads and in-place parts ({BASELINE}), same run; it reads no .lst and keeps no labels.", "",
              "| data | records | code | " + " | ".join(title for _, title in COLUMNS) + " | cache after | "
              "first launch / baseline |", "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
     base = {r["gb"]: r for r in rows if r["code"] == "baseline"}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["gb"], r["code"] != "baseline")):
         ratio = statistics.median(r["first"]) / statistics.median(base[r["gb"]]["first"])
         lines.append(f"| {r['gb']:.1f} GB | {r['records']:,} | {r['code']} | "
                      + " | ".join(_cell(r, column) for column, _ in COLUMNS)
