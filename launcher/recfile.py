@@ -151,17 +151,23 @@ def read_labels(rec_path: str, spans: Sequence[RecordSpan]) -> list[float]:
     asks the kernel for the coming headers' pages (``_headers_requested``) while this one reads
     them in order. 5,000 records of 100 KB here, page cache dropped: 0.05 s, against 0.13 s
     with four threads each reading a quarter of them (BENCHMARKS.md, "Start-up against the
-    training data's size").
+    training data's size"). A file of small records is read in order with read-ahead instead.
     """
     labels = []
     with open(rec_path, "rb", buffering=0) as handle:
+        dense = os.fstat(handle.fileno()).st_size < _DENSE_RECORD_BYTES * len(spans)
         if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
-        with _headers_requested(handle.fileno(), spans) as read_one:
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL if dense else os.POSIX_FADV_RANDOM)
+        with _headers_requested(handle.fileno(), () if dense else spans) as read_one:
             for span in spans:
                 labels.append(_label_of(handle, rec_path, span))
                 read_one()
     return labels
+
+
+# Records smaller than this on average are read with the kernel's read-ahead instead: the whole file in order costs
+# less than a page read per record (here 610 MB/s in order against about 70,000 scattered page reads a second).
+_DENSE_RECORD_BYTES = 8192
 
 
 _REQUEST_LEAD = 2048  # headers requested ahead of the reader at most: the pages they hold stay few

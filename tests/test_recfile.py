@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import mxnet as mx
 import pytest
@@ -139,8 +140,10 @@ def test_an_index_mxnet_would_read_otherwise_is_refused(tmp_path):
         recfile.read_index(rec)
 
 
-def test_labels_read_with_their_pages_requested_ahead_keep_the_records_order(tmp_path, monkeypatch):
-    monkeypatch.setattr(recfile, "_REQUEST_LEAD", 7)  # the requests wait for the reader many times over
+@pytest.mark.parametrize("dense_below", [1, 10 ** 9], ids=["scattered", "dense"])
+def test_labels_keep_the_records_order_whether_pages_are_requested_or_read_ahead(tmp_path, monkeypatch, dense_below):
+    monkeypatch.setattr(recfile, "_DENSE_RECORD_BYTES", dense_below)  # 1: every file is scattered records
+    monkeypatch.setattr(recfile, "_REQUEST_LEAD", 7)
     labels = [(key * 7) % 5 for key in range(3 * 64 + 1)]  # enough for a thread to request the pages
     rec = write_rec(str(tmp_path / "many"), labels)
     spans = recfile.read_index(rec)
@@ -152,3 +155,28 @@ def test_labels_read_with_their_pages_requested_ahead_keep_the_records_order(tmp
     with pytest.raises(InputError, match="magic"):
         recfile.read_labels(rec, spans)
     assert [t.name for t in threading.enumerate() if t.name == "mxft-label-pages"] == []
+
+
+def test_header_pages_are_requested_in_order_and_at_most_the_lead_ahead_of_the_reader(tmp_path, monkeypatch):
+    monkeypatch.setattr(recfile, "_REQUEST_LEAD", 5)
+    requested = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, how: requested.append(offset)
+                        if how == os.POSIX_FADV_WILLNEED else None)
+    rec = write_rec(str(tmp_path / "many"), [key % 5 for key in range(100)])
+    spans = recfile.read_index(rec)
+    with open(rec, "rb") as handle, recfile._headers_requested(handle.fileno(), spans) as read_one:
+        wait_until(lambda: len(requested) >= 5)
+        time.sleep(0.2)  # time enough to ask for more, which it must not
+        assert len(requested) == 5
+        for _ in range(3):
+            read_one()
+        wait_until(lambda: len(requested) >= 8)
+    assert requested == [span.offset for span in spans[:8]]
+    assert [t.name for t in threading.enumerate() if t.name == "mxft-label-pages"] == []
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.01)
