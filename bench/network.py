@@ -98,15 +98,16 @@ json.dump([list(s) for n, s in zip(net.list_arguments(), shapes) if n not in ("d
 
 
 def step_times(cluster, work: str, shapes_file: str, *, hosts: int, servers: int, bound: int,
-               extra: tuple[str, ...] = ()) -> list[float]:
+               extra: tuple[str, ...] = (), workers: int | None = None) -> list[float]:
     """Step seconds of kvstore_step.py (after its warm-up) with one worker on each of the first ``hosts`` hosts
-    (``extra``: more of its arguments)."""
+    (``workers``: on the first that many; servers go round-robin after them; ``extra``: more of its arguments)."""
     hosts_file = os.path.join(work, f"hosts{hosts}.txt")
     with open(hosts_file, "w", encoding="utf-8") as handle:
         handle.writelines(f"{h.address} python={sys.executable}\n" for h in cluster.hosts[:hosts])
     result = subprocess.run(
         [sys.executable, "-m", "launcher.cli", "-H", hosts_file, "--ssh-config", cluster.ssh_config, "--remote-dir",
-         "/srv/mxft-host", "-n", str(hosts), "-s", str(servers), "--sync-dir", "/srv/mxft-host/bench-network",
+         "/srv/mxft-host", "-n", str(workers or hosts), "-s", str(servers), "--sync-dir",
+         "/srv/mxft-host/bench-network",
          "--env", f"MXNET_KVSTORE_BIGARRAY_BOUND={bound}", "--run-root", os.path.join(work, "runs"), "--",
          "python", "kvstore_step.py", "--shapes", os.path.basename(shapes_file), "--steps", str(STEPS), *extra],
         cwd=os.path.dirname(shapes_file), env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
@@ -158,8 +159,7 @@ def bench_program(work: str, depths=(50, 152)) -> tuple[str, dict[int, list[list
     return program, shapes
 
 
-def measure(cluster, work: str) -> list[dict]:
-    program, shapes = bench_program(work)
+def measure(cluster, work: str, program: str, shapes: dict[int, list[list[int]]]) -> list[dict]:
     rows = []
     for depth, hosts, servers, bound, pushpull in SETTINGS:
         sizes = [math.prod(s) for s in shapes[depth]]
@@ -174,6 +174,29 @@ def measure(cluster, work: str) -> list[dict]:
     return rows
 
 
+def measure_shares(cluster, work: str, program: str, shapes: dict[int, list[list[int]]]) -> list[dict]:
+    """The bytes each server receives, counted: one worker on the first host, a server on each of the other two
+    (command mode's round-robin), so each server host's link carries only what is pushed to its server. Links
+    unlimited for this (bytes do not depend on the rate), limited again after."""
+    from tests import netns
+    netns.limit_links(cluster, None)
+    rows = []
+    try:
+        for depth in (50, 152):
+            for bound in (MXNET_BOUND, MXFT_BOUND):
+                before = netns.link_bytes(cluster)
+                step_times(cluster, work, os.path.join(program, f"shapes-{depth}.json"), hosts=3, servers=2,
+                           bound=bound, workers=1)
+                after = netns.link_bytes(cluster)
+                received = [after[h.name][0] - before[h.name][0] for h in cluster.hosts[1:3]]
+                rows.append({"depth": depth, "bound": bound, "received": received,
+                             "computed": server_shares([math.prod(s) for s in shapes[depth]], 2, bound)})
+                print(f"[bench] server bytes resnet-{depth} bound {bound}: {rows[-1]}", flush=True)
+    finally:
+        netns.limit_links(cluster, RATE_MBIT)
+    return rows
+
+
 def measure_tcp(cluster, work: str) -> list[dict]:
     """Plain TCP moving a ResNet-50 step's bytes (each host sends 2·G/H to every other host), 3 times per count."""
     gradient_bytes = 4 * sum(math.prod(s) for s in model_shapes(50, work))
@@ -185,7 +208,7 @@ def measure_tcp(cluster, work: str) -> list[dict]:
     return rows
 
 
-def section(rows: list[dict], tcp: list[dict]) -> str:
+def section(rows: list[dict], tcp: list[dict], counted: list[dict]) -> str:
     rate = "" if RATE_MBIT == 400 else f", {RATE_MBIT:g} Mbit/s"
     lines = [f"## Gradient steps on a limited network (issue 13){rate}", "",
              f"Three namespace hosts, each link limited to {RATE_MBIT:g} Mbit/s each way (`tc tbf`); one worker per "
@@ -209,10 +232,18 @@ def section(rows: list[dict], tcp: list[dict]) -> str:
               "| hosts | seconds (min-max) | t_min s | seconds / t_min |", "|---|---|---|---|"]
     lines += [f"| {t['hosts']} | {spread(t['runs'], '{:.2f}')} | {t['t_min_s']:.2f} | "
               f"{statistics.median(t['runs']) / t['t_min_s']:.2f} |" for t in tcp]
-    return "\n".join(lines + ["", *network_verdict(rows), "", f"Measured {provenance()}."])
+    lines += ["", "Bytes each server received, counted on its host's link: one worker on the first host and a server "
+                  f"on each of the other two, {STEPS} + 2 steps and the keys' first values; against the shares "
+                  "computed from MXNet's key assignment above:", "",
+              "| network | bigarray bound | server hosts' bytes received (MB) | max/min counted | max/min computed |",
+              "|---|---|---|---|---|"]
+    lines += [f"| ResNet-{c['depth']} | {c['bound']:,} | {', '.join(f'{b / 1e6:,.0f}' for b in c['received'])} | "
+              f"{max(c['received']) / min(c['received']):.2f} | {max(c['computed']) / min(c['computed']):.2f} |"
+              for c in counted]
+    return "\n".join(lines + ["", *network_verdict(rows, counted), "", f"Measured {provenance()}."])
 
 
-def network_verdict(rows: list[dict]) -> list[str]:
+def network_verdict(rows: list[dict], counted: list[dict]) -> list[str]:
     """The goals, said plainly."""
     def row(depth, servers, bound, pushpull=True):
         return next(r for r in rows if (r["depth"], r["hosts"], r["servers"], r["bound"], r["pushpull"])
@@ -220,7 +251,8 @@ def network_verdict(rows: list[dict]) -> list[str]:
     mxft3, split3 = row(50, 3, MXFT_BOUND), row(50, 3, MXFT_BOUND, pushpull=False)
     launch_py3 = row(50, 3, MXNET_BOUND)
     balanced = all(max(r["shares"]) / min(r["shares"]) <= 1.10 for r in rows
-                   if r["bound"] == MXFT_BOUND and r["servers"] > 1)
+                   if r["bound"] == MXFT_BOUND and r["servers"] > 1) and \
+        all(max(c["received"]) / min(c["received"]) <= 1.10 for c in counted if c["bound"] == MXFT_BOUND)
     faster = mxft3["step_s"] <= launch_py3["step_s"]
     return ["tools/launch.py's placement is the same here (`-s` = `-n`, one worker per host: a server on each "
             "host) with MXNet's bound; mxft's default is its placement with bound 100,000. ResNet-50, 3 hosts: "
@@ -234,7 +266,8 @@ def network_verdict(rows: list[dict]) -> list[str]:
             f"{max(mxft3['steps']) / mxft3['t_min_s']:.2f}x: "
             f"**{'met' if mxft3['step_s'] <= 1.3 * mxft3['t_min_s'] else 'NOT met'}**. A push then a pull (as with "
             f"compression): {split3['step_s'] / split3['t_min_s']:.2f}x. Server shares within 10% with "
-            f"mxft's bound, both networks: **{'met' if balanced else 'NOT met'}**."]
+            f"mxft's bound, both networks (computed for 2 and 3 servers, counted for 2): "
+            f"**{'met' if balanced else 'NOT met'}**."]
 
 
 @contextlib.contextmanager
@@ -253,9 +286,11 @@ def limited_hosts(rate_mbit: float, count: int = 3):
 
 def main() -> None:
     with limited_hosts(RATE_MBIT) as (cluster, work):
-        rows = measure(cluster, work)
+        program, shapes = bench_program(work)
+        rows = measure(cluster, work, program, shapes)
         tcp = measure_tcp(cluster, work)
-    text = section(rows, tcp)
+        counted = measure_shares(cluster, work, program, shapes)
+    text = section(rows, tcp, counted)
     write_section("network" if RATE_MBIT == 400 else f"network-{RATE_MBIT:g}mbit", text)  # other rates: beside it
     print(text)
 
