@@ -97,8 +97,8 @@ def section(measured: dict) -> str:
              f"| `train.step_timing` | {split['step_s']:.2f}: compute {split['compute_s']:.2f} + communication "
              f"{split['communication_s']:.2f} | {t_min:.2f} | {split['step_s'] / t_min:.2f}; communication alone "
              f"{split['communication_s'] / t_min:.2f} |", "",
-             f"Goal (ResNet-50 step at 3 hosts at most 1.3x t_min), the trainer's own step with its compute: "
-             f"**{'met' if max(steps) <= 1.3 * t_min else 'NOT met'}** in every run. The timed run waits for each "
+             f"Goal (ResNet-50 step at 3 hosts at most 1.3x t_min), the trainer's own step with its compute, by its "
+             f"slowest run: **{'met' if max(steps) <= 1.3 * t_min else 'NOT met'}**. The timed run waits for each "
              "part, so its step is longer than an untimed one, whose pushes start during the backward pass.",
              "", f"Measured {provenance()}."]
     return "\n".join(lines)
