@@ -18,6 +18,17 @@ from collections.abc import Iterator
 from typing import IO
 
 
+def file_identity(path: str) -> tuple[int, ...] | None:
+    """What changes whenever ``path`` is written, renamed over or replaced: its device, inode, size, and modification
+    and change times (a rewrite that sets the modification time back still moves the change time); None if there
+    is no such file. Cache keys and cached labels hold it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def temp_name(path: str) -> str:
     """A fresh name beside ``path``, e.g. ``shards/k/.part-0-of-2.rec.3f9a0c1d2b4e5f60.partial``."""
     folder, name = os.path.split(path)

@@ -37,7 +37,7 @@ import struct
 from collections.abc import Sequence
 
 from launcher import recfile
-from launcher.cachefile import replacing
+from launcher.cachefile import file_identity, replacing
 
 SAMPLE = 64
 _CACHE_VERSION = 1
@@ -146,16 +146,9 @@ def _float32(text: str) -> float:
 
 
 def _identity(rec_path: str) -> list[list[int] | None]:
-    """What changes whenever the ``.rec`` or its ``.idx`` is written, renamed over or replaced."""
-    out: list[list[int] | None] = []
-    for path in (rec_path, recfile.idx_path_for(rec_path)):
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            out.append(None)
-            continue
-        out.append([st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
-    return out
+    """What changes whenever the ``.rec`` or its ``.idx`` is written, renamed over or replaced (as JSON holds it)."""
+    return [None if identity is None else list(identity)
+            for identity in map(file_identity, (rec_path, recfile.idx_path_for(rec_path)))]
 
 
 def _cache_entry(cache_dir: str, rec_path: str) -> str:

@@ -100,12 +100,15 @@ def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
 
 
 def _fingerprint(*paths: str) -> str:
-    """A key that changes whenever any of the files changes (path, size, mtime)."""
-    parts = []
-    for path in paths:
-        stat = os.stat(path)
-        parts.append(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}")
+    """A key that changes whenever any of the files changes (its path and ``cachefile.file_identity``)."""
+    parts = [f"{os.path.abspath(path)}|{cachefile.file_identity(path)}" for path in paths]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _rec_files(rec_path: str) -> list[str]:
+    """A ``.rec`` and, if it has one, its ``.idx``: what records are read through."""
+    idx = recfile.idx_path_for(rec_path)
+    return [rec_path] + ([idx] if os.path.isfile(idx) else [])
 
 
 def _code_files() -> tuple[tuple[str, ...], str]:
@@ -123,8 +126,7 @@ def _file_keys(job: JobSpec) -> dict[str, str]:
     """Content keys of the files every worker host needs; pairs share a key (and a folder)."""
     model = _fingerprint(job.model.symbol_path, job.model.params_path)
     keys = {job.model.symbol_path: model, job.model.params_path: model}
-    val_idx = recfile.idx_path_for(job.data.val)
-    val_files = [job.data.val] + ([val_idx] if os.path.isfile(val_idx) else [])
+    val_files = _rec_files(job.data.val)
     val = _fingerprint(*val_files)
     keys.update({path: val for path in val_files})
     return keys
@@ -171,7 +173,7 @@ def _run_facts(config: LaunchConfig, spec: JobSpec | CommandSpec, attempt: Attem
     if isinstance(spec, CommandSpec):
         return Facts(train_fingerprint="", synced=sync_files(spec.workdir) if spec.sync_dir else (), **common)
     checkpoint = attempt.checkpoint
-    return Facts(train_fingerprint=_fingerprint(spec.data.train), file_keys=_file_keys(spec),
+    return Facts(train_fingerprint=_fingerprint(*_rec_files(spec.data.train)), file_keys=_file_keys(spec),
                  resume_epoch=checkpoint.epoch if checkpoint else 0,
                  resume_prefix=checkpoint.prefix if checkpoint else None, **common)
 

@@ -52,6 +52,26 @@ def test_a_relaunch_reads_the_cache_and_a_rewritten_file_is_read_again(tmp_path)
     assert (again.source, again.values) == ("records", tuple([4.0, 3.0, 2.0, 1.0, 0.0] * 20))
 
 
+def test_the_shard_and_staging_keys_move_with_an_in_place_rewrite_and_with_the_index(tmp_path):
+    """The keys of cut shards and staged copies (``launch._fingerprint``) see what the label cache sees."""
+    from launcher.launch import _fingerprint, _rec_files
+    rec = write_rec(str(tmp_path / "train"), [0, 1, 2, 3, 4] * 20)
+    key = _fingerprint(*_rec_files(rec))
+    assert _fingerprint(*_rec_files(rec)) == key and _rec_files(rec) == [rec, recfile.idx_path_for(rec)]
+    stat = os.stat(rec)
+    with open(rec, "r+b") as handle:  # one label rewritten in place, the modification time set back
+        handle.seek(recfile.read_index(rec)[0].offset + 8 + 4)
+        handle.write(struct.pack("<f", 4.0))
+    os.utime(rec, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    rewritten = _fingerprint(*_rec_files(rec))
+    assert rewritten != key
+    idx = recfile.idx_path_for(rec)
+    lines = open(idx, encoding="ascii").read().splitlines()
+    with open(idx, "w", encoding="ascii") as handle:  # the same records, indexed in another order
+        handle.write("\n".join(lines[::-1]) + "\n")
+    assert _fingerprint(*_rec_files(rec)) != rewritten
+
+
 def test_a_damaged_cache_entry_is_a_miss(tmp_path):
     rec = write_rec(str(tmp_path / "train"), [0, 1] * 30)
     load(rec, tmp_path / "cache")
