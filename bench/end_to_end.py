@@ -25,7 +25,7 @@ import sys
 import tempfile
 
 from bench.network import limited_hosts, t_min_s
-from bench.report import ROOT, provenance, write_section
+from bench.report import ROOT, demo_assets_dir, provenance, write_section
 
 RATE_MBIT = float(os.environ.get("MXFT_E2E_MBIT", "20"))
 EPOCHS = 6
@@ -97,10 +97,7 @@ def section(rows: list[dict], gradient_bytes: int) -> str:
 
 
 def main() -> None:
-    params = os.path.join(os.environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft"), "digits",
-                          "pretrained-digits0to4-0000.params")
-    subprocess.run([sys.executable, "-m", "launcher.demo_assets", os.path.dirname(params)], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=ROOT))
+    params = os.path.join(demo_assets_dir(), "pretrained-digits0to4-0000.params")
     gradient_bytes = os.path.getsize(params)  # float32 weights: about the gradients' bytes
     rows = []
     with limited_hosts(RATE_MBIT) as (cluster, work):

@@ -5,6 +5,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -14,6 +15,14 @@ HEADER = ("# Benchmarks\n\nWritten by `make bench` (`python -m bench`: staging, 
           "comparisons; the GPU section comes from `bench/gpu.sh` on a GPU machine. Each section is rewritten by "
           "its own script in `bench/` and says its date, machine and git revision. Every goal is stated where "
           "it is measured.\n")
+
+
+def demo_assets_dir() -> str:
+    """The demo's checkpoint and .rec files in the cache (``MXFT_CACHE``), built first if missing."""
+    folder = os.path.join(os.environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft"), "digits")
+    subprocess.run([sys.executable, "-m", "launcher.demo_assets", folder], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=ROOT))
+    return folder
 
 
 def provenance() -> str:

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench.report import ROOT, provenance, spread, write_section
+from bench.report import ROOT, demo_assets_dir, provenance, spread, write_section
 
 SIZES_GB = tuple(float(x) for x in os.environ.get("MXFT_STARTUP_GB", "0.5,2,8").split(","))
 RECORD_BYTES = 100_000
@@ -77,9 +77,7 @@ def job_file(work: str, train_prefix: str) -> str:
     """The demo's checkpoint, a copy of its validation set with the ``.lst`` it would have been packed from
     (``VAL_PREFIX``), and the training data at ``train_prefix``."""
     from launcher import recfile
-    assets = os.path.join(os.environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft"), "digits")
-    subprocess.run([sys.executable, "-m", "launcher.demo_assets", assets], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=ROOT))
+    assets = demo_assets_dir()
     val = os.path.join(work, VAL_PREFIX)
     for suffix in (".rec", ".idx"):
         shutil.copy(os.path.join(assets, "digits5to9-val" + suffix), val + suffix)

@@ -24,21 +24,13 @@ import sys
 
 from bench.end_to_end import run_demo
 from bench.network import limited_hosts, t_min_s
-from bench.report import ROOT, provenance, write_section
+from bench.report import ROOT, demo_assets_dir, provenance, write_section
 from launcher.paramsfile import ParamsLayout, read_layout
 
 RATE_MBIT = float(os.environ.get("MXFT_TRAINER_MBIT", "400"))
 ROUNDS = int(os.environ.get("MXFT_TRAINER_ROUNDS", "3"))
 HOSTS = 3
 BATCH = 16
-
-
-def digits_dir() -> str:
-    """The demo's files (built if missing): its validation set trains here, its training set validates."""
-    folder = os.path.join(os.environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft"), "digits")
-    subprocess.run([sys.executable, "-m", "launcher.demo_assets", folder], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=ROOT))
-    return folder
 
 
 def resnet50_checkpoint(work: str) -> tuple[str, int]:
@@ -68,7 +60,7 @@ def train_epoch(cluster, work: str, prefix: str, digits: str, *, timed: bool) ->
 
 
 def measure() -> dict:
-    digits = digits_dir()
+    digits = demo_assets_dir()  # its validation set trains here, its training set validates
     with limited_hosts(RATE_MBIT) as (cluster, work):
         prefix, gradient_bytes = resnet50_checkpoint(work)
         runs = []

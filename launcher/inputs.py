@@ -103,6 +103,6 @@ def check_inputs(job: JobSpec, *, cache_dir: str | None = None, remember_labels:
         val_records=val.num_records,
         val_bytes=os.path.getsize(job.data.val),
         train_labels=train_labels.values,
-        train_index=idx if os.path.isfile(idx := recfile.idx_path_for(job.data.train)) else None,
+        train_index=recfile.present_index(job.data.train),
         notes=tuple(labels.note for labels in (train_labels, val_labels) if labels.note),
     )

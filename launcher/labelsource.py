@@ -82,7 +82,7 @@ def lst_path_for(rec_path: str) -> str:
 def labels_from_lst(rec_path: str, spans: Sequence[recfile.RecordSpan]) -> tuple[tuple[float, ...] | None, str]:
     """The labels the ``.lst`` gives the records, if it speaks for them; else None and why not ("" if no list)."""
     lst = lst_path_for(rec_path)
-    if not os.path.isfile(lst) or not os.path.isfile(recfile.idx_path_for(rec_path)):
+    if not os.path.isfile(lst) or recfile.present_index(rec_path) is None:
         return None, ""   # without the .idx the keys are positions, which a .lst does not name
     try:
         by_key, problem = _parse_lst(lst, {span.key for span in spans})

@@ -107,8 +107,8 @@ def _fingerprint(*paths: str) -> str:
 
 def _rec_files(rec_path: str) -> list[str]:
     """A ``.rec`` and, if it has one, its ``.idx``: what records are read through."""
-    idx = recfile.idx_path_for(rec_path)
-    return [rec_path] + ([idx] if os.path.isfile(idx) else [])
+    idx = recfile.present_index(rec_path)
+    return [rec_path] + ([idx] if idx else [])
 
 
 def _code_files() -> tuple[tuple[str, ...], str]:

@@ -52,6 +52,12 @@ def idx_path_for(rec_path: str) -> str:
     return os.path.splitext(rec_path)[0] + ".idx"
 
 
+def present_index(rec_path: str) -> str | None:
+    """``rec_path``'s ``.idx`` if there is one."""
+    idx_path = idx_path_for(rec_path)
+    return idx_path if os.path.isfile(idx_path) else None
+
+
 def read_index(rec_path: str) -> list[RecordSpan]:
     """Parse ``rec_path``'s ``.idx`` into spans in index order, sizes from the next offset.
 
