@@ -7,14 +7,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test test-fast bench clean
+.PRECIOUS: $(VENV)/.installed-%
 
-$(BIN)/mxft-launch: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# One venv; each command installs its own extra into it: the demo's (scikit-learn's digits) or the tests'.
+$(VENV)/.installed-%: pyproject.toml
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[$*]'
 	touch $@
 
-demo: $(BIN)/mxft-launch
+demo: $(VENV)/.installed-demo
 	$(BIN)/mxft-launch --local jobs/demo.yaml
 
 # The multi-host tests run real OpenSSH servers in network namespaces (root, iproute2).
@@ -25,16 +27,16 @@ demo: $(BIN)/mxft-launch
 /usr/sbin/slurmd:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
 
-test: $(BIN)/mxft-launch /usr/sbin/sshd /usr/sbin/slurmd
+test: $(VENV)/.installed-test /usr/sbin/sshd /usr/sbin/slurmd
 	$(BIN)/python -m pytest -q
 
-test-fast: $(BIN)/mxft-launch
+test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not integration"
 
 /usr/bin/rsync:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null
 
-bench: $(BIN)/mxft-launch /usr/sbin/sshd /usr/bin/rsync
+bench: $(VENV)/.installed-test /usr/sbin/sshd /usr/bin/rsync
 	$(BIN)/python -m bench
 
 clean:

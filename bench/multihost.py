@@ -118,7 +118,7 @@ class Bench:
     # ------------------------------------------------------------------ teardown
 
     def teardown_s(self, job: str, role: str) -> float:
-        from tests.test_multihost import run_processes
+        from tests.helpers import run_processes
         proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", *self.ssh, job, "--run-root", self.runs],
                                 cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         seen = []

@@ -12,10 +12,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from typing import IO
+from collections.abc import Iterator, Mapping, Sequence
 
 import psutil
+
+from cluster.lines import bounded_lines
 
 _PR_SET_PDEATHSIG = 1
 
@@ -40,15 +41,13 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 class LocalProcess:
-    """A running local process with its stdout (stderr merged) as text lines."""
+    """A running local process with its stdout (stderr merged) as text lines, each at most ``MAX_LINE`` long
+    (``cluster.lines``: whatever the process writes, the launcher holds one line of it at a time)."""
 
     def __init__(self, popen: subprocess.Popen) -> None:
         self._popen = popen
         self.pid = popen.pid
-
-    @property
-    def stdout(self) -> IO[str]:
-        return self._popen.stdout
+        self.stdout: Iterator[str] = bounded_lines(popen.stdout.read)  # an unbuffered pipe: read(n) <= n bytes
 
     def poll(self) -> int | None:
         """None while running, else the exit code (negative: killed by that signal)."""
@@ -57,20 +56,24 @@ class LocalProcess:
     def stop(self, *, grace_s: float) -> None:
         """SIGTERM the process group and every descendant, SIGKILL what is left after ``grace_s``.
 
-        The process itself is waited for through its Popen only: had psutil reaped it,
-        Popen could no longer read its status and would report exit code 0 for a process
-        that was killed. Its descendants are not our children, so psutil waits for them.
+        The process is reaped only after its group was signalled for the last time (through its
+        Popen, which keeps its exit status): until then its pid, the group's id, cannot be another
+        process's, so no signal reaches a stranger that took the number over. A process reaped
+        before ``stop`` is not signalled at all. Its descendants are not our children: psutil
+        signals and waits for them (it checks each one is still the process it found).
         """
         try:
             descendants = psutil.Process(self._popen.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             descendants = []
+        reaped = self._popen.returncode is not None
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self._popen.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self._popen.send_signal(sig)  # (a no-op once it has been waited for)
+            if not reaped:
+                for signal_it in (os.killpg, os.kill):  # the leader too, should it have left its group
+                    try:
+                        signal_it(self._popen.pid, sig)
+                    except (ProcessLookupError, PermissionError):
+                        pass
             for proc in descendants:
                 try:
                     proc.send_signal(sig)
@@ -78,15 +81,25 @@ class LocalProcess:
                     pass
             deadline = time.monotonic() + wait_s
             _, descendants = psutil.wait_procs(descendants, timeout=wait_s)
-            if self._exited_by(deadline) and not descendants:
+            if (reaped or self._exited_by(deadline)) and not descendants:
                 break
+        if not reaped and exited_unreaped(self._popen.pid):
+            self._popen.wait()
 
     def _exited_by(self, deadline: float) -> bool:
-        try:
-            self._popen.wait(timeout=max(deadline - time.monotonic(), 0.0))
-            return True
-        except subprocess.TimeoutExpired:
-            return False
+        while not exited_unreaped(self._popen.pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+
+def exited_unreaped(pid: int) -> bool:
+    """Whether our child ``pid`` has exited, without reaping it (a child reaped already counts as exited)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 class LocalTransport:
@@ -99,6 +112,5 @@ class LocalTransport:
         full_env.update(env)
         popen = subprocess.Popen(
             list(argv), env=full_env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace",
-            start_new_session=True, preexec_fn=die_with_parent)
+            stderr=subprocess.STDOUT, bufsize=0, start_new_session=True, preexec_fn=die_with_parent)
         return LocalProcess(popen)

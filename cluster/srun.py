@@ -157,11 +157,10 @@ class SrunHost:
             raise ValueError(f"secret environment values for a command that does not read {ENV_FROM_STDIN}")
         popen = subprocess.Popen(
             srun_argv(self.spec.name, argv, name=name, cwd=cwd), env=step_environment(os.environ, public),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            errors="replace", start_new_session=True, preexec_fn=_term_with_parent)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+            start_new_session=True, preexec_fn=_term_with_parent)
         if secrets:
-            popen.stdin.write(json.dumps(dict(secrets)) + "\n")
-            popen.stdin.flush()
+            popen.stdin.write((json.dumps(dict(secrets)) + "\n").encode())
         return SrunProcess(popen)
 
     def stream_to(self, command: str) -> subprocess.Popen:

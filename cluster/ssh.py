@@ -30,6 +30,7 @@ import paramiko
 from cluster.errors import HostUnreachable
 from cluster.hosts import HostSpec
 from cluster.known_hosts import CheckKnownHosts, HostKeyError, keys_for, pinned_key_types, prefer_key_types
+from cluster.lines import bounded_lines
 from cluster.secret import ENV_FROM_STDIN, split_secrets
 from cluster.ssh_resolve import SSHTarget, jump_of, resolve_target
 from cluster.ssh_sessions import SessionPool, SharedConnection
@@ -149,16 +150,16 @@ class SSHProcess:
 
 
 class _Lines:
-    """Iterate a channel's stdout as text lines (stderr is merged into it); ``on_end`` at its end."""
+    """Iterate a channel's stdout as text lines of bounded length (``cluster.lines``; stderr is merged into it);
+    ``on_end`` at its end."""
 
     def __init__(self, channel: paramiko.Channel, *, on_end: Callable[[], None]) -> None:
-        self._file = channel.makefile("rb")
+        self._channel = channel
         self._on_end = on_end
 
     def __iter__(self):
         try:
-            for raw in self._file:
-                yield raw.decode("utf-8", errors="replace")
+            yield from bounded_lines(self._channel.recv)
         finally:
             self._on_end()
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from cluster.errors import JobFailed
+from cluster.lines import HEAD_BYTES, TAIL_BYTES, CappedLog
 
 
 class Process(Protocol):
@@ -112,8 +113,10 @@ class Supervisor:
     """
 
     def __init__(self, *, echo: Callable[[str], None], on_line: Callable[[Member, str], bool] | None = None,
-                 relay: Callable[[str, str], None] | None = None, stop_grace_s: float = 5.0) -> None:
+                 relay: Callable[[str, str], None] | None = None, stop_grace_s: float = 5.0,
+                 log_caps: tuple[int, int] = (HEAD_BYTES, TAIL_BYTES)) -> None:
         self._echo = echo
+        self._log_caps = log_caps  # bytes of each log kept from its start and from its end (cluster.lines)
         self._on_line = on_line
         self._relay = relay  # (name, line) -> shows it or not; default: every line, prefixed with the name
         self._stop_grace_s = stop_grace_s
@@ -140,12 +143,13 @@ class Supervisor:
         return member
 
     def _pump(self, member: Member) -> None:
+        """The process's lines (each of bounded length) into its log (of bounded size), its events to
+        ``on_line``, the rest to the console."""
         prefix = f"[{member.name}] "
-        with open(member.log_path, "a", encoding="utf-8") as log:
+        log = CappedLog(member.log_path, head=self._log_caps[0], tail=self._log_caps[1])
+        try:
             for line in member.process.stdout:
-                line = line.rstrip("\n")
-                log.write(line + "\n")
-                log.flush()
+                log.write(line)
                 if self._on_line is not None and self._consumed(member, line):
                     continue  # consumed (a structured event): kept in the log, off the console
                 member.tail.append(line)
@@ -154,6 +158,8 @@ class Supervisor:
                     continue
                 with self._echo_lock:
                     self._echo(prefix + line)
+        finally:
+            log.close()
 
     def wait(self, *, support_grace_s: float = 15.0, poll_s: float = 0.1,
              check: Callable[[], None] | None = None) -> None:

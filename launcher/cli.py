@@ -6,6 +6,7 @@ runs, clean. Each has its own ``--help``, written for users; OVERVIEW is ``mxft-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import os
@@ -23,7 +24,7 @@ from launcher import runstate
 from launcher.check_table import table
 from launcher.clean import clean_hosts, cleanup_lines, load_clean_hosts
 from launcher.command import parse_env
-from launcher.console import Console
+from launcher.console import Console, printable
 from launcher.jobspec import MAX_PROCESSES, RUN_NAME, CommandSpec
 from launcher.launch import LaunchConfig, check_hosts, run
 from launcher.plan import Plan
@@ -263,7 +264,12 @@ def _name_of(command: list[str]) -> str:
 
 
 def _echo(line: str) -> None:
-    print(line, flush=True)
+    print(printable(line), flush=True)
+
+
+def _say_error(text: str) -> None:
+    """A line on stderr; what a host sent in it (an error, a log tail) is shown as text (``printable``)."""
+    print(printable(text), file=sys.stderr, flush=True)
 
 
 def _report(plan: Plan, result: dict) -> int:
@@ -279,15 +285,15 @@ def _report(plan: Plan, result: dict) -> int:
               f"{plan.recipe.job.expect.min_accuracy} ({plan.recipe.job.source})", file=sys.stderr, flush=True)
         code = EXIT_FAILED
     topk = f", {top.replace('val_', '')} {result[top]:.4f}" if top else ""
-    _echo(f"validation accuracy: {accuracy:.4f}{topk} ({result['val_images']} images, {_evaluated_by(result)})")
+    _echo(f"validation accuracy: {accuracy:.4f}{topk} ({result['val_images']} images, {_evaluated_by(plan)})")
     return code
 
 
-def _evaluated_by(result: dict) -> str:
+def _evaluated_by(plan: Plan) -> str:
     """``worker 0`` (train.evaluation: worker0), else how many workers shared the evaluation."""
-    if (result.get("job") or {}).get("train", {}).get("evaluation") == "worker0":
+    if plan.recipe.job.train.evaluation == "worker0":
         return "worker 0"
-    workers = result.get("num_workers", 1)
+    workers = len(plan.recipe.workers)
     return f"{workers} worker{'s' if workers != 1 else ''}"
 
 
@@ -310,9 +316,44 @@ def _raise_interrupted(signum, _frame) -> None:
     raise Interrupted(signum)
 
 
+@contextlib.contextmanager
+def _launcher_process_settings():
+    """The launcher's process-wide settings for one call of ``main``, and the caller's back after it.
+
+    The umask makes run folders, logs, plans, the cache and clean's reports the user's alone (0700
+    folders, 0600 files), for every command; what the imports made is frozen out of the cycle collector
+    (it lives as long as the launcher: no full collection walks it again). A caller of ``main`` in its
+    own process (a test, a script) keeps its own settings.
+    """
+    was_frozen = gc.get_freeze_count() > 0
+    gc.freeze()
+    umask = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(umask)
+        if not was_frozen:
+            gc.unfreeze()
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt():
+    """SIGTERM and SIGUSR1 (Slurm ahead of a time limit: sbatch --signal=B:USR1@120) tear a launch down as
+    Ctrl-C does, for the length of the launch; the caller's handlers are back after it."""
+    handlers = {signum: signal.signal(signum, _raise_interrupted) for signum in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
-    gc.freeze()  # what the imports made lives as long as the launcher: no full collection walks it again
-    argv = sys.argv[1:] if argv is None else argv
+    with _launcher_process_settings():
+        return _main(sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(OVERVIEW, file=sys.stdout if argv else sys.stderr)
         return EXIT_OK if argv else EXIT_BAD_INPUT
@@ -327,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 128 + signal.SIGINT
         except (MxftError, OSError, ValueError) as err:  # a run folder's file unreadable or torn, a host gone
-            print(f"mxft-launch: error: {err}", file=sys.stderr, flush=True)
+            _say_error(f"mxft-launch: error: {err}")
             return EXIT_FAILED
     if argv[0] in ("launch", "command"):
         return launch(argv[1:], command_mode=argv[0] == "command")
@@ -336,9 +377,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def launch(argv: list[str], *, command_mode: bool) -> int:
     """Plan and run a job file or a command; prints the outcome and returns the exit code."""
-    signal.signal(signal.SIGTERM, _raise_interrupted)
-    signal.signal(signal.SIGUSR1, _raise_interrupted)  # Slurm ahead of a time limit: sbatch --signal=B:USR1@120
-    os.umask(0o077)  # run folders, logs, plans and the cache are the user's alone (0700 folders, 0600 files)
+    with _stop_signals_interrupt():
+        return _launch(argv, command_mode=command_mode)
+
+
+def _launch(argv: list[str], *, command_mode: bool) -> int:
     console = None
     try:
         if command_mode:  # the program's own output is what the user came for
@@ -358,16 +401,16 @@ def launch(argv: list[str], *, command_mode: bool) -> int:
     except InputError as err:
         return _bad_input(err)
     except JobFailed as err:
-        print(f"mxft-launch: job failed: {err}", file=sys.stderr, flush=True)
+        _say_error(f"mxft-launch: job failed: {err}")
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("mxft-launch: interrupted (SIGINT); every process of the run was stopped", file=sys.stderr)
         return 128 + signal.SIGINT
     except Interrupted as err:
-        print(f"mxft-launch: {err}", file=sys.stderr, flush=True)
+        _say_error(f"mxft-launch: {err}")
         return 128 + err.signum
     except MxftError as err:
-        print(f"mxft-launch: error: {err}", file=sys.stderr, flush=True)
+        _say_error(f"mxft-launch: error: {err}")
         return EXIT_FAILED
     finally:
         if console is not None:
@@ -384,7 +427,7 @@ def _version() -> str:
 
 def _bad_input(err: InputError) -> int:
     for line in str(err).splitlines():  # one line per problem (preflight: per host)
-        print(f"mxft-launch: error: {line}", file=sys.stderr, flush=True)
+        _say_error(f"mxft-launch: error: {line}")
     return EXIT_BAD_INPUT
 
 

@@ -26,8 +26,23 @@ from tqdm import tqdm
 
 from cluster.srun import STEP_ENDED  # Slurm's echo of a step's end (--launcher srun)
 
-# A process line shown without -v: it reads like a warning or an error (Python's, MXNet's, ps-lite's).
-ALARM = re.compile(r"(?i)\b(warning|error|exception|traceback|fatal|critical|killed|abort(ed)?)\b|\w+(Error|Warning)\b")
+# A process line shown without -v: it reads like a warning or an error (Python's, MXNet's, ps-lite's): one of the
+# words, or a word ending in error or warning (ValueError, UserWarning). Linear in the line's length: a pattern that
+# backtracks over a word (\w+Error) took seconds for each 16 KiB line of letters a process printed.
+ALARM = re.compile(r"(?i)\b(exception|traceback|fatal|critical|killed|abort(ed)?)\b|(warning|error)\b")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character but newline and tab shown as ``\\xNN``: a host's bytes (a log line,
+    an error) reach the terminal as text, never as an escape sequence that moves, hides or retitles anything.
+
+    >>> printable("ok\\tdone\\n\\x1b]0;owned\\x07\\x9b2J")
+    'ok\\tdone\\n\\\\x1b]0;owned\\\\x07\\\\x9b2J'
+    """
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def looks_like_alarm(line: str) -> bool:
@@ -41,6 +56,8 @@ def looks_like_alarm(line: str) -> bool:
     True
     >>> looks_like_alarm("srun: error: h1: task 0: Exited with exit code 143")
     False
+    >>> [looks_like_alarm(line) for line in ("no errors", "terrorism", "error:", "x" * 65536)]
+    [False, False, True, False]
     """
     return ALARM.search(line) is not None and STEP_ENDED.match(line) is None
 
@@ -95,6 +112,7 @@ class Console:
         self._epochs = _EpochClock()
 
     def __call__(self, text: str) -> None:
+        text = printable(text)
         with self._lock:
             if self._bars:
                 tqdm.write(text, file=self.stream)
@@ -139,11 +157,16 @@ class Console:
             self._epochs = _EpochClock(first_epoch, epochs, batches_per_epoch)
 
     def batch(self, epoch: int, batch: int) -> None:
-        """Worker 0 finished ``batch`` (1-based) of ``epoch`` (0-based, as MXNet counts)."""
+        """Worker 0 finished ``batch`` (1-based) of ``epoch`` (0-based, as MXNet counts). One epoch's bar at a
+        time: a bar of another epoch still open is closed first, whatever order the events came in."""
         clock = self._epochs
         clock.saw_batch()
         if clock.batches_per_epoch:
-            self.progress(f"epoch {epoch + 1}/{clock.epochs}", batch, clock.batches_per_epoch, unit="batch")
+            what = f"epoch {epoch + 1}/{clock.epochs}"
+            with self._lock:
+                for other in [name for name in self._bars if name.startswith("epoch ") and name != what]:
+                    self.end_progress(other)
+                self.progress(what, batch, clock.batches_per_epoch, unit="batch")
 
     def epoch(self, row: dict) -> None:
         """Every worker finished epoch ``row['epoch']``: its one line."""

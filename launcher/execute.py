@@ -9,8 +9,10 @@ output.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -29,10 +31,12 @@ from cluster.ssh import HOSTS_AT_ONCE, SSHHost, on_hosts
 from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
 from launcher import cachefile, paramsfile, recfile, runstate
 from launcher.console import Console
-from launcher.jobspec import ModelSpec
+from launcher.event_check import checked_event, result_problem
+from launcher.fetch import fetch_files
+from launcher.jobspec import ClusterSpec, ModelSpec
 from launcher.metrics import MetricsWriter
 from launcher.plan import Plan, Role
-from launcher.stage import fetch_dir, stage_all
+from launcher.stage import stage_all
 from launcher.trim import trim_params, used_variables
 from trainer import events
 
@@ -89,6 +93,11 @@ def _write_trimmed_params(model: ModelSpec, trimmed: str) -> None:
         raise JobFailed(f"{model.params_path} changed after the input checks and cannot be used: {why}")
 
 
+REFUSALS_SAID = 3   # events of one process refused with a console line; later ones are only counted
+WAITS_KEPT = 100     # scheduler_unreachable (and _reachable) events kept per process
+CHECKPOINT_REPEATS = 3  # checkpoint events taken per epoch from worker 0 (a save retried), each a fetch
+
+
 class RunEvents:
     """The workers' structured events: appended to ``events.jsonl`` and tracked for the watchdogs.
 
@@ -97,12 +106,13 @@ class RunEvents:
     """
 
     def __init__(self, plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console) -> None:
-        self.plan, self.remote_hosts, self.console = plan, remote_hosts, console
+        self.plan, self.console = plan, console
         # Two queues: a slow plot never delays a checkpoint fetch (worker 0 prunes old epochs).
         self.fetches = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mxft-fetch")
         self.drawing = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mxft-metrics")
         self.path = os.path.join(plan.run_dir, "events.jsonl")
         self.metrics = MetricsWriter(plan.run_dir, len(plan.recipe.workers))
+        self.from_worker0 = FromWorker0.of(plan, remote_hosts)
         self.epochs = plan.recipe.job.train.epochs
         self.first_batch_at: float | None = None  # wall-clock time of the first batch any worker finished
         self.rank_of: dict[int, int] = {}
@@ -111,11 +121,19 @@ class RunEvents:
         self.done: set[int] = set()
         self.unreachable: dict[str, str] = {}  # process name -> why it cannot reach the scheduler
         self.said_waiting: set[str] = set()  # processes the console was told are still waiting
+        self.seen: collections.Counter = collections.Counter()  # (process, kind, epoch) -> events received
+        self.refused: collections.Counter = collections.Counter()  # process -> events not taken
 
     def on_line(self, member: Member, line: str) -> bool:
-        event = events.parse(line)
-        if event is None:
+        claimed = events.parse(line)
+        if claimed is None:
             return False
+        event, why = checked_event(claimed, index=member.index, epochs=self.epochs)
+        if event is None or not self._first_of_its_kind(member, event):
+            if event is None and self.refused[member.name] < REFUSALS_SAID:
+                self.console(f"[mxft] ignored an event of {member.name} on {member.host}: {why}")
+            self.refused[member.name] += 1
+            return True
         if event["event"] != "progress":  # one per batch: tracked, not stored
             event["process"] = member.name
             with open(self.path, "a", encoding="utf-8") as handle:
@@ -127,6 +145,20 @@ class RunEvents:
         if member.role == Role.WORKER.value:
             self._on_worker_event(member.index, event)
         return True
+
+    def _first_of_its_kind(self, member: Member, event: dict) -> bool:
+        """Whether ``event`` is one the process may still send: each epoch's report once, its checkpoint
+        ``CHECKPOINT_REPEATS`` times (each is a fetch), joining, the first batch and the end once, waits for the
+        scheduler ``WAITS_KEPT`` times, progress always (it is not stored). What a process repeats beyond that is
+        dropped, so events.jsonl stays within processes x ((1 + CHECKPOINT_REPEATS) epochs + WAITS_KEPT + 3)
+        lines whatever a host sends."""
+        kind = event["event"]
+        if kind == "progress":
+            return True
+        key = (member.name, kind, event.get("epoch") if kind in ("epoch", "checkpoint") else None)
+        self.seen[key] += 1
+        return self.seen[key] <= {"checkpoint": CHECKPOINT_REPEATS, "scheduler_unreachable": WAITS_KEPT,
+                                  "scheduler_reachable": WAITS_KEPT}.get(kind, 1)
 
     def _waiting_for_scheduler(self, member: Member, event: dict) -> None:
         """Kept for the start-up deadline's report; said once if the wait grows long (a slow scheduler is normal)."""
@@ -155,12 +187,9 @@ class RunEvents:
         elif kind == "epoch" and self.metrics.add(event):
             self._epoch_done(int(event["epoch"]))
         elif kind == "checkpoint" and index == 0:  # worker 0 keeps the run's checkpoints; others are ignored
-            epoch = event.get("epoch")
-            if isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch <= self.epochs:
-                self._later(self.fetches, f"keeping the checkpoint of epoch {epoch}", keep_checkpoint, self.plan,
-                            self.remote_hosts, epoch)
-            else:
-                self.console(f"[mxft] ignored a checkpoint event of worker 0 naming epoch {epoch!r}")
+            epoch = event["epoch"]  # checked: in 1..epochs
+            self._later(self.fetches, f"keeping the checkpoint of epoch {epoch}", keep_checkpoint, self.plan,
+                        self.from_worker0, epoch)
 
     def _epoch_done(self, epoch: int) -> None:
         """Every worker reported ``epoch``: its line on the console, and the metrics files redrawn."""
@@ -263,7 +292,7 @@ def execute(plan: Plan, *, console: Console) -> dict:
     first = run_events.first_batch_at or started
     timing = {"staging_s": round(started - began, 3), "startup_s": round(first - started, 3),
               "training_s": round(ended - first, 3)}
-    return collect(plan, run_events, remote_hosts, timing=timing)
+    return collect(plan, run_events, timing=timing)
 
 
 @contextlib.contextmanager
@@ -310,7 +339,8 @@ def stage_remote(plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console:
     started = time.monotonic()
     reports = stage_all(remote_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
                         python_of=plan.remote_pythons.__getitem__,
-                        progress=lambda host, sent, total: console.progress(f"staging {host}", sent, total, unit="B"))
+                        progress=lambda host, sent, total: console.progress(f"staging {host}", sent, total, unit="B"),
+                        silence_s=host_silence_s(plan))
     for report in reports:
         console(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data, "
              f"{report.code_bytes_sent} of code), "
@@ -355,25 +385,70 @@ def checkpoint_files(plan: Plan, epoch: int) -> list[str]:
     return [f"{name}-symbol.json", f"{name}-{epoch:04d}.params", f"checkpoint-{epoch:04d}.json"]
 
 
-def keep_checkpoint(plan: Plan, remote_hosts: Mapping[str, RemoteHost], epoch: int) -> None:
+def keep_checkpoint(plan: Plan, worker0: FromWorker0, epoch: int) -> None:
     """Bring worker 0's checkpoint of ``epoch`` into RUN_DIR/checkpoints (the marker last).
 
     A worker's event is a claim: it only says which epoch is ready. The folder and the file
     names come from the plan, and only regular files are taken (a link could point anywhere).
     """
-    files, host = checkpoint_files(plan, epoch), plan.worker_hosts[0]
-    if host not in remote_hosts:
-        _require_regular_files(plan.recipe.workers[0].out_dir, files)
-        runstate.install_checkpoint(plan.recipe.workers[0].out_dir, files, plan.run_dir, link=True)
+    files = checkpoint_files(plan, epoch)
+    if worker0.host is None:
+        _require_regular_files(worker0.folder, files)
+        runstate.install_checkpoint(worker0.folder, files, plan.run_dir, link=True)
         return
     os.makedirs(runstate.checkpoint_dir(plan.run_dir), exist_ok=True)
     incoming = tempfile.mkdtemp(prefix=".incoming-", dir=runstate.checkpoint_dir(plan.run_dir))
     try:
-        fetch_dir(remote_hosts[host], plan.recipe.workers[0].out_dir, incoming, names=files)
-        _require_regular_files(incoming, files)
+        worker0.fetch(files, incoming)
         runstate.install_checkpoint(incoming, files, plan.run_dir, link=False)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
+
+
+RESULT_CAP = 1 << 20   # bytes of worker 0's result.json, and of each checkpoint's record
+
+
+def host_silence_s(plan: Plan) -> float:
+    """How long a host may send or take nothing during a copy or a fetch (a command job has the default)."""
+    return float(plan.recipe.job.cluster.host_silence_s if plan.recipe else ClusterSpec.host_silence_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class FromWorker0:
+    """Where worker 0's files come from in this attempt, and how much of each is taken: params at most twice what
+    was staged (the new layer on top of the cut model is far smaller than the model) plus 16 MiB, the symbol
+    likewise, result.json and checkpoint records 1 MiB. The staged sizes are read once, at the attempt's start:
+    a resumed run's staged checkpoint may be pruned from RUN_DIR/checkpoints later."""
+
+    folder: str                     # worker 0's output folder (on its host)
+    host: RemoteHost | None         # None: worker 0 runs on this machine
+    python: str
+    staged: Mapping[str, int]       # "-symbol.json" / ".params" -> bytes staged (the largest of each)
+    silence_s: float
+
+    @classmethod
+    def of(cls, plan: Plan, remote_hosts: Mapping[str, RemoteHost]) -> "FromWorker0":
+        label = plan.worker_hosts[0]
+        staged = {suffix: max((_size(t.source) for t in plan.transfers if t.dest.endswith(suffix)), default=0)
+                  for suffix in (".params", "-symbol.json")}
+        return cls(plan.recipe.workers[0].out_dir, remote_hosts.get(label), plan.remote_pythons.get(label, ""),
+                   staged, host_silence_s(plan))
+
+    def cap(self, name: str) -> int:
+        suffix = next((s for s in self.staged if name.endswith(s)), None)
+        return 2 * self.staged[suffix] + (16 << 20) if suffix else RESULT_CAP
+
+    def fetch(self, names: list[str], local_dir: str) -> None:
+        """The named files of worker 0's folder into ``local_dir``, all verified or none (``launcher.fetch``)."""
+        fetch_files(self.host, self.folder, {name: self.cap(name) for name in names}, local_dir,
+                    python=self.python, stall_s=self.silence_s)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _require_regular_files(folder: str, names: list[str]) -> None:
@@ -383,13 +458,20 @@ def _require_regular_files(folder: str, names: list[str]) -> None:
             raise JobFailed(f"{path} is not a regular file (a link or a folder); not taken")
 
 
-def collect(plan: Plan, run_events: RunEvents, remote_hosts: Mapping[str, RemoteHost], *,
-            timing: Mapping[str, float]) -> dict:
-    """Worker 0's result with the run's timing, throughput and every epoch; its checkpoint to RUN_DIR/checkpoint."""
+def collect(plan: Plan, run_events: RunEvents, *, timing: Mapping[str, float]) -> dict:
+    """Worker 0's result with the run's timing, throughput and every epoch; its checkpoint to RUN_DIR/checkpoint.
+    Whatever goes wrong on the way is a JobFailed that says so (the attempt is then recorded as failed)."""
+    try:
+        return _collect(plan, run_events, timing=timing)
+    except (KeyError, TypeError, ValueError, OSError) as err:
+        raise JobFailed(f"collecting worker 0's result failed ({type(err).__name__}: {str(err)[:300]})") from err
+
+
+def _collect(plan: Plan, run_events: RunEvents, *, timing: Mapping[str, float]) -> dict:
     if not run_events.lead_joined():
         raise JobFailed("the workers finished but worker 0 never reported joining; see the worker logs in "
                         f"{os.path.join(plan.run_dir, 'logs')}")
-    result = _worker0_result(plan, remote_hosts)
+    result = _worker0_result(plan, run_events.from_worker0)
     _check_result(plan, result)
     result.update(rank_of_worker_0=run_events.rank_of[0], run_id=plan.run_id, timing=dict(timing))
     rows = run_events.metrics.write()
@@ -399,21 +481,26 @@ def collect(plan: Plan, run_events: RunEvents, remote_hosts: Mapping[str, Remote
     earlier = runstate.latest_checkpoint(plan.run_dir)
     done = {record["epoch"] for record in result["epochs"]}
     result["epochs"] = [r for r in (earlier.records if earlier else ()) if r["epoch"] not in done] + result["epochs"]
-    _install_final_checkpoint(plan, remote_hosts, result["checkpoint"]["prefix"], result["checkpoint"]["epoch"])
+    _install_final_checkpoint(plan, run_events.from_worker0, result["checkpoint"]["prefix"],
+                              result["checkpoint"]["epoch"])
     return result
 
 
-def _worker0_result(plan: Plan, remote_hosts: Mapping[str, RemoteHost]) -> dict:
-    out_dir, host = plan.recipe.workers[0].out_dir, plan.worker_hosts[0]
-    if host in remote_hosts:
-        local_dir = os.path.join(plan.run_dir, "workers", "worker-0")
-        fetch_dir(remote_hosts[host], out_dir, local_dir, names=["result.json"])  # the checkpoint came per epoch
-        out_dir = local_dir
+def _worker0_result(plan: Plan, worker0: FromWorker0) -> dict:
+    out_dir = worker0.folder
+    if worker0.host is not None:
+        out_dir = os.path.join(plan.run_dir, "workers", "worker-0")
+        worker0.fetch(["result.json"], out_dir)  # the checkpoint came per epoch
     source = os.path.join(out_dir, "result.json")
     if not os.path.isfile(source):
         raise JobFailed(f"worker 0 exited 0 but wrote no {source}")
+    if os.path.getsize(source) > RESULT_CAP:
+        raise JobFailed(f"worker 0's {source} has {os.path.getsize(source)} bytes (at most {RESULT_CAP}); not taken")
     with open(source, encoding="utf-8") as handle:
-        return json.load(handle)
+        try:
+            return json.load(handle)
+        except (ValueError, RecursionError) as err:
+            raise JobFailed(f"worker 0's {source} is not JSON ({str(err)[:100]}); the result is not taken") from None
 
 
 def _check_result(plan: Plan, result) -> None:
@@ -424,23 +511,22 @@ def _check_result(plan: Plan, result) -> None:
     if named != expected:
         raise JobFailed(f"worker 0's result.json names the checkpoint {named!r}, the plan says {expected}; "
                         "the result is not taken")
-    epochs = result.get("epochs")
-    if not (isinstance(epochs, list) and all(isinstance(e, dict) and isinstance(e.get("epoch"), int) for e in epochs)
-            and isinstance(result.get("val_accuracy"), (int, float))):
-        raise JobFailed("worker 0's result.json lacks its accuracy or per-epoch records; the result is not taken")
+    problem = result_problem(result, epochs=job.train.epochs)
+    if problem is not None:
+        raise JobFailed(f"worker 0's result.json is not taken: {problem}")
 
 
-def _install_final_checkpoint(plan: Plan, remote_hosts: Mapping[str, RemoteHost], name: str, epoch: int) -> None:
+def _install_final_checkpoint(plan: Plan, worker0: FromWorker0, name: str, epoch: int) -> None:
     """RUN_DIR/checkpoint/NAME-symbol.json + NAME-EEEE.params: linked from checkpoints/ (fetched per epoch)."""
     files = [f"{name}-symbol.json", f"{name}-{epoch:04d}.params"]
     kept = runstate.latest_checkpoint(plan.run_dir)
     if kept is not None and kept.epoch == epoch:
         source_dir = runstate.checkpoint_dir(plan.run_dir)
-    elif plan.worker_hosts[0] in remote_hosts:
+    elif worker0.host is not None:
         source_dir = os.path.join(plan.run_dir, "workers", "worker-0")
-        fetch_dir(remote_hosts[plan.worker_hosts[0]], plan.recipe.workers[0].out_dir, source_dir, names=files)
+        worker0.fetch(files, source_dir)
     else:
-        source_dir = plan.recipe.workers[0].out_dir
+        source_dir = worker0.folder
     checkpoint_dir = os.path.join(plan.run_dir, "checkpoint")
     os.makedirs(checkpoint_dir, exist_ok=True)
     for filename in files:

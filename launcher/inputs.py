@@ -49,7 +49,7 @@ def check_model(job: JobSpec) -> int:
         with open(model.symbol_path, encoding="utf-8") as handle:
             graph = json.load(handle)
         names = [node["name"] for node in graph["nodes"]]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested without end
         raise InputError(model.symbol_path, "is not an MXNet symbol file (JSON with 'nodes')") from None
     if model.cut_layer not in names:
         ops = [node["name"] for node in graph["nodes"] if node.get("op") not in (None, "null")]

@@ -417,6 +417,8 @@ class ClusterSpec:
     kvstore: str = key("auto", check=_choice(KVSTORES), help="auto: dist_sync_device on GPUs, dist_sync on CPU")
     startup_timeout_s: int = key(300, check=_int(1), help="every worker must have joined ps-lite by then")
     progress_timeout_s: int = key(1800, check=_int(1), help="a worker silent this long is reported stuck")
+    host_silence_s: int = key(60, check=_int(1), help="a host that sends or takes nothing this long while files "
+                              "are copied to it or fetched from it fails the run, named (time to hash is added)")
     max_restarts: int = key(0, check=_int(0), help="resume from the last epoch after a failure, this many times")
     min_hosts: int | None = key(None, check=_int(1), help="with max_restarts: restart without a host that failed "
                                 "(stopped answering, or fails preflight) while at least this many remain")

@@ -32,6 +32,7 @@ from launcher.check_table import HostRow, host_row
 from launcher.command import sync_destinations, sync_files
 from launcher.console import Console
 from launcher.execute import execute
+from launcher.folder_check import folder_unsafe_reason
 from launcher.inputs import Inventory, check_inputs
 from launcher.jobspec import CommandSpec, JobSpec, load_job
 from launcher.plan import Facts, HostFacts, Plan, Transfer, assign_workers, make_plan, public_addresses
@@ -432,12 +433,24 @@ def _finish(plan: Plan, attempt: Attempt, result: dict) -> dict:
     return result
 
 
+def _require_own_folders(config: LaunchConfig) -> None:
+    """The run root and the cache hold what the launcher later reads back, stages and runs (checkpoints, plans,
+    shards): each must be the user's (or root's), with no folder on its path that others can write to, as preflight
+    asks of a host's work folder (``launcher.folder_check``)."""
+    for option, folder in (("--run-root", config.run_root), ("--cache-dir", config.cache_dir)):
+        reason = folder_unsafe_reason(folder)
+        if reason is not None:
+            raise InputError(f"{option} {folder}", reason, hint="choose a folder of your own (another user could "
+                             "plant or change what the launcher reads back there)")
+
+
 def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = None) -> Outcome:
     """Launch (or resume) the job; a dry run returns its plan without a result.
 
     After a failed attempt, and while restarts are left, tears down (done by then),
     plans again from the newest complete checkpoint, and records each attempt in the run dir.
     """
+    _require_own_folders(config)
     spec, attempt = _what_to_run(config)
     hosts = _hosts(config)
     if isinstance(spec, JobSpec):

@@ -90,8 +90,12 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str, num_workers: int, *, png_every_s: float = 30.0) -> None:
         self.run_dir, self.num_workers, self.png_every_s = run_dir, num_workers, png_every_s
-        self._events = [e for e in read_events(run_dir) if e.get("event") == "epoch"]
-        self._lock = threading.Lock()  # the events
+        self._reports: dict[int, dict[int, dict]] = {}  # epoch -> worker index -> its event (the last one)
+        for event in read_events(run_dir):
+            if event.get("event") == "epoch" and isinstance(event.get("epoch"), int) and \
+                    isinstance(event.get("index"), int):
+                self._reports.setdefault(event["epoch"], {})[event["index"]] = event
+        self._lock = threading.Lock()  # the reports
         self._write_lock = threading.Lock()  # the files
         self._png_at = 0.0
         self._tensorboard = TensorBoardScalars(run_dir)
@@ -99,17 +103,21 @@ class MetricsWriter:
     def add(self, event: dict) -> bool:
         """Record one worker's epoch event; True when every worker has reported that epoch.
 
-        Only records (it runs in a log pump): the caller writes the files off the pump.
+        Only records (it runs in a log pump): the caller writes the files off the pump. A worker's second report
+        of an epoch replaces its first; the cost does not grow with the events seen.
         """
         with self._lock:
-            self._events.append(event)
-            return sum(e["epoch"] == event["epoch"] for e in self._events) >= self.num_workers
+            reports = self._reports.setdefault(event["epoch"], {})
+            reports[event["index"]] = event
+            return len(reports) >= self.num_workers
+
+    def _events(self) -> list[dict]:
+        with self._lock:
+            return [event for reports in self._reports.values() for event in reports.values()]
 
     def rows(self) -> list[dict]:
         """The rows of every epoch all workers have reported so far (see ``epoch_rows``)."""
-        with self._lock:
-            events = list(self._events)
-        return epoch_rows(events, self.num_workers)
+        return epoch_rows(self._events(), self.num_workers)
 
     def write(self, *, final: bool = True) -> list[dict]:
         """Rewrite the CSV, add new epochs to the TensorBoard files (and redraw the plot when ``final`` or due).
@@ -118,8 +126,7 @@ class MetricsWriter:
         outside it, so a log pump never waits for a plot. ``final`` also closes the
         TensorBoard file (a later write opens another).
         """
-        with self._lock:
-            events = list(self._events)
+        events = self._events()
         with self._write_lock:
             rows = epoch_rows(events, self.num_workers)
             if not rows:
@@ -138,8 +145,21 @@ def _csv_bytes(rows: Sequence[dict]) -> bytes:
     out = io.StringIO(newline="")
     writer = csv.DictWriter(out, list(dict.fromkeys(key for row in rows for key in row)), restval="")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: _cell(value) for key, value in row.items()} for row in rows)
     return out.getvalue().encode()
+
+
+def _cell(value):
+    """A number as it is; any text that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@`` first) with
+    a ``'`` before it, so that it opens as text.
+
+    >>> [_cell(0.5), _cell(-1), _cell(""), _cell("=HYPERLINK(1)"), _cell("@SUM(A1)")]
+    [0.5, -1, '', "'=HYPERLINK(1)", "'@SUM(A1)"]
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    text = str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _replace(path: str, data: bytes) -> None:

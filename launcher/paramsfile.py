@@ -30,6 +30,7 @@ import mmap
 import os
 import struct
 from collections.abc import Iterator
+from typing import NamedTuple
 
 LIST_MAGIC = 0x112
 _V1, _V2, _V3 = 0xF993FAC8, 0xF993FAC9, 0xF993FACA
@@ -37,11 +38,13 @@ _AUX_ARRAYS = {0: 0, 1: 1, 2: 2}  # storage type (dense, row_sparse, csr) -> its
 _DTYPE_BYTES = {0: 4, 1: 8, 2: 2, 3: 1, 4: 4, 5: 1, 6: 8, 7: 1, 8: 2, 9: 2, 10: 4, 11: 8, 12: 2}  # mshadow type flags
 _MAX_NDIM = 32
 _SMALLEST_ARRAY = 12  # magic, storage type and an empty shape: a V2 "none" array
+MAX_ARRAYS = 65536    # arrays in one file at the most (ResNet-152 has about 1,000): a file of 500,000 empty
+                      # arrays would cost seconds and memory to walk for nothing a model needs
 
 
-@dataclasses.dataclass(frozen=True)
-class ArraySpan:
-    """Where one array's bytes (header and data) are in the file: ``data[start:end]``."""
+class ArraySpan(NamedTuple):
+    """Where one array's bytes (header and data) are in the file: ``data[start:end]`` (a tuple: a file of many
+    arrays costs little to describe)."""
 
     start: int
     end: int
@@ -181,6 +184,8 @@ def parse_layout(buffer) -> ParamsLayout | BadParams:
         if count > (cursor.size - cursor.offset) // _SMALLEST_ARRAY:
             raise _Refused(f"cut short at byte {cursor.size}: the header lists {count} arrays, which need at "
                            f"least {count * _SMALLEST_ARRAY} bytes after it")
+        if count > MAX_ARRAYS:
+            raise _Refused(f"the header lists {count} arrays; mxft takes at most {MAX_ARRAYS} (byte 16)")
         arrays = tuple(_array(cursor, index) for index in range(count))
         names = _names(cursor, count)
     except _Refused as refused:

@@ -62,7 +62,40 @@ def _text(canvas: np.ndarray, x: int, y: int, text: str, color=(0, 0, 0)) -> Non
                     canvas[max(top, 0):top + _SCALE, max(left, 0):left + _SCALE] = color
 
 
+_HIGHEST = 1e15  # the top of a panel's axis at most: a larger value is drawn off the panel, clipped
+
+
+def _clipped(a: tuple[float, float], b: tuple[float, float], wide: int, height: int):
+    """The part of the segment a-b inside the canvas (Liang-Barsky), or None: a point far off the panel (a
+    value no axis expected) costs no more to draw than one on it.
+
+    >>> _clipped((0.0, 5.0), (1e9, 5.0), 100, 10)
+    ((0.0, 5.0), (100.0, 5.0))
+    >>> _clipped((-5.0, -5.0), (-1.0, -1.0), 100, 10) is None
+    True
+    """
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    low, high = 0.0, 1.0
+    for p, q in ((-dx, a[0]), (dx, wide - a[0]), (-dy, a[1]), (dy, height - a[1])):
+        if p == 0:
+            if q < 0:
+                return None
+            continue
+        t = q / p
+        if p < 0:
+            low = max(low, t)
+        else:
+            high = min(high, t)
+        if low > high:
+            return None
+    return (a[0] + low * dx, a[1] + low * dy), (a[0] + high * dx, a[1] + high * dy)
+
+
 def _line(canvas: np.ndarray, a: tuple[float, float], b: tuple[float, float], color, width: int = 2) -> None:
+    clipped = _clipped(a, b, canvas.shape[1], canvas.shape[0])
+    if clipped is None:
+        return
+    a, b = clipped
     steps = int(max(abs(b[0] - a[0]), abs(b[1] - a[1]))) + 1
     xs = np.rint(np.linspace(a[0], b[0], steps)).astype(int)
     ys = np.rint(np.linspace(a[1], b[1], steps)).astype(int)
@@ -88,7 +121,7 @@ def _label(value: float, step: float) -> str:
 def _panel(panel: Panel, epochs: tuple[float, float]) -> np.ndarray:
     canvas = np.full((PANEL_HEIGHT, WIDTH, 3), 255, dtype=np.uint8)
     values = [v for s in panel.series for _, v in s.points if math.isfinite(v)]
-    low, high = panel.y_range or (0.0, (max(values) * 1.1 if values and max(values) > 0 else 1.0))
+    low, high = panel.y_range or (0.0, (min(max(values) * 1.1, _HIGHEST) if values and max(values) > 0 else 1.0))
     step = _nice_step(high - low)
     x0, x1, y0, y1 = _LEFT, WIDTH - _RIGHT, PANEL_HEIGHT - _BOTTOM, _TOP
     first, last = epochs
@@ -117,7 +150,8 @@ def _panel(panel: Panel, epochs: tuple[float, float]) -> np.ndarray:
         for a, b in zip(points, points[1:]):
             _line(canvas, a, b, color)
         for x, y in points:
-            canvas[max(int(y) - 2, 0):int(y) + 4, max(int(x) - 2, 0):int(x) + 4] = color
+            if 0 <= x < WIDTH and 0 <= y < PANEL_HEIGHT:
+                canvas[max(int(y) - 2, 0):int(y) + 4, max(int(x) - 2, 0):int(x) + 4] = color
     return canvas
 
 

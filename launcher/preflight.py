@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import ipaddress
 import json
+import math
 import os
 import re
 import time
@@ -188,7 +189,9 @@ def probe_host(ssh: RemoteHost, spec: HostSpec, work_dir: str, *, other_folders:
         return report(True, "ok", error=f"'{python}' failed: {(err or out).strip().splitlines()[-1:] or ['?']}")
     try:
         info = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
+        info = None
+    if not (isinstance(info, dict) and isinstance(info.get("time"), (int, float)) and math.isfinite(info["time"])):
         return report(True, "ok", error=f"unexpected preflight output from '{python}': {out.strip()[-200:]!r}")
     # The probe's clock was read just before its output left; it arrived at ``after`` (off by one-way latency).
     return report(True, "ok", dict(info, python_path=python), round(info["time"] - after, 3))

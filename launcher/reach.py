@@ -19,6 +19,7 @@ import time
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
+from cluster.lines import ended_tail
 from cluster.srun import remote_host
 from cluster.ssh import on_hosts
 from launcher.plan import Plan, Role
@@ -100,7 +101,7 @@ class _listening:
             self.__exit__()
             raise InputError(f"host {self.host.label}", f"the ps-lite scheduler's address "
                              f"{self.plan.scheduler_uri}:{self.plan.scheduler_port} cannot be opened there: "
-                             f"{line or self.proc.stderr.read().decode(errors='replace').strip()[-300:]}",
+                             f"{line or ended_tail(self.proc.stderr)[-300:]}",
                              hint="addr= must be one of that host's own addresses; a port in use: launch again "
                                   "(each launch picks another)")
         return self
@@ -114,17 +115,21 @@ class _listening:
             self.proc.wait()
 
 
+_FIRST_LINE_MAX = 4096  # bytes: the listener's first line is a word or an error; more than this is not one
+
+
 def _first_line(proc: subprocess.Popen, *, timeout_s: float) -> str:
-    """The process's first line of output, or "" if none came in time (or it ended)."""
+    """The process's first line of output (at most ``_FIRST_LINE_MAX`` bytes of it), or "" if none came in time
+    (or it ended)."""
     deadline, data = time.monotonic() + timeout_s, b""
-    while b"\n" not in data and time.monotonic() < deadline:
+    while b"\n" not in data and len(data) < _FIRST_LINE_MAX and time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], 0.2)
         if ready:
             chunk = os.read(proc.stdout.fileno(), 4096)
             if not chunk:
                 break
             data += chunk
-    return data.decode(errors="replace").split("\n", 1)[0].strip()
+    return data[:_FIRST_LINE_MAX].decode(errors="replace").split("\n", 1)[0].strip()
 
 
 def _try_connect(plan: Plan, host: HostSpec, timeout_s: float) -> Reach:

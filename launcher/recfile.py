@@ -52,6 +52,9 @@ def idx_path_for(rec_path: str) -> str:
     return os.path.splitext(rec_path)[0] + ".idx"
 
 
+_IDX_LINE_MAX = 256  # characters of one .idx line, newline included, at the most
+
+
 def present_index(rec_path: str) -> str | None:
     """``rec_path``'s ``.idx`` if there is one."""
     idx_path = idx_path_for(rec_path)
@@ -74,7 +77,10 @@ def read_index(rec_path: str) -> list[RecordSpan]:
     entries: list[tuple[int, int]] = []
     seen: dict[int, int] = {}
     with open(idx_path, encoding="ascii", errors="replace") as handle:
-        for line_no, line in enumerate(handle, 1):
+        for line_no, line in enumerate(iter(lambda: handle.readline(_IDX_LINE_MAX + 1), ""), 1):
+            if len(line) > _IDX_LINE_MAX:  # two decimal numbers and a tab are far shorter
+                raise InputError(f"{idx_path}:{line_no}", f"a line of more than {_IDX_LINE_MAX} characters",
+                                 hint="this is not an index MXNet wrote; re-pack the .rec and .idx")
             if not line.strip():
                 continue
             match = _IDX_LINE.fullmatch(line.strip())  # two decimal numbers, as MXNet's own reader takes them
@@ -122,9 +128,13 @@ def scan_records(rec_path: str) -> list[RecordSpan]:
             cflag, length = _part_header(handle, rec_path, f"the record header at byte {position}")
             if cflag in (0, 1):
                 start = position
+            elif start is None:  # a middle or last part with no first part before it
+                raise InputError(rec_path, f"the record at byte {position} continues a record that never began",
+                                 hint="the file is corrupt or was cut at its start; re-pack it")
             position += 8 + length + (4 - length % 4) % 4
             if cflag in (0, 3):
                 spans.append(RecordSpan(len(spans), start, position - start))
+                start = None
             handle.seek(position)
     if position != rec_size:
         raise InputError(rec_path, f"the last record runs past the end of the file ({rec_size} bytes)")

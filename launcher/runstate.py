@@ -47,7 +47,7 @@ def latest_checkpoint(run_dir: str) -> Checkpoint | None:
         try:
             with open(path, encoding="utf-8") as handle:
                 marker = json.load(handle)
-        except (ValueError, OSError):
+        except (ValueError, OSError, RecursionError):
             continue
         if match and isinstance(marker, dict) and isinstance(marker.get("record"), dict):
             markers[int(match.group(1))] = marker  # anything else is not a marker this launcher wrote

@@ -1,4 +1,4 @@
-"""Put a plan's files on its hosts, and bring worker 0's results back.
+"""Put a plan's files on its hosts (``launcher.fetch`` brings worker 0's results back).
 
 Per host, one ``ssh HOST python -c RECEIVER`` first answers which of the offered
 content-addressed files it already holds, then reads a stream of framed files: for each
@@ -32,12 +32,13 @@ import os
 import shlex
 import stat
 import struct
-import tarfile
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from cluster.errors import JobFailed
+from cluster.lines import SilenceWatch, ended_tail
 from cluster.srun import RemoteHost
 from cluster.ssh import on_hosts
 from launcher.plan import Transfer
@@ -230,26 +231,35 @@ def _frame(header: dict) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+HASH_RATE = 100 << 20  # bytes a host checks per second, at the least: its silence while it hashes is allowed
+
+
 def stage_host(host: RemoteHost, transfers: Sequence[Transfer], *, root: str, python: str,
-               progress: Callable[[str, int, int], None], progress_every_s: float = 0.5) -> HostStaging:
+               progress: Callable[[str, int, int], None], progress_every_s: float = 0.5,
+               silence_s: float = 60.0) -> HostStaging:
     """Send the host what it lacks: content-addressed files once, run files always.
 
     One SSH connection does both: the receiver first answers which of the offered
-    content-addressed files it has, then reads the missing ones.
+    content-addressed files it has, then reads the missing ones. A host that sends or takes
+    nothing for ``silence_s`` (plus the time to hash its largest file) fails the copy, named.
     """
     started = time.monotonic()
     missing: list[Transfer] = []
     sent = [0]
     last_report = [started]
+    largest = max((os.path.getsize(t.source) for t in transfers), default=0)
+    proc = host.stream_to(shlex.join([python, "-c", _RECEIVER, root]))
+    watch = SilenceWatch(proc, silence_s=silence_s + largest / HASH_RATE)
 
     def on_bytes(count: int) -> None:
+        watch.progress()
         sent[0] += count
         now = time.monotonic()
         if now - last_report[0] >= progress_every_s and total:
             last_report[0] = now
             progress(host.label, sent[0], total)
 
-    proc = host.stream_to(shlex.join([python, "-c", _RECEIVER, root]))
+    total = 0
     try:
         present = _ask_present(proc, [t.dest for t in transfers if t.kind != "run"])
         if present is not None:  # else the receiver died: its exit code and stderr say why, below
@@ -260,12 +270,17 @@ def stage_host(host: RemoteHost, transfers: Sequence[Transfer], *, root: str, py
                 progress(host.label, total, total)
     except BaseException:
         proc.kill()
-        proc.communicate()
+        proc.wait()
         raise
-    _, err = proc.communicate()  # closes stdin: the receiver sees the end of the stream
-    if present is None or proc.returncode != 0:
+    finally:
+        watch.stop()
+    code = _receiver_exit(proc, after_s=silence_s + total / HASH_RATE)
+    if watch.expired or code is None:
+        raise JobFailed(f"{host.label}: the host stopped answering while its files were copied (nothing for "
+                        f"{silence_s:.0f} s; cluster.host_silence_s)")
+    if present is None or code != 0:
         raise JobFailed(f"{host.label}: copying {len(missing) or len(transfers)} files failed "
-                        f"(exit {proc.returncode}): {err.decode(errors='replace').strip()[-400:]}")
+                        f"(exit {code}): {ended_tail(proc.stderr)[-400:]}")
     kept = [t for t in transfers if t not in missing]
     return HostStaging(host.label, len(missing), sent[0],
                        sum(os.path.getsize(t.source) for t in missing if t.kind == "data"),
@@ -273,14 +288,49 @@ def stage_host(host: RemoteHost, transfers: Sequence[Transfer], *, root: str, py
                        len(kept), sum(os.path.getsize(t.source) for t in kept), time.monotonic() - started)
 
 
-def _ask_present(proc, dests: Sequence[str]) -> set[str] | None:
-    """Offer the receiver ``dests``; it answers with those it already holds (None: it died first)."""
+def _receiver_exit(proc, *, after_s: float) -> int | None:
+    """The receiver's exit code once it has checked and placed every file, or None (it was killed) if it takes
+    longer than ``after_s``. Its stdin is closed first: the end of the stream."""
     try:
-        proc.stdin.write(_frame({"offer": list(dests)}))
-        answer = proc.stdout.readline()
+        proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        return proc.wait(timeout=after_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+def _ask_present(proc, dests: Sequence[str]) -> set[str] | None:
+    """Offer the receiver ``dests``; it answers with those it already holds (None: it died first, or answered
+    with more than an offer's worth of bytes, or nothing parseable)."""
+    offer = _frame({"offer": list(dests)})
+    try:
+        proc.stdin.write(offer)
     except BrokenPipeError:
         return None
-    return set(json.loads(answer)["present"]) if answer else None
+    answer = _line_of_at_most(proc.stdout.fileno(), len(offer) + 1024)
+    try:
+        present = json.loads(answer)["present"] if answer else None
+    except (ValueError, RecursionError, TypeError, KeyError):
+        return None
+    return set(present) & set(dests) if isinstance(present, list) and all(isinstance(d, str) for d in present) \
+        else None
+
+
+def _line_of_at_most(fd: int, limit: int) -> bytes:
+    """One line from ``fd`` (without reading past it), or b"" at its end or past ``limit`` bytes."""
+    line = bytearray()
+    while len(line) <= limit:
+        byte = os.read(fd, 1)
+        if not byte:
+            return b""
+        if byte == b"\n":
+            return bytes(line)
+        line += byte
+    return b""
 
 
 def _send(proc, transfers: Sequence[Transfer], *, on_bytes: Callable[[int], None]) -> None:
@@ -314,15 +364,16 @@ def _send(proc, transfers: Sequence[Transfer], *, on_bytes: Callable[[int], None
 
 
 def stage_all(hosts: Mapping[str, RemoteHost], transfers: Sequence[Transfer], *, root_of: Callable[[str], str],
-              python_of: Callable[[str], str], progress: Callable[[str, int, int], None]) -> list[HostStaging]:
+              python_of: Callable[[str], str], progress: Callable[[str, int, int], None],
+              silence_s: float = 60.0) -> list[HostStaging]:
     """Stage every host in parallel, ``HOSTS_AT_ONCE`` at a time; one report per host in the order of the
     transfers. Raises JobFailed naming each host that failed (every host is tried)."""
     labels = list(dict.fromkeys(t.host for t in transfers))
 
     def one(label: str) -> HostStaging | str:
         try:
-            return stage_host(hosts[label], [t for t in transfers if t.host == label],
-                              root=root_of(label), python=python_of(label), progress=progress)
+            return stage_host(hosts[label], [t for t in transfers if t.host == label], root=root_of(label),
+                              python=python_of(label), progress=progress, silence_s=silence_s)
         except Exception as err:  # reported below, one line per host
             text = " ".join(str(err).split())  # ssh's stderr may span lines
             return text[len(label) + 2:] if text.startswith(f"{label}: ") else text
@@ -332,14 +383,3 @@ def stage_all(hosts: Mapping[str, RemoteHost], transfers: Sequence[Transfer], *,
     if errors:
         raise JobFailed("staging failed:\n" + "\n".join(f"  {label}: {text}" for label, text in errors))
     return outcomes
-
-
-def fetch_dir(host: RemoteHost, remote_dir: str, local_dir: str, *, names: Sequence[str] = (".",)) -> None:
-    """Copy a folder (or the files ``names`` in it) from the host in one tar stream."""
-    os.makedirs(local_dir, exist_ok=True)
-    proc = host.stream_from(shlex.join(["tar", "-cf", "-", "-C", remote_dir, "--", *names]))
-    with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-        tar.extractall(local_dir, filter="data")
-    _, err = proc.communicate()
-    if proc.returncode != 0:
-        raise JobFailed(f"{host.label}: could not fetch {remote_dir}: {err.decode(errors='replace').strip()[-300:]}")

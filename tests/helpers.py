@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import copy
-import re
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +34,27 @@ def demo_job(assets_dir: str, **sections) -> dict:
         else:
             job[key] = value
     return job
+
+
+JOINED = '    events.emit("joined", index=cfg.index, rank=rank, num_workers=num_workers, ' \
+         'join_s=round(time.time() - started, 2))\n'
+
+
+def altered_worker_copy(root, *, after_joining: str, appended: str) -> str:
+    """ROOT/code: mxft's packages, with a worker that runs ``after_joining`` (indented lines) right after it says it
+    joined ps-lite and has ``appended`` at the end of trainer/worker.py (what those lines call). For the tests of a
+    worker that lies, floods or breaks: run the launcher with PYTHONPATH set to the returned folder."""
+    code = os.path.join(str(root), "code")
+    for package in ("launcher", "cluster", "trainer"):
+        shutil.copytree(os.path.join(REPO, package), os.path.join(code, package),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    worker = os.path.join(code, "trainer", "worker.py")
+    with open(worker, encoding="utf-8") as handle:
+        text = handle.read()
+    assert JOINED in text, "trainer/worker.py no longer says it joined as the altered copies expect"
+    with open(worker, "w", encoding="utf-8") as handle:
+        handle.write(text.replace(JOINED, JOINED + after_joining) + appended)
+    return code
 
 
 def write_job(path, job: dict) -> str:
@@ -66,6 +89,16 @@ def wait_gone(run_id: str, timeout_s: float = 10.0) -> list[psutil.Process]:
             return []
         time.sleep(0.1)
     return processes_of_run(run_id)
+
+
+def wait_until(condition, *, what: str, timeout_s: float = 60.0, every_s: float = 0.05) -> None:
+    """Return once ``condition()`` is true; fail naming ``what`` if it is not within ``timeout_s`` (a bound for a
+    hang, far above the usual wait: tests wait on conditions, never on the clock)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout_s:.0f} s for {what}")
+        time.sleep(every_s)
 
 
 def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
@@ -126,3 +159,77 @@ def assert_dry_run_is_the_plan(dry_stdout: str, run_dir: str) -> None:
     with open(os.path.join(run_dir, "plan.txt"), encoding="utf-8") as handle:
         saved = handle.read()
     assert plan_lines(dry_stdout, dry_id) == plan_lines(saved, os.path.basename(run_dir))
+
+
+# --------------------------------------------------------------------------- namespace hosts (tests.netns)
+
+def python_field() -> str:
+    return f"python={sys.executable}"
+
+
+def hosts_file(cluster, tmp_path, *, extra=None) -> str:
+    """TMP_PATH/hosts.txt naming ``cluster``'s namespace hosts, each with this Python (``extra``: more fields)."""
+    fields = {h.name: python_field() for h in cluster.hosts}
+    fields.update(extra or {})
+    return cluster.hosts_file(str(tmp_path / "hosts.txt"), extra=fields)
+
+
+def ssh_args(cluster, hosts: str, *, remote_dir: str = "/srv/mxft-host") -> list[str]:
+    """The options that reach ``cluster``'s namespace hosts over SSH, with their private work folder (a test that
+    leaves odd files there gives a folder of its own below it)."""
+    return ["--hosts", hosts, "--ssh-config", cluster.ssh_config, "--remote-dir", remote_dir]
+
+
+def run_processes(cluster, run_id: str) -> dict[str, list[int]]:
+    """Processes of ``run_id`` on each namespace host, found inside each host's namespace."""
+    found = {}
+    for host in cluster.hosts:
+        pids = []
+        for pid in host.pids():
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    if f"MXFT_RUN_ID={run_id}".encode() in handle.read().split(b"\0"):
+                        pids.append(pid)
+            except OSError:
+                continue
+        found[host.name] = pids
+    return found
+
+
+def no_processes_left(cluster, run_id: str, timeout_s: float = 10.0) -> dict[str, list[int]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = {name: pids for name, pids in run_processes(cluster, run_id).items() if pids}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def launch_bad(cluster, tmp_path, hosts: str, job: str, *, ssh_config: str | None = None) -> str:
+    """A launch on the namespace hosts that must be refused as bad input before anything starts: its one line."""
+    before = {h.name: sorted(os.listdir(h.work_dir)) for h in cluster.hosts}
+    args = ["--hosts", hosts, "--ssh-config", ssh_config or cluster.ssh_config, "--remote-dir", "/srv/mxft-host"]
+    result = run_launch(args + [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path), timeout_s=60)
+    assert result.returncode == 2, result.stdout + result.stderr  # within run_launch's 60 s: no hang
+    assert "Traceback" not in result.stderr and "[mxft] run " not in result.stdout
+    assert not (tmp_path / "runs").exists()
+    assert {h.name: sorted(os.listdir(h.work_dir)) for h in cluster.hosts} == before  # nothing staged
+    for host in cluster.hosts:  # only sshd runs there
+        names = {open(f"/proc/{pid}/comm").read().strip() for pid in host.pids() if os.path.exists(f"/proc/{pid}")}
+        assert names <= {"sshd", "unshare", "sh"}, names
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+# --------------------------------------------------------------------------- command mode
+
+PROGRAM_DIR = os.path.join(REPO, "tests", "programs")
+
+
+# What must reach every worker unchanged: spaces, both quotes, $HOME, a backtick, a glob, an empty word.
+WORDS = ["a b", "it's", '"quoted"', "$HOME", "`id`", "*", ""]
+
+
+def check_argv(*extra: str) -> list[str]:
+    return ["python", "pslite_check.py", *extra, "--expect-json", json.dumps(WORDS), "--", *WORDS]

@@ -73,19 +73,52 @@ def _kill_processes(host: NetnsHost) -> None:
         time.sleep(0.3)
 
 
-def down(count: int = 16) -> None:
-    """Remove every trace of earlier hosts: processes, sockets, links, namespaces, files."""
-    for i in range(1, count + 1):
-        namespace = f"mxft-h{i}"
-        if not os.path.exists(f"/run/netns/{namespace}"):
+def namespaces() -> list[str]:
+    """The namespace hosts that exist now (``mxft-h*``), whoever made them: this run or one killed earlier."""
+    out = _sh("ip", "netns", "list", check=False).stdout
+    return sorted(word for word in (line.split()[0] for line in out.splitlines() if line.split())
+                  if word.startswith("mxft-h") and word[6:].isdigit())
+
+
+def pids_by_namespace() -> dict[str, list[int]]:
+    return {namespace: [int(pid) for pid in _sh("ip", "netns", "pids", namespace, check=False).stdout.split()]
+            for namespace in namespaces()}
+
+
+def _links(prefix: str) -> list[str]:
+    """This machine's network links whose names start with ``prefix`` (``mxv-h3@if2`` is ``mxv-h3``)."""
+    out = _sh("ip", "-o", "link", "show", check=False).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.count(":") >= 2]
+    return [name for name in names if name.startswith(prefix)]
+
+
+def _kill_strays() -> None:
+    """sshd processes of earlier hosts that outlived their namespace (a teardown killed halfway): found by the
+    configuration file under STATE_DIR on their command line."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
             continue
-        _kill_processes(NetnsHost(f"h{i}", namespace, f"{SUBNET}.{10 + i}", ""))
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if f"{STATE_DIR}/".encode() in handle.read():
+                    os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+def down() -> None:
+    """Remove every trace of earlier hosts, this run's or a killed run's: processes, sockets, links, namespaces,
+    bridges, files. Finds them by name rather than by count, and waits on nothing that may not be there."""
+    for namespace in namespaces():
+        _kill_processes(NetnsHost(namespace[5:], namespace, "", ""))
+    _kill_strays()
     _sh("ss", "-K", "dst", f"{SUBNET}.0/24", check=False)
-    for i in range(1, count + 1):
-        _sh("ip", "link", "del", f"mxv-h{i}", check=False)
-        _sh("ip", "netns", "del", f"mxft-h{i}", check=False)
-    _sh("ip", "link", "del", BRIDGE, check=False)
-    remove_network(count)
+    for link in _links("mxv-h") + _links("mxw-h"):
+        _sh("ip", "link", "del", link, check=False)
+    for namespace in namespaces():
+        _sh("ip", "netns", "del", namespace, check=False)
+    for bridge in (BRIDGE, TRAINING_BRIDGE):
+        _sh("ip", "link", "del", bridge, check=False)
     shutil.rmtree(STATE_DIR, ignore_errors=True)
 
 
@@ -130,10 +163,10 @@ def link_bytes(cluster: "NetnsCluster") -> dict[str, tuple[int, int]]:
     return out
 
 
-def remove_network(count: int = 16) -> None:
+def remove_network() -> None:
     """Undo ``add_network``."""
-    for i in range(1, count + 1):
-        _sh("ip", "link", "del", f"mxw-h{i}", check=False)
+    for link in _links("mxw-h"):
+        _sh("ip", "link", "del", link, check=False)
     _sh("ip", "link", "del", TRAINING_BRIDGE, check=False)
 
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import time
+
+import psutil
 
 from tests import netns
 
@@ -48,14 +50,37 @@ def _config(cluster: netns.NetnsCluster) -> str:
             "PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n")
 
 
+# munged refuses folders whose modes it does not trust, and its clients need to traverse /run/munge: each is made
+# with its mode set explicitly, whatever the umask of the process that makes it (a test's may be 0077).
+MUNGE_FOLDERS = (("/etc/munge", 0o700), ("/run/munge", 0o755), ("/var/log/munge", 0o700), ("/var/lib/munge", 0o700))
+MUNGE_KEY = "/etc/munge/munge.key"
+
+
+def _munge_answers() -> bool:
+    return subprocess.run("munge -n | unmunge", shell=True, capture_output=True, timeout=10).returncode == 0
+
+
 def _start_munge() -> None:
-    """munged with the packaged key, unless it already answers."""
-    if subprocess.run("munge -n | unmunge", shell=True, capture_output=True).returncode == 0:
+    """munged with the machine's key (made if the package left none), unless one already answers. A munged killed
+    earlier may have left its socket and pid file: --force takes them over."""
+    if _munge_answers():
         return
-    for folder in ("/run/munge", "/var/log/munge", "/var/lib/munge"):
+    for folder, mode in MUNGE_FOLDERS:
         os.makedirs(folder, exist_ok=True)
-        subprocess.run(["chown", "munge:munge", folder], check=True)
-    subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+        os.chmod(folder, mode)
+        shutil.chown(folder, "munge", "munge")
+    if not os.path.isfile(MUNGE_KEY) or os.path.getsize(MUNGE_KEY) == 0:
+        with open(os.open(MUNGE_KEY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400), "wb") as handle:
+            handle.write(os.urandom(1024))
+        os.chmod(MUNGE_KEY, 0o400)
+        shutil.chown(MUNGE_KEY, "munge", "munge")
+    subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged", "--force"], check=True, capture_output=True,
+                   timeout=30)
+    deadline = time.monotonic() + 10
+    while not _munge_answers():
+        if time.monotonic() > deadline:
+            raise RuntimeError("munged started but 'munge -n | unmunge' fails: see /var/log/munge/munged.log")
+        time.sleep(0.1)
 
 
 def _start_slurmd(host: netns.NetnsHost) -> None:
@@ -98,21 +123,46 @@ def up(cluster: netns.NetnsCluster) -> SlurmCluster:
     return slurm
 
 
+def _our_daemons() -> list[psutil.Process]:
+    """slurmctld and every slurmd started with this configuration, and whatever runs in a job step of theirs: found
+    by their command lines and process trees, not by pid files that a killed run may have left stale."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if proc.info["name"] in ("slurmctld", "slurmd") and CONF in (proc.info["cmdline"] or []):
+            found.append(proc)
+        elif proc.info["name"] == "slurmstepd" and _in_a_namespace_host(proc.pid):
+            found.append(proc)
+    return found
+
+
+def _in_a_namespace_host(pid: int) -> bool:
+    return any(pid in host_pids for host_pids in netns.pids_by_namespace().values())
+
+
 def down() -> None:
-    """Cancel every job, stop slurmctld and every slurmd of an earlier ``up``, remove their state."""
-    if not os.path.exists(CONF):
-        return
-    subprocess.run(["scancel", "--full", "--user=root"], env=dict(os.environ, SLURM_CONF=CONF),
-                   capture_output=True, timeout=10)
-    for name in sorted(os.listdir(STATE)):
-        if name.endswith(".pid"):
-            try:
-                with open(os.path.join(STATE, name), encoding="ascii") as handle:
-                    os.kill(int(handle.read().strip()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-    time.sleep(0.3)
-    subprocess.run(["rm", "-rf", STATE], check=False)
+    """Stop slurmctld, every slurmd of an earlier ``up`` and their job steps, and remove their state, whatever a
+    killed run left: a stale configuration with no controller to answer is not waited on."""
+    daemons = _our_daemons()
+    if any(proc.name() == "slurmctld" for proc in daemons):
+        try:
+            subprocess.run(["scancel", "--full", "--user=root"], env=dict(os.environ, SLURM_CONF=CONF),
+                           capture_output=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in daemons + [child for proc in daemons for child in _children(proc)]:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(daemons, timeout=5)
+    shutil.rmtree(STATE, ignore_errors=True)
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 if __name__ == "__main__":

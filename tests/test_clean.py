@@ -243,7 +243,7 @@ def test_clean_on_a_host_keeps_the_running_run_and_frees_the_rest(hosts3, tmp_pa
     from cluster.hosts import HostSpec
     from cluster.ssh import SSHHost, SSHOptions
     from tests.helpers import REPO, run_launch
-    from tests.test_multihost import python_field
+    from tests.helpers import python_field
     h1, remote = hosts3.hosts[0], "/srv/mxft-host/clean-test"
     root = pathlib.Path(h1.work_dir) / "clean-test"  # the same folder, seen from here
     make_run(root, "done", data_keys=["k-done"], host_root=remote)

@@ -15,16 +15,9 @@ from launcher.cli import is_command_mode, parse_command_args
 from launcher.command import parse_env, sync_files
 from launcher.jobspec import CommandSpec, parse_job
 from launcher.plan import Facts, HostFacts, Role, Transfer, make_plan
-from tests.helpers import REPO, run_id_from, run_launch, wait_gone, write_job
+from tests.helpers import PROGRAM_DIR, check_argv, run_id_from, run_launch, wait_gone, write_job
 
-PROGRAM_DIR = os.path.join(REPO, "tests", "programs")
 # What must reach every worker unchanged: spaces, both quotes, $HOME, a backtick, a glob, an empty word.
-WORDS = ["a b", "it's", '"quoted"', "$HOME", "`id`", "*", ""]
-
-
-def check_argv(*extra: str) -> list[str]:
-    return ["python", "pslite_check.py", *extra, "--expect-json", json.dumps(WORDS), "--", *WORDS]
-
 
 # --------------------------------------------------------------------------- pure logic
 
@@ -180,7 +173,7 @@ def test_command_job_file_runs_the_program(tmp_path):
 
 @pslite
 def test_pslite_program_across_three_hosts(hosts3, tmp_path):
-    from tests.test_multihost import hosts_file, no_processes_left, ssh_args
+    from tests.helpers import hosts_file, no_processes_left, ssh_args
     hosts = hosts_file(hosts3, tmp_path)
     args = ssh_args(hosts3, hosts) + ["-n", "3", "-s", "2", "--sync-dir", "/srv/mxft-host/job",
                                       "--env-worker", "MXFT_CHECK=w", "--run-root", str(tmp_path / "runs")]
@@ -211,7 +204,7 @@ def test_sixteen_processes_on_one_host_under_sshds_default_limits(hosts3, tmp_pa
     import threading
 
     from tests import netns
-    from tests.test_multihost import no_processes_left, python_field, ssh_args
+    from tests.helpers import no_processes_left, python_field, ssh_args
     host = netns.add_host(hosts3, stock_limits=True)
     most, done_sampling = [0], threading.Event()
 
@@ -244,7 +237,7 @@ def test_sixteen_processes_on_one_host_under_sshds_default_limits(hosts3, tmp_pa
 @pslite
 def test_slurm_allocation_hosts_over_ssh(hosts3, tmp_path):
     """Inside an allocation (SLURM_* set as sbatch would), no --hosts: the node list's hosts are used."""
-    from tests.test_multihost import no_processes_left
+    from tests.helpers import no_processes_left
     slurm = {"SLURM_JOB_NODELIST": "10.231.77.[11-13]", "SLURM_TASKS_PER_NODE": "1(x3)"}
     args = ["--ssh-config", hosts3.ssh_config, "--remote-dir", "/srv/mxft-host", "--run-root", str(tmp_path),
             "-n", "3", "-s", "1", "--sync-dir", "/srv/mxft-host/job", "--", *check_argv()]

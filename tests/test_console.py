@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 import yaml
@@ -23,7 +22,7 @@ from launcher.jobspec import parse_job
 from launcher.plan import make_plan
 from launcher.status import runs_lines
 from tests.helpers import REPO, run_id_from, run_launch
-from tests.test_plan import FACTS, JOB, inventory
+from tests.plan_literals import FACTS, JOB, inventory
 from trainer import events
 from trainer.probe import probe_scheduler
 
@@ -76,27 +75,37 @@ def test_terminal_gets_a_bar_and_lines_above_it():
     assert text.rstrip().endswith("100 images/s; 0:00")  # the last epoch: no time left to estimate
 
 
-def test_scheduler_probe_waits_quietly_and_reports_as_events(capsys):
+def test_scheduler_probe_waits_quietly_and_reports_as_events(capsys, monkeypatch):
     """A scheduler slow to start is normal: nothing on stderr, events for the launcher (which words it as a wait)."""
     with socket.socket() as reserved:
         reserved.bind(("127.0.0.1", 0))
         port = reserved.getsockname()[1]
-    os.environ.update(DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT=str(port))
+    monkeypatch.setenv("DMLC_PS_ROOT_URI", "127.0.0.1")
+    monkeypatch.setenv("DMLC_PS_ROOT_PORT", str(port))
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    waited_twice = threading.Event()  # the scheduler comes up once the probe has said both of its waits
+    unreachable: list[str] = []
+    emit = events.emit
 
-    def listen_later():
-        time.sleep(0.6)
-        listener.bind(("127.0.0.1", port))
-        listener.listen()
+    def emit_and_count(kind: str, **fields) -> None:
+        emit(kind, **fields)
+        if kind == "scheduler_unreachable":
+            unreachable.append(kind)
+            if len(unreachable) == 2:
+                waited_twice.set()
 
-    threading.Thread(target=listen_later, daemon=True).start()
+    def listen_once_waited_twice():
+        if waited_twice.wait(timeout=60):
+            listener.bind(("127.0.0.1", port))
+            listener.listen()
+
+    monkeypatch.setattr(events, "emit", emit_and_count)
+    threading.Thread(target=listen_once_waited_twice, daemon=True).start()
     try:
         probe_scheduler(retry_s=0.05, report_after_s=0.1, wait_note_after_s=0.3)
     finally:
         listener.close()
-        for name in ("DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT"):
-            os.environ.pop(name)
     captured = capsys.readouterr()
     assert captured.err == ""
     said = [events.parse(line) for line in captured.out.splitlines()]

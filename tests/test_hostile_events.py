@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import REPO, demo_job, write_job
+from tests.helpers import altered_worker_copy, demo_job, write_job
 
 pytestmark = pytest.mark.integration
 
@@ -55,17 +54,8 @@ def _write_result(cfg, *args, **kwargs):
 
 def lying_copy(root, victim: str) -> str:
     """mxft's packages, with a worker 0 that lies."""
-    code = root / "code"
-    for package in ("launcher", "cluster", "trainer"):
-        shutil.copytree(os.path.join(REPO, package), code / package, ignore=shutil.ignore_patterns("__pycache__"))
-    worker = code / "trainer" / "worker.py"
-    text = worker.read_text()
-    joined = '    events.emit("joined", index=cfg.index, rank=rank, num_workers=num_workers, ' \
-             'join_s=round(time.time() - started, 2))\n'
-    assert joined in text
-    text = text.replace(joined, joined + "    if cfg.index == 0:\n        _lie(cfg)\n")
-    worker.write_text(text + LIES.format(victim=victim))
-    return str(code)
+    return altered_worker_copy(root, after_joining="    if cfg.index == 0:\n        _lie(cfg)\n",
+                               appended=LIES.format(victim=victim))
 
 
 def snapshot(root, skip: str) -> dict[str, tuple[str, str]]:
@@ -96,7 +86,7 @@ def test_a_lying_worker_changes_nothing_outside_the_run_folder(tmp_path, demo_as
                           env=dict(os.environ, PYTHONPATH=code), capture_output=True, text=True, timeout=240)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr
     assert "worker 0's result.json names the checkpoint" in done.stderr.splitlines()[0], done.stderr
-    assert "ignored a checkpoint event of worker 0 naming epoch 1000000" in done.stdout
+    assert "ignored an event of worker 0 on localhost: epoch 1000000 is not a number in its range" in done.stdout
     assert "is not a regular file (a link or a folder); not taken" in done.stdout, done.stdout[-3000:]
     assert snapshot(str(tmp_path), str(runs)) == before
     assert victim.read_text() == "precious"

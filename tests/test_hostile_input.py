@@ -408,7 +408,7 @@ def test_a_torn_last_event_line_is_skipped(tmp_path):
 
 def test_trainer_processes_ignore_a_trainer_folder_where_they_start(tmp_path):
     """PYTHONSAFEPATH (in every recipe process's env): ``-m trainer`` finds mxft's, not the launch folder's."""
-    from tests.test_plan import FACTS, JOB as PLAN_JOB, inventory
+    from tests.plan_literals import FACTS, JOB as PLAN_JOB, inventory
     from launcher.plan import make_plan
     from tests.helpers import REPO
     (tmp_path / "trainer").mkdir()

@@ -207,26 +207,30 @@ def test_a_new_key_needs_one_declaration():
     from cluster.hosts import HostSpec
     from launcher.jobspec import _int, key, section
     from launcher.plan import make_plan
-    from tests.test_plan import FACTS, inventory
+    from tests.plan_literals import FACTS, inventory
+
+    assert "cooldown_epochs" not in {field.name for field in dataclasses.fields(TrainSpec)}  # new to the schema
+    with pytest.raises(InputError, match="unknown key 'cooldown_epochs' in train"):
+        parse_job(MINIMAL + "train: {cooldown_epochs: 2}\n", "/jobs/x.yaml", environ={})
 
     @dataclasses.dataclass(frozen=True)
-    class WarmTrain(TrainSpec):
-        warmup_epochs: int = key(0, check=_int(0), help="epochs of linear warm-up")
+    class CoolTrain(TrainSpec):
+        cooldown_epochs: int = key(0, check=_int(0), help="epochs at the last learning rate")
 
     @dataclasses.dataclass(frozen=True)
-    class WarmJob(JobSpec):
-        train: WarmTrain = section(WarmTrain, help="the training recipe")
+    class CoolJob(JobSpec):
+        train: CoolTrain = section(CoolTrain, help="the training recipe")
 
-    text = MINIMAL + "train: {warmup_epochs: 2}\ncluster: {devices: cpu}\n"
-    job = parse_job(text, "/jobs/x.yaml", environ={}, schema=WarmJob)
-    assert job.train.warmup_epochs == 2
-    assert parse_job(MINIMAL, "/jobs/x.yaml", environ={}, schema=WarmJob).train.warmup_epochs == 0
-    with pytest.raises(InputError, match="unknown key 'warmup_epoch' in train; did you mean 'warmup_epochs'"):
-        parse_job(MINIMAL + "train: {warmup_epoch: 2}\n", "/jobs/x.yaml", environ={}, schema=WarmJob)
-    assert job.to_job_dict()["train"]["warmup_epochs"] == 2
-    assert parse_job(yaml.safe_dump(job.to_job_dict()), job.source, environ={}, schema=WarmJob) == job
+    text = MINIMAL + "train: {cooldown_epochs: 2}\ncluster: {devices: cpu}\n"
+    job = parse_job(text, "/jobs/x.yaml", environ={}, schema=CoolJob)
+    assert job.train.cooldown_epochs == 2
+    assert parse_job(MINIMAL, "/jobs/x.yaml", environ={}, schema=CoolJob).train.cooldown_epochs == 0
+    with pytest.raises(InputError, match="unknown key 'cooldown_epoch' in train; did you mean 'cooldown_epochs'"):
+        parse_job(MINIMAL + "train: {cooldown_epoch: 2}\n", "/jobs/x.yaml", environ={}, schema=CoolJob)
+    assert job.to_job_dict()["train"]["cooldown_epochs"] == 2
+    assert parse_job(yaml.safe_dump(job.to_job_dict()), job.source, environ={}, schema=CoolJob) == job
     plan = make_plan(job, [HostSpec("localhost")], FACTS, inventory=inventory())
-    assert {w.train["warmup_epochs"] for w in plan.recipe.workers} == {2}
+    assert {w.train["cooldown_epochs"] for w in plan.recipe.workers} == {2}
 
 
 def test_an_empty_mapping_value_survives_the_round_trip():

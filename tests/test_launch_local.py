@@ -7,7 +7,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import time
 
 import mxnet as mx
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 
 from launcher import recfile
 from tests.helpers import (CACHE_DIR, LAUNCH, REPO, demo_job, processes_of_run, run_id_from, run_launch, start_launch,
-                           tensorboard_scalars, wait_gone, write_job)
+                           tensorboard_scalars, wait_gone, wait_until, write_job)
 
 pytestmark = pytest.mark.integration
 
@@ -63,17 +62,18 @@ def checkpoint_correct(run_dir: str, demo_assets: str, epoch: int) -> int:
     pre-activation ResNet wrongly (0.43 instead of 0.64 once); the trainer evaluates on the
     training-bound module, which they do not touch. Loading for inference needs them off.
     """
-    os.environ["MXNET_SUBGRAPH_BACKEND"] = "NONE"
-    sym, args, aux = mx.model.load_checkpoint(os.path.join(run_dir, "checkpoint", "demo"), epoch)
-    mod = mx.mod.Module(sym, context=mx.cpu())
-    val = mx.io.ImageRecordIter(path_imgrec=os.path.join(demo_assets, "digits5to9-val.rec"), data_shape=(3, 28, 28),
-                                batch_size=846, preprocess_threads=1)
-    mod.bind(data_shapes=val.provide_data, label_shapes=val.provide_label, for_training=False)
-    mod.set_params(args, aux)
-    batch = next(iter(val))
-    mod.forward(batch, is_train=False)
-    predicted = mod.get_outputs()[0].asnumpy().argmax(axis=1)
-    return int((predicted == batch.label[0].asnumpy()).sum())
+    with pytest.MonkeyPatch.context() as patch:  # for this evaluation only
+        patch.setenv("MXNET_SUBGRAPH_BACKEND", "NONE")
+        sym, args, aux = mx.model.load_checkpoint(os.path.join(run_dir, "checkpoint", "demo"), epoch)
+        mod = mx.mod.Module(sym, context=mx.cpu())
+        val = mx.io.ImageRecordIter(path_imgrec=os.path.join(demo_assets, "digits5to9-val.rec"),
+                                    data_shape=(3, 28, 28), batch_size=846, preprocess_threads=1)
+        mod.bind(data_shapes=val.provide_data, label_shapes=val.provide_label, for_training=False)
+        mod.set_params(args, aux)
+        batch = next(iter(val))
+        mod.forward(batch, is_train=False)
+        predicted = mod.get_outputs()[0].asnumpy().argmax(axis=1)
+        return int((predicted == batch.label[0].asnumpy()).sum())
 
 
 def test_shared_evaluation_scores_what_one_evaluator_scores_with_averaged_statistics(tmp_path, demo_assets):
@@ -166,13 +166,11 @@ def test_killing_a_worker_stops_the_run(tmp_path, demo_assets):
     proc, run_id, _ = start_long_run(tmp_path, demo_assets)
     victim = role_process(run_id, "worker", "worker-1.json")
     victim.kill()
-    killed_at = time.monotonic()
+    # Noticed, not timed out: the run's own progress deadline is 30 minutes away, this wait is 60 s.
     _, stderr = proc.communicate(timeout=60)
-    took_s = time.monotonic() - killed_at
     assert proc.returncode == 1, stderr
     first = stderr.strip().splitlines()[0]
     assert first.startswith("mxft-launch: job failed: worker 1 on localhost") and "killed by SIGKILL" in first
-    assert took_s < 10, took_s
     assert wait_gone(run_id, timeout_s=2) == []
 
 
@@ -212,13 +210,27 @@ def test_result_accuracy_matches_the_events(tmp_path, demo_assets):
     assert [tag for tag in tensorboard_scalars(run_dir) if "top" in tag] == ["accuracy/train_top3", "accuracy/val_top3"]
 
 
+def epoch_one_seen_from(run_dir: str) -> set[int]:
+    """The workers whose epoch-1 event is in RUN_DIR/events.jsonl so far (a line still being written is skipped)."""
+    seen = set()
+    with open(os.path.join(run_dir, "events.jsonl"), encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "epoch" and event.get("epoch") == 1:
+                seen.add(event["index"])
+    return seen
+
+
 def test_status_of_a_running_then_finished_run(tmp_path, demo_assets):
     job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 12}))  # still running at status
     proc, run_id, _ = start_launch([job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path),
                                    until="epoch 1 done")
     run_dir = str(tmp_path / "runs" / run_id)
     try:
-        time.sleep(1.0)  # both workers' epoch-1 events reach events.jsonl
+        wait_until(lambda: epoch_one_seen_from(run_dir) == {0, 1}, what="both workers' epoch-1 events")
         live = run_launch(["status", run_dir], cwd=str(tmp_path))
         assert live.returncode == 0, live.stderr
         lines = live.stdout.splitlines()

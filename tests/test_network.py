@@ -14,7 +14,7 @@ import pytest
 
 from tests import netns
 from tests.helpers import demo_job, run_id_from, run_launch, write_job
-from tests.test_multihost import hosts_file, launch_bad, no_processes_left, python_field, ssh_args
+from tests.helpers import hosts_file, launch_bad, no_processes_left, python_field, ssh_args
 
 pytestmark = pytest.mark.integration
 

@@ -81,8 +81,8 @@ def _mode(path) -> int:
 
 @pytest.mark.timeout(240)
 def test_remote_processes_get_secrets_on_their_input_and_files_stay_private(hosts3, tmp_path, monkeypatch):
-    from tests.test_command import PROGRAM_DIR, check_argv
-    from tests.test_multihost import hosts_file, no_processes_left, ssh_args
+    from tests.helpers import PROGRAM_DIR, check_argv
+    from tests.helpers import hosts_file, no_processes_left, ssh_args
     monkeypatch.setenv("MXFT_TOKEN", TOKEN)
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     runs = tmp_path / "runs"

@@ -35,22 +35,41 @@ def _die_with_parent() -> None:
 
 
 class Group:
+    """The command in a process group of its own. The command is reaped only after its group was signalled for
+    the last time: until then its pid, which is the group's id, cannot be given to another process, so a signal
+    meant for the group never reaches a stranger that took the number over."""
+
     def __init__(self, argv: list[str]) -> None:
         self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
                                       preexec_fn=_die_with_parent)
-        self._stopping = threading.Lock()
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def exited(self, *, block: bool = False) -> bool:
+        """Whether the command has exited, leaving it unreaped (``block``: wait for that)."""
+        flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+        try:
+            return os.waitid(os.P_PID, self.popen.pid, flags) is not None
+        except ChildProcessError:
+            return True
 
     def stop(self) -> None:
-        if not self._stopping.acquire(blocking=False):
-            return
-        for sig, wait_s in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 0.0)):
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
+        """TERM to the group, KILL to what is left after GRACE_S (a second caller waits for the first)."""
+        with self._lock:
+            if self._stopped:
                 return
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and self.popen.poll() is None:
-                time.sleep(0.05)
+            for sig, wait_s in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 0.0)):
+                try:
+                    os.killpg(self.popen.pid, sig)
+                except ProcessLookupError:
+                    break
+                deadline = time.monotonic() + wait_s
+                while time.monotonic() < deadline and not self.exited():
+                    time.sleep(0.05)
+            self._stopped = True
+
+    def reap(self) -> int:
+        return self.popen.wait()
 
 
 def _watch_stdin(group: Group) -> None:
@@ -98,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: threading.Thread(target=group.stop, daemon=True).start())
     threading.Thread(target=_watch_stdin, args=(group,), daemon=True).start()
-    code = group.popen.wait()
+    group.exited(block=True)
     group.stop()  # anything the command left in its group
+    code = group.reap()
     return 128 - code if code < 0 else code
 
 
