@@ -25,6 +25,7 @@ _HOST = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.-]+|[0-
                    r"(?::(?P<port>[0-9]{1,5}))?$")
 MAX_HOSTS = 10_000    # lines of one hosts file (or nodes of a Slurm allocation)
 MAX_SLOTS = 1024      # slots= of one host
+_LOWEST_ODD_PORT = 100  # HOST:N with N below this (but 22) reads as horovodrun's HOST:SLOTS, and is refused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,13 @@ class HostSpec:
     line: int = 0
     python: str | None = None
     addr: str | None = None        # ps-lite's address on this host (the training network), if not the SSH one
+    source: str = dataclasses.field(default="", compare=False)  # the hosts file it was read from, for messages
+
+    @property
+    def where(self) -> str:
+        """Where a message about this host points: ``hosts.txt:3``, or the host when it came from no file."""
+        return f"{self.source}:{self.line}" if self.source and self.line else f"line {self.line}" if self.line \
+            else self.label
 
     @property
     def is_local(self) -> bool:
@@ -51,6 +59,10 @@ class HostSpec:
 def _parse_line(text: str, where: str, line_no: int) -> HostSpec:
     fields = text.split()
     match = _HOST.match(fields[0])
+    if not match and "@" in fields[0]:
+        user, _, host = fields[0].rpartition("@")
+        raise InputError(where, f"'{fields[0]}': a user goes in a field of its own",
+                         hint=f"write it as '{host} user={user}'")
     if not match:
         raise InputError(where, f"'{fields[0]}' is not a host name or address", hint="expected HOST[:PORT]")
     name = match.group("v6") or match.group("name")
@@ -59,6 +71,10 @@ def _parse_line(text: str, where: str, line_no: int) -> HostSpec:
     port = match.group("port")
     if port is not None and not 0 < int(port) < 65536:
         raise InputError(where, f"port {port} is not in 1-65535")
+    if port is not None and int(port) < _LOWEST_ODD_PORT and int(port) != 22:
+        raise InputError(where, f"'{fields[0]}': SSH port {int(port)}? horovodrun and MPI hostfiles write a "
+                         "host's slots this way", hint=f"write '{name} slots={int(port)}' for {int(port)} "
+                         f"slots, or give the SSH port (22, or {_LOWEST_ODD_PORT} and up)")
     options: dict[str, str] = {}
     for field in fields[1:]:
         key, sep, value = field.partition("=")
@@ -108,7 +124,7 @@ def parse_hosts(text: str, source: str) -> tuple[HostSpec, ...]:
         where = f"{source}:{line_no}"
         if len(hosts) == MAX_HOSTS:
             raise InputError(where, f"more than {MAX_HOSTS} hosts")
-        host = _parse_line(text_part, where, line_no)
+        host = dataclasses.replace(_parse_line(text_part, where, line_no), source=source)
         key = (host.name, host.port)
         if key in seen:
             raise InputError(where, f"host '{host.label}' is already listed on line {seen[key]}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import gc
 import os
 import re
@@ -38,7 +39,10 @@ exit codes:
   0    success
   1    the job failed, or its accuracy is below the job's expect.min_accuracy
   2    bad input (a job file, hosts file, option or host that cannot work); nothing was started
-  130  stopped by Ctrl-C (SIGINT); 143 stopped by SIGTERM (mxft-launch stop)"""
+  130  stopped by Ctrl-C (SIGINT); 143 stopped by SIGTERM (mxft-launch stop);
+  138  stopped by SIGUSR1 (Slurm's warning before a time limit: sbatch --signal=B:USR1@120)"""
+COMMAND_EXIT_CODES = EXIT_CODES.replace(", or its accuracy is below the job's expect.min_accuracy",
+                                        " (a process exited non-zero, was killed or its host was lost)")
 
 OVERVIEW = f"""\
 usage: mxft-launch [launch] JOB [options]          fine-tune: run a job file
@@ -195,7 +199,7 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
                     "servers and workers, on this machine or the hosts of a hosts file, with the options of\n"
                     "MXNet's tools/launch.py. Every process's output is shown, prefixed with its role and rank.",
         epilog="example:\n  mxft-launch -H hosts.txt -n 2 -s 2 --sync-dir ~/job -- python train.py --epochs 4"
-               f"\n\n{EXIT_CODES}", formatter_class=argparse.RawDescriptionHelpFormatter)
+               f"\n\n{COMMAND_EXIT_CODES}", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--num-workers", type=int, required=True, help="number of workers")
     parser.add_argument("-s", "--num-servers", type=int, help="number of servers (default: as many as workers)")
     parser.add_argument("-H", "--hostfile", "--hosts", dest="hosts", metavar="FILE",
@@ -279,14 +283,13 @@ def _report(plan: Plan, result: dict) -> int:
           f"{result['checkpoint']['epoch']:04d}.params, logs/")
     for line in summary_table(plan, result):
         _echo(line)
-    code = EXIT_OK
-    if plan.recipe.job.expect.min_accuracy is not None and accuracy < plan.recipe.job.expect.min_accuracy:
-        print(f"mxft-launch: job failed: validation accuracy {accuracy:.4f} is below expect.min_accuracy "
-              f"{plan.recipe.job.expect.min_accuracy} ({plan.recipe.job.source})", file=sys.stderr, flush=True)
-        code = EXIT_FAILED
     topk = f", {top.replace('val_', '')} {result[top]:.4f}" if top else ""
     _echo(f"validation accuracy: {accuracy:.4f}{topk} ({result['val_images']} images, {_evaluated_by(plan)})")
-    return code
+    if plan.recipe.job.expect.min_accuracy is not None and accuracy < plan.recipe.job.expect.min_accuracy:
+        _say_error(f"mxft-launch: job failed: validation accuracy {accuracy:.4f} is below expect.min_accuracy "
+                   f"{plan.recipe.job.expect.min_accuracy} ({plan.recipe.job.source})")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _evaluated_by(plan: Plan) -> str:
@@ -354,9 +357,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        if argv[:1] == ["help"] and argv[1:2] and argv[1] in (*TOOLS, "launch", "command"):
+            return _main([argv[1], "--help"])  # help CHECK: that command's help
         print(OVERVIEW, file=sys.stdout if argv else sys.stderr)
         return EXIT_OK if argv else EXIT_BAD_INPUT
+    mistyped = _mistyped_command(argv[0])
+    if mistyped is not None:
+        return _bad_input(InputError(f"mxft-launch {argv[0]}", "is neither a command nor a job file",
+                                     hint=f"did you mean 'mxft-launch {mistyped}'? (mxft-launch --help lists them)"))
     if argv[0] == "--version":
         _echo(f"mxft-launch {_version()}")
         return EXIT_OK
@@ -373,6 +382,20 @@ def _main(argv: list[str]) -> int:
     if argv[0] in ("launch", "command"):
         return launch(argv[1:], command_mode=argv[0] == "command")
     return launch(argv, command_mode=is_command_mode(argv))
+
+
+def _mistyped_command(word: str) -> str | None:
+    """The command ``word`` was probably meant as (``lanch`` -> ``launch``), when it is no file, no option and no
+    path: None for anything that may be a job file.
+
+    >>> _mistyped_command("lanch"), _mistyped_command("staus"), _mistyped_command("stop"), _mistyped_command("x.yaml")
+    ('launch', 'status', None, None)
+    """
+    commands = [*TOOLS, "launch", "command", "help"]
+    if word in commands or word.startswith("-") or os.path.exists(word) or not re.fullmatch(r"[a-z]{2,12}", word):
+        return None
+    close = difflib.get_close_matches(word, commands, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def launch(argv: list[str], *, command_mode: bool) -> int:

@@ -295,8 +295,9 @@ def _describe_transfers(plan: Plan) -> list[str]:
             continue
         if plan.command is not None:
             synced = [t for t in files if t.kind == "run"]
-            lines.append(f"  stage to {host.label}: {len(files) - len(synced)} code files, "
-                         f"{len(synced)} files of {plan.command.workdir} -> {plan.command.sync_dir}")
+            sync = f", {len(synced)} files of {plan.command.workdir} -> {plan.command.sync_dir}" \
+                if plan.command.sync_dir else ""
+            lines.append(f"  stage to {host.label}: {len(files) - len(synced)} code files{sync}")
             continue
         kinds = ", ".join(f"{sum(t.kind == kind for t in files)} {kind}" for kind in ("code", "data", "run"))
         lines.append(f"  stage to {host.label}: {len(files)} files ({kinds})")
@@ -310,8 +311,8 @@ def shard_dir(facts: Facts, num_workers: int) -> str:
 
 
 def _where(host: HostSpec) -> str:
-    """Where a host-placement error points: the hosts file's line, else the host."""
-    return f"line {host.line}" if host.line else host.label
+    """Where a host-placement error points: the hosts file and line, else the host."""
+    return host.where
 
 
 def place(count: int, hosts: Sequence[HostSpec], *, offset: int = 0) -> list[HostSpec]:

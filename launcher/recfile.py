@@ -69,8 +69,13 @@ def read_index(rec_path: str) -> list[RecordSpan]:
     """
     idx_path = idx_path_for(rec_path)
     if not os.path.isfile(rec_path):
+        if os.path.isdir(rec_path):
+            raise InputError(rec_path, "is a folder, not a .rec file",
+                             hint="for a folder of images (one subfolder per class) set data.images: {folder: "
+                                  f"{rec_path}}} instead, or pack it once with mxft-prepare")
         raise InputError(rec_path, "file not found",
-                         hint="pack the images with MXNet's im2rec.py (or fix the path in the job file)")
+                         hint="fix the path in the job file, or pack the images with mxft-prepare (or MXNet's "
+                              "im2rec.py), or name the image folder as data.images")
     if not os.path.isfile(idx_path):
         return scan_records(rec_path)
     rec_size = os.path.getsize(rec_path)
@@ -277,8 +282,8 @@ class LabelSummary:
         outside = sorted(label for label in self.per_class if not 0 <= label < num_classes)
         if outside:
             found = f"labels {min(self.per_class)}..{max(self.per_class)} ({len(self.per_class)} distinct)"
-            raise InputError(self.path, f"{found}, but num_classes is {num_classes}: "
-                             f"{_ranges(outside)} fall outside [0, {num_classes})",
+            raise InputError(self.path, f"{found}, but num_classes {num_classes} allows labels "
+                             f"0..{num_classes - 1} only, not {_ranges(outside)}",
                              hint=f"set num_classes to {max(self.per_class) + 1} or re-pack the data")
         if require_every_class:
             missing = [label for label in range(num_classes) if label not in self.per_class]

@@ -92,7 +92,7 @@ def test_labels_out_of_range(tmp_path, assets_copy):
     path = job_file(tmp_path, assets_copy, num_classes=3)
     line = launch_bad(tmp_path, [path])
     assert line == (f"mxft-launch: error: {assets_copy}/digits5to9-train.rec: labels 0..4 (5 distinct), but "
-                    "num_classes is 3: 3-4 fall outside [0, 3) (set num_classes to 5 or re-pack the data)")
+                    "num_classes 3 allows labels 0..2 only, not 3-4 (set num_classes to 5 or re-pack the data)")
 
 
 def test_classes_without_training_images(tmp_path, assets_copy):

@@ -21,7 +21,7 @@ from launcher.execute import RunEvents
 from launcher.jobspec import parse_job
 from launcher.plan import make_plan
 from launcher.status import runs_lines
-from tests.helpers import REPO, run_id_from, run_launch
+from tests.helpers import CACHE_DIR, LAUNCH, REPO, run_id_from, run_launch
 from tests.plan_literals import FACTS, JOB, inventory
 from trainer import events
 from trainer.probe import probe_scheduler
@@ -132,6 +132,26 @@ def test_every_command_has_help_for_users(argv, capsys):
         assert "130" in text and "bad input" in text
 
 
+def test_help_as_a_word_and_the_exit_codes_it_lists(capsys):
+    assert cli.main(["help"]) == 0
+    overview = capsys.readouterr().out
+    assert overview.startswith("usage: mxft-launch") and "138  stopped by SIGUSR1" in overview
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["help", "check"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("usage: mxft-launch check")
+    with pytest.raises(SystemExit):
+        cli.main(["command", "--help"])
+    command_help = capsys.readouterr().out
+    assert "138  stopped by SIGUSR1" in command_help and "min_accuracy" not in command_help
+
+
+def test_a_mistyped_command_is_named_with_the_one_it_resembles(tmp_path):
+    done = run_launch(["lanch", "jobs/demo.yaml"], cwd=REPO)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "mxft-launch: error: mxft-launch lanch: is neither a command nor a job file (did you " \
+                          "mean 'mxft-launch launch'? (mxft-launch --help lists them))\n"
+
+
 def test_prepare_help_has_no_markup(capsys):
     with pytest.raises(SystemExit) as exit_:
         prepare_cli.main(["--help"])
@@ -216,6 +236,19 @@ def test_verbose_brings_every_process_line_back(tmp_path, demo_assets):
                          "expect.min_accuracy=0", "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "[worker 0] " in result.stdout and "[scheduler] " in result.stdout and "[server 0] " in result.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_an_accuracy_miss_says_the_accuracy_before_the_failure(tmp_path, demo_assets):
+    done = subprocess.run([*LAUNCH, os.path.join(REPO, "jobs", "demo.yaml"), "--set", "train.epochs=1", "--set",
+                           "expect.min_accuracy=1", "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=220,
+                          env=dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR))
+    assert done.returncode == 1, done.stdout[-3000:]
+    last = done.stdout.strip().splitlines()[-2:]
+    assert last[0].startswith("validation accuracy: ") and \
+        last[1].startswith("mxft-launch: job failed: validation accuracy ") and "expect.min_accuracy 1" in last[1]
 
 
 def test_launcher_words_a_long_scheduler_wait_once_and_prints_each_epoch_once(tmp_path):

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.helpers import CACHE_DIR, LAUNCH, REPO, demo_job, processes_of_run, run_id_from, run_launch, \
-    start_launch, wait_gone, write_job
+from tests.helpers import CACHE_DIR, LAUNCH, REPO, altered_worker_copy, demo_job, processes_of_run, run_id_from, \
+    run_launch, start_launch, wait_gone, write_job
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +136,21 @@ def test_stop_stops_exactly_that_run(tmp_path, demo_assets):
         two.send_signal(signal.SIGTERM)
         two.wait(timeout=60)
     assert wait_gone(two_id, timeout_s=5) == []
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_that_raises_ends_the_run_named_instead_of_hanging_it(tmp_path, demo_assets):
+    """Worker 1 raises while worker 0 goes on: its process ends right after the traceback (MXNet's finalisation
+    would wait for the others, who wait for it, until the 30-minute progress timeout), and the launch fails
+    naming worker 1 and the exception."""
+    code = altered_worker_copy(tmp_path, after_joining="    if cfg.index == 1:\n"
+                                                       "        raise RuntimeError('worker 1 gives up')\n",
+                               appended="")
+    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 2}))
+    done = subprocess.run([*LAUNCH, job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path),
+                          env=dict(os.environ, PYTHONPATH=code), capture_output=True, text=True, timeout=150)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("mxft-launch: job failed: worker 1 on localhost") and "exited with code 1" in first, \
+        done.stderr
+    assert "RuntimeError: worker 1 gives up" in done.stderr

@@ -38,11 +38,20 @@ def test_forms():
     ("a/b\n", "h.txt:1: 'a/b' is not a host name or address (expected HOST[:PORT])"),
     ("# nothing\n\n", "h.txt: lists no hosts (one HOST[:PORT] [slots=N] [user=NAME] [python=PATH] [addr=IP] per line)"),
     ("a slots=1 slots=2\n", "h.txt:1: 'slots' is given twice"),
+    # Habits from other launchers, read right (issue 28): horovodrun's HOST:SLOTS, ssh's USER@HOST.
+    ("gpu01:8\n", "h.txt:1: 'gpu01:8': SSH port 8? horovodrun and MPI hostfiles write a host's slots this way "
+                  "(write 'gpu01 slots=8' for 8 slots, or give the SSH port (22, or 100 and up))"),
+    ("root@gpu01 slots=2\n", "h.txt:1: 'root@gpu01': a user goes in a field of its own (write it as "
+                             "'gpu01 user=root')"),
 ])
 def test_mistakes(text, expected):
     with pytest.raises(InputError) as info:
         parse_hosts(text, "h.txt")
     assert str(info.value) == expected
+
+
+def test_ssh_ports_of_22_and_from_100_up_are_ports():
+    assert [h.port for h in parse_hosts("a:22\nb:100\nc:2222\n", "h.txt")] == [22, 100, 2222]
 
 
 def test_hosts_example_parses():

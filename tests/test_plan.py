@@ -7,7 +7,7 @@ import os
 import pytest
 
 from cluster.errors import InputError
-from cluster.hosts import HostSpec
+from cluster.hosts import HostSpec, parse_hosts
 from launcher.jobspec import parse_job
 from launcher.plan import Facts, HostFacts, Role, Transfer, make_plan, place, shard_dir
 from tests.plan_literals import FACTS, JOB, inventory
@@ -185,6 +185,10 @@ def test_hosts_with_different_gpu_counts_are_refused_clearly():
     with pytest.raises(InputError, match=r"line 1: the workers would drive different numbers of GPUs "
                                          r"\(10.0.0.1: 8, 10.0.0.2: 4\)"):
         make_plan(parse_job(GPU_JOB, "/jobs/small.yaml", environ={}), hosts, facts_for(hosts), inventory=inventory())
+    from_file = parse_hosts("10.0.0.1 slots=8\n10.0.0.2 slots=4\n", "/jobs/hosts.txt")  # the file is named too
+    with pytest.raises(InputError, match=r"^/jobs/hosts.txt:1: the workers would drive different numbers of GPUs"):
+        make_plan(parse_job(GPU_JOB, "/jobs/small.yaml", environ={}), from_file, facts_for(from_file),
+                  inventory=inventory())
 
 
 def test_shared_host_with_hand_picked_gpu_ids_is_refused():

@@ -83,8 +83,8 @@ def test_label_summary_checks():
     summary = recfile.LabelSummary.of("t.rec", [0, 1, 2, 256, 256])
     with pytest.raises(InputError) as info:
         summary.check(256, require_every_class=True)
-    assert str(info.value) == ("t.rec: labels 0..256 (4 distinct), but num_classes is 256: 256 fall outside "
-                               "[0, 256) (set num_classes to 257 or re-pack the data)")
+    assert str(info.value) == ("t.rec: labels 0..256 (4 distinct), but num_classes 256 allows labels 0..255 only, "
+                               "not 256 (set num_classes to 257 or re-pack the data)")
     with pytest.raises(InputError) as info:
         recfile.LabelSummary.of("t.rec", [0, 3]).check(6, require_every_class=True)
     assert str(info.value) == ("t.rec: 4 of 6 classes have no training images: 1-2, 4-5 "
@@ -180,3 +180,16 @@ def wait_until(condition, timeout_s: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not reached in time"
         time.sleep(0.01)
+
+
+def test_a_folder_or_a_missing_file_as_data_train_points_at_mxfts_own_answers(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(InputError) as info:
+        recfile.read_index(str(tmp_path / "images"))
+    assert str(info.value) == (f"{tmp_path}/images: is a folder, not a .rec file (for a folder of images (one "
+                               f"subfolder per class) set data.images: {{folder: {tmp_path}/images}} instead, or "
+                               "pack it once with mxft-prepare)")
+    with pytest.raises(InputError, match=r"file not found \(fix the path in the job file, or pack the images with "
+                                         r"mxft-prepare \(or MXNet's im2rec.py\), or name the image folder as "
+                                         r"data.images\)"):
+        recfile.read_index(str(tmp_path / "missing.rec"))

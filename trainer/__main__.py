@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,5 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     return run_worker(WorkerConfig.load(args.config))
 
 
+def run_and_end(entry) -> None:
+    """Run ``entry`` and end the process with its code; after an uncaught exception, end at once with code 1 once
+    the traceback is out. A normal exit would run MXNet's kvstore finalisation, which waits for the other workers,
+    who wait for this one: the whole run hung until its progress timeout (30 minutes by default)."""
+    try:
+        code = entry()
+    except Exception:  # noqa: BLE001 - any: the traceback is the report, the exit code the launcher's signal
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_end(main)
