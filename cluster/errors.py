@@ -9,6 +9,8 @@ Library code raises these; only ``launcher.cli`` prints them and exits.
 """
 from __future__ import annotations
 
+from cluster.failure import Failure
+
 
 class MxftError(Exception):
     """Base of every error mxft reports to a user."""
@@ -38,24 +40,28 @@ class HostUnreachable(OSError):
 class JobFailed(MxftError):
     """The run started but did not succeed; the message puts the root cause first.
 
-    ``reason`` is one line for attempts.jsonl and restarts; ``process`` the outcome of the
-    process that failed first, when a process did (``cluster.supervise.ProcessOutcome``);
-    ``host`` the host label when a whole host failed.
+    ``failure`` is the root cause as a value (``cluster.failure.Failure``: its kind, host,
+    process, exit code or signal), what restarts and the run's records read; ``reason`` is
+    its one line for people; ``process`` the outcome of the process that failed first, when
+    a process did (``cluster.supervise.ProcessOutcome``).
     """
 
-    def __init__(self, message: str, *, reason: str = "", process=None, host: str | None = None) -> None:
+    def __init__(self, message: str, *, failure: Failure, reason: str = "", process=None) -> None:
         super().__init__(message)
+        self.failure = failure
         self.reason = reason or message.splitlines()[0]
         self.process = process
-        self.host = host  # a host that failed as a whole (stopped answering), not one of its processes
+
+    @property
+    def host(self) -> str | None:
+        """The host that failed as a whole (it stopped answering, its connection died), if one did."""
+        return self.failure.lost_host
 
     def record(self) -> dict:
         """What an attempt record keeps of this failure (JSON-ready)."""
-        record = {"reason": self.reason}
+        record = {"reason": self.reason, "failure": self.failure.to_record()}
         if self.process is not None:
             record["process"] = self.process.summary()
-        if self.host is not None:
-            record["host"] = self.host
         return record
 
 

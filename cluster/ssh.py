@@ -106,6 +106,7 @@ class SSHProcess:
 
     pid = None  # the remote pid is in the run's pid files on that host
     confirmed_stopped = True  # False: stop() had no answer from the host (it may still run there)
+    connection_lost = False   # True: the process ended because its connection died (its code says nothing)
 
     def __init__(self, channel: paramiko.Channel, *, sessions: SessionPool, shared: SharedConnection,
                  unreachable: threading.Event | None = None) -> None:
@@ -121,11 +122,15 @@ class SSHProcess:
         if not self._channel.exit_status_ready():
             if not self._shared.alive:
                 self._end("lost")
+                self.connection_lost = True
                 return CONNECTION_LOST
             return None
         code = self._channel.recv_exit_status()
         self._end("exit")
-        return CONNECTION_LOST if code == -1 else code
+        if code == -1:  # the channel closed without an exit status: the connection went first
+            self.connection_lost = True
+            return CONNECTION_LOST
+        return code
 
     def stop(self, *, grace_s: float) -> None:
         try:

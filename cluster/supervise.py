@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from cluster.errors import JobFailed
+from cluster.failure import of_exit
 from cluster.lines import HEAD_BYTES, TAIL_BYTES, CappedLog
 
 
@@ -95,11 +96,15 @@ class Member:
                               ended - self.started_at, tuple(self.tail), self.log_path)
 
     def failure(self, reason: str) -> JobFailed:
-        """The JobFailed that names this process as the root cause, with the last lines of its log."""
+        """The JobFailed that names this process as the root cause, with the last lines of its log; its kind
+        from how the process ended (its connection lost is the transport's word, not an exit code's)."""
         lines = "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
         pid = f" (pid {self.process.pid})" if self.process.pid is not None else ""  # remote: in its pid file
+        failure = of_exit(self.returncode if self.returncode is not None else 0,
+                          connection_lost=getattr(self.process, "connection_lost", False), host=self.host,
+                          process=self.name, tail=tuple(self.tail), log_path=self.log_path)
         return JobFailed(f"{self.name} on {self.host}{pid} {reason}\n  last lines of {self.log_path}:\n{lines}",
-                         reason=f"{self.name} on {self.host} {reason}", process=self.outcome())
+                         failure=failure, reason=f"{self.name} on {self.host} {reason}", process=self.outcome())
 
 
 class Supervisor:

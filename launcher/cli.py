@@ -65,7 +65,7 @@ commands:
   check     probe hosts as a launch would (SSH, Python, mxnet, GPUs, disk) and print a table
   status    where a run stands: state, processes, last epoch, result
   stop      stop a running run (every process on every host)
-  runs      list recent runs: state, accuracy, duration, folder
+  runs      list recent runs: state, accuracy, duration, cause of a failure, folder
   clean     free the hosts' work folders: finished runs, unused cached data, interrupted copies
 
 examples:
@@ -501,7 +501,8 @@ def runs(argv: list[str]) -> int:
     """``mxft-launch runs [--run-root DIR]``: the newest runs, one line each."""
     parser = _tool_parser(
         "runs", "List the newest runs under the run root, newest first: when each started, its state, its "
-        "validation accuracy, how long it took (or has been running) and its folder.",
+        "validation accuracy, how long it took (or has been running), the kind of failure that ended it (exited, "
+        "signalled, connection lost, host silent, start-up timeout, stalled, staging, bad result) and its folder.",
         "exit codes:\n  0    listed\n  2    no such run root")
     parser.add_argument("--run-root", default="runs", metavar="DIR", help="where the runs are (default: ./runs)")
     parser.add_argument("--limit", type=int, default=20, metavar="N", help="how many runs to show (default 20)")

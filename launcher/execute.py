@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 import yaml
 
 from cluster.errors import JobFailed
+from cluster.failure import Failure, FailureKind
 from cluster.hostwatch import HostWatch, first_lost
 from cluster.local import LocalTransport
 from cluster.srun import RemoteHost, remote_host
@@ -90,7 +91,8 @@ def _write_trimmed_params(model: ModelSpec, trimmed: str) -> None:
     if trim_params(model.params_path, used_variables(model.symbol_path, model.cut_layer), trimmed) is None:
         layout = paramsfile.read_layout(model.params_path)
         why = layout.reason if isinstance(layout, paramsfile.BadParams) else "its arrays have no names"
-        raise JobFailed(f"{model.params_path} changed after the input checks and cannot be used: {why}")
+        raise JobFailed(f"{model.params_path} changed after the input checks and cannot be used: {why}",
+                        failure=Failure(FailureKind.INPUT_CHANGED))
 
 
 REFUSALS_SAID = 3   # events of one process refused with a console line; later ones are only counted
@@ -246,7 +248,7 @@ class Watchdog:
             epoch, batch = behind
             raise JobFailed(f"{where} reported no progress for {self.progress_timeout_s} s "
                             f"(cluster.progress_timeout_s); stuck at epoch {epoch + 1} batch {batch}, "
-                            "the other workers wait for it",
+                            "the other workers wait for it", failure=Failure(FailureKind.STALLED),
                             reason=f"{where} reported no progress for {self.progress_timeout_s} s")
 
     def _never_joined(self, missing: list[int]) -> None:
@@ -256,7 +258,7 @@ class Watchdog:
             f"{causes}{names} did not join ps-lite within {self.startup_timeout_s} s "
             f"(cluster.startup_timeout_s); the scheduler is at {self.plan.scheduler_uri}:"
             f"{self.plan.scheduler_port}: check that every host can reach it and that DMLC_NODE_HOST is "
-            "an address the other hosts can reach",
+            "an address the other hosts can reach", failure=Failure(FailureKind.STARTUP_TIMEOUT),
             reason=f"{names} did not join ps-lite within {self.startup_timeout_s} s")
 
 
@@ -315,7 +317,7 @@ def watching(plan: Plan, remote_hosts: Mapping[str, RemoteHost]):
         if lost is not None:
             raise JobFailed(f"host {lost.host.label} stopped answering ({lost.lost}); the processes on the other "
                             "hosts were stopped", reason=f"host {lost.host.label} stopped answering ({lost.lost})",
-                            host=lost.host.label)
+                            failure=Failure(FailureKind.HOST_SILENT, host=lost.host.label))
     try:
         yield hosts_answer
     finally:
@@ -329,7 +331,7 @@ def _watch(host: SSHHost) -> HostWatch | JobFailed:
         return HostWatch(host)
     except Exception as err:  # noqa: BLE001 - whatever stops the connection, the host failed
         return JobFailed(f"host {host.label}: cannot connect to watch it ({type(err).__name__}: {err})",
-                         host=host.label)
+                         failure=Failure(FailureKind.CONNECTION_LOST, host=host.label))
 
 
 def stage_remote(plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console) -> None:
@@ -408,6 +410,10 @@ def keep_checkpoint(plan: Plan, worker0: FromWorker0, epoch: int) -> None:
 RESULT_CAP = 1 << 20   # bytes of worker 0's result.json, and of each checkpoint's record
 
 
+def _bad_result() -> Failure:
+    return Failure(FailureKind.BAD_RESULT, process="worker 0")
+
+
 def host_silence_s(plan: Plan) -> float:
     """How long a host may send or take nothing during a copy or a fetch (a command job has the default)."""
     return float(plan.recipe.job.cluster.host_silence_s if plan.recipe else ClusterSpec.host_silence_s)
@@ -455,7 +461,7 @@ def _require_regular_files(folder: str, names: list[str]) -> None:
     for name in names:
         path = os.path.join(folder, name)
         if not stat.S_ISREG(os.lstat(path).st_mode):
-            raise JobFailed(f"{path} is not a regular file (a link or a folder); not taken")
+            raise JobFailed(f"{path} is not a regular file (a link or a folder); not taken", failure=_bad_result())
 
 
 def collect(plan: Plan, run_events: RunEvents, *, timing: Mapping[str, float]) -> dict:
@@ -464,13 +470,14 @@ def collect(plan: Plan, run_events: RunEvents, *, timing: Mapping[str, float]) -
     try:
         return _collect(plan, run_events, timing=timing)
     except (KeyError, TypeError, ValueError, OSError) as err:
-        raise JobFailed(f"collecting worker 0's result failed ({type(err).__name__}: {str(err)[:300]})") from err
+        raise JobFailed(f"collecting worker 0's result failed ({type(err).__name__}: {str(err)[:300]})",
+                        failure=_bad_result()) from err
 
 
 def _collect(plan: Plan, run_events: RunEvents, *, timing: Mapping[str, float]) -> dict:
     if not run_events.lead_joined():
         raise JobFailed("the workers finished but worker 0 never reported joining; see the worker logs in "
-                        f"{os.path.join(plan.run_dir, 'logs')}")
+                        f"{os.path.join(plan.run_dir, 'logs')}", failure=_bad_result())
     result = _worker0_result(plan, run_events.from_worker0)
     _check_result(plan, result)
     result.update(rank_of_worker_0=run_events.rank_of[0], run_id=plan.run_id, timing=dict(timing))
@@ -493,14 +500,16 @@ def _worker0_result(plan: Plan, worker0: FromWorker0) -> dict:
         worker0.fetch(["result.json"], out_dir)  # the checkpoint came per epoch
     source = os.path.join(out_dir, "result.json")
     if not os.path.isfile(source):
-        raise JobFailed(f"worker 0 exited 0 but wrote no {source}")
+        raise JobFailed(f"worker 0 exited 0 but wrote no {source}", failure=_bad_result())
     if os.path.getsize(source) > RESULT_CAP:
-        raise JobFailed(f"worker 0's {source} has {os.path.getsize(source)} bytes (at most {RESULT_CAP}); not taken")
+        raise JobFailed(f"worker 0's {source} has {os.path.getsize(source)} bytes (at most {RESULT_CAP}); not taken",
+                        failure=_bad_result())
     with open(source, encoding="utf-8") as handle:
         try:
             return json.load(handle)
         except (ValueError, RecursionError) as err:
-            raise JobFailed(f"worker 0's {source} is not JSON ({str(err)[:100]}); the result is not taken") from None
+            raise JobFailed(f"worker 0's {source} is not JSON ({str(err)[:100]}); the result is not taken",
+                            failure=_bad_result()) from None
 
 
 def _check_result(plan: Plan, result) -> None:
@@ -510,10 +519,10 @@ def _check_result(plan: Plan, result) -> None:
     named = result.get("checkpoint") if isinstance(result, dict) else None
     if named != expected:
         raise JobFailed(f"worker 0's result.json names the checkpoint {named!r}, the plan says {expected}; "
-                        "the result is not taken")
+                        "the result is not taken", failure=_bad_result())
     problem = result_problem(result, epochs=job.train.epochs)
     if problem is not None:
-        raise JobFailed(f"worker 0's result.json is not taken: {problem}")
+        raise JobFailed(f"worker 0's result.json is not taken: {problem}", failure=_bad_result())
 
 
 def _install_final_checkpoint(plan: Plan, worker0: FromWorker0, name: str, epoch: int) -> None:

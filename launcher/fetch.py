@@ -27,6 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from cluster.errors import JobFailed
+from cluster.failure import Failure, FailureKind
 from cluster.lines import ended_tail
 from cluster.srun import RemoteHost
 from launcher import fetch_sender
@@ -39,7 +40,11 @@ _CHUNK = 1 << 20
 
 
 class FetchRefused(JobFailed):
-    """The host's answer broke the fetch protocol, a cap or a deadline (nothing of it was put in place)."""
+    """The host's answer broke the fetch protocol, a cap or a deadline (nothing of it was put in place): a bad
+    result from that host, or (``kind`` HOST_SILENT) a host that stopped sending."""
+
+    def __init__(self, message: str, *, host: str, kind: FailureKind = FailureKind.BAD_RESULT) -> None:
+        super().__init__(message, failure=Failure(kind, host=host))
 
 
 class _HostStream:
@@ -59,10 +64,11 @@ class _HostStream:
         wait = min(self._stall_s, self._deadline - time.monotonic())
         if wait <= 0 or not select.select([self._fd], [], [], wait)[0]:
             raise FetchRefused(f"{self._label}: sent nothing for {wait:.0f} s (fetch deadline)" if wait > 0 else
-                               f"{self._label}: too slow (the fetch's deadline passed)")
+                               f"{self._label}: too slow (the fetch's deadline passed)", host=self._label,
+                               kind=FailureKind.HOST_SILENT)
         data = os.read(self._fd, count)
         if not data:
-            raise FetchRefused(f"{self._label}: the stream ended early")
+            raise FetchRefused(f"{self._label}: the stream ended early", host=self._label)
         return data
 
     def read_exact(self, count: int) -> bytes:
@@ -76,13 +82,13 @@ class _HostStream:
     def header(self) -> dict:
         (length,) = struct.unpack(">I", self.read_exact(4))
         if length > MAX_HEADER:
-            raise FetchRefused(f"{self._label}: a header of {length} bytes (at most {MAX_HEADER})")
+            raise FetchRefused(f"{self._label}: a header of {length} bytes (at most {MAX_HEADER})", host=self._label)
         try:
             header = json.loads(self.read_exact(length))
         except (ValueError, RecursionError):
-            raise FetchRefused(f"{self._label}: a header that is not JSON") from None
+            raise FetchRefused(f"{self._label}: a header that is not JSON", host=self._label) from None
         if not isinstance(header, dict):
-            raise FetchRefused(f"{self._label}: a header that is not a JSON object")
+            raise FetchRefused(f"{self._label}: a header that is not a JSON object", host=self._label)
         return header
 
 
@@ -90,14 +96,14 @@ def _receive_file(stream: _HostStream, label: str, name: str, cap: int, folder: 
     """Read the next file's header and bytes into FOLDER/NAME (created here, never followed); its path."""
     header = stream.header()
     if "error" in header:
-        raise FetchRefused(f"{label}: {str(header['error'])[:300]}")
+        raise FetchRefused(f"{label}: {str(header['error'])[:300]}", host=label)
     size, digest = header.get("size"), header.get("sha256")
     if header.get("name") != name:
-        raise FetchRefused(f"{label}: sent {str(header.get('name'))[:100]!r} where {name!r} was asked for")
+        raise FetchRefused(f"{label}: sent {str(header.get('name'))[:100]!r} where {name!r} was asked for", host=label)
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= cap:
-        raise FetchRefused(f"{label}: {name} has {str(size)[:40]} bytes, at most {cap} are taken")
+        raise FetchRefused(f"{label}: {name} has {str(size)[:40]} bytes, at most {cap} are taken", host=label)
     if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
-        raise FetchRefused(f"{label}: {name} came without a sha256")
+        raise FetchRefused(f"{label}: {name} came without a sha256", host=label)
     stream.expect_bytes(size)
     path = os.path.join(folder, name)
     computed = hashlib.sha256()
@@ -109,7 +115,7 @@ def _receive_file(stream: _HostStream, label: str, name: str, cap: int, folder: 
             out.write(chunk)
             left -= len(chunk)
     if computed.hexdigest() != digest:
-        raise FetchRefused(f"{label}: {name} does not match its sha256")
+        raise FetchRefused(f"{label}: {name} does not match its sha256", host=label)
     return path
 
 
@@ -132,12 +138,12 @@ def fetch_files(host: RemoteHost, remote_dir: str, caps: Mapping[str, int], loca
         try:
             fetched = [_receive_file(stream, host.label, name, caps[name], incoming) for name in names]
             if stream.header() != {"end": len(names)}:
-                raise FetchRefused(f"{host.label}: no end frame after {len(names)} files")
+                raise FetchRefused(f"{host.label}: no end frame after {len(names)} files", host=host.label)
         except FetchRefused as err:
-            raise FetchRefused(f"{err}{_said(proc)}") from None
+            raise FetchRefused(f"{err}{_said(proc)}", host=host.label, kind=err.failure.kind) from None
         if _ended(proc) != 0:
-            raise JobFailed(f"{host.label}: fetching {', '.join(names)} failed (exit {proc.returncode})"
-                            f"{_said(proc)}")
+            raise FetchRefused(f"{host.label}: fetching {', '.join(names)} failed (exit {proc.returncode})"
+                               f"{_said(proc)}", host=host.label)
         for path in fetched:
             os.replace(path, os.path.join(local_dir, os.path.basename(path)))
         return [os.path.join(local_dir, name) for name in names]

@@ -26,7 +26,7 @@ from cluster.hosts import HostSpec, load_hosts
 from cluster.local import free_ports
 from cluster.slurm import hosts_from_slurm
 from cluster.srun import remote_host, require_allocation_nodes, require_srun
-from cluster.ssh import CONNECTION_LOST, SSHOptions
+from cluster.ssh import SSHOptions
 from launcher import assets, cachefile, extras, recfile, runstate
 from launcher.check_table import HostRow, host_row
 from launcher.command import sync_destinations, sync_files
@@ -374,11 +374,9 @@ def _what_to_run(config: LaunchConfig) -> tuple[JobSpec | CommandSpec, Attempt]:
 
 
 def failed_host(failure: JobFailed) -> str | None:
-    """The host a failure took down as a whole: it stopped answering, or a process's connection died."""
-    if failure.host is not None:
-        return failure.host
-    process = failure.process
-    return process.host if process is not None and process.returncode == CONNECTION_LOST else None
+    """The host a failure took down as a whole: it stopped answering, or a process's connection died (its kind
+    says so; a program that exits 255 on its own has not lost its host)."""
+    return failure.failure.lost_host
 
 
 def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Sequence[HostSpec],
@@ -399,7 +397,7 @@ def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts:
         console(f"[mxft] leaving out host {label} ({why}; cluster.min_hosts {least})")
     if len(keep) < least:
         raise JobFailed(f"{failure}\n  no restart: {len(keep)} usable host(s) left, cluster.min_hosts is {least}",
-                        reason=failure.reason, process=failure.process, host=failure.host)
+                        reason=failure.reason, process=failure.process, failure=failure.failure)
     return tuple(keep)
 
 

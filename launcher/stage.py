@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from cluster.errors import JobFailed
+from cluster.failure import Failure, FailureKind
 from cluster.lines import SilenceWatch, ended_tail
 from cluster.srun import RemoteHost
 from cluster.ssh import on_hosts
@@ -277,10 +278,12 @@ def stage_host(host: RemoteHost, transfers: Sequence[Transfer], *, root: str, py
     code = _receiver_exit(proc, after_s=silence_s + total / HASH_RATE)
     if watch.expired or code is None:
         raise JobFailed(f"{host.label}: the host stopped answering while its files were copied (nothing for "
-                        f"{silence_s:.0f} s; cluster.host_silence_s)")
+                        f"{silence_s:.0f} s; cluster.host_silence_s)",
+                        failure=Failure(FailureKind.HOST_SILENT, host=host.label))
     if present is None or code != 0:
         raise JobFailed(f"{host.label}: copying {len(missing) or len(transfers)} files failed "
-                        f"(exit {code}): {ended_tail(proc.stderr)[-400:]}")
+                        f"(exit {code}): {ended_tail(proc.stderr)[-400:]}",
+                        failure=Failure(FailureKind.STAGING, host=host.label))
     kept = [t for t in transfers if t not in missing]
     return HostStaging(host.label, len(missing), sent[0],
                        sum(os.path.getsize(t.source) for t in missing if t.kind == "data"),
@@ -353,7 +356,8 @@ def _send(proc, transfers: Sequence[Transfer], *, on_bytes: Callable[[int], None
                 while offset < size:
                     moved = os.sendfile(pipe, handle.fileno(), offset, min(_CHUNK, size - offset))
                     if not moved:
-                        raise JobFailed(f"{transfer.source} shrank while it was being sent")
+                        raise JobFailed(f"{transfer.source} shrank while it was being sent",
+                                        failure=Failure(FailureKind.INPUT_CHANGED))
                     offset += moved
                     on_bytes(moved)
         end = _frame({"end": len(transfers)})
@@ -370,16 +374,23 @@ def stage_all(hosts: Mapping[str, RemoteHost], transfers: Sequence[Transfer], *,
     transfers. Raises JobFailed naming each host that failed (every host is tried)."""
     labels = list(dict.fromkeys(t.host for t in transfers))
 
-    def one(label: str) -> HostStaging | str:
+    def one(label: str) -> HostStaging | JobFailed:
         try:
             return stage_host(hosts[label], [t for t in transfers if t.host == label], root=root_of(label),
                               python=python_of(label), progress=progress, silence_s=silence_s)
-        except Exception as err:  # reported below, one line per host
-            text = " ".join(str(err).split())  # ssh's stderr may span lines
-            return text[len(label) + 2:] if text.startswith(f"{label}: ") else text
+        except JobFailed as err:  # reported below, one line per host
+            return err
+        except Exception as err:  # noqa: BLE001 - whatever stopped this host's copy is its failure
+            return JobFailed(f"{label}: {err}", failure=Failure(FailureKind.STAGING, host=label))
 
     outcomes = on_hosts(one, labels, name="stage")
-    errors = [(label, text) for label, text in zip(labels, outcomes) if isinstance(text, str)]
-    if errors:
-        raise JobFailed("staging failed:\n" + "\n".join(f"  {label}: {text}" for label, text in errors))
+    failed = [(label, err) for label, err in zip(labels, outcomes) if isinstance(err, JobFailed)]
+    if failed:
+        lines = []
+        for label, err in failed:
+            text = " ".join(str(err).split())  # ssh's stderr may span lines
+            lines.append(f"  {label}: {text[len(label) + 2:] if text.startswith(f'{label}: ') else text}")
+        # One host failed: its failure is the run's (a silent host is lost); several: staging as a whole.
+        failure = failed[0][1].failure if len(failed) == 1 else Failure(FailureKind.STAGING)
+        raise JobFailed("staging failed:\n" + "\n".join(lines), failure=failure)
     return outcomes

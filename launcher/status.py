@@ -7,6 +7,7 @@ each worker reported (events.jsonl), the last metrics row and result.json.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import json
 import os
@@ -14,19 +15,38 @@ import os
 import psutil
 
 from cluster.errors import InputError
+from cluster.failure import Failure
 from launcher import runstate
 from launcher.console import clock_text
 from launcher.metrics import read_events
 
 
-def run_state(run_dir: str, attempts: list[dict]) -> str:
+@dataclasses.dataclass(frozen=True)
+class RunState:
+    """Where a run stands, from its folder: ``kind`` for code (running, succeeded, failed, stopped, unknown), the
+    failure's kind when it failed (``cluster.failure``), and ``text`` for people."""
+
+    kind: str
+    text: str
+    failure: Failure | None = None
+
+
+def run_state(run_dir: str, attempts: list[dict]) -> RunState:
     """``running (launcher pid P, attempt N)``, ``succeeded``, ``failed: REASON``, ``stopped (interrupted)``, ..."""
     launcher = runstate.running_launcher(run_dir)
     last = attempts[-1] if attempts else {}
     if launcher is not None:
-        return f"running (launcher pid {launcher.pid}, attempt {last.get('attempt', 1)})"
-    return {"succeeded": "succeeded", "failed": f"failed: {last.get('reason', '?')}",
-            "interrupted": "stopped (interrupted)"}.get(last.get("outcome"), "ended without a record (launcher died)")
+        return RunState("running", f"running (launcher pid {launcher.pid}, attempt {last.get('attempt', 1)})")
+    outcome = last.get("outcome")
+    if outcome == "succeeded":
+        return RunState("succeeded", "succeeded")
+    if outcome == "failed":
+        record = last.get("failure")
+        return RunState("failed", f"failed: {last.get('reason', '?')}",
+                        Failure.from_record(record) if isinstance(record, dict) else None)
+    if outcome == "interrupted":
+        return RunState("stopped", "stopped (interrupted)")
+    return RunState("unknown", "ended without a record (launcher died)")
 
 
 def status_lines(run_dir: str) -> list[str]:
@@ -34,11 +54,11 @@ def status_lines(run_dir: str) -> list[str]:
         raise InputError(run_dir, "is not an mxft run directory (no job.yaml)", hint="give the folder a launch printed")
     attempts = runstate.read_attempts(run_dir)
     state = run_state(run_dir, attempts)
-    lines = [f"run {os.path.basename(os.path.normpath(run_dir))}: {state}"]
+    lines = [f"run {os.path.basename(os.path.normpath(run_dir))}: {state.text}"]
     ends = [a for a in attempts if a.get("outcome") not in ("started", None)]
     if len(ends) > 1:
         lines.append("  attempts: " + ", ".join(f"{a['attempt']} {a['outcome']}" for a in ends))
-    lines += _process_lines(run_dir, running=state.startswith("running"))
+    lines += _process_lines(run_dir, running=state.kind == "running")
     events = read_events(run_dir)
     epochs: dict[str, int] = {}
     for event in events:
@@ -93,7 +113,8 @@ def _metrics_rows(run_dir: str) -> list[dict]:
 
 
 def runs_lines(run_root: str, *, limit: int = 20) -> list[str]:
-    """The newest ``limit`` runs under ``run_root``: state, accuracy, duration, folder (a table)."""
+    """The newest ``limit`` runs under ``run_root``: state, accuracy, duration, the kind of failure, folder (a
+    table)."""
     if not os.path.isdir(run_root):
         raise InputError(run_root, "no such folder",
                          hint="give --run-root the folder runs are kept in (default ./runs)")
@@ -102,12 +123,13 @@ def runs_lines(run_root: str, *, limit: int = 20) -> list[str]:
     folders.sort(key=lambda path: os.path.getmtime(os.path.join(path, "job.yaml")), reverse=True)
     if not folders:
         return [f"no runs in {run_root}"]
-    lines = [f"{'started':<19}  {'state':<12}  {'accuracy':>8}  {'duration':>8}  folder"]
+    lines = [f"{'started':<19}  {'state':<9}  {'accuracy':>8}  {'duration':>8}  {'cause':<16}  folder"]
     for folder in folders[:limit]:
         attempts = runstate.read_attempts(folder)
-        state = run_state(folder, attempts).split(" (")[0].split(":")[0]
-        lines.append(f"{_started_at(attempts):<19}  {state:<12}  {_accuracy(folder):>8}  "
-                     f"{_duration(attempts, running=state == 'running'):>8}  {folder}")
+        state = run_state(folder, attempts)
+        cause = state.failure.kind.value if state.failure else "-"
+        lines.append(f"{_started_at(attempts):<19}  {state.kind:<9}  {_accuracy(folder):>8}  "
+                     f"{_duration(attempts, running=state.kind == 'running'):>8}  {cause:<16}  {folder}")
     if len(folders) > limit:
         lines.append(f"({len(folders) - limit} older runs not shown; --limit N shows more)")
     return lines

@@ -181,12 +181,19 @@ def test_runs_lists_state_accuracy_and_duration(tmp_path):
                                 '{"time": "2026-11-28T12:02:05", "attempt": 1, "outcome": "failed", '
                                 '"reason": "worker 1 on h2 exited 1"}',
                                 '{"time": "2026-11-28T12:0'])  # torn by a crash mid-write: skipped
-    os.utime(tmp_path / "a" / "job.yaml", (1, 1))  # older
+    _run_folder(tmp_path, "c", ['{"time": "2026-11-28T09:00:00", "attempt": 1, "outcome": "started"}',
+                                '{"time": "2026-11-28T09:00:30", "attempt": 1, "outcome": "failed", '
+                                '"reason": "worker 0 on h3 exited with code 255", '
+                                '"failure": {"kind": "exited", "host": "h3", "exit_code": 255}}'])
+    os.utime(tmp_path / "a" / "job.yaml", (2, 2))  # older
+    os.utime(tmp_path / "c" / "job.yaml", (1, 1))  # oldest
     (tmp_path / "not-a-run").mkdir()
     lines = runs_lines(str(tmp_path))
-    assert lines[1].split() == ["2026-11-28", "11:00:00", "failed", "-", "1:02:05", str(tmp_path / "b")]
-    assert lines[2].split() == ["2026-11-28", "10:00:00", "succeeded", "0.8310", "1:15", str(tmp_path / "a")]
-    assert len(lines) == 3
+    assert lines[0].split() == ["started", "state", "accuracy", "duration", "cause", "folder"]
+    assert lines[1].split() == ["2026-11-28", "11:00:00", "failed", "-", "1:02:05", "-", str(tmp_path / "b")]
+    assert lines[2].split() == ["2026-11-28", "10:00:00", "succeeded", "0.8310", "1:15", "-", str(tmp_path / "a")]
+    assert lines[3].split() == ["2026-11-28", "09:00:00", "failed", "-", "0:30", "exited", str(tmp_path / "c")]
+    assert len(lines) == 4
 
 
 def test_missing_optional_package_is_one_line_and_exit_2(tmp_path):

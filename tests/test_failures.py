@@ -33,6 +33,12 @@ def find(run_id: str, role: str, suffix: str = ""):
     raise AssertionError(f"no {role} of {run_id}")
 
 
+def last_failure(tmp_path, run_id: str) -> dict:
+    """The failure the run's last attempt record keeps (its kind is what restarts and status read)."""
+    lines = (tmp_path / "runs" / run_id / "attempts.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])["failure"]
+
+
 def test_worker_that_never_joins_hits_the_startup_deadline(tmp_path, demo_assets):
     job = demo_job(demo_assets, cluster={"startup_timeout_s": 6})
     proc, run_id, _ = start(tmp_path, job, until=None)
@@ -44,6 +50,7 @@ def test_worker_that_never_joins_hits_the_startup_deadline(tmp_path, demo_assets
     assert first.startswith("mxft-launch: job failed: server 0 on localhost cannot connect to the scheduler"), first
     assert "worker 0 on localhost, worker 1 on localhost did not join ps-lite within 6 s" in first, first
     assert wait_gone(run_id, timeout_s=10) == []
+    assert last_failure(tmp_path, run_id)["kind"] == "start-up timeout"
 
 
 def test_stuck_worker_is_named_by_the_watchdog(tmp_path, demo_assets):
@@ -58,6 +65,7 @@ def test_stuck_worker_is_named_by_the_watchdog(tmp_path, demo_assets):
     first = stderr.strip().splitlines()[0]
     assert first.startswith("mxft-launch: job failed: worker 1 on localhost reported no progress for 4 s"), first
     assert wait_gone(run_id, timeout_s=10) == []
+    assert last_failure(tmp_path, run_id)["kind"] == "stalled"
 
 
 def test_resume_after_ctrl_c_continues_from_the_last_complete_epoch(tmp_path, demo_assets):

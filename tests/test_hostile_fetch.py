@@ -20,6 +20,7 @@ import tarfile
 import pytest
 
 from cluster.errors import JobFailed
+from cluster.failure import FailureKind
 from cluster.hosts import HostSpec
 from cluster.ssh import SSHHost, SSHOptions
 from launcher.fetch import FetchRefused, fetch_files
@@ -169,6 +170,8 @@ def test_a_hostile_answer_is_refused_and_changes_nothing(hosts3, tmp_path, victi
         fetch_files(host, f"{REMOTE}/out", dict.fromkeys(NAMES, 1 << 20), str(local),
                     python=hostile_python(tmp_path, mode, str(victim)), stall_s=3)
     assert str(refused.value).startswith(f"{host.label}: ") and says in str(refused.value), str(refused.value)
+    assert refused.value.failure.kind is (FailureKind.HOST_SILENT if mode == "silent" else FailureKind.BAD_RESULT)
+    assert refused.value.failure.host == host.label
     assert victim.read_bytes() == b"precious"
     after = tree(tmp_path)
     assert {path: what for path, what in after.items() if not path.startswith(str(tmp_path / "python-"))
@@ -229,11 +232,12 @@ def test_a_host_that_never_answers_the_staging_offer_fails_the_copy_named(hosts3
     source = tmp_path / "a.rec"
     source.write_bytes(b"records")
     with pytest.raises(JobFailed, match=rf"^{host.label}: the host stopped answering while its files were copied "
-                                        r"\(nothing for 3 s; cluster.host_silence_s\)"):
+                                        r"\(nothing for 3 s; cluster.host_silence_s\)") as failed:
         stage_host(host, [Transfer(host.label, str(source), f"{REMOTE}/data/k/a.rec", "data")],
                    root=REMOTE, python=hostile_python(tmp_path, "silent-offer", str(victim)),
                    progress=lambda *report: None, silence_s=3)
     assert not os.path.exists(os.path.join(hosts3.hosts[0].work_dir, "hostile", "data", "k"))
+    assert failed.value.failure.kind is FailureKind.HOST_SILENT and failed.value.host == host.label
 
 
 @pytest.mark.timeout(300)

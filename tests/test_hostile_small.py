@@ -192,6 +192,7 @@ def test_malformed_events_are_refused_and_a_bad_result_is_a_named_failure_with_i
     (run_dir,) = runs.iterdir()
     attempts = [json.loads(line) for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
     assert attempts[-1]["outcome"] == "failed" and "val_images" in attempts[-1]["reason"], attempts
+    assert attempts[-1]["failure"]["kind"] == "bad result"
 
 
 class _AnswersWith:
