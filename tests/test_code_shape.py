@@ -49,3 +49,21 @@ def test_no_tar_archive_is_unpacked_anywhere():
                       if isinstance(node, (ast.Import, ast.ImportFrom)) and
                       "tarfile" in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module])]
     assert users == []
+
+
+JOB_SECTIONS = ("cfg.job", "cfg.train", "cfg.data", "cfg.model", "cfg.job['cluster']", "cfg.job[\"cluster\"]")
+
+
+def test_the_trainer_keeps_no_default_of_a_job_key():
+    """A job key's default is declared once, in launcher/jobspec.py; the worker's config holds the effective job
+    (every key the schema declares, absent only where its default is None), so the trainer reads each key as it is
+    and never supplies a second default with ``.get(KEY, DEFAULT)``."""
+    seconds = []
+    for path in sorted(glob.glob(os.path.join(REPO, "trainer", "*.py"))):
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                    and len(node.args) == 2 and ast.unparse(node.func.value) in JOB_SECTIONS:
+                seconds.append(f"{os.path.relpath(path, REPO)}:{node.lineno} {ast.unparse(node)}")
+    assert seconds == []

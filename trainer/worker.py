@@ -55,7 +55,7 @@ def _train_iter(cfg: WorkerConfig, rank_seed: int):
 
 def reported_top_k(cfg: WorkerConfig) -> int | None:
     """``train.top_k`` when it is below ``num_classes``; None otherwise (top-k of k classes is 1.0 by construction)."""
-    top_k = cfg.train.get("top_k", 5)
+    top_k = cfg.train["top_k"]
     return top_k if top_k < cfg.job["num_classes"] else None
 
 
@@ -77,7 +77,7 @@ def _optimizer_params(cfg: WorkerConfig) -> dict:
     params = dict(cfg.train["optimizer_params"])
     if cfg.learning_rate is not None:
         params["learning_rate"] = cfg.learning_rate
-    warmup = cfg.train.get("warmup_epochs", 0) * cfg.batches_per_epoch
+    warmup = cfg.train["warmup_epochs"] * cfg.batches_per_epoch
     if warmup and "learning_rate" in params:
         start = min(cfg.train["optimizer_params"].get("learning_rate", params["learning_rate"]),
                     params["learning_rate"])
@@ -177,7 +177,7 @@ def _compress_pushes(kv, compression: dict) -> None:
 
 def _shared_evaluation(cfg: WorkerConfig) -> bool:
     """``train.evaluation: shared`` (the default): every worker evaluates a part, with averaged statistics."""
-    shared = cfg.train.get("evaluation", "shared") == "shared"
+    shared = cfg.train["evaluation"] == "shared"
     if shared:  # the servers keep what is pushed (sums); every worker applies the summed gradient itself
         os.environ["MXNET_UPDATE_ON_KVSTORE"] = "0"
     return shared
@@ -193,7 +193,7 @@ def run_worker(cfg: WorkerConfig) -> int:
         np.random.seed(seed)
     shared = _shared_evaluation(cfg)
     kv = mx.kv.create(cfg.kvstore)
-    compression = cfg.job.get("cluster", {}).get("gradient_compression")
+    compression = cfg.job["cluster"].get("gradient_compression")  # absent: none (its default)
     if compression:
         _compress_pushes(kv, compression)
     rank, num_workers = kv.rank, kv.num_workers
@@ -210,7 +210,7 @@ def run_worker(cfg: WorkerConfig) -> int:
     speed = _Throughput(batch_size, cfg.train["log_every_batches"])
     epochs: list[dict] = []
 
-    timing = StepTiming(mod) if cfg.train.get("step_timing") else None
+    timing = StepTiming(mod) if cfg.train["step_timing"] else None
 
     def on_epoch_end(epoch, _symbol, _args, _aux) -> None:
         record = _epoch_record(cfg, epoch, time.time() - speed.epoch_start, batch_size, metric, timing)
