@@ -31,7 +31,7 @@ from cluster.hosts import HostSpec
 from cluster.srun import RemoteHost
 from cluster.ssh import SSH_ERRORS, HostKeyError, SSHOptions, on_hosts, ssh_error_text
 from cluster.ssh_resolve import account_home
-from launcher import cachefile, folder_check, gpu_probe
+from launcher import cachefile, folder_check, gpu_probe, host_probe
 from launcher.gpu_check import build_archs_of, gpu_problem, gpus_of
 from launcher.plan import HostFacts
 
@@ -45,90 +45,7 @@ from launcher.plan import HostFacts
 # the script), then the probe exits without mxnet's teardown, which a failed kernel can crash.
 # argv: the work folder, then any other folder the launch writes programs into (command mode's
 # sync folder); each is checked by ``launcher.folder_check`` (source included) and reported unsafe.
-_PROBE = inspect.getsource(gpu_probe) + inspect.getsource(folder_check) + r"""
-import hashlib, importlib.util, json, os, sys, time
-# The CPUs this process may run on (a Slurm step's, a cpuset's), not the machine's
-cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-out = {"python": sys.version.split()[0], "cpus": cpus or 1, "home": os.path.expanduser("~")}
-work = os.path.expanduser(sys.argv[1])
-probe = work
-while not os.path.isdir(probe):
-    probe = os.path.dirname(probe) or "/"
-st = os.statvfs(probe)
-out["free_bytes"] = st.f_bavail * st.f_frsize
-out["work_dir"] = os.path.abspath(work)
-out["unsafe_folders"] = [[folder, reason] for folder, reason in ((f, folder_unsafe_reason(f)) for f in sys.argv[1:])
-                         if reason is not None]
-def interfaces():  # name -> IPv4 address (SIOCGIFADDR), for cluster.interface
-    import fcntl, socket, struct
-    found = {}
-    for _, name in socket.if_nameindex():
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))
-            except OSError:
-                continue
-            found[name] = socket.inet_ntoa(packed[20:24])
-    return found
-try:
-    out["interfaces"] = interfaces()
-except Exception:
-    out["interfaces"] = {}
-def reached_ip():  # in an srun step, this host's address on the route to the launcher; else the address SSH reached
-    launcher = os.environ.get("SLURM_LAUNCH_NODE_IPADDR", "") if os.environ.get("SLURM_STEP_ID") else ""
-    if not launcher:
-        return (os.environ.get("SSH_CONNECTION", "").split()[2:3] or [""])[0]
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect((launcher, 9))  # UDP: chooses the route, sends nothing
-        return sock.getsockname()[0]
-try:
-    out["reached_ip"] = reached_ip()
-except OSError:
-    out["reached_ip"] = ""
-parts = [os.path.realpath(sys.executable), sys.version]
-for name in ("mxnet", "numpy"):
-    spec = importlib.util.find_spec(name)
-    files = [spec.origin, os.path.join(os.path.dirname(spec.origin), "libmxnet.so")] if spec and spec.origin else []
-    for path in files:
-        if os.path.exists(path):
-            info = os.stat(path)
-            parts.append("%s %d %d" % (path, info.st_size, info.st_mtime_ns))
-cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mxft", "preflight",
-                     hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20] + ".json")
-try:
-    with open(cache) as handle:
-        found = json.load(handle)
-    out.update(found, cached=True)
-except (OSError, ValueError):
-    found = {}
-    try:
-        os.environ.setdefault("CUDA_MODULE_LOADING", "LAZY")  # CUDA 11.7+: load kernels when used, not all at once
-        import mxnet
-        from mxnet.runtime import Features
-        features = Features()
-        found["mxnet"] = mxnet.__version__
-        found["dist_kvstore"] = features.is_enabled("DIST_KVSTORE")
-        found["cuda"] = features.is_enabled("CUDA")
-        found["gpus"] = mxnet.context.num_gpus() if found["cuda"] else 0
-    except Exception as err:
-        found["mxnet_error"] = f"{type(err).__name__}: {err}"
-    if found.get("gpus"):
-        found.update(gpu_facts(mxnet, found["gpus"], getattr(mxnet.base._LIB, "_name", "")))
-    out.update(found)
-    if "mxnet_error" not in found and not found["cuda"]:
-        try:
-            os.makedirs(os.path.dirname(cache), exist_ok=True)
-            with open(cache + ".partial", "w") as handle:
-                json.dump(found, handle)
-            os.replace(cache + ".partial", cache)
-        except OSError:
-            pass
-out["time"] = time.time()  # last: the launcher compares it with when this line arrives
-print(json.dumps(out), flush=True)
-if out.get("gpu_devices"):
-    os._exit(0)
-"""
+_PROBE = inspect.getsource(gpu_probe) + inspect.getsource(folder_check) + inspect.getsource(host_probe)
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,6 +10,7 @@ that cannot is named, with the error, and nothing is started.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import select
 import shlex
@@ -22,39 +23,12 @@ from cluster.hosts import HostSpec
 from cluster.lines import ended_tail
 from cluster.srun import remote_host
 from cluster.ssh import on_hosts
+from launcher import reach_probe
 from launcher.plan import Plan, Role
 
-# Runs on the scheduler's host: bind the scheduler's address and port, say so, accept until stdin closes.
-LISTENER = r"""
-import os, select, socket, sys, time
-address, port, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    sock.bind((address, port))
-except OSError as err:
-    print("cannot listen: %s" % (err.strerror or err), flush=True)
-    sys.exit(3)
-sock.listen(256)
-print("listening", flush=True)
-end = time.time() + limit
-while time.time() < end:
-    ready, _, _ = select.select([sock, 0], [], [], 0.5)
-    if 0 in ready and not os.read(0, 4096):
-        break
-    if sock in ready:
-        sock.accept()[0].close()
-"""
-
-# Runs on every host: one TCP connection to the scheduler's address; prints ok or the error.
-CONNECTOR = r"""
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()
-    print("ok")
-except OSError as err:
-    print(err.strerror or str(err) or type(err).__name__)
-"""
+# Runs on the hosts: launcher/reach_probe.py, sent as source (``listen`` on the scheduler's host, ``connect`` on
+# every host).
+PROBE = inspect.getsource(reach_probe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +62,7 @@ class _listening:
 
     def __init__(self, plan: Plan, host: HostSpec) -> None:
         python = plan.remote_pythons.get(host.label, sys.executable)
-        argv = [python, "-c", LISTENER, plan.scheduler_uri, str(plan.scheduler_port), "900"]  # ends with stdin
+        argv = [python, "-c", PROBE, "listen", plan.scheduler_uri, str(plan.scheduler_port), "900"]  # ends with stdin
         if host.is_local:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         else:
@@ -134,7 +108,7 @@ def _first_line(proc: subprocess.Popen, *, timeout_s: float) -> str:
 
 def _try_connect(plan: Plan, host: HostSpec, timeout_s: float) -> Reach:
     python = plan.remote_pythons.get(host.label, sys.executable)
-    argv = [python, "-c", CONNECTOR, plan.scheduler_uri, str(plan.scheduler_port), str(timeout_s)]
+    argv = [python, "-c", PROBE, "connect", plan.scheduler_uri, str(plan.scheduler_port), str(timeout_s)]
     try:
         if host.is_local:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s + 10).stdout

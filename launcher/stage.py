@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
+import inspect
 import json
 import mmap
 import os
@@ -42,141 +43,11 @@ from cluster.failure import Failure, FailureKind
 from cluster.lines import SilenceWatch, ended_tail
 from cluster.srun import RemoteHost
 from cluster.ssh import on_hosts
+from launcher import stage_receiver
 from launcher.plan import Transfer
 
-# Runs on the host with its own Python (3.8 or newer; splice needs 3.10 and a pipe,
-# otherwise it copies in 1 MiB reads).
-_RECEIVER = r"""
-import errno, fcntl, hashlib, json, mmap, os, shutil, stat, struct, sys, tempfile, time
-root = sys.argv[1]
-os.umask(0o077)  # the work folder and what lands in it are the user's alone
-try:
-    fcntl.fcntl(0, 1031, 1 << 20)  # F_SETPIPE_SZ: 1 MiB, not 64 KiB, per wake-up from sshd
-except OSError:
-    pass
-os.makedirs(root, exist_ok=True)
-held = os.open(root, os.O_RDONLY)
-fcntl.flock(held, fcntl.LOCK_SH)  # held until exit: mxft-launch clean (LOCK_EX) waits, or keeps data and code
-
-def newest_mtime(path):
-    newest = os.lstat(path).st_mtime
-    for folder, dirs, files in os.walk(path):
-        for name in dirs + files:
-            try:
-                newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
-            except OSError:
-                pass
-    return newest
-
-for name in os.listdir(root):  # left by a copy killed halfway; a live one wrote within the hour
-    try:
-        if name.startswith(".incoming.") and time.time() - newest_mtime(os.path.join(root, name)) > 3600:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    except OSError:
-        pass
-tmp = tempfile.mkdtemp(prefix=".incoming.", dir=root)
-
-def read_exact(count):
-    parts = []
-    while count:
-        part = os.read(0, min(count, 1 << 20))
-        if not part:
-            sys.exit("the stream ended early (the sender stopped)")
-        parts.append(part)
-        count -= len(part)
-    return b"".join(parts)
-
-def copy_to(out, count):
-    while count:
-        try:
-            moved = os.splice(0, out, count)
-        except (AttributeError, OSError):
-            moved = os.write(out, read_exact(min(count, 1 << 20)))
-        if not moved:
-            sys.exit("the stream ended early (the sender stopped)")
-        count -= moved
-
-def sha256_of(path):
-    with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            return hashlib.sha256().hexdigest()
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            return hashlib.sha256(view).hexdigest()
-
-def beside(dest, suffix):
-    folder, name = os.path.split(os.path.abspath(dest))
-    return os.path.join(folder, "." + name + suffix)
-
-def identity(info):
-    return [info.st_ino, info.st_size, info.st_mtime_ns]
-
-def is_verified(dest):
-    # Present means: this receiver put it there after checking its sha256, and it is unchanged since.
-    try:
-        info = os.lstat(dest)
-        with open(beside(dest, ".verified")) as handle:
-            mark = json.load(handle)
-    except (OSError, ValueError):
-        return False
-    return stat.S_ISREG(info.st_mode) and isinstance(mark, dict) and mark.get("file") == identity(info)
-
-def write_mark(dest, digest, info):
-    part = beside(dest, "." + os.urandom(8).hex() + ".partial")
-    with open(part, "x") as handle:
-        json.dump({"sha256": digest, "file": identity(info)}, handle)
-    os.replace(part, beside(dest, ".verified"))
-
-def land(path, dest, digest):
-    # Rename the checked file to dest; on another file system, via a copy beside dest, checked again.
-    info = os.stat(path)
-    try:
-        os.replace(path, dest)
-        return info
-    except OSError as err:
-        if err.errno != errno.EXDEV:
-            raise
-    part = beside(dest, "." + os.urandom(8).hex() + ".partial")
-    try:
-        shutil.copyfile(path, part)
-        shutil.copymode(path, part)
-        if sha256_of(part) != digest:
-            sys.exit("checksum mismatch after copying: " + dest)
-        info = os.stat(part)
-        os.replace(part, dest)
-    finally:
-        if os.path.lexists(part):
-            os.remove(part)
-    return info
-
-try:
-    offer = json.loads(read_exact(struct.unpack(">I", read_exact(4))[0]))["offer"]
-    sys.stdout.write(json.dumps({"present": [dest for dest in offer if is_verified(dest)]}) + "\n")
-    sys.stdout.flush()
-    received = []
-    while True:
-        header = json.loads(read_exact(struct.unpack(">I", read_exact(4))[0]))
-        if "end" in header:
-            break
-        path = os.path.join(tmp, str(len(received)))
-        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            copy_to(out, header["size"])
-        finally:
-            os.close(out)
-        if sha256_of(path) != header["sha256"]:
-            sys.exit("checksum mismatch: " + header["dest"])
-        os.chmod(path, header.get("mode", 0o600) & 0o777)  # the sender's mode: a 0600 file stays 0600
-        received.append((path, header["dest"], header["sha256"], header.get("keep", False)))
-    if header["end"] != len(received):
-        sys.exit("the stream ended with %d of %d files" % (len(received), header["end"]))
-    for path, dest, digest, keep in received:
-        os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
-        info = land(path, dest, digest)
-        if keep:  # content-addressed: offered again by later launches
-            write_mark(dest, digest, info)
-finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-"""
+# Runs on the host with its own Python: launcher/stage_receiver.py, sent as source.
+_RECEIVER = inspect.getsource(stage_receiver)
 _CHUNK = 4 << 20
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Python 3.10+ names it; Linux only)
 

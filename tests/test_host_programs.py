@@ -1,0 +1,73 @@
+"""The programs mxft runs on hosts, as the modules they are (issue 25): each is sent as source and run by the
+host's own Python, and each is tested here as a real process on this machine (the receiver in test_stage.py,
+the probe in test_preflight.py)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+
+from launcher import fetch_sender, host_probe
+from launcher.reach import PROBE as REACH_PROBE
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def connect(port: int) -> str:
+    done = subprocess.run([sys.executable, "-c", REACH_PROBE, "connect", "127.0.0.1", str(port), "5"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_reach_probe_listens_until_its_input_closes_and_connects_or_says_why_not():
+    port = free_port()
+    assert connect(port) == "Connection refused"
+    listener = subprocess.Popen([sys.executable, "-c", REACH_PROBE, "listen", "127.0.0.1", str(port), "60"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "listening"
+        assert connect(port) == "ok"
+        taken = subprocess.run([sys.executable, "-c", REACH_PROBE, "listen", "127.0.0.1", str(port), "60"],
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        assert taken.returncode == 3 and taken.stdout.strip() == "cannot listen: Address already in use"
+    finally:
+        listener.stdin.close()  # the launcher's end: the listener stops
+        assert listener.wait(timeout=30) == 0
+
+
+def test_the_fetch_sender_frames_regular_files_and_stops_at_the_first_that_is_not_one(tmp_path):
+    (tmp_path / "a.json").write_bytes(b"{}")
+    (tmp_path / "b.params").write_bytes(b"x" * 3_000_000)  # more than one chunk
+    os.symlink(tmp_path / "a.json", tmp_path / "link.json")
+    out = io.BytesIO()
+    assert fetch_sender.send(str(tmp_path), ["a.json", "b.params"], out) == 0
+    frames, data = [], out.getvalue()
+    while data:
+        (length,) = struct.unpack(">I", data[:4])
+        header, data = json.loads(data[4:4 + length]), data[4 + length:]
+        frames.append(header)
+        data = data[header.get("size", 0):]
+    assert frames == [{"name": "a.json", "size": 2, "sha256": hashlib.sha256(b"{}").hexdigest()},
+                      {"name": "b.params", "size": 3_000_000, "sha256": hashlib.sha256(b"x" * 3_000_000).hexdigest()},
+                      {"end": 2}]
+    refused = io.BytesIO()
+    assert fetch_sender.send(str(tmp_path), ["a.json", "link.json"], refused) == 1
+    assert refused.getvalue().endswith(b'{"error": "link.json: Too many levels of symbolic links"}')
+
+
+def test_the_host_probe_reports_this_machine(tmp_path):
+    found = host_probe.facts([str(tmp_path / "work"), "/tmp"])
+    assert found["python"] == sys.version.split()[0] and found["work_dir"] == str(tmp_path / "work")
+    assert found["free_bytes"] > 0 and "lo" in found["interfaces"] and found["interfaces"]["lo"] == "127.0.0.1"
+    assert [folder for folder, _ in found["unsafe_folders"]] == ["/tmp"]  # others can write there
+    assert not os.path.exists(tmp_path / "work")  # asked about, never made
