@@ -422,10 +422,25 @@ def _started(plan: Plan, attempt: Attempt, console: Console) -> None:
          + (f"; attempt {attempt.number}, from epoch {begin}" if attempt.number > 1 else ""))
 
 
+def verdict(plan: Plan, result: dict) -> tuple[str, str]:
+    """The run's one verdict, (outcome, reason): ``succeeded``, or ``missed`` when a fine-tuning run's validation
+    accuracy is below the job's ``expect.min_accuracy`` (the run went through; what it gave is not what was
+    expected: exit 1, and so say result.json, ``status`` and ``runs``)."""
+    least = plan.recipe.job.expect.min_accuracy if plan.recipe else None
+    accuracy = result.get("val_accuracy")
+    if least is not None and isinstance(accuracy, (int, float)) and accuracy < least:
+        return "missed", (f"validation accuracy {accuracy:.4f} is below expect.min_accuracy {least} "
+                          f"({plan.recipe.job.source})")
+    return "succeeded", ""
+
+
 def _finish(plan: Plan, attempt: Attempt, result: dict) -> dict:
-    """Record the attempt's success and write RUN_DIR/result.json, once, with every attempt in it."""
-    runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "outcome": "succeeded"})
-    result = dict(result, attempts=runstate.attempt_summary(plan.run_dir))
+    """Record the attempt's verdict and write RUN_DIR/result.json, once, with every attempt in it."""
+    outcome, reason = verdict(plan, result)
+    runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "outcome": outcome,
+                                           **({"reason": reason} if reason else {})})
+    result = dict(result, outcome=outcome, **({"reason": reason} if reason else {}),
+                  attempts=runstate.attempt_summary(plan.run_dir))
     with cachefile.replacing(os.path.join(plan.run_dir, "result.json"), "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)
     return result

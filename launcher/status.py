@@ -23,7 +23,8 @@ from launcher.metrics import read_events
 
 @dataclasses.dataclass(frozen=True)
 class RunState:
-    """Where a run stands, from its folder: ``kind`` for code (running, succeeded, failed, stopped, unknown), the
+    """Where a run stands, from its folder: ``kind`` for code (running, succeeded, missed: below the job's
+    ``expect.min_accuracy``, failed, stopped, unknown), the
     failure's kind when it failed (``cluster.failure``), and ``text`` for people."""
 
     kind: str
@@ -40,6 +41,8 @@ def run_state(run_dir: str, attempts: list[dict]) -> RunState:
     outcome = last.get("outcome")
     if outcome == "succeeded":
         return RunState("succeeded", "succeeded")
+    if outcome == "missed":
+        return RunState("missed", f"missed: {last.get('reason', '?')}")
     if outcome == "failed":
         record = last.get("failure")
         return RunState("failed", f"failed: {last.get('reason', '?')}",

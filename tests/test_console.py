@@ -247,7 +247,7 @@ def test_verbose_brings_every_process_line_back(tmp_path, demo_assets):
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_an_accuracy_miss_says_the_accuracy_before_the_failure(tmp_path, demo_assets):
+def test_an_accuracy_miss_says_the_accuracy_before_the_failure_and_is_one_verdict(tmp_path, demo_assets):
     done = subprocess.run([*LAUNCH, os.path.join(REPO, "jobs", "demo.yaml"), "--set", "train.epochs=1", "--set",
                            "expect.min_accuracy=1", "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=220,
@@ -256,6 +256,15 @@ def test_an_accuracy_miss_says_the_accuracy_before_the_failure(tmp_path, demo_as
     last = done.stdout.strip().splitlines()[-2:]
     assert last[0].startswith("validation accuracy: ") and \
         last[1].startswith("mxft-launch: job failed: validation accuracy ") and "expect.min_accuracy 1" in last[1]
+    # One verdict: result.json, status and runs say what the exit code says (issue 27).
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    reason = last[1][len("mxft-launch: job failed: "):]
+    assert (result["outcome"], result["reason"]) == ("missed", reason)
+    status = run_launch(["status", str(run_dir)], cwd=str(tmp_path))
+    assert status.stdout.splitlines()[0] == f"run {run_dir.name}: missed: {reason}"
+    listed = run_launch(["runs", "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
+    assert listed.stdout.splitlines()[1].split()[2] == "missed"
 
 
 def test_launcher_words_a_long_scheduler_wait_once_and_prints_each_epoch_once(tmp_path):
