@@ -86,7 +86,30 @@ def status_lines(run_dir: str) -> list[str]:
         else:
             lines.append("  result: exit codes " + ", ".join(f"{p['name']} {p['returncode']}"
                                                              for p in result.get("processes", [])))
+    return lines + _what_next(run_dir, state)
+
+
+TAIL_LINES = 8
+
+
+def _what_next(run_dir: str, state: RunState) -> list[str]:
+    """After a failure, the last lines of the log of the process that failed first; after a failure or a stop, the
+    command that continues the run (a fine-tuning run with a complete checkpoint)."""
+    lines = []
+    log = state.failure.log_path if state.failure else None
+    if log and os.path.isfile(log):
+        tail = log_tail(log, TAIL_LINES)
+        lines += [f"  last lines of {log}:"] + [f"    {line}" for line in tail or ["(empty)"]]
+    if state.kind in ("failed", "stopped") and runstate.latest_checkpoint(run_dir) is not None:
+        lines.append(f"  continue with: mxft-launch --resume {os.path.abspath(run_dir)}")
     return lines
+
+
+def log_tail(path: str, count: int, *, most_bytes: int = 64 * 1024) -> list[str]:
+    """The last ``count`` lines of a log, from at most its last ``most_bytes`` (a log may be large)."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.fstat(handle.fileno()).st_size - most_bytes))
+        return handle.read().decode("utf-8", errors="replace").splitlines()[-count:]
 
 
 def _process_lines(run_dir: str, *, running: bool) -> list[str]:

@@ -172,6 +172,14 @@ def test_killing_a_worker_stops_the_run(tmp_path, demo_assets):
     first = stderr.strip().splitlines()[0]
     assert first.startswith("mxft-launch: job failed: worker 1 on localhost") and "killed by SIGKILL" in first
     assert wait_gone(run_id, timeout_s=2) == []
+    # status says what failed, as a value (a signal), shows the failing process's last lines and how to go on
+    run_dir = tmp_path / "runs" / run_id
+    lines = run_launch(["status", str(run_dir)], cwd=str(tmp_path)).stdout.splitlines()
+    assert lines[0].startswith(f"run {run_id}: failed: worker 1 on localhost") and "killed by SIGKILL" in lines[0]
+    assert f"  last lines of {run_dir / 'logs' / 'worker-1.log'}:" in lines
+    assert lines[-1] == f"  continue with: mxft-launch --resume {run_dir}"
+    failure = json.loads((run_dir / "attempts.jsonl").read_text().splitlines()[-1])["failure"]
+    assert (failure["kind"], failure["signal"], failure["process"]) == ("signalled", 9, "worker 1")
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR1, 138)])
