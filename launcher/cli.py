@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import difflib
 import gc
+import json
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ from launcher.console import Console, printable
 from launcher.jobspec import MAX_PROCESSES, RUN_NAME, CommandSpec
 from launcher.launch import LaunchConfig, check_hosts, run
 from launcher.plan import Plan
-from launcher.status import runs_lines, status_lines
+from launcher.status import run_rows, runs_lines, status_lines
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -505,7 +506,13 @@ def runs(argv: list[str]) -> int:
         "exit codes:\n  0    listed\n  2    no such run root")
     parser.add_argument("--run-root", default="runs", metavar="DIR", help="where the runs are (default: ./runs)")
     parser.add_argument("--limit", type=int, default=20, metavar="N", help="how many runs to show (default 20)")
+    parser.add_argument("--json", action="store_true", help="one JSON object: the runs (a list of objects with "
+                        "started, state, accuracy, duration, cause, folder) and how many older ones were left out")
     args = parser.parse_args(argv)
+    if args.json:
+        rows, older = run_rows(args.run_root, limit=max(args.limit, 1))
+        _echo(json.dumps({"runs": rows, "older": older}))
+        return EXIT_OK
     for line in runs_lines(args.run_root, limit=max(args.limit, 1)):
         _echo(line)
     return EXIT_OK

@@ -138,26 +138,36 @@ def _metrics_rows(run_dir: str) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def runs_lines(run_root: str, *, limit: int = 20) -> list[str]:
-    """The newest ``limit`` runs under ``run_root``: state, accuracy, duration, the kind of failure, folder (a
-    table)."""
+def run_rows(run_root: str, *, limit: int = 20) -> tuple[list[dict], int]:
+    """The newest ``limit`` runs under ``run_root`` as values (started, state, accuracy, duration, cause, folder),
+    and how many older ones were left out."""
     if not os.path.isdir(run_root):
         raise InputError(run_root, "no such folder",
                          hint="give --run-root the folder runs are kept in (default ./runs)")
     folders = [os.path.join(run_root, name) for name in os.listdir(run_root)
                if os.path.isfile(os.path.join(run_root, name, "job.yaml"))]
     folders.sort(key=lambda path: os.path.getmtime(os.path.join(path, "job.yaml")), reverse=True)
-    if not folders:
-        return [f"no runs in {run_root}"]
-    lines = [f"{'started':<19}  {'state':<9}  {'accuracy':>8}  {'duration':>8}  {'cause':<16}  folder"]
+    rows = []
     for folder in folders[:limit]:
         attempts = runstate.read_attempts(folder)
         state = run_state(folder, attempts)
-        cause = state.failure.kind.value if state.failure else "-"
-        lines.append(f"{_started_at(attempts):<19}  {state.kind:<9}  {_accuracy(folder):>8}  "
-                     f"{_duration(attempts, running=state.kind == 'running'):>8}  {cause:<16}  {folder}")
-    if len(folders) > limit:
-        lines.append(f"({len(folders) - limit} older runs not shown; --limit N shows more)")
+        rows.append({"started": _started_at(attempts), "state": state.kind, "accuracy": _accuracy(folder),
+                     "duration": _duration(attempts, running=state.kind == "running"),
+                     "cause": state.failure.kind.value if state.failure else None, "folder": folder})
+    return rows, max(len(folders) - limit, 0)
+
+
+def runs_lines(run_root: str, *, limit: int = 20) -> list[str]:
+    """The newest ``limit`` runs under ``run_root``: state, accuracy, duration, the kind of failure, folder (a
+    table)."""
+    rows, older = run_rows(run_root, limit=limit)
+    if not rows:
+        return [f"no runs in {run_root}"]
+    lines = [f"{'started':<19}  {'state':<9}  {'accuracy':>8}  {'duration':>8}  {'cause':<16}  folder"]
+    lines += [f"{row['started']:<19}  {row['state']:<9}  {row['accuracy'] or '-':>8}  {row['duration'] or '-':>8}  "
+              f"{row['cause'] or '-':<16}  {row['folder']}" for row in rows]
+    if older:
+        lines.append(f"({older} older runs not shown; --limit N shows more)")
     return lines
 
 
@@ -165,20 +175,20 @@ def _started_at(attempts: list[dict]) -> str:
     return attempts[0].get("time", "?").replace("T", " ") if attempts else "?"
 
 
-def _duration(attempts: list[dict], *, running: bool) -> str:
+def _duration(attempts: list[dict], *, running: bool) -> str | None:
     """From the first attempt's start to the last line (or now, while running): ``1:02:05``."""
     try:
         first = datetime.datetime.fromisoformat(attempts[0]["time"])
         last = datetime.datetime.now() if running else datetime.datetime.fromisoformat(attempts[-1]["time"])
     except (IndexError, KeyError, TypeError, ValueError):
-        return "-"
+        return None
     return clock_text((last - first).total_seconds())
 
 
-def _accuracy(run_dir: str) -> str:
+def _accuracy(run_dir: str) -> str | None:
     try:
         with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as handle:
             accuracy = json.load(handle).get("val_accuracy")
-        return f"{float(accuracy):.4f}" if accuracy is not None else "-"
-    except (OSError, ValueError, TypeError, AttributeError):
-        return "-"
+        return f"{float(accuracy):.4f}" if accuracy is not None else None
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
+        return None

@@ -173,7 +173,7 @@ def _run_folder(root, name: str, attempts: list[str], result: dict | None = None
         (folder / "result.json").write_text(json.dumps(result))
 
 
-def test_runs_lists_state_accuracy_and_duration(tmp_path):
+def test_runs_lists_state_accuracy_and_duration(tmp_path, capsys):
     _run_folder(tmp_path, "a", ['{"time": "2026-11-28T10:00:00", "attempt": 1, "outcome": "started"}',
                                 '{"time": "2026-11-28T10:01:15", "attempt": 1, "outcome": "succeeded"}'],
                 {"val_accuracy": 0.8310})
@@ -194,6 +194,13 @@ def test_runs_lists_state_accuracy_and_duration(tmp_path):
     assert lines[2].split() == ["2026-11-28", "10:00:00", "succeeded", "0.8310", "1:15", "-", str(tmp_path / "a")]
     assert lines[3].split() == ["2026-11-28", "09:00:00", "failed", "-", "0:30", "exited", str(tmp_path / "c")]
     assert len(lines) == 4
+    assert cli.main(["runs", "--run-root", str(tmp_path), "--json", "--limit", "2"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed == {"older": 1, "runs": [
+        {"started": "2026-11-28 11:00:00", "state": "failed", "accuracy": None, "duration": "1:02:05", "cause": None,
+         "folder": str(tmp_path / "b")},
+        {"started": "2026-11-28 10:00:00", "state": "succeeded", "accuracy": "0.8310", "duration": "1:15",
+         "cause": None, "folder": str(tmp_path / "a")}]}
 
 
 def test_missing_optional_package_is_one_line_and_exit_2(tmp_path):
