@@ -124,18 +124,20 @@ class RunEvents:
         self.unreachable: dict[str, str] = {}  # process name -> why it cannot reach the scheduler
         self.said_waiting: set[str] = set()  # processes the console was told are still waiting
         self.seen: collections.Counter = collections.Counter()  # (process, kind, epoch) -> events received
-        self.refused: collections.Counter = collections.Counter()  # process -> events not taken
+        self.refused: collections.Counter = collections.Counter()  # process -> events that failed their check
 
     def on_line(self, member: Member, line: str) -> bool:
         claimed = events.parse(line)
         if claimed is None:
             return False
         event, why = checked_event(claimed, index=member.index, epochs=self.epochs)
-        if event is None or not self._first_of_its_kind(member, event):
-            if event is None and self.refused[member.name] < REFUSALS_SAID:
+        if event is None:
+            if self.refused[member.name] < REFUSALS_SAID:
                 self.console(f"[mxft] ignored an event of {member.name} on {member.host}: {why}")
             self.refused[member.name] += 1
             return True
+        if not self._first_of_its_kind(member, event):
+            return True  # a repeat beyond its kind's allowance: dropped
         if event["event"] != "progress":  # one per batch: tracked, not stored
             event["process"] = member.name
             with open(self.path, "a", encoding="utf-8") as handle:

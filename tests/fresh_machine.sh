@@ -108,6 +108,6 @@ if [ -n "$kill_after" ]; then
     one_run "$WORK/ci" killed "$kill_after"
     one_run "$WORK/ci" after-kill || failed=1
 fi
-echo "== summary (HEAD $(git -C "$repo" rev-parse --short HEAD))"
+echo "== summary (the clones are of $(git -C "$WORK/ci" rev-parse --short HEAD))"
 printf '%s\n' "${summary[@]}"
 exit $failed
