@@ -197,8 +197,13 @@ def _known_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec]) 
     return dataclasses.replace(facts, hosts=found, scheduler_port=_remote_port())
 
 
+SCHEDULER_PORTS = range(20000, 32768)  # below Linux's ephemeral ports (32768-60999 by default): no outgoing
+                                      # connection on the scheduler's host can be holding the one chosen
+
+
 def _remote_port() -> int:
-    return 20000 + secrets.randbelow(20000)  # a remote port cannot be probed from here
+    """A port for the scheduler on a remote host (one cannot be probed from here; the reach check binds it)."""
+    return SCHEDULER_PORTS[secrets.randbelow(len(SCHEDULER_PORTS))]
 
 
 def _probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec],

@@ -282,6 +282,6 @@ def test_clean_on_a_host_keeps_the_running_run_and_frees_the_rest(hosts3, tmp_pa
     assert after.returncode == 0, after.stdout + after.stderr
     assert os.listdir(root / "runs") == [] and os.listdir(root / "data") == []
     unreachable = tmp_path / "bad-hosts.txt"
-    unreachable.write_text(f"{h1.address}:2 {python_field()}\n")  # nothing listens on port 2
+    unreachable.write_text(f"{h1.address}:2222 {python_field()}\n")  # nothing listens on port 2222
     failed = run_launch(["clean", "--hosts", str(unreachable), "--ssh-config", hosts3.ssh_config], cwd=str(tmp_path))
-    assert failed.returncode == 1 and failed.stdout.startswith(f"host {h1.address}:2: not cleaned: unreachable")
+    assert failed.returncode == 1 and failed.stdout.startswith(f"host {h1.address}:2222: not cleaned: unreachable")

@@ -49,8 +49,9 @@ def test_wrong_type(tmp_path, assets_copy):
 def test_missing_rec(tmp_path, assets_copy):
     os.remove(os.path.join(assets_copy, "digits5to9-val.rec"))
     line = launch_bad(tmp_path, [job_file(tmp_path, assets_copy)])
-    assert line == f"mxft-launch: error: {assets_copy}/digits5to9-val.rec: file not found (pack the images with " \
-                   "MXNet's im2rec.py (or fix the path in the job file))"
+    assert line == f"mxft-launch: error: {assets_copy}/digits5to9-val.rec: file not found (fix the path in the job " \
+                   "file, or pack the images with mxft-prepare (or MXNet's im2rec.py), or name the image folder as " \
+                   "data.images)"
 
 
 def test_missing_params(tmp_path, assets_copy):

@@ -66,5 +66,6 @@ def test_an_interface_a_host_lacks_is_named(hosts3, tmp_path, demo_assets, secon
     job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, cluster={"workers": 3, "servers": 1,
                                                                           "interface": "eth1"}))
     line = launch_bad(hosts3, tmp_path, hosts_file(hosts3, tmp_path), job)
-    assert line.startswith(f"mxft-launch: error: line 3: host '{hosts3.hosts[2].address}' has no IPv4 address on "
+    assert line.startswith(f"mxft-launch: error: {tmp_path / 'hosts.txt'}:3: host '{hosts3.hosts[2].address}' has no "
+                           "IPv4 address on "
                            "interface eth1 (cluster.interface); it has: eth0 10.231.77.13, lo 127.0.0.1"), line

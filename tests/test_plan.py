@@ -319,3 +319,13 @@ def test_public_training_address_is_warned_about():
     plan = _two_host_plan([HostSpec("h1", addr="10.1.0.11", line=1), HostSpec("h2", addr="8.8.4.4", line=2)])
     assert ("  warning    ps-lite listens on public address(es) 8.8.4.4 with no authentication or encryption: use a "
             "private network (addr= in the hosts file, or cluster.interface)") in plan.describe()
+
+
+def test_a_remote_schedulers_port_is_below_the_ephemeral_ports():
+    """The launcher cannot probe a remote port; one below the kernel's ephemeral range is never held by an
+    outgoing connection on that host (a port from 20000-39999 once was, and the reach check refused the launch)."""
+    from launcher.launch import SCHEDULER_PORTS, _remote_port
+    with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
+        lowest_ephemeral = int(handle.read().split()[0])
+    assert SCHEDULER_PORTS[-1] < lowest_ephemeral
+    assert {_remote_port() in SCHEDULER_PORTS for _ in range(1000)} == {True}
