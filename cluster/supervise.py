@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from cluster.errors import JobFailed
-from cluster.failure import of_exit
+from cluster.failure import FailureKind, of_exit
 from cluster.lines import HEAD_BYTES, TAIL_BYTES, CappedLog
 
 
@@ -40,12 +40,9 @@ def describe_exit(returncode: int) -> str:
 
     Shells and ssh report a signal death as 128 + signal number; those are named too.
     """
-    signum = -returncode if returncode < 0 else returncode - 128 if 128 < returncode < 160 else None
-    if signum is not None:
-        try:
-            return f"was killed by {signal.Signals(signum).name}"
-        except ValueError:
-            pass
+    failure = of_exit(returncode)  # one reading of a return code: cluster.failure
+    if failure.kind is FailureKind.SIGNALLED:
+        return f"was killed by {signal.Signals(failure.signal).name}"
     if returncode == 255:
         return "exited with code 255 (what ssh reports when the connection is lost)"
     return f"exited with code {returncode}"

@@ -10,6 +10,7 @@ worker 0's result.json.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -41,8 +42,10 @@ _EPOCH_FIELDS: tuple[tuple[str, Check], ...] = (
 )
 
 
+@functools.lru_cache(maxsize=8)
 def _fields(epochs: int) -> Mapping[str, Mapping[str, Check]]:
-    """Each kind's fields and checks (``epoch`` is every kind's own; ``time`` every event's)."""
+    """Each kind's fields and checks (``epoch`` is every kind's own; ``time`` every event's); built once per run's
+    epoch count, not for every event (a progress event comes with every batch)."""
     epoch, progress_epoch = _integer(1, epochs), _integer(0, epochs)
     return {
         "joined": {"rank": _COUNT, "num_workers": _COUNT, "join_s": _NONNEGATIVE},

@@ -196,6 +196,20 @@ def run_processes(cluster, run_id: str) -> dict[str, list[int]]:
     return found
 
 
+def pids_running(host, text: bytes, *, start: bool = False) -> list[int]:
+    """The namespace host's processes whose command line holds ``text`` (``start``: begins with it)."""
+    found = []
+    for pid in host.pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if cmdline.startswith(text) if start else text in cmdline:
+            found.append(pid)
+    return found
+
+
 def no_processes_left(cluster, run_id: str, timeout_s: float = 10.0) -> dict[str, list[int]]:
     deadline = time.monotonic() + timeout_s
     while True:

@@ -19,21 +19,7 @@ from cluster.hosts import HostSpec
 from cluster.ssh import SSHHost, SSHOptions
 from cluster.supervise import Supervisor
 from launcher.launch import failed_host
-from tests.helpers import wait_until
-
-
-def pids_running(host, text: bytes, *, start: bool = False) -> list[int]:
-    """The host's processes whose command line holds ``text`` (``start``: begins with it)."""
-    found = []
-    for pid in host.pids():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except OSError:
-            continue
-        if cmdline.startswith(text) if start else text in cmdline:
-            found.append(pid)
-    return found
+from tests.helpers import pids_running, wait_until
 
 
 def supervised_failure(host: SSHHost, code: str, tmp_path, *, while_running=None) -> JobFailed:

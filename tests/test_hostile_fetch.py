@@ -26,7 +26,7 @@ from cluster.ssh import SSHHost, SSHOptions
 from launcher.fetch import FetchRefused, fetch_files
 from launcher.plan import Transfer
 from launcher.stage import stage_host
-from tests.helpers import REPO, demo_job, hosts_file, run_launch, ssh_args, wait_until, write_job
+from tests.helpers import REPO, demo_job, hosts_file, pids_running, run_launch, ssh_args, wait_until, write_job
 
 pytestmark = pytest.mark.integration
 
@@ -125,17 +125,8 @@ REMOTE = "/srv/mxft-host/hostile"  # the launches' work folder on each host, rem
 
 
 def wrappers_left(cluster) -> list[str]:
-    """The hostile wrappers still running on any host (each must end with its SSH session)."""
-    left = []
-    for host in cluster.hosts:
-        for pid in host.pids():
-            try:
-                cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
-            except OSError:
-                continue
-            if b"python-" in cmdline and b"/usr/sbin/sshd" not in cmdline:
-                left.append(f"{host.name}: {cmdline[:120]!r}")
-    return left
+    """The hostile wrappers (``python-MODE``) still running on any host (each must end with its SSH session)."""
+    return [f"{host.name}: pid {pid}" for host in cluster.hosts for pid in pids_running(host, b"python-")]
 
 
 @pytest.fixture(autouse=True)
