@@ -29,7 +29,8 @@ def supervised_failure(host: SSHHost, code: str, tmp_path, *, while_running=None
             member = group.start("worker 0", host, [sys.executable, "-c", code], env={},
                                  log_path=str(tmp_path / "worker-0.log"), primary=True)
             if while_running is not None:
-                assert next(iter(member.process.stdout)) == "up"
+                # the group's log pump reads the process's output: its tail shows what it said
+                wait_until(lambda: "up" in tuple(member.tail), what="the program to be up", timeout_s=30)
                 while_running()
             group.wait()
     return failed.value
