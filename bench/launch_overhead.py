@@ -22,7 +22,7 @@ import yaml
 from bench.report import ROOT, events_in, provenance, spread, write_section
 from cluster.hosts import HostSpec
 from cluster.ssh import SSHOptions
-from launcher.execute import stage_local
+from launcher.kinds import stage_local
 from launcher.jobspec import load_job
 from launcher.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
 

@@ -31,7 +31,8 @@ from cluster.hosts import load_hosts
 from launcher.assets import ensure_built
 from launcher.console import Console
 from cluster.ssh import SSHHost, SSHOptions, remote_command
-from launcher.execute import stage_local, stage_remote
+from launcher.execute import stage_remote
+from launcher.kinds import stage_local
 from launcher.jobspec import load_job
 from launcher.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
 

@@ -21,7 +21,7 @@ import time
 from bench.report import ROOT, provenance, spread, write_section
 from cluster.hosts import HostSpec, load_hosts
 from cluster.ssh import SSHHost, SSHOptions
-from launcher.execute import stage_local
+from launcher.kinds import stage_local
 from launcher.jobspec import load_job
 from launcher.inputs import check_inputs
 from launcher.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
@@ -126,7 +126,7 @@ def wire_table(cluster, work: str) -> list[str]:
         code = sum(r.code_bytes_sent for r in reports)
         stream = sum(r.bytes_sent for r in reports)
         busy = {t.host for t in plan.transfers}
-        per_host = inventory.val_bytes + os.path.getsize(plan.recipe.trimmed_params or job.model.params_path) + \
+        per_host = inventory.val_bytes + os.path.getsize(plan.component.trimmed_params or job.model.params_path) + \
             os.path.getsize(job.model.symbol_path) + os.path.getsize(job.data.val.replace(".rec", ".idx"))
         shards = sum(os.path.getsize(t.source) for t in plan.transfers if "/part-" in t.dest)
         minimum = inventory.train_bytes + len(busy) * per_host

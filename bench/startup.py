@@ -42,7 +42,7 @@ BASELINE = os.environ.get("MXFT_STARTUP_BASELINE", "d33b4e6")  # the last commit
 PROBE = r"""
 import json, os, sys, time
 from cluster.ssh import SSHOptions
-from launcher.execute import stage_local
+from launcher.kinds import stage_local
 from launcher.jobspec import load_job
 from launcher.launch import Attempt, LaunchConfig, _hosts, plan_attempt
 job_path, run_root, cache = sys.argv[1:4]

@@ -29,7 +29,6 @@ from launcher.command import parse_env
 from launcher.console import Console, printable
 from launcher.jobspec import MAX_PROCESSES, RUN_NAME, CommandSpec
 from launcher.launch import LaunchConfig, check_hosts, run
-from launcher.plan import Plan
 from launcher.status import run_rows, runs_lines, status_lines
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -277,42 +276,14 @@ def _say_error(text: str) -> None:
     print(printable(text), file=sys.stderr, flush=True)
 
 
-def _report(plan: Plan, result: dict) -> int:
-    accuracy = result["val_accuracy"]
-    top = next((k for k in result if k.startswith("val_top")), None)
-    _echo(f"[mxft] run dir {plan.run_dir}: result.json, checkpoint/{result['checkpoint']['prefix']}-"
-          f"{result['checkpoint']['epoch']:04d}.params, logs/")
-    for line in summary_table(plan, result):
+def _report(outcome) -> int:
+    """The run's summary, as its job kind gives it; exit 1 when its verdict is ``missed``."""
+    for line in outcome.kind.summary(outcome.plan, outcome.result):
         _echo(line)
-    topk = f", {top.replace('val_', '')} {result[top]:.4f}" if top else ""
-    _echo(f"validation accuracy: {accuracy:.4f}{topk} ({result['val_images']} images, {_evaluated_by(plan)})")
-    if result.get("outcome") == "missed":  # the verdict result.json, status and runs give too
-        _say_error(f"mxft-launch: job failed: {result['reason']}")
+    if outcome.result.get("outcome") == "missed":  # the verdict result.json, status and runs give too
+        _say_error(f"mxft-launch: job failed: {outcome.result['reason']}")
         return EXIT_FAILED
     return EXIT_OK
-
-
-def _evaluated_by(plan: Plan) -> str:
-    """``worker 0`` (train.evaluation: worker0), else how many workers shared the evaluation."""
-    if plan.recipe.job.train.evaluation == "worker0":
-        return "worker 0"
-    workers = len(plan.recipe.workers)
-    return f"{workers} worker{'s' if workers != 1 else ''}"
-
-
-def summary_table(plan: Plan, result: dict) -> list[str]:
-    """Per-worker throughput and where the time went, for the end of a launch."""
-    per_worker = result.get("images_per_s_per_worker") or {}
-    lines = ["[mxft] worker  host                 images/s"]
-    lines += [f"[mxft] {i:>6}  {plan.worker_hosts[int(i)]:<20} {speed:>8.1f}" for i, speed in per_worker.items()]
-    if per_worker:
-        lines.append(f"[mxft] {'total':>6}  {'':<20} {sum(per_worker.values()):>8.1f}")
-    timing = result.get("timing") or {}
-    if timing:
-        lines.append(f"[mxft] time: staging {timing['staging_s']:.1f} s, start-up to the first batch "
-                     f"{timing['startup_s']:.1f} s, training and evaluation {timing['training_s']:.1f} s; "
-                     f"curves in {os.path.join(plan.run_dir, 'metrics.png')}")
-    return lines
 
 
 def _raise_interrupted(signum, _frame) -> None:
@@ -416,11 +387,7 @@ def _launch(argv: list[str], *, command_mode: bool) -> int:
         if outcome.result is None:
             _echo(outcome.plan.describe())
             return EXIT_OK
-        if outcome.plan.command is not None:
-            _echo(f"[mxft] run dir {outcome.plan.run_dir}: all {len(outcome.plan.processes)} processes finished "
-                  f"(staging {outcome.result['staging_s']:.1f} s, running {outcome.result['running_s']:.1f} s)")
-            return EXIT_OK
-        return _report(outcome.plan, outcome.result)
+        return _report(outcome)
     except InputError as err:
         return _bad_input(err)
     except JobFailed as err:

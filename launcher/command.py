@@ -9,8 +9,8 @@ mxft adds is what launch.py lacks: preflight, staging of the working folder
 (``--sync-dir``), ``DMLC_NODE_HOST`` per host, prefixed logs, and teardown of every
 process on every host as soon as one fails (ps-lite itself would hang).
 
-``CommandSpec`` is the parsed command line or job file; ``make_command_plan`` is pure
-and builds the same ``Plan`` as a recipe, with the same placement and process layout.
+``CommandSpec`` is the parsed command line or job file; ``launcher.plan.command`` plans
+it. This module finds the files ``--sync-dir`` copies and reads ``--env``.
 """
 from __future__ import annotations
 
@@ -18,10 +18,8 @@ import os
 from collections.abc import Mapping, Sequence
 
 from cluster.errors import InputError
-from cluster.hosts import HostSpec
 from cluster.secret import Secret
 from launcher.jobspec import ENV_NAME, CommandSpec
-from launcher.plan import Facts, Placement, Plan, Transfer, plan_processes, check_slots
 
 # Never copied by --sync-dir: version control, caches, virtual environments, run folders.
 SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".venv", "venv", ".mypy_cache", ".pytest_cache",
@@ -61,44 +59,6 @@ def sync_destinations(spec: CommandSpec) -> tuple[str, ...]:
     Preflight refuses one that another user could write to or create first (``launcher.folder_check``).
     """
     return (spec.sync_dir,) if spec.sync_dir else ()
-
-
-def remote_path(path: str, home: str) -> str:
-    """``~/x`` on a host whose home is ``home`` -> ``home/x``; other paths unchanged."""
-    if path == "~" or path.startswith("~/"):
-        return home.rstrip("/") + path[1:]
-    return path
-
-
-def make_command_plan(spec: CommandSpec, hosts: Sequence[HostSpec], facts: Facts) -> Plan:
-    """Place scheduler, servers and workers like a recipe; every one runs ``spec.argv``.
-
-    ``facts.synced`` lists the files of ``spec.workdir`` to copy to each busy remote host
-    when ``spec.sync_dir`` is set (``sync_files`` finds them).
-    """
-    placement = Placement.round_robin(hosts, facts, workers=spec.workers, servers=spec.servers)
-    check_slots(placement.workers, 1, hint="add hosts, raise slots, or lower -n")
-    transfers = placement.code_transfers(facts)
-    if spec.sync_dir:
-        for host in placement.busy:
-            if not placement.layouts[host.label].local:
-                dest = remote_path(spec.sync_dir, facts.hosts[host.label].home)
-                transfers += [Transfer(host.label, os.path.join(spec.workdir, rel), f"{dest}/{rel}", "run")
-                              for rel in facts.synced]
-
-    def argv(host_facts) -> tuple[str, ...]:
-        if spec.argv[0] in ("python", "python3"):
-            return (host_facts.python,) + spec.argv[1:]  # this launcher's Python, or the one preflight checked there
-        return spec.argv
-
-    def cwd(host: HostSpec, layout) -> str:
-        if layout.local or not spec.sync_dir:
-            return spec.workdir
-        return remote_path(spec.sync_dir, facts.hosts[host.label].home)
-
-    processes = plan_processes(placement, facts, spec.servers, spec.workers, worker_env=None, worker_args=None,
-                           argv=argv, env_for=lambda role: spec.env_for(role.value), cwd_for=cwd)
-    return placement.assemble(facts, processes, transfers, command=spec)
 
 
 def parse_env(items: Sequence[str], *, environ: Mapping[str, str], option: str) -> dict[str, str]:

@@ -27,15 +27,15 @@ from cluster.local import free_ports
 from cluster.slurm import hosts_from_slurm
 from cluster.srun import remote_host, require_allocation_nodes, require_srun
 from cluster.ssh import SSHOptions
-from launcher import assets, cachefile, extras, recfile, runstate
+from launcher import cachefile, runstate
 from launcher.check_table import HostRow, host_row
-from launcher.command import sync_destinations, sync_files
 from launcher.console import Console
 from launcher.execute import execute
 from launcher.folder_check import folder_unsafe_reason
-from launcher.inputs import Inventory, check_inputs
+from launcher.inputs import Inventory
 from launcher.jobspec import CommandSpec, JobSpec, load_job
-from launcher.plan import Facts, HostFacts, Plan, Transfer, assign_workers, make_plan, public_addresses
+from launcher.kinds import Command, FineTuning, kind_of, kind_of_plan
+from launcher.plan import Facts, HostFacts, Plan, Transfer, make_plan, public_addresses
 from launcher.preflight import (HostReport, Requirements, assumed_facts, cached_facts, facts_of, local_mxnet_version,
                                 probe_all, problems, remember_facts, require_fit)
 from launcher.reach import require_scheduler_reachable
@@ -77,6 +77,7 @@ class Outcome:
 
     plan: Plan
     result: dict | None
+    kind: type[FineTuning] | type[Command]   # what the CLI asks for the run's summary
 
 
 def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
@@ -100,18 +101,6 @@ def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
     return hosts[:1] if local else hosts
 
 
-def _fingerprint(*paths: str) -> str:
-    """A key that changes whenever any of the files changes (its path and ``cachefile.file_identity``)."""
-    parts = [f"{os.path.abspath(path)}|{cachefile.file_identity(path)}" for path in paths]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def _rec_files(rec_path: str) -> list[str]:
-    """A ``.rec`` and, if it has one, its ``.idx``: what records are read through."""
-    idx = recfile.present_index(rec_path)
-    return [rec_path] + ([idx] if idx else [])
-
-
 def _code_files() -> tuple[tuple[str, ...], str]:
     """The trainer package's files (relative to CODE_DIR) and a hash of their contents."""
     files = tuple(sorted(os.path.relpath(path, CODE_DIR)
@@ -121,16 +110,6 @@ def _code_files() -> tuple[tuple[str, ...], str]:
         with open(os.path.join(CODE_DIR, rel), "rb") as handle:
             digest.update(rel.encode() + b"\0" + handle.read() + b"\0")
     return files, digest.hexdigest()[:16]
-
-
-def _file_keys(job: JobSpec) -> dict[str, str]:
-    """Content keys of the files every worker host needs; pairs share a key (and a folder)."""
-    model = _fingerprint(job.model.symbol_path, job.model.params_path)
-    keys = {job.model.symbol_path: model, job.model.params_path: model}
-    val_files = _rec_files(job.data.val)
-    val = _fingerprint(*val_files)
-    keys.update({path: val for path in val_files})
-    return keys
 
 
 def _staging_bytes(transfers: Sequence[Transfer], known: Mapping[str, int] | None = None) -> dict[str, int]:
@@ -165,18 +144,12 @@ def _claim_run_dir(run_dir: str) -> bool:
 
 
 def _run_facts(config: LaunchConfig, spec: JobSpec | CommandSpec, attempt: Attempt) -> Facts:
-    """Every fact but the hosts' own and the ports: run, folders, code, data keys, resume point."""
+    """Every fact but the hosts' own and the ports: run, folders, code, the job kind's (data keys, resume point)."""
     code_files, code_hash = _code_files()
-    common = dict(run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=os.path.abspath(config.cache_dir),
-                  scheduler_port=0, code_dir=CODE_DIR, hosts={}, remote_dir=config.remote_dir,
-                  code_files=code_files, code_hash=code_hash, attempt=attempt.number, ssh=config.ssh,
-                  launcher=config.launcher)
-    if isinstance(spec, CommandSpec):
-        return Facts(train_fingerprint="", synced=sync_files(spec.workdir) if spec.sync_dir else (), **common)
-    checkpoint = attempt.checkpoint
-    return Facts(train_fingerprint=_fingerprint(*_rec_files(spec.data.train)), file_keys=_file_keys(spec),
-                 resume_epoch=checkpoint.epoch if checkpoint else 0,
-                 resume_prefix=checkpoint.prefix if checkpoint else None, **common)
+    return Facts(run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=os.path.abspath(config.cache_dir),
+                 scheduler_port=0, code_dir=CODE_DIR, hosts={}, remote_dir=config.remote_dir, code_files=code_files,
+                 code_hash=code_hash, attempt=attempt.number, ssh=config.ssh, launcher=config.launcher,
+                 **kind_of(spec).facts(spec, attempt.checkpoint))
 
 
 def _local_facts(facts: Facts, host: HostSpec, workers: int) -> Facts:
@@ -227,46 +200,26 @@ def _probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec],
 
 def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory | None) -> Requirements:
     """What the plan puts on each host: GPUs and bytes to stage (shards counted before they exist)."""
-    known: dict[str, int] = {}
-    gpus: dict[str, int] = {}
-    gpu_ids: dict[str, tuple[int, ...]] = {}
-    if plan.recipe is not None:
-        known = {shard.rec_path: sum(inventory.train_records[i].size_bytes for i in shard.positions)
-                 for shard in plan.recipe.shards}
-        for label, worker in zip(plan.worker_hosts, plan.recipe.workers):
-            gpus[label] = gpus.get(label, 0) + len(worker.devices or ())
-            gpu_ids[label] = gpu_ids.get(label, ()) + tuple(worker.devices or ())
-    return Requirements(local_mxnet_version(), gpus, _staging_bytes(plan.transfers, known), config.remote_dir,
-                        gpu_ids_per_host=gpu_ids)
-
-
-def _checked_inputs(spec: JobSpec | CommandSpec, config: LaunchConfig) -> Inventory | None:
-    """What the job's files hold (a recipe), or that a command's folder exists; InputError if not.
-
-    A dry run (and ``check``) reads the label cache but writes nothing to it."""
-    if isinstance(spec, CommandSpec):
-        if not os.path.isdir(spec.workdir):
-            raise InputError(spec.workdir, "working folder not found", hint=f"check workdir in {spec.source}")
-        return None
-    return check_inputs(spec, cache_dir=config.cache_dir, remember_labels=not config.dry_run)
+    known, gpu_ids = kind_of_plan(plan).demands(plan, inventory)
+    return Requirements(local_mxnet_version(), {label: len(ids) for label, ids in gpu_ids.items()},
+                        _staging_bytes(plan.transfers, known), config.remote_dir, gpu_ids_per_host=gpu_ids)
 
 
 def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Sequence[HostSpec], attempt: Attempt,
                  *, echo: Callable[[str], None] | None = None) -> Plan:
     """Facts first, then the one plan, then whether every host can take its part of it (all hosts at once)."""
-    inventory = _checked_inputs(spec, config)
+    kind = kind_of(spec)
+    inventory = kind.inputs(spec, config)
     for note in inventory.notes if inventory and echo else ():
         echo(f"[mxft] {note}")
     facts = _run_facts(config, spec, attempt)
     reports = []
     if hosts[0].is_local:
-        workers = len(assign_workers(spec.cluster, hosts).workers) if isinstance(spec, JobSpec) else 0
-        facts = _local_facts(facts, hosts[0], workers)
+        facts = _local_facts(facts, hosts[0], kind.local_workers(spec, hosts))
     elif config.dry_run and not config.probe:
         facts = _known_facts(config, facts, hosts)
     else:
-        facts, reports = _probed_facts(config, facts, hosts, echo, other_folders=(
-            sync_destinations(spec) if isinstance(spec, CommandSpec) else ()))
+        facts, reports = _probed_facts(config, facts, hosts, echo, other_folders=kind.other_folders(spec))
     plan = make_plan(spec, hosts, facts, inventory=inventory)
     if reports:
         require_fit(reports, _requirements(config, plan, inventory))
@@ -276,8 +229,8 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
     if public and echo and not config.dry_run:  # a dry run's plan says so itself
         echo(f"[mxft] warning: ps-lite will listen on public address(es) {', '.join(public)} with no "
              "authentication or encryption; use a private network (addr= in the hosts file, or cluster.interface)")
-    if isinstance(spec, CommandSpec) and not hosts[0].is_local and spec.sync_dir is None and echo:
-        echo(f"[mxft] no --sync-dir: remote processes run in {spec.workdir}, which must exist on every host")
+    for note in kind.notes(spec, hosts) if echo else ():
+        echo(f"[mxft] {note}")
     return plan
 
 
@@ -289,9 +242,9 @@ def check_hosts(config: LaunchConfig) -> list[HostRow]:
     spec, inventory = None, None
     if config.job_path:  # the job's own mistakes first, before any host is contacted
         spec = load_job(config.job_path, overrides=config.overrides)
-        if isinstance(spec, JobSpec):
-            spec = pack_image_folder(spec, config.cache_dir, echo=lambda text: None, dry_run=True)
-        inventory = _checked_inputs(spec, config)
+        looking = dataclasses.replace(config, dry_run=True)  # nothing built, packed or remembered
+        spec = kind_of(spec).prepared(spec, looking, lambda text: None)
+        inventory = kind_of(spec).inputs(spec, looking)
     attempt = Attempt("check", "/nonexistent/check")
     base = _run_facts(config, spec, attempt) if spec is not None else Facts(
         run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=config.cache_dir, scheduler_port=0,
@@ -303,55 +256,6 @@ def check_hosts(config: LaunchConfig) -> list[HostRow]:
     return [host_row(report, need) for report in reports]
 
 
-def _folder_key(job: JobSpec) -> str:
-    """Changes whenever the image folder's files or the packing settings change."""
-    images = job.data.images
-    digest = hashlib.sha256(repr(dataclasses.astuple(images)).encode())
-    for root, dirs, files in os.walk(images.folder):
-        dirs.sort()
-        for name in sorted(files):
-            stat = os.stat(os.path.join(root, name))
-            digest.update(f"{os.path.relpath(os.path.join(root, name), images.folder)}|{stat.st_size}|"
-                          f"{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def pack_image_folder(job: JobSpec, cache_dir: str, *, echo: Callable[[str], None], dry_run: bool,
-                      progress: Callable[[int, int], None] = lambda done, total: None) -> JobSpec:
-    """For ``data.images``: pack the folder into the cache once; the job then names those .rec files."""
-    images = job.data.images
-    if images is None:
-        return job
-    if not os.path.isdir(images.folder):
-        raise InputError(images.folder, "image folder not found", hint=f"check data.images.folder in {job.source}")
-    prefix = os.path.join(cache_dir, "prepared", _folder_key(job), "set")
-    if not os.path.isfile(prefix + "-summary.json"):  # written last: the packing is complete
-        if dry_run:
-            raise InputError(images.folder, "is not packed yet", hint="launch once without --dry-run, "
-                             "or pack it with mxft-prepare and name the .rec files in the job")
-        with cachefile.locked(os.path.dirname(prefix)):  # a launch packing it now goes first; then it is there
-            if not os.path.isfile(prefix + "-summary.json"):
-                _pack(job, prefix, echo, progress)
-    data = dataclasses.replace(job.data, train=prefix + "-train.rec", val=prefix + "-val.rec")
-    return dataclasses.replace(job, data=data)
-
-
-def _pack(job: JobSpec, prefix: str, echo: Callable[[str], None], progress: Callable[[int, int], None]) -> None:
-    extras.require("cv2", package="opencv-python-headless", extra="prepare", needed_for="packing data.images",
-                   source=job.source)
-    from launcher.prepare import PrepareSpec, pack_images
-    images = job.data.images
-    echo(f"[mxft] packing {images.folder} into {os.path.dirname(prefix)} (once; cached)")
-    summary = pack_images(PrepareSpec(images.folder, prefix, images.train_per_class, images.seed, images.resize,
-                                      images.quality, images.exclude, os.cpu_count() or 1), progress=progress)
-    if summary["classes_without_training_images"]:
-        os.remove(prefix + "-summary.json")
-        raise InputError(images.folder, "no readable training image in class(es) "
-                         + ", ".join(summary["classes_without_training_images"]))
-    echo(f"[mxft] packed {summary['train']['images']} training and {summary['val']['images']} validation "
-         f"images of {summary['classes']} classes in {summary['seconds']:.1f} s")
-
-
 def _resumed(run_dir: str) -> tuple[JobSpec, Attempt]:
     """The job and next attempt of a stopped run, for --resume."""
     job_path = os.path.join(run_dir, "job.yaml")
@@ -360,7 +264,7 @@ def _resumed(run_dir: str) -> tuple[JobSpec, Attempt]:
     if runstate.running_launcher(run_dir) is not None:
         raise InputError(run_dir, "this run is still running", hint=f"stop it first: mxft-launch stop {run_dir}")
     job = load_job(job_path)
-    if isinstance(job, CommandSpec):
+    if not kind_of(job).resumable:
         raise InputError(run_dir, "command-mode runs cannot be resumed", hint="launch the command again")
     attempts = runstate.read_attempts(run_dir)
     run_id = next((a["run_id"] for a in attempts if "run_id" in a), os.path.basename(os.path.normpath(run_dir)))
@@ -388,7 +292,7 @@ def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts:
                        failure: JobFailed, console: Console) -> tuple[HostSpec, ...]:
     """The next attempt's hosts: without a failed host, and without any that fails preflight now, while at
     least ``cluster.min_hosts`` remain (unset: the same hosts)."""
-    least = spec.cluster.min_hosts if isinstance(spec, JobSpec) else None
+    least = kind_of(spec).min_hosts(spec)
     if least is None or hosts[0].is_local:
         return tuple(hosts)
     lost = failed_host(failure)
@@ -418,30 +322,17 @@ def _started(plan: Plan, attempt: Attempt, console: Console) -> None:
     os.makedirs(plan.run_dir, exist_ok=True)
     runstate.write_launcher(plan.run_dir, plan.run_id)
     begin = attempt.checkpoint.epoch if attempt.checkpoint else 0
+    record, what = kind_of_plan(plan).started(plan, begin)
     runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "run_id": plan.run_id, "outcome": "started",
-                                           "hosts": [h.label for h in plan.hosts],
-                                           **({"begin_epoch": begin} if plan.recipe else {})})
-    what = f" running {plan.command.argv[0]}" if plan.command else ""
+                                           "hosts": [h.label for h in plan.hosts], **record})
     console(f"[mxft] run {plan.run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s){what}, "
          f"logs in {os.path.dirname(plan.processes[0].log_path)}"
          + (f"; attempt {attempt.number}, from epoch {begin}" if attempt.number > 1 else ""))
 
 
-def verdict(plan: Plan, result: dict) -> tuple[str, str]:
-    """The run's one verdict, (outcome, reason): ``succeeded``, or ``missed`` when a fine-tuning run's validation
-    accuracy is below the job's ``expect.min_accuracy`` (the run went through; what it gave is not what was
-    expected: exit 1, and so say result.json, ``status`` and ``runs``)."""
-    least = plan.recipe.job.expect.min_accuracy if plan.recipe else None
-    accuracy = result.get("val_accuracy")
-    if least is not None and isinstance(accuracy, (int, float)) and accuracy < least:
-        return "missed", (f"validation accuracy {accuracy:.4f} is below expect.min_accuracy {least} "
-                          f"({plan.recipe.job.source})")
-    return "succeeded", ""
-
-
 def _finish(plan: Plan, attempt: Attempt, result: dict) -> dict:
     """Record the attempt's verdict and write RUN_DIR/result.json, once, with every attempt in it."""
-    outcome, reason = verdict(plan, result)
+    outcome, reason = kind_of_plan(plan).verdict(plan, result)
     runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "outcome": outcome,
                                            **({"reason": reason} if reason else {})})
     result = dict(result, outcome=outcome, **({"reason": reason} if reason else {}),
@@ -471,30 +362,25 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
     _require_own_folders(config)
     spec, attempt = _what_to_run(config)
     hosts = _hosts(config)
-    if isinstance(spec, JobSpec):
-        if spec.builtin_assets and not config.dry_run:
-            assets.ensure_built(spec, console=console)
-        spec = pack_image_folder(
-            spec, config.cache_dir, echo=console, dry_run=config.dry_run,
-            progress=lambda done, total: console.progress("packing images", done, total, unit="image"))
-    restarts_left = (spec.cluster.max_restarts if max_restarts is None else max_restarts) \
-        if isinstance(spec, JobSpec) else 0
+    kind = kind_of(spec)
+    spec = kind.prepared(spec, config, console)
+    restarts_left = kind.restarts(spec, given=max_restarts)
     fresh = config.resume_dir is None  # a new run: its folder is made now, and must not exist yet
     while True:
         plan = plan_attempt(config, spec, hosts, attempt, echo=console)
         if config.dry_run:
-            return Outcome(plan, None)
+            return Outcome(plan, None, kind)
         if fresh and not _claim_run_dir(plan.run_dir):  # the id is taken: plan again under a new one
             attempt = _new_attempt(config, spec)
             continue
         fresh = False
         _started(plan, attempt, console)
         try:
-            result = execute(plan, console=console)
+            result = execute(plan, kind, console=console)
         except (Interrupted, KeyboardInterrupt) as stop:
             _record_end(plan.run_dir, attempt.number, "interrupted")
             signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
-            raise Interrupted(signum, resume_dir=plan.run_dir if plan.recipe else None) from None
+            raise Interrupted(signum, resume_dir=plan.run_dir if kind.resumable else None) from None
         except JobFailed as failure:
             checkpoint = _record_end(plan.run_dir, attempt.number, "failed", **failure.record())
             if restarts_left <= 0:
@@ -506,4 +392,4 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
                     f"({restarts_left} restart(s) left)")
             attempt = dataclasses.replace(attempt, number=attempt.number + 1, checkpoint=checkpoint)
             continue
-        return Outcome(plan, _finish(plan, attempt, result))
+        return Outcome(plan, _finish(plan, attempt, result), kind)

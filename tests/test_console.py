@@ -17,7 +17,7 @@ from cluster.hosts import HostSpec
 from cluster.supervise import Member
 from launcher import cli, prepare_cli
 from launcher.console import Console
-from launcher.execute import RunEvents
+from launcher.recipe_run import RunEvents
 from launcher.jobspec import parse_job
 from launcher.plan import make_plan
 from launcher.status import runs_lines
@@ -281,7 +281,7 @@ def test_launcher_words_a_long_scheduler_wait_once_and_prints_each_epoch_once(tm
                      inventory=inventory())
     out = io.StringIO()
     console = Console(out, interactive=False)
-    console.start_training(0, plan.recipe.job.train.epochs, plan.recipe.batches_per_epoch)  # as execute() does
+    console.start_training(0, plan.component.job.train.epochs, plan.component.batches_per_epoch)  # as execute() does
     run_events = RunEvents(plan, {}, console=console)
     server = Member("server 0", "localhost", None, False, "/dev/null", "server", 0)
     workers = [Member(f"worker {i}", "localhost", None, True, "/dev/null", "worker", i) for i in range(2)]

@@ -53,8 +53,8 @@ def test_a_relaunch_reads_the_cache_and_a_rewritten_file_is_read_again(tmp_path)
 
 
 def test_the_shard_and_staging_keys_move_with_an_in_place_rewrite_and_with_the_index(tmp_path):
-    """The keys of cut shards and staged copies (``launch._fingerprint``) see what the label cache sees."""
-    from launcher.launch import _fingerprint, _rec_files
+    """The keys of cut shards and staged copies (``kinds.fingerprint``) see what the label cache sees."""
+    from launcher.kinds import fingerprint as _fingerprint, rec_files as _rec_files
     rec = write_rec(str(tmp_path / "train"), [0, 1, 2, 3, 4] * 20)
     key = _fingerprint(*_rec_files(rec))
     assert _fingerprint(*_rec_files(rec)) == key and _rec_files(rec) == [rec, recfile.idx_path_for(rec)]

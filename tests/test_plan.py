@@ -29,12 +29,12 @@ def test_local_plan_literal():
                                       "/runs/small-1/config/worker-0.json")
     assert plan.processes[4].log_path == "/runs/small-1/logs/worker-1.log"
     # 9 records over 2 workers: 5 and 4; batches of 4 -> 2 batches per epoch on both.
-    assert [list(s.positions) for s in plan.recipe.shards] == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
-    assert plan.recipe.batches_per_epoch == 2
-    assert plan.recipe.shards[1].rec_path == os.path.join(shard_dir(FACTS, 2), "part-1-of-2.rec")
-    worker = plan.recipe.workers[1]
+    assert [list(s.positions) for s in plan.component.shards] == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
+    assert plan.component.batches_per_epoch == 2
+    assert plan.component.shards[1].rec_path == os.path.join(shard_dir(FACTS, 2), "part-1-of-2.rec")
+    worker = plan.component.workers[1]
     assert (worker.index, worker.train_rec, worker.val_rec, worker.num_val_images, worker.kvstore,
-            worker.devices, worker.out_dir) == (1, plan.recipe.shards[1].rec_path, "/d/val.rec", 5, "dist_sync", None,
+            worker.devices, worker.out_dir) == (1, plan.component.shards[1].rec_path, "/d/val.rec", 5, "dist_sync", None,
                                                 "/runs/small-1/workers/worker-1")
 
 
@@ -43,19 +43,19 @@ def test_workers_on_this_machine_read_parts_of_a_mixed_indexed_file_in_place():
     mixed = dataclasses.replace(inventory(), train_labels=(0, 1, 2) * 3, train_index="/d/train.idx")
     plan = make_plan(job, [HostSpec("localhost")], FACTS, inventory=mixed)
     # ImageRecordIter's parts over the .idx: ceil(9 / 2) = 5 records, then 4; nothing is copied or cached
-    assert [(s.positions, s.rec_path, s.idx_path, s.in_place) for s in plan.recipe.shards] == [
+    assert [(s.positions, s.rec_path, s.idx_path, s.in_place) for s in plan.component.shards] == [
         (range(0, 5), "/d/train.rec", "/d/train.idx", True), (range(5, 9), "/d/train.rec", "/d/train.idx", True)]
-    assert [(w.train_rec, w.train_part) for w in plan.recipe.workers] == [
+    assert [(w.train_rec, w.train_part) for w in plan.component.workers] == [
         ("/d/train.rec", [0, 2, "/d/train.idx"]), ("/d/train.rec", [1, 2, "/d/train.idx"])]
-    assert plan.recipe.batches_per_epoch == 2 and not plan.transfers
+    assert plan.component.batches_per_epoch == 2 and not plan.transfers
     assert "part 1 of 2 of /d/train.rec in place: 4 records" in plan.describe()
     # sorted by class: contiguous parts would give each worker a few classes, so strided copies are cut
     by_class = dataclasses.replace(mixed, train_labels=(0, 0, 0, 1, 1, 1, 2, 2, 2))
-    shards = make_plan(job, [HostSpec("localhost")], FACTS, inventory=by_class).recipe.shards
+    shards = make_plan(job, [HostSpec("localhost")], FACTS, inventory=by_class).component.shards
     assert [(list(s.positions), s.in_place) for s in shards] == [([0, 2, 4, 6, 8], False), ([1, 3, 5, 7], False)]
     # no .idx: copies too (the indexed reader needs one)
     assert not make_plan(job, [HostSpec("localhost")], FACTS, inventory=dataclasses.replace(
-        mixed, train_index=None)).recipe.shards[0].in_place
+        mixed, train_index=None)).component.shards[0].in_place
 
 
 def test_threads_split_between_workers_of_a_host():
@@ -111,8 +111,8 @@ def test_remote_plan_literal():
     shard_key = os.path.basename(shard_dir(facts, 2))
     assert [t for t in plan.transfers if t.host == "10.0.0.2"] == [
         Transfer("10.0.0.2", "/code/trainer/worker.py", "/home/b/.mxft/code/c0de/trainer/worker.py", "code"),
-        Transfer("10.0.0.2", plan.recipe.shards[1].rec_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.rec", "data"),
-        Transfer("10.0.0.2", plan.recipe.shards[1].idx_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx",
+        Transfer("10.0.0.2", plan.component.shards[1].rec_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.rec", "data"),
+        Transfer("10.0.0.2", plan.component.shards[1].idx_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx",
                  "data"),
         Transfer("10.0.0.2", "/d/val.rec", "/home/b/.mxft/data/vk/val.rec", "data"),
         Transfer("10.0.0.2", "/m/net-symbol.json", "/home/b/.mxft/data/mk-flatten0/net-symbol.json", "data"),
@@ -122,9 +122,9 @@ def test_remote_plan_literal():
         Transfer("10.0.0.2", "/runs/small-1/config/worker-1.json", "/home/b/.mxft/runs/small-1/config/worker-1.json",
                  "run"),
     ]
-    assert plan.recipe.workers[1].model_prefix == "/home/b/.mxft/data/mk-flatten0/net"
-    assert plan.recipe.trimmed_params == "/cache/trimmed/mk-flatten0/net-0000.params"
-    assert plan.recipe.workers[1].out_dir == "/home/b/.mxft/runs/small-1/workers/worker-1"
+    assert plan.component.workers[1].model_prefix == "/home/b/.mxft/data/mk-flatten0/net"
+    assert plan.component.trimmed_params == "/cache/trimmed/mk-flatten0/net-0000.params"
+    assert plan.component.workers[1].out_dir == "/home/b/.mxft/runs/small-1/workers/worker-1"
     assert plan.remote_roots == {"10.0.0.1": "/home/a/.mxft", "10.0.0.2": "/home/b/.mxft"}
     assert plan.remote_pythons == {"10.0.0.1": "py", "10.0.0.2": "py"}
 
@@ -152,7 +152,7 @@ def facts_for(hosts) -> Facts:
 
 def roles(plan) -> list[tuple[str, str, object]]:
     """(process, host, its GPUs) for every process of the plan."""
-    devices = {f"worker {w.index}": w.devices for w in plan.recipe.workers}
+    devices = {f"worker {w.index}": w.devices for w in plan.component.workers}
     return [(p.name, p.host, devices.get(p.name)) for p in plan.processes]
 
 
@@ -218,7 +218,7 @@ CPU2_JOB = GPU_JOB.replace("{devices: gpu:8}", "{devices: 'cpu:2'}")
 def cpu_workers(plan) -> list[tuple[str, str, object, int]]:
     """(worker, host, its GPUs, its CPU contexts) for every worker of the plan."""
     hosts = {p.name: p.host for p in plan.processes}
-    return [(f"worker {w.index}", hosts[f"worker {w.index}"], w.devices, w.cpu_contexts) for w in plan.recipe.workers]
+    return [(f"worker {w.index}", hosts[f"worker {w.index}"], w.devices, w.cpu_contexts) for w in plan.component.workers]
 
 
 def test_cpu2_on_two_2_slot_hosts_runs_one_worker_per_host_over_two_contexts():
@@ -228,8 +228,8 @@ def test_cpu2_on_two_2_slot_hosts_runs_one_worker_per_host_over_two_contexts():
     assert cpu_workers(plan) == [("worker 0", "10.0.0.1", None, 2), ("worker 1", "10.0.0.2", None, 2)]
     assert [(p.name, p.host) for p in plan.processes if p.role is Role.SERVER] == [
         ("server 0", "10.0.0.1"), ("server 1", "10.0.0.2")]
-    assert [w.batch_size for w in plan.recipe.workers] == [8, 8]       # 4 per context x 2 contexts
-    assert plan.recipe.batches_per_epoch == 3                          # 20 records per shard / 8, rounded up
+    assert [w.batch_size for w in plan.component.workers] == [8, 8]       # 4 per context x 2 contexts
+    assert plan.component.batches_per_epoch == 3                          # 20 records per shard / 8, rounded up
     assert plan.processes[-1].env_dict["OMP_NUM_THREADS"] == "16"      # 32 CPUs over its 2 contexts
     text = plan.describe()
     assert "kvstore    dist_sync, 2 worker(s) x cpu:2, 2 server(s)" in text
@@ -247,7 +247,7 @@ def test_cpu2_on_a_4_slot_host_runs_two_workers_and_fills_no_more_slots_than_it_
     assert "workers    2: one per 2 slots of each host (cpu:2 workers, cluster.workers: auto)" in plan.describe()
     odd = gpu_hosts(3)                                                 # one slot left idle
     assert len(make_plan(parse_job(CPU2_JOB, "/jobs/small.yaml", environ={}), odd, facts_for(odd),
-                         inventory=inventory()).recipe.workers) == 1
+                         inventory=inventory()).component.workers) == 1
     unsized = (HostSpec("10.0.0.1"),)                                  # no slots=: one worker, the job's contexts
     assert cpu_workers(make_plan(parse_job(CPU2_JOB, "/jobs/small.yaml", environ={}), unsized, facts_for(unsized),
                                  inventory=inventory())) == [("worker 0", "10.0.0.1", None, 2)]
@@ -265,7 +265,7 @@ def test_cpu2_workers_that_do_not_fit_the_slots_are_refused():
                                          r"contexts \(add hosts, raise slots, or lower cluster.workers"):
         make_plan(three, one, facts_for(one), inventory=inventory())
     wide = gpu_hosts(4, 4)
-    assert len(make_plan(three, wide, facts_for(wide), inventory=inventory()).recipe.workers) == 3
+    assert len(make_plan(three, wide, facts_for(wide), inventory=inventory()).component.workers) == 3
 
 
 def test_linear_lr_scaling_follows_the_global_batch():
@@ -274,12 +274,12 @@ def test_linear_lr_scaling_follows_the_global_batch():
                                     "train: {epochs: 2, batch_per_device: 4, lr_scaling: linear, warmup_epochs: 1}"),
                     "/jobs/small.yaml", environ={})
     plan = make_plan(job, hosts, facts_for(hosts), inventory=inventory())
-    assert {w.learning_rate for w in plan.recipe.workers} == {0.005}  # 0.01 x 64 / 128
+    assert {w.learning_rate for w in plan.component.workers} == {0.005}  # 0.01 x 64 / 128
     assert "lr         0.005: linear scaling, global batch 64 / reference 128, warmed up over 1 epoch(s)" in \
         plan.describe()
     unscaled = make_plan(parse_job(GPU_JOB, "/jobs/small.yaml", environ={}), hosts, facts_for(hosts),
                          inventory=inventory())
-    assert {w.learning_rate for w in unscaled.recipe.workers} == {None}
+    assert {w.learning_rate for w in unscaled.component.workers} == {None}
     assert ("  lr         0.01 as given (train.lr_scaling: none; global batch 64, train.reference_batch 128)"
             in unscaled.describe())
 

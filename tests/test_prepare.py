@@ -166,12 +166,12 @@ def test_a_job_can_name_an_image_folder(tmp_path, demo_assets):
 # The launcher's own path to packing (its SIGTERM handler installed, as mxft-launch runs it), 30 times.
 _PACK_THIRTY = """
 import os, signal, sys
-from launcher import cli, launch
+from launcher import cli, images
 from launcher.jobspec import load_job
 signal.signal(signal.SIGTERM, cli._raise_interrupted)
 job = load_job(sys.argv[1])
 for i in range(30):
-    launch.pack_image_folder(job, os.path.join(sys.argv[2], str(i)), echo=lambda text: None, dry_run=False)
+    images.pack_image_folder(job, os.path.join(sys.argv[2], str(i)), echo=lambda text: None, dry_run=False)
 print("packed 30 times")
 """
 

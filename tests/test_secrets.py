@@ -22,7 +22,7 @@ from cluster.secret import ENV_FROM_STDIN, Secret, split_secrets
 from cluster.ssh import remote_command
 from launcher import cli
 from launcher.cli import parse_command_args
-from launcher.command import make_command_plan
+from launcher.plan.command import make_command_plan
 from launcher.plan import Facts, HostFacts
 from tests.helpers import start_launch
 

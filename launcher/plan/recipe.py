@@ -1,0 +1,266 @@
+"""The fine-tuning component: shards, staged files and a config per worker, then ps-lite processes running ``trainer``.
+
+``make_recipe_plan`` is pure: the job, what its data holds (``launcher.inputs.Inventory``),
+the hosts and the facts give the one ``Plan``; ``Recipe`` is its part of that plan.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+from collections.abc import Sequence
+from typing import ClassVar
+
+from cluster.errors import InputError
+from cluster.hosts import HostSpec
+from launcher import recfile
+from launcher.inputs import Inventory
+from launcher.jobspec import ClusterSpec, CPUContexts, JobSpec
+from launcher.plan.model import Facts, Plan, ProcessSpec, Role, Transfer
+from launcher.plan.placement import (Assignment, HostLayout, Placement, Program, assign_workers, check_slots,
+                                     device_count, plan_processes)
+from trainer.config import WorkerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSpec:
+    """The training records of one worker: a copy cut into the cache (staged to its host), or a part of the
+    training file that a worker on this machine reads where it is (``in_place``: ImageRecordIter's
+    ``part_index``/``num_parts`` over the file's ``.idx``; nothing copied)."""
+
+    worker: int
+    positions: range | tuple[int, ...]    # which records of the training .rec (recfile.strided_shards / index_parts)
+    rec_path: str
+    idx_path: str
+    in_place: bool = False
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What a fine-tuning run adds to a plan: the job, the shards and every worker's config."""
+
+    kind: ClassVar[str] = "finetune"
+
+    job: JobSpec
+    shards: tuple[ShardSpec, ...]
+    workers: tuple[WorkerConfig, ...]
+    batches_per_epoch: int
+    trimmed_params: str | None = None     # params without the layers above the cut, staged to hosts
+    why: tuple[str, ...] = ()             # how cluster.workers / servers: auto were decided
+
+    name = property(lambda self: self.job.name)
+    source = property(lambda self: self.job.source)
+    host_silence_s = property(lambda self: float(self.job.cluster.host_silence_s))
+
+    def job_dict(self) -> dict:
+        return self.job.to_job_dict()
+
+    def header_lines(self, plan: Plan) -> list[str]:
+        return _describe_recipe(plan, self)
+
+    def process_detail(self, plan: Plan, proc: ProcessSpec) -> str:
+        if proc.role is Role.SCHEDULER:
+            return f"root {plan.scheduler_uri}:{plan.scheduler_port}"
+        if proc.role is not Role.WORKER:
+            return ""
+        shard, worker = self.shards[proc.rank], self.workers[proc.rank]
+        on = (f", gpu {','.join(map(str, worker.devices))}" if worker.devices is not None else
+              f", cpu {','.join(map(str, range(worker.cpu_contexts)))}" if worker.cpu_contexts > 1 else "")
+        if shard.in_place:
+            return (f"part {proc.rank} of {len(self.shards)} of {shard.rec_path} in place: "
+                    f"{len(shard.positions)} records{on}")
+        return f"shard {proc.rank}: {len(shard.positions)} records -> {shard.rec_path}{on}"
+
+    def transfer_lines(self, plan: Plan, host: str, files: list[Transfer]) -> list[str]:
+        kinds = ", ".join(f"{sum(t.kind == kind for t in files)} {kind}" for kind in ("code", "data", "run"))
+        return [f"  stage to {host}: {len(files)} files ({kinds})",
+                *(f"      {t.source} -> {t.dest}" for t in files if t.kind != "code")]
+
+
+def _describe_recipe(plan: Plan, recipe: Recipe) -> list[str]:
+    job, cluster = recipe.job, recipe.job.cluster
+    worker0 = recipe.workers[0]
+    devices = str(cluster.devices) if not cluster.uses_gpu else f"{len(worker0.devices)} GPU(s)"
+    batch = worker0.batch_size
+    servers = sum(p.role is Role.SERVER for p in plan.processes)
+    return [
+        f"  job        {job.source} ({job.name}): {job.model.variant.value} fine-tuning of "
+        f"{os.path.basename(job.model.prefix)} at {job.model.cut_layer}, {job.num_classes} classes",
+        f"  run dir    {plan.run_dir}",
+        f"  kvstore    {cluster.effective_kvstore}, {len(recipe.workers)} worker(s) x {devices}, {servers} server(s)"
+        + (f"; arrays of {cluster.bigarray_bound}+ values split over the servers (cluster.bigarray_bound)"
+           if servers > 1 else "")
+        + (f"; pushes compressed {cluster.gradient_compression.type}, threshold "
+           f"{cluster.gradient_compression.threshold:g}" if cluster.gradient_compression else ""),
+        *(f"  {line}" for line in recipe.why),
+        f"  training   {job.train.epochs} epochs x {recipe.batches_per_epoch} batches of {batch} per worker "
+        f"(global batch {batch * len(recipe.workers)}), {job.train.optimizer} {dict(job.train.optimizer_params)}",
+        _describe_lr(job, worker0.learning_rate, batch * len(recipe.workers)),
+        f"  validation {worker0.num_val_images} images of {job.data.val}, " + (
+            "evaluated by worker 0 alone (train.evaluation: worker0)" if job.train.evaluation == "worker0" else
+            f"a part evaluated by each of the {len(recipe.workers)} workers with their BatchNorm statistics averaged"
+            if len(recipe.workers) > 1 else "evaluated by worker 0"),
+        "  processes:",
+    ]
+
+
+def _describe_lr(job: JobSpec, scaled: float | None, global_batch: int) -> str:
+    """The learning rate each worker uses, and where it comes from."""
+    if scaled is None:
+        given = job.train.optimizer_params.get("learning_rate", "the optimizer's default")
+        return (f"  lr         {given} as given (train.lr_scaling: none; global batch {global_batch}, "
+                f"train.reference_batch {job.train.reference_batch})")
+    return (f"  lr         {scaled:g}: linear scaling, global batch {global_batch} / reference "
+            f"{job.train.reference_batch}" + (f", warmed up over {job.train.warmup_epochs} epoch(s)"
+                                              if job.train.warmup_epochs else ""))
+
+
+
+def shard_dir(facts: Facts, num_workers: int) -> str:
+    key = hashlib.sha256(f"{facts.train_fingerprint}|{num_workers}".encode()).hexdigest()[:16]
+    return os.path.join(facts.cache_dir, "shards", key)
+
+
+def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], facts: Facts) -> Plan:
+    """A fine-tuning run: shards, staged files and a config per worker, then the processes."""
+    assignment = assign_workers(job.cluster, hosts)
+    count = len(assignment.workers)
+    if count > len(inventory.train_records):
+        raise InputError(job.source, f"{count} workers but only {len(inventory.train_records)} "
+                         "training images", hint="use fewer workers")
+    placement = Placement.of(hosts, facts, workers=assignment.workers, servers=assignment.servers)
+    _check_slots(job.cluster, assignment)
+    batch = job.train.batch_per_device * device_count(assignment.devices[0])
+    all_local = all(placement.layouts[h.label].local for h in placement.workers)
+    shards = _shards(job, inventory, facts, count, local=all_local)
+    recipe = Recipe(job, shards, (), math.ceil(max(len(s.positions) for s in shards) / batch),
+                    os.path.join(facts.cache_dir, "trimmed", f"{_model_key(job, facts)}-{job.model.cut_layer}",
+                                 os.path.basename(job.model.params_path)), assignment.why)
+    transfers = placement.code_transfers(facts)
+    rate = scaled_learning_rate(job, batch * count)
+    workers = tuple(_place_worker(recipe, inventory, placement, facts, i, transfers, assignment.devices[i], rate)
+                    for i in range(count))
+    recipe = dataclasses.replace(recipe, workers=workers, trimmed_params=recipe.trimmed_params if any(
+        t.source == recipe.trimmed_params for t in transfers) else None)
+    processes = plan_processes(placement, facts, servers=len(assignment.servers), workers=count,
+                               program=lambda role, rank, host: _trainer(job, placement, facts, role, rank, host))
+    return placement.assemble(facts, processes, transfers, recipe)
+
+
+def _trainer(job: JobSpec, placement: Placement, facts: Facts, role: Role, rank: int, host: HostSpec) -> Program:
+    """``python -m trainer`` (with ``--config`` for a worker) and its environment: the staged code first on the path,
+    a worker's threads and ps-lite port, one thread for the scheduler and servers."""
+    layout = placement.layouts[host.label]
+    env = {"PYTHONPATH": layout.code_dir,
+           "PYTHONSAFEPATH": "1"}  # -m trainer: a trainer/ in the folder it starts in must not shadow ours
+    if role is not Role.WORKER:
+        return Program((facts.hosts[host.label].python, "-m", "trainer"), {**env, "OMP_NUM_THREADS": "1"})
+    env.update(_worker_threads(job, placement, facts, host),
+               MXNET_KVSTORE_BIGARRAY_BOUND=str(job.cluster.bigarray_bound))
+    if facts.worker_ports:
+        env["PORT"] = str(facts.worker_ports[rank])  # ps-lite ranks workers by (address, port)
+    return Program((facts.hosts[host.label].python, "-m", "trainer", "--config",
+                    f"{layout.run_dir}/config/worker-{rank}.json"), env)
+
+
+def _shards(job: JobSpec, inventory: Inventory, facts: Facts, count: int, *, local: bool) -> tuple[ShardSpec, ...]:
+    """Workers on this machine read parts of the training file in place when it has an index and its classes are
+    mixed through it; otherwise (and for data that must travel) strided copies are cut into the cache."""
+    if local and inventory.train_index is not None:
+        parts = recfile.index_parts(inventory.train_records, count)
+        if all(parts) and recfile.mixed_classes(inventory.train_labels, parts):
+            return tuple(ShardSpec(i, p, job.data.train, inventory.train_index, in_place=True)
+                         for i, p in enumerate(parts))
+    shards_at = shard_dir(facts, count)
+    return tuple(ShardSpec(i, p, os.path.join(shards_at, f"part-{i}-of-{count}.rec"),
+                           os.path.join(shards_at, f"part-{i}-of-{count}.idx"))
+                 for i, p in enumerate(recfile.strided_shards(len(inventory.train_records), count)))
+
+
+def _model_key(job: JobSpec, facts: Facts) -> str:
+    return facts.file_keys.get(job.model.params_path, "model")
+
+
+def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, facts: Facts, index: int,
+                  transfers: list[Transfer], devices: tuple[int, ...] | CPUContexts,
+                  learning_rate: float | None) -> WorkerConfig:
+    """Worker ``index``'s config, with the transfers that put its files on its host (appended)."""
+    job, host = recipe.job, placement.workers[index]
+    layout, keys, shard = placement.layouts[host.label], facts.file_keys, recipe.shards[index]
+    model_key = f"{_model_key(job, facts)}-{job.model.cut_layer}"
+
+    def stage(source: str, key: str, *, send: str | None = None) -> str:
+        dest = layout.data(source, key)
+        transfer = Transfer(host.label, send or source, dest, "data")
+        if not layout.local and all(t.host != host.label or t.dest != dest for t in transfers):
+            transfers.append(transfer)
+        return dest
+
+    shard_key = os.path.basename(os.path.dirname(shard.rec_path))
+    train_rec = stage(shard.rec_path, shard_key)
+    stage(shard.idx_path, shard_key)
+    val_rec = stage(job.data.val, keys.get(job.data.val, "val"))
+    symbol = stage(job.model.symbol_path, model_key)
+    stage(job.model.params_path, model_key, send=recipe.trimmed_params)
+    val_idx = recfile.idx_path_for(job.data.val)
+    if val_idx in keys:
+        stage(val_idx, keys[val_idx])
+    resume = _resume_files(host, layout, facts, transfers) if facts.resume_prefix else None
+    if not layout.local:
+        transfers.append(Transfer(host.label, os.path.join(facts.run_dir, "config", f"worker-{index}.json"),
+                                  f"{layout.run_dir}/config/worker-{index}.json", "run"))
+    return WorkerConfig(
+        index=index, train_rec=train_rec, val_rec=val_rec, num_val_images=inventory.val_records,
+        train_part=[index, len(recipe.shards), shard.idx_path] if shard.in_place else None,
+        learning_rate=learning_rate,
+        batches_per_epoch=recipe.batches_per_epoch, model_prefix=symbol[: -len("-symbol.json")],
+        devices=list(devices) if isinstance(devices, tuple) else None,
+        cpu_contexts=devices.count if isinstance(devices, CPUContexts) else 1,
+        kvstore=job.cluster.effective_kvstore, out_dir=f"{layout.run_dir}/workers/worker-{index}",
+        checkpoint_name=job.name, job=job.to_job_dict(), begin_epoch=facts.resume_epoch, resume_prefix=resume)
+
+
+def scaled_learning_rate(job: JobSpec, global_batch: int) -> float | None:
+    """``train.lr_scaling: linear``: the job's learning rate x global batch / ``train.reference_batch``.
+
+    >>> from launcher.jobspec import parse_job
+    >>> job = parse_job("{num_classes: 2, model: {prefix: m}, data: {train: t, val: v}, train: {lr_scaling: "
+    ...                 "linear, reference_batch: 16, optimizer_params: {learning_rate: 0.1}}}", "/j.yaml", environ={})
+    >>> scaled_learning_rate(job, 64)
+    0.4
+    """
+    rate = job.train.optimizer_params.get("learning_rate")
+    if job.train.lr_scaling != "linear" or not isinstance(rate, (int, float)):
+        return None
+    return round(rate * global_batch / job.train.reference_batch, 10)
+
+
+def _worker_threads(job: JobSpec, placement: Placement, facts: Facts, host: HostSpec) -> dict[str, str]:
+    """A CPU job's contexts (workers x cpu:N) share their host's cores; GPU workers keep MXNet's own default."""
+    if job.cluster.uses_gpu:
+        return {}
+    contexts = placement.workers.count(host) * job.cluster.devices.count
+    return {"OMP_NUM_THREADS": str(max(1, facts.hosts[host.label].cpu_count // contexts))}
+
+
+def _resume_files(host: HostSpec, layout: HostLayout, facts: Facts, transfers: list[Transfer]) -> str:
+    """The resume checkpoint's prefix on ``host`` (staged there with this run's files)."""
+    local = facts.resume_prefix
+    if layout.local:
+        return local
+    remote = f"{layout.run_dir}/resume/{os.path.basename(local)}"
+    for suffix in ("-symbol.json", f"-{facts.resume_epoch:04d}.params"):
+        transfer = Transfer(host.label, local + suffix, remote + suffix, "run")
+        if transfer not in transfers:
+            transfers.append(transfer)
+    return remote
+
+
+def _check_slots(cluster: ClusterSpec, assignment: Assignment) -> None:
+    """Each worker takes a slot per GPU, or per CPU context (``cpu:N``), of its host."""
+    check_slots(assignment.workers, device_count(assignment.devices[0]),
+                unit="devices" if cluster.uses_gpu else "CPU contexts",
+                hint="add hosts, raise slots, or lower cluster.workers / cluster.devices")
+
