@@ -22,7 +22,7 @@ import psutil
 from cluster.errors import InputError, Interrupted, JobFailed, MxftError
 from cluster.srun import default_launcher
 from cluster.ssh import SSHOptions
-from launcher import runstate
+from launcher import cachefile, runstate
 from launcher.check_table import table
 from launcher.clean import clean_hosts, cleanup_lines, load_clean_hosts
 from launcher.command import parse_env
@@ -108,6 +108,8 @@ def parse_args(argv: list[str] | None) -> Invocation:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job", nargs="?", help="job file (YAML), e.g. jobs/demo.yaml")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last complete epoch")
+    parser.add_argument("--plan", metavar="FILE", help="run a plan saved by --dry-run --probe --save-plan FILE, "
+                        "after checking that its hosts and files are as they were (exit 2 naming what changed)")
     parser.add_argument("--max-restarts", type=int, metavar="N",
                         help="resume automatically after up to N failures (default: the job's cluster.max_restarts)")
     where = parser.add_mutually_exclusive_group()
@@ -122,10 +124,11 @@ def parse_args(argv: list[str] | None) -> Invocation:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show every process's output on the console (it is always in RUN_DIR/logs)")
     args = parser.parse_args(argv)
-    if (args.job is None) == (args.resume is None):
-        parser.error("give a job file, or --resume RUN_DIR")
-    if args.probe and not args.dry_run:
-        parser.error("--probe goes with --dry-run (a launch always probes its hosts)")
+    if sum(given is not None for given in (args.job, args.resume, args.plan)) != 1:
+        parser.error("give a job file, --resume RUN_DIR or --plan FILE")
+    if args.plan and (args.hosts or args.local or args.overrides):
+        parser.error("--plan runs the plan's own job on its own hosts: no --hosts, --local or --set with it")
+    _check_dry_run_options(parser, args)
     if args.max_restarts is not None and args.max_restarts < 0:
         parser.error("--max-restarts must be >= 0")
     if args.local and args.launcher == "srun":
@@ -134,8 +137,16 @@ def parse_args(argv: list[str] | None) -> Invocation:
         args.hosts = "slurm"  # inside an allocation: its nodes are the hosts
     config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
                           _ssh_options(args), args.resume, tuple(args.overrides), probe=args.probe,
-                          launcher=args.launcher or default_launcher(args.hosts, os.environ))
+                          launcher=args.launcher or default_launcher(args.hosts, os.environ), plan_path=args.plan or "",
+                          save_plan=args.save_plan or "")
     return Invocation(config, args.max_restarts, args.verbose)
+
+
+def _check_dry_run_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.probe and not args.dry_run:
+        parser.error("--probe goes with --dry-run (a launch always probes its hosts)")
+    if args.save_plan and not args.dry_run:
+        parser.error("--save-plan goes with --dry-run (add --probe for a plan --plan can run)")
 
 
 def _add_dry_run_options(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +156,8 @@ def _add_dry_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe", action="store_true",
                         help="with --dry-run: probe the hosts first over SSH (and remember what they said, for later "
                              "dry runs), so the plan shown is the one a launch runs")
+    parser.add_argument("--save-plan", metavar="FILE",
+                        help="with --dry-run: also write the plan as JSON to FILE (mxft-launch --plan FILE runs it)")
 
 
 def _add_shared_options(parser: argparse.ArgumentParser, environ, *, launcher_option: bool = True) -> None:
@@ -243,6 +256,7 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
         role_env={role: env for role, env in roles.items() if env}, workdir=os.getcwd(), sync_dir=args.sync_dir)
     return LaunchConfig("", None if launcher == "local" else args.hosts, args.dry_run, args.run_root, args.cache_dir,
                         args.remote_dir, _ssh_options(args), command=spec, probe=args.probe,
+                        save_plan=args.save_plan or "",
                         launcher="ssh" if launcher == "local" else launcher)
 
 
@@ -250,8 +264,7 @@ def _check_command_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     """What argparse cannot check itself: a command, counts within bounds, a name that is one folder name."""
     if not command:
         parser.error("no command given (put it after --)")
-    if args.probe and not args.dry_run:
-        parser.error("--probe goes with --dry-run (a launch always probes its hosts)")
+    _check_dry_run_options(parser, args)
     servers = args.num_workers if args.num_servers is None else args.num_servers
     if not (1 <= args.num_workers <= MAX_PROCESSES and 1 <= servers <= MAX_PROCESSES):
         parser.error(f"-n and -s must be from 1 to {MAX_PROCESSES}")
@@ -284,6 +297,16 @@ def _report(outcome) -> int:
         _say_error(f"mxft-launch: job failed: {outcome.result['reason']}")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _save_plan(plan, path: str) -> None:
+    """The dry run's plan as JSON at ``path`` (``--plan`` runs it), written whole or not at all."""
+    try:
+        with cachefile.replacing(path, "w", encoding="utf-8") as handle:
+            handle.write(plan.to_json() + "\n")
+    except OSError as err:
+        raise InputError(f"--save-plan {path}", f"cannot write the plan: {err.strerror or err}") from None
+    _echo(f"[mxft] plan saved to {path}; run it with: mxft-launch --plan {path}")
 
 
 def _raise_interrupted(signum, _frame) -> None:
@@ -386,6 +409,8 @@ def _launch(argv: list[str], *, command_mode: bool) -> int:
         outcome = run(invocation.config, console=console, max_restarts=invocation.max_restarts)
         if outcome.result is None:
             _echo(outcome.plan.describe())
+            if invocation.config.save_plan:
+                _save_plan(outcome.plan, invocation.config.save_plan)
             return EXIT_OK
         return _report(outcome)
     except InputError as err:

@@ -56,6 +56,11 @@ class FineTuning:
                                                                                unit="image"))
 
     @staticmethod
+    def spec_of(plan: Plan, where: str) -> JobSpec:
+        """The job of a saved plan (``--plan``)."""
+        return plan.component.job
+
+    @staticmethod
     def inputs(spec: JobSpec, config) -> Inventory:
         """What the job's files hold; a dry run (and ``check``) reads the label cache but writes nothing to it."""
         return check_inputs(spec, cache_dir=config.cache_dir, remember_labels=not config.dry_run)
@@ -186,6 +191,17 @@ class Command:
 
     @staticmethod
     def prepared(spec: CommandSpec, config, console: Console) -> CommandSpec:
+        return spec
+
+    @staticmethod
+    def spec_of(plan: Plan, where: str) -> CommandSpec:
+        """The command of a saved plan (``--plan``); not one that passes values of its own (a plan never holds
+        them: it shows where they came from)."""
+        spec = plan.component.spec
+        names = [*spec.env, *(name for env in spec.role_env.values() for name in env)]
+        if names:
+            raise InputError(where, f"this command's processes get {names[0]} from --env or env:, whose value a "
+                             "saved plan never holds", hint="launch the command again instead")
         return spec
 
     @staticmethod

@@ -35,7 +35,7 @@ from launcher.folder_check import folder_unsafe_reason
 from launcher.inputs import Inventory
 from launcher.jobspec import CommandSpec, JobSpec, load_job
 from launcher.kinds import Command, FineTuning, kind_of, kind_of_plan
-from launcher.plan import Facts, HostFacts, Plan, Transfer, make_plan, public_addresses
+from launcher.plan import Facts, HostFacts, Plan, Transfer, fact_changes, make_plan, plan_from_json, public_addresses
 from launcher.preflight import (HostReport, Requirements, assumed_facts, cached_facts, facts_of, local_mxnet_version,
                                 probe_all, problems, remember_facts, require_fit)
 from launcher.reach import require_scheduler_reachable
@@ -59,6 +59,8 @@ class LaunchConfig:
     command: CommandSpec | None = None         # command mode from the command line (no job file)
     probe: bool = False                        # --dry-run --probe: ask the hosts instead of assuming
     launcher: str = "ssh"                      # ssh | srun: how remote hosts are reached (cluster.srun)
+    plan_path: str = ""                        # --plan FILE: run this saved plan (its job, hosts and facts)
+    save_plan: str = ""                        # --dry-run --save-plan FILE: where the CLI writes the plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,8 +208,11 @@ def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory | None)
 
 
 def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Sequence[HostSpec], attempt: Attempt,
-                 *, echo: Callable[[str], None] | None = None) -> Plan:
-    """Facts first, then the one plan, then whether every host can take its part of it (all hosts at once)."""
+                 *, echo: Callable[[str], None] | None = None, saved: Plan | None = None) -> Plan:
+    """Facts first, then the one plan, then whether every host can take its part of it (all hosts at once).
+
+    ``saved``: a plan read back (``--plan``), with its ports; InputError unless the facts gathered now are the ones
+    it was made from and planning again gives that very plan."""
     kind = kind_of(spec)
     inventory = kind.inputs(spec, config)
     for note in inventory.notes if inventory and echo else ():
@@ -220,7 +225,11 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
         facts = _known_facts(config, facts, hosts)
     else:
         facts, reports = _probed_facts(config, facts, hosts, echo, other_folders=kind.other_folders(spec))
+    if saved is not None:
+        facts = dataclasses.replace(facts, scheduler_port=saved.scheduler_port, worker_ports=saved.facts.worker_ports)
     plan = make_plan(spec, hosts, facts, inventory=inventory)
+    if saved is not None:
+        _require_same_plan(saved, plan, config.plan_path)
     if reports:
         require_fit(reports, _requirements(config, plan, inventory))
         if not config.dry_run:  # a dry run starts nothing, not even the check's listener
@@ -232,6 +241,51 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
     for note in kind.notes(spec, hosts) if echo else ():
         echo(f"[mxft] {note}")
     return plan
+
+
+def _require_same_plan(saved: Plan, plan: Plan, where: str) -> None:
+    """The facts gathered now are those the saved plan was made from, and so is the plan they give."""
+    changes = fact_changes(saved.facts, plan.facts)
+    if changes:
+        more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+        raise InputError(where, f"a fact this plan was made from has changed: {changes[0]}{more}",
+                         hint="make the plan again: mxft-launch ... --dry-run --probe --save-plan FILE")
+    differ = [f.name for f in dataclasses.fields(Plan) if getattr(saved, f.name) != getattr(plan, f.name)]
+    if differ:
+        raise InputError(where, f"is not the plan its own job and facts give ({', '.join(differ)} "
+                         f"{'differs' if len(differ) == 1 else 'differ'}: edited since it was saved, or saved by "
+                         "another version of mxft)",
+                         hint="make the plan again: mxft-launch ... --dry-run --probe --save-plan FILE")
+
+
+def saved_plan(path: str) -> Plan:
+    """The plan at ``path`` (``--save-plan``, or a run's plan.json), read and checked field by field."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(PLAN_CAP + 1)
+    except OSError as err:
+        raise InputError(path, f"cannot read the plan: {err.strerror or err}") from None
+    if len(data) > PLAN_CAP:
+        raise InputError(path, f"is larger than {PLAN_CAP >> 20} MiB: not a plan mxft wrote")
+    try:
+        plan = plan_from_json(data.decode("utf-8"), path)
+    except (UnicodeDecodeError, RecursionError):
+        raise InputError(path, "is not a plan mxft wrote (not UTF-8 JSON of a plan)") from None
+    if plan.assumed:
+        label = sorted(plan.assumed)[0]
+        raise InputError(path, f"host {label} was never probed when this plan was made (a dry run without --probe)",
+                         hint="make it with --dry-run --probe --save-plan FILE")
+    if plan.attempt != 1:
+        raise InputError(path, f"is the plan of attempt {plan.attempt} of run {plan.run_id}",
+                         hint=f"continue that run with: mxft-launch --resume {plan.run_dir}")
+    if os.path.lexists(plan.run_dir):
+        raise InputError(path, f"this plan has run already (its run folder {plan.run_dir} exists); a saved plan "
+                         "runs once", hint="make a new one with --dry-run --probe --save-plan FILE, or continue that "
+                         f"run: mxft-launch --resume {plan.run_dir}")
+    return plan
+
+
+PLAN_CAP = 64 << 20   # bytes of a saved plan (a 128-host plan is a few MiB)
 
 
 def check_hosts(config: LaunchConfig) -> list[HostRow]:
@@ -275,11 +329,22 @@ def _resumed(run_dir: str) -> tuple[JobSpec, Attempt]:
     return job, Attempt(run_id, run_dir, number, checkpoint)
 
 
-def _what_to_run(config: LaunchConfig) -> tuple[JobSpec | CommandSpec, Attempt]:
+def _what_and_where(config: LaunchConfig) -> tuple[LaunchConfig, JobSpec | CommandSpec, Attempt,
+                                                    tuple[HostSpec, ...], Plan | None]:
+    """(the settings, the job, its attempt, its hosts, the saved plan to run if one was given)."""
+    if config.plan_path:
+        saved = saved_plan(config.plan_path)
+        facts = saved.facts
+        config = dataclasses.replace(config, run_root=os.path.dirname(saved.run_dir), cache_dir=facts.cache_dir,
+                                     remote_dir=facts.remote_dir, ssh=facts.ssh, launcher=facts.launcher)
+        spec = kind_of_plan(saved).spec_of(saved, config.plan_path)
+        return config, spec, Attempt(saved.run_id, saved.run_dir), saved.hosts, saved
     if config.resume_dir:
-        return _resumed(os.path.abspath(config.resume_dir))
-    spec = config.command or load_job(config.job_path, overrides=config.overrides)
-    return spec, _new_attempt(config, spec)
+        spec, attempt = _resumed(os.path.abspath(config.resume_dir))
+    else:
+        spec = config.command or load_job(config.job_path, overrides=config.overrides)
+        attempt = _new_attempt(config, spec)
+    return config, spec, attempt, _hosts(config), None
 
 
 def failed_host(failure: JobFailed) -> str | None:
@@ -359,21 +424,22 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
     After a failed attempt, and while restarts are left, tears down (done by then),
     plans again from the newest complete checkpoint, and records each attempt in the run dir.
     """
+    config, spec, attempt, hosts, saved = _what_and_where(config)
     _require_own_folders(config)
-    spec, attempt = _what_to_run(config)
-    hosts = _hosts(config)
     kind = kind_of(spec)
     spec = kind.prepared(spec, config, console)
     restarts_left = kind.restarts(spec, given=max_restarts)
     fresh = config.resume_dir is None  # a new run: its folder is made now, and must not exist yet
     while True:
-        plan = plan_attempt(config, spec, hosts, attempt, echo=console)
+        plan = plan_attempt(config, spec, hosts, attempt, echo=console, saved=saved)
         if config.dry_run:
             return Outcome(plan, None, kind)
         if fresh and not _claim_run_dir(plan.run_dir):  # the id is taken: plan again under a new one
+            if saved is not None:  # made between the check when it was read and now
+                raise InputError(config.plan_path, f"another launch took this plan's run folder {plan.run_dir}")
             attempt = _new_attempt(config, spec)
             continue
-        fresh = False
+        fresh, saved = False, None  # a restart plans again, from the hosts and facts of then
         _started(plan, attempt, console)
         try:
             result = execute(plan, kind, console=console)

@@ -98,6 +98,40 @@ class Transfer:
 
 
 
+RUN_OWN_FACTS = ("run_id", "run_dir", "scheduler_port", "worker_ports", "attempt", "resume_epoch", "resume_prefix")
+
+
+def fact_changes(before: Facts, after: Facts) -> list[str]:
+    """What differs between the facts a plan was made from and those gathered now, a line each (the run's own
+    choices, its id, folder and ports, aside).
+
+    >>> old = Facts("r", "/r", "/c", 9000, "/code", "f1", {"h1": HostFacts("10.0.0.1", "/usr/bin/python3", 8)})
+    >>> new = dataclasses.replace(old, train_fingerprint="f2", scheduler_port=9001,
+    ...                           hosts={"h1": HostFacts("10.0.0.1", "/opt/py", 8), "h2": HostFacts("h2", "py", 1)})
+    >>> fact_changes(old, new)
+    ['the training data (train_fingerprint f1 -> f2)', 'host h1: python /usr/bin/python3 -> /opt/py', 'host h2: new']
+    """
+    changes = []
+    for field in dataclasses.fields(Facts):
+        was, now = getattr(before, field.name), getattr(after, field.name)
+        if field.name in RUN_OWN_FACTS or field.name == "hosts" or was == now:
+            continue
+        what = {"train_fingerprint": "the training data", "code_hash": "the trainer's code",
+                "file_keys": "the model or validation files", "synced": "the files --sync-dir copies"}.get(field.name)
+        if isinstance(was, Mapping):  # file_keys: the first file whose key changed
+            key = next(k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
+            was, now = f"{key} {was.get(key)}", now.get(key)
+        changes.append(f"{what} ({field.name} {was} -> {now})" if what else f"{field.name}: {was} -> {now}")
+    for label in sorted(set(before.hosts) | set(after.hosts)):
+        was, now = before.hosts.get(label), after.hosts.get(label)
+        if was is None or now is None:
+            changes.append(f"host {label}: {'new' if was is None else 'gone'}")
+            continue
+        changes += [f"host {label}: {f.name} {getattr(was, f.name)} -> {getattr(now, f.name)}"
+                    for f in dataclasses.fields(HostFacts) if getattr(was, f.name) != getattr(now, f.name)]
+    return changes
+
+
 class Component(Protocol):
     """What a job kind adds to a plan (``Recipe``, ``CommandRun``): its job, and its lines in the plan's text."""
 
