@@ -30,7 +30,7 @@ import traceback
 import numpy as np
 import yaml
 
-from launcher.gpu_check import build_archs_of, gpu_problem, gpus_of
+from launcher.run.gpu_check import build_archs_of, gpu_problem, gpus_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,8 +48,8 @@ def environment() -> dict:
 
 
 def gpu_preflight() -> dict:
-    """``launcher.gpu_probe`` on this machine's GPUs, in a fresh process as on a probed host, with its verdict."""
-    code = ("import json, mxnet\nfrom mxnet.runtime import Features\nfrom launcher.gpu_probe import gpu_facts\n"
+    """``launcher.remote.gpu_probe`` on this machine's GPUs, in a fresh process as on a probed host, with its verdict."""
+    code = ("import json, mxnet\nfrom mxnet.runtime import Features\nfrom launcher.remote.gpu_probe import gpu_facts\n"
             "count = mxnet.context.num_gpus() if Features().is_enabled('CUDA') else 0\n"
             "print(json.dumps(gpu_facts(mxnet, count, mxnet.base._LIB._name) if count else {}), flush=True)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
@@ -80,8 +80,8 @@ def make_model(prefix: str) -> str:
 def make_data(prefix: str, count: int, side: int, num_classes: int, seed: int = 0) -> None:
     """``count`` smooth RGB PNG images (fast to decode), labels cycling over every class, as PREFIX.rec/.idx."""
     sys.path.insert(0, ROOT)
-    from launcher.png import encode as encode_png
-    from launcher.recfile import RecordWriter
+    from launcher.data.png import encode as encode_png
+    from launcher.data.recfile import RecordWriter
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 1, side)
     writer = RecordWriter(prefix)

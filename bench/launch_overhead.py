@@ -22,9 +22,9 @@ import yaml
 from bench.report import ROOT, events_in, provenance, spread, write_section
 from cluster.hosts import HostSpec
 from cluster.ssh import SSHOptions
-from launcher.kinds import stage_local
-from launcher.jobspec import load_job
-from launcher.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
+from launcher.run.kinds import stage_local
+from launcher.spec.jobspec import load_job
+from launcher.run.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
 
 REPEATS, EPOCHS = 5, 6
 ENV = dict(os.environ, PYTHONPATH=ROOT)

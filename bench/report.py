@@ -20,7 +20,7 @@ HEADER = ("# Benchmarks\n\nWritten by `make bench` (`python -m bench`: staging, 
 def demo_assets_dir() -> str:
     """The demo's checkpoint and .rec files in the cache (``MXFT_CACHE``), built first if missing."""
     folder = os.path.join(os.environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft"), "digits")
-    subprocess.run([sys.executable, "-m", "launcher.demo_assets", folder], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "launcher.data.demo_assets", folder], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=ROOT))
     return folder
 

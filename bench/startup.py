@@ -8,7 +8,7 @@ folder, configs, trimmed params and, where needed, shards) is timed in a child p
 
 - a first launch, cold: a new cache folder and the page cache dropped first
   (``/proc/sys/vm/drop_caches``); once without the ``.lst`` beside the ``.rec`` and once with it
-  (``launcher.labelsource``: its labels, checked against a sample of the records);
+  (``launcher.data.labelsource``: its labels, checked against a sample of the records);
 - a relaunch after a reboot: the cache folder the last launch left, the page cache dropped;
 - a warm relaunch: the same cache again, the data just read.
 
@@ -42,9 +42,9 @@ BASELINE = os.environ.get("MXFT_STARTUP_BASELINE", "d33b4e6")  # the last commit
 PROBE = r"""
 import json, os, sys, time
 from cluster.ssh import SSHOptions
-from launcher.kinds import stage_local
-from launcher.jobspec import load_job
-from launcher.launch import Attempt, LaunchConfig, _hosts, plan_attempt
+from launcher.run.kinds import stage_local
+from launcher.spec.jobspec import load_job
+from launcher.run.launch import Attempt, LaunchConfig, _hosts, plan_attempt
 job_path, run_root, cache = sys.argv[1:4]
 import gc; gc.freeze()  # as launcher.cli.main does first
 started = time.perf_counter()
@@ -61,7 +61,7 @@ def write_data(prefix: str, size_gb: float) -> int:
     """``size_gb`` of 100 KB records with labels 0-4 in a shuffled-looking order, and the ``.lst`` im2rec would
     have packed them from; returns the record count."""
     sys.path.insert(0, ROOT)
-    from launcher.recfile import RecordWriter
+    from launcher.data.recfile import RecordWriter
     count = int(size_gb * 1e9 / RECORD_BYTES)
     filler = os.urandom(RECORD_BYTES - 40)
     writer = RecordWriter(prefix)
@@ -76,7 +76,7 @@ def write_data(prefix: str, size_gb: float) -> int:
 def job_file(work: str, train_prefix: str) -> str:
     """The demo's checkpoint, a copy of its validation set with the ``.lst`` it would have been packed from
     (``VAL_PREFIX``), and the training data at ``train_prefix``."""
-    from launcher import recfile
+    from launcher.data import recfile
     assets = demo_assets_dir()
     val = os.path.join(work, VAL_PREFIX)
     for suffix in (".rec", ".idx"):

@@ -1,6 +1,6 @@
 """Stand-ins of the real shapes for the tutorial's checkpoints and Caltech-256 ``.rec`` files.
 
-mxft checks a job's files before it plans (``launcher/inputs.py``: the params file's structure,
+mxft checks a job's files before it plans (``launcher/data/inputs.py``: the params file's structure,
 the cut layer in the symbol, every label of the ``.rec`` through its ``.idx``), so a dry run of
 ``jobs/resnet152.yaml`` or ``jobs/resnet50.yaml`` needs files that pass those checks. The real
 ones (data.mxnet.io) cannot be downloaded everywhere; these have their exact shapes:
@@ -28,8 +28,8 @@ import os
 import random
 import sys
 
-from launcher.cachefile import temp_name
-from launcher.recfile import RecordWriter
+from launcher.data.cachefile import temp_name
+from launcher.data.recfile import RecordWriter
 
 UNITS_BY_DEPTH = {50: (3, 4, 6, 3), 152: (3, 8, 36, 3)}
 FILTERS = (64, 256, 512, 1024, 2048)

@@ -25,7 +25,7 @@ import sys
 from bench.end_to_end import run_demo
 from bench.network import limited_hosts, t_min_s
 from bench.report import ROOT, demo_assets_dir, provenance, write_section
-from launcher.paramsfile import ParamsLayout, read_layout
+from launcher.data.paramsfile import ParamsLayout, read_layout
 
 RATE_MBIT = float(os.environ.get("MXFT_TRAINER_MBIT", "400"))
 ROUNDS = int(os.environ.get("MXFT_TRAINER_ROUNDS", "3"))

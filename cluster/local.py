@@ -106,6 +106,8 @@ class LocalTransport:
     """Starts processes on this machine; the same interface the SSH transport offers."""
 
     label = "localhost"
+    starts_in_pool = False          # PR_SET_PDEATHSIG: the child dies with the thread that started it
+    watched_by_keepalive = False
 
     def start(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None = None) -> LocalProcess:
         full_env = dict(os.environ)

@@ -125,6 +125,9 @@ class SrunProcess(LocalProcess):
 class SrunHost:
     """One node of the allocation: commands, processes and byte streams, each a job step."""
 
+    starts_in_pool = False          # each step is a local srun child (cluster.supervise.Transport)
+    watched_by_keepalive = False    # Slurm ends a job whose node stops answering (SlurmdTimeout)
+
     def __init__(self, spec: HostSpec) -> None:
         self.spec = spec
         self.label = spec.label

@@ -172,6 +172,9 @@ class _Lines:
 class SSHHost:
     """One remote host: commands, processes and the OpenSSH argv for bulk copies."""
 
+    starts_in_pool = True           # a session of the host's shared connections (cluster.supervise.Transport)
+    watched_by_keepalive = True     # cluster.hostwatch
+
     def __init__(self, spec: HostSpec, options: SSHOptions) -> None:
         self.spec = spec
         self.options = options

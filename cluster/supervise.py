@@ -30,7 +30,14 @@ class Process(Protocol):
 
 
 class Transport(Protocol):
+    """Where processes start: this machine, an SSH host, a node of a Slurm allocation."""
+
     label: str
+    # A launcher thread of a pool may start its processes (an SSH session outlives its thread); a local child
+    # (a process, or srun's step) must start in the thread that stays (PR_SET_PDEATHSIG fires when its thread ends).
+    starts_in_pool: bool
+    # A keepalive watch tells when the host stops answering (SSH); Slurm ends a job whose node does, itself.
+    watched_by_keepalive: bool
 
     def start(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None = None) -> Process: ...
 

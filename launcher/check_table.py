@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from launcher.gpu_check import gpu_summary
-from launcher.preflight import HostReport, Requirements, problems
+from launcher.run.gpu_check import gpu_summary
+from launcher.run.preflight import HostReport, Requirements, problems
 
 COLUMNS = ("host", "ssh", "host key", "python", "mxnet", "ps-lite", "cuda", "gpus", "cpus", "free GB", "clock skew s",
            "verdict")

@@ -6,9 +6,9 @@ import os
 import sys
 
 from cluster.errors import InputError
-from launcher import extras
-from launcher.console import Console
-from launcher.prepare import PrepareSpec, pack_images
+from launcher.data import extras
+from launcher.report.console import Console
+from launcher.data.prepare import PrepareSpec, pack_images
 
 DESCRIPTION = """\
 Pack a folder of images (one sub-folder per class) into train and validation .rec files

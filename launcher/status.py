@@ -16,9 +16,9 @@ import psutil
 
 from cluster.errors import InputError
 from cluster.failure import Failure
-from launcher import runstate
-from launcher.console import clock_text
-from launcher.metrics import read_events
+from launcher.data import runstate
+from launcher.report.console import clock_text
+from launcher.report.metrics import read_events
 
 
 @dataclasses.dataclass(frozen=True)

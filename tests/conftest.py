@@ -112,7 +112,7 @@ def process_state_is_left_as_found():
 def demo_assets() -> str:
     """The digits demo's checkpoint and .rec files (built into the cache if missing)."""
     out_dir = os.path.join(CACHE_DIR, "digits")
-    subprocess.run([sys.executable, "-m", "launcher.demo_assets", out_dir], cwd=REPO, check=True,
+    subprocess.run([sys.executable, "-m", "launcher.data.demo_assets", out_dir], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=REPO))
     return out_dir
 

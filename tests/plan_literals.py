@@ -2,9 +2,9 @@
 planning and of what reads a plan."""
 from __future__ import annotations
 
-from launcher.inputs import Inventory
+from launcher.data.inputs import Inventory
 from launcher.plan import Facts, HostFacts
-from launcher.recfile import RecordSpan
+from launcher.data.recfile import RecordSpan
 
 JOB = """\
 name: small

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from launcher.clean import CLEANUP_SCRIPT, HostCleanup, Removal, cleanup_lines, parse_report
-from launcher.cleanup import RECENT_S, choose_removals
+from launcher.run.clean import CLEANUP_SCRIPT, HostCleanup, Removal, cleanup_lines, parse_report
+from launcher.remote.cleanup import RECENT_S, choose_removals
 
 DAY = 86400.0
 NOW = 100 * DAY
@@ -169,7 +169,7 @@ def test_while_a_receiver_holds_the_work_folder_data_and_code_stay(tmp_path):
     age(root, 3 * DAY)
     held = os.open(root, os.O_RDONLY)
     try:
-        fcntl.flock(held, fcntl.LOCK_SH)  # what launcher.stage's receiver holds while it runs
+        fcntl.flock(held, fcntl.LOCK_SH)  # what launcher.run.stage's receiver holds while it runs
         report = cleanup(root, "remove")
     finally:
         os.close(held)

@@ -16,9 +16,9 @@ import yaml
 from cluster.hosts import HostSpec
 from cluster.supervise import Member
 from launcher import cli, prepare_cli
-from launcher.console import Console
-from launcher.recipe_run import RunEvents
-from launcher.jobspec import parse_job
+from launcher.report.console import Console
+from launcher.run.run_events import RunEvents
+from launcher.spec.jobspec import parse_job
 from launcher.plan import make_plan
 from launcher.status import runs_lines
 from tests.helpers import CACHE_DIR, LAUNCH, REPO, run_id_from, run_launch

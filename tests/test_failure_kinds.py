@@ -18,7 +18,7 @@ from cluster.failure import FailureKind
 from cluster.hosts import HostSpec
 from cluster.ssh import SSHHost, SSHOptions
 from cluster.supervise import Supervisor
-from launcher.launch import failed_host
+from launcher.run.launch import failed_host
 from tests.helpers import pids_running, wait_until
 
 

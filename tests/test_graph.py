@@ -4,7 +4,7 @@ from __future__ import annotations
 import mxnet as mx
 import pytest
 
-from launcher.demo_assets import mini_resnet
+from launcher.data.demo_assets import mini_resnet
 from trainer.graph import fine_tune_symbol
 
 

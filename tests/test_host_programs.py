@@ -12,8 +12,8 @@ import struct
 import subprocess
 import sys
 
-from launcher import fetch_sender, host_probe
-from launcher.reach import PROBE as REACH_PROBE
+from launcher.remote import fetch_sender, host_probe
+from launcher.run.reach import PROBE as REACH_PROBE
 
 
 def free_port() -> int:

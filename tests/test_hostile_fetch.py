@@ -23,9 +23,9 @@ from cluster.errors import JobFailed
 from cluster.failure import FailureKind
 from cluster.hosts import HostSpec
 from cluster.ssh import SSHHost, SSHOptions
-from launcher.fetch import FetchRefused, fetch_files
+from launcher.run.fetch import FetchRefused, fetch_files
 from launcher.plan import Transfer
-from launcher.stage import stage_host
+from launcher.run.stage import stage_host
 from tests.helpers import REPO, demo_job, hosts_file, pids_running, run_launch, ssh_args, wait_until, write_job
 
 pytestmark = pytest.mark.integration

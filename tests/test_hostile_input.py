@@ -26,13 +26,16 @@ from hypothesis import strategies as st
 from cluster.errors import InputError
 from cluster.hosts import MAX_HOSTS, MAX_SLOTS, HostSpec, parse_hosts
 from cluster.slurm import expand_nodelist, hosts_from_slurm
-from launcher import cli, runstate
-from launcher.cli import parse_command_args
-from launcher.command import parse_env
-from launcher.jobspec import ENV_NAME, MAX_PROCESSES, CommandSpec, JobSpec, parse_job
-from launcher.metrics import MetricsWriter, read_events
+from launcher import cli
+from launcher.data import runstate
+from launcher.cli_args import parse_command_args
+from launcher.spec.command import parse_env
+from launcher.spec.checks import ENV_NAME, MAX_PROCESSES
+from launcher.spec.command_job import CommandSpec
+from launcher.spec.jobspec import JobSpec, parse_job
+from launcher.report.metrics import MetricsWriter, read_events
 from launcher.status import status_lines
-from launcher.yamlfields import MAX_VALUES
+from launcher.spec.yamlfields import MAX_VALUES
 
 EXPLORE = os.environ.get("MXFT_HYPOTHESIS") == "explore"
 BUDGET = settings(deadline=None if EXPLORE else timedelta(seconds=2), database=None, derandomize=not EXPLORE,
@@ -383,7 +386,7 @@ def test_stop_signals_only_a_launcher_holding_the_run_open(tmp_path):
 def test_stop_still_stops_a_real_launcher(tmp_path):
     """Another process that wrote the run's launcher.json (as a launch does) is found and stopped."""
     from tests.helpers import REPO
-    code = (f"import sys, time; from launcher import runstate; runstate.write_launcher({str(tmp_path)!r}, 'r'); "
+    code = (f"import sys, time; from launcher.data import runstate; runstate.write_launcher({str(tmp_path)!r}, 'r'); "
             "print('ready', flush=True); time.sleep(60)")
     launcher = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

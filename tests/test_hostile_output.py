@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from cluster.lines import CONTINUED, HEAD_BYTES, MAX_LINE, TAIL_BYTES, CappedLog, bounded_lines
-from launcher import plot
-from launcher.metrics import panels
+from launcher.report import plot
+from launcher.report.metrics import panels
 from tests.helpers import REPO, altered_worker_copy, demo_job, write_job
 
 _LONG_LINE = """

@@ -17,9 +17,10 @@ import pytest
 
 from cluster.errors import InputError
 from cluster.local import LocalTransport
-from launcher import cli, paramsfile, recfile
-from launcher.console import Console
-from launcher.reach import _first_line
+from launcher import cli
+from launcher.data import paramsfile, recfile
+from launcher.report.console import Console
+from launcher.run.reach import _first_line
 from tests.helpers import altered_worker_copy, demo_job, run_launch, write_job
 
 
@@ -208,6 +209,6 @@ class _AnswersWith:
 @pytest.mark.parametrize("out", ['{"python": "3.11.7"}', '{"time": "x"}', '[1, 2]', "[" * 100_000])
 def test_a_probe_answer_without_its_time_is_the_hosts_error_not_a_traceback(out):
     from cluster.hosts import HostSpec
-    from launcher.preflight import probe_host
+    from launcher.run.preflight import probe_host
     report = probe_host(_AnswersWith(out), HostSpec("gpu01"), "~/.mxft")
     assert report.reachable and report.error.startswith("unexpected preflight output from 'python3'"), report

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from cluster.errors import InputError
-from launcher.jobspec import (ClusterSpec, CPUContexts, DataSpec, InitializerSpec, JobSpec, ModelSpec, TrainSpec,
+from launcher.spec.jobspec import (ClusterSpec, CPUContexts, DataSpec, InitializerSpec, JobSpec, ModelSpec, TrainSpec,
                               Variant, expand_path, load_job, parse_job)
 from tests.helpers import REPO
 
@@ -205,7 +205,8 @@ def test_a_new_key_needs_one_declaration():
     import yaml
 
     from cluster.hosts import HostSpec
-    from launcher.jobspec import _int, key, section
+    from launcher.spec.checks import at_least as _int
+    from launcher.spec.schema import key, section
     from launcher.plan import make_plan
     from tests.plan_literals import FACTS, inventory
 
@@ -242,7 +243,7 @@ def test_an_empty_mapping_value_survives_the_round_trip():
 
 
 def test_shared_evaluation_needs_a_synchronous_kvstore():
-    from launcher.jobspec import parse_job
+    from launcher.spec.jobspec import parse_job
     text = MINIMAL + "cluster:\n  kvstore: dist_async\n"
     with pytest.raises(InputError, match=r"^/jobs/x.yaml:[89]: train.evaluation: shared needs a synchronous kvstore, not "
                                          r"dist_async .*\(set train.evaluation: worker0"):

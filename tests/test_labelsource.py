@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from cluster.errors import InputError
-from launcher import labelsource, recfile
-from launcher.labelsource import load_labels
+from launcher.data import labelsource, recfile
+from launcher.data.labelsource import load_labels
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,7 +54,7 @@ def test_a_relaunch_reads_the_cache_and_a_rewritten_file_is_read_again(tmp_path)
 
 def test_the_shard_and_staging_keys_move_with_an_in_place_rewrite_and_with_the_index(tmp_path):
     """The keys of cut shards and staged copies (``kinds.fingerprint``) see what the label cache sees."""
-    from launcher.kinds import fingerprint as _fingerprint, rec_files as _rec_files
+    from launcher.run.kinds import fingerprint as _fingerprint, rec_files as _rec_files
     rec = write_rec(str(tmp_path / "train"), [0, 1, 2, 3, 4] * 20)
     key = _fingerprint(*_rec_files(rec))
     assert _fingerprint(*_rec_files(rec)) == key and _rec_files(rec) == [rec, recfile.idx_path_for(rec)]

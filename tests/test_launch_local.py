@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
-from launcher import recfile
+from launcher.data import recfile, shards
 from tests.helpers import (CACHE_DIR, LAUNCH, REPO, demo_job, processes_of_run, run_id_from, run_launch, start_launch,
                            tensorboard_scalars, wait_gone, wait_until, write_job)
 
@@ -302,7 +302,7 @@ def test_two_launches_sharing_a_cache_at_the_same_moment(tmp_path, demo_assets):
     for path in (shard_dir / "part-0-of-2.rec", run / "plan.json", run / "result.json", run / "logs" / "worker-0.log"):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     spans = recfile.read_index(train)
-    for i, positions in enumerate(recfile.strided_shards(len(spans), 2)):
+    for i, positions in enumerate(shards.strided_shards(len(spans), 2)):
         expected = recfile.write_shard(train, [spans[p] for p in positions], str(tmp_path / f"expected-{i}"))
         for made, wanted in zip((f"part-{i}-of-2.rec", f"part-{i}-of-2.idx"), expected):
             assert (shard_dir / made).read_bytes() == open(wanted, "rb").read()

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from launcher import metrics
-from launcher.metrics import MetricsWriter, epoch_rows, panels, scalars_in_event_files
+from launcher.report import metrics
+from launcher.report.metrics import MetricsWriter, epoch_rows, panels, scalars_in_event_files
 from tests.helpers import tensorboard_scalars
 
 

@@ -224,7 +224,7 @@ def test_staging_killed_halfway_leaves_nothing_trusted(hosts3, tmp_path):
     from cluster.hosts import HostSpec
     from cluster.ssh import SSHHost, SSHOptions
     from launcher.plan import Transfer
-    from launcher.stage import stage_host
+    from launcher.run.stage import stage_host
     big = tmp_path / "big.rec"
     with open(big, "wb") as handle:
         for _ in range(24):
@@ -269,7 +269,7 @@ def test_a_host_that_cannot_reach_the_scheduler_is_refused_before_anything_start
                             [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
     finally:
         h3.exec("ip", "route", "del", "blackhole", f"{hosts3.hosts[0].address}/32")
-    # Found before any ps-lite process starts (launcher/reach.py), not at the start-up deadline: exit 2.
+    # Found before any ps-lite process starts (launcher/run/reach.py), not at the start-up deadline: exit 2.
     assert result.returncode == 2, result.stdout + result.stderr
     first = result.stderr.strip().splitlines()[0]
     assert first.startswith(f"mxft-launch: error: host {h3.address}: cannot open a TCP connection to the ps-lite "

@@ -8,8 +8,8 @@ import mxnet as mx
 import pytest
 
 from cluster.errors import InputError
-from launcher.inputs import check_params_file
-from launcher.paramsfile import ArraySpan, BadParams, ParamsLayout, parse_layout, read_layout
+from launcher.data.inputs import check_params_file
+from launcher.data.paramsfile import ArraySpan, BadParams, ParamsLayout, parse_layout, read_layout
 
 _V1, _V2 = 0xF993FAC8, 0xF993FAC9
 

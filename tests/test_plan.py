@@ -8,7 +8,7 @@ import pytest
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec, parse_hosts
-from launcher.jobspec import parse_job
+from launcher.spec.jobspec import parse_job
 from launcher.plan import Facts, HostFacts, Role, Transfer, make_plan, place, shard_dir
 from tests.plan_literals import FACTS, JOB, inventory
 
@@ -116,7 +116,7 @@ def test_remote_plan_literal():
                  "data"),
         Transfer("10.0.0.2", "/d/val.rec", "/home/b/.mxft/data/vk/val.rec", "data"),
         Transfer("10.0.0.2", "/m/net-symbol.json", "/home/b/.mxft/data/mk-flatten0/net-symbol.json", "data"),
-        # The params without the layers above the cut (launcher.trim), made while staging.
+        # The params without the layers above the cut (launcher.data.trim), made while staging.
         Transfer("10.0.0.2", "/cache/trimmed/mk-flatten0/net-0000.params",
                  "/home/b/.mxft/data/mk-flatten0/net-0000.params", "data"),
         Transfer("10.0.0.2", "/runs/small-1/config/worker-1.json", "/home/b/.mxft/runs/small-1/config/worker-1.json",
@@ -324,7 +324,7 @@ def test_public_training_address_is_warned_about():
 def test_a_remote_schedulers_port_is_below_the_ephemeral_ports():
     """The launcher cannot probe a remote port; one below the kernel's ephemeral range is never held by an
     outgoing connection on that host (a port from 20000-39999 once was, and the reach check refused the launch)."""
-    from launcher.launch import SCHEDULER_PORTS, _remote_port
+    from launcher.run.facts import SCHEDULER_PORTS, remote_port as _remote_port
     with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
         lowest_ephemeral = int(handle.read().split()[0])
     assert SCHEDULER_PORTS[-1] < lowest_ephemeral

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from launcher.preflight import _PROBE
+from launcher.run.preflight import _PROBE
 
 pytestmark = pytest.mark.integration
 

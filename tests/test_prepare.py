@@ -11,7 +11,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from launcher.recfile import read_index, read_labels
+from launcher.data.recfile import read_index, read_labels
 from tests.helpers import REPO, demo_job, run_launch, write_job
 
 PREPARE = [sys.executable, "-m", "launcher.prepare_cli"]
@@ -166,8 +166,9 @@ def test_a_job_can_name_an_image_folder(tmp_path, demo_assets):
 # The launcher's own path to packing (its SIGTERM handler installed, as mxft-launch runs it), 30 times.
 _PACK_THIRTY = """
 import os, signal, sys
-from launcher import cli, images
-from launcher.jobspec import load_job
+from launcher import cli
+from launcher.data import images
+from launcher.spec.jobspec import load_job
 signal.signal(signal.SIGTERM, cli._raise_interrupted)
 job = load_job(sys.argv[1])
 for i in range(30):

@@ -9,7 +9,7 @@ import mxnet as mx
 import pytest
 
 from cluster.errors import InputError
-from launcher import recfile
+from launcher.data import recfile, shards
 
 
 def write_rec(prefix: str, labels, *, payload=lambda i: b"img%d" % i) -> str:
@@ -48,16 +48,16 @@ def test_multi_part_records_and_label_arrays(tmp_path):
 
 
 def test_strided_shards_cover_every_record_once():
-    shards = recfile.strided_shards(10, 3)
-    assert [list(s) for s in shards] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
-    assert recfile.strided_shards(2, 1) == [range(0, 2, 1)]
+    parts = shards.strided_shards(10, 3)
+    assert [list(s) for s in parts] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert shards.strided_shards(2, 1) == [range(0, 2, 1)]
 
 
 def test_shards_are_byte_copies_readable_by_mxnet(tmp_path):
     rec = write_rec(str(tmp_path / "a"), [i % 3 for i in range(7)], payload=lambda i: bytes([i]) * (i + 1))
     spans = recfile.read_index(rec)
     parts = [recfile.write_shard(rec, [spans[i] for i in positions], str(tmp_path / f"part{n}"))
-             for n, positions in enumerate(recfile.strided_shards(len(spans), 2))]
+             for n, positions in enumerate(shards.strided_shards(len(spans), 2))]
     seen = []
     for shard_rec, shard_idx in parts:
         reader = mx.recordio.MXIndexedRecordIO(shard_idx, shard_rec, "r")
@@ -119,7 +119,7 @@ def test_parts_are_the_records_imagerecorditer_reads(tmp_path, order):
         lines = idx.read_text().splitlines()
         idx.write_text("\n".join(lines[5:] + lines[:5][::-1]) + "\n")
     spans = recfile.read_index(rec)
-    parts = recfile.index_parts(spans, 3)
+    parts = shards.index_parts(spans, 3)
     assert [len(p) for p in parts] == [4, 4, 3]
     for k, part in enumerate(parts):
         reader = mx.io.ImageRecordIter(path_imgrec=rec, path_imgidx=str(idx), data_shape=(3, 8, 8), batch_size=1,

@@ -21,7 +21,7 @@ from cluster.hosts import HostSpec
 from cluster.secret import ENV_FROM_STDIN, Secret, split_secrets
 from cluster.ssh import remote_command
 from launcher import cli
-from launcher.cli import parse_command_args
+from launcher.cli_args import parse_command_args
 from launcher.plan.command import make_command_plan
 from launcher.plan import Facts, HostFacts
 from tests.helpers import start_launch
@@ -114,7 +114,7 @@ def test_remote_processes_get_secrets_on_their_input_and_files_stay_private(host
 
 def test_sync_dir_copies_links_inside_and_refuses_links_that_leave(tmp_path):
     from cluster.errors import InputError
-    from launcher.command import sync_files
+    from launcher.spec.command import sync_files
     job = tmp_path / "job"
     (job / "sub").mkdir(parents=True)
     (job / "train.py").write_text("print(1)\n")

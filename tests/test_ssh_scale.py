@@ -15,8 +15,8 @@ from cluster.hosts import HostSpec
 from cluster.ssh import HOSTS_AT_ONCE, SSHHost, SSHOptions
 from cluster.ssh_sessions import SessionPool
 from launcher.plan import Transfer
-from launcher.preflight import probe_all
-from launcher.stage import stage_all
+from launcher.run.preflight import probe_all
+from launcher.run.stage import stage_all
 
 UNREACHABLE = [f"10.255.255.{i}" for i in range(1, 201)]  # no route, or no answer: each fails within 1 s
 

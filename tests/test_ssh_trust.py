@@ -21,7 +21,7 @@ from cluster.known_hosts import (CheckKnownHosts, HostKeyError, KnownHostsLookup
                                  record_line)
 from cluster.ssh import SSHHost, SSHOptions
 from cluster.ssh_resolve import SSHConfigError, account_home, jump_of, resolve_target
-from launcher.folder_check import folder_unsafe_reason
+from launcher.remote.folder_check import folder_unsafe_reason
 
 KEY_A = paramiko.ECDSAKey.generate()
 KEY_B = paramiko.ECDSAKey.generate()

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 
-from launcher.stage import _RECEIVER, _frame
+from launcher.run.stage import _RECEIVER, _frame
 
 
 def _receive(root: str, stream: bytes, offer: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ import struct
 
 import mxnet as mx
 
-from launcher.trim import trim_params, used_variables
+from launcher.data.trim import trim_params, used_variables
 
 
 def test_trimmed_params_keep_everything_below_the_cut(demo_assets, tmp_path):

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from launcher.inputs import Inventory
-from launcher.jobspec import CommandSpec, JobSpec
+from launcher.data.inputs import Inventory
+from launcher.spec.command_job import CommandSpec
+from launcher.spec.jobspec import JobSpec
 from launcher.plan.command import CommandRun, make_command_plan
 from launcher.plan.decode import DecodeError, decode, decode_with
 from launcher.plan.model import Facts, HostFacts, Plan, ProcessSpec, Role, Transfer, fact_changes, public_addresses
@@ -38,7 +39,7 @@ def make_plan(job: JobSpec | CommandSpec, hosts: Sequence[HostSpec], facts: Fact
         facts, network = training_network(hosts, facts, None)
         return dataclasses.replace(make_command_plan(job, hosts, facts), network=network)
     if inventory is None:
-        raise TypeError("a fine-tuning plan needs the inventory of its data (launcher.inputs.check_inputs)")
+        raise TypeError("a fine-tuning plan needs the inventory of its data (launcher.data.inputs.check_inputs)")
     facts, network = training_network(hosts, facts, job.cluster.interface)
     return dataclasses.replace(make_recipe_plan(job, inventory, hosts, facts), network=network)
 

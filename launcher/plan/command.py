@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from cluster.hosts import HostSpec
-from launcher.jobspec import ClusterSpec, CommandSpec, plain
+from launcher.spec.command_job import CommandSpec
+from launcher.spec.jobspec import ClusterSpec
+from launcher.spec.schema import plain
 from launcher.plan.model import Facts, Plan, ProcessSpec, Role, Transfer
 from launcher.plan.placement import Placement, Program, check_slots, plan_processes
 
@@ -62,7 +64,7 @@ def make_command_plan(spec: CommandSpec, hosts: Sequence[HostSpec], facts: Facts
     """Place scheduler, servers and workers like a recipe; every one runs ``spec.argv``.
 
     ``facts.synced`` lists the files of ``spec.workdir`` to copy to each busy remote host
-    when ``spec.sync_dir`` is set (``launcher.command.sync_files`` finds them).
+    when ``spec.sync_dir`` is set (``launcher.spec.command.sync_files`` finds them).
     """
     placement = Placement.round_robin(hosts, facts, workers=spec.workers, servers=spec.servers)
     check_slots(placement.workers, 1, hint="add hosts, raise slots, or lower -n")

@@ -21,7 +21,7 @@ from typing import ClassVar, Protocol
 from cluster.hosts import HostSpec
 from cluster.srun import srun_argv
 from cluster.ssh import SSHOptions
-from launcher.jobspec import plain
+from launcher.spec.schema import plain
 
 
 class Role(str, enum.Enum):

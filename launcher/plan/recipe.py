@@ -1,6 +1,6 @@
 """The fine-tuning component: shards, staged files and a config per worker, then ps-lite processes running ``trainer``.
 
-``make_recipe_plan`` is pure: the job, what its data holds (``launcher.inputs.Inventory``),
+``make_recipe_plan`` is pure: the job, what its data holds (``launcher.data.inputs.Inventory``),
 the hosts and the facts give the one ``Plan``; ``Recipe`` is its part of that plan.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import ClassVar
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from launcher import recfile
-from launcher.inputs import Inventory
-from launcher.jobspec import ClusterSpec, CPUContexts, JobSpec
+from launcher.data import recfile, shards
+from launcher.data.inputs import Inventory
+from launcher.spec.jobspec import ClusterSpec, CPUContexts, JobSpec
 from launcher.plan.model import Facts, Plan, ProcessSpec, Role, Transfer
 from launcher.plan.placement import (Assignment, HostLayout, Placement, Program, assign_workers, check_slots,
                                      device_count, plan_processes)
@@ -30,7 +30,7 @@ class ShardSpec:
     ``part_index``/``num_parts`` over the file's ``.idx``; nothing copied)."""
 
     worker: int
-    positions: range | tuple[int, ...]    # which records of the training .rec (recfile.strided_shards / index_parts)
+    positions: range | tuple[int, ...]    # which records of the training .rec (shards.strided_shards / index_parts)
     rec_path: str
     idx_path: str
     in_place: bool = False
@@ -169,14 +169,14 @@ def _shards(job: JobSpec, inventory: Inventory, facts: Facts, count: int, *, loc
     """Workers on this machine read parts of the training file in place when it has an index and its classes are
     mixed through it; otherwise (and for data that must travel) strided copies are cut into the cache."""
     if local and inventory.train_index is not None:
-        parts = recfile.index_parts(inventory.train_records, count)
-        if all(parts) and recfile.mixed_classes(inventory.train_labels, parts):
+        parts = shards.index_parts(inventory.train_records, count)
+        if all(parts) and shards.mixed_classes(inventory.train_labels, parts):
             return tuple(ShardSpec(i, p, job.data.train, inventory.train_index, in_place=True)
                          for i, p in enumerate(parts))
     shards_at = shard_dir(facts, count)
     return tuple(ShardSpec(i, p, os.path.join(shards_at, f"part-{i}-of-{count}.rec"),
                            os.path.join(shards_at, f"part-{i}-of-{count}.idx"))
-                 for i, p in enumerate(recfile.strided_shards(len(inventory.train_records), count)))
+                 for i, p in enumerate(shards.strided_shards(len(inventory.train_records), count)))
 
 
 def _model_key(job: JobSpec, facts: Facts) -> str:
@@ -225,7 +225,7 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
 def scaled_learning_rate(job: JobSpec, global_batch: int) -> float | None:
     """``train.lr_scaling: linear``: the job's learning rate x global batch / ``train.reference_batch``.
 
-    >>> from launcher.jobspec import parse_job
+    >>> from launcher.spec.jobspec import parse_job
     >>> job = parse_job("{num_classes: 2, model: {prefix: m}, data: {train: t, val: v}, train: {lr_scaling: "
     ...                 "linear, reference_batch: 16, optimizer_params: {learning_rate: 0.1}}}", "/j.yaml", environ={})
     >>> scaled_learning_rate(job, 64)

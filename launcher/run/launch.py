@@ -1,0 +1,381 @@
+"""One launch from parsed input to a result: facts, one plan, execution, attempts.
+
+``run`` is what ``mxft-launch`` does after parsing, for a fine-tuning job and a
+command alike: it gathers the facts the plan depends on (each host's address, Python,
+CPUs and folders: probed, or for a dry run cached by an earlier probe or marked
+assumed), makes the plan once, checks that every host can take its part, and carries
+the plan out. When the job allows restarts (``cluster.max_restarts``) a failed attempt
+is followed by a new plan that resumes from the last complete epoch. Raises the errors
+of ``cluster.errors``; printing is the CLI's business.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from cluster.errors import InputError, Interrupted, JobFailed
+from cluster.hosts import HostSpec, load_hosts
+from cluster.slurm import hosts_from_slurm
+from cluster.srun import remote_host, require_allocation_nodes, require_srun
+from launcher.data import cachefile, runstate
+from launcher.check_table import HostRow, host_row
+from launcher.report.console import Console
+from launcher.run.execute import execute
+from launcher.remote.folder_check import folder_unsafe_reason
+from launcher.data.inputs import Inventory
+from launcher.spec.command_job import CommandSpec
+from launcher.spec.jobspec import JobSpec, load_job
+from launcher.run import facts as facts_for
+from launcher.run.config import Attempt, LaunchConfig
+from launcher.run.kinds import Command, FineTuning, kind_of, kind_of_plan
+from launcher.plan import Facts, Plan, Transfer, fact_changes, make_plan, plan_from_json, public_addresses
+from launcher.run.preflight import Requirements, local_mxnet_version, probe_all, problems, require_fit
+from launcher.run.reach import require_scheduler_reachable
+
+
+
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What ``run`` returns: the plan, and the run's result (None for a dry run)."""
+
+    plan: Plan
+    result: dict | None
+    kind: type[FineTuning] | type[Command]   # what the CLI asks for the run's summary
+
+
+def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
+    if config.hosts_path is None:
+        return (HostSpec("localhost"),)
+    if config.hosts_path == "slurm":
+        # Nodes of one allocation share a file system, so this launcher's Python is theirs too.
+        if config.launcher == "srun":
+            require_srun(os.environ)
+        return tuple(dataclasses.replace(h, python=h.python or sys.executable) for h in hosts_from_slurm(os.environ))
+    if config.ssh.ssh_config and not os.path.isfile(config.ssh.ssh_config):
+        raise InputError(config.ssh.ssh_config, "SSH config file not found", hint="check --ssh-config")
+    hosts = load_hosts(config.hosts_path)
+    local = [h for h in hosts if h.is_local]
+    if local and len(local) < len(hosts):
+        raise InputError(f"{config.hosts_path}:{local[0].line}",
+                         f"'{local[0].label}' cannot be mixed with remote hosts",
+                         hint="list this machine by an address the other hosts can reach")
+    if config.launcher == "srun":
+        require_allocation_nodes(hosts, os.environ, where=config.hosts_path)
+    return hosts[:1] if local else hosts
+
+
+
+
+def _staging_bytes(transfers: Sequence[Transfer], known: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Bytes staging may write on each host; ``known`` sizes files that do not exist yet (shards)."""
+    totals: dict[str, int] = {}
+    for transfer in transfers:
+        size = (known or {}).get(transfer.source)
+        if size is None:
+            size = os.path.getsize(transfer.source) if os.path.isfile(transfer.source) else 1 << 16
+        totals[transfer.host] = totals.get(transfer.host, 0) + size
+    return totals
+
+
+def new_run_id(job: JobSpec | CommandSpec) -> str:
+    """``NAME-YYYYmmdd-HHMMSS-`` and 8 random hex digits: launches in the same second differ."""
+    return f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def _new_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec) -> Attempt:
+    run_id = new_run_id(spec)
+    return Attempt(run_id, os.path.abspath(os.path.join(config.run_root, run_id)))
+
+
+def _claim_run_dir(run_dir: str) -> bool:
+    """Create a new run's folder; False if it exists (another launch has that run id: never share it)."""
+    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    try:
+        os.mkdir(run_dir)
+    except FileExistsError:
+        return False
+    return True
+
+
+
+
+
+
+
+
+                                      # connection on the scheduler's host can be holding the one chosen
+
+
+
+
+
+
+def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory | None) -> Requirements:
+    """What the plan puts on each host: GPUs and bytes to stage (shards counted before they exist)."""
+    known, gpu_ids = kind_of_plan(plan).demands(plan, inventory)
+    return Requirements(local_mxnet_version(), {label: len(ids) for label, ids in gpu_ids.items()},
+                        _staging_bytes(plan.transfers, known), config.remote_dir, gpu_ids_per_host=gpu_ids)
+
+
+def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Sequence[HostSpec], attempt: Attempt,
+                 *, echo: Callable[[str], None] | None = None, saved: Plan | None = None) -> Plan:
+    """Facts first, then the one plan, then whether every host can take its part of it (all hosts at once).
+
+    ``saved``: a plan read back (``--plan``), with its ports; InputError unless the facts gathered now are the ones
+    it was made from and planning again gives that very plan."""
+    kind = kind_of(spec)
+    inventory = kind.inputs(spec, config)
+    for note in inventory.notes if inventory and echo else ():
+        echo(f"[mxft] {note}")
+    facts = facts_for.run_facts(config, spec, attempt)
+    reports = []
+    if hosts[0].is_local:
+        facts = facts_for.local_facts(facts, hosts[0], kind.local_workers(spec, hosts))
+    elif config.dry_run and not config.probe:
+        facts = facts_for.known_facts(config, facts, hosts)
+    else:
+        facts, reports = facts_for.probed_facts(config, facts, hosts, echo, other_folders=kind.other_folders(spec))
+    if saved is not None:
+        facts = dataclasses.replace(facts, scheduler_port=saved.scheduler_port, worker_ports=saved.facts.worker_ports)
+    plan = make_plan(spec, hosts, facts, inventory=inventory)
+    if saved is not None:
+        _require_same_plan(saved, plan, config.plan_path)
+    if reports:
+        require_fit(reports, _requirements(config, plan, inventory))
+        if not config.dry_run:  # a dry run starts nothing, not even the check's listener
+            require_scheduler_reachable(plan)  # on the training network, before any ps-lite process starts
+    public = public_addresses(dict.fromkeys(p.env_dict["DMLC_NODE_HOST"] for p in plan.processes))
+    if public and echo and not config.dry_run:  # a dry run's plan says so itself
+        echo(f"[mxft] warning: ps-lite will listen on public address(es) {', '.join(public)} with no "
+             "authentication or encryption; use a private network (addr= in the hosts file, or cluster.interface)")
+    for note in kind.notes(spec, hosts) if echo else ():
+        echo(f"[mxft] {note}")
+    return plan
+
+
+def _require_same_plan(saved: Plan, plan: Plan, where: str) -> None:
+    """The facts gathered now are those the saved plan was made from, and so is the plan they give."""
+    changes = fact_changes(saved.facts, plan.facts)
+    if changes:
+        more = f" (and {len(changes) - 1} more)" if len(changes) > 1 else ""
+        raise InputError(where, f"a fact this plan was made from has changed: {changes[0]}{more}",
+                         hint="make the plan again: mxft-launch ... --dry-run --probe --save-plan FILE")
+    differ = [f.name for f in dataclasses.fields(Plan) if getattr(saved, f.name) != getattr(plan, f.name)]
+    if differ:
+        raise InputError(where, f"is not the plan its own job and facts give ({', '.join(differ)} "
+                         f"{'differs' if len(differ) == 1 else 'differ'}: edited since it was saved, or saved by "
+                         "another version of mxft)",
+                         hint="make the plan again: mxft-launch ... --dry-run --probe --save-plan FILE")
+
+
+def saved_plan(path: str) -> Plan:
+    """The plan at ``path`` (``--save-plan``, or a run's plan.json), read and checked field by field."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(PLAN_CAP + 1)
+    except OSError as err:
+        raise InputError(path, f"cannot read the plan: {err.strerror or err}") from None
+    if len(data) > PLAN_CAP:
+        raise InputError(path, f"is larger than {PLAN_CAP >> 20} MiB: not a plan mxft wrote")
+    try:
+        plan = plan_from_json(data.decode("utf-8"), path)
+    except (UnicodeDecodeError, RecursionError):
+        raise InputError(path, "is not a plan mxft wrote (not UTF-8 JSON of a plan)") from None
+    if plan.assumed:
+        label = sorted(plan.assumed)[0]
+        raise InputError(path, f"host {label} was never probed when this plan was made (a dry run without --probe)",
+                         hint="make it with --dry-run --probe --save-plan FILE")
+    if plan.attempt != 1:
+        raise InputError(path, f"is the plan of attempt {plan.attempt} of run {plan.run_id}",
+                         hint=f"continue that run with: mxft-launch --resume {plan.run_dir}")
+    if os.path.lexists(plan.run_dir):
+        raise InputError(path, f"this plan has run already (its run folder {plan.run_dir} exists); a saved plan "
+                         "runs once", hint="make a new one with --dry-run --probe --save-plan FILE, or continue that "
+                         f"run: mxft-launch --resume {plan.run_dir}")
+    return plan
+
+
+PLAN_CAP = 64 << 20   # bytes of a saved plan (a 128-host plan is a few MiB)
+
+
+def check_hosts(config: LaunchConfig) -> list[HostRow]:
+    """Probe every host (``mxft-launch check``); with a job, against what the job puts on each."""
+    hosts = _hosts(config)
+    if hosts[0].is_local:
+        raise InputError(config.hosts_path or "--hosts", "lists this machine only; check probes remote hosts")
+    spec, inventory = None, None
+    if config.job_path:  # the job's own mistakes first, before any host is contacted
+        spec = load_job(config.job_path, overrides=config.overrides)
+        looking = dataclasses.replace(config, dry_run=True)  # nothing built, packed or remembered
+        spec = kind_of(spec).prepared(spec, looking, lambda text: None)
+        inventory = kind_of(spec).inputs(spec, looking)
+    attempt = Attempt("check", "/nonexistent/check")
+    base = facts_for.run_facts(config, spec, attempt) if spec is not None else Facts(
+        run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=config.cache_dir, scheduler_port=0,
+        code_dir=facts_for.CODE_DIR, train_fingerprint="", hosts={}, remote_dir=config.remote_dir, ssh=config.ssh)
+    facts, reports = facts_for.probed_facts(config, base, hosts, None)
+    need = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
+    if spec is not None:
+        need = _requirements(config, make_plan(spec, hosts, facts, inventory=inventory), inventory)
+    return [host_row(report, need) for report in reports]
+
+
+def _resumed(run_dir: str) -> tuple[JobSpec, Attempt]:
+    """The job and next attempt of a stopped run, for --resume."""
+    job_path = os.path.join(run_dir, "job.yaml")
+    if not os.path.isfile(job_path):
+        raise InputError(run_dir, "is not an mxft run directory (no job.yaml)", hint="give the folder a launch printed")
+    if runstate.running_launcher(run_dir) is not None:
+        raise InputError(run_dir, "this run is still running", hint=f"stop it first: mxft-launch stop {run_dir}")
+    job = load_job(job_path)
+    if not kind_of(job).resumable:
+        raise InputError(run_dir, "command-mode runs cannot be resumed", hint="launch the command again")
+    attempts = runstate.read_attempts(run_dir)
+    run_id = next((a["run_id"] for a in attempts if "run_id" in a), os.path.basename(os.path.normpath(run_dir)))
+    checkpoint = runstate.latest_checkpoint(run_dir)
+    if checkpoint is not None and checkpoint.epoch >= job.train.epochs:
+        raise InputError(run_dir, f"all {job.train.epochs} epochs are done already", hint="see result.json")
+    number = max((a.get("attempt", 0) for a in attempts), default=0) + 1
+    return job, Attempt(run_id, run_dir, number, checkpoint)
+
+
+def _what_and_where(config: LaunchConfig) -> tuple[LaunchConfig, JobSpec | CommandSpec, Attempt,
+                                                    tuple[HostSpec, ...], Plan | None]:
+    """(the settings, the job, its attempt, its hosts, the saved plan to run if one was given)."""
+    if config.plan_path:
+        saved = saved_plan(config.plan_path)
+        facts = saved.facts
+        config = dataclasses.replace(config, run_root=os.path.dirname(saved.run_dir), cache_dir=facts.cache_dir,
+                                     remote_dir=facts.remote_dir, ssh=facts.ssh, launcher=facts.launcher)
+        spec = kind_of_plan(saved).spec_of(saved, config.plan_path)
+        return config, spec, Attempt(saved.run_id, saved.run_dir), saved.hosts, saved
+    if config.resume_dir:
+        spec, attempt = _resumed(os.path.abspath(config.resume_dir))
+    else:
+        spec = config.command or load_job(config.job_path, overrides=config.overrides)
+        attempt = _new_attempt(config, spec)
+    return config, spec, attempt, _hosts(config), None
+
+
+def failed_host(failure: JobFailed) -> str | None:
+    """The host a failure took down as a whole: it stopped answering, or a process's connection died (its kind
+    says so; a program that exits 255 on its own has not lost its host)."""
+    return failure.failure.lost_host
+
+
+def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Sequence[HostSpec],
+                       failure: JobFailed, console: Console) -> tuple[HostSpec, ...]:
+    """The next attempt's hosts: without a failed host, and without any that fails preflight now, while at
+    least ``cluster.min_hosts`` remain (unset: the same hosts)."""
+    least = kind_of(spec).min_hosts(spec)
+    if least is None or hosts[0].is_local:
+        return tuple(hosts)
+    lost = failed_host(failure)
+    keep = [h for h in hosts if h.label != lost]
+    ssh_hosts = [(host, remote_host(host, config.ssh, config.launcher)) for host in keep]
+    basic = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
+    found = {r.label: problems(r, basic) for r in probe_all(ssh_hosts, config.remote_dir)}
+    unfit = {label: problem[0] for label, problem in found.items() if problem is not None}
+    keep = [h for h in keep if h.label not in unfit]
+    for label, why in ([(lost, "failed")] if lost else []) + list(unfit.items()):
+        console(f"[mxft] leaving out host {label} ({why}; cluster.min_hosts {least})")
+    if len(keep) < least:
+        raise JobFailed(f"{failure}\n  no restart: {len(keep)} usable host(s) left, cluster.min_hosts is {least}",
+                        reason=failure.reason, process=failure.process, failure=failure.failure)
+    return tuple(keep)
+
+
+def _record_end(run_dir: str, attempt: int, outcome: str, **details) -> runstate.Checkpoint | None:
+    """Record how an attempt ended and how far it got; returns the checkpoint to resume from."""
+    checkpoint = runstate.latest_checkpoint(run_dir)
+    runstate.record_attempt(run_dir, {"attempt": attempt, "outcome": outcome, **details,
+                                      "epochs_done": checkpoint.epoch if checkpoint else 0})
+    return checkpoint
+
+
+def _started(plan: Plan, attempt: Attempt, console: Console) -> None:
+    os.makedirs(plan.run_dir, exist_ok=True)
+    runstate.write_launcher(plan.run_dir, plan.run_id)
+    begin = attempt.checkpoint.epoch if attempt.checkpoint else 0
+    record, what = kind_of_plan(plan).started(plan, begin)
+    runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "run_id": plan.run_id, "outcome": "started",
+                                           "hosts": [h.label for h in plan.hosts], **record})
+    console(f"[mxft] run {plan.run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s){what}, "
+         f"logs in {os.path.dirname(plan.processes[0].log_path)}"
+         + (f"; attempt {attempt.number}, from epoch {begin}" if attempt.number > 1 else ""))
+
+
+def _finish(plan: Plan, attempt: Attempt, result: dict) -> dict:
+    """Record the attempt's verdict and write RUN_DIR/result.json, once, with every attempt in it."""
+    outcome, reason = kind_of_plan(plan).verdict(plan, result)
+    runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "outcome": outcome,
+                                           **({"reason": reason} if reason else {})})
+    result = dict(result, outcome=outcome, **({"reason": reason} if reason else {}),
+                  attempts=runstate.attempt_summary(plan.run_dir))
+    with cachefile.replacing(os.path.join(plan.run_dir, "result.json"), "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    return result
+
+
+def _require_own_folders(config: LaunchConfig) -> None:
+    """The run root and the cache hold what the launcher later reads back, stages and runs (checkpoints, plans,
+    shards): each must be the user's (or root's), with no folder on its path that others can write to, as preflight
+    asks of a host's work folder (``launcher.remote.folder_check``)."""
+    for option, folder in (("--run-root", config.run_root), ("--cache-dir", config.cache_dir)):
+        reason = folder_unsafe_reason(folder)
+        if reason is not None:
+            raise InputError(f"{option} {folder}", reason, hint="choose a folder of your own (another user could "
+                             "plant or change what the launcher reads back there)")
+
+
+def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = None) -> Outcome:
+    """Launch (or resume) the job; a dry run returns its plan without a result.
+
+    After a failed attempt, and while restarts are left, tears down (done by then),
+    plans again from the newest complete checkpoint, and records each attempt in the run dir.
+    """
+    config, spec, attempt, hosts, saved = _what_and_where(config)
+    _require_own_folders(config)
+    kind = kind_of(spec)
+    spec = kind.prepared(spec, config, console)
+    restarts_left = kind.restarts(spec, given=max_restarts)
+    fresh = config.resume_dir is None  # a new run: its folder is made now, and must not exist yet
+    while True:
+        plan = plan_attempt(config, spec, hosts, attempt, echo=console, saved=saved)
+        if config.dry_run:
+            return Outcome(plan, None, kind)
+        if fresh and not _claim_run_dir(plan.run_dir):  # the id is taken: plan again under a new one
+            if saved is not None:  # made between the check when it was read and now
+                raise InputError(config.plan_path, f"another launch took this plan's run folder {plan.run_dir}")
+            attempt = _new_attempt(config, spec)
+            continue
+        fresh, saved = False, None  # a restart plans again, from the hosts and facts of then
+        _started(plan, attempt, console)
+        try:
+            result = execute(plan, kind, console=console)
+        except (Interrupted, KeyboardInterrupt) as stop:
+            _record_end(plan.run_dir, attempt.number, "interrupted")
+            signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+            raise Interrupted(signum, resume_dir=plan.run_dir if kind.resumable else None) from None
+        except JobFailed as failure:
+            checkpoint = _record_end(plan.run_dir, attempt.number, "failed", **failure.record())
+            if restarts_left <= 0:
+                raise
+            restarts_left -= 1
+            console(f"[mxft] attempt {attempt.number} failed: {failure.reason}")
+            hosts = _hosts_for_restart(config, spec, hosts, failure, console)
+            console(f"[mxft] restarting from epoch {checkpoint.epoch if checkpoint else 0} on {len(hosts)} host(s) "
+                    f"({restarts_left} restart(s) left)")
+            attempt = dataclasses.replace(attempt, number=attempt.number + 1, checkpoint=checkpoint)
+            continue
+        return Outcome(plan, _finish(plan, attempt, result), kind)

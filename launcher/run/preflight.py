@@ -1,0 +1,224 @@
+"""Preflight: check every host in parallel (32 at a time) before anything starts on any of them.
+
+Each host must be reachable over SSH with a known host key, have the Python named in
+the hosts file (default ``python3``), import the same mxnet version as this machine
+with ps-lite (``DIST_KVSTORE``; and CUDA with enough GPUs when the job wants GPUs, each
+of which ran a small operation of that build: ``launcher.run.gpu_check``), and have room in
+its work folder for what will be staged. The work folder (and command mode's sync folder) must
+be safe to run programs from: owned by the user or root and not writable by others, up to ``/``
+(``launcher.remote.folder_check``), checked before anything is written there. All failures are
+reported together, one line per host.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import ipaddress
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+
+import paramiko
+
+from cluster.errors import InputError
+from cluster.hosts import HostSpec
+from cluster.srun import RemoteHost
+from cluster.ssh import SSH_ERRORS, HostKeyError, SSHOptions, on_hosts, ssh_error_text
+from cluster.ssh_resolve import account_home
+from launcher.data import cachefile
+from launcher.remote import folder_check, gpu_probe, host_probe
+from launcher.run.gpu_check import build_archs_of, gpu_problem, gpus_of
+from launcher.plan import HostFacts
+
+# Runs on the host with its Python; prints one JSON line. Imports mxnet last so a
+# missing mxnet still reports the rest. ``import mxnet`` costs ~2.5 s of CPU, so a
+# CPU build's result is cached on the host (~/.cache/mxft/preflight, not the work
+# folder, which preflight leaves untouched) under a key that changes whenever
+# the interpreter or the files of mxnet, its library or numpy change (a numpy upgrade
+# is what breaks mxnet 1.x most often). CUDA builds are always imported: GPUs come and go; and
+# on every GPU they see, one small operation runs (``launcher.remote.gpu_probe``, whose source heads
+# the script), then the probe exits without mxnet's teardown, which a failed kernel can crash.
+# argv: the work folder, then any other folder the launch writes programs into (command mode's
+# sync folder); each is checked by ``launcher.remote.folder_check`` (source included) and reported unsafe.
+_PROBE = inspect.getsource(gpu_probe) + inspect.getsource(folder_check) + inspect.getsource(host_probe)
+
+
+@functools.lru_cache(maxsize=1)
+def local_mxnet_version() -> str | None:
+    """The installed mxnet's version, read from package metadata (no import; looked up once per process)."""
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if name == "mxnet" or name.startswith("mxnet-"):
+            return dist.version
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirements:
+    mxnet_version: str | None
+    gpus_per_host: Mapping[str, int]          # devices the job puts on each host (0: CPU job)
+    bytes_per_host: Mapping[str, int]         # what staging may write there
+    work_dir: str
+    # The GPU ids (mx.gpu(i)) the job's workers use on each host; a host missing here is taken
+    # to use GPUs 0..N-1 for its gpus_per_host N (auto workers, cluster.devices gpu:N, blocks 0-3, 4-7).
+    gpu_ids_per_host: Mapping[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostReport:
+    """What probing one host found; ``error`` says why the probe stopped early, if it did."""
+
+    label: str
+    reachable: bool = False
+    host_key: str = "?"                   # ok | unknown | changed | revoked | ?
+    info: Mapping = dataclasses.field(default_factory=dict)   # the probe's JSON (python, mxnet, gpus, ...)
+    clock_skew_s: float | None = None     # the host's clock minus this machine's (less one-way latency)
+    error: str = ""
+    hint: str = ""
+
+
+def probe_host(ssh: RemoteHost, spec: HostSpec, work_dir: str, *, other_folders: Sequence[str] = ()) -> HostReport:
+    """Run the probe on one host; never raises for the host's own problems (they are in ``error``).
+
+    ``other_folders``: folders besides the work folder the launch copies programs into (checked like it).
+    """
+    python = spec.python or "python3"
+    report = functools.partial(HostReport, spec.label)
+    try:
+        code, out, err = ssh.run([python, "-c", _PROBE, work_dir, *other_folders], timeout_s=60)
+        after = time.time()
+    except HostKeyError as err:
+        state = next((state for state in ("changed", "revoked") if f"host key {state}" in str(err)), "unknown")
+        return report(True, state, error=str(err))
+    except paramiko.AuthenticationException as err:
+        return report(True, "ok", error=ssh_error_text(err), hint="check the user and identity file in ~/.ssh/config")
+    except SSH_ERRORS as err:
+        return report(error=ssh_error_text(err), hint="check the name, port and network, then retry")
+    if code == 127:
+        return report(True, "ok", error=f"'{python}' not found",
+                      hint="install Python 3 there or set python=PATH in the hosts file")
+    if code != 0:
+        return report(True, "ok", error=f"'{python}' failed: {(err or out).strip().splitlines()[-1:] or ['?']}")
+    try:
+        info = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError, RecursionError):
+        info = None
+    if not (isinstance(info, dict) and isinstance(info.get("time"), (int, float)) and math.isfinite(info["time"])):
+        return report(True, "ok", error=f"unexpected preflight output from '{python}': {out.strip()[-200:]!r}")
+    # The probe's clock was read just before its output left; it arrived at ``after`` (off by one-way latency).
+    return report(True, "ok", dict(info, python_path=python), round(info["time"] - after, 3))
+
+
+def problems(report: HostReport, need: Requirements) -> tuple[str, str] | None:
+    """The first reason the host cannot take the job, with what to do, or None."""
+    if report.error:
+        return report.error, report.hint
+    info = report.info
+    for folder, reason in info.get("unsafe_folders", ()):
+        option = "--remote-dir" if folder == need.work_dir else "--sync-dir"
+        return (f"unsafe folder {folder}: {reason}; another user could plant programs there that run as you",
+                f"choose a {option} of your own, e.g. under your home directory")
+    python = info["python_path"]
+    if "mxnet_error" in info:
+        return (f"mxnet is not importable by {python}: {info['mxnet_error']}",
+                f"pip install mxnet=={need.mxnet_version}" if need.mxnet_version else "install mxnet there")
+    if need.mxnet_version and info["mxnet"] != need.mxnet_version:
+        return f"mxnet {info['mxnet']} there, {need.mxnet_version} here", "install the same version on every host"
+    if not info["dist_kvstore"]:
+        return (f"mxnet {info['mxnet']} there was built without DIST_KVSTORE (ps-lite)",
+                "install a build with the distributed kvstore, e.g. the PyPI wheels")
+    gpus = need.gpus_per_host.get(report.label, 0)
+    if gpus and not info["cuda"]:
+        return f"the job puts {gpus} GPUs there but its mxnet has no CUDA", "install mxnet-cu* there"
+    if gpus > info.get("gpus", 0):
+        return f"the job puts {gpus} GPUs there but it has {info.get('gpus', 0)}", ""
+    if gpus:
+        gpu_ids = need.gpu_ids_per_host.get(report.label) or tuple(range(gpus))
+        problem = gpu_problem(gpus_of(info), gpu_ids, build_archs_of(info))
+        if problem is not None:
+            return problem
+    wanted = need.bytes_per_host.get(report.label, 0)
+    if wanted > info["free_bytes"]:
+        return (f"{info['work_dir']} has {info['free_bytes'] / 1e9:.1f} GB free, staging needs {wanted / 1e9:.1f} GB",
+                "free space or choose another --remote-dir")
+    return None
+
+
+def probe_all(hosts: Sequence[tuple[HostSpec, RemoteHost]], work_dir: str, *,
+              other_folders: Sequence[str] = ()) -> list[HostReport]:
+    """Probe every host, ``HOSTS_AT_ONCE`` at a time; one report per host, in the order given.
+
+    (``cluster.ssh.on_hosts``: a thousand hosts cost 32 threads, not a thousand).
+    """
+    return on_hosts(lambda pair: probe_host(pair[1], pair[0], work_dir, other_folders=other_folders), hosts,
+                    name="probe")
+
+
+def require_fit(reports: Sequence[HostReport], need: Requirements) -> None:
+    """Raise one InputError listing every host that cannot take the job (one line each)."""
+    failures = []
+    for report in reports:
+        problem = problems(report, need)
+        if problem is not None:
+            failures.append(str(InputError(f"host {report.label}", problem[0], hint=problem[1])))
+    if failures:
+        raise InputError("", "\n".join(failures))
+
+
+def facts_of(report: HostReport, address: str) -> HostFacts:
+    """What planning needs from a probed host; ``address`` is where the SSH config says it is."""
+    info = report.info
+    interfaces = info.get("interfaces")
+    return HostFacts(address=address, python=info["python_path"], cpu_count=int(info["cpus"]),
+                     work_dir=info["work_dir"], home=info["home"], ip=_ip_or_empty(info.get("reached_ip")),
+                     interfaces={str(k): str(v) for k, v in interfaces.items()} if isinstance(interfaces, dict) else {})
+
+
+def _ip_or_empty(text) -> str:
+    """An IPv4 address, else "" (ps-lite's zmq transport takes no IPv6)."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        return ""
+
+
+def assumed_facts(spec: HostSpec, address: str, remote_dir: str) -> HostFacts:
+    """What a dry run plans with for a host never probed: the hosts file's Python, one CPU."""
+    return HostFacts(address=address, python=spec.python or "python3", cpu_count=1, work_dir=remote_dir,
+                     home="~", assumed=True)
+
+
+def _facts_file(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, launcher: str) -> str:
+    """One file per host, hosts-file line, work folder, SSH config and launcher: a change to any is a new probe."""
+    config = ssh.ssh_config or os.path.join(account_home(), ".ssh", "config")
+    stamp = os.stat(config).st_mtime_ns if os.path.isfile(config) else 0
+    key = hashlib.sha256(repr((host.name, host.port, host.user, host.python, remote_dir, config, stamp)
+                              + ((launcher,) if launcher != "ssh" else ())).encode())
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", host.label)
+    return os.path.join(cache_dir, "hosts", f"{label}-{key.hexdigest()[:16]}.json")
+
+
+def remember_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, facts: HostFacts, *,
+                   launcher: str = "ssh") -> None:
+    """Keep a host's probed facts for later dry runs (``CACHE/hosts/LABEL-KEY.json``, replaced atomically)."""
+    path = _facts_file(cache_dir, host, remote_dir, ssh, launcher)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with cachefile.replacing(path, "w") as handle:
+        json.dump(dataclasses.asdict(facts), handle)
+
+
+def cached_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, address: str, *,
+                 launcher: str = "ssh") -> HostFacts | None:
+    """Facts an earlier launch or ``check`` probed for this host as it is configured now, if any."""
+    try:
+        with open(_facts_file(cache_dir, host, remote_dir, ssh, launcher), encoding="utf-8") as handle:
+            facts = HostFacts(**json.load(handle))
+    except (OSError, ValueError, TypeError):
+        return None
+    return facts if facts.address == address else None

@@ -1,0 +1,90 @@
+"""A fine-tuning run's own part of execution: its local files first, then the workers' events watched.
+
+``make_local_files`` writes each worker's config, the trimmed params and (unless cached)
+the shards. ``RecipeWatch`` is what the supervisor calls while the processes run: the
+log pumps hand it each line (``RunEvents`` records the structured events; fetching
+worker 0's checkpoints and redrawing the metrics happen on background threads, so a slow
+SSH fetch never stalls a process's output), its ``check`` turns ps-lite's silent hangs
+into failures (``Watchdog``), and its ``result`` collects worker 0's result.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+
+from cluster.errors import JobFailed
+from cluster.failure import Failure, FailureKind
+from cluster.srun import RemoteHost
+from cluster.supervise import ProcessOutcome
+from launcher.data import cachefile, paramsfile, recfile
+from launcher.data.trim import trim_params, used_variables
+from launcher.plan import Plan
+from launcher.report.console import Console
+from launcher.run.run_events import RunEvents, Watchdog
+from launcher.run.worker0 import collect
+from launcher.spec.jobspec import ModelSpec
+
+
+def make_local_files(plan: Plan) -> None:
+    """Each worker's config, the trimmed params and (unless cached) the shards, on this machine."""
+    recipe = plan.component
+    for config in recipe.workers:
+        with open(plan.config_path(config.index), "w", encoding="utf-8") as handle:
+            handle.write(config.to_json())
+    if recipe.trimmed_params:
+        with cachefile.locked(os.path.dirname(recipe.trimmed_params)):  # one launch builds it, the others wait
+            _write_trimmed_params(recipe.job.model, recipe.trimmed_params)
+    copies = [s for s in recipe.shards if not s.in_place]
+    if not copies:  # every worker reads its part of the training file where it is
+        return
+    with cachefile.locked(os.path.dirname(copies[0].rec_path)):
+        missing = [s for s in copies if not (os.path.isfile(s.rec_path) and os.path.isfile(s.idx_path))]
+        if missing:  # shards are written atomically, so a present one is complete
+            spans = recfile.read_index(recipe.job.data.train)
+            for shard in missing:
+                recfile.write_shard(recipe.job.data.train, [spans[i] for i in shard.positions],
+                                    os.path.splitext(shard.rec_path)[0])
+
+
+def _write_trimmed_params(model: ModelSpec, trimmed: str) -> None:
+    """The trimmed params in the cache, unless a complete params file is there already.
+
+    ``trim_params`` handles every file ``check_inputs`` accepts; one it cannot read has changed since.
+    """
+    if os.path.isfile(trimmed) and isinstance(paramsfile.read_layout(trimmed), paramsfile.ParamsLayout):
+        return
+    if trim_params(model.params_path, used_variables(model.symbol_path, model.cut_layer), trimmed) is None:
+        layout = paramsfile.read_layout(model.params_path)
+        why = layout.reason if isinstance(layout, paramsfile.BadParams) else "its arrays have no names"
+        raise JobFailed(f"{model.params_path} changed after the input checks and cannot be used: {why}",
+                        failure=Failure(FailureKind.INPUT_CHANGED))
+
+
+class RecipeWatch:
+    """The fine-tuning run's observer: events from the log pumps, watchdogs each poll, worker 0's result at the end."""
+
+    def __init__(self, plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console) -> None:
+        recipe = plan.component
+        self.plan, self.console, self.began = plan, console, time.time()
+        self.events = RunEvents(plan, remote_hosts, console=console)
+        self.watchdog = Watchdog(plan, self.events)
+        self.on_line = self.events.on_line
+        console.start_training(recipe.workers[0].begin_epoch, recipe.job.train.epochs, recipe.batches_per_epoch)
+
+    def check(self) -> None:
+        self.watchdog.check()
+
+    def close(self) -> None:
+        self.events.close()
+        self.console.close()
+
+    def result(self, outcomes: list[ProcessOutcome], *, staging_s: float) -> dict:
+        """Worker 0's result.json with timing and throughput added (``collect``)."""
+        ended = time.time()
+        first = self.events.first_batch_at or self.began
+        timing = {"staging_s": round(staging_s, 3), "startup_s": round(first - self.began, 3),
+                  "training_s": round(ended - first, 3)}
+        return collect(self.plan, self.events.from_worker0, self.events.metrics,
+                       rank_of_worker0=self.events.rank_of.get(0), timing=timing)
+

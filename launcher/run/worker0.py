@@ -1,0 +1,179 @@
+"""What comes back from worker 0: each epoch's checkpoint, its result.json and the final checkpoint, each taken only
+as the plan names it, within bounds, and from regular files (``launcher.run.fetch`` brings remote ones)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Mapping
+
+from cluster.errors import JobFailed
+from cluster.failure import Failure, FailureKind
+from cluster.srun import RemoteHost
+from launcher.data import runstate
+from launcher.plan import Plan
+from launcher.report.metrics import MetricsWriter
+from launcher.run.event_check import result_problem
+from launcher.run.fetch import fetch_files
+
+
+def checkpoint_files(plan: Plan, epoch: int) -> list[str]:
+    """The files of worker 0's checkpoint of ``epoch``, as the plan names them (marker last)."""
+    name = plan.component.workers[0].checkpoint_name
+    return [f"{name}-symbol.json", f"{name}-{epoch:04d}.params", f"checkpoint-{epoch:04d}.json"]
+
+
+def keep_checkpoint(plan: Plan, worker0: FromWorker0, epoch: int) -> None:
+    """Bring worker 0's checkpoint of ``epoch`` into RUN_DIR/checkpoints (the marker last).
+
+    A worker's event is a claim: it only says which epoch is ready. The folder and the file
+    names come from the plan, and only regular files are taken (a link could point anywhere).
+    """
+    files = checkpoint_files(plan, epoch)
+    if worker0.host is None:
+        _require_regular_files(worker0.folder, files)
+        runstate.install_checkpoint(worker0.folder, files, plan.run_dir, link=True)
+        return
+    os.makedirs(runstate.checkpoint_dir(plan.run_dir), exist_ok=True)
+    incoming = tempfile.mkdtemp(prefix=".incoming-", dir=runstate.checkpoint_dir(plan.run_dir))
+    try:
+        worker0.fetch(files, incoming)
+        runstate.install_checkpoint(incoming, files, plan.run_dir, link=False)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+
+
+RESULT_CAP = 1 << 20   # bytes of worker 0's result.json, and of each checkpoint's record
+
+
+def _bad_result() -> Failure:
+    return Failure(FailureKind.BAD_RESULT, process="worker 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class FromWorker0:
+    """Where worker 0's files come from in this attempt, and how much of each is taken: params at most twice what
+    was staged (the new layer on top of the cut model is far smaller than the model) plus 16 MiB, the symbol
+    likewise, result.json and checkpoint records 1 MiB. The staged sizes are read once, at the attempt's start:
+    a resumed run's staged checkpoint may be pruned from RUN_DIR/checkpoints later."""
+
+    folder: str                     # worker 0's output folder (on its host)
+    host: RemoteHost | None         # None: worker 0 runs on this machine
+    python: str
+    staged: Mapping[str, int]       # "-symbol.json" / ".params" -> bytes staged (the largest of each)
+    silence_s: float
+
+    @classmethod
+    def of(cls, plan: Plan, remote_hosts: Mapping[str, RemoteHost]) -> "FromWorker0":
+        label = plan.worker_hosts[0]
+        staged = {suffix: max((_size(t.source) for t in plan.transfers if t.dest.endswith(suffix)), default=0)
+                  for suffix in (".params", "-symbol.json")}
+        return cls(plan.component.workers[0].out_dir, remote_hosts.get(label), plan.remote_pythons.get(label, ""),
+                   staged, plan.component.host_silence_s)
+
+    def cap(self, name: str) -> int:
+        suffix = next((s for s in self.staged if name.endswith(s)), None)
+        return 2 * self.staged[suffix] + (16 << 20) if suffix else RESULT_CAP
+
+    def fetch(self, names: list[str], local_dir: str) -> None:
+        """The named files of worker 0's folder into ``local_dir``, all verified or none (``launcher.run.fetch``)."""
+        fetch_files(self.host, self.folder, {name: self.cap(name) for name in names}, local_dir,
+                    python=self.python, stall_s=self.silence_s)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _require_regular_files(folder: str, names: list[str]) -> None:
+    for name in names:
+        path = os.path.join(folder, name)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise JobFailed(f"{path} is not a regular file (a link or a folder); not taken", failure=_bad_result())
+
+
+def collect(plan: Plan, worker0: FromWorker0, metrics: MetricsWriter, *, rank_of_worker0: int | None,
+            timing: Mapping[str, float]) -> dict:
+    """Worker 0's result with the run's timing, throughput and every epoch; its checkpoint to RUN_DIR/checkpoint.
+    Whatever goes wrong on the way is a JobFailed that says so (the attempt is then recorded as failed)."""
+    try:
+        return _collect(plan, worker0, metrics, rank_of_worker0=rank_of_worker0, timing=timing)
+    except (KeyError, TypeError, ValueError, OSError) as err:
+        raise JobFailed(f"collecting worker 0's result failed ({type(err).__name__}: {str(err)[:300]})",
+                        failure=_bad_result()) from err
+
+
+def _collect(plan: Plan, worker0: FromWorker0, metrics: MetricsWriter, *, rank_of_worker0: int | None,
+             timing: Mapping[str, float]) -> dict:
+    if rank_of_worker0 is None:
+        raise JobFailed("the workers finished but worker 0 never reported joining; see the worker logs in "
+                        f"{os.path.join(plan.run_dir, 'logs')}", failure=_bad_result())
+    result = _worker0_result(plan, worker0)
+    _check_result(plan, result)
+    result.update(rank_of_worker_0=rank_of_worker0, run_id=plan.run_id, timing=dict(timing))
+    rows = metrics.write()
+    result["images_per_s_per_worker"] = {
+        str(i): round(sum(float(r[f"images_per_s_worker_{i}"]) for r in rows) / len(rows), 2)
+        for i in range(len(plan.component.workers)) if rows}
+    earlier = runstate.latest_checkpoint(plan.run_dir)
+    done = {record["epoch"] for record in result["epochs"]}
+    result["epochs"] = [r for r in (earlier.records if earlier else ()) if r["epoch"] not in done] + result["epochs"]
+    _install_final_checkpoint(plan, worker0, result["checkpoint"]["prefix"],
+                              result["checkpoint"]["epoch"])
+    return result
+
+
+def _worker0_result(plan: Plan, worker0: FromWorker0) -> dict:
+    out_dir = worker0.folder
+    if worker0.host is not None:
+        out_dir = os.path.join(plan.run_dir, "workers", "worker-0")
+        worker0.fetch(["result.json"], out_dir)  # the checkpoint came per epoch
+    source = os.path.join(out_dir, "result.json")
+    if not os.path.isfile(source):
+        raise JobFailed(f"worker 0 exited 0 but wrote no {source}", failure=_bad_result())
+    if os.path.getsize(source) > RESULT_CAP:
+        raise JobFailed(f"worker 0's {source} has {os.path.getsize(source)} bytes (at most {RESULT_CAP}); not taken",
+                        failure=_bad_result())
+    with open(source, encoding="utf-8") as handle:
+        try:
+            return json.load(handle)
+        except (ValueError, RecursionError) as err:
+            raise JobFailed(f"worker 0's {source} is not JSON ({str(err)[:100]}); the result is not taken",
+                            failure=_bad_result()) from None
+
+
+def _check_result(plan: Plan, result) -> None:
+    """Worker 0's result.json is a claim too: the fields the launcher uses must be what the plan says."""
+    job = plan.component.job
+    expected = {"prefix": plan.component.workers[0].checkpoint_name, "epoch": job.train.epochs}
+    named = result.get("checkpoint") if isinstance(result, dict) else None
+    if named != expected:
+        raise JobFailed(f"worker 0's result.json names the checkpoint {named!r}, the plan says {expected}; "
+                        "the result is not taken", failure=_bad_result())
+    problem = result_problem(result, epochs=job.train.epochs)
+    if problem is not None:
+        raise JobFailed(f"worker 0's result.json is not taken: {problem}", failure=_bad_result())
+
+
+def _install_final_checkpoint(plan: Plan, worker0: FromWorker0, name: str, epoch: int) -> None:
+    """RUN_DIR/checkpoint/NAME-symbol.json + NAME-EEEE.params: linked from checkpoints/ (fetched per epoch)."""
+    files = [f"{name}-symbol.json", f"{name}-{epoch:04d}.params"]
+    kept = runstate.latest_checkpoint(plan.run_dir)
+    if kept is not None and kept.epoch == epoch:
+        source_dir = runstate.checkpoint_dir(plan.run_dir)
+    elif worker0.host is not None:
+        source_dir = os.path.join(plan.run_dir, "workers", "worker-0")
+        worker0.fetch(files, source_dir)
+    else:
+        source_dir = worker0.folder
+    checkpoint_dir = os.path.join(plan.run_dir, "checkpoint")
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    for filename in files:
+        runstate.link_or_copy(os.path.join(source_dir, filename), os.path.join(checkpoint_dir, filename))
+
