@@ -23,7 +23,7 @@ demo: $(VENV)/.installed-demo
 /usr/sbin/sshd:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server iproute2 >/dev/null
 
-# --launcher srun is tested on a real Slurm (slurmctld here, a slurmd in each namespace host: tests/slurm.py).
+# --launcher srun is tested on a real Slurm (slurmctld here, a slurmd in each namespace host: testing/slurm.py).
 /usr/sbin/slurmd:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
 

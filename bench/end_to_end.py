@@ -1,6 +1,6 @@
 """The demo end to end on 1, 2 and 3 hosts with limited links (issue 13, item 6).
 
-Namespace hosts (tests/netns.py) on links limited to ``RATE_MBIT`` each way with ``tc tbf``,
+Namespace hosts (testing/netns.py) on links limited to ``RATE_MBIT`` each way with ``tc tbf``,
 low enough that the demo's small network (about 80,000 parameters, 0.3 MB of gradients)
 takes as long to cross them as a step takes to compute. ``jobs/demo.yaml`` runs with one
 worker (one CPU context) and one server per host, ``train.step_timing`` on: each worker

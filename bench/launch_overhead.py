@@ -97,7 +97,7 @@ def run_by_hand(job_path: str, work: str) -> tuple[float, float]:
 def teardown_s(job_path: str, work: str, role: str) -> float:
     """Kill one process of a running job; seconds until no process of the run is left."""
     import psutil
-    from tests.helpers import processes_of_run, run_id_from
+    from testing.processes import processes_of_run, run_id_from
     proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", job_path, "--run-root",
                              os.path.join(work, "runs")], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)

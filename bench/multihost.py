@@ -11,7 +11,7 @@
   ResNet-50's gradients through ``dist_sync`` (bench/programs/kvstore_step.py in
   command mode).
 
-Needs root, iproute2 and openssh-server (tests/netns.py).
+Needs root, iproute2 and openssh-server (testing/netns.py).
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ class Bench:
     # ------------------------------------------------------------------ teardown
 
     def teardown_s(self, job: str, role: str) -> float:
-        from tests.helpers import run_processes
+        from testing.processes import run_processes
         proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", *self.ssh, job, "--run-root", self.runs],
                                 cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         seen = []
@@ -178,7 +178,7 @@ def plan_host(plan, label: str):
 
 
 def main() -> None:
-    from tests import netns
+    from testing import netns
     demo_assets()
     cluster = netns.up(3)
     try:
@@ -212,7 +212,7 @@ def report(mxft_runs, hand, teardown, scaling, kv) -> list[str]:
     worst = max(max(v) for v in teardown.values())
     base = statistics.median(scaling[1])
     lines = ["## Three hosts: start-up, teardown, scaling", "",
-             "Three network-namespace hosts with their own sshd on this machine (tests/netns.py); `python -m bench "
+             "Three network-namespace hosts with their own sshd on this machine (testing/netns.py); `python -m bench "
              "multihost`. All hosts share this machine's 2 cores, so nothing here measures a network: it measures "
              "what the launcher adds and how ps-lite behaves when workers compete for the same CPUs.", "",
              f"### Start-up (3 workers, 2 servers; median (min-max) of {REPEATS} interleaved runs)", "",

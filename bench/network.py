@@ -1,6 +1,6 @@
 """Gradient steps against a real network limit (issue 13, items 1-4): the tutorial's gradients over tbf links.
 
-Three namespace hosts (tests/netns.py) whose links are limited to ``RATE_MBIT`` in each
+Three namespace hosts (testing/netns.py) whose links are limited to ``RATE_MBIT`` in each
 direction with ``tc ... tbf``, so the network, not the two shared cores, sets the pace.
 ``bench/programs/kvstore_step.py`` (command mode) pushes and pulls the exact parameter
 shapes of the tutorial's fine-tuned ResNet-50 and ResNet-152 (built from the
@@ -178,7 +178,7 @@ def measure_shares(cluster, work: str, program: str, shapes: dict[int, list[list
     """The bytes each server receives, counted: one worker on the first host, a server on each of the other two
     (command mode's round-robin), so each server host's link carries only what is pushed to its server. Links
     unlimited for this (bytes do not depend on the rate), limited again after."""
-    from tests import netns
+    from testing import netns
     netns.limit_links(cluster, None)
     rows = []
     try:
@@ -274,7 +274,7 @@ def network_verdict(rows: list[dict], counted: list[dict]) -> list[str]:
 def limited_hosts(rate_mbit: float, count: int = 3):
     """``count`` namespace hosts whose links carry ``rate_mbit`` each way, and a work folder; both gone after."""
     sys.path.insert(0, ROOT)
-    from tests import netns
+    from testing import netns
     cluster = netns.up(count)
     try:
         netns.limit_links(cluster, rate_mbit)

@@ -1,7 +1,7 @@
 """Staging throughput and bytes on the wire, against OpenSSH baselines in the same run.
 
 Needs root, iproute2, openssh-server and rsync: the hosts are network namespaces on
-this machine (tests/netns.py), each with its own sshd. Every method copies the same
+this machine (testing/netns.py), each with its own sshd. Every method copies the same
 files to an emptied folder on the same hosts, one host and then three at once; the runs
 are interleaved (method A, B, C, A, B, C, ...) so every method sees the same machine.
 """
@@ -137,7 +137,7 @@ def wire_table(cluster, work: str) -> list[str]:
 
 
 def main() -> None:
-    from tests import netns
+    from testing import netns
     cluster = netns.up(3)
     try:
         with tempfile.TemporaryDirectory() as work:
@@ -154,7 +154,7 @@ def main() -> None:
         netns.down()
     lines = ["## Staging throughput", "",
              f"{FILES} files of {FILE_MB} MiB (random bytes) to emptied folders on namespace hosts over real sshd "
-             f"(tests/netns.py), one host and three at once; MB/s, median (min-max) of {REPEATS} interleaved runs. "
+             f"(testing/netns.py), one host and three at once; MB/s, median (min-max) of {REPEATS} interleaved runs. "
              "mxft staging checks a sha256 of every file on both ends and renames files into place only when all arrived; the baselines check nothing beyond SSH's "
              "own integrity. All hosts share this machine's cores, so 3 hosts at once measure CPU, not network.",
              "", *table, "",

@@ -120,7 +120,7 @@ def demo_assets() -> str:
 @pytest.fixture(scope="session")
 def hosts3():
     """Three real SSH hosts (network namespaces with their own sshd); fails, never skips, if they cannot come up."""
-    from tests import netns
+    from testing import netns
     cluster = netns.up(3)
     try:
         yield cluster

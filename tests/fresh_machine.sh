@@ -12,7 +12,7 @@
 #
 # Needs root (it purges Debian packages and removes namespaces). What it removes: the packages .ci/run installs
 # (openssh-server, Slurm, munge, rsync) with what came with them, munge's and sshd's folders, Slurm's state,
-# every namespace host, bridge and link of tests/netns.py, /tmp/mxft-*, /srv/mxft-host, and the clone's venv.
+# every namespace host, bridge and link of testing/netns.py, /tmp/mxft-*, /srv/mxft-host, and the clone's venv.
 # It commits nothing and reads only committed work: the clone is of HEAD. Each run's last lines and its time
 # go to the summary at the end; the whole output of run K is in $WORK/run-K.log.
 set -uo pipefail

@@ -14,6 +14,8 @@ import time
 import psutil
 import yaml
 
+from testing.processes import processes_of_run, run_id_from, run_processes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_DIR = os.environ.get("MXFT_CACHE") or os.path.expanduser("~/.cache/mxft")
 LAUNCH = [sys.executable, "-m", "launcher.cli"]
@@ -69,18 +71,6 @@ def run_launch(args: list[str], *, cwd: str, timeout_s: float = 300,
     return subprocess.run(LAUNCH + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
 
 
-def processes_of_run(run_id: str) -> list[psutil.Process]:
-    """Every live process started for ``run_id`` (the launcher tags each with MXFT_RUN_ID)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("MXFT_RUN_ID") == run_id and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
-
-
 def wait_gone(run_id: str, timeout_s: float = 10.0) -> list[psutil.Process]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -108,13 +98,6 @@ def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
     accumulator.Reload()
     return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
             for tag in accumulator.Tags()["scalars"]}
-
-
-def run_id_from(stdout: str) -> str:
-    for line in stdout.splitlines():
-        if line.startswith("[mxft] run ") and ":" in line:
-            return line.split()[2].rstrip(":")
-    raise AssertionError(f"no '[mxft] run ID:' line in:\n{stdout[-2000:]}")
 
 
 def _ctrl_c_as_at_a_terminal() -> None:
@@ -161,7 +144,7 @@ def assert_dry_run_is_the_plan(dry_stdout: str, run_dir: str) -> None:
     assert plan_lines(dry_stdout, dry_id) == plan_lines(saved, os.path.basename(run_dir))
 
 
-# --------------------------------------------------------------------------- namespace hosts (tests.netns)
+# --------------------------------------------------------------------------- namespace hosts (testing.netns)
 
 def python_field() -> str:
     return f"python={sys.executable}"
@@ -178,36 +161,6 @@ def ssh_args(cluster, hosts: str, *, remote_dir: str = "/srv/mxft-host") -> list
     """The options that reach ``cluster``'s namespace hosts over SSH, with their private work folder (a test that
     leaves odd files there gives a folder of its own below it)."""
     return ["--hosts", hosts, "--ssh-config", cluster.ssh_config, "--remote-dir", remote_dir]
-
-
-def run_processes(cluster, run_id: str) -> dict[str, list[int]]:
-    """Processes of ``run_id`` on each namespace host, found inside each host's namespace."""
-    found = {}
-    for host in cluster.hosts:
-        pids = []
-        for pid in host.pids():
-            try:
-                with open(f"/proc/{pid}/environ", "rb") as handle:
-                    if f"MXFT_RUN_ID={run_id}".encode() in handle.read().split(b"\0"):
-                        pids.append(pid)
-            except OSError:
-                continue
-        found[host.name] = pids
-    return found
-
-
-def pids_running(host, text: bytes, *, start: bool = False) -> list[int]:
-    """The namespace host's processes whose command line holds ``text`` (``start``: begins with it)."""
-    found = []
-    for pid in host.pids():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except OSError:
-            continue
-        if cmdline.startswith(text) if start else text in cmdline:
-            found.append(pid)
-    return found
 
 
 def no_processes_left(cluster, run_id: str, timeout_s: float = 10.0) -> dict[str, list[int]]:

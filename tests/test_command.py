@@ -16,7 +16,8 @@ from launcher.spec.command import parse_env, sync_files
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import parse_job
 from launcher.plan import Facts, HostFacts, Role, Transfer, make_plan
-from tests.helpers import PROGRAM_DIR, check_argv, run_id_from, run_launch, wait_gone, write_job
+from testing.processes import run_id_from
+from tests.helpers import PROGRAM_DIR, check_argv, run_launch, wait_gone, write_job
 
 # What must reach every worker unchanged: spaces, both quotes, $HOME, a backtick, a glob, an empty word.
 
@@ -204,7 +205,7 @@ def test_sixteen_processes_on_one_host_under_sshds_default_limits(hosts3, tmp_pa
     import subprocess
     import threading
 
-    from tests import netns
+    from testing import netns
     from tests.helpers import no_processes_left, python_field, ssh_args
     host = netns.add_host(hosts3, stock_limits=True)
     most, done_sampling = [0], threading.Event()

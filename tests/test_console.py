@@ -21,7 +21,8 @@ from launcher.run.run_events import RunEvents
 from launcher.spec.jobspec import parse_job
 from launcher.plan import make_plan
 from launcher.status import runs_lines
-from tests.helpers import CACHE_DIR, LAUNCH, REPO, run_id_from, run_launch
+from testing.processes import run_id_from
+from tests.helpers import CACHE_DIR, LAUNCH, REPO, run_launch
 from tests.plan_literals import FACTS, JOB, inventory
 from trainer import events
 from trainer.probe import probe_scheduler

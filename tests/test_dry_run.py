@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from tests.helpers import REPO, assert_dry_run_is_the_plan, demo_job, run_id_from, run_launch, write_job
+from testing.processes import run_id_from
+from tests.helpers import REPO, assert_dry_run_is_the_plan, demo_job, run_launch, write_job
 
 pytestmark = pytest.mark.integration
 PROGRAM_DIR = os.path.join(REPO, "tests", "programs")

@@ -19,7 +19,8 @@ from cluster.hosts import HostSpec
 from cluster.ssh import SSHHost, SSHOptions
 from cluster.supervise import Supervisor
 from launcher.run.launch import failed_host
-from tests.helpers import pids_running, wait_until
+from testing.processes import pids_running
+from tests.helpers import wait_until
 
 
 def supervised_failure(host: SSHHost, code: str, tmp_path, *, while_running=None) -> JobFailed:

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.helpers import CACHE_DIR, LAUNCH, REPO, altered_worker_copy, demo_job, processes_of_run, run_id_from, \
+from testing.processes import processes_of_run, run_id_from
+from tests.helpers import CACHE_DIR, LAUNCH, REPO, altered_worker_copy, demo_job, \
     run_launch, start_launch, wait_gone, write_job
 
 pytestmark = pytest.mark.integration

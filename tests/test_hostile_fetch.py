@@ -26,7 +26,8 @@ from cluster.ssh import SSHHost, SSHOptions
 from launcher.run.fetch import FetchRefused, fetch_files
 from launcher.plan import Transfer
 from launcher.run.stage import stage_host
-from tests.helpers import REPO, demo_job, hosts_file, pids_running, run_launch, ssh_args, wait_until, write_job
+from testing.processes import pids_running
+from tests.helpers import REPO, demo_job, hosts_file, run_launch, ssh_args, wait_until, write_job
 
 pytestmark = pytest.mark.integration
 

@@ -21,13 +21,13 @@ import psutil
 import pytest
 
 from launcher import cli
-from tests import slurm
+from testing import slurm
 from tests.helpers import REPO
 
 # Brings Slurm up on the hosts given as JSON, says so, and holds it until it is killed.
 _HOLD_SLURM = """
 import json, sys, time
-from tests import netns, slurm
+from testing import netns, slurm
 given = json.loads(sys.argv[1])
 hosts = tuple(netns.NetnsHost(**host) for host in given.pop("hosts"))
 slurm.up(netns.NetnsCluster(hosts, **given))

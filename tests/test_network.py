@@ -12,8 +12,9 @@ import json
 
 import pytest
 
-from tests import netns
-from tests.helpers import demo_job, run_id_from, run_launch, write_job
+from testing import netns
+from testing.processes import run_id_from
+from tests.helpers import demo_job, run_launch, write_job
 from tests.helpers import hosts_file, launch_bad, no_processes_left, python_field, ssh_args
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,8 @@ from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import parse_job
 from launcher.run.launch import saved_plan
 from launcher.plan import Facts, HostFacts, fact_changes, make_plan, plan_from_json
-from tests.helpers import demo_job, run_id_from, run_launch, write_job
+from testing.processes import run_id_from
+from tests.helpers import demo_job, run_launch, write_job
 from tests.plan_literals import FACTS, JOB, inventory
 
 HOSTS = (HostSpec("10.0.0.1"), HostSpec("10.0.0.2", slots=2, line=2, source="/h.txt"))

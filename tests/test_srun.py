@@ -1,4 +1,4 @@
-"""``--launcher srun``: every process a job step of the Slurm allocation, on a real Slurm (``tests.slurm``).
+"""``--launcher srun``: every process a job step of the Slurm allocation, on a real Slurm (``testing.slurm``).
 
 The unit tests check the choice of launcher and the refusals at the seam; the rest run
 real slurmctld/slurmd on the namespace hosts, with the launcher inside ``salloc`` (as a
@@ -17,7 +17,8 @@ import pytest
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.srun import default_launcher, require_allocation_nodes
-from tests.helpers import CACHE_DIR, LAUNCH, REPO, assert_dry_run_is_the_plan, demo_job, run_id_from, write_job
+from testing.processes import run_id_from
+from tests.helpers import CACHE_DIR, LAUNCH, REPO, assert_dry_run_is_the_plan, demo_job, write_job
 
 ALLOCATION = {"SLURM_JOB_ID": "41", "SLURM_JOB_NODELIST": "gpu[01-02]"}
 
@@ -56,7 +57,7 @@ def test_launcher_srun_outside_an_allocation_is_bad_input_and_starts_nothing(tmp
 @pytest.fixture(scope="module")
 def slurm(hosts3):
     """slurmctld here and a slurmd on each namespace host, for this module's tests only."""
-    from tests import slurm as slurm_cluster
+    from testing import slurm as slurm_cluster
     cluster = slurm_cluster.up(hosts3)
     try:
         yield cluster

@@ -1,12 +1,12 @@
-"""A real Slurm cluster on the namespace hosts of ``tests.netns``: munge, slurmctld here, a slurmd on each host.
+"""A real Slurm cluster on the namespace hosts of ``testing.netns``: munge, slurmctld here, a slurmd on each host.
 
 Debian's ``slurmctld slurmd slurm-client munge`` (``make test`` installs them). slurmctld
 runs in this machine's namespace on the bridge address; each host's slurmd runs in the
 host's network namespace and in a mount namespace of its own where, as for the host's
-sshd, ``tests.netns.WORK_DIR`` is that host's private folder (so a file staged to h1 is
+sshd, ``testing.netns.WORK_DIR`` is that host's private folder (so a file staged to h1 is
 not on h2) and /etc/hosts names the host. Steps run as root with the shared Python and
 venv. The configuration lives under the namespace state folder; commands find it through
-``SLURM_CONF`` in ``env``. ``python -m tests.slurm up 2`` / ``down`` by hand.
+``SLURM_CONF`` in ``env``. ``python -m testing.slurm up 2`` / ``down`` by hand.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import time
 
 import psutil
 
-from tests import netns
+from testing import netns
 
 STATE = "/tmp/mxft-slurm"  # not under netns.STATE_DIR, which netns.down removes while slurmctld may still run
 CONF = os.path.join(STATE, "slurm.conf")

@@ -5,7 +5,7 @@ key, a private PID namespace (``pgrep`` on one host sees only that host) and a p
 work directory mounted at ``WORK_DIR`` (a file staged to h1 is not visible on h2).
 The filesystem is otherwise shared, so every host finds the same Python and venv.
 
-Needs root, iproute2 and openssh-server. ``python -m tests.netns up 3`` / ``down``
+Needs root, iproute2 and openssh-server. ``python -m testing.netns up 3`` / ``down``
 brings hosts up or down by hand.
 """
 from __future__ import annotations
