@@ -23,6 +23,7 @@ class FailureKind(str, enum.Enum):
     STAGING = "staging"                  # copying files to hosts failed
     BAD_RESULT = "bad result"            # worker 0's result or files could not be taken
     INPUT_CHANGED = "input changed"      # an input changed between the checks and its use
+    HOST_REFUSED = "host refused"        # a host did not do its part of a check or a clean (unreachable, failing)
 
     @property
     def loses_the_host(self) -> bool:

@@ -31,7 +31,11 @@ import paramiko
 
 
 class HostKeyError(Exception):
-    """The host's key is unknown, changed or revoked; the message says which key and what to do."""
+    """The host's key is unknown, changed or revoked (``state``); the message says which key and what to do."""
+
+    def __init__(self, message: str, *, state: str = "unknown") -> None:
+        super().__init__(message)
+        self.state = state   # unknown | changed | revoked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +192,8 @@ class CheckKnownHosts(paramiko.MissingHostKeyPolicy):
         if verdict == "new" and self.accept_new:
             self._record(key)
             return
-        raise HostKeyError(self.who + _refusal(verdict, entry, key.get_name(), blob, self.lookup))
+        raise HostKeyError(self.who + _refusal(verdict, entry, key.get_name(), blob, self.lookup),
+                           state=verdict if verdict in ("changed", "revoked") else "unknown")
 
     def _record(self, key: paramiko.PKey) -> None:
         if not self.lookup.user_files:

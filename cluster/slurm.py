@@ -1,4 +1,5 @@
-"""Hosts from a Slurm allocation: ``SLURM_JOB_NODELIST`` and the slots of each node.
+"""Hosts from a Slurm allocation: ``SLURM_JOB_NODELIST`` (expanded by Slurm's own ``scontrol show hostnames``)
+and the slots of each node.
 
 Inside ``salloc`` or an ``sbatch`` script, ``mxft-launch --hosts slurm`` (or no
 ``--hosts`` at all) takes the allocation's nodes as its hosts and reaches them over
@@ -7,98 +8,60 @@ when the allocation has GPUs, else its tasks (``SLURM_TASKS_PER_NODE``).
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import threading
 from collections.abc import Mapping
 
 from cluster.errors import InputError
 from cluster.hosts import MAX_HOSTS, MAX_SLOTS, HostSpec
 
 
-def expand_nodelist(text: str) -> list[str]:
-    """Slurm's compressed host list, expanded in order (zero padding kept).
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")   # a host name or address: never an option of ssh
+LIST_BYTES = 256 * MAX_HOSTS   # scontrol's output read at the most (a name a line)
+SCONTROL_TIMEOUT_S = 10
 
-    >>> expand_nodelist("gpu[01-03,07],cpu9")
-    ['gpu01', 'gpu02', 'gpu03', 'gpu07', 'cpu9']
-    >>> expand_nodelist("r[1-2]-n[8-9]")
-    ['r1-n8', 'r1-n9', 'r2-n8', 'r2-n9']
 
-    ValueError for a list that is malformed or names more than MAX_HOSTS nodes (counted
-    before anything is expanded: ``n[1-100000000]`` is refused, not built).
-    """
-    items = _split_top_level(text.strip(), text)
-    total = sum(_count_names(item, text) for item in items)
-    if total > MAX_HOSTS:
-        raise ValueError(f"node list {_short(text)} names {total} nodes; at most {MAX_HOSTS} are taken")
-    names: list[str] = []
-    for item in items:
-        names += _expand_one(item, text)
-    bad = next((name for name in names if name.startswith("-")), None)
+def allocation_nodes(nodelist: str, environ: Mapping[str, str]) -> list[str]:
+    """The node names of ``nodelist`` as Slurm itself expands it (``scontrol show hostnames``, with the allocation's
+    configuration), at most MAX_HOSTS; ValueError naming what is wrong."""
+    given = {**os.environ, **environ}
+    env = {name: given[name] for name in ("PATH", "HOME", "SLURM_CONF") if name in given}  # where its config is
+    if "\0" in nodelist:
+        raise ValueError("the node list holds a NUL character")
+    scontrol = shutil.which("scontrol", path=env.get("PATH") or os.defpath)
+    if scontrol is None:
+        raise ValueError("Slurm's scontrol is not installed here, and it is what expands the allocation's node list")
+    with subprocess.Popen([scontrol, "show", "hostnames", "--", nodelist], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env) as proc:
+        expired = threading.Event()
+        timer = threading.Timer(SCONTROL_TIMEOUT_S, lambda: (expired.set(), proc.kill()))  # a deadline, not a hang
+        timer.start()
+        try:
+            out, err = proc.stdout.read(LIST_BYTES + 1), proc.stderr.read(4096)
+            proc.kill()  # done, or more than the bound
+        finally:
+            timer.cancel()
+    if expired.is_set():
+        raise ValueError(f"scontrol show hostnames did not answer within {SCONTROL_TIMEOUT_S} s")
+    said = err.decode(errors="replace").strip().splitlines()
+    if proc.returncode not in (0, -9) or (said and not out):
+        raise ValueError(f"Slurm cannot expand node list {_short(nodelist)}: {(said or ['no reason given'])[-1][:200]}")
+    names = out.decode(errors="replace").split()
+    if len(out) > LIST_BYTES or len(names) > MAX_HOSTS:
+        raise ValueError(f"node list {_short(nodelist)} names more than {MAX_HOSTS} nodes")
+    bad = next((name for name in names if not NODE_NAME.fullmatch(name)), None)
     if bad is not None:
-        raise ValueError(f"node name {bad!r} starts with '-' (ssh would read it as an option)")
+        raise ValueError(f"Slurm expands node list {_short(nodelist)} to {bad!r}, which is not a host name")
+    if not names:
+        raise ValueError(f"node list {_short(nodelist)} names no node")
     return names
 
 
 def _short(text: str) -> str:
     return repr(text if len(text) <= 80 else text[:77] + "...")
-
-
-def _count_names(item: str, whole: str) -> int:
-    """How many names ``item`` expands to: the product of its bracket groups' sizes."""
-    total = 1
-    for body in re.findall(r"\[([^\]]*)\]", item):
-        total *= sum(high - low + 1 for low, high in _ranges(body, whole))
-        if total > MAX_HOSTS:
-            return total  # enough to refuse; no need to multiply further
-    return total
-
-
-def _ranges(body: str, whole: str) -> list[tuple[int, int]]:
-    """``01-03,7`` -> ``[(1, 3), (7, 7)]``; ValueError for anything else."""
-    out = []
-    for part in body.split(","):
-        low, sep, high = part.strip().partition("-")
-        if not re.fullmatch(r"[0-9]{1,9}", low) or (sep and not re.fullmatch(r"[0-9]{1,9}", high)):
-            raise ValueError(f"bad range {part!r} in node list {_short(whole)}")
-        if sep and int(high) < int(low):
-            raise ValueError(f"range {part!r} runs backwards in node list {_short(whole)}")
-        out.append((int(low), int(high) if sep else int(low)))
-    return out
-
-
-def _split_top_level(text: str, whole: str) -> list[str]:
-    items, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        depth += {"[": 1, "]": -1}.get(char, 0)
-        if depth not in (0, 1):
-            raise ValueError(f"unbalanced brackets in node list {whole!r}")
-        if char == "," and depth == 0:
-            items.append(text[start:i])
-            start = i + 1
-    if depth:
-        raise ValueError(f"unbalanced brackets in node list {whole!r}")
-    items.append(text[start:])
-    if any(not item.strip() for item in items):
-        raise ValueError(f"empty name in node list {whole!r}")
-    return [item.strip() for item in items]
-
-
-def _expand_one(item: str, whole: str) -> list[str]:
-    match = re.search(r"\[([^\]]*)\]", item)
-    if match is None:
-        return [item]
-    head, tail = item[:match.start()], item[match.end():]
-    out = []
-    for value in _range_values(match.group(1), whole):
-        out += [head + value + rest for rest in _expand_one(tail, whole)]
-    return out
-
-
-def _range_values(body: str, whole: str) -> list[str]:
-    values = []
-    for part, (low, high) in zip(body.split(","), _ranges(body, whole)):
-        width = len(part.strip().partition("-")[0])
-        values += [str(n).zfill(width) for n in range(low, high + 1)]
-    return values
 
 
 def expand_counts(text: str) -> list[int]:
@@ -121,7 +84,7 @@ def hosts_from_slurm(environ: Mapping[str, str]) -> tuple[HostSpec, ...]:
         raise InputError("--hosts slurm", "SLURM_JOB_NODELIST is not set: this is not inside a Slurm allocation",
                          hint="run under salloc/sbatch, or give a hosts file")
     try:
-        names = expand_nodelist(nodelist)
+        names = allocation_nodes(nodelist, environ)
     except ValueError as err:
         raise InputError("SLURM_JOB_NODELIST", str(err)) from None
     slots = _slots(environ, len(names))

@@ -182,11 +182,15 @@ class SSHHost:
         # Every process started here is a session of a few shared connections (cluster.ssh_sessions).
         self._sessions = SessionPool(self.connect, open_timeout_s=options.connect_timeout_s + 20.0)
         self.unreachable = threading.Event()  # set by cluster.hostwatch: the host stopped answering
+        self._target: SSHTarget | None = None
 
     def target(self) -> SSHTarget:
-        """Where the host is and how its key is checked: one reading of the SSH config, for both stacks."""
-        return resolve_target(self.spec.name, port=self.spec.port, user=self.spec.user,
-                              ssh_config=self.options.ssh_config)
+        """Where the host is and how its key is checked: OpenSSH's reading of its config, for both stacks (read
+        once for this object: an attempt's connections and copies all go where the first went)."""
+        if self._target is None:
+            self._target = resolve_target(self.spec.name, port=self.spec.port, user=self.spec.user,
+                                          ssh_config=self.options.ssh_config)
+        return self._target
 
     def connect(self) -> fabric.Connection:
         """A new, open connection with strict host-key checking (a bastion's too).
@@ -278,10 +282,13 @@ def _connection(target: SSHTarget, options: SSHOptions, *, depth: int = 0, who: 
     gateway = (_connection(jump, options, depth=depth + 1, who=f"ProxyJump host {jump.name}: ") if jump
                else target.proxy_command or False)
     pinned = keys_for(target.known_hosts.name, target.known_hosts.files)
-    conn = _Connection(target.name, user=target.user, port=target.port,
-                       config=fabric.Config(ssh_config=target.config), connect_timeout=options.connect_timeout_s,
+    # The address, port, user and keys are OpenSSH's reading (cluster.ssh_resolve); fabric reads no config itself.
+    conn = _Connection(target.hostname, user=target.user, port=target.port,
+                       config=fabric.Config(ssh_config=paramiko.SSHConfig()), connect_timeout=options.connect_timeout_s,
                        gateway=gateway,
-                       connect_kwargs={"transport_factory": prefer_key_types(pinned_key_types(pinned))})
+                       connect_kwargs={"transport_factory": prefer_key_types(pinned_key_types(pinned)),
+                                       **({"key_filename": list(target.identity_files)} if target.identity_files
+                                          else {})})
     conn.client.set_missing_host_key_policy(
         CheckKnownHosts(target.known_hosts, accept_new=options.accept_new_host_keys, who=who))
     return conn

@@ -1,18 +1,18 @@
-"""One reading of the SSH configuration, used by both of mxft's SSH stacks.
+"""One reading of the SSH configuration, OpenSSH's own, used by both of mxft's SSH stacks.
 
 fabric/paramiko (preflight, process starts) and OpenSSH (staging streams, fetching
 results) must agree on where a host is and which keys it may have, or one trusts what
-the other refuses. ``resolve_target`` reads the config once per connection and both use
-its answer: fabric gets the same parsed ``paramiko.SSHConfig``; OpenSSH is told the
-trust settings explicitly (``cluster.ssh.openssh_options``), so an ``Include`` or
-``Match`` that paramiko does not follow cannot change what it checks.
+the other refuses. ``resolve_target`` asks OpenSSH what it makes of its configuration
+(``ssh -G HOST``: every ``Include``, ``Match`` and default as OpenSSH follows them) and
+both stacks use that answer: fabric connects to the resolved address, port, user and
+identity files with no configuration of its own; OpenSSH is told the trust settings
+explicitly (``cluster.ssh.openssh_options``).
 
-The files are OpenSSH's: ``--ssh-config FILE`` alone, else ``~/.ssh/config`` then
-``/etc/ssh/ssh_config``; ``UserKnownHostsFile`` (default ``~/.ssh/known_hosts
-~/.ssh/known_hosts2``), ``GlobalKnownHostsFile`` (default ``/etc/ssh/ssh_known_hosts
-/etc/ssh/ssh_known_hosts2``), ``HostKeyAlias``, ``HashKnownHosts``, ``ProxyJump``. ``~``
-is the account's home directory from the password database, as in OpenSSH, not
-``$HOME``; when the two differ an unknown-key message says so.
+What is read: ``HostName``, ``Port``, ``User``, ``IdentityFile``, ``UserKnownHostsFile``
+(default ``~/.ssh/known_hosts ~/.ssh/known_hosts2``), ``GlobalKnownHostsFile``,
+``HostKeyAlias``, ``HashKnownHosts``, ``ProxyJump``, ``ProxyCommand``. ``~`` is the
+account's home directory from the password database, as in OpenSSH, not ``$HOME``; when
+the two differ an unknown-key message says so.
 """
 from __future__ import annotations
 
@@ -21,13 +21,12 @@ import getpass
 import os
 import pwd
 import re
-import shlex
+import subprocess
 
 import paramiko
 
 from cluster.known_hosts import KnownHostsLookup
 
-SYSTEM_CONFIG = "/etc/ssh/ssh_config"
 USER_KNOWN_HOSTS = "~/.ssh/known_hosts ~/.ssh/known_hosts2"
 GLOBAL_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2"
 MAX_JUMPS = 8   # ProxyJump hops followed before a chain is taken for a loop
@@ -52,20 +51,30 @@ def _account_name() -> str:
         return getpass.getuser()
 
 
-def config_files(ssh_config: str | None) -> tuple[str, ...]:
-    """The config files OpenSSH reads: ``-F FILE`` alone, else the account's then the system's."""
-    if ssh_config:
-        return (os.path.abspath(ssh_config),)
-    return (os.path.join(account_home(), ".ssh", "config"), SYSTEM_CONFIG)
+def openssh_reading(name: str, *, port: int | None = None, user: str | None = None,
+                    ssh_config: str | None = None) -> dict[str, list[str]]:
+    """What OpenSSH itself makes of its configuration for ``name`` (``ssh -G``: every option resolved, with its
+    ``Include``, ``Match`` and defaults; nothing is contacted): option -> its values, as OpenSSH prints them."""
+    argv = ["ssh", "-G", *(["-F", ssh_config] if ssh_config else []), *(["-p", str(port)] if port else []),
+            *(["-l", user] if user else []), "--", name]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=READ_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SSHConfigError("OpenSSH's ssh is not installed on this machine (mxft reads the SSH configuration "
+                             "through ssh -G and copies files with it)") from None
+    except subprocess.TimeoutExpired:
+        raise SSHConfigError(f"ssh -G {name} did not answer within {READ_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        said = "; ".join(done.stderr.strip().splitlines()[:2])[:300] or "no reason given"
+        raise SSHConfigError(f"OpenSSH cannot read its configuration for {name}: {said}")
+    found: dict[str, list[str]] = {}
+    for line in done.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        found.setdefault(key, []).append(value)
+    return found
 
 
-def load_config(ssh_config: str | None) -> paramiko.SSHConfig:
-    config = paramiko.SSHConfig()
-    for path in config_files(ssh_config):
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                config.parse(handle)
-    return config
+READ_TIMEOUT_S = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,30 +90,34 @@ class SSHTarget:
     proxy_jump: tuple[str, ...]        # ProxyJump hops, first hop first; () for a direct connection
     proxy_command: str | None
     ssh_config: str | None             # --ssh-config, for the hops
-    config: paramiko.SSHConfig = dataclasses.field(compare=False, repr=False, default=None)
+    identity_files: tuple[str, ...] = ()   # IdentityFile, expanded, those that exist
 
 
 def resolve_target(name: str, *, port: int | None = None, user: str | None = None,
                    ssh_config: str | None = None) -> SSHTarget:
-    """Read the SSH config for ``name``; ``port`` and ``user`` (the hosts file's) win over it, as ``-p``/``-l`` do."""
-    config = load_config(ssh_config)
-    found = config.lookup(name)
-    hostname = found.get("hostname", name)
-    port = port or int(found.get("port", 22))
-    user = user or found.get("user")
-    alias = found.get("hostkeyalias")
+    """OpenSSH's reading of its config for ``name`` (``ssh -G``); ``port`` and ``user`` (the hosts file's) win
+    over it, as ``-p``/``-l`` do."""
+    found = openssh_reading(name, port=port, user=user, ssh_config=ssh_config)
+
+    def one(key: str, default: str | None = None) -> str | None:
+        return found.get(key, [default])[0]
+
+    hostname, port, user = one("hostname", name), int(one("port", "22")), user or one("user")
+    alias = one("hostkeyalias")
     key_name = alias or (hostname.lower() if port == 22 else f"[{hostname.lower()}]:{port}")
-    local_user = _account_name()
-    tokens = {"d": account_home(), "u": local_user, "h": hostname, "n": name, "p": str(port),
-              "r": user or local_user, "k": alias or name, "i": str(os.getuid()), "%": "%"}
+    tokens = {"d": account_home(), "u": _account_name(), "h": hostname, "n": name, "p": str(port),
+              "r": user or _account_name(), "k": alias or name, "i": str(os.getuid()), "%": "%"}
     lookup = KnownHostsLookup(
-        key_name, _paths(found.get("userknownhostsfile", USER_KNOWN_HOSTS), tokens),
-        _paths(found.get("globalknownhostsfile", GLOBAL_KNOWN_HOSTS), tokens),
-        hash_new=found.get("hashknownhosts", "no").lower() == "yes", note=_home_note())
-    jump = found.get("proxyjump", "none")
+        key_name, _file_list(one("userknownhostsfile", USER_KNOWN_HOSTS)),
+        _file_list(one("globalknownhostsfile", GLOBAL_KNOWN_HOSTS)),
+        hash_new=(one("hashknownhosts", "no") or "no").lower() == "yes", note=_home_note())
+    jump = one("proxyjump", "none")
     hops = () if jump.lower() == "none" else tuple(hop.strip() for hop in jump.split(",") if hop.strip())
-    return SSHTarget(name, hostname, port, user, alias, lookup, hops,
-                     None if hops else found.get("proxycommand"), ssh_config, config)
+    command = one("proxycommand", "none")
+    proxy = None if hops or command.lower() == "none" else _expand(command, tokens)
+    identities = tuple(path for path in (_expand_path(f, tokens) for f in found.get("identityfile", ()))
+                       if os.path.isfile(path))
+    return SSHTarget(name, hostname, port, user, alias, lookup, hops, proxy, ssh_config, identities)
 
 
 def jump_of(target: SSHTarget, *, depth: int = 0) -> SSHTarget | None:
@@ -142,25 +155,42 @@ def _parse_hop(text: str) -> tuple[str | None, str, int | None]:
     return user or None, match.group("v6") or match.group("name"), int(port) if port else None
 
 
-def _paths(value: str, tokens: dict[str, str]) -> tuple[str, ...]:
-    """A known-hosts file list as OpenSSH reads it: quoted words, ``~``, ``%`` tokens; ``none`` is no file.
+def _file_list(value: str) -> tuple[str, ...]:
+    """A known-hosts file list as ``ssh -G`` prints it (``~`` and tokens expanded already); ``none`` is no file.
 
-    A token or ``~user`` mxft does not know stays as written: both stacks then read that same (literal) path.
+    OpenSSH prints the list unquoted: a word that does not start with ``/`` continues the path before it (``/k/with
+    space``), so paths with spaces come back whole unless a space is followed by ``/`` in one.
+
+    >>> _file_list("/root/.ssh/k1 /root/k 2 /k/10.0.0.7-2222"), _file_list("none")
+    (('/root/.ssh/k1', '/root/k 2', '/k/10.0.0.7-2222'), ())
     """
     if value.strip().lower() == "none":
         return ()
-    paths = []
-    for word in shlex.split(value):
-        if word == "~" or word.startswith("~/"):
-            word = account_home() + word[1:]
-        elif word.startswith("~"):
-            user, _, rest = word[1:].partition("/")
-            try:
-                word = os.path.join(pwd.getpwnam(user).pw_dir, rest)
-            except KeyError:
-                pass
-        paths.append(os.path.abspath(re.sub(r"%(.)", lambda m: tokens.get(m.group(1), m.group(0)), word)))
-    return tuple(paths)
+    paths: list[str] = []
+    for word in value.split(" "):
+        if paths and not word.startswith("/"):
+            paths[-1] += " " + word
+        else:
+            paths.append(word)
+    return tuple(os.path.abspath(path) for path in paths if path)
+
+
+def _expand(text: str, tokens: dict[str, str]) -> str:
+    """OpenSSH's ``%`` tokens in ``text`` (a ProxyCommand), as ``ssh`` expands them when it connects."""
+    return re.sub(r"%(.)", lambda m: tokens.get(m.group(1), m.group(0)), text)
+
+
+def _expand_path(word: str, tokens: dict[str, str]) -> str:
+    """An IdentityFile as OpenSSH finds it: ``~`` (the account's home), ``~user``, ``%`` tokens."""
+    if word == "~" or word.startswith("~/"):
+        word = account_home() + word[1:]
+    elif word.startswith("~"):
+        user, _, rest = word[1:].partition("/")
+        try:
+            word = os.path.join(pwd.getpwnam(user).pw_dir, rest)
+        except KeyError:
+            pass
+    return os.path.abspath(_expand(word, tokens))
 
 
 def _home_note() -> str:

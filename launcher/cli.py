@@ -345,7 +345,7 @@ def clean(argv: list[str]) -> int:
                           older_than_s=args.older_than * 86400, dry_run=args.dry_run)
     for line in cleanup_lines(reports, dry_run=args.dry_run):
         _echo(line)
-    return EXIT_FAILED if any(report.error for report in reports) else EXIT_OK
+    return EXIT_FAILED if reports.failed or any(report.unremoved for report in reports.ok.values()) else EXIT_OK
 
 
 TOOLS = {"check": check, "status": status, "runs": runs, "stop": stop, "clean": clean}

@@ -118,6 +118,15 @@ def demo_assets() -> str:
 
 
 @pytest.fixture(scope="session")
+def slurm_conf(tmp_path_factory) -> str:
+    """A Slurm configuration with no controller behind it: what Slurm's scontrol needs to expand a node list as it
+    does inside an allocation (nothing is asked of a controller)."""
+    path = tmp_path_factory.mktemp("slurm") / "slurm.conf"
+    path.write_text("ClusterName=mxft-test\nSlurmctldHost=localhost\nNodeName=n1\nPartitionName=p Nodes=ALL\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def hosts3():
     """Three real SSH hosts (network namespaces with their own sshd); fails, never skips, if they cannot come up."""
     from testing import netns

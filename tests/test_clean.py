@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-from launcher.run.clean import CLEANUP_SCRIPT, HostCleanup, Removal, cleanup_lines, parse_report
+from cluster.failure import Failure, FailureKind
+from cluster.fanout import HostFailed, HostResults
+from launcher.run.clean import CLEANUP_SCRIPT, HostCleanup, NotCleaned, Removal, cleanup_lines, parse_report
 from launcher.remote.cleanup import RECENT_S, choose_removals
 
 DAY = 86400.0
@@ -145,7 +147,7 @@ def test_the_cleanup_script_removes_what_it_lists_and_never_a_running_run(tmp_pa
         dry = cleanup(root, "dry-run")
         assert [(r.kind, r.name) for r in dry.removals] == [("run", "done"), ("run", "reused"), ("data", "k-done"),
                                                             ("incoming", ".incoming.x1")]
-        assert dry.running == ("live",) and dry.freed_bytes == 0 and dry.error == ""
+        assert dry.running == ("live",) and dry.freed_bytes == 0 and dry.unremoved == ""
         assert all(folder.exists() for folder in folders.values())
         done = cleanup(root, "remove")
         assert done.removals == dry.removals and done.freed_bytes == sum(r.size_bytes for r in dry.removals) > 25000
@@ -187,12 +189,13 @@ def test_an_absent_work_folder_is_nothing_to_clean(tmp_path):
 
 @pytest.mark.timeout(10)
 def test_cleanup_lines_per_host_then_the_total():
-    reports = [HostCleanup("h1", "/root/.mxft", (Removal("run", "demo-1", 2_500_000, "finished, unchanged for 3.0 days"),
-                                                  Removal("data", "k1", 1_000_000_000, "used by no run kept, unchanged "
-                                                                                      "for 3.0 days")),
-                           1_002_500_000, running=("demo-2",)),
-               HostCleanup("h2", "/root/.mxft", staging=True),
-               HostCleanup("h3", error="unreachable over SSH: timed out")]
+    h1 = HostCleanup("h1", "/root/.mxft", (Removal("run", "demo-1", 2_500_000, "finished, unchanged for 3.0 days"),
+                                           Removal("data", "k1", 1_000_000_000, "used by no run kept, unchanged "
+                                                                               "for 3.0 days")),
+                     1_002_500_000, running=("demo-2",))
+    reports = HostResults(("h1", "h2", "h3"), {"h1": h1, "h2": HostCleanup("h2", "/root/.mxft", staging=True)},
+                          {"h3": HostFailed("h3", "unreachable over SSH: timed out",
+                                            Failure(FailureKind.HOST_REFUSED, host="h3"))})
     assert cleanup_lines(reports, dry_run=False) == [
         "host h1 (/root/.mxft): removed 1 run, 1 data folder, freed 1.0 GB; 1 running run kept",
         "  run      demo-1                                          2.5 MB  finished, unchanged for 3.0 days",
@@ -200,7 +203,7 @@ def test_cleanup_lines_per_host_then_the_total():
         "host h2 (/root/.mxft): nothing to remove; a stage is running there: data and code kept",
         "host h3: not cleaned: unreachable over SSH: timed out",
         "total: freed 1.0 GB on 2 of 3 hosts"]
-    assert cleanup_lines(reports[:1], dry_run=True)[0] == \
+    assert cleanup_lines(HostResults(("h1",), {"h1": h1}, {}), dry_run=True)[0] == \
         "host h1 (/root/.mxft): would remove 1 run, 1 data folder, would free 1.0 GB; 1 running run kept"
 
 
@@ -210,8 +213,8 @@ def test_cleanup_lines_per_host_then_the_total():
      "errors": [], "running": [], "staging": False}), json.dumps(
     {"root": "/w", "removals": [], "freed_bytes": -1, "errors": [], "running": [], "staging": False})])
 def test_an_unexpected_answer_is_the_hosts_error(answer):
-    report = parse_report("h1", answer)
-    assert report.root == "" and report.error.startswith("unexpected answer from the cleanup there")
+    with pytest.raises(NotCleaned, match="^unexpected answer from the cleanup there"):
+        parse_report("h1", answer)
 
 
 @pytest.mark.timeout(30)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import glob
 import os
 
@@ -176,3 +177,15 @@ def test_the_host_programs_import_the_standard_library_only():
                         if name.split(".")[0] not in sys.stdlib_module_names | PROBED and name != "__future__"
                         and not name.startswith("launcher.remote")]
     assert foreign == []
+
+
+def test_the_trainers_typed_settings_name_keys_of_the_job_schema():
+    """The trainer reads typed settings (trainer/config.py) that the launcher fills from the effective job: each field
+    is a key the schema declares in that section, so a key renamed in the schema cannot leave the trainer behind."""
+    from launcher.spec.jobspec import DataSpec, ModelSpec, TrainSpec
+    from launcher.spec.schema import keys_of
+    from trainer.config import SECTIONS
+    schema = {"train": TrainSpec, "data": DataSpec, "model": ModelSpec}
+    strays = [f"{name}.{field.name}" for name, kind in SECTIONS.items() for field in dataclasses.fields(kind)
+              if field.name not in keys_of(schema[name])]
+    assert strays == [] and set(SECTIONS) == set(schema)

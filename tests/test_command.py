@@ -237,10 +237,10 @@ def test_sixteen_processes_on_one_host_under_sshds_default_limits(hosts3, tmp_pa
 
 
 @pslite
-def test_slurm_allocation_hosts_over_ssh(hosts3, tmp_path):
+def test_slurm_allocation_hosts_over_ssh(hosts3, tmp_path, slurm_conf):
     """Inside an allocation (SLURM_* set as sbatch would), no --hosts: the node list's hosts are used."""
     from tests.helpers import no_processes_left
-    slurm = {"SLURM_JOB_NODELIST": "10.231.77.[11-13]", "SLURM_TASKS_PER_NODE": "1(x3)"}
+    slurm = {"SLURM_JOB_NODELIST": "10.231.77.[11-13]", "SLURM_TASKS_PER_NODE": "1(x3)", "SLURM_CONF": slurm_conf}
     args = ["--ssh-config", hosts3.ssh_config, "--remote-dir", "/srv/mxft-host", "--run-root", str(tmp_path),
             "-n", "3", "-s", "1", "--sync-dir", "/srv/mxft-host/job", "--", *check_argv()]
     planned = run_launch(args[:-len(check_argv()) - 1] + ["--dry-run", "--", *check_argv()], cwd=PROGRAM_DIR,

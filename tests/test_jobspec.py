@@ -231,7 +231,7 @@ def test_a_new_key_needs_one_declaration():
     assert job.to_job_dict()["train"]["cooldown_epochs"] == 2
     assert parse_job(yaml.safe_dump(job.to_job_dict()), job.source, environ={}, schema=CoolJob) == job
     plan = make_plan(job, [HostSpec("localhost")], FACTS, inventory=inventory())
-    assert {w.train["cooldown_epochs"] for w in plan.component.workers} == {2}
+    assert {w.job["train"]["cooldown_epochs"] for w in plan.component.workers} == {2}  # the job each worker gets
 
 
 def test_an_empty_mapping_value_survives_the_round_trip():

@@ -32,13 +32,14 @@ def test_srun_is_the_default_for_the_allocations_own_nodes(monkeypatch):
     assert default_launcher("slurm", ALLOCATION) == "ssh"       # no srun here
 
 
-def test_srun_takes_only_the_allocations_nodes(monkeypatch):
-    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
-    require_allocation_nodes([HostSpec("gpu01", line=1), HostSpec("gpu02", line=2)], ALLOCATION, where="h.txt")
+def test_srun_takes_only_the_allocations_nodes(monkeypatch, slurm_conf):
+    allocation = {**ALLOCATION, "SLURM_CONF": slurm_conf}  # Slurm's scontrol expands the node list
+    monkeypatch.setattr("cluster.srun.shutil.which", lambda name, **kw: f"/usr/bin/{name}")  # srun is there
+    require_allocation_nodes([HostSpec("gpu01", line=1), HostSpec("gpu02", line=2)], allocation, where="h.txt")
     with pytest.raises(InputError, match=r"^h.txt:2: 'gpu07' is not a node of Slurm job 41 \(gpu01, gpu02\)"):
-        require_allocation_nodes([HostSpec("gpu01", line=1), HostSpec("gpu07", line=2)], ALLOCATION, where="h.txt")
+        require_allocation_nodes([HostSpec("gpu01", line=1), HostSpec("gpu07", line=2)], allocation, where="h.txt")
     with pytest.raises(InputError, match=r"^h.txt:1: 'gpu01:2222': port= and user= are SSH settings"):
-        require_allocation_nodes([HostSpec("gpu01", port=2222, line=1)], ALLOCATION, where="h.txt")
+        require_allocation_nodes([HostSpec("gpu01", port=2222, line=1)], allocation, where="h.txt")
     with pytest.raises(InputError, match="not inside a Slurm allocation"):
         require_allocation_nodes([HostSpec("gpu01")], {}, where="h.txt")
 

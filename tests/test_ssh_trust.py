@@ -106,6 +106,28 @@ def test_config_gives_alias_files_and_jump_with_the_accounts_home(tmp_path, monk
         SSHHost(HostSpec("a"), SSHOptions(ssh_config=looped.ssh_config)).openssh_argv()
 
 
+def test_the_config_is_what_openssh_makes_of_it_with_include_and_match(tmp_path):
+    """``ssh -G`` is the authority (issue 25): an Include with a glob and a Match on the resolved address count as
+    OpenSSH counts them; identity files and a ProxyCommand get OpenSSH's tokens; a config OpenSSH refuses is refused
+    with OpenSSH's words."""
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "gpu.conf").write_text("Host gpu02\n  HostName 10.0.0.9\n  Port 2201\n"
+                                                  "  IdentityFile %d/id_%h\n  ProxyCommand nc proxy %h %p\n")
+    (tmp_path / "id_10.0.0.9").write_text("not read here")
+    config = write_config(tmp_path, f"Include {tmp_path}/conf.d/*.conf\nMatch host 10.0.0.9\n"
+                                    "  HostKeyAlias gpu02-key\n  UserKnownHostsFile /k/cluster \"/k/with space\"\n")
+    target = resolve_target("gpu02", ssh_config=config)
+    assert (target.hostname, target.port, target.known_hosts.name) == ("10.0.0.9", 2201, "gpu02-key")
+    assert target.known_hosts.user_files == ("/k/cluster", "/k/with space")
+    assert target.proxy_command == "nc proxy 10.0.0.9 2201"
+    home = account_home()
+    if os.path.realpath(home) == os.path.realpath(tmp_path):  # %d is the account's home: only there is the file
+        assert target.identity_files == (str(tmp_path / "id_10.0.0.9"),)
+    broken = write_config(tmp_path, "Host a\n  NoSuchOption yes\n")
+    with pytest.raises(SSHConfigError, match="(?i)OpenSSH cannot read its configuration for a: .*line 2: bad configuration option: nosuchoption"):
+        resolve_target("a", ssh_config=broken)
+
+
 def openssh_reads(argv: list[str]) -> dict[str, str]:
     """What OpenSSH itself makes of an argv (``ssh -G``: the resolved options; nothing is contacted)."""
     done = subprocess.run(argv[:1] + ["-G"] + argv[1:], capture_output=True, text=True, timeout=10)

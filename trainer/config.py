@@ -1,7 +1,8 @@
 """What one worker is told to do: written by the launcher as JSON, read here.
 
 Plain JSON types only, so the launcher can build it without mxnet and a config file
-in a run directory can be read (and rerun) by hand.
+in a run directory can be read (and rerun) by hand. The settings the trainer uses are
+typed fields; every key's default is declared once, in the launcher's job schema.
 """
 from __future__ import annotations
 
@@ -11,13 +12,49 @@ from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
-class WorkerConfig:
-    """Where this worker's files are and what it is (decided by the plan), plus the whole job.
+class TrainSettings:
+    """What the trainer reads of the job's ``train`` section, typed. The launcher fills each field from the effective
+    job (launcher/spec/jobspec.py declares every key and its default, once; a test checks the names match)."""
 
-    ``job`` is the effective job file as a dict (the launcher's ``JobSpec.to_job_dict``):
-    every setting of ``model``, ``data`` and ``train`` reaches the worker without being
-    copied here one by one, so a new job key needs no change in this file.
-    """
+    epochs: int
+    batch_per_device: int
+    optimizer: str
+    optimizer_params: dict[str, Any]
+    initializer: dict[str, Any]     # the job file's form: {type: xavier, magnitude: 2, ...}
+    warmup_epochs: int
+    top_k: int
+    evaluation: str                 # shared | worker0
+    seed: int | None
+    log_every_batches: int
+    step_timing: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """What the trainer reads of the job's ``data`` section."""
+
+    shape: list[int]
+    rand_crop: bool
+    rand_mirror: bool
+    preprocess_threads: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """What the trainer reads of the job's ``model`` section."""
+
+    epoch: int
+    cut_layer: str
+    variant: str                    # full | frozen | scratch
+
+
+SECTIONS = {"train": TrainSettings, "data": DataSettings, "model": ModelSettings}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """Where this worker's files are and what it is (decided by the plan), what it trains (typed), and the whole job
+    (recorded in its result.json as the run's effective job)."""
 
     index: int                      # this worker's place in the plan (not its ps-lite rank)
     train_rec: str                  # this worker's shard, on its host
@@ -29,7 +66,12 @@ class WorkerConfig:
     kvstore: str
     out_dir: str                    # worker 0 writes result.json and the checkpoint here
     checkpoint_name: str
-    job: dict[str, Any]             # the effective job: num_classes, model, data, train, ... (recorded in result.json)
+    num_classes: int
+    train: TrainSettings
+    data: DataSettings
+    model: ModelSettings
+    job: dict[str, Any]             # the effective job as its job file would say it (recorded in result.json)
+    gradient_compression: dict[str, Any] | None = None   # cluster.gradient_compression: {type, threshold}
     learning_rate: float | None = None  # the plan's rate for the global batch (train.lr_scaling); None: the job's
     begin_epoch: int = 0            # epochs already done (resuming)
     resume_prefix: str | None = None  # fine-tuned checkpoint of epoch begin_epoch to start from
@@ -44,24 +86,13 @@ class WorkerConfig:
     @property
     def batch_size(self) -> int:
         """Images per step of this worker: ``train.batch_per_device`` on each of its contexts."""
-        return self.train["batch_per_device"] * self.device_count
-
-    @property
-    def train(self) -> dict[str, Any]:
-        return self.job["train"]
-
-    @property
-    def data(self) -> dict[str, Any]:
-        return self.job["data"]
-
-    @property
-    def model(self) -> dict[str, Any]:
-        return self.job["model"]
+        return self.train.batch_per_device * self.device_count
 
     @classmethod
     def load(cls, path: str) -> "WorkerConfig":
         with open(path, encoding="utf-8") as handle:
-            return cls(**json.load(handle))
+            raw = json.load(handle)
+        return cls(**{**raw, **{name: kind(**raw[name]) for name, kind in SECTIONS.items()}})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -84,9 +84,9 @@ def val_iter(cfg: WorkerConfig, *, part: int = 0, parts: int = 1):
     without reporting them as padding.
     """
     return mx.io.ImageRecordIter(
-        path_imgrec=cfg.val_rec, data_shape=tuple(cfg.data["shape"]), batch_size=cfg.batch_size,
+        path_imgrec=cfg.val_rec, data_shape=tuple(cfg.data.shape), batch_size=cfg.batch_size,
         rand_crop=False, rand_mirror=False, shuffle=False, num_parts=parts, part_index=part,
-        preprocess_threads=cfg.data["preprocess_threads"], round_batch=True)
+        preprocess_threads=cfg.data.preprocess_threads, round_batch=True)
 
 
 def count_part(mod: mx.mod.Module, cfg: WorkerConfig, *, part: int, parts: int, top_k: int | None) -> list[float]:

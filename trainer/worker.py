@@ -45,9 +45,9 @@ def _train_iter(cfg: WorkerConfig, rank_seed: int):
     part = dict(part_index=cfg.train_part[0], num_parts=cfg.train_part[1], path_imgidx=cfg.train_part[2]) \
         if cfg.train_part else dict(path_imgidx=os.path.splitext(cfg.train_rec)[0] + ".idx")
     base = mx.io.ImageRecordIter(
-        path_imgrec=cfg.train_rec, data_shape=tuple(cfg.data["shape"]), batch_size=_batch_size(cfg),
-        rand_crop=cfg.data["rand_crop"], rand_mirror=cfg.data["rand_mirror"], shuffle=True, seed=rank_seed,
-        preprocess_threads=cfg.data["preprocess_threads"], round_batch=True, **part)
+        path_imgrec=cfg.train_rec, data_shape=tuple(cfg.data.shape), batch_size=_batch_size(cfg),
+        rand_crop=cfg.data.rand_crop, rand_mirror=cfg.data.rand_mirror, shuffle=True, seed=rank_seed,
+        preprocess_threads=cfg.data.preprocess_threads, round_batch=True, **part)
     # Every worker must run the same number of batches per epoch: in dist_sync the
     # servers wait for a push from every worker at each step.
     return mx.io.ResizeIter(base, cfg.batches_per_epoch)
@@ -55,8 +55,8 @@ def _train_iter(cfg: WorkerConfig, rank_seed: int):
 
 def reported_top_k(cfg: WorkerConfig) -> int | None:
     """``train.top_k`` when it is below ``num_classes``; None otherwise (top-k of k classes is 1.0 by construction)."""
-    top_k = cfg.train["top_k"]
-    return top_k if top_k < cfg.job["num_classes"] else None
+    top_k = cfg.train.top_k
+    return top_k if top_k < cfg.num_classes else None
 
 
 def _train_metric(cfg: WorkerConfig):
@@ -74,12 +74,12 @@ def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
 
 def _optimizer_params(cfg: WorkerConfig) -> dict:
     """The job's optimizer settings at the plan's learning rate, ramped up over train.warmup_epochs."""
-    params = dict(cfg.train["optimizer_params"])
+    params = dict(cfg.train.optimizer_params)
     if cfg.learning_rate is not None:
         params["learning_rate"] = cfg.learning_rate
-    warmup = cfg.train["warmup_epochs"] * cfg.batches_per_epoch
+    warmup = cfg.train.warmup_epochs * cfg.batches_per_epoch
     if warmup and "learning_rate" in params:
-        start = min(cfg.train["optimizer_params"].get("learning_rate", params["learning_rate"]),
+        start = min(cfg.train.optimizer_params.get("learning_rate", params["learning_rate"]),
                     params["learning_rate"])
         params["lr_scheduler"] = mx.lr_scheduler.FactorScheduler(
             step=10 ** 9, factor=1.0, base_lr=params["learning_rate"], warmup_steps=warmup, warmup_begin_lr=start,
@@ -90,7 +90,7 @@ def _optimizer_params(cfg: WorkerConfig) -> dict:
 def _initializer(cfg: WorkerConfig):
     kinds = {"xavier": mx.init.Xavier, "msraprelu": mx.init.MSRAPrelu, "normal": mx.init.Normal,
              "uniform": mx.init.Uniform}
-    params = dict(cfg.train["initializer"])  # the job file's form: {type: xavier, magnitude: 2, ...}
+    params = dict(cfg.train.initializer)  # the job file's form: {type: xavier, magnitude: 2, ...}
     return kinds[params.pop("type")](**params)
 
 
@@ -128,15 +128,15 @@ def _network(cfg: WorkerConfig):
     if cfg.resume_prefix:
         net, arg_params, aux_params = mx.model.load_checkpoint(cfg.resume_prefix, cfg.begin_epoch)
         fixed = ([name for name in net.list_arguments() if name not in ("data", "softmax_label")
-                  and not name.startswith(f"{NEW_LAYER}_")] if cfg.model["variant"] == "frozen" else [])
+                  and not name.startswith(f"{NEW_LAYER}_")] if cfg.model.variant == "frozen" else [])
         log.info("resuming after epoch %d from %s", cfg.begin_epoch, cfg.resume_prefix)
         return net, arg_params, aux_params, fixed
-    symbol, arg_params, aux_params = mx.model.load_checkpoint(cfg.model_prefix, cfg.model["epoch"])
+    symbol, arg_params, aux_params = mx.model.load_checkpoint(cfg.model_prefix, cfg.model.epoch)
     net, arg_params, aux_params, fixed = fine_tune_symbol(
-        symbol, arg_params, aux_params, num_classes=cfg.job["num_classes"], cut_layer=cfg.model["cut_layer"],
-        variant=cfg.model["variant"])
-    log.info("graph cut at %s, new %s with %d classes; %d pretrained arrays kept (%s)", cfg.model["cut_layer"],
-             NEW_LAYER, cfg.job["num_classes"], len(arg_params) + len(aux_params), cfg.model["variant"])
+        symbol, arg_params, aux_params, num_classes=cfg.num_classes, cut_layer=cfg.model.cut_layer,
+        variant=cfg.model.variant)
+    log.info("graph cut at %s, new %s with %d classes; %d pretrained arrays kept (%s)", cfg.model.cut_layer,
+             NEW_LAYER, cfg.num_classes, len(arg_params) + len(aux_params), cfg.model.variant)
     return net, arg_params, aux_params, fixed
 
 
@@ -154,7 +154,7 @@ def _prepared_module(cfg: WorkerConfig, net, fixed: list[str], train, kv, arg_pa
     mod = mx.mod.Module(net, context=contexts, fixed_param_names=fixed or None)
     mod.bind(data_shapes=train.provide_data, label_shapes=train.provide_label, for_training=True)
     mod.init_params(initializer=_initializer(cfg), arg_params=arg_params, aux_params=aux_params, allow_missing=True)
-    mod.init_optimizer(kvstore=kv, optimizer=cfg.train["optimizer"], optimizer_params=_optimizer_params(cfg))
+    mod.init_optimizer(kvstore=kv, optimizer=cfg.train.optimizer, optimizer_params=_optimizer_params(cfg))
     if same_weights:
         same_start(mod, kv)
     return mod
@@ -177,7 +177,7 @@ def _compress_pushes(kv, compression: dict) -> None:
 
 def _shared_evaluation(cfg: WorkerConfig) -> bool:
     """``train.evaluation: shared`` (the default): every worker evaluates a part, with averaged statistics."""
-    shared = cfg.train["evaluation"] == "shared"
+    shared = cfg.train.evaluation == "shared"
     if shared:  # the servers keep what is pushed (sums); every worker applies the summed gradient itself
         os.environ["MXNET_UPDATE_ON_KVSTORE"] = "0"
     return shared
@@ -187,13 +187,13 @@ def run_worker(cfg: WorkerConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     warnings.filterwarnings("ignore", message="Parameters already initialized")  # fit() after init_params()
     started = time.time()
-    seed = cfg.train.get("seed")
+    seed = cfg.train.seed
     if seed is not None:
         mx.random.seed(seed)
         np.random.seed(seed)
     shared = _shared_evaluation(cfg)
     kv = mx.kv.create(cfg.kvstore)
-    compression = cfg.job["cluster"].get("gradient_compression")  # absent: none (its default)
+    compression = cfg.gradient_compression
     if compression:
         _compress_pushes(kv, compression)
     rank, num_workers = kv.rank, kv.num_workers
@@ -207,10 +207,10 @@ def run_worker(cfg: WorkerConfig) -> int:
     mod = _prepared_module(cfg, net, fixed, train, kv, arg_params, aux_params, same_weights=shared)
     shared_evaluation = SharedEvaluation(mod, kv, cfg, top_k=reported_top_k(cfg)) if shared else None
     metric = _train_metric(cfg)
-    speed = _Throughput(batch_size, cfg.train["log_every_batches"])
+    speed = _Throughput(batch_size, cfg.train.log_every_batches)
     epochs: list[dict] = []
 
-    timing = StepTiming(mod) if cfg.train["step_timing"] else None
+    timing = StepTiming(mod) if cfg.train.step_timing else None
 
     def on_epoch_end(epoch, _symbol, _args, _aux) -> None:
         record = _epoch_record(cfg, epoch, time.time() - speed.epoch_start, batch_size, metric, timing)
@@ -232,7 +232,7 @@ def run_worker(cfg: WorkerConfig) -> int:
 
     fit_started = time.time()
     speed.start_epoch()
-    mod.fit(train, begin_epoch=cfg.begin_epoch, num_epoch=cfg.train["epochs"], kvstore=kv, eval_metric=metric,
+    mod.fit(train, begin_epoch=cfg.begin_epoch, num_epoch=cfg.train.epochs, kvstore=kv, eval_metric=metric,
             batch_end_callback=speed, epoch_end_callback=on_epoch_end)
     train_s = time.time() - fit_started
 
@@ -331,7 +331,7 @@ def _write_result(cfg: WorkerConfig, epochs: list[dict], *, num_workers: int,
         "images_per_s_worker0": round(sum(e["images_per_s"] for e in epochs) / len(epochs), 2),
         "train_s": round(train_s, 3),
         "total_s": round(total_s, 3),
-        "checkpoint": {"prefix": cfg.checkpoint_name, "epoch": cfg.train["epochs"]},
+        "checkpoint": {"prefix": cfg.checkpoint_name, "epoch": cfg.train.epochs},
         "job": cfg.job,
     }
     tmp = os.path.join(cfg.out_dir, "result.json.partial")

@@ -20,7 +20,7 @@ from launcher.spec.jobspec import ClusterSpec, CPUContexts, JobSpec
 from launcher.plan.model import Facts, Plan, ProcessSpec, Role, Transfer
 from launcher.plan.placement import (Assignment, HostLayout, Placement, Program, assign_workers, check_slots,
                                      device_count, plan_processes)
-from trainer.config import WorkerConfig
+from trainer.config import SECTIONS, WorkerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +219,18 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
         devices=list(devices) if isinstance(devices, tuple) else None,
         cpu_contexts=devices.count if isinstance(devices, CPUContexts) else 1,
         kvstore=job.cluster.effective_kvstore, out_dir=f"{layout.run_dir}/workers/worker-{index}",
-        checkpoint_name=job.name, job=job.to_job_dict(), begin_epoch=facts.resume_epoch, resume_prefix=resume)
+        checkpoint_name=job.name, begin_epoch=facts.resume_epoch, resume_prefix=resume, **trainer_settings(job))
+
+
+def trainer_settings(job: JobSpec) -> dict:
+    """The job as the trainer reads it: the effective job file (recorded in its result), and the typed sections it
+    uses, each field taken from the job as its file would say it (a key left out there is one whose default is
+    None); no default is declared a second time."""
+    job_dict = job.to_job_dict()
+    typed = {name: kind(**{f.name: job_dict.get(name, {}).get(f.name) for f in dataclasses.fields(kind)})
+             for name, kind in SECTIONS.items()}
+    return dict(job=job_dict, num_classes=job.num_classes, **typed,
+                gradient_compression=job_dict.get("cluster", {}).get("gradient_compression"))
 
 
 def scaled_learning_rate(job: JobSpec, global_batch: int) -> float | None:

@@ -19,9 +19,11 @@ import sys
 from collections.abc import Sequence
 
 from cluster.errors import InputError
+from cluster.failure import FailureKind
+from cluster.fanout import HostResults, on_each_host
 from cluster.hosts import HostSpec, load_hosts
 from cluster.slurm import hosts_from_slurm
-from cluster.ssh import SSH_ERRORS, SSHHost, SSHOptions, on_hosts, ssh_error_text
+from cluster.ssh import SSH_ERRORS, SSHHost, SSHOptions, ssh_error_text
 from launcher.remote import cleanup
 
 CLEANUP_SCRIPT = inspect.getsource(cleanup)
@@ -39,7 +41,7 @@ class Removal:
 
 @dataclasses.dataclass(frozen=True)
 class HostCleanup:
-    """What cleaning one host did (or, with --dry-run, would do); ``error`` says why not all of it."""
+    """What cleaning one host did (or, with --dry-run, would do); ``unremoved`` says what could not go."""
 
     label: str
     root: str = ""
@@ -47,7 +49,11 @@ class HostCleanup:
     freed_bytes: int = 0
     running: tuple[str, ...] = ()      # runs kept because a process of theirs runs there
     staging: bool = False              # a stage ran there: data and code were kept
-    error: str = ""
+    unremoved: str = ""
+
+
+class NotCleaned(Exception):
+    """The host could not be cleaned at all (unreachable, its Python failing, an answer that is not a report)."""
 
 
 def load_clean_hosts(path: str, ssh: SSHOptions) -> tuple[HostSpec, ...]:
@@ -65,33 +71,34 @@ def load_clean_hosts(path: str, ssh: SSHOptions) -> tuple[HostSpec, ...]:
 
 
 def clean_hosts(hosts: Sequence[HostSpec], ssh: SSHOptions, remote_dir: str, *, older_than_s: float,
-                dry_run: bool) -> list[HostCleanup]:
-    """Clean every host, ``HOSTS_AT_ONCE`` at a time; one report per host, in the order given."""
-    return on_hosts(lambda host: clean_host(host, SSHHost(host, ssh), remote_dir, older_than_s=older_than_s,
-                                            dry_run=dry_run), hosts, name="clean")
+                dry_run: bool) -> HostResults[HostCleanup]:
+    """Clean every host, ``HOSTS_AT_ONCE`` at a time: each host's report, or why it could not be cleaned."""
+    by_label = {host.label: host for host in hosts}
+    return on_each_host(lambda label: clean_host(by_label[label], SSHHost(by_label[label], ssh), remote_dir,
+                                                 older_than_s=older_than_s, dry_run=dry_run),
+                        list(by_label), name="clean", kind=FailureKind.HOST_REFUSED,
+                        reason=lambda err: ssh_error_text(err) if isinstance(err, SSH_ERRORS) else str(err))
 
 
 def clean_host(spec: HostSpec, ssh: SSHHost, remote_dir: str, *, older_than_s: float, dry_run: bool) -> HostCleanup:
-    """Run the cleanup on one host; never raises for the host's own problems (they are in ``error``)."""
+    """Run the cleanup on one host; NotCleaned (or one of ``SSH_ERRORS``) if it could not run there."""
     python = spec.python or "python3"
     argv = [python, "-c", CLEANUP_SCRIPT, remote_dir, repr(float(older_than_s)), "dry-run" if dry_run else "remove"]
-    try:
-        code, out, err = ssh.run(argv, timeout_s=1800)
-    except SSH_ERRORS as err:
-        return HostCleanup(spec.label, error=ssh_error_text(err))
+    code, out, err = ssh.run(argv, timeout_s=1800)
     if code != 0:
         last = (err or out).strip().splitlines()[-1:] or ["no output"]
-        return HostCleanup(spec.label, error=f"'{python}' failed (exit {code}): {last[0][:300]}")
+        raise NotCleaned(f"'{python}' failed (exit {code}): {last[0][:300]}")
     return parse_report(spec.label, out)
 
 
 def parse_report(label: str, out: str) -> HostCleanup:
-    """The host's JSON line, checked field by field (a host's answer is a claim, not trusted as is).
+    """The host's JSON line, checked field by field (a host's answer is a claim, not trusted as is); NotCleaned if
+    it is not a report.
 
     >>> parse_report("h1", '{"root": "/w", "removals": [{"kind": "run", "name": "r1", "bytes": 4096, '
     ...              '"why": "finished"}], "freed_bytes": 4096, "errors": [], "running": ["r2"], "staging": false}')
     HostCleanup(label='h1', root='/w', removals=(Removal(kind='run', name='r1', size_bytes=4096, why='finished'),), \
-freed_bytes=4096, running=('r2',), staging=False, error='')
+freed_bytes=4096, running=('r2',), staging=False, unremoved='')
     """
     try:
         report = json.loads(out.strip().splitlines()[-1])
@@ -101,7 +108,7 @@ freed_bytes=4096, running=('r2',), staging=False, error='')
                            tuple(_text(name) for name in report["running"]), report["staging"] is True,
                            "; ".join(_text(text) for text in report["errors"]))
     except (ValueError, IndexError, KeyError, TypeError) as err:
-        return HostCleanup(label, error=f"unexpected answer from the cleanup there ({err}): {out.strip()[-200:]!r}")
+        raise NotCleaned(f"unexpected answer from the cleanup there ({err}): {out.strip()[-200:]!r}") from None
 
 
 def _text(value, allowed=None) -> str:
@@ -128,14 +135,15 @@ def size_text(size_bytes: int) -> str:
     return f"{size_bytes} B"
 
 
-def cleanup_lines(reports: Sequence[HostCleanup], *, dry_run: bool) -> list[str]:
+def cleanup_lines(results: HostResults[HostCleanup], *, dry_run: bool) -> list[str]:
     """What the console shows: per host a line (and one per entry removed), then the total."""
     verb, freed_verb = ("would remove", "would free") if dry_run else ("removed", "freed")
     lines = []
-    for report in reports:
-        if report.error and not report.root:
-            lines.append(f"host {report.label}: not cleaned: {report.error}")
+    for label in results.hosts:
+        if label in results.failed:
+            lines.append(f"host {label}: not cleaned: {results.failed[label].reason}")
             continue
+        report = results.ok[label]
         kept = ([f"{len(report.running)} running run{'s' if len(report.running) != 1 else ''} kept"] if report.running
                 else []) + (["a stage is running there: data and code kept"] if report.staging else [])
         counts = [f"{n} {KINDS[kind][n != 1]}" for kind in KINDS
@@ -145,9 +153,9 @@ def cleanup_lines(reports: Sequence[HostCleanup], *, dry_run: bool) -> list[str]
                 if counts else "nothing to remove")
         lines.append(f"host {report.label} ({report.root}): {what}" + "".join(f"; {text}" for text in kept))
         lines += [f"  {r.kind:<8} {r.name:<44} {size_text(r.size_bytes):>9}  {r.why}" for r in report.removals]
-        if report.error:
-            lines.append(f"host {report.label}: some entries could not be removed: {report.error}")
-    cleaned = [r for r in reports if r.root]
+        if report.unremoved:
+            lines.append(f"host {report.label}: some entries could not be removed: {report.unremoved}")
+    cleaned = list(results.ok.values())
     total = sum(sum(r.size_bytes for r in c.removals) if dry_run else c.freed_bytes for c in cleaned)
-    lines.append(f"total: {freed_verb} {size_text(total)} on {len(cleaned)} of {len(reports)} hosts")
+    lines.append(f"total: {freed_verb} {size_text(total)} on {len(cleaned)} of {len(results.hosts)} hosts")
     return lines

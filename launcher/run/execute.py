@@ -20,10 +20,11 @@ import yaml
 
 from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
+from cluster.fanout import on_each_host
 from cluster.hostwatch import HostWatch, first_lost
 from cluster.local import LocalTransport
 from cluster.srun import RemoteHost, remote_host
-from cluster.ssh import HOSTS_AT_ONCE, on_hosts
+from cluster.ssh import HOSTS_AT_ONCE
 from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
 from launcher.report.console import Console
 from launcher.plan import Plan, Role
@@ -91,15 +92,16 @@ def execute(plan: Plan, kind: Kind, *, console: Console) -> dict:
 def watching(plan: Plan, remote_hosts: Mapping[str, RemoteHost]):
     """Keepalives to every remote host that runs a process; yields a check that raises JobFailed naming the
     first host that stopped answering (before its silent processes or the ps-lite hang say anything)."""
-    busy = [remote_hosts[label] for label in dict.fromkeys(p.host for p in plan.processes)
+    busy = [label for label in dict.fromkeys(p.host for p in plan.processes)
             if label in remote_hosts and remote_hosts[label].watched_by_keepalive]
-    started = on_hosts(_watch, busy, name="watch")
-    failed = [w for w in started if isinstance(w, JobFailed)]
-    watches = [w for w in started if isinstance(w, HostWatch)]
-    if failed:
+    done = on_each_host(lambda label: HostWatch(remote_hosts[label]), busy, name="watch",
+                        kind=FailureKind.CONNECTION_LOST,  # gone between staging and now
+                        reason=lambda err: f"cannot connect to watch it ({type(err).__name__}: {err})")
+    watches = list(done.ok.values())
+    if done.failed:
         for watch in watches:
             watch.close()
-        raise failed[0]
+        done.raise_failed("watching the hosts", kind=FailureKind.CONNECTION_LOST)
 
     def hosts_answer() -> None:
         lost = first_lost(watches)
@@ -112,15 +114,6 @@ def watching(plan: Plan, remote_hosts: Mapping[str, RemoteHost]):
     finally:
         for watch in watches:
             watch.close()
-
-
-def _watch(host: RemoteHost) -> HostWatch | JobFailed:
-    """A watch on ``host``, or the failure of a host that went away between staging and now."""
-    try:
-        return HostWatch(host)
-    except Exception as err:  # noqa: BLE001 - whatever stops the connection, the host failed
-        return JobFailed(f"host {host.label}: cannot connect to watch it ({type(err).__name__}: {err})",
-                         failure=Failure(FailureKind.CONNECTION_LOST, host=host.label))
 
 
 def stage_remote(plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console) -> None:

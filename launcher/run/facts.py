@@ -10,9 +10,11 @@ import secrets
 import sys
 from collections.abc import Callable, Sequence
 
+from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.local import free_ports
 from cluster.srun import remote_host
+from cluster.ssh_resolve import SSHConfigError
 from launcher.plan import Facts, HostFacts
 from launcher.run.config import Attempt, LaunchConfig
 from launcher.run.kinds import kind_of
@@ -52,11 +54,20 @@ def local_facts(facts: Facts, host: HostSpec, workers: int) -> Facts:
                                scheduler_port=port, worker_ports=tuple(worker_ports))
 
 
+def address_of(host: HostSpec, remote) -> str:
+    """Where the host is, as the SSH config says (OpenSSH's HostName; no connection); InputError naming the host
+    if OpenSSH cannot read its config."""
+    try:
+        return remote.address
+    except SSHConfigError as err:
+        raise InputError(host.where, str(err), hint=f"ssh -G {host.name} shows what OpenSSH makes of it") from None
+
+
 def known_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec]) -> Facts:
     """A dry run's facts without contacting any host: cached by an earlier probe, else assumed."""
     found = {}
     for host in hosts:
-        address = remote_host(host, config.ssh, config.launcher).address  # the SSH config's HostName (no connection)
+        address = address_of(host, remote_host(host, config.ssh, config.launcher))  # no connection
         found[host.label] = (cached_facts(config.cache_dir, host, config.remote_dir, config.ssh, address,
                                           launcher=config.launcher)
                              or assumed_facts(host, address, config.remote_dir))
@@ -82,7 +93,8 @@ def probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec],
     found, basic = {}, Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
     for report, (host, ssh) in zip(reports, ssh_hosts):
         usable = problems(report, basic) is None
-        found[host.label] = facts_of(report, ssh.address) if usable else assumed_facts(host, ssh.address,
+        address = address_of(host, ssh)
+        found[host.label] = facts_of(report, address) if usable else assumed_facts(host, address,
                                                                                         config.remote_dir)
         if usable:
             remember_facts(config.cache_dir, host, config.remote_dir, config.ssh, found[host.label],

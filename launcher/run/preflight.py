@@ -94,8 +94,7 @@ def probe_host(ssh: RemoteHost, spec: HostSpec, work_dir: str, *, other_folders:
         code, out, err = ssh.run([python, "-c", _PROBE, work_dir, *other_folders], timeout_s=60)
         after = time.time()
     except HostKeyError as err:
-        state = next((state for state in ("changed", "revoked") if f"host key {state}" in str(err)), "unknown")
-        return report(True, state, error=str(err))
+        return report(True, err.state, error=str(err))
     except paramiko.AuthenticationException as err:
         return report(True, "ok", error=ssh_error_text(err), hint="check the user and identity file in ~/.ssh/config")
     except SSH_ERRORS as err:

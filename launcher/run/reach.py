@@ -9,7 +9,6 @@ that cannot is named, with the error, and nothing is started.
 """
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import os
 import select
@@ -19,24 +18,21 @@ import sys
 import time
 
 from cluster.errors import InputError
+from cluster.failure import FailureKind
+from cluster.fanout import on_each_host
 from cluster.hosts import HostSpec
 from cluster.lines import ended_tail
 from cluster.srun import remote_host
-from cluster.ssh import on_hosts
-from launcher.remote import reach_probe
 from launcher.plan import Plan, Role
+from launcher.remote import reach_probe
 
 # Runs on the hosts: launcher/remote/reach_probe.py, sent as source (``listen`` on the scheduler's host, ``connect`` on
 # every host).
 PROBE = inspect.getsource(reach_probe)
 
 
-@dataclasses.dataclass(frozen=True)
-class Reach:
-    """Whether ``host`` could open a TCP connection to the scheduler (``error`` says why not)."""
-
-    host: str
-    error: str | None
+class NoRoute(Exception):
+    """A host could not open a connection to the scheduler; the message is its answer."""
 
 
 def require_scheduler_reachable(plan: Plan, *, connect_timeout_s: float = 5.0) -> None:
@@ -46,15 +42,15 @@ def require_scheduler_reachable(plan: Plan, *, connect_timeout_s: float = 5.0) -
     busy = list(dict.fromkeys(p.host for p in plan.processes))
     target = f"{plan.scheduler_uri}:{plan.scheduler_port}"
     with _listening(plan, hosts[scheduler.host]):
-        reaches = on_hosts(lambda label: _try_connect(plan, hosts[label], connect_timeout_s), busy, name="reach")
-    failed = [r for r in reaches if r.error is not None]
-    if failed:
+        reaches = on_each_host(lambda label: _try_connect(plan, hosts[label], connect_timeout_s), busy, name="reach",
+                               kind=FailureKind.CONNECTION_LOST)
+    if reaches.failed:
         raise InputError("", "\n".join(
-            str(InputError(f"host {r.host}", f"cannot open a TCP connection to the ps-lite scheduler at {target} "
-                           f"({plan.network or 'the SSH addresses'}): {r.error}",
+            str(InputError(f"host {f.host}", f"cannot open a TCP connection to the ps-lite scheduler at {target} "
+                           f"({plan.network or 'the SSH addresses'}): {f.reason}",
                            hint="check the routes and firewalls between the hosts on that network, or choose "
                                 "another with addr= in the hosts file or cluster.interface"))
-            for r in failed))
+            for f in reaches.failed.values()))
 
 
 class _listening:
@@ -106,7 +102,8 @@ def _first_line(proc: subprocess.Popen, *, timeout_s: float) -> str:
     return data[:_FIRST_LINE_MAX].decode(errors="replace").split("\n", 1)[0].strip()
 
 
-def _try_connect(plan: Plan, host: HostSpec, timeout_s: float) -> Reach:
+def _try_connect(plan: Plan, host: HostSpec, timeout_s: float) -> None:
+    """Nothing if ``host`` reached the scheduler's address; NoRoute saying why not."""
     python = plan.remote_pythons.get(host.label, sys.executable)
     argv = [python, "-c", PROBE, "connect", plan.scheduler_uri, str(plan.scheduler_port), str(timeout_s)]
     try:
@@ -117,6 +114,7 @@ def _try_connect(plan: Plan, host: HostSpec, timeout_s: float) -> Reach:
             _, out, err = remote.run(argv, timeout_s=timeout_s + plan.ssh.connect_timeout_s + 5)
             out = out or err
     except Exception as err:  # noqa: BLE001 - an SSH failure here is this host's answer
-        return Reach(host.label, f"the check could not run there ({type(err).__name__}: {err})")
+        raise NoRoute(f"the check could not run there ({type(err).__name__}: {err})") from None
     answer = out.strip().splitlines()[-1] if out.strip() else "no answer"
-    return Reach(host.label, None if answer == "ok" else answer)
+    if answer != "ok":
+        raise NoRoute(answer)

@@ -40,11 +40,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
+from cluster.fanout import on_each_host
 from cluster.lines import SilenceWatch, ended_tail
 from cluster.srun import RemoteHost
-from cluster.ssh import on_hosts
-from launcher.remote import stage_receiver
 from launcher.plan import Transfer
+from launcher.remote import stage_receiver
 
 # Runs on the host with its own Python: launcher/remote/stage_receiver.py, sent as source.
 _RECEIVER = inspect.getsource(stage_receiver)
@@ -244,24 +244,9 @@ def stage_all(hosts: Mapping[str, RemoteHost], transfers: Sequence[Transfer], *,
     """Stage every host in parallel, ``HOSTS_AT_ONCE`` at a time; one report per host in the order of the
     transfers. Raises JobFailed naming each host that failed (every host is tried)."""
     labels = list(dict.fromkeys(t.host for t in transfers))
-
-    def one(label: str) -> HostStaging | JobFailed:
-        try:
-            return stage_host(hosts[label], [t for t in transfers if t.host == label], root=root_of(label),
-                              python=python_of(label), progress=progress, silence_s=silence_s)
-        except JobFailed as err:  # reported below, one line per host
-            return err
-        except Exception as err:  # noqa: BLE001 - whatever stopped this host's copy is its failure
-            return JobFailed(f"{label}: {err}", failure=Failure(FailureKind.STAGING, host=label))
-
-    outcomes = on_hosts(one, labels, name="stage")
-    failed = [(label, err) for label, err in zip(labels, outcomes) if isinstance(err, JobFailed)]
-    if failed:
-        lines = []
-        for label, err in failed:
-            text = " ".join(str(err).split())  # ssh's stderr may span lines
-            lines.append(f"  {label}: {text[len(label) + 2:] if text.startswith(f'{label}: ') else text}")
-        # One host failed: its failure is the run's (a silent host is lost); several: staging as a whole.
-        failure = failed[0][1].failure if len(failed) == 1 else Failure(FailureKind.STAGING)
-        raise JobFailed("staging failed:\n" + "\n".join(lines), failure=failure)
-    return outcomes
+    done = on_each_host(lambda label: stage_host(hosts[label], [t for t in transfers if t.host == label],
+                                                 root=root_of(label), python=python_of(label), progress=progress,
+                                                 silence_s=silence_s),
+                        labels, name="stage", kind=FailureKind.STAGING)
+    done.raise_failed("staging", kind=FailureKind.STAGING)  # every host was tried; each that failed is named
+    return [done.ok[label] for label in labels]
