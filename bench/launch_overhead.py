@@ -23,8 +23,8 @@ from bench.report import ROOT, events_in, provenance, spread, write_section
 from cluster.hosts import HostSpec
 from cluster.ssh import SSHOptions
 from launcher.run.kinds import stage_local
-from launcher.spec.jobspec import load_job
 from launcher.run.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
+from launcher.spec.jobspec import load_job
 
 REPEATS, EPOCHS = 5, 6
 ENV = dict(os.environ, PYTHONPATH=ROOT)

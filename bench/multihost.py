@@ -28,13 +28,13 @@ import yaml
 
 from bench.report import ROOT, events_in, provenance, spread, write_section
 from cluster.hosts import load_hosts
-from launcher.run.assets import ensure_built
-from launcher.report.console import Console
 from cluster.ssh import SSHHost, SSHOptions, remote_command
+from launcher.report.console import Console
+from launcher.run.assets import ensure_built
 from launcher.run.execute import stage_remote
 from launcher.run.kinds import stage_local
-from launcher.spec.jobspec import load_job
 from launcher.run.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
+from launcher.spec.jobspec import load_job
 
 REPEATS = 3
 ENV = dict(os.environ, PYTHONPATH=ROOT)

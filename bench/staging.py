@@ -21,12 +21,12 @@ import time
 from bench.report import ROOT, provenance, spread, write_section
 from cluster.hosts import HostSpec, load_hosts
 from cluster.ssh import SSHHost, SSHOptions
-from launcher.run.kinds import stage_local
-from launcher.spec.jobspec import load_job
 from launcher.data.inputs import check_inputs
-from launcher.run.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
 from launcher.plan import Transfer
+from launcher.run.kinds import stage_local
+from launcher.run.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
 from launcher.run.stage import forget_digests, stage_all, stage_host
+from launcher.spec.jobspec import load_job
 
 FILES, FILE_MB, REPEATS = 4, 50, 3
 DEST = "/srv/mxft-host/bench"

@@ -35,7 +35,6 @@ from cluster.hosts import HostSpec
 from cluster.local import LocalProcess, die_with_parent
 from cluster.secret import ENV_FROM_STDIN, split_secrets
 from cluster.slurm import hosts_from_slurm
-from cluster.ssh import SSHHost, SSHOptions
 
 
 def srun_argv(node: str, argv: Sequence[str], *, name: str = "mxft", cwd: str | None = None) -> list[str]:
@@ -209,12 +208,3 @@ def _srun_refusal(stderr: str) -> str:
     """
     lines = [line for line in stderr.splitlines() if line.startswith("srun: error:") and not STEP_ENDED.match(line)]
     return lines[0].removeprefix("srun: error:").strip() if lines else ""
-
-
-
-RemoteHost = SSHHost | SrunHost  # how the launcher reaches a host that is not this machine
-
-
-def remote_host(spec: HostSpec, ssh: SSHOptions, launcher: str) -> RemoteHost:
-    """How the launcher reaches ``spec``: a job step of this allocation (``srun``) or SSH."""
-    return SrunHost(spec) if launcher == "srun" else SSHHost(spec, ssh)

@@ -11,8 +11,8 @@ from cluster.errors import InputError
 from cluster.srun import default_launcher
 from cluster.ssh import SSHOptions
 from launcher.run.config import LaunchConfig
-from launcher.spec.command import parse_env
 from launcher.spec.checks import MAX_PROCESSES, RUN_NAME
+from launcher.spec.command import parse_env
 from launcher.spec.command_job import CommandSpec
 
 

@@ -7,8 +7,8 @@ import sys
 
 from cluster.errors import InputError
 from launcher.data import extras
-from launcher.report.console import Console
 from launcher.data.prepare import PrepareSpec, pack_images
+from launcher.report.console import Console
 
 DESCRIPTION = """\
 Pack a folder of images (one sub-folder per class) into train and validation .rec files

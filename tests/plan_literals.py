@@ -3,8 +3,8 @@ planning and of what reads a plan."""
 from __future__ import annotations
 
 from launcher.data.inputs import Inventory
-from launcher.plan import Facts, HostFacts
 from launcher.data.recfile import RecordSpan
+from launcher.plan import Facts, HostFacts
 
 JOB = """\
 name: small

@@ -14,8 +14,8 @@ import pytest
 
 from cluster.failure import Failure, FailureKind
 from cluster.fanout import HostFailed, HostResults
-from launcher.run.clean import CLEANUP_SCRIPT, HostCleanup, NotCleaned, Removal, cleanup_lines, parse_report
 from launcher.remote.cleanup import RECENT_S, choose_removals
+from launcher.run.clean import CLEANUP_SCRIPT, HostCleanup, NotCleaned, Removal, cleanup_lines, parse_report
 
 DAY = 86400.0
 NOW = 100 * DAY

@@ -93,7 +93,7 @@ def test_no_module_of_the_launcher_over_four_hundred_lines():
 # asked to do its part.
 CHOSEN_BY_TYPE = {"JobSpec", "CommandSpec", "Recipe", "CommandRun", "FineTuning", "Command", "SSHHost", "SrunHost",
                   "LocalTransport", "SSHProcess", "SrunProcess", "LocalProcess"}
-CHOICE_POINTS = {"launcher/plan/__init__.py", "launcher/run/kinds.py", "cluster/srun.py"}
+CHOICE_POINTS = {"launcher/plan/__init__.py", "launcher/run/kinds.py", "cluster/backend.py"}
 
 
 def test_job_kinds_and_transports_are_told_apart_only_where_they_are_chosen():

@@ -12,10 +12,10 @@ import pytest
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from launcher.cli_args import is_command_mode, parse_command_args
+from launcher.plan import Facts, HostFacts, Role, Transfer, make_plan
 from launcher.spec.command import parse_env, sync_files
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import parse_job
-from launcher.plan import Facts, HostFacts, Role, Transfer, make_plan
 from testing.processes import run_id_from
 from tests.helpers import PROGRAM_DIR, check_argv, run_launch, wait_gone, write_job
 

@@ -16,10 +16,10 @@ import yaml
 from cluster.hosts import HostSpec
 from cluster.supervise import Member
 from launcher import cli, prepare_cli
+from launcher.plan import make_plan
 from launcher.report.console import Console
 from launcher.run.run_events import RunEvents
 from launcher.spec.jobspec import parse_job
-from launcher.plan import make_plan
 from launcher.status import runs_lines
 from testing.processes import run_id_from
 from tests.helpers import CACHE_DIR, LAUNCH, REPO, run_launch

@@ -23,8 +23,8 @@ from cluster.errors import JobFailed
 from cluster.failure import FailureKind
 from cluster.hosts import HostSpec
 from cluster.ssh import SSHHost, SSHOptions
-from launcher.run.fetch import FetchRefused, fetch_files
 from launcher.plan import Transfer
+from launcher.run.fetch import FetchRefused, fetch_files
 from launcher.run.stage import stage_host
 from testing.processes import pids_running
 from tests.helpers import REPO, demo_job, hosts_file, run_launch, ssh_args, wait_until, write_job

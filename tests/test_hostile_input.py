@@ -27,15 +27,15 @@ from cluster.errors import InputError
 from cluster.hosts import MAX_HOSTS, MAX_SLOTS, HostSpec, parse_hosts
 from cluster.slurm import hosts_from_slurm
 from launcher import cli
-from launcher.data import runstate
 from launcher.cli_args import parse_command_args
-from launcher.spec.command import parse_env
+from launcher.data import runstate
+from launcher.report.metrics import MetricsWriter, read_events
 from launcher.spec.checks import ENV_NAME, MAX_PROCESSES
+from launcher.spec.command import parse_env
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import JobSpec, parse_job
-from launcher.report.metrics import MetricsWriter, read_events
-from launcher.status import status_lines
 from launcher.spec.yamlfields import MAX_VALUES
+from launcher.status import status_lines
 
 EXPLORE = os.environ.get("MXFT_HYPOTHESIS") == "explore"
 BUDGET = settings(deadline=None if EXPLORE else timedelta(seconds=2), database=None, derandomize=not EXPLORE,

@@ -8,8 +8,8 @@ import pytest
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec, parse_hosts
-from launcher.spec.jobspec import parse_job
 from launcher.plan import Facts, HostFacts, Role, Transfer, make_plan, place, shard_dir
+from launcher.spec.jobspec import parse_job
 from tests.plan_literals import FACTS, JOB, inventory
 
 

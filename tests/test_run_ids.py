@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 
-from launcher.spec.jobspec import parse_job
 from launcher.run.launch import _claim_run_dir, new_run_id
+from launcher.spec.jobspec import parse_job
 
 
 def test_run_ids_differ_within_a_second_and_keep_their_form():

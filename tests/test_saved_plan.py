@@ -11,10 +11,10 @@ import pytest
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
+from launcher.plan import Facts, HostFacts, fact_changes, make_plan, plan_from_json
+from launcher.run.launch import saved_plan
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import parse_job
-from launcher.run.launch import saved_plan
-from launcher.plan import Facts, HostFacts, fact_changes, make_plan, plan_from_json
 from testing.processes import run_id_from
 from tests.helpers import demo_job, run_launch, write_job
 from tests.plan_literals import FACTS, JOB, inventory

@@ -22,8 +22,8 @@ from cluster.secret import ENV_FROM_STDIN, Secret, split_secrets
 from cluster.ssh import remote_command
 from launcher import cli
 from launcher.cli_args import parse_command_args
-from launcher.plan.command import make_command_plan
 from launcher.plan import Facts, HostFacts
+from launcher.plan.command import make_command_plan
 from tests.helpers import start_launch
 
 TOKEN = "tok-" + secrets.token_hex(12)

@@ -16,8 +16,8 @@ import os
 
 from cluster.errors import InputError
 from launcher.data import paramsfile, recfile
-from launcher.spec.jobspec import JobSpec
 from launcher.data.labelsource import load_labels
+from launcher.spec.jobspec import JobSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from cluster.hosts import HostSpec
+from launcher.plan.model import Facts, Plan, ProcessSpec, Role, Transfer
+from launcher.plan.placement import Placement, Program, check_slots, plan_processes
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import ClusterSpec
 from launcher.spec.schema import plain
-from launcher.plan.model import Facts, Plan, ProcessSpec, Role, Transfer
-from launcher.plan.placement import Placement, Program, check_slots, plan_processes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.secret import ENV_FROM_STDIN, split_secrets
-from launcher.spec.jobspec import AUTO, ClusterSpec, CPUContexts
 from launcher.plan.model import Component, Facts, Plan, ProcessSpec, Role, Transfer
+from launcher.spec.jobspec import AUTO, ClusterSpec, CPUContexts
 
 
 def place(count: int, hosts: Sequence[HostSpec], *, offset: int = 0) -> list[HostSpec]:

@@ -16,10 +16,10 @@ from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from launcher.data import recfile, shards
 from launcher.data.inputs import Inventory
-from launcher.spec.jobspec import ClusterSpec, CPUContexts, JobSpec
 from launcher.plan.model import Facts, Plan, ProcessSpec, Role, Transfer
 from launcher.plan.placement import (Assignment, HostLayout, Placement, Program, assign_workers, check_slots,
                                      device_count, plan_processes)
+from launcher.spec.jobspec import ClusterSpec, CPUContexts, JobSpec
 from trainer.config import SECTIONS, WorkerConfig
 
 

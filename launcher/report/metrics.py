@@ -26,8 +26,8 @@ import types
 from collections.abc import Iterable, Sequence
 
 from launcher.data import cachefile
-from launcher.report.plot import Panel, Series, render
 from launcher.data.runstate import json_lines
+from launcher.report.plot import Panel, Series, render
 
 CSV_NAME, PNG_NAME = "metrics.csv", "metrics.png"
 TENSORBOARD_PREFIX = "events.out.tfevents."  # TensorBoard reads the files whose names hold "tfevents"

@@ -18,16 +18,16 @@ from typing import Protocol
 
 import yaml
 
+from cluster.backend import Backend, RemoteHost
 from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
 from cluster.fanout import on_each_host
 from cluster.hostwatch import HostWatch, first_lost
 from cluster.local import LocalTransport
-from cluster.srun import RemoteHost, remote_host
 from cluster.ssh import HOSTS_AT_ONCE
 from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
-from launcher.report.console import Console
 from launcher.plan import Plan, Role
+from launcher.report.console import Console
 from launcher.run.stage import stage_all
 
 
@@ -67,12 +67,12 @@ def write_run_files(plan: Plan) -> None:
 
 
 
-def execute(plan: Plan, kind: Kind, *, console: Console) -> dict:
+def execute(plan: Plan, kind: Kind, backend: Backend, *, console: Console) -> dict:
     """Run the plan to completion and return its result (the observer's); raises JobFailed (root cause first).
 
     The caller writes the result to RUN_DIR/result.json.
     """
-    remote_hosts = {host.label: remote_host(host, plan.ssh, plan.launcher) for host in plan.hosts if not host.is_local}
+    remote_hosts = backend.remotes(plan.hosts)
     began = time.time()
     write_run_files(plan)
     kind.make_local_files(plan)

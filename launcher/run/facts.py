@@ -10,10 +10,10 @@ import secrets
 import sys
 from collections.abc import Callable, Sequence
 
+from cluster.backend import Backend
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.local import free_ports
-from cluster.srun import remote_host
 from cluster.ssh_resolve import SSHConfigError
 from launcher.plan import Facts, HostFacts
 from launcher.run.config import Attempt, LaunchConfig
@@ -63,11 +63,11 @@ def address_of(host: HostSpec, remote) -> str:
         raise InputError(host.where, str(err), hint=f"ssh -G {host.name} shows what OpenSSH makes of it") from None
 
 
-def known_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec]) -> Facts:
+def known_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec], backend: Backend) -> Facts:
     """A dry run's facts without contacting any host: cached by an earlier probe, else assumed."""
     found = {}
     for host in hosts:
-        address = address_of(host, remote_host(host, config.ssh, config.launcher))  # no connection
+        address = address_of(host, backend.remote(host))  # no connection
         found[host.label] = (cached_facts(config.cache_dir, host, config.remote_dir, config.ssh, address,
                                           launcher=config.launcher)
                              or assumed_facts(host, address, config.remote_dir))
@@ -82,13 +82,13 @@ def remote_port() -> int:
     return SCHEDULER_PORTS[secrets.randbelow(len(SCHEDULER_PORTS))]
 
 
-def probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec],
-                  echo: Callable[[str], None] | None, *,
-                  other_folders: Sequence[str] = ()) -> tuple[Facts, list[HostReport]]:
+def probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec], backend: Backend,
+                 echo: Callable[[str], None] | None, *,
+                 other_folders: Sequence[str] = ()) -> tuple[Facts, list[HostReport]]:
     """Probe every host; each usable one's facts (kept for later dry runs), assumed ones for the rest."""
     if echo:
         echo(f"[mxft] preflight: checking {len(hosts)} hosts")
-    ssh_hosts = [(host, remote_host(host, config.ssh, config.launcher)) for host in hosts]
+    ssh_hosts = [(host, backend.remote(host)) for host in hosts]
     reports = probe_all(ssh_hosts, config.remote_dir, other_folders=other_folders)
     found, basic = {}, Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
     for report, (host, ssh) in zip(reports, ssh_hosts):

@@ -26,10 +26,10 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 
+from cluster.backend import RemoteHost
 from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
 from cluster.lines import ended_tail
-from cluster.srun import RemoteHost
 from launcher.remote import fetch_sender
 
 SENDER = inspect.getsource(fetch_sender)

@@ -12,21 +12,21 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 
+from cluster.backend import RemoteHost
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from cluster.srun import RemoteHost
 from cluster.supervise import ProcessOutcome
 from launcher.data import cachefile, recfile
-from launcher.run import assets
-from launcher.spec.command import sync_destinations, sync_files
-from launcher.report.console import Console
-from launcher.run.execute import write_run_files
 from launcher.data.images import pack_image_folder
 from launcher.data.inputs import Inventory, check_inputs
+from launcher.plan import Plan, assign_workers
+from launcher.report.console import Console
+from launcher.run import assets
+from launcher.run.execute import write_run_files
+from launcher.run.recipe_run import RecipeWatch, make_local_files
+from launcher.spec.command import sync_destinations, sync_files
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import JobSpec
-from launcher.plan import Plan, assign_workers
-from launcher.run.recipe_run import RecipeWatch, make_local_files
 
 
 def fingerprint(*paths: str) -> str:

@@ -19,24 +19,25 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from cluster.backend import Backend
 from cluster.errors import InputError, Interrupted, JobFailed
 from cluster.hosts import HostSpec, load_hosts
 from cluster.slurm import hosts_from_slurm
-from cluster.srun import remote_host, require_allocation_nodes, require_srun
-from launcher.data import cachefile, runstate
+from cluster.srun import require_allocation_nodes, require_srun
 from launcher.check_table import HostRow, host_row
-from launcher.report.console import Console
-from launcher.run.execute import execute
-from launcher.remote.folder_check import folder_unsafe_reason
+from launcher.data import cachefile, runstate
 from launcher.data.inputs import Inventory
-from launcher.spec.command_job import CommandSpec
-from launcher.spec.jobspec import JobSpec, load_job
+from launcher.plan import Facts, Plan, Transfer, fact_changes, make_plan, plan_from_json, public_addresses
+from launcher.remote.folder_check import folder_unsafe_reason
+from launcher.report.console import Console
 from launcher.run import facts as facts_for
 from launcher.run.config import Attempt, LaunchConfig
+from launcher.run.execute import execute
 from launcher.run.kinds import Command, FineTuning, kind_of, kind_of_plan
-from launcher.plan import Facts, Plan, Transfer, fact_changes, make_plan, plan_from_json, public_addresses
 from launcher.run.preflight import Requirements, local_mxnet_version, probe_all, problems, require_fit
 from launcher.run.reach import require_scheduler_reachable
+from launcher.spec.command_job import CommandSpec
+from launcher.spec.jobspec import JobSpec, load_job
 
 
 
@@ -128,12 +129,13 @@ def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory | None)
 
 
 def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Sequence[HostSpec], attempt: Attempt,
-                 *, echo: Callable[[str], None] | None = None, saved: Plan | None = None) -> Plan:
+                 *, echo: Callable[[str], None] | None = None, saved: Plan | None = None,
+                 backend: Backend | None = None) -> Plan:
     """Facts first, then the one plan, then whether every host can take its part of it (all hosts at once).
 
     ``saved``: a plan read back (``--plan``), with its ports; InputError unless the facts gathered now are the ones
     it was made from and planning again gives that very plan."""
-    kind = kind_of(spec)
+    kind, backend = kind_of(spec), backend or Backend(config.launcher, config.ssh)
     inventory = kind.inputs(spec, config)
     for note in inventory.notes if inventory and echo else ():
         echo(f"[mxft] {note}")
@@ -142,9 +144,10 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
     if hosts[0].is_local:
         facts = facts_for.local_facts(facts, hosts[0], kind.local_workers(spec, hosts))
     elif config.dry_run and not config.probe:
-        facts = facts_for.known_facts(config, facts, hosts)
+        facts = facts_for.known_facts(config, facts, hosts, backend)
     else:
-        facts, reports = facts_for.probed_facts(config, facts, hosts, echo, other_folders=kind.other_folders(spec))
+        facts, reports = facts_for.probed_facts(config, facts, hosts, backend, echo,
+                                                other_folders=kind.other_folders(spec))
     if saved is not None:
         facts = dataclasses.replace(facts, scheduler_port=saved.scheduler_port, worker_ports=saved.facts.worker_ports)
     plan = make_plan(spec, hosts, facts, inventory=inventory)
@@ -153,7 +156,7 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
     if reports:
         require_fit(reports, _requirements(config, plan, inventory))
         if not config.dry_run:  # a dry run starts nothing, not even the check's listener
-            require_scheduler_reachable(plan)  # on the training network, before any ps-lite process starts
+            require_scheduler_reachable(plan, backend)  # on the training network, before any ps-lite starts
     public = public_addresses(dict.fromkeys(p.env_dict["DMLC_NODE_HOST"] for p in plan.processes))
     if public and echo and not config.dry_run:  # a dry run's plan says so itself
         echo(f"[mxft] warning: ps-lite will listen on public address(es) {', '.join(public)} with no "
@@ -223,7 +226,7 @@ def check_hosts(config: LaunchConfig) -> list[HostRow]:
     base = facts_for.run_facts(config, spec, attempt) if spec is not None else Facts(
         run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=config.cache_dir, scheduler_port=0,
         code_dir=facts_for.CODE_DIR, train_fingerprint="", hosts={}, remote_dir=config.remote_dir, ssh=config.ssh)
-    facts, reports = facts_for.probed_facts(config, base, hosts, None)
+    facts, reports = facts_for.probed_facts(config, base, hosts, Backend(config.launcher, config.ssh), None)
     need = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
     if spec is not None:
         need = _requirements(config, make_plan(spec, hosts, facts, inventory=inventory), inventory)
@@ -282,7 +285,8 @@ def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts:
         return tuple(hosts)
     lost = failed_host(failure)
     keep = [h for h in hosts if h.label != lost]
-    ssh_hosts = [(host, remote_host(host, config.ssh, config.launcher)) for host in keep]
+    backend = Backend(config.launcher, config.ssh)  # a new attempt's hosts, as they answer now
+    ssh_hosts = [(host, backend.remote(host)) for host in keep]
     basic = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
     found = {r.label: problems(r, basic) for r in probe_all(ssh_hosts, config.remote_dir)}
     unfit = {label: problem[0] for label, problem in found.items() if problem is not None}
@@ -351,7 +355,8 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
     restarts_left = kind.restarts(spec, given=max_restarts)
     fresh = config.resume_dir is None  # a new run: its folder is made now, and must not exist yet
     while True:
-        plan = plan_attempt(config, spec, hosts, attempt, echo=console, saved=saved)
+        backend = Backend(config.launcher, config.ssh)  # how this attempt reaches its hosts, chosen once
+        plan = plan_attempt(config, spec, hosts, attempt, echo=console, saved=saved, backend=backend)
         if config.dry_run:
             return Outcome(plan, None, kind)
         if fresh and not _claim_run_dir(plan.run_dir):  # the id is taken: plan again under a new one
@@ -362,7 +367,7 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
         fresh, saved = False, None  # a restart plans again, from the hosts and facts of then
         _started(plan, attempt, console)
         try:
-            result = execute(plan, kind, console=console)
+            result = execute(plan, kind, backend, console=console)
         except (Interrupted, KeyboardInterrupt) as stop:
             _record_end(plan.run_dir, attempt.number, "interrupted")
             signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT

@@ -26,15 +26,15 @@ from importlib import metadata
 
 import paramiko
 
+from cluster.backend import RemoteHost
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from cluster.srun import RemoteHost
 from cluster.ssh import SSH_ERRORS, HostKeyError, SSHOptions, on_hosts, ssh_error_text
 from cluster.ssh_resolve import account_home
 from launcher.data import cachefile
+from launcher.plan import HostFacts
 from launcher.remote import folder_check, gpu_probe, host_probe
 from launcher.run.gpu_check import build_archs_of, gpu_problem, gpus_of
-from launcher.plan import HostFacts
 
 # Runs on the host with its Python; prints one JSON line. Imports mxnet last so a
 # missing mxnet still reports the rest. ``import mxnet`` costs ~2.5 s of CPU, so a

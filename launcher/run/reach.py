@@ -17,12 +17,12 @@ import subprocess
 import sys
 import time
 
+from cluster.backend import Backend
 from cluster.errors import InputError
 from cluster.failure import FailureKind
 from cluster.fanout import on_each_host
 from cluster.hosts import HostSpec
 from cluster.lines import ended_tail
-from cluster.srun import remote_host
 from launcher.plan import Plan, Role
 from launcher.remote import reach_probe
 
@@ -35,15 +35,15 @@ class NoRoute(Exception):
     """A host could not open a connection to the scheduler; the message is its answer."""
 
 
-def require_scheduler_reachable(plan: Plan, *, connect_timeout_s: float = 5.0) -> None:
+def require_scheduler_reachable(plan: Plan, backend: Backend, *, connect_timeout_s: float = 5.0) -> None:
     """Raise InputError naming every host that cannot connect to the scheduler's address (one line each)."""
     scheduler = next(p for p in plan.processes if p.role is Role.SCHEDULER)
     hosts = {h.label: h for h in plan.hosts}
     busy = list(dict.fromkeys(p.host for p in plan.processes))
     target = f"{plan.scheduler_uri}:{plan.scheduler_port}"
-    with _listening(plan, hosts[scheduler.host]):
-        reaches = on_each_host(lambda label: _try_connect(plan, hosts[label], connect_timeout_s), busy, name="reach",
-                               kind=FailureKind.CONNECTION_LOST)
+    with _listening(plan, hosts[scheduler.host], backend):
+        reaches = on_each_host(lambda label: _try_connect(plan, hosts[label], backend, connect_timeout_s), busy,
+                               name="reach", kind=FailureKind.CONNECTION_LOST)
     if reaches.failed:
         raise InputError("", "\n".join(
             str(InputError(f"host {f.host}", f"cannot open a TCP connection to the ps-lite scheduler at {target} "
@@ -56,13 +56,13 @@ def require_scheduler_reachable(plan: Plan, *, connect_timeout_s: float = 5.0) -
 class _listening:
     """The scheduler's address and port held open on its host for the duration of the block."""
 
-    def __init__(self, plan: Plan, host: HostSpec) -> None:
+    def __init__(self, plan: Plan, host: HostSpec, backend: Backend) -> None:
         python = plan.remote_pythons.get(host.label, sys.executable)
         argv = [python, "-c", PROBE, "listen", plan.scheduler_uri, str(plan.scheduler_port), "900"]  # ends with stdin
         if host.is_local:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         else:
-            self.proc = remote_host(host, plan.ssh, plan.launcher).stream_to(shlex.join(argv))
+            self.proc = backend.remote(host).stream_to(shlex.join(argv))
         self.host, self.plan = host, plan
 
     def __enter__(self) -> "_listening":
@@ -102,7 +102,7 @@ def _first_line(proc: subprocess.Popen, *, timeout_s: float) -> str:
     return data[:_FIRST_LINE_MAX].decode(errors="replace").split("\n", 1)[0].strip()
 
 
-def _try_connect(plan: Plan, host: HostSpec, timeout_s: float) -> None:
+def _try_connect(plan: Plan, host: HostSpec, backend: Backend, timeout_s: float) -> None:
     """Nothing if ``host`` reached the scheduler's address; NoRoute saying why not."""
     python = plan.remote_pythons.get(host.label, sys.executable)
     argv = [python, "-c", PROBE, "connect", plan.scheduler_uri, str(plan.scheduler_port), str(timeout_s)]
@@ -110,7 +110,7 @@ def _try_connect(plan: Plan, host: HostSpec, timeout_s: float) -> None:
         if host.is_local:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s + 10).stdout
         else:
-            remote = remote_host(host, plan.ssh, plan.launcher)
+            remote = backend.remote(host)
             _, out, err = remote.run(argv, timeout_s=timeout_s + plan.ssh.connect_timeout_s + 5)
             out = out or err
     except Exception as err:  # noqa: BLE001 - an SSH failure here is this host's answer

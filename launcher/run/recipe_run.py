@@ -13,9 +13,9 @@ import os
 import time
 from collections.abc import Mapping
 
+from cluster.backend import RemoteHost
 from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
-from cluster.srun import RemoteHost
 from cluster.supervise import ProcessOutcome
 from launcher.data import cachefile, paramsfile, recfile
 from launcher.data.trim import trim_params, used_variables

@@ -14,9 +14,9 @@ import os
 import time
 from collections.abc import Callable, Mapping
 
+from cluster.backend import RemoteHost
 from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
-from cluster.srun import RemoteHost
 from cluster.supervise import Member
 from launcher.plan import Plan, Role
 from launcher.report.console import Console

@@ -38,11 +38,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from cluster.backend import RemoteHost
 from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
 from cluster.fanout import on_each_host
 from cluster.lines import SilenceWatch, ended_tail
-from cluster.srun import RemoteHost
 from launcher.plan import Transfer
 from launcher.remote import stage_receiver
 

@@ -10,9 +10,9 @@ import stat
 import tempfile
 from collections.abc import Mapping
 
+from cluster.backend import RemoteHost
 from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
-from cluster.srun import RemoteHost
 from launcher.data import runstate
 from launcher.plan import Plan
 from launcher.report.metrics import MetricsWriter
