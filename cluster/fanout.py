@@ -46,7 +46,8 @@ class HostResults(Generic[T]):
             return
         failures = list(self.failed.values())
         lines = "\n".join(f"  {f.host}: {f.reason}" for f in failures)
-        raise JobFailed(f"{what} failed:\n{lines}", failure=failures[0].failure if len(failures) == 1 else Failure(kind))
+        failure = failures[0].failure if len(failures) == 1 else Failure(kind)
+        raise JobFailed(f"{what} failed:\n{lines}", failure=failure)
 
 
 def on_each_host(work: Callable[[str], T], labels: Sequence[str], *, name: str, kind: FailureKind,
@@ -63,8 +64,8 @@ def on_each_host(work: Callable[[str], T], labels: Sequence[str], *, name: str, 
             return HostFailed(label, _one_line(reason(err), label), Failure(kind, host=label))
 
     outcomes = dict(zip(labels, on_hosts(one, list(labels), name=name)))
-    return HostResults(tuple(labels), {label: out for label, out in outcomes.items() if not isinstance(out, HostFailed)},
-                       {label: out for label, out in outcomes.items() if isinstance(out, HostFailed)})
+    failed = {label: out for label, out in outcomes.items() if isinstance(out, HostFailed)}
+    return HostResults(tuple(labels), {label: out for label, out in outcomes.items() if label not in failed}, failed)
 
 
 def _one_line(text: str, label: str) -> str:

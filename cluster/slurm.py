@@ -34,8 +34,8 @@ def allocation_nodes(nodelist: str, environ: Mapping[str, str]) -> list[str]:
     scontrol = shutil.which("scontrol", path=env.get("PATH") or os.defpath)
     if scontrol is None:
         raise ValueError("Slurm's scontrol is not installed here, and it is what expands the allocation's node list")
-    with subprocess.Popen([scontrol, "show", "hostnames", "--", nodelist], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, env=env) as proc:
+    with subprocess.Popen([scontrol, "show", "hostnames", "--", nodelist], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
         expired = threading.Event()
         timer = threading.Timer(SCONTROL_TIMEOUT_S, lambda: (expired.set(), proc.kill()))  # a deadline, not a hang
         timer.start()

@@ -120,13 +120,23 @@ def parse_args(argv: list[str] | None) -> Invocation:
         parser.error("--max-restarts must be >= 0")
     if args.local and args.launcher == "srun":
         parser.error("--launcher srun reaches the nodes of a Slurm allocation; --local runs on this machine")
+    given = _given_settings(parser, args)  # before the defaults below: --resume keeps the run's own otherwise
     if args.hosts is None and not args.local and (os.environ.get("SLURM_JOB_NODELIST") or args.launcher == "srun"):
         args.hosts = "slurm"  # inside an allocation: its nodes are the hosts
     config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
                           ssh_options(args), args.resume, tuple(args.overrides), probe=args.probe,
                           launcher=args.launcher or default_launcher(args.hosts, os.environ), plan_path=args.plan or "",
-                          save_plan=args.save_plan or "")
+                          save_plan=args.save_plan or "", given=given)
     return Invocation(config, args.max_restarts, args.verbose)
+
+
+def _given_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> frozenset[str]:
+    """Which of the settings a run records the command line gives (a value other than the default)."""
+    return frozenset(name for name, given in (
+        ("hosts", args.hosts is not None or args.local), ("launcher", args.launcher is not None),
+        ("ssh_config", args.ssh_config is not None),
+        ("remote_dir", args.remote_dir != parser.get_default("remote_dir")),
+        ("cache_dir", args.cache_dir != parser.get_default("cache_dir"))) if given)
 
 
 def _check_dry_run_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -171,7 +181,9 @@ def add_ssh_options(parser: argparse.ArgumentParser) -> None:
 
 
 def ssh_options(args: argparse.Namespace) -> SSHOptions:
-    return SSHOptions(args.ssh_config, args.accept_new_host_keys, connect_timeout_s=8.0)
+    # Absolute: a run records it, and --resume may start from another folder.
+    return SSHOptions(os.path.abspath(args.ssh_config) if args.ssh_config else None, args.accept_new_host_keys,
+                      connect_timeout_s=8.0)
 
 
 # tools/launch.py options mxft does not take, and why.

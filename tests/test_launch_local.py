@@ -15,7 +15,8 @@ import pytest
 
 from launcher.data import recfile, shards
 from testing.processes import processes_of_run, run_id_from
-from tests.helpers import (CACHE_DIR, LAUNCH, REPO, demo_job, run_launch, start_launch, tensorboard_scalars, wait_gone, wait_until, write_job)
+from tests.helpers import (CACHE_DIR, LAUNCH, REPO, demo_job, run_launch, start_launch, tensorboard_scalars, wait_gone,
+                           wait_until, write_job)
 
 pytestmark = pytest.mark.integration
 

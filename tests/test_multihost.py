@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 from testing.processes import run_id_from, run_processes
-from tests.helpers import (assert_dry_run_is_the_plan, demo_job, hosts_file, launch_bad, no_processes_left, python_field, run_launch, ssh_args, start_launch, wait_until, write_job)
+from tests.helpers import (assert_dry_run_is_the_plan, demo_job, hosts_file, launch_bad, no_processes_left,
+                           python_field, run_launch, ssh_args, start_launch, wait_until, write_job)
 
 pytestmark = pytest.mark.integration
 

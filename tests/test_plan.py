@@ -32,9 +32,9 @@ def test_local_plan_literal():
     assert [list(s.positions) for s in plan.component.shards] == [[0, 2, 4, 6, 8], [1, 3, 5, 7]]
     assert plan.component.batches_per_epoch == 2
     assert plan.component.shards[1].rec_path == os.path.join(shard_dir(FACTS, 2), "part-1-of-2.rec")
-    worker = plan.component.workers[1]
+    worker, shard = plan.component.workers[1], plan.component.shards[1]
     assert (worker.index, worker.train_rec, worker.val_rec, worker.num_val_images, worker.kvstore,
-            worker.devices, worker.out_dir) == (1, plan.component.shards[1].rec_path, "/d/val.rec", 5, "dist_sync", None,
+            worker.devices, worker.out_dir) == (1, shard.rec_path, "/d/val.rec", 5, "dist_sync", None,
                                                 "/runs/small-1/workers/worker-1")
 
 
@@ -75,6 +75,18 @@ def test_more_workers_than_images_is_bad_input():
         make_plan(job, [HostSpec("localhost")], FACTS, inventory=inventory())
 
 
+def test_a_validation_set_smaller_than_the_workers_sharing_it_is_bad_input():
+    """Issue 27: with shared evaluation a worker with no validation image to read raised StopIteration and hung."""
+    job = parse_job(JOB.replace("workers: 2", "workers: 3"), "/jobs/small.yaml", environ={})
+    with pytest.raises(InputError, match=r"^/jobs/small.yaml: 3 workers share the evaluation but the validation set "
+                                         r"has only 2 images: a worker would have none to read"):
+        make_plan(job, [HostSpec("localhost")], FACTS, inventory=inventory(num_val=2))
+    alone = parse_job(JOB.replace("workers: 2", "workers: 3").replace("batch_per_device: 4}",
+                                                                      "batch_per_device: 4, evaluation: worker0}"),
+                      "/jobs/small.yaml", environ={})
+    assert len(make_plan(alone, [HostSpec("localhost")], FACTS, inventory=inventory(num_val=2)).component.workers) == 3
+
+
 def test_round_robin_placement():
     hosts = (HostSpec("a"), HostSpec("b"), HostSpec("c"))
     assert [h.name for h in place(4, hosts)] == ["a", "b", "c", "a"]
@@ -111,7 +123,8 @@ def test_remote_plan_literal():
     shard_key = os.path.basename(shard_dir(facts, 2))
     assert [t for t in plan.transfers if t.host == "10.0.0.2"] == [
         Transfer("10.0.0.2", "/code/trainer/worker.py", "/home/b/.mxft/code/c0de/trainer/worker.py", "code"),
-        Transfer("10.0.0.2", plan.component.shards[1].rec_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.rec", "data"),
+        Transfer("10.0.0.2", plan.component.shards[1].rec_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.rec",
+                 "data"),
         Transfer("10.0.0.2", plan.component.shards[1].idx_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx",
                  "data"),
         Transfer("10.0.0.2", "/d/val.rec", "/home/b/.mxft/data/vk/val.rec", "data"),
@@ -218,7 +231,8 @@ CPU2_JOB = GPU_JOB.replace("{devices: gpu:8}", "{devices: 'cpu:2'}")
 def cpu_workers(plan) -> list[tuple[str, str, object, int]]:
     """(worker, host, its GPUs, its CPU contexts) for every worker of the plan."""
     hosts = {p.name: p.host for p in plan.processes}
-    return [(f"worker {w.index}", hosts[f"worker {w.index}"], w.devices, w.cpu_contexts) for w in plan.component.workers]
+    return [(f"worker {w.index}", hosts[f"worker {w.index}"], w.devices, w.cpu_contexts)
+            for w in plan.component.workers]
 
 
 def test_cpu2_on_two_2_slot_hosts_runs_one_worker_per_host_over_two_contexts():

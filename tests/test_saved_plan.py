@@ -22,7 +22,8 @@ from tests.plan_literals import FACTS, JOB, inventory
 HOSTS = (HostSpec("10.0.0.1"), HostSpec("10.0.0.2", slots=2, line=2, source="/h.txt"))
 REMOTE_FACTS = Facts(run_id="small-1", run_dir="/runs/small-1", cache_dir="/cache", scheduler_port=9000,
                      code_dir="/code", train_fingerprint="f", remote_dir="~/.mxft",
-                     hosts={"10.0.0.1": HostFacts("10.0.0.1", "py", 4, "/home/a/.mxft", interfaces={"eth0": "10.0.0.1"}),
+                     hosts={"10.0.0.1": HostFacts("10.0.0.1", "py", 4, "/home/a/.mxft",
+                                                  interfaces={"eth0": "10.0.0.1"}),
                             "10.0.0.2": HostFacts("10.0.0.2", "py", 4, "/home/b/.mxft")},
                      code_files=("trainer/worker.py",), code_hash="c0de", file_keys={"/m/net-symbol.json": "mk"})
 

@@ -152,7 +152,7 @@ def test_usr1_before_the_time_limit_stops_the_run_and_resume_finishes_it(slurm, 
     assert f"interrupted by SIGUSR1; every process of the run was stopped; continue with: mxft-launch --resume " \
            f"{run_dir}" in out, out[-2000:]
     assert "srun: error" not in out  # Slurm's echo of the stopped steps stays in the logs
-    resumed = in_salloc(slurm, [*LAUNCH, "--resume", run_dir, "--remote-dir", "/srv/mxft-host/srun"], cwd=tmp_path)
+    resumed = in_salloc(slurm, [*LAUNCH, "--resume", run_dir], cwd=tmp_path)  # the hint as printed
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
     result = json.loads(open(os.path.join(run_dir, "result.json"), encoding="utf-8").read())
     assert [e["epoch"] for e in result["epochs"]] == list(range(1, 31))

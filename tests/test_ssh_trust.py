@@ -124,7 +124,8 @@ def test_the_config_is_what_openssh_makes_of_it_with_include_and_match(tmp_path)
     if os.path.realpath(home) == os.path.realpath(tmp_path):  # %d is the account's home: only there is the file
         assert target.identity_files == (str(tmp_path / "id_10.0.0.9"),)
     broken = write_config(tmp_path, "Host a\n  NoSuchOption yes\n")
-    with pytest.raises(SSHConfigError, match="(?i)OpenSSH cannot read its configuration for a: .*line 2: bad configuration option: nosuchoption"):
+    with pytest.raises(SSHConfigError, match="(?i)OpenSSH cannot read its configuration for a: .*line 2: "
+                                             "bad configuration option: nosuchoption"):
         resolve_target("a", ssh_config=broken)
 
 

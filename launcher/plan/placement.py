@@ -193,7 +193,7 @@ def check_slots(worker_hosts: Sequence[HostSpec], devices_per_worker: int, *, hi
 @dataclasses.dataclass(frozen=True)
 class Program:
     """What a job kind runs as one process: its command, its own environment and folder, and how
-    ``trainer.remote`` is started in front of it on a remote host (by module with the code on PYTHONPATH, or by file)."""
+    ``trainer.remote`` is started in front of it on a remote host (by module, the code on PYTHONPATH; or by file)."""
 
     argv: tuple[str, ...]
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)

@@ -89,6 +89,8 @@ def _describe_recipe(plan: Plan, recipe: Recipe) -> list[str]:
         f"  job        {job.source} ({job.name}): {job.model.variant.value} fine-tuning of "
         f"{os.path.basename(job.model.prefix)} at {job.model.cut_layer}, {job.num_classes} classes",
         f"  run dir    {plan.run_dir}",
+        *([f"  resume     attempt {plan.attempt}: from the checkpoint of epoch {plan.facts.resume_epoch}, "
+           f"{plan.facts.resume_prefix}"] if plan.facts.resume_prefix else []),
         f"  kvstore    {cluster.effective_kvstore}, {len(recipe.workers)} worker(s) x {devices}, {servers} server(s)"
         + (f"; arrays of {cluster.bigarray_bound}+ values split over the servers (cluster.bigarray_bound)"
            if servers > 1 else "")
@@ -130,6 +132,10 @@ def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpe
     if count > len(inventory.train_records):
         raise InputError(job.source, f"{count} workers but only {len(inventory.train_records)} "
                          "training images", hint="use fewer workers")
+    if job.train.evaluation == "shared" and count > 1 and count > inventory.val_records:
+        raise InputError(job.source, f"{count} workers share the evaluation but the validation set has only "
+                         f"{inventory.val_records} images: a worker would have none to read",
+                         hint="add validation images, use fewer workers, or set train.evaluation: worker0")
     placement = Placement.of(hosts, facts, workers=assignment.workers, servers=assignment.servers)
     _check_slots(job.cluster, assignment)
     batch = job.train.batch_per_device * device_count(assignment.devices[0])

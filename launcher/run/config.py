@@ -27,6 +27,9 @@ class LaunchConfig:
     launcher: str = "ssh"                      # ssh | srun: how remote hosts are reached (cluster.srun)
     plan_path: str = ""                        # --plan FILE: run this saved plan (its job, hosts and facts)
     save_plan: str = ""                        # --dry-run --save-plan FILE: where the CLI writes the plan
+    # Which of hosts, launcher, ssh_config, remote_dir and cache_dir the command line gave: --resume takes the
+    # others from the run's own record.
+    given: frozenset[str] = frozenset({"hosts", "launcher", "ssh_config", "remote_dir", "cache_dir"})
 
 
 @dataclasses.dataclass(frozen=True)

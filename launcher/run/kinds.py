@@ -182,7 +182,8 @@ class CommandWatch:
 
     def result(self, outcomes: list[ProcessOutcome], *, staging_s: float) -> dict:
         return {"run_id": self.plan.run_id, "command": list(self.plan.component.spec.argv),
-                "staging_s": round(staging_s, 3), "running_s": round(time.time() - self.started, 3), "processes": [o.summary() for o in outcomes]}
+                "staging_s": round(staging_s, 3), "running_s": round(time.time() - self.started, 3),
+                "processes": [o.summary() for o in outcomes]}
 
 
 class Command:

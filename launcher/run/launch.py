@@ -36,6 +36,7 @@ from launcher.run.execute import execute
 from launcher.run.kinds import Command, FineTuning, kind_of, kind_of_plan
 from launcher.run.preflight import Requirements, local_mxnet_version, probe_all, problems, require_fit
 from launcher.run.reach import require_scheduler_reachable
+from launcher.run.resume import resumed_job, resumed_where
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import JobSpec, load_job
 
@@ -233,27 +234,8 @@ def check_hosts(config: LaunchConfig) -> list[HostRow]:
     return [host_row(report, need) for report in reports]
 
 
-def _resumed(run_dir: str) -> tuple[JobSpec, Attempt]:
-    """The job and next attempt of a stopped run, for --resume."""
-    job_path = os.path.join(run_dir, "job.yaml")
-    if not os.path.isfile(job_path):
-        raise InputError(run_dir, "is not an mxft run directory (no job.yaml)", hint="give the folder a launch printed")
-    if runstate.running_launcher(run_dir) is not None:
-        raise InputError(run_dir, "this run is still running", hint=f"stop it first: mxft-launch stop {run_dir}")
-    job = load_job(job_path)
-    if not kind_of(job).resumable:
-        raise InputError(run_dir, "command-mode runs cannot be resumed", hint="launch the command again")
-    attempts = runstate.read_attempts(run_dir)
-    run_id = next((a["run_id"] for a in attempts if "run_id" in a), os.path.basename(os.path.normpath(run_dir)))
-    checkpoint = runstate.latest_checkpoint(run_dir)
-    if checkpoint is not None and checkpoint.epoch >= job.train.epochs:
-        raise InputError(run_dir, f"all {job.train.epochs} epochs are done already", hint="see result.json")
-    number = max((a.get("attempt", 0) for a in attempts), default=0) + 1
-    return job, Attempt(run_id, run_dir, number, checkpoint)
-
-
-def _what_and_where(config: LaunchConfig) -> tuple[LaunchConfig, JobSpec | CommandSpec, Attempt,
-                                                    tuple[HostSpec, ...], Plan | None]:
+def _what_and_where(config: LaunchConfig, console: Console) -> tuple[LaunchConfig, JobSpec | CommandSpec, Attempt,
+                                                                      tuple[HostSpec, ...], Plan | None]:
     """(the settings, the job, its attempt, its hosts, the saved plan to run if one was given)."""
     if config.plan_path:
         saved = saved_plan(config.plan_path)
@@ -263,11 +245,14 @@ def _what_and_where(config: LaunchConfig) -> tuple[LaunchConfig, JobSpec | Comma
         spec = kind_of_plan(saved).spec_of(saved, config.plan_path)
         return config, spec, Attempt(saved.run_id, saved.run_dir), saved.hosts, saved
     if config.resume_dir:
-        spec, attempt = _resumed(os.path.abspath(config.resume_dir))
-    else:
-        spec = config.command or load_job(config.job_path, overrides=config.overrides)
-        attempt = _new_attempt(config, spec)
-    return config, spec, attempt, _hosts(config), None
+        run_dir = os.path.abspath(config.resume_dir)
+        spec, attempt = resumed_job(run_dir, config.overrides)
+        config, hosts, note = resumed_where(config, run_dir, _hosts)
+        if note:
+            console(note)
+        return config, spec, attempt, hosts, None
+    spec = config.command or load_job(config.job_path, overrides=config.overrides)
+    return config, spec, _new_attempt(config, spec), _hosts(config), None
 
 
 def failed_host(failure: JobFailed) -> str | None:
@@ -307,13 +292,14 @@ def _record_end(run_dir: str, attempt: int, outcome: str, **details) -> runstate
     return checkpoint
 
 
-def _started(plan: Plan, attempt: Attempt, console: Console) -> None:
+def _started(plan: Plan, attempt: Attempt, console: Console, *, hosts_from: str | None) -> None:
     os.makedirs(plan.run_dir, exist_ok=True)
     runstate.write_launcher(plan.run_dir, plan.run_id)
     begin = attempt.checkpoint.epoch if attempt.checkpoint else 0
     record, what = kind_of_plan(plan).started(plan, begin)
     runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "run_id": plan.run_id, "outcome": "started",
-                                           "hosts": [h.label for h in plan.hosts], **record})
+                                           "hosts": [h.label for h in plan.hosts], "hosts_from": hosts_from,
+                                           **record})
     console(f"[mxft] run {plan.run_id}: {len(plan.processes)} processes on {len(plan.hosts)} host(s){what}, "
          f"logs in {os.path.dirname(plan.processes[0].log_path)}"
          + (f"; attempt {attempt.number}, from epoch {begin}" if attempt.number > 1 else ""))
@@ -348,7 +334,7 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
     After a failed attempt, and while restarts are left, tears down (done by then),
     plans again from the newest complete checkpoint, and records each attempt in the run dir.
     """
-    config, spec, attempt, hosts, saved = _what_and_where(config)
+    config, spec, attempt, hosts, saved = _what_and_where(config, console)
     _require_own_folders(config)
     kind = kind_of(spec)
     spec = kind.prepared(spec, config, console)
@@ -365,7 +351,7 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
             attempt = _new_attempt(config, spec)
             continue
         fresh, saved = False, None  # a restart plans again, from the hosts and facts of then
-        _started(plan, attempt, console)
+        _started(plan, attempt, console, hosts_from=config.hosts_path)  # --resume reads the hosts' source
         try:
             result = execute(plan, kind, backend, console=console)
         except (Interrupted, KeyboardInterrupt) as stop:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from launcher.spec import checks
+from launcher.spec import checks as ok
 from launcher.spec.checks import ENV_NAME
 from launcher.spec.schema import plain
 from launcher.spec.yamlfields import Fields
@@ -53,7 +53,7 @@ def parse_command_job(raw: dict, lines: Mapping[tuple, Any], source: str) -> Com
         sync_dir: ~/jobs/train        # copy workdir (default: the job file's folder) there on each host
     """
     top = Fields(source, lines, raw, (), ("name", "command", "cluster", "env", "workdir", "sync_dir"))
-    argv = top.get("command", checks.argv)
+    argv = top.get("command", ok.argv)
     # No startup_timeout_s: a command emits no join events to time (the recipe's workers do).
     cluster_f = top.section("cluster", ("workers", "servers"))
     env_raw = top.raw.get("env") or {}
@@ -61,22 +61,22 @@ def parse_command_job(raw: dict, lines: Mapping[tuple, Any], source: str) -> Com
     common, by_role = {}, {}
     for key, value in env_f.raw.items():
         if key in ROLE_NAMES:
-            by_role[key] = env_f.get(key, checks.env_mapping)
+            by_role[key] = env_f.get(key, ok.env_mapping)
         else:
             if not ENV_NAME.fullmatch(key):  # [A-Za-z_][A-Za-z0-9_]*: never an option of the remote ``env``
                 env_f.fail(env_f.path + (key,), f"{key!r} is not an environment variable name")
-            common[key] = env_f.get(key, checks.env_value)
+            common[key] = env_f.get(key, ok.env_value)
     base_dir = os.path.dirname(os.path.abspath(source))
-    workdir = top.get("workdir", checks.text, base_dir)
+    workdir = top.get("workdir", ok.text, base_dir)
     return CommandSpec(
-        name=top.get("name", checks.job_name, os.path.splitext(os.path.basename(source))[0]),
+        name=top.get("name", ok.job_name, os.path.splitext(os.path.basename(source))[0]),
         source=os.path.abspath(source),
         argv=argv,
-        workers=cluster_f.get("workers", checks.count, 1),
-        servers=cluster_f.get("servers", checks.count, 1),
+        workers=cluster_f.get("workers", ok.count, 1),
+        servers=cluster_f.get("servers", ok.count, 1),
         env=common,
         role_env=by_role,
         workdir=os.path.normpath(os.path.join(base_dir, os.path.expanduser(workdir))),
-        sync_dir=top.get("sync_dir", checks.text, None),
+        sync_dir=top.get("sync_dir", ok.text, None),
     )
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cluster.errors import InputError
-from launcher.spec import checks
+from launcher.spec import checks as ok
 from launcher.spec.checks import AUTO, CPUContexts
 from launcher.spec.command_job import CommandSpec, parse_command_job
 from launcher.spec.schema import key, keys_of, plain, read_section, section, to_yaml_dict
@@ -63,12 +63,12 @@ class Variant(str, enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    prefix: str = key(check=checks.text, path=True, help="PREFIX-symbol.json + PREFIX-EEEE.params")
-    epoch: int = key(0, check=checks.at_least(0), help="which PREFIX-EEEE.params")
-    url: str | None = key(None, check=checks.text, help="where the checkpoint can be downloaded (recorded, not fetched)")
-    params_sha256: str | None = key(None, check=checks.sha256, help="checked before launch when given")
-    cut_layer: str = key("flatten0", check=checks.text, help="the layer the new output layer goes on")
-    variant: Variant = key(Variant.FULL, check=lambda v: Variant(checks.choice(tuple(x.value for x in Variant))(v)),
+    prefix: str = key(check=ok.text, path=True, help="PREFIX-symbol.json + PREFIX-EEEE.params")
+    epoch: int = key(0, check=ok.at_least(0), help="which PREFIX-EEEE.params")
+    url: str | None = key(None, check=ok.text, help="where the checkpoint can be downloaded (recorded, not fetched)")
+    params_sha256: str | None = key(None, check=ok.sha256, help="checked before launch when given")
+    cut_layer: str = key("flatten0", check=ok.text, help="the layer the new output layer goes on")
+    variant: Variant = key(Variant.FULL, check=lambda v: Variant(ok.choice(tuple(x.value for x in Variant))(v)),
                            help="full | frozen (only the new layer learns) | scratch (baseline)")
 
     @property
@@ -84,32 +84,32 @@ class ModelSpec:
 class ImagesSpec:
     """An image folder (one sub-folder per class) that the launch packs with mxft-prepare."""
 
-    folder: str = key(check=checks.text, path=True, help="one sub-folder of images per class")
-    train_per_class: int = key(60, check=checks.at_least(1), help="training images per class; the rest validate")
-    resize: int = key(256, check=checks.at_least(0), help="shorter edge in pixels (0: keep)")
-    quality: int = key(90, check=checks.at_least(1), help="JPEG quality")
-    exclude: tuple[str, ...] = key((), check=checks.names, help="class folders to leave out")
-    seed: int = key(0, check=checks.at_least(0), help="seed of the split")
+    folder: str = key(check=ok.text, path=True, help="one sub-folder of images per class")
+    train_per_class: int = key(60, check=ok.at_least(1), help="training images per class; the rest validate")
+    resize: int = key(256, check=ok.at_least(0), help="shorter edge in pixels (0: keep)")
+    quality: int = key(90, check=ok.at_least(1), help="JPEG quality")
+    exclude: tuple[str, ...] = key((), check=ok.names, help="class folders to leave out")
+    seed: int = key(0, check=ok.at_least(0), help="seed of the split")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    train: str = key("", check=checks.text, path=True, help="training .rec (its .idx beside it)")
-    val: str = key("", check=checks.text, path=True, help="validation .rec")
+    train: str = key("", check=ok.text, path=True, help="training .rec (its .idx beside it)")
+    val: str = key("", check=ok.text, path=True, help="validation .rec")
     images: ImagesSpec | None = section(ImagesSpec, optional=True, help="instead of train/val: packed at launch")
-    shape: tuple[int, int, int] = key((3, 224, 224), check=checks.shape, help="[channels, height, width] fed to the net")
-    rand_crop: bool = key(True, check=checks.boolean, help="random crops of training images")
-    rand_mirror: bool = key(True, check=checks.boolean, help="random horizontal flips of training images")
-    preprocess_threads: int = key(4, check=checks.at_least(1), help="decoding threads per worker")
+    shape: tuple[int, int, int] = key((3, 224, 224), check=ok.shape, help="[channels, height, width] fed to the net")
+    rand_crop: bool = key(True, check=ok.boolean, help="random crops of training images")
+    rand_mirror: bool = key(True, check=ok.boolean, help="random horizontal flips of training images")
+    preprocess_threads: int = key(4, check=ok.at_least(1), help="decoding threads per worker")
 
 
 def _read_initializer(fields: Fields, expand) -> "InitializerSpec":
-    kind = fields.get("type", checks.choice(INITIALIZERS), "xavier")
+    kind = fields.get("type", ok.choice(INITIALIZERS), "xavier")
     params = {name: value for name, value in fields.raw.items() if name != "type"}
     if not params:
         return InitializerSpec(kind) if kind == "xavier" else InitializerSpec(kind, {})
     try:
-        return InitializerSpec(kind, checks.scalar_mapping(params))
+        return InitializerSpec(kind, ok.scalar_mapping(params))
     except ValueError as err:
         fields.fail(fields.path, f"{fields.dotted(fields.path)} must be {err}, got {params!r}")
 
@@ -123,59 +123,60 @@ class InitializerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
-    epochs: int = key(8, check=checks.at_least(1), help="passes over the training data")
-    batch_per_device: int = key(16, check=checks.at_least(1), help="images per device per step")
-    optimizer: str = key("sgd", check=checks.choice(OPTIMIZERS), help="an MXNet optimizer")
-    optimizer_params: Mapping[str, Any] = key(check=checks.scalar_mapping, factory=lambda: {"learning_rate": 0.01},
+    epochs: int = key(8, check=ok.at_least(1), help="passes over the training data")
+    batch_per_device: int = key(16, check=ok.at_least(1), help="images per device per step")
+    optimizer: str = key("sgd", check=ok.choice(OPTIMIZERS), help="an MXNet optimizer")
+    optimizer_params: Mapping[str, Any] = key(check=ok.scalar_mapping, factory=lambda: {"learning_rate": 0.01},
                                               help="its settings (--set train.lr/momentum/wd)")
     initializer: InitializerSpec = section(
         InitializerSpec, help="for the new output layer", read=_read_initializer, allowed=INITIALIZER_KEYS,
         to_yaml=lambda init: {"type": init.type, **plain(init.params)})
-    seed: int | None = key(None, check=checks.at_least(0), help="seeds MXNet, numpy and the data order")
-    log_every_batches: int = key(20, check=checks.at_least(1), help="a progress line every N batches")
-    lr_scaling: str = key("none", check=checks.choice(LR_SCALINGS),
+    seed: int | None = key(None, check=ok.at_least(0), help="seeds MXNet, numpy and the data order")
+    log_every_batches: int = key(20, check=ok.at_least(1), help="a progress line every N batches")
+    lr_scaling: str = key("none", check=ok.choice(LR_SCALINGS),
                           help="linear: learning_rate x global batch / reference_batch (Goyal et al.)")
-    reference_batch: int = key(128, check=checks.at_least(1), help="the global batch learning_rate was tuned for "
+    reference_batch: int = key(128, check=ok.at_least(1), help="the global batch learning_rate was tuned for "
                                "(the tutorial's 16 per GPU x 8 GPUs)")
-    warmup_epochs: int = key(0, check=checks.at_least(0), help="epochs that ramp the learning rate up from its unscaled value")
-    top_k: int = key(5, check=checks.at_least(2), help="also report top-k accuracy (only when k < num_classes: "
+    warmup_epochs: int = key(0, check=ok.at_least(0),
+                             help="epochs that ramp the learning rate up from its unscaled value")
+    top_k: int = key(5, check=ok.at_least(2), help="also report top-k accuracy (only when k < num_classes: "
                      "with k classes or fewer it is 1.0 by construction)")
-    step_timing: bool = key(False, check=checks.boolean, help="split each epoch's time into compute and communication "
+    step_timing: bool = key(False, check=ok.boolean, help="split each epoch's time into compute and communication "
                             "(compute_s, communication_s in result.json); waiting between the two slows training, so "
                             "it is for measuring")
-    evaluation: str = key("shared", check=checks.choice(EVALUATIONS),
+    evaluation: str = key("shared", check=ok.choice(EVALUATIONS),
                           help="shared: workers average BatchNorm statistics, each evaluates a part of the "
                                "validation set; worker0: worker 0 alone, with its own statistics")
 
 
 @dataclasses.dataclass(frozen=True)
 class CompressionSpec:
-    type: str = key(check=checks.choice(COMPRESSIONS), help="2bit: each value a worker pushes is sent as -threshold, 0 "
+    type: str = key(check=ok.choice(COMPRESSIONS), help="2bit: each value a worker pushes is sent as -threshold, 0 "
                     "or +threshold (16 values per float), what is left over added to its next push")
-    threshold: float = key(0.5, check=checks.positive, help="the 2bit quantisation step")
+    threshold: float = key(0.5, check=ok.positive, help="the 2bit quantisation step")
 
 
 @dataclasses.dataclass(frozen=True)
 class ClusterSpec:
-    workers: int | str = key(AUTO, check=checks.count_or_auto, help="worker processes; auto: one per GPU host (all "
+    workers: int | str = key(AUTO, check=ok.count_or_auto, help="worker processes; auto: one per GPU host (all "
                              "its slots), or one per slot of a CPU host (per N slots with devices: cpu:N)")
-    servers: int | str = key(AUTO, check=checks.count_or_auto, help="parameter servers; auto: one on each worker host")
+    servers: int | str = key(AUTO, check=ok.count_or_auto, help="parameter servers; auto: one on each worker host")
     devices: tuple[int, ...] | CPUContexts = key(
-        TUTORIAL_GPUS, check=checks.devices, to_yaml=lambda d: str(d) if isinstance(d, CPUContexts) else list(d),
+        TUTORIAL_GPUS, check=ok.devices, to_yaml=lambda d: str(d) if isinstance(d, CPUContexts) else list(d),
         help="GPU ids per worker ('gpu:N', [ids]), or 'cpu' / 'cpu:N' (N CPU contexts per worker, each taking a "
              "slot); with cluster.workers: auto, a host's slots= decides")
-    kvstore: str = key("auto", check=checks.choice(KVSTORES), help="auto: dist_sync_device on GPUs, dist_sync on CPU")
-    startup_timeout_s: int = key(300, check=checks.at_least(1), help="every worker must have joined ps-lite by then")
-    progress_timeout_s: int = key(1800, check=checks.at_least(1), help="a worker silent this long is reported stuck")
-    host_silence_s: int = key(60, check=checks.at_least(1), help="a host that sends or takes nothing this long while files "
+    kvstore: str = key("auto", check=ok.choice(KVSTORES), help="auto: dist_sync_device on GPUs, dist_sync on CPU")
+    startup_timeout_s: int = key(300, check=ok.at_least(1), help="every worker must have joined ps-lite by then")
+    progress_timeout_s: int = key(1800, check=ok.at_least(1), help="a worker silent this long is reported stuck")
+    host_silence_s: int = key(60, check=ok.at_least(1), help="a host that sends or takes nothing this long while files "
                               "are copied to it or fetched from it fails the run, named (time to hash is added)")
-    max_restarts: int = key(0, check=checks.at_least(0), help="resume from the last epoch after a failure, this many times")
-    min_hosts: int | None = key(None, check=checks.at_least(1), help="with max_restarts: restart without a host that failed "
-                                "(stopped answering, or fails preflight) while at least this many remain")
-    interface: str | None = key(None, check=checks.interface, help="network interface ps-lite uses on every host (its "
+    max_restarts: int = key(0, check=ok.at_least(0), help="resume from the last epoch after a failure, this many times")
+    min_hosts: int | None = key(None, check=ok.at_least(1), help="with max_restarts: restart without a host that "
+                                "failed (stopped answering, or fails preflight) while at least this many remain")
+    interface: str | None = key(None, check=ok.interface, help="network interface ps-lite uses on every host (its "
                                 "address there, found by preflight); a host's addr= in the hosts file wins")
-    bigarray_bound: int = key(100_000, check=checks.at_least(1), help="arrays of this many values or more are split over all "
-                              "servers, smaller ones go whole to one (MXNET_KVSTORE_BIGARRAY_BOUND; MXNet's own "
+    bigarray_bound: int = key(100_000, check=ok.at_least(1), help="arrays of this many values or more are split over "
+                              "all servers, smaller ones go whole to one (MXNET_KVSTORE_BIGARRAY_BOUND; MXNet's own "
                               "default, 1000000, loads one of 3 servers 2-8x the others on ResNet-50/152)")
     gradient_compression: CompressionSpec | None = section(
         CompressionSpec, optional=True, help="compress what workers push to the servers (MXNet's "
@@ -195,20 +196,20 @@ class ClusterSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ExpectSpec:
-    min_accuracy: float | None = key(None, check=checks.fraction, help="exit 1 below this validation accuracy")
+    min_accuracy: float | None = key(None, check=ok.fraction, help="exit 1 below this validation accuracy")
 
 
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
     source: str                                   # the job file (not a key)
-    num_classes: int = key(check=checks.at_least(2), help="classes of the new output layer")
+    num_classes: int = key(check=ok.at_least(2), help="classes of the new output layer")
     model: ModelSpec = section(ModelSpec, required=True, help="the pretrained checkpoint and where to cut it")
     data: DataSpec = section(DataSpec, required=True, help="training and validation data")
-    name: str = key("", check=checks.job_name, help="names the run (default: the job file's name)")
+    name: str = key("", check=ok.job_name, help="names the run (default: the job file's name)")
     train: TrainSpec = section(TrainSpec, help="the training recipe")
     cluster: ClusterSpec = section(ClusterSpec, help="processes, devices, deadlines")
     expect: ExpectSpec = section(ExpectSpec, help="what counts as success")
-    builtin_assets: str | None = key(None, check=checks.choice(BUILTIN_ASSETS), help="build the demo's files if missing")
+    builtin_assets: str | None = key(None, check=ok.choice(BUILTIN_ASSETS), help="build the demo's files if missing")
 
     def to_job_dict(self) -> dict[str, Any]:
         """This spec as a job file would say it (absolute paths): ``parse_job`` of it gives it back."""

@@ -1,0 +1,112 @@
+"""``--resume RUN_DIR``: the run that stopped, continued as its own.
+
+The job is the run's ``job.yaml``; ``--set`` may change what can change mid-run (more
+epochs, what counts as success, logging and deadlines) and is refused, one line, for a
+key the checkpoints were trained under. The hosts, launcher, SSH config, work folder and
+cache are those its last plan recorded (``plan-attempt-N.json``), unless the command
+line gives others, which the console then names; a run whose hosts came from a Slurm
+allocation takes the nodes of the allocation it resumes in.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+
+from cluster.errors import InputError
+from cluster.hosts import HostSpec
+from launcher.data import runstate
+from launcher.plan import Plan, plan_from_json
+from launcher.run.config import Attempt, LaunchConfig
+from launcher.run.kinds import kind_of
+from launcher.spec.jobspec import JobSpec, load_job
+
+# What --set may change when a run resumes: nothing its checkpoints were trained under.
+CHANGEABLE = ("train.epochs", "train.log_every_batches", "train.step_timing", "expect.", "cluster.max_restarts",
+              "cluster.min_hosts", "cluster.startup_timeout_s", "cluster.progress_timeout_s", "cluster.host_silence_s")
+
+
+def resumed_job(run_dir: str, overrides: tuple[str, ...]) -> tuple[JobSpec, Attempt]:
+    """The job (with the ``--set`` items that may change mid-run) and the next attempt of a stopped run."""
+    job_path = os.path.join(run_dir, "job.yaml")
+    if not os.path.isfile(job_path):
+        raise InputError(run_dir, "is not an mxft run directory (no job.yaml)", hint="give the folder a launch printed")
+    if runstate.running_launcher(run_dir) is not None:
+        raise InputError(run_dir, "this run is still running", hint=f"stop it first: mxft-launch stop {run_dir}")
+    job = load_job(job_path)
+    if not kind_of(job).resumable:
+        raise InputError(run_dir, "command-mode runs cannot be resumed", hint="launch the command again")
+    if overrides:
+        job = _changed_only_where_it_may(job, load_job(job_path, overrides=overrides))
+    attempts = runstate.read_attempts(run_dir)
+    run_id = next((a["run_id"] for a in attempts if "run_id" in a), os.path.basename(os.path.normpath(run_dir)))
+    checkpoint = runstate.latest_checkpoint(run_dir)
+    if checkpoint is not None and checkpoint.epoch >= job.train.epochs:
+        raise InputError(run_dir, f"all {job.train.epochs} epochs are done already",
+                         hint=f"see result.json, or train on: --resume {run_dir} --set train.epochs=N")
+    number = max((a.get("attempt", 0) for a in attempts), default=0) + 1
+    return job, Attempt(run_id, run_dir, number, checkpoint)
+
+
+def _flat(value, prefix: str = "") -> dict[str, object]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    return {key: item for name, sub in value.items() for key, item in _flat(sub, f"{prefix}{name}.").items()} \
+        if value else {prefix: value}
+
+
+def _changed_only_where_it_may(job: JobSpec, changed: JobSpec) -> JobSpec:
+    """``changed`` when every key ``--set`` changed may change mid-run; InputError naming the first that may not."""
+    before, after = _flat(job.to_job_dict()), _flat(changed.to_job_dict())
+    for key in sorted(set(before) | set(after)):
+        name = key.rstrip(".")
+        if before.get(key) != after.get(key) and not name.startswith(CHANGEABLE):
+            raise InputError(f"--set {name}", f"cannot change when a run resumes: its checkpoints were trained with "
+                             f"{before.get(key)!r}", hint="launch a new run with it; a resume may change "
+                             + ", ".join(k.rstrip(".") + ("*" if k.endswith(".") else "") for k in CHANGEABLE))
+    return changed
+
+
+def recorded_plan(run_dir: str) -> Plan | None:
+    """The plan of the run's last attempt that planned (plan.json, plan-attempt-N.json); None if it has none that
+    this mxft can read (it never started, or an older mxft wrote it)."""
+    numbered = sorted(glob.glob(os.path.join(run_dir, "plan-attempt-*.json")),
+                      key=lambda path: int(re.sub(r"\D", "", os.path.basename(path)) or 0))
+    for path in [*reversed(numbered), os.path.join(run_dir, "plan.json")]:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return plan_from_json(handle.read(), path)
+        except (OSError, ValueError, InputError):
+            continue
+    return None
+
+
+def resumed_where(config: LaunchConfig, run_dir: str, hosts_of) -> tuple[LaunchConfig, tuple[HostSpec, ...], str]:
+    """(settings, hosts, a note for the console): the run's own where the command line gives none.
+
+    ``hosts_of(config)`` reads the hosts a configuration names (``launch._hosts``).
+    """
+    recorded = recorded_plan(run_dir)
+    if recorded is None:
+        return config, hosts_of(config), ""
+    facts, given = recorded.facts, config.given
+    config = dataclasses.replace(
+        config, launcher=config.launcher if "launcher" in given else facts.launcher,
+        remote_dir=config.remote_dir if "remote_dir" in given else facts.remote_dir,
+        cache_dir=config.cache_dir if "cache_dir" in given else facts.cache_dir,
+        ssh=config.ssh if "ssh_config" in given else dataclasses.replace(config.ssh, ssh_config=facts.ssh.ssh_config))
+    source = next((a.get("hosts_from") for a in reversed(runstate.read_attempts(run_dir)) if "hosts_from" in a), None)
+    if "hosts" not in given:
+        if source == "slurm":  # the nodes of the allocation it resumes in
+            return config, hosts_of(dataclasses.replace(config, hosts_path="slurm")), ""
+        return dataclasses.replace(config, hosts_path=source), recorded.hosts, ""
+    hosts = hosts_of(config)
+    was, now = [h.label for h in recorded.hosts], [h.label for h in hosts]
+    if was == now:
+        return config, hosts, ""
+    added, left = [label for label in now if label not in was], [label for label in was if label not in now]
+    return config, hosts, ("[mxft] resuming on other hosts than the run's (--hosts): "
+                           + "; ".join(part for part in (f"adds {', '.join(added)}" if added else "",
+                                                         f"leaves out {', '.join(left)}" if left else "") if part)
+                           + ("" if added or left else "the same hosts in another order"))

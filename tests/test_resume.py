@@ -1,0 +1,75 @@
+"""A resume is the run's own (issue 27): its hosts, launcher, SSH config and work folder come from its record, so
+the hint printed after a stop works as printed; ``--set`` may change what can change mid-run and nothing else; the
+plan names the checkpoint it continues from."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import pytest
+
+from testing.processes import run_id_from
+from tests.helpers import (demo_job, hosts_file, no_processes_left, run_launch, ssh_args, start_launch, wait_until,
+                           write_job)
+
+
+def _bad(result) -> str:
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.timeout(300)
+def test_set_on_resume_extends_a_run_and_refuses_what_its_checkpoints_were_trained_under(tmp_path, demo_assets):
+    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 2}))
+    done = run_launch([job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    run_dir = str(tmp_path / "runs" / run_id_from(done.stdout))
+    assert _bad(run_launch(["--resume", run_dir], cwd=str(tmp_path))).endswith(
+        f"all 2 epochs are done already (see result.json, or train on: --resume {run_dir} --set train.epochs=N)")
+    line = _bad(run_launch(["--resume", run_dir, "--set", "train.optimizer=adam"], cwd=str(tmp_path)))
+    assert line.startswith("mxft-launch: error: --set train.optimizer: cannot change when a run resumes: its "
+                           "checkpoints were trained with 'sgd' (launch a new run with it; a resume may change "
+                           "train.epochs, "), line
+    assert "--set train.epochs" in _bad(run_launch(["--resume", run_dir, "--set", "train.epochs=abc"],
+                                                   cwd=str(tmp_path)))
+    dry = run_launch(["--resume", run_dir, "--set", "train.epochs=3", "--dry-run"], cwd=str(tmp_path))
+    assert dry.returncode == 0, dry.stderr
+    assert re.search(rf"  resume     attempt 2: from the checkpoint of epoch 2, {run_dir}/checkpoints/\S+",
+                     dry.stdout), dry.stdout
+    assert "training   3 epochs" in dry.stdout
+    more = run_launch(["--resume", run_dir, "--set", "train.epochs=3"], cwd=str(tmp_path))
+    assert more.returncode == 0, more.stdout[-2000:] + more.stderr
+    result = json.loads(open(os.path.join(run_dir, "result.json"), encoding="utf-8").read())
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2, 3]
+    assert [(a["attempt"], a["outcome"], a.get("begin_epoch")) for a in result["attempts"]] == [
+        (1, "succeeded", 0), (2, "succeeded", 2)]
+
+
+@pytest.mark.timeout(300)
+def test_a_stopped_run_on_three_hosts_resumes_on_them_with_the_hint_as_printed(hosts3, tmp_path, demo_assets):
+    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 4},
+                                                    cluster={"workers": 3, "servers": 2}))
+    runs = tmp_path / "runs"
+    args = ssh_args(hosts3, hosts_file(hosts3, tmp_path)) + [job, "--run-root", str(runs)]
+    proc, run_id, _ = start_launch(args, cwd=str(tmp_path), until="epoch 2 done")
+    run_dir = runs / run_id
+    wait_until(lambda: (run_dir / "checkpoints" / "checkpoint-0001.json").exists(), what="epoch 1's checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    hint = re.search(r"continue with: (mxft-launch --resume \S+)", stderr)
+    assert hint and hint.group(1) == f"mxft-launch --resume {run_dir}", stderr
+    assert no_processes_left(hosts3, run_id) == {}
+    os.remove(tmp_path / "hosts.txt")  # the run's own record is all the resume has
+    resumed = run_launch(hint.group(1).split()[1:], cwd=str(tmp_path))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
+    first, second = (json.loads(open(run_dir / name, encoding="utf-8").read())
+                     for name in ("plan.json", "plan-attempt-2.json"))
+    assert [h["name"] for h in second["hosts"]] == [h["name"] for h in first["hosts"]] == \
+        [h.address for h in hosts3.hosts]
+    assert second["facts"]["remote_dir"] == "/srv/mxft-host" and second["facts"]["ssh"] == first["facts"]["ssh"]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2, 3, 4]
+    assert [a["outcome"] for a in result["attempts"]] == ["interrupted", "succeeded"]
+    assert no_processes_left(hosts3, run_id) == {}
