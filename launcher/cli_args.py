@@ -226,6 +226,10 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
         parser.add_argument(f"--env-{role}", action="append", default=[], metavar="NAME[=VALUE]",
                             help=f"set for {role} processes only (launch.py's NAME:VALUE also works)")
     parser.add_argument("--name", default=None, help="run name (default: the program's name)")
+    parser.add_argument("--plain-python", action="store_true",
+                        help="run 'python SCRIPT' / 'python -m MODULE' as given; by default an uncaught exception "
+                             "ends such a process at once (code 1) rather than in MXNet's finalisation, which waits "
+                             "for the other workers and hangs the run")
     parser.add_argument("--p3", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)  # always, in command mode
     add_shared_options(parser, environ, launcher_option=False)
@@ -252,7 +256,8 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
         name=args.name or _name_of(command), source="the command line", argv=tuple(command),
         workers=args.num_workers, servers=args.num_servers or args.num_workers,
         env=parse_env(args.env, environ=environ, option="--env"),
-        role_env={role: env for role, env in roles.items() if env}, workdir=os.getcwd(), sync_dir=args.sync_dir)
+        role_env={role: env for role, env in roles.items() if env}, workdir=os.getcwd(), sync_dir=args.sync_dir,
+        plain_python=args.plain_python)
     return LaunchConfig("", None if launcher == "local" else args.hosts, args.dry_run, args.run_root, args.cache_dir,
                         args.remote_dir, ssh_options(args), command=spec, probe=args.probe,
                         save_plan=args.save_plan or "",

@@ -103,7 +103,7 @@ def test_command_plan_literal_on_two_hosts():
         (Role.WORKER, 1, "b", "/home/b/job"), (Role.WORKER, 2, "a", "/home/a/job")]
     worker1 = plan.processes[4]
     assert worker1.argv == ("/py", "/w/b/code/h/trainer/remote.py", "--pid-file", "/w/b/runs/t-1/pids/worker-1.pid",
-                            "--", "/py", "t.py", "a b")
+                            "--", "/py", "/w/b/code/h/trainer/pyrun.py", "t.py", "a b")
     assert worker1.env_dict == {"A": "1", "DMLC_PS_ROOT_URI": "10.0.0.1", "DMLC_PS_ROOT_PORT": "9000",
                                 "DMLC_NUM_SERVER": "2", "DMLC_NUM_WORKER": "3", "DMLC_ROLE": "worker",
                                 "DMLC_NODE_HOST": "10.0.0.2", "PYTHONUNBUFFERED": "1", "MXFT_RUN_ID": "t-1"}
@@ -112,6 +112,24 @@ def test_command_plan_literal_on_two_hosts():
         Transfer("b", "/code/trainer/remote.py", "/w/b/code/h/trainer/remote.py", "code"),
         Transfer("b", "/home/me/job/t.py", "/home/b/job/t.py", "run"),
         Transfer("b", "/home/me/job/lib/u.py", "/home/b/job/lib/u.py", "run")]
+
+
+def test_python_programs_end_at_once_after_an_exception_unless_run_plain():
+    """``python SCRIPT`` and ``python -m MODULE`` start through trainer/pyrun.py; other forms and --plain-python as
+    given (the command's own argv is what a user reads in the plan)."""
+    facts = Facts(run_id="t", run_dir="/r", cache_dir="/c", scheduler_port=1, code_dir="/code", train_fingerprint="",
+                  hosts={"localhost": HostFacts("127.0.0.1", "/py", 2)})
+
+    def worker_argv(argv, **given) -> tuple[str, ...]:
+        spec = CommandSpec("t", "cli", argv, workers=1, servers=1, workdir="/w", **given)
+        return make_plan(spec, [HostSpec("localhost")], facts).processes[-1].argv
+
+    assert worker_argv(("python", "t.py", "-x")) == ("/py", "/code/trainer/pyrun.py", "t.py", "-x")
+    assert worker_argv(("python3", "-m", "pkg.train", "-x")) == ("/py", "/code/trainer/pyrun.py", "-m", "pkg.train",
+                                                                 "-x")
+    assert worker_argv(("python", "-c", "print(1)")) == ("/py", "-c", "print(1)")
+    assert worker_argv(("python", "t.py"), plain_python=True) == ("/py", "t.py")
+    assert worker_argv(("./train.sh",)) == ("./train.sh",)
 
 
 def test_slots_limit_workers_per_host():
@@ -156,6 +174,19 @@ def test_failing_worker_fails_the_launch_with_its_root_cause(tmp_path):
     first = done.stderr.splitlines()[0]
     assert first.startswith("mxft-launch: job failed: worker ") and first.endswith("exited with code 3"), first
     assert "rank 1 fails on purpose" in done.stderr
+    assert wait_gone(run_id_from(done.stdout)) == []
+
+
+@pslite
+def test_a_worker_that_raises_ends_the_launch_at_once_naming_it(tmp_path):
+    """Issue 27: one worker raises after its first push while the others go on to the next; without pyrun.py it waited
+    in MXNet's finalisation for them, and they for it, until the launch was killed."""
+    done = run_launch(["-n", "3", "-s", "1", "--run-root", str(tmp_path), "--", "python", "pslite_check.py",
+                       "--raise-rank", "1", "--rounds", "50"], cwd=PROGRAM_DIR, timeout_s=120)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith("mxft-launch: job failed: worker ") and first.endswith("exited with code 1"), first
+    assert "RuntimeError: rank 1 raises on purpose after round 1" in done.stderr
     assert wait_gone(run_id_from(done.stdout)) == []
 
 

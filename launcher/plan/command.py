@@ -60,6 +60,15 @@ def remote_path(path: str, home: str) -> str:
     return path
 
 
+def ends_on_exception(spec: CommandSpec, code_dir: str) -> tuple[str, ...]:
+    """``trainer/pyrun.py`` in front of a ``python SCRIPT`` or ``python -m MODULE`` command: an uncaught exception
+    then ends its process at once (code 1) instead of waiting in MXNet's finalisation for workers that wait for it.
+    Other forms (``-c``, interpreter options) and ``plain_python`` run as given."""
+    rest = spec.argv[1:]
+    wrappable = bool(rest) and (rest[0] == "-m" and len(rest) > 1 or not rest[0].startswith("-"))
+    return () if spec.plain_python or not wrappable else (f"{code_dir}/trainer/pyrun.py",)
+
+
 def make_command_plan(spec: CommandSpec, hosts: Sequence[HostSpec], facts: Facts) -> Plan:
     """Place scheduler, servers and workers like a recipe; every one runs ``spec.argv``.
 
@@ -79,8 +88,8 @@ def make_command_plan(spec: CommandSpec, hosts: Sequence[HostSpec], facts: Facts
     def program(role: Role, rank: int, host: HostSpec) -> Program:
         layout, host_facts = placement.layouts[host.label], facts.hosts[host.label]
         argv = spec.argv
-        if argv[0] in ("python", "python3"):
-            argv = (host_facts.python,) + argv[1:]  # this launcher's Python, or the one preflight checked there
+        if argv[0] in ("python", "python3"):  # this launcher's Python, or the one preflight checked there
+            argv = (host_facts.python, *ends_on_exception(spec, layout.code_dir), *argv[1:])
         cwd = spec.workdir if layout.local or not spec.sync_dir else remote_path(spec.sync_dir, host_facts.home)
         return Program(argv, spec.env_for(role.value), cwd, remote_wrapper=(f"{layout.code_dir}/trainer/remote.py",))
 

@@ -29,6 +29,7 @@ class CommandSpec:
     role_env: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)  # role -> env
     workdir: str = ""                                  # local folder the command runs in (and --sync-dir copies)
     sync_dir: str | None = None                        # where remote hosts get a copy of workdir
+    plain_python: bool = False                         # True: python programs run as given (no trainer/pyrun.py)
 
     def env_for(self, role: str) -> dict[str, str]:
         return {**self.env, **self.role_env.get(role, {})}
@@ -41,6 +42,8 @@ class CommandSpec:
             out["env"] = plain({**self.env, **{role: dict(values) for role, values in self.role_env.items()}})
         if self.sync_dir:
             out["sync_dir"] = self.sync_dir
+        if self.plain_python:
+            out["plain_python"] = True
         return out
 
 
@@ -51,8 +54,9 @@ def parse_command_job(raw: dict, lines: Mapping[tuple, Any], source: str) -> Com
         cluster: {workers: 3, servers: 2}
         env: {OMP_NUM_THREADS: 1, worker: {MXNET_ENGINE_TYPE: NaiveEngine}}
         sync_dir: ~/jobs/train        # copy workdir (default: the job file's folder) there on each host
+        plain_python: true            # run `python ...` as given (default: it ends at once after an exception)
     """
-    top = Fields(source, lines, raw, (), ("name", "command", "cluster", "env", "workdir", "sync_dir"))
+    top = Fields(source, lines, raw, (), ("name", "command", "cluster", "env", "workdir", "sync_dir", "plain_python"))
     argv = top.get("command", ok.argv)
     # No startup_timeout_s: a command emits no join events to time (the recipe's workers do).
     cluster_f = top.section("cluster", ("workers", "servers"))
@@ -78,5 +82,6 @@ def parse_command_job(raw: dict, lines: Mapping[tuple, Any], source: str) -> Com
         role_env=by_role,
         workdir=os.path.normpath(os.path.join(base_dir, os.path.expanduser(workdir))),
         sync_dir=top.get("sync_dir", ok.text, None),
+        plain_python=top.get("plain_python", ok.boolean, False),
     )
 

@@ -7,7 +7,8 @@ they import mxnet). Each worker checks that its own argv after ``--`` equals the
 list (what the launcher was given), that ``--expect-env NAME=VALUE`` holds (or
 ``--expect-env-sha256 NAME=HEX``, for a value that must not appear on a command line), pushes
 ``rank + 1`` into a small key and a key big enough to be split over every server,
-and checks the pulled sums on every worker. ``--fail-rank R`` makes rank R exit 3.
+and checks the pulled sums on every worker. ``--fail-rank R`` makes rank R exit 3; ``--raise-rank R`` makes rank R
+raise after its first round, while the others go on to the next.
 """
 import argparse
 import hashlib
@@ -22,6 +23,7 @@ parser.add_argument("--expect-json", default="[]")
 parser.add_argument("--expect-env", action="append", default=[])
 parser.add_argument("--expect-env-sha256", action="append", default=[])
 parser.add_argument("--fail-rank", type=int, default=-1)
+parser.add_argument("--raise-rank", type=int, default=-1)
 parser.add_argument("--rounds", type=int, default=3)
 parser.add_argument("words", nargs="*")
 args = parser.parse_args()
@@ -57,5 +59,7 @@ for step in range(args.rounds):
         want = total * (step + 1)
         if not (got == want).all():
             sys.exit(f"key {key} step {step}: pulled {got.min()}..{got.max()}, expected {want} everywhere")
+    if rank == args.raise_rank:
+        raise RuntimeError(f"rank {rank} raises on purpose after round {step + 1}")
 kv._barrier()  # every worker checked before any leaves
 print(f"rank {rank}: all {args.rounds} rounds of push/pull correct (sum {total:g} per round)", flush=True)
