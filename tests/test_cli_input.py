@@ -115,6 +115,27 @@ def test_bad_hosts_line(tmp_path, assets_copy):
     assert line == f"mxft-launch: error: {hosts}:2: slots must be a whole number >= 1, got 'zero'"
 
 
+@pytest.mark.parametrize("train, sets, expected", [
+    ({}, ["train.lr=abc"], "--set train.lr=abc: learning_rate must be a number, not 'abc' (see mx.optimizer.SGD)"),
+    ({}, ["train.lr=-1"], "--set train.lr=-1: learning_rate must be above 0, not -1 (see mx.optimizer.SGD)"),
+    ({}, ["train.optimizer_params.bogus=1"], "--set train.optimizer_params.bogus=1: MXNet's sgd optimizer has no "
+                                             "parameter 'bogus' (it takes: clip_gradient, lazy_update, learning_rate, "
+                                             "momentum, multi_precision, rescale_grad, wd) (see mx.optimizer.SGD)"),
+    ({}, ["train.optimizer_params.lr_scheduler=cosine"], "--set train.optimizer_params.lr_scheduler=cosine: "
+                                                         "lr_scheduler cannot be given by a job (an object: a job "
+                                                         "gives learning-rate warm-up with train.warmup_epochs)"),
+    ({"optimizer": "adam", "optimizer_params": {"learning_rate": 0.001, "momentum": 0.9}}, [],
+     "MXNet's adam optimizer has no parameter 'momentum' (it takes: beta1, beta2, clip_gradient, epsilon, "),
+])
+def test_optimizer_settings_are_checked_before_anything_starts(tmp_path, assets_copy, train, sets, expected):
+    """Issue 27: MXNet itself refused these at the first batch, after every host had been staged; exit 2 now, from
+    mxnet's own optimizer source (parsed, not imported), naming the --set item or the job file's line."""
+    path = job_file(tmp_path, assets_copy, train=train)
+    line = launch_bad(tmp_path, [path] + [arg for item in sets for arg in ("--set", item)])
+    assert line.startswith("mxft-launch: error: ") and expected in line, line
+    assert sets or line.startswith(f"mxft-launch: error: {path}:"), line
+
+
 def test_launcher_does_not_import_mxnet():
     code = "import sys, launcher.cli; assert 'mxnet' not in sys.modules, 'mxnet imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -32,6 +32,7 @@ from typing import Any
 
 from cluster.errors import InputError
 from launcher.spec import checks as ok
+from launcher.spec import optimizers
 from launcher.spec.checks import AUTO, CPUContexts
 from launcher.spec.command_job import CommandSpec, parse_command_job
 from launcher.spec.schema import key, keys_of, plain, read_section, section, to_yaml_dict
@@ -313,6 +314,17 @@ def _check_evaluation(job: JobSpec, top: Fields) -> None:
                    hint="set train.evaluation: worker0, or cluster.kvstore: dist_sync / dist_sync_device")
 
 
+def _check_optimizer(job: JobSpec, top: Fields) -> None:
+    """The optimizer's parameters as MXNet's own optimizer takes them (``launcher.spec.optimizers``): a bad one is
+    named at its line here, not by MXNet's traceback at the first batch after everything was staged."""
+    train = top.section("train", keys_of(type(job.train)))
+    for name, value in job.train.optimizer_params.items():
+        why = optimizers.problem(job.train.optimizer, name, value)
+        if why is not None:
+            reference = optimizers.class_name(job.train.optimizer)
+            train.fail(train.path + ("optimizer_params", name), why, hint=f"see {reference}" if reference else "")
+
+
 def _check_compression(job: JobSpec, top: Fields) -> None:
     """2bit compression quantises every push: of gradients, and also of shared evaluation's sums."""
     if job.cluster.gradient_compression is None:
@@ -348,6 +360,7 @@ def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = Non
     _check_data_source(job, top)
     _check_evaluation(job, top)
     _check_compression(job, top)
+    _check_optimizer(job, top)
     return job if job.name else dataclasses.replace(job, name=os.path.splitext(os.path.basename(source))[0])
 
 
