@@ -108,13 +108,16 @@ def parse_args(argv: list[str] | None) -> Invocation:
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="overrides",
                         help="override a job file value, e.g. --set train.epochs=4 --set train.lr=0.005 "
                              "(checked like the file; the effective job is saved as RUN_DIR/job.yaml)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                        help="set for every process; NAME alone passes this machine's value; never written (a "
+                             "resume passes this machine's value again, or needs NAME=VALUE again)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also show every process's output on the console (it is always in RUN_DIR/logs)")
     args = parser.parse_args(argv)
     if sum(given is not None for given in (args.job, args.resume, args.plan)) != 1:
         parser.error("give a job file, --resume RUN_DIR or --plan FILE")
-    if args.plan and (args.hosts or args.local or args.overrides):
-        parser.error("--plan runs the plan's own job on its own hosts: no --hosts, --local or --set with it")
+    if args.plan and (args.hosts or args.local or args.overrides or args.env):
+        parser.error("--plan runs the plan's own job on its own hosts: no --hosts, --local, --set or --env with it")
     _check_dry_run_options(parser, args)
     if args.max_restarts is not None and args.max_restarts < 0:
         parser.error("--max-restarts must be >= 0")
@@ -126,7 +129,8 @@ def parse_args(argv: list[str] | None) -> Invocation:
     config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
                           ssh_options(args), args.resume, tuple(args.overrides), probe=args.probe,
                           launcher=args.launcher or default_launcher(args.hosts, os.environ), plan_path=args.plan or "",
-                          save_plan=args.save_plan or "", given=given)
+                          save_plan=args.save_plan or "", given=given,
+                          env=parse_env(args.env, environ=os.environ, option="--env"))
     return Invocation(config, args.max_restarts, args.verbose)
 
 

@@ -156,19 +156,20 @@ def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpe
 
 
 def _trainer(job: JobSpec, placement: Placement, facts: Facts, role: Role, rank: int, host: HostSpec) -> Program:
-    """``python -m trainer`` (with ``--config`` for a worker) and its environment: the staged code first on the path,
-    a worker's threads and ps-lite port, one thread for the scheduler and servers."""
-    layout = placement.layouts[host.label]
-    env = {"PYTHONPATH": layout.code_dir,
+    """``python -m trainer`` (with ``--config`` for a worker) and its environment: a worker's threads (one for the
+    scheduler and servers), then the job's own ``env:`` (which may set threads too), then the staged code first on
+    the path and a worker's ps-lite port."""
+    layout, python = placement.layouts[host.label], facts.hosts[host.label].python
+    own = {"PYTHONPATH": layout.code_dir,
            "PYTHONSAFEPATH": "1"}  # -m trainer: a trainer/ in the folder it starts in must not shadow ours
     if role is not Role.WORKER:
-        return Program((facts.hosts[host.label].python, "-m", "trainer"), {**env, "OMP_NUM_THREADS": "1"})
-    env.update(_worker_threads(job, placement, facts, host),
-               MXNET_KVSTORE_BIGARRAY_BOUND=str(job.cluster.bigarray_bound))
+        return Program((python, "-m", "trainer"), {"OMP_NUM_THREADS": "1", **(job.env or {}), **own})
     if facts.worker_ports:
-        env["PORT"] = str(facts.worker_ports[rank])  # ps-lite ranks workers by (address, port)
-    return Program((facts.hosts[host.label].python, "-m", "trainer", "--config",
-                    f"{layout.run_dir}/config/worker-{rank}.json"), env)
+        own["PORT"] = str(facts.worker_ports[rank])  # ps-lite ranks workers by (address, port)
+    defaults = {**_worker_threads(job, placement, facts, host),
+                "MXNET_KVSTORE_BIGARRAY_BOUND": str(job.cluster.bigarray_bound)}
+    return Program((python, "-m", "trainer", "--config", f"{layout.run_dir}/config/worker-{rank}.json"),
+                   {**defaults, **(job.env or {}), **own})
 
 
 def _shards(job: JobSpec, inventory: Inventory, facts: Facts, count: int, *, local: bool) -> tuple[ShardSpec, ...]:

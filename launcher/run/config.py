@@ -3,6 +3,7 @@ plan is for (``Attempt``)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from cluster.ssh import SSHOptions
 from launcher.data import runstate
@@ -27,6 +28,7 @@ class LaunchConfig:
     launcher: str = "ssh"                      # ssh | srun: how remote hosts are reached (cluster.srun)
     plan_path: str = ""                        # --plan FILE: run this saved plan (its job, hosts and facts)
     save_plan: str = ""                        # --dry-run --save-plan FILE: where the CLI writes the plan
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # --env: secret values for every process
     # Which of hosts, launcher, ssh_config, remote_dir and cache_dir the command line gave: --resume takes the
     # others from the run's own record.
     given: frozenset[str] = frozenset({"hosts", "launcher", "ssh_config", "remote_dir", "cache_dir"})

@@ -59,8 +59,13 @@ class FineTuning:
 
     @staticmethod
     def spec_of(plan: Plan, where: str) -> JobSpec:
-        """The job of a saved plan (``--plan``)."""
-        return plan.component.job
+        """The job of a saved plan (``--plan``); not one whose ``--env`` values the plan only names."""
+        job = plan.component.job
+        named = [name for name, value in (job.env or {}).items() if value in ("<from environment>", "<given>")]
+        if named:
+            raise InputError(where, f"this job's processes get {named[0]} from --env, whose value a saved plan "
+                             "never holds", hint="launch the job again instead")
+        return job
 
     @staticmethod
     def inputs(spec: JobSpec, config) -> Inventory:

@@ -246,12 +246,14 @@ def _what_and_where(config: LaunchConfig, console: Console) -> tuple[LaunchConfi
         return config, spec, Attempt(saved.run_id, saved.run_dir), saved.hosts, saved
     if config.resume_dir:
         run_dir = os.path.abspath(config.resume_dir)
-        spec, attempt = resumed_job(run_dir, config.overrides)
+        spec, attempt = resumed_job(run_dir, config.overrides, given_env=config.env)
         config, hosts, note = resumed_where(config, run_dir, _hosts)
         if note:
             console(note)
         return config, spec, attempt, hosts, None
     spec = config.command or load_job(config.job_path, overrides=config.overrides)
+    if config.env:  # --env NAME[=VALUE]: secrets, never written (the job's own env: is part of the job)
+        spec = dataclasses.replace(spec, env={**(spec.env or {}), **config.env})
     return config, spec, _new_attempt(config, spec), _hosts(config), None
 
 

@@ -13,9 +13,11 @@ import dataclasses
 import glob
 import os
 import re
+from collections.abc import Mapping
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
+from cluster.secret import Secret
 from launcher.data import runstate
 from launcher.plan import Plan, plan_from_json
 from launcher.run.config import Attempt, LaunchConfig
@@ -27,8 +29,10 @@ CHANGEABLE = ("train.epochs", "train.log_every_batches", "train.step_timing", "e
               "cluster.min_hosts", "cluster.startup_timeout_s", "cluster.progress_timeout_s", "cluster.host_silence_s")
 
 
-def resumed_job(run_dir: str, overrides: tuple[str, ...]) -> tuple[JobSpec, Attempt]:
-    """The job (with the ``--set`` items that may change mid-run) and the next attempt of a stopped run."""
+def resumed_job(run_dir: str, overrides: tuple[str, ...], *,
+                given_env: Mapping[str, str] | None = None) -> tuple[JobSpec, Attempt]:
+    """The job (with the ``--set`` items that may change mid-run, and its ``--env`` secrets again) and the next
+    attempt of a stopped run."""
     job_path = os.path.join(run_dir, "job.yaml")
     if not os.path.isfile(job_path):
         raise InputError(run_dir, "is not an mxft run directory (no job.yaml)", hint="give the folder a launch printed")
@@ -39,6 +43,8 @@ def resumed_job(run_dir: str, overrides: tuple[str, ...]) -> tuple[JobSpec, Atte
         raise InputError(run_dir, "command-mode runs cannot be resumed", hint="launch the command again")
     if overrides:
         job = _changed_only_where_it_may(job, load_job(job_path, overrides=overrides))
+    if job.env or given_env:
+        job = dataclasses.replace(job, env=_secrets_again(job.env or {}, given_env or {}, os.environ))
     attempts = runstate.read_attempts(run_dir)
     run_id = next((a["run_id"] for a in attempts if "run_id" in a), os.path.basename(os.path.normpath(run_dir)))
     checkpoint = runstate.latest_checkpoint(run_dir)
@@ -47,6 +53,29 @@ def resumed_job(run_dir: str, overrides: tuple[str, ...]) -> tuple[JobSpec, Atte
                          hint=f"see result.json, or train on: --resume {run_dir} --set train.epochs=N")
     number = max((a.get("attempt", 0) for a in attempts), default=0) + 1
     return job, Attempt(run_id, run_dir, number, checkpoint)
+
+
+def _secrets_again(env: Mapping[str, str], given: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The job's environment with the ``--env`` values its record only names: this machine's value again for
+    ``<from environment>``, the resume's own ``--env NAME=VALUE`` for ``<given>``; InputError for one missing.
+
+    >>> env = _secrets_again({"A": "1", "T": "<from environment>"}, {}, {"T": "s3"})
+    >>> env == {"A": "1", "T": "s3"}, env["T"].shown
+    (True, '<from environment>')
+    """
+    out = {**env}
+    for name, value in env.items():
+        if name in given:
+            out[name] = given[name]
+        elif value == "<from environment>":
+            if name not in environ:
+                raise InputError(f"--env {name}", "the run passed this machine's value of it, which is not set now",
+                                 hint=f"set {name} again, or give --env {name}=VALUE")
+            out[name] = Secret(environ[name], "<from environment>")
+        elif value == "<given>":
+            raise InputError(f"--env {name}", "the run was given its value on the command line, which a run never "
+                             "records", hint=f"give it again: --env {name}=VALUE")
+    return {**out, **{name: value for name, value in given.items() if name not in out}}
 
 
 def _flat(value, prefix: str = "") -> dict[str, object]:

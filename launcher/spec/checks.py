@@ -157,6 +157,23 @@ def env_value(value: Any) -> str:
     return Secret(str(value), "<from the job file>")  # passed to the processes, never written by mxft
 
 
+def job_env(value: Any) -> dict[str, str]:
+    """A fine-tuning job's ``env:``: NAME: value, the values part of the job (recorded with it; a secret goes on the
+    command line as ``--env NAME``, which passes this machine's value and writes none)."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and ENV_NAME.fullmatch(k) for k in value) \
+            or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()):
+        raise ValueError("a mapping of NAME: value (a string or number), each NAME letters, digits and '_' "
+                         "(not first a digit)")
+    reserved = next((key for key in value if key in MXFT_SETS or key.startswith("DMLC_")), None)
+    if reserved is not None:
+        raise ValueError(f"names mxft leaves to the job: {reserved} is set by mxft for every process (DMLC_*, "
+                         f"{', '.join(sorted(MXFT_SETS))})")
+    return {key: str(item) for key, item in value.items()}
+
+
+MXFT_SETS = frozenset({"PYTHONPATH", "PYTHONSAFEPATH", "PORT", "MXFT_RUN_ID", "PYTHONUNBUFFERED"})
+
+
 def env_mapping(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and ENV_NAME.fullmatch(k) for k in value):
         raise ValueError("a mapping of NAME: value, each NAME letters, digits and '_' (not first a digit)")

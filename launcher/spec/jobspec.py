@@ -211,6 +211,8 @@ class JobSpec:
     cluster: ClusterSpec = section(ClusterSpec, help="processes, devices, deadlines")
     expect: ExpectSpec = section(ExpectSpec, help="what counts as success")
     builtin_assets: str | None = key(None, check=ok.choice(BUILTIN_ASSETS), help="build the demo's files if missing")
+    env: Mapping[str, str] | None = key(None, check=ok.job_env, help="environment of every process, e.g. "
+                                        "MXNET_CUDNN_AUTOTUNE_DEFAULT: 0 (recorded with the job; a secret: --env NAME)")
 
     def to_job_dict(self) -> dict[str, Any]:
         """This spec as a job file would say it (absolute paths): ``parse_job`` of it gives it back."""
