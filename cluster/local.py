@@ -109,6 +109,12 @@ class LocalTransport:
     starts_in_pool = False          # PR_SET_PDEATHSIG: the child dies with the thread that started it
     watched_by_keepalive = False
 
+    def run(self, argv: Sequence[str], *, timeout_s: float = 60.0) -> tuple[int, str, str]:
+        """Run a command to completion here, as ``SSHHost.run`` does there: (exit code, stdout, stderr)."""
+        done = subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout_s, errors="replace")
+        return done.returncode, done.stdout, done.stderr
+
     def start(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None = None) -> LocalProcess:
         full_env = dict(os.environ)
         full_env.update(env)

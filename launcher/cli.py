@@ -20,11 +20,11 @@ import psutil
 
 from cluster.errors import InputError, Interrupted, JobFailed, MxftError
 from cluster.srun import default_launcher
-from launcher.check_table import table
 from launcher.cli_args import (OVERVIEW, Invocation, add_shared_options, add_ssh_options, is_command_mode,
                                parse_args, parse_command_args, ssh_options)
 from launcher.data import cachefile, runstate
 from launcher.report.console import Console, printable
+from launcher.run.check_table import table
 from launcher.run.clean import clean_hosts, cleanup_lines, load_clean_hosts
 from launcher.run.launch import LaunchConfig, check_hosts, run
 from launcher.status import run_rows, runs_lines, status_lines

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from importlib import metadata
 import subprocess
 import sys
 
@@ -134,6 +135,18 @@ def test_optimizer_settings_are_checked_before_anything_starts(tmp_path, assets_
     line = launch_bad(tmp_path, [path] + [arg for item in sets for arg in ("--set", item)])
     assert line.startswith("mxft-launch: error: ") and expected in line, line
     assert sets or line.startswith(f"mxft-launch: error: {path}:"), line
+
+
+CUDA_BUILD = any((d.metadata["Name"] or "").lower().startswith("mxnet-cu") for d in metadata.distributions())
+
+
+@pytest.mark.skipif(CUDA_BUILD, reason="this machine's mxnet is a CUDA build: the refusal is for a CPU build")
+def test_a_gpu_job_on_this_machine_without_a_cuda_build_is_refused_before_anything_starts(tmp_path, assets_copy):
+    """Issue 28: this machine is preflighted as a remote host is (its mxnet here is a CPU build): exit 2, not every
+    process failing with MXNet's 'Compile with USE_CUDA=1' after they started."""
+    line = launch_bad(tmp_path, [job_file(tmp_path, assets_copy, cluster={"devices": "gpu:1", "workers": 1})])
+    assert line == ("mxft-launch: error: host localhost: the job puts 1 GPUs there but its mxnet has no CUDA "
+                    "(install mxnet-cu* there)"), line
 
 
 def test_launcher_does_not_import_mxnet():

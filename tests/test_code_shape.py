@@ -149,7 +149,9 @@ LAYERS = ("cluster", "trainer", "launcher.spec", "launcher.data", "launcher.plan
 
 
 def _layer(module: str) -> int:
-    return max(i for i, layer in enumerate(LAYERS) if module == layer or module.startswith(layer + "."))
+    """The index of the most specific layer holding ``module`` (``launcher.run.x``: run, not launcher)."""
+    matching = [layer for layer in LAYERS if module == layer or module.startswith(layer + ".")]
+    return LAYERS.index(max(matching, key=len))
 
 
 def test_packages_import_only_the_layers_below_them():

@@ -14,8 +14,8 @@ import sys
 import pytest
 
 from cluster.errors import InputError
-from launcher.check_table import host_row, table
 from launcher.remote.gpu_probe import fatbin_archs, parse_nvidia_smi
+from launcher.run.check_table import host_row, table
 from launcher.run.gpu_check import BuildArchs, Gpu, error_line, gpu_problem
 from launcher.run.preflight import HostReport, Requirements, require_fit
 

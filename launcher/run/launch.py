@@ -22,19 +22,21 @@ from collections.abc import Callable, Mapping, Sequence
 from cluster.backend import Backend
 from cluster.errors import InputError, Interrupted, JobFailed
 from cluster.hosts import HostSpec, load_hosts
+from cluster.local import LocalTransport
 from cluster.slurm import hosts_from_slurm
 from cluster.srun import require_allocation_nodes, require_srun
-from launcher.check_table import HostRow, host_row
 from launcher.data import cachefile, runstate
 from launcher.data.inputs import Inventory
 from launcher.plan import Facts, Plan, Transfer, fact_changes, make_plan, plan_from_json, public_addresses
 from launcher.remote.folder_check import folder_unsafe_reason
 from launcher.report.console import Console
 from launcher.run import facts as facts_for
+from launcher.run.check_table import HostRow, host_row
 from launcher.run.config import Attempt, LaunchConfig
 from launcher.run.execute import execute
 from launcher.run.kinds import Command, FineTuning, kind_of, kind_of_plan
-from launcher.run.preflight import Requirements, local_mxnet_version, probe_all, problems, require_fit
+from launcher.run.preflight import (Requirements, local_mxnet_version, probe_all, probe_host, problems,
+                                    require_fit)
 from launcher.run.reach import require_scheduler_reachable
 from launcher.run.resume import resumed_job, resumed_where
 from launcher.spec.command_job import CommandSpec
@@ -154,6 +156,8 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
     plan = make_plan(spec, hosts, facts, inventory=inventory)
     if saved is not None:
         _require_same_plan(saved, plan, config.plan_path)
+    if hosts[0].is_local and not config.dry_run:
+        _require_this_machine_fits(config, plan, inventory)
     if reports:
         require_fit(reports, _requirements(config, plan, inventory))
         if not config.dry_run:  # a dry run starts nothing, not even the check's listener
@@ -165,6 +169,15 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
     for note in kind.notes(spec, hosts) if echo else ():
         echo(f"[mxft] {note}")
     return plan
+
+
+def _require_this_machine_fits(config: LaunchConfig, plan: Plan, inventory: Inventory | None) -> None:
+    """A job that puts GPUs on this machine: its own mxnet and GPUs checked as preflight checks a remote host's
+    (a CPU build fails here, exit 2, instead of in every process after they started)."""
+    need = _requirements(config, plan, inventory)
+    if any(need.gpus_per_host.values()):
+        here = HostSpec("localhost", python=sys.executable)
+        require_fit([probe_host(LocalTransport(), here, config.cache_dir)], need)
 
 
 def _require_same_plan(saved: Plan, plan: Plan, where: str) -> None:
