@@ -61,10 +61,8 @@ class FineTuning:
     def spec_of(plan: Plan, where: str) -> JobSpec:
         """The job of a saved plan (``--plan``); not one whose ``--env`` values the plan only names."""
         job = plan.component.job
-        named = [name for name, value in (job.env or {}).items() if value in ("<from environment>", "<given>")]
-        if named:
-            raise InputError(where, f"this job's processes get {named[0]} from --env, whose value a saved plan "
-                             "never holds", hint="launch the job again instead")
+        _refuse_unheld([name for name, value in (job.env or {}).items() if value in ("<from environment>", "<given>")],
+                       where, what="job", given="--env")
         return job
 
     @staticmethod
@@ -147,6 +145,13 @@ class FineTuning:
                         f"{_evaluated_by(plan)})"]
 
 
+def _refuse_unheld(names: list[str], where: str, *, what: str, given: str) -> None:
+    """A saved plan shows where a secret value came from, never the value: one that needs such values cannot run."""
+    if names:
+        raise InputError(where, f"this {what}'s processes get {names[0]} from {given}, whose value a saved plan "
+                         "never holds", hint=f"launch the {what} again instead")
+
+
 def _throughput(plan: Plan, result: dict) -> list[str]:
     """Per-worker throughput and where the time went."""
     per_worker = result.get("images_per_s_per_worker") or {}
@@ -206,10 +211,8 @@ class Command:
         """The command of a saved plan (``--plan``); not one that passes values of its own (a plan never holds
         them: it shows where they came from)."""
         spec = plan.component.spec
-        names = [*spec.env, *(name for env in spec.role_env.values() for name in env)]
-        if names:
-            raise InputError(where, f"this command's processes get {names[0]} from --env or env:, whose value a "
-                             "saved plan never holds", hint="launch the command again instead")
+        _refuse_unheld([*spec.env, *(name for env in spec.role_env.values() for name in env)], where,
+                       what="command", given="--env or env:")
         return spec
 
     @staticmethod
