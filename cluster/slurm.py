@@ -21,6 +21,7 @@ from cluster.hosts import MAX_HOSTS, MAX_SLOTS, HostSpec
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")   # a host name or address: never an option of ssh
 LIST_BYTES = 256 * MAX_HOSTS   # scontrol's output read at the most (a name a line)
+LIST_CHARS = 64 << 10          # a node list longer than this is no allocation's (and near the kernel's limit on argv)
 SCONTROL_TIMEOUT_S = 10
 
 
@@ -29,25 +30,16 @@ def allocation_nodes(nodelist: str, environ: Mapping[str, str]) -> list[str]:
     configuration), at most MAX_HOSTS; ValueError naming what is wrong."""
     given = {**os.environ, **environ}
     env = {name: given[name] for name in ("PATH", "HOME", "SLURM_CONF") if name in given}  # where its config is
-    if "\0" in nodelist:
-        raise ValueError("the node list holds a NUL character")
+    if "\0" in nodelist or len(nodelist) > LIST_CHARS:
+        raise ValueError(f"the node list is not one Slurm writes ({len(nodelist)} characters, or a NUL)")
     scontrol = shutil.which("scontrol", path=env.get("PATH") or os.defpath)
     if scontrol is None:
         raise ValueError("Slurm's scontrol is not installed here, and it is what expands the allocation's node list")
-    with subprocess.Popen([scontrol, "show", "hostnames", "--", nodelist], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
-        expired = threading.Event()
-        timer = threading.Timer(SCONTROL_TIMEOUT_S, lambda: (expired.set(), proc.kill()))  # a deadline, not a hang
-        timer.start()
-        try:
-            out, err = proc.stdout.read(LIST_BYTES + 1), proc.stderr.read(4096)
-            proc.kill()  # done, or more than the bound
-        finally:
-            timer.cancel()
-    if expired.is_set():
+    out, err, code, expired = _bounded_output([scontrol, "show", "hostnames", "--", nodelist], env)
+    if expired:
         raise ValueError(f"scontrol show hostnames did not answer within {SCONTROL_TIMEOUT_S} s")
     said = err.decode(errors="replace").strip().splitlines()
-    if proc.returncode not in (0, -9) or (said and not out):
+    if code not in (0, -9) or (said and not out):
         raise ValueError(f"Slurm cannot expand node list {_short(nodelist)}: {(said or ['no reason given'])[-1][:200]}")
     names = out.decode(errors="replace").split()
     if len(out) > LIST_BYTES or len(names) > MAX_HOSTS:
@@ -57,7 +49,35 @@ def allocation_nodes(nodelist: str, environ: Mapping[str, str]) -> list[str]:
         raise ValueError(f"Slurm expands node list {_short(nodelist)} to {bad!r}, which is not a host name")
     if not names:
         raise ValueError(f"node list {_short(nodelist)} names no node")
+    twice = next((name for name in names if names.count(name) > 1), None) if len(set(names)) < len(names) else None
+    if twice is not None:
+        raise ValueError(f"node list {_short(nodelist)} names {twice} twice")
     return names
+
+
+def _bounded_output(argv: list[str], env: Mapping[str, str]) -> tuple[bytes, bytes, int, bool]:
+    """(the first LIST_BYTES + 1 bytes of stdout, of stderr 4 KiB, the exit code (-9: killed when its output
+    ended or went over the bound), whether the deadline passed); stderr is drained meanwhile, so it never blocks."""
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=env) as proc:
+        expired, err = threading.Event(), bytearray()
+        timer = threading.Timer(SCONTROL_TIMEOUT_S, lambda: (expired.set(), proc.kill()))  # a deadline, not a hang
+        drain = threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True)
+        timer.start()
+        drain.start()
+        try:
+            out = proc.stdout.read(LIST_BYTES + 1)
+            proc.kill()  # done, or more than the bound
+            drain.join(SCONTROL_TIMEOUT_S)
+        finally:
+            timer.cancel()
+    return out, bytes(err[:4096]), proc.returncode, expired.is_set()
+
+
+def _drain(stream, kept: bytearray) -> None:
+    while chunk := stream.read(4096):
+        if len(kept) < 4096:
+            kept += chunk
 
 
 def _short(text: str) -> str:

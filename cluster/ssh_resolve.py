@@ -116,7 +116,7 @@ def resolve_target(name: str, *, port: int | None = None, user: str | None = Non
     command = one("proxycommand", "none")
     proxy = None if hops or command.lower() == "none" else _expand(command, tokens)
     identities = tuple(path for path in (_expand_path(f, tokens) for f in found.get("identityfile", ()))
-                       if os.path.isfile(path))
+                       if os.path.isabs(path) and os.path.isfile(path))
     return SSHTarget(name, hostname, port, user, alias, lookup, hops, proxy, ssh_config, identities)
 
 
@@ -158,8 +158,10 @@ def _parse_hop(text: str) -> tuple[str | None, str, int | None]:
 def _file_list(value: str) -> tuple[str, ...]:
     """A known-hosts file list as ``ssh -G`` prints it (``~`` and tokens expanded already); ``none`` is no file.
 
-    OpenSSH prints the list unquoted: a word that does not start with ``/`` continues the path before it (``/k/with
-    space``), so paths with spaces come back whole unless a space is followed by ``/`` in one.
+    OpenSSH prints the list unquoted: a word that does not start with ``/`` or ``~`` continues the path before it
+    (``/k/with space``), so paths with spaces come back whole unless a space is followed by ``/`` in one. An OpenSSH
+    that leaves ``~`` unexpanded (8.3 and older) gets it expanded here, to the account's home; a path that is still
+    not absolute is left out (it would name a file in whatever folder the launch started from).
 
     >>> _file_list("/root/.ssh/k1 /root/k 2 /k/10.0.0.7-2222"), _file_list("none")
     (('/root/.ssh/k1', '/root/k 2', '/k/10.0.0.7-2222'), ())
@@ -168,11 +170,12 @@ def _file_list(value: str) -> tuple[str, ...]:
         return ()
     paths: list[str] = []
     for word in value.split(" "):
-        if paths and not word.startswith("/"):
+        if paths and not word.startswith(("/", "~")):
             paths[-1] += " " + word
         else:
             paths.append(word)
-    return tuple(os.path.abspath(path) for path in paths if path)
+    expanded = (_expand_path(path, {}) if path.startswith("~") else path for path in paths if path)
+    return tuple(os.path.normpath(path) for path in expanded if os.path.isabs(path))
 
 
 def _expand(text: str, tokens: dict[str, str]) -> str:
@@ -181,7 +184,8 @@ def _expand(text: str, tokens: dict[str, str]) -> str:
 
 
 def _expand_path(word: str, tokens: dict[str, str]) -> str:
-    """An IdentityFile as OpenSSH finds it: ``~`` (the account's home), ``~user``, ``%`` tokens."""
+    """An IdentityFile as OpenSSH finds it: ``~`` (the account's home), ``~user``, ``%`` tokens (a path that is
+    then not absolute is returned as it is: callers take absolute ones only)."""
     if word == "~" or word.startswith("~/"):
         word = account_home() + word[1:]
     elif word.startswith("~"):
@@ -190,7 +194,7 @@ def _expand_path(word: str, tokens: dict[str, str]) -> str:
             word = os.path.join(pwd.getpwnam(user).pw_dir, rest)
         except KeyError:
             pass
-    return os.path.abspath(_expand(word, tokens))
+    return _expand(word, tokens)
 
 
 def _home_note() -> str:

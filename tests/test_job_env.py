@@ -68,3 +68,14 @@ def test_a_job_cannot_set_what_mxft_sets(tmp_path, demo_assets):
     line = _bad(run_launch([job, "--dry-run"], cwd=str(tmp_path)))
     assert line.startswith(f"mxft-launch: error: {job}:") and \
         "env must be names mxft leaves to the job: DMLC_ROLE is set by mxft for every process" in line, line
+
+
+@pytest.mark.timeout(60)
+def test_a_secret_looking_job_env_is_pointed_at_env_and_mxfts_names_are_refused(tmp_path, demo_assets):
+    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, env={"WANDB_API_KEY": "abc"}))
+    dry = run_launch([job, "--dry-run"], cwd=str(tmp_path))
+    assert dry.returncode == 0, dry.stderr
+    assert "[mxft] note: env: WANDB_API_KEY looks like a secret, and env: values are recorded with the run " \
+           "(job.yaml, plan.json) and on remote command lines; pass it with --env WANDB_API_KEY instead" in dry.stdout
+    assert _bad(run_launch([job, "--env", "DMLC_ROLE=server", "--dry-run"], cwd=str(tmp_path))) == \
+        "mxft-launch: error: --env DMLC_ROLE: is set by mxft for every process (leave it to mxft)"

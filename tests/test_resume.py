@@ -73,3 +73,18 @@ def test_a_stopped_run_on_three_hosts_resumes_on_them_with_the_hint_as_printed(h
     assert [e["epoch"] for e in result["epochs"]] == [1, 2, 3, 4]
     assert [a["outcome"] for a in result["attempts"]] == ["interrupted", "succeeded"]
     assert no_processes_left(hosts3, run_id) == {}
+
+
+@pytest.mark.timeout(30)
+def test_a_run_folder_others_may_write_is_not_resumed(tmp_path):
+    """What a run folder records decides what runs where on a resume: one another user could change is refused."""
+    run_dir = tmp_path / "runs" / "demo-20261207-120000-abcd1234"
+    run_dir.mkdir(parents=True)
+    (run_dir / "job.yaml").write_text("num_classes: 2\nmodel: {prefix: /m}\ndata: {train: /t.rec, val: /v.rec}\n")
+    os.chmod(run_dir, 0o777)
+    assert _bad(run_launch(["--resume", str(run_dir)], cwd=str(tmp_path))).startswith(
+        f"mxft-launch: error: {run_dir}: ")
+    os.chmod(run_dir, 0o700)
+    (run_dir / "attempts.jsonl").write_text(json.dumps({"attempt": 1, "run_id": "../../elsewhere"}) + "\n")
+    assert _bad(run_launch(["--resume", str(run_dir)], cwd=str(tmp_path))) == (
+        f"mxft-launch: error: {run_dir}/attempts.jsonl: names the run '../../elsewhere', which is not a run id")

@@ -136,3 +136,42 @@ def test_a_saved_command_plan_with_environment_values_is_refused(tmp_path):
     assert _bad(run_launch(["--plan", path], cwd=str(tmp_path))) == (
         f"mxft-launch: error: {path}: this command's processes get TOKEN from --env or env:, whose value a saved plan "
         "never holds (launch the command again instead)")
+
+
+def _write(tmp_path, data: dict, name: str = "p.json", mode: int = 0o600) -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    os.chmod(path, mode)
+    return str(path)
+
+
+@pytest.mark.timeout(30)
+def test_a_plan_file_is_a_program_and_is_checked_as_one(tmp_path):
+    """A plan decides what runs where, as you: a file others may write is refused, and a plan must hold nothing a
+    launch could not have made (its job, hosts, run id and trust settings pass their own rules)."""
+    good = json.loads(plans()["fine-tuning on two hosts"].to_json())
+
+    def refusal(data: dict, **writing) -> str:
+        with pytest.raises(InputError) as refused:
+            saved_plan(_write(tmp_path, data, **writing))
+        return refused.value.message
+
+    assert saved_plan(_write(tmp_path, good)) == plans()["fine-tuning on two hosts"]
+    assert "may be written by others" in refusal(good, mode=0o622)
+    changed = json.loads(json.dumps(good))
+    changed["facts"]["run_id"], changed["facts"]["run_dir"] = "../../etc", "/runs/../../etc"
+    assert refusal(changed).startswith("its run id '../../etc' and folder")
+    changed = json.loads(json.dumps(good))
+    changed["hosts"][1]["name"] = "-oProxyCommand=touch /tmp/owned"
+    assert refusal(changed) == "'-oProxyCommand=touch' is not a host name or address"  # the hosts file's rule
+    changed = json.loads(json.dumps(good))
+    changed["component"]["job"]["cluster"]["workers"] = 10 ** 9
+    assert refusal(changed).startswith("its job is not one a job file can say")
+    changed = json.loads(json.dumps(good))
+    changed["facts"]["ssh"]["accept_new_host_keys"] = True
+    assert refusal(changed) == "it would accept new host keys, which only the command line may ask for"
+    text = json.dumps(good).replace('"connect_timeout_s": 10.0', '"connect_timeout_s": NaN')
+    (tmp_path / "nan.json").write_text(text)
+    os.chmod(tmp_path / "nan.json", 0o600)
+    with pytest.raises(InputError, match="NaN is not a number a plan holds"):
+        saved_plan(str(tmp_path / "nan.json"))

@@ -48,8 +48,8 @@ def plan_from_json(text: str, where: str) -> Plan:
     """The Plan that ``Plan.to_json`` wrote, every field checked against its type; InputError naming ``where``
     and the field if anything does not fit."""
     try:
-        data = json.loads(text)
-    except ValueError as err:
+        data = json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:
         raise InputError(where, f"is not a plan (not JSON: {err})") from None
     component = data.get("component") if isinstance(data, dict) else None
     kind = component.get("kind") if isinstance(component, dict) else None
@@ -61,3 +61,9 @@ def plan_from_json(text: str, where: str) -> Plan:
         return decode_with(Plan, data, "plan", component=part)
     except DecodeError as err:
         raise InputError(where, f"is not a plan mxft wrote: {err}") from None
+    except RecursionError:
+        raise InputError(where, "is not a plan mxft wrote (nested too deep)") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number a plan holds")

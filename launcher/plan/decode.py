@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -55,7 +56,10 @@ def decode(kind: Any, value: Any, where: str) -> Any:
         return {decode(key_kind, k, where): decode(item_kind, v, f"{where}.{k}") for k, v in value.items()}
     if kind is range:
         _expect(isinstance(value, dict) and set(value) == {"start", "stop", "step"}, "a range", value, where)
-        return range(*(decode(int, value[part], f"{where}.{part}") for part in ("start", "stop", "step")))
+        start, stop, step = (decode(int, value[part], f"{where}.{part}") for part in ("start", "stop", "step"))
+        if step == 0:
+            raise DecodeError(f"{where}: a range's step cannot be 0")
+        return range(start, stop, step)
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         try:
             return kind(value)
@@ -74,7 +78,12 @@ def _decode_scalar(kind: Any, value: Any, where: str) -> Any:
         _expect(value is None, "null", value, where)
     elif kind is float:
         _expect(isinstance(value, (int, float)) and not isinstance(value, bool), "a number", value, where)
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise DecodeError(f"{where}: {str(value)[:20]}... is too large for a number") from None
+        _expect(math.isfinite(number), "a finite number", value, where)
+        return number
     elif kind in (int, str, bool):
         _expect(type(value) is kind, kind.__name__, value, where)
     else:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from cluster.backend import RemoteHost
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
+from cluster.secret import Secret
 from cluster.supervise import ProcessOutcome
 from launcher.data import cachefile, recfile
 from launcher.data.images import pack_image_folder
@@ -24,6 +25,7 @@ from launcher.report.console import Console
 from launcher.run import assets
 from launcher.run.execute import write_run_files
 from launcher.run.recipe_run import RecipeWatch, make_local_files
+from launcher.spec.checks import SECRET_LOOKING
 from launcher.spec.command import sync_destinations, sync_files
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import JobSpec
@@ -91,7 +93,11 @@ class FineTuning:
 
     @staticmethod
     def notes(spec: JobSpec, hosts: Sequence[HostSpec]) -> list[str]:
-        return []
+        """A job file's env: value that looks like a secret: it is recorded with the run (job.yaml, plan.json)."""
+        return [f"note: env: {name} looks like a secret, and env: values are recorded with the run (job.yaml, "
+                f"plan.json) and on remote command lines; pass it with --env {name} instead (never written)"
+                for name, value in (spec.env or {}).items()
+                if SECRET_LOOKING.search(name) and not isinstance(value, Secret)]
 
     @staticmethod
     def restarts(spec: JobSpec, *, given: int | None) -> int:

@@ -27,7 +27,7 @@ from cluster.slurm import hosts_from_slurm
 from cluster.srun import require_allocation_nodes, require_srun
 from launcher.data import cachefile, runstate
 from launcher.data.inputs import Inventory
-from launcher.plan import Facts, Plan, Transfer, fact_changes, make_plan, plan_from_json, public_addresses
+from launcher.plan import Facts, Plan, Transfer, fact_changes, make_plan, public_addresses
 from launcher.remote.folder_check import folder_unsafe_reason
 from launcher.report.console import Console
 from launcher.run import facts as facts_for
@@ -39,6 +39,8 @@ from launcher.run.preflight import (Requirements, local_mxnet_version, probe_all
                                     require_fit)
 from launcher.run.reach import require_scheduler_reachable
 from launcher.run.resume import resumed_job, resumed_where
+from launcher.run.trust import read_plan, require_fair_plan, require_own_file
+from launcher.spec.checks import set_by_mxft
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import JobSpec, load_job
 
@@ -195,19 +197,11 @@ def _require_same_plan(saved: Plan, plan: Plan, where: str) -> None:
                          hint="make the plan again: mxft-launch ... --dry-run --probe --save-plan FILE")
 
 
-def saved_plan(path: str) -> Plan:
-    """The plan at ``path`` (``--save-plan``, or a run's plan.json), read and checked field by field."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(PLAN_CAP + 1)
-    except OSError as err:
-        raise InputError(path, f"cannot read the plan: {err.strerror or err}") from None
-    if len(data) > PLAN_CAP:
-        raise InputError(path, f"is larger than {PLAN_CAP >> 20} MiB: not a plan mxft wrote")
-    try:
-        plan = plan_from_json(data.decode("utf-8"), path)
-    except (UnicodeDecodeError, RecursionError):
-        raise InputError(path, "is not a plan mxft wrote (not UTF-8 JSON of a plan)") from None
+def saved_plan(path: str, *, accept_new_host_keys: bool = False) -> Plan:
+    """The plan at ``path`` (``--save-plan``), the user's own file, read and checked field by field and as the job,
+    hosts and run it stands for would be (``launcher.run.trust``)."""
+    require_own_file(path)
+    plan = read_plan(path)
     if plan.assumed:
         label = sorted(plan.assumed)[0]
         raise InputError(path, f"host {label} was never probed when this plan was made (a dry run without --probe)",
@@ -219,10 +213,9 @@ def saved_plan(path: str) -> Plan:
         raise InputError(path, f"this plan has run already (its run folder {plan.run_dir} exists); a saved plan "
                          "runs once", hint="make a new one with --dry-run --probe --save-plan FILE, or continue that "
                          f"run: mxft-launch --resume {plan.run_dir}")
+    kind_of_plan(plan).spec_of(plan, path)  # refuses a plan whose processes need values it never holds
+    require_fair_plan(plan, path, accept_new_host_keys=accept_new_host_keys)
     return plan
-
-
-PLAN_CAP = 64 << 20   # bytes of a saved plan (a 128-host plan is a few MiB)
 
 
 def check_hosts(config: LaunchConfig) -> list[HostRow]:
@@ -251,7 +244,7 @@ def _what_and_where(config: LaunchConfig, console: Console) -> tuple[LaunchConfi
                                                                       tuple[HostSpec, ...], Plan | None]:
     """(the settings, the job, its attempt, its hosts, the saved plan to run if one was given)."""
     if config.plan_path:
-        saved = saved_plan(config.plan_path)
+        saved = saved_plan(config.plan_path, accept_new_host_keys=config.ssh.accept_new_host_keys)
         facts = saved.facts
         config = dataclasses.replace(config, run_root=os.path.dirname(saved.run_dir), cache_dir=facts.cache_dir,
                                      remote_dir=facts.remote_dir, ssh=facts.ssh, launcher=facts.launcher)
@@ -266,6 +259,9 @@ def _what_and_where(config: LaunchConfig, console: Console) -> tuple[LaunchConfi
         return config, spec, attempt, hosts, None
     spec = config.command or load_job(config.job_path, overrides=config.overrides)
     if config.env:  # --env NAME[=VALUE]: secrets, never written (the job's own env: is part of the job)
+        taken = next((name for name in config.env if set_by_mxft(name)), None)
+        if taken is not None:
+            raise InputError(f"--env {taken}", "is set by mxft for every process", hint="leave it to mxft")
         spec = dataclasses.replace(spec, env={**(spec.env or {}), **config.env})
     return config, spec, _new_attempt(config, spec), _hosts(config), None
 

@@ -15,13 +15,16 @@ import os
 import re
 from collections.abc import Mapping
 
+from cluster.backend import LAUNCHERS
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.secret import Secret
 from launcher.data import runstate
-from launcher.plan import Plan, plan_from_json
+from launcher.plan import Plan
+from launcher.remote.folder_check import folder_unsafe_reason
 from launcher.run.config import Attempt, LaunchConfig
 from launcher.run.kinds import kind_of
+from launcher.run.trust import RUN_ID, read_plan, require_fair_hosts
 from launcher.spec.jobspec import JobSpec, load_job
 
 # What --set may change when a run resumes: nothing its checkpoints were trained under.
@@ -36,6 +39,9 @@ def resumed_job(run_dir: str, overrides: tuple[str, ...], *,
     job_path = os.path.join(run_dir, "job.yaml")
     if not os.path.isfile(job_path):
         raise InputError(run_dir, "is not an mxft run directory (no job.yaml)", hint="give the folder a launch printed")
+    unsafe = folder_unsafe_reason(run_dir)  # what it records decides what runs where, as you
+    if unsafe is not None:
+        raise InputError(run_dir, unsafe, hint="resume only a run folder of your own")
     if runstate.running_launcher(run_dir) is not None:
         raise InputError(run_dir, "this run is still running", hint=f"stop it first: mxft-launch stop {run_dir}")
     job = load_job(job_path)
@@ -47,6 +53,8 @@ def resumed_job(run_dir: str, overrides: tuple[str, ...], *,
         job = dataclasses.replace(job, env=_secrets_again(job.env or {}, given_env or {}, os.environ))
     attempts = runstate.read_attempts(run_dir)
     run_id = next((a["run_id"] for a in attempts if "run_id" in a), os.path.basename(os.path.normpath(run_dir)))
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise InputError(os.path.join(run_dir, "attempts.jsonl"), f"names the run {run_id!r}, which is not a run id")
     checkpoint = runstate.latest_checkpoint(run_dir)
     if checkpoint is not None and checkpoint.epoch >= job.train.epochs:
         raise InputError(run_dir, f"all {job.train.epochs} epochs are done already",
@@ -100,13 +108,12 @@ def _changed_only_where_it_may(job: JobSpec, changed: JobSpec) -> JobSpec:
 def recorded_plan(run_dir: str) -> Plan | None:
     """The plan of the run's last attempt that planned (plan.json, plan-attempt-N.json); None if it has none that
     this mxft can read (it never started, or an older mxft wrote it)."""
-    numbered = sorted(glob.glob(os.path.join(run_dir, "plan-attempt-*.json")),
-                      key=lambda path: int(re.sub(r"\D", "", os.path.basename(path)) or 0))
-    for path in [*reversed(numbered), os.path.join(run_dir, "plan.json")]:
+    numbered = sorted((int(match.group(1)), path) for path in glob.glob(os.path.join(run_dir, "plan-attempt-*.json"))
+                      if (match := re.fullmatch(r"plan-attempt-([0-9]{1,6})\.json", os.path.basename(path))))
+    for path in [*(path for _, path in reversed(numbered)), os.path.join(run_dir, "plan.json")]:
         try:
-            with open(path, encoding="utf-8") as handle:
-                return plan_from_json(handle.read(), path)
-        except (OSError, ValueError, InputError):
+            return read_plan(path)
+        except InputError:
             continue
     return None
 
@@ -120,6 +127,9 @@ def resumed_where(config: LaunchConfig, run_dir: str, hosts_of) -> tuple[LaunchC
     if recorded is None:
         return config, hosts_of(config), ""
     facts, given = recorded.facts, config.given
+    require_fair_hosts(recorded.hosts, os.path.join(run_dir, "plan.json"))
+    if facts.launcher not in LAUNCHERS:
+        raise InputError(os.path.join(run_dir, "plan.json"), f"names the launcher {facts.launcher!r}")
     config = dataclasses.replace(
         config, launcher=config.launcher if "launcher" in given else facts.launcher,
         remote_dir=config.remote_dir if "remote_dir" in given else facts.remote_dir,

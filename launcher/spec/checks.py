@@ -164,7 +164,7 @@ def job_env(value: Any) -> dict[str, str]:
             or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()):
         raise ValueError("a mapping of NAME: value (a string or number), each NAME letters, digits and '_' "
                          "(not first a digit)")
-    reserved = next((key for key in value if key in MXFT_SETS or key.startswith("DMLC_")), None)
+    reserved = next((key for key in value if set_by_mxft(key)), None)
     if reserved is not None:
         raise ValueError(f"names mxft leaves to the job: {reserved} is set by mxft for every process (DMLC_*, "
                          f"{', '.join(sorted(MXFT_SETS))})")
@@ -172,6 +172,12 @@ def job_env(value: Any) -> dict[str, str]:
 
 
 MXFT_SETS = frozenset({"PYTHONPATH", "PYTHONSAFEPATH", "PORT", "MXFT_RUN_ID", "PYTHONUNBUFFERED"})
+SECRET_LOOKING = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|PRIVATE|CREDENTIAL|(^|_)KEY$", re.IGNORECASE)
+
+
+def set_by_mxft(name: str) -> bool:
+    """Whether mxft sets ``name`` for every process of a fine-tuning job (a job's env: or --env may not)."""
+    return name in MXFT_SETS or name.startswith("DMLC_")
 
 
 def env_mapping(value: Any) -> dict[str, str]:

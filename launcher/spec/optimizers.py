@@ -85,6 +85,13 @@ def class_name(name: str) -> str:
     return f"mx.optimizer.{found[0]}" if found else ""
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int of hundreds of digits (YAML's are unbounded)
+        return False
+
+
 def problem(name: str, key: str, value: Any) -> str | None:
     """Why optimizer ``name`` cannot take ``key: value`` from a job, or None."""
     if key in NOT_FROM_A_JOB:
@@ -100,8 +107,8 @@ def problem(name: str, key: str, value: Any) -> str | None:
         return f"{key} must be a number, not {value!r}"
     if isinstance(default, bool) and not isinstance(value, bool):
         return f"{key} must be true or false, not {value!r}"
-    if number and not math.isfinite(value):
-        return f"{key} must be a finite number, not {value!r}"
+    if number and not _finite(value):
+        return f"{key} must be a finite number, not {str(value)[:30]}"
     if key in POSITIVE and number and value <= 0:
         return f"{key} must be above 0, not {value!r}"
     if key in FRACTIONS and number and not 0 <= value < 1:
