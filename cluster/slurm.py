@@ -8,6 +8,7 @@ when the allocation has GPUs, else its tasks (``SLURM_TASKS_PER_NODE``).
 """
 from __future__ import annotations
 
+import collections
 import os
 import re
 import shutil
@@ -49,7 +50,7 @@ def allocation_nodes(nodelist: str, environ: Mapping[str, str]) -> list[str]:
         raise ValueError(f"Slurm expands node list {_short(nodelist)} to {bad!r}, which is not a host name")
     if not names:
         raise ValueError(f"node list {_short(nodelist)} names no node")
-    twice = next((name for name in names if names.count(name) > 1), None) if len(set(names)) < len(names) else None
+    twice = next((name for name, count in collections.Counter(names).items() if count > 1), None)
     if twice is not None:
         raise ValueError(f"node list {_short(nodelist)} names {twice} twice")
     return names

@@ -32,35 +32,6 @@ from launcher.status import run_rows, runs_lines, status_lines
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def _echo(line: str) -> None:
     print(printable(line), flush=True)
 

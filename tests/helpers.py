@@ -65,6 +65,12 @@ def write_job(path, job: dict) -> str:
     return str(path)
 
 
+def refusal_line(result: subprocess.CompletedProcess) -> str:
+    """The last line of a launch refused as bad input (exit 2)."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
 def run_launch(args: list[str], *, cwd: str, timeout_s: float = 300,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=REPO, MXFT_CACHE=CACHE_DIR, **(env or {}))

@@ -8,14 +8,9 @@ import os
 import pytest
 
 from testing.processes import processes_of_run, run_id_from
-from tests.helpers import demo_job, run_launch, start_launch, write_job
+from tests.helpers import demo_job, refusal_line, run_launch, start_launch, write_job
 
 TOKEN = "s3cr3t-job-env-value"
-
-
-def _bad(result) -> str:
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr
-    return result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.timeout(300)
@@ -54,7 +49,7 @@ def test_job_env_and_secret_env_reach_every_process_and_no_file(tmp_path, demo_a
                 assert TOKEN.encode() not in handle.read(), os.path.join(root, name)
 
     more = ["--resume", str(run_dir), "--set", "train.epochs=4"]
-    assert _bad(run_launch(more, cwd=str(tmp_path))) == (
+    assert refusal_line(run_launch(more, cwd=str(tmp_path))) == (
         "mxft-launch: error: --env MXFT_TOKEN: the run passed this machine's value of it, which is not set now "
         "(set MXFT_TOKEN again, or give --env MXFT_TOKEN=VALUE)")
     resumed = run_launch(more, cwd=str(tmp_path), env=env)
@@ -65,7 +60,7 @@ def test_job_env_and_secret_env_reach_every_process_and_no_file(tmp_path, demo_a
 @pytest.mark.timeout(60)
 def test_a_job_cannot_set_what_mxft_sets(tmp_path, demo_assets):
     job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, env={"DMLC_ROLE": "server"}))
-    line = _bad(run_launch([job, "--dry-run"], cwd=str(tmp_path)))
+    line = refusal_line(run_launch([job, "--dry-run"], cwd=str(tmp_path)))
     assert line.startswith(f"mxft-launch: error: {job}:") and \
         "env must be names mxft leaves to the job: DMLC_ROLE is set by mxft for every process" in line, line
 
@@ -77,5 +72,5 @@ def test_a_secret_looking_job_env_is_pointed_at_env_and_mxfts_names_are_refused(
     assert dry.returncode == 0, dry.stderr
     assert "[mxft] note: env: WANDB_API_KEY looks like a secret, and env: values are recorded with the run " \
            "(job.yaml, plan.json) and on remote command lines; pass it with --env WANDB_API_KEY instead" in dry.stdout
-    assert _bad(run_launch([job, "--env", "DMLC_ROLE=server", "--dry-run"], cwd=str(tmp_path))) == \
+    assert refusal_line(run_launch([job, "--env", "DMLC_ROLE=server", "--dry-run"], cwd=str(tmp_path))) == \
         "mxft-launch: error: --env DMLC_ROLE: is set by mxft for every process (leave it to mxft)"

@@ -11,13 +11,8 @@ import signal
 import pytest
 
 from testing.processes import run_id_from
-from tests.helpers import (demo_job, hosts_file, no_processes_left, run_launch, ssh_args, start_launch, wait_until,
-                           write_job)
-
-
-def _bad(result) -> str:
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr
-    return result.stderr.strip().splitlines()[-1]
+from tests.helpers import (demo_job, hosts_file, no_processes_left, refusal_line, run_launch, ssh_args, start_launch,
+                           wait_until, write_job)
 
 
 @pytest.mark.timeout(300)
@@ -26,13 +21,13 @@ def test_set_on_resume_extends_a_run_and_refuses_what_its_checkpoints_were_train
     done = run_launch([job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr
     run_dir = str(tmp_path / "runs" / run_id_from(done.stdout))
-    assert _bad(run_launch(["--resume", run_dir], cwd=str(tmp_path))).endswith(
+    assert refusal_line(run_launch(["--resume", run_dir], cwd=str(tmp_path))).endswith(
         f"all 2 epochs are done already (see result.json, or train on: --resume {run_dir} --set train.epochs=N)")
-    line = _bad(run_launch(["--resume", run_dir, "--set", "train.optimizer=adam"], cwd=str(tmp_path)))
+    line = refusal_line(run_launch(["--resume", run_dir, "--set", "train.optimizer=adam"], cwd=str(tmp_path)))
     assert line.startswith("mxft-launch: error: --set train.optimizer: cannot change when a run resumes: its "
                            "checkpoints were trained with 'sgd' (launch a new run with it; a resume may change "
                            "train.epochs, "), line
-    assert "--set train.epochs" in _bad(run_launch(["--resume", run_dir, "--set", "train.epochs=abc"],
+    assert "--set train.epochs" in refusal_line(run_launch(["--resume", run_dir, "--set", "train.epochs=abc"],
                                                    cwd=str(tmp_path)))
     dry = run_launch(["--resume", run_dir, "--set", "train.epochs=3", "--dry-run"], cwd=str(tmp_path))
     assert dry.returncode == 0, dry.stderr
@@ -82,9 +77,9 @@ def test_a_run_folder_others_may_write_is_not_resumed(tmp_path):
     run_dir.mkdir(parents=True)
     (run_dir / "job.yaml").write_text("num_classes: 2\nmodel: {prefix: /m}\ndata: {train: /t.rec, val: /v.rec}\n")
     os.chmod(run_dir, 0o777)
-    assert _bad(run_launch(["--resume", str(run_dir)], cwd=str(tmp_path))).startswith(
+    assert refusal_line(run_launch(["--resume", str(run_dir)], cwd=str(tmp_path))).startswith(
         f"mxft-launch: error: {run_dir}: ")
     os.chmod(run_dir, 0o700)
     (run_dir / "attempts.jsonl").write_text(json.dumps({"attempt": 1, "run_id": "../../elsewhere"}) + "\n")
-    assert _bad(run_launch(["--resume", str(run_dir)], cwd=str(tmp_path))) == (
+    assert refusal_line(run_launch(["--resume", str(run_dir)], cwd=str(tmp_path))) == (
         f"mxft-launch: error: {run_dir}/attempts.jsonl: names the run '../../elsewhere', which is not a run id")

@@ -16,7 +16,7 @@ from launcher.run.launch import saved_plan
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import parse_job
 from testing.processes import run_id_from
-from tests.helpers import demo_job, run_launch, write_job
+from tests.helpers import demo_job, refusal_line, run_launch, write_job
 from tests.plan_literals import FACTS, JOB, inventory
 
 HOSTS = (HostSpec("10.0.0.1"), HostSpec("10.0.0.2", slots=2, line=2, source="/h.txt"))
@@ -79,11 +79,6 @@ def test_fact_changes_name_each_fact_and_host_that_changed():
     assert fact_changes(REMOTE_FACTS, dataclasses.replace(REMOTE_FACTS, run_id="x", worker_ports=(1, 2))) == []
 
 
-def _bad(result) -> str:
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr
-    return result.stderr.strip().splitlines()[-1]
-
-
 @pytest.mark.timeout(300)
 def test_a_saved_plan_runs_as_saved_once_and_is_refused_when_a_fact_or_the_plan_changed(tmp_path, demo_assets):
     assets = tmp_path / "assets"
@@ -105,7 +100,7 @@ def test_a_saved_plan_runs_as_saved_once_and_is_refused_when_a_fact_or_the_plan_
     assert planned.run_dir == run_dir
     executed = plan_from_json(open(os.path.join(run_dir, "plan.json"), encoding="utf-8").read(), "plan.json")
     assert executed == planned  # the dry run's plan is the plan that ran: compared as values
-    assert _bad(run_launch(["--plan", first], cwd=str(tmp_path))).endswith(
+    assert refusal_line(run_launch(["--plan", first], cwd=str(tmp_path))).endswith(
         f"this plan has run already (its run folder {run_dir} exists); a saved plan runs once (make a new one with "
         f"--dry-run --probe --save-plan FILE, or continue that run: mxft-launch --resume {run_dir})")
 
@@ -114,12 +109,12 @@ def test_a_saved_plan_runs_as_saved_once_and_is_refused_when_a_fact_or_the_plan_
     data["component"]["batches_per_epoch"] += 1
     open(edited, "w", encoding="utf-8").write(json.dumps(data))
     assert "is not the plan its own job and facts give (component differs" in \
-        _bad(run_launch(["--plan", edited], cwd=str(tmp_path)))
+        refusal_line(run_launch(["--plan", edited], cwd=str(tmp_path)))
 
     changed = save("changed.json")
     with open(assets / "digits5to9-val.rec", "ab") as handle:
         handle.write(b"\0" * 16)  # the validation file is not what it was when the plan was made
-    line = _bad(run_launch(["--plan", changed], cwd=str(tmp_path)))
+    line = refusal_line(run_launch(["--plan", changed], cwd=str(tmp_path)))
     assert f"changed.json: a fact this plan was made from has changed: the model or validation files (file_keys " \
            f"{assets / 'digits5to9-val.'}" in line, line  # the .rec and its .idx share a key
     assert sorted(os.listdir(runs)) == [os.path.basename(run_dir)]  # nothing started for the refused plans
@@ -133,7 +128,7 @@ def test_a_saved_command_plan_with_environment_values_is_refused(tmp_path):
                      cwd=str(tmp_path))
     assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr
     assert "s3cr3t" not in open(path, encoding="utf-8").read()
-    assert _bad(run_launch(["--plan", path], cwd=str(tmp_path))) == (
+    assert refusal_line(run_launch(["--plan", path], cwd=str(tmp_path))) == (
         f"mxft-launch: error: {path}: this command's processes get TOKEN from --env or env:, whose value a saved plan "
         "never holds (launch the command again instead)")
 

@@ -97,7 +97,6 @@ class Transfer:
     kind: str                             # code | data (content-addressed, kept) | run (this run's own)
 
 
-
 RUN_OWN_FACTS = ("run_id", "run_dir", "scheduler_port", "worker_ports", "attempt", "resume_epoch", "resume_prefix")
 
 

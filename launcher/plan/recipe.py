@@ -36,7 +36,6 @@ class ShardSpec:
     in_place: bool = False
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """What a fine-tuning run adds to a plan: the job, the shards and every worker's config."""
@@ -117,7 +116,6 @@ def _describe_lr(job: JobSpec, scaled: float | None, global_batch: int) -> str:
     return (f"  lr         {scaled:g}: linear scaling, global batch {global_batch} / reference "
             f"{job.train.reference_batch}" + (f", warmed up over {job.train.warmup_epochs} epoch(s)"
                                               if job.train.warmup_epochs else ""))
-
 
 
 def shard_dir(facts: Facts, num_workers: int) -> str:

@@ -66,7 +66,6 @@ def write_run_files(plan: Plan) -> None:
         yaml.safe_dump(plan.job_dict(), handle, sort_keys=False)
 
 
-
 def execute(plan: Plan, kind: Kind, backend: Backend, *, console: Console) -> dict:
     """Run the plan to completion and return its result (the observer's); raises JobFailed (root cause first).
 

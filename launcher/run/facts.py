@@ -75,6 +75,7 @@ def known_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec], b
 
 
 SCHEDULER_PORTS = range(20000, 32768)  # below Linux's ephemeral ports (32768-60999 by default): no outgoing
+                                      # connection on the scheduler's host can be holding the one chosen
 
 
 def remote_port() -> int:

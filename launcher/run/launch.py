@@ -45,11 +45,6 @@ from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import JobSpec, load_job
 
 
-
-
-
-
-
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """What ``run`` returns: the plan, and the run's result (None for a dry run)."""
@@ -78,8 +73,6 @@ def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
     if config.launcher == "srun":
         require_allocation_nodes(hosts, os.environ, where=config.hosts_path)
     return hosts[:1] if local else hosts
-
-
 
 
 def _staging_bytes(transfers: Sequence[Transfer], known: Mapping[str, int] | None = None) -> dict[str, int]:
@@ -111,19 +104,6 @@ def _claim_run_dir(run_dir: str) -> bool:
     except FileExistsError:
         return False
     return True
-
-
-
-
-
-
-
-
-                                      # connection on the scheduler's host can be holding the one chosen
-
-
-
-
 
 
 def _requirements(config: LaunchConfig, plan: Plan, inventory: Inventory | None) -> Requirements:

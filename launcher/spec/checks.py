@@ -10,6 +10,7 @@ from typing import Any
 
 from cluster.secret import Secret
 
+# Caps on counts, checked before anything is built from them (a list per process, per device).
 MAX_PROCESSES = 4096        # workers or servers of one job
 MAX_DEVICES = 256           # GPUs or CPU contexts of one worker
 AUTO = "auto"  # cluster.workers / cluster.servers: decided from the hosts (launcher.plan.assign_workers)
