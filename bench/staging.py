@@ -111,7 +111,8 @@ def wire_table(cluster, work: str) -> list[str]:
     config = LaunchConfig(os.path.join(ROOT, "jobs", "demo.yaml"), hosts_file, False, os.path.join(work, "runs"),
                           os.path.join(work, "cache"), "/srv/mxft-host", SSHOptions(ssh_config=cluster.ssh_config))
     job = load_job(config.job_path)
-    job = dataclasses.replace(job, cluster=dataclasses.replace(job.cluster, workers=4, servers=2))
+    job = dataclasses.replace(job, cluster=dataclasses.replace(job.cluster, workers=4, servers=2),
+                              data=dataclasses.replace(job.data, staging="always"))  # the hosts see the files too
     hosts = load_hosts(hosts_file)
     rows = []
     for attempt in ("first launch", "unchanged relaunch"):

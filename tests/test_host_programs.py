@@ -71,3 +71,38 @@ def test_the_host_probe_reports_this_machine(tmp_path):
     assert found["free_bytes"] > 0 and "lo" in found["interfaces"] and found["interfaces"]["lo"] == "127.0.0.1"
     assert [folder for folder, _ in found["unsafe_folders"]] == ["/tmp"]  # others can write there
     assert not os.path.exists(tmp_path / "work")  # asked about, never made
+
+
+def test_a_file_is_known_by_size_time_and_first_and_last_mib(tmp_path):
+    """Issue 26: what preflight compares to decide that a host has the very file this machine has."""
+    rec, idx = tmp_path / "t.rec", tmp_path / "t.idx"
+    rec.write_bytes(b"a" * (3 << 20))
+    idx.write_bytes(b"0\t0\n" * 1000)
+    os.utime(rec, (1_700_000_000, 1_700_000_000))
+    first = host_probe.file_id(str(rec))
+    assert first.startswith(f"{3 << 20}:1700000000:") and len(first.split(":")[2]) == 32
+    with open(rec, "r+b") as handle:  # a byte in the middle: not seen (that is what size and time are for)
+        handle.seek(3 << 19)
+        handle.write(b"b")
+    os.utime(rec, (1_700_000_000, 1_700_000_000))
+    assert host_probe.file_id(str(rec)) == first
+    with open(rec, "r+b") as handle:  # the last MiB: seen, though size and time stay
+        handle.seek((3 << 20) - 1)
+        handle.write(b"b")
+    os.utime(rec, (1_700_000_000, 1_700_000_000))
+    assert host_probe.file_id(str(rec)) != first
+    before = host_probe.file_id(str(idx))
+    idx.write_bytes(b"0\t0\n" * 499 + b"0\t1\n" + b"0\t0\n" * 500)  # an .idx is hashed whole
+    os.utime(idx, (os.stat(idx).st_atime, int(before.split(":")[1])))
+    assert host_probe.file_id(str(idx)) != before
+    os.mkfifo(tmp_path / "fifo")  # never blocks the probe
+    assert [host_probe.file_id(str(p)) for p in (tmp_path / "fifo", tmp_path / "none", tmp_path)] == ["", "", ""]
+
+
+def test_the_probe_answers_for_the_files_it_is_asked_about(tmp_path, capsys):
+    (tmp_path / "t.rec").write_bytes(b"x")
+    assert host_probe.main([str(tmp_path / "work"), "--files", str(tmp_path / "t.rec"), str(tmp_path / "no")]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["work_dir"] == str(tmp_path / "work") and found["unsafe_folders"] == []
+    assert found["files"] == {str(tmp_path / "t.rec"): host_probe.file_id(str(tmp_path / "t.rec")),
+                              str(tmp_path / "no"): ""}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_across_three_hosts_then_relaunch_sends_no_data(hosts3, tmp_path, demo_assets):
-    spec = demo_job(demo_assets, cluster={"workers": 3, "servers": 2})
+    spec = demo_job(demo_assets, cluster={"workers": 3, "servers": 2}, data={"staging": "always"})
     job = write_job(tmp_path / "job.yaml", spec)
     hosts = hosts_file(hosts3, tmp_path)
     first = run_launch(ssh_args(hosts3, hosts) + [job, "-v", "--run-root", str(tmp_path / "runs")],
@@ -77,6 +78,10 @@ def test_cpu2_workers_one_per_two_slot_host_train_as_well_as_single_context_ones
         log = (run_dir / "logs" / f"worker-{i}.log").read_text()
         assert f"worker {i} computes on 2 context(s): cpu(0), cpu(1), 8 images per step" in log, log[-2000:]
     assert plan.count(", cpu 0,1\n") == 3
+    # The hosts see the demo's files at their paths (data.staging: auto): nothing staged but code and configs.
+    assert "  data       training data: read in place on every host (the same files at the same paths" in plan
+    assert "validation data: read in place on every host" in plan and "model: read in place on every host" in plan
+    assert plan.count(", 0 data, ") == 3 and plan.count("  stage to ") == 3, plan
     result = json.loads((run_dir / "result.json").read_text())
     assert (result["num_workers"], result["batch_size_per_worker"]) == (3, 8)
     assert result["val_accuracy"] >= 0.72, result["val_accuracy"]
@@ -126,6 +131,32 @@ def test_dry_run_for_three_hosts_touches_nothing(hosts3, tmp_path, demo_assets):
     assert "stage to 10.231.77.13" in result.stdout and "worker 2   on 10.231.77.13" in result.stdout
     assert not (tmp_path / "runs").exists()
     assert {h.name: sorted(os.listdir(h.work_dir)) for h in hosts3.hosts} == before
+
+
+def test_where_hosts_have_the_data_they_read_it_in_place_and_staging_never_names_a_host_without_it(
+        hosts3, tmp_path, demo_assets):
+    """Issue 26, item 1: preflight asks each host what the data's files are at their paths. Here they are in the
+    hosts' private folders: h1 and h2 have copies (same size, time and bytes), h3 has none."""
+    shared = os.path.join("/srv/mxft-host", f"data-{os.getpid()}")  # the launcher's own folder at that path
+    try:
+        for where in [shared] + [os.path.join(h.work_dir, os.path.basename(shared)) for h in hosts3.hosts[:2]]:
+            shutil.copytree(demo_assets, where)
+        spec = demo_job(shared, cluster={"workers": 3, "servers": 1})
+        hosts = hosts_file(hosts3, tmp_path)
+        job = write_job(tmp_path / "job.yaml", spec)
+        dry = run_launch(ssh_args(hosts3, hosts) + [job, "--dry-run", "--probe"], cwd=str(tmp_path), timeout_s=60)
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        train = os.path.join(shared, "digits5to9-train.rec")
+        assert ("  data       training data: read in place on 10.231.77.11, 10.231.77.12 (the same files at the same "
+                f"paths as here); staged to 10.231.77.13 ({train} is not there)") in dry.stdout, dry.stdout
+        assert "part 1 of 3 of " in dry.stdout and "shard 2: " in dry.stdout
+        never = write_job(tmp_path / "never.yaml", dict(spec, data=dict(spec["data"], staging="never")))
+        line = launch_bad(hosts3, tmp_path, hosts, never)
+        assert line == (f"mxft-launch: error: host 10.231.77.13: {train} is not there, and {never} says "
+                        "data.staging: never (put the same file at the same path there, or set data.staging: auto)")
+    finally:
+        for where in [shared] + [os.path.join(h.work_dir, os.path.basename(shared)) for h in hosts3.hosts[:2]]:
+            shutil.rmtree(where, ignore_errors=True)
 
 
 def start_remote_run(cluster, tmp_path, demo_assets, *, epochs=200, until="epoch 1 done",

@@ -142,6 +142,79 @@ def test_remote_plan_literal():
     assert plan.remote_pythons == {"10.0.0.1": "py", "10.0.0.2": "py"}
 
 
+SHARED = {"/d/train.rec": "900:1:" + "a" * 32, "/d/train.idx": "90:1:" + "b" * 32, "/d/val.rec": "500:1:" + "c" * 32,
+          "/m/net-symbol.json": "50:1:" + "d" * 32, "/m/net-0000.params": "800:1:" + "e" * 32}
+
+
+def _two_host_facts(seen_by_h2: dict[str, str], *, assumed: bool = False) -> Facts:
+    """Facts of h1 (which has every data file at its path, as here) and h2 (which has ``seen_by_h2``)."""
+    return Facts(run_id="small-1", run_dir="/runs/small-1", cache_dir="/cache", scheduler_port=9000,
+                 code_dir="/code", train_fingerprint="f", file_ids=SHARED,
+                 hosts={"h1": HostFacts("10.0.0.1", "py", 4, "/w", files=SHARED),
+                        "h2": HostFacts("10.0.0.2", "py", 4, "/w", files=seen_by_h2, assumed=assumed)},
+                 file_keys={"/m/net-symbol.json": "mk", "/m/net-0000.params": "mk", "/d/val.rec": "vk"})
+
+
+def _shared_plan(seen_by_h2: dict[str, str], staging: str = "auto", *, labels=(0, 1, 2) * 3, assumed=False):
+    job = parse_job(JOB.replace("shape:", f"staging: {staging}, shape:"), "/jobs/small.yaml", environ={})
+    mixed = dataclasses.replace(inventory(), train_labels=labels, train_index="/d/train.idx")
+    return make_plan(job, (HostSpec("h1"), HostSpec("h2")), _two_host_facts(seen_by_h2, assumed=assumed),
+                     inventory=mixed)
+
+
+def test_hosts_with_the_same_files_at_the_same_paths_read_them_in_place():
+    """Issue 26: a shared filesystem, detected; nothing staged or cut, and the plan says why."""
+    plan = _shared_plan(SHARED)
+    assert not [t for t in plan.transfers if t.kind == "data"]
+    assert [(s.positions, s.rec_path, s.in_place) for s in plan.component.shards] == [
+        (range(0, 5), "/d/train.rec", True), (range(5, 9), "/d/train.rec", True)]
+    worker = plan.component.workers[1]
+    assert (worker.train_rec, worker.train_part, worker.val_rec, worker.model_prefix) == (
+        "/d/train.rec", [1, 2, "/d/train.idx"], "/d/val.rec", "/m/net")
+    assert plan.component.trimmed_params is None
+    text = plan.describe()
+    assert "  data       training data: read in place on every host (the same files at the same paths as here)" in text
+    assert "validation data: read in place on every host" in text and "model: read in place on every host" in text
+
+
+def test_a_host_without_the_files_gets_copies_of_the_same_parts():
+    """h2 lacks the training file and has another validation file: it gets copies (of the very part it would have
+    read, cut into a cache of its own); h1 still reads in place."""
+    plan = _shared_plan({**SHARED, "/d/train.rec": "", "/d/val.rec": "500:2:" + "c" * 32})
+    shards = plan.component.shards
+    assert [(s.positions, s.in_place) for s in shards] == [(range(0, 5), True), (range(5, 9), False)]
+    assert shards[1].rec_path == os.path.join(shard_dir(plan.facts, 2, partition="index"), "part-1-of-2.rec")
+    assert shard_dir(plan.facts, 2, partition="index") != shard_dir(plan.facts, 2)
+    staged = {(t.host, t.source) for t in plan.transfers if t.kind == "data"}
+    assert staged == {("h2", shards[1].rec_path), ("h2", shards[1].idx_path), ("h2", "/d/val.rec")}
+    text = plan.describe()
+    assert "training data: read in place on h1 (the same files" in text
+    assert "staged to h2 (/d/train.rec is not there)" in text
+    assert "staged to h2 (/d/val.rec there is not the file here)" in text
+
+
+def test_data_staging_always_and_a_file_sorted_by_class_stage_copies():
+    always = _shared_plan(SHARED, "always")
+    assert not any(s.in_place for s in always.component.shards)
+    assert "training data: staged to every host (data.staging: always)" in always.describe()
+    by_class = _shared_plan(SHARED, labels=(0, 0, 0, 1, 1, 1, 2, 2, 2))
+    assert [(list(s.positions), s.in_place) for s in by_class.component.shards] == [
+        ([0, 2, 4, 6, 8], False), ([1, 3, 5, 7], False)]
+    assert "its parts cannot be read in place" in by_class.describe()
+    assert "validation data: read in place on every host" in by_class.describe()
+
+
+def test_data_staging_never_refuses_a_host_without_the_file_naming_it():
+    with pytest.raises(InputError) as err:
+        _shared_plan({**SHARED, "/m/net-0000.params": ""}, "never")
+    assert str(err.value).startswith("host h2: /m/net-0000.params is not there, and /jobs/small.yaml says "
+                                     "data.staging: never")
+    with pytest.raises(InputError, match="sorted by class"):
+        _shared_plan(SHARED, "never", labels=(0, 0, 0, 1, 1, 1, 2, 2, 2))
+    # a dry run that never probed h2 takes the job's word
+    assert all(s.in_place for s in _shared_plan({}, "never", assumed=True).component.shards)
+
+
 def test_slots_limit_devices_per_host():
     job = parse_job(JOB.replace("devices: cpu", "devices: [0, 1]"), "/jobs/small.yaml", environ={})
     hosts = (HostSpec("a", slots=2, line=1), HostSpec("b", slots=1, line=2))

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from launcher.run.preflight import _PROBE
+from launcher.run.preflight import _PROBE, HostReport, facts_of
 
 pytestmark = pytest.mark.integration
 
@@ -33,3 +33,15 @@ def test_probe_caches_mxnet_and_notices_a_changed_numpy(tmp_path):
     (broken / "__init__.py").write_text("raise ImportError('numpy 2 is not numpy 1.23')\n")
     third = probe(tmp_path, PYTHONPATH=str(broken.parent))
     assert "cached" not in third and third["mxnet_error"].startswith("ImportError"), third
+
+
+def test_a_hosts_answer_about_files_counts_only_for_the_paths_asked_in_the_shape_a_probe_writes():
+    """What a host says of the data's files is its word only: a path not asked about, or an answer no probe writes
+    (which could make the plan read a file in place that the host does not have the same), is dropped."""
+    good = "12:1700000000:" + "0" * 32
+    info = {"python_path": "python3", "cpus": 2, "work_dir": "/w", "home": "/h",
+            "files": {"/d/t.rec": good, "/d/v.rec": good + "x", "/d/m.params": 7, "/etc/shadow": good}}
+    facts = facts_of(HostReport("h1", True, "ok", info), "10.0.0.1", ("/d/t.rec", "/d/v.rec", "/d/m.params", "/d/x"))
+    assert facts.files == {"/d/t.rec": good, "/d/v.rec": "", "/d/m.params": "", "/d/x": ""}
+    assert facts_of(HostReport("h1", True, "ok", dict(info, files=[good])), "a", ("/d/t.rec",)).files == {
+        "/d/t.rec": ""}

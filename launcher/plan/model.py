@@ -61,6 +61,7 @@ class HostFacts:
     assumed: bool = False                 # not probed: python, CPUs and folders are guesses (dry run)
     interfaces: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> IPv4 address, probed
     ip: str = ""                          # the IP address SSH reached it at (probed), when ``address`` is a name
+    files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # path -> what it is there (file_id; "": none)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Facts:
     ssh: SSHOptions = SSHOptions()        # how the executor reaches remote hosts
     launcher: str = "ssh"                 # ssh | srun (job steps of the Slurm allocation the launcher runs in)
     synced: tuple[str, ...] = ()          # command mode: files of the working folder that --sync-dir copies
+    file_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)  # the data's files here (file_id), which
+                                          # a host that has the same at the same path reads in place
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,19 +119,28 @@ def fact_changes(before: Facts, after: Facts) -> list[str]:
         if field.name in RUN_OWN_FACTS or field.name == "hosts" or was == now:
             continue
         what = {"train_fingerprint": "the training data", "code_hash": "the trainer's code",
-                "file_keys": "the model or validation files", "synced": "the files --sync-dir copies"}.get(field.name)
-        if isinstance(was, Mapping):  # file_keys: the first file whose key changed
-            key = next(k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
-            was, now = f"{key} {was.get(key)}", now.get(key)
+                "file_keys": "the model or validation files", "synced": "the files --sync-dir copies",
+                "file_ids": "the data's files"}.get(field.name)
+        was, now = _first_change(was, now)
         changes.append(f"{what} ({field.name} {was} -> {now})" if what else f"{field.name}: {was} -> {now}")
     for label in sorted(set(before.hosts) | set(after.hosts)):
         was, now = before.hosts.get(label), after.hosts.get(label)
         if was is None or now is None:
             changes.append(f"host {label}: {'new' if was is None else 'gone'}")
             continue
-        changes += [f"host {label}: {f.name} {getattr(was, f.name)} -> {getattr(now, f.name)}"
-                    for f in dataclasses.fields(HostFacts) if getattr(was, f.name) != getattr(now, f.name)]
+        for f in dataclasses.fields(HostFacts):
+            if getattr(was, f.name) != getattr(now, f.name):
+                old, new = _first_change(getattr(was, f.name), getattr(now, f.name))
+                changes.append(f"host {label}: {f.name} {old} -> {new}")
     return changes
+
+
+def _first_change(was, now) -> tuple:
+    """Two differing values, or for two mappings the first key whose value differs: (``KEY OLD``, new)."""
+    if not (isinstance(was, Mapping) and isinstance(now, Mapping)):
+        return was, now
+    key = next(k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k))
+    return f"{key} {was.get(key)}", now.get(key)
 
 
 class Component(Protocol):

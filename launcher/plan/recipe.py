@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from cluster.errors import InputError
@@ -48,6 +48,8 @@ class Recipe:
     batches_per_epoch: int
     trimmed_params: str | None = None     # params without the layers above the cut, staged to hosts
     why: tuple[str, ...] = ()             # how cluster.workers / servers: auto were decided
+    in_place: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # "train" | "val" |
+                                          # "model" -> the remote hosts whose workers read it where it is
 
     name = property(lambda self: self.job.name)
     source = property(lambda self: self.job.source)
@@ -103,8 +105,47 @@ def _describe_recipe(plan: Plan, recipe: Recipe) -> list[str]:
             "evaluated by worker 0 alone (train.evaluation: worker0)" if job.train.evaluation == "worker0" else
             f"a part evaluated by each of the {len(recipe.workers)} workers with their BatchNorm statistics averaged"
             if len(recipe.workers) > 1 else "evaluated by worker 0"),
+        *_describe_data(plan, recipe),
         "  processes:",
     ]
+
+
+def _describe_data(plan: Plan, recipe: Recipe) -> list[str]:
+    """Where the workers on other hosts read the training data, the validation data and the model: in place or from
+    copies staged there, and why (``data.staging``)."""
+    local = {host.label for host in plan.hosts if host.is_local}
+    remote = [label for label in dict.fromkeys(plan.worker_hosts) if label not in local]
+    if not remote:
+        return []
+    train_here = {plan.worker_hosts[shard.worker] for shard in recipe.shards if shard.in_place}
+    lines = []
+    for what, name in zip(DATA_FILES, ("training data", "validation data", "model")):
+        here = [label for label in remote if label in recipe.in_place[what]
+                and (what != "train" or label in train_here)]
+        staged = {label: _why_staged(plan, recipe, what, label) for label in remote if label not in here}
+        said = [f"read in place on {'every host' if not staged else ', '.join(here)} (the same files at the same "
+                "paths as here)"] if here else []
+        reasons = {}
+        for label, why in staged.items():
+            reasons.setdefault(why, []).append(label)
+        said += [f"staged to {'every host' if not here and len(reasons) == 1 else ', '.join(labels)} ({why})"
+                 for why, labels in reasons.items()]
+        lines.append(f"  {'data' if not lines else '':<10} {name}: {'; '.join(said)}")
+    return lines
+
+
+def _why_staged(plan: Plan, recipe: Recipe, what: str, label: str) -> str:
+    """Why the workers on host ``label`` get copies of ``what`` instead of reading it where it is."""
+    job, facts = recipe.job, plan.facts
+    if job.data.staging == "always":
+        return "data.staging: always"
+    if facts.hosts[label].assumed:
+        return "not probed: --dry-run --probe asks"
+    if label in recipe.in_place[what]:
+        return "its parts cannot be read in place: no .idx, or sorted by class"
+    seen = facts.hosts[label].files
+    path = next(p for p in data_files(job, facts)[what] if not _same_files(facts, label, [p]))
+    return f"{path} is not there" if not seen.get(path) else f"{path} there is not the file here"
 
 
 def _describe_lr(job: JobSpec, scaled: float | None, global_batch: int) -> str:
@@ -118,8 +159,11 @@ def _describe_lr(job: JobSpec, scaled: float | None, global_batch: int) -> str:
                                               if job.train.warmup_epochs else ""))
 
 
-def shard_dir(facts: Facts, num_workers: int) -> str:
-    key = hashlib.sha256(f"{facts.train_fingerprint}|{num_workers}".encode()).hexdigest()[:16]
+def shard_dir(facts: Facts, num_workers: int, *, partition: str = "strided") -> str:
+    """Where the copies of one training file cut for ``num_workers`` are cached: strided, or the parts the file's
+    ``.idx`` gives (for hosts that do not have the file beside others that read it in place)."""
+    tag = "" if partition == "strided" else f"|{partition}"
+    key = hashlib.sha256(f"{facts.train_fingerprint}|{num_workers}{tag}".encode()).hexdigest()[:16]
     return os.path.join(facts.cache_dir, "shards", key)
 
 
@@ -137,11 +181,13 @@ def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpe
     placement = Placement.of(hosts, facts, workers=assignment.workers, servers=assignment.servers)
     _check_slots(job.cluster, assignment)
     batch = job.train.batch_per_device * device_count(assignment.devices[0])
-    all_local = all(placement.layouts[h.label].local for h in placement.workers)
-    shards = _shards(job, inventory, facts, count, local=all_local)
+    in_place = _read_in_place(job, facts, placement.workers)
+    shards = _shards(job, inventory, facts, count, [h.is_local or h.label in in_place["train"]
+                                                    for h in placement.workers],
+                     remote=not all(h.is_local for h in placement.workers))
     recipe = Recipe(job, shards, (), math.ceil(max(len(s.positions) for s in shards) / batch),
                     os.path.join(facts.cache_dir, "trimmed", f"{_model_key(job, facts)}-{job.model.cut_layer}",
-                                 os.path.basename(job.model.params_path)), assignment.why)
+                                 os.path.basename(job.model.params_path)), assignment.why, in_place)
     transfers = placement.code_transfers(facts)
     rate = scaled_learning_rate(job, batch * count)
     workers = tuple(_place_worker(recipe, inventory, placement, facts, i, transfers, assignment.devices[i], rate)
@@ -170,18 +216,67 @@ def _trainer(job: JobSpec, placement: Placement, facts: Facts, role: Role, rank:
                    {**defaults, **(job.env or {}), **own})
 
 
-def _shards(job: JobSpec, inventory: Inventory, facts: Facts, count: int, *, local: bool) -> tuple[ShardSpec, ...]:
-    """Workers on this machine read parts of the training file in place when it has an index and its classes are
-    mixed through it; otherwise (and for data that must travel) strided copies are cut into the cache."""
-    if local and inventory.train_index is not None:
-        parts = shards.index_parts(inventory.train_records, count)
-        if all(parts) and shards.mixed_classes(inventory.train_labels, parts):
-            return tuple(ShardSpec(i, p, job.data.train, inventory.train_index, in_place=True)
-                         for i, p in enumerate(parts))
+def _shards(job: JobSpec, inventory: Inventory, facts: Facts, count: int, in_place: Sequence[bool], *,
+            remote: bool) -> tuple[ShardSpec, ...]:
+    """Workers that can (``in_place[i]``) read their part of the training file where it is when it has an index and
+    its classes are mixed through it, and the others get a copy of the same part; otherwise strided copies for all
+    (InputError if ``data.staging: never`` puts a worker on another host)."""
+    parts = shards.index_parts(inventory.train_records, count) if inventory.train_index is not None else []
+    if any(in_place) and parts and all(parts) and shards.mixed_classes(inventory.train_labels, parts):
+        shards_at = shard_dir(facts, count, partition="index")
+        return tuple(ShardSpec(i, p, job.data.train, inventory.train_index, in_place=True) if in_place[i] else
+                     ShardSpec(i, p, *_shard_paths(shards_at, i, count)) for i, p in enumerate(parts))
+    if job.data.staging == "never" and remote:
+        why = ("has no .idx" if not parts else "has too few records for a part per worker" if not all(parts) else
+               "is sorted by class, so its parts would each hold a few classes")
+        raise InputError(job.source, f"data.staging is never, but {job.data.train} {why}: the workers on other hosts "
+                         "cannot read their parts of it in place", hint="shuffle it (mxft-prepare), or set "
+                         "data.staging: auto")
     shards_at = shard_dir(facts, count)
-    return tuple(ShardSpec(i, p, os.path.join(shards_at, f"part-{i}-of-{count}.rec"),
-                           os.path.join(shards_at, f"part-{i}-of-{count}.idx"))
+    return tuple(ShardSpec(i, p, *_shard_paths(shards_at, i, count))
                  for i, p in enumerate(shards.strided_shards(len(inventory.train_records), count)))
+
+
+def _shard_paths(shards_at: str, index: int, count: int) -> tuple[str, str]:
+    return (os.path.join(shards_at, f"part-{index}-of-{count}.rec"),
+            os.path.join(shards_at, f"part-{index}-of-{count}.idx"))
+
+
+DATA_FILES = ("train", "val", "model")  # what a worker reads, by the name the plan gives it
+
+
+def data_files(job: JobSpec, facts: Facts) -> dict[str, tuple[str, ...]]:
+    """The files of each of ``DATA_FILES`` on this machine: a ``.rec`` with its ``.idx`` where there is one (those
+    ``facts.file_ids`` holds), the model's symbol and params."""
+    def rec(path: str) -> tuple[str, ...]:
+        idx = recfile.idx_path_for(path)
+        return (path, idx) if idx in facts.file_ids else (path,)
+    return {"train": rec(job.data.train), "val": rec(job.data.val),
+            "model": (job.model.symbol_path, job.model.params_path)}
+
+
+def _read_in_place(job: JobSpec, facts: Facts, workers: Sequence[HostSpec]) -> dict[str, tuple[str, ...]]:
+    """Which remote worker hosts read each of ``DATA_FILES`` where it is (``data.staging``): auto, a host that has the
+    same files at the same paths (``HostFacts.files``, probed); never, every host (InputError naming the first that
+    has not, unless not probed: a dry run takes the job's word). This machine's workers always read in place."""
+    remote = [h for h in dict.fromkeys(workers) if not h.is_local]
+    found = {}
+    for what, paths in data_files(job, facts).items():
+        found[what] = tuple(h.label for h in remote if job.data.staging != "always" and (
+            facts.hosts[h.label].assumed and job.data.staging == "never" or _same_files(facts, h.label, paths)))
+        missing = next((h for h in remote if h.label not in found[what]), None)
+        if job.data.staging == "never" and missing is not None:
+            path = next(p for p in paths if not _same_files(facts, missing.label, [p]))
+            there = "is not there" if not facts.hosts[missing.label].files.get(path) else \
+                "there is not the file this machine has (its size, time or first and last MiB differ)"
+            raise InputError(f"host {missing.label}", f"{path} {there}, and {job.source} says data.staging: never",
+                             hint="put the same file at the same path there, or set data.staging: auto")
+    return found
+
+
+def _same_files(facts: Facts, label: str, paths: Sequence[str]) -> bool:
+    seen = facts.hosts[label].files
+    return all(facts.file_ids.get(path) and seen.get(path) == facts.file_ids[path] for path in paths)
 
 
 def _model_key(job: JobSpec, facts: Facts) -> str:
@@ -196,22 +291,24 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
     layout, keys, shard = placement.layouts[host.label], facts.file_keys, recipe.shards[index]
     model_key = f"{_model_key(job, facts)}-{job.model.cut_layer}"
 
-    def stage(source: str, key: str, *, send: str | None = None) -> str:
-        dest = layout.data(source, key)
+    def stage(source: str, key: str, in_place: bool, *, send: str | None = None) -> str:
+        """The file's path for this worker: where it is, or where a transfer (appended once per host) puts it."""
+        dest = source if in_place else layout.data(source, key)
         transfer = Transfer(host.label, send or source, dest, "data")
-        if not layout.local and all(t.host != host.label or t.dest != dest for t in transfers):
+        if not layout.local and not in_place and all(t.host != host.label or t.dest != dest for t in transfers):
             transfers.append(transfer)
         return dest
 
     shard_key = os.path.basename(os.path.dirname(shard.rec_path))
-    train_rec = stage(shard.rec_path, shard_key)
-    stage(shard.idx_path, shard_key)
-    val_rec = stage(job.data.val, keys.get(job.data.val, "val"))
-    symbol = stage(job.model.symbol_path, model_key)
-    stage(job.model.params_path, model_key, send=recipe.trimmed_params)
+    train_rec = stage(shard.rec_path, shard_key, shard.in_place)
+    stage(shard.idx_path, shard_key, shard.in_place)
+    val_here, model_here = (host.label in recipe.in_place[what] for what in ("val", "model"))
+    val_rec = stage(job.data.val, keys.get(job.data.val, "val"), val_here)
+    symbol = stage(job.model.symbol_path, model_key, model_here)
+    stage(job.model.params_path, model_key, model_here, send=recipe.trimmed_params)
     val_idx = recfile.idx_path_for(job.data.val)
     if val_idx in keys:
-        stage(val_idx, keys[val_idx])
+        stage(val_idx, keys[val_idx], val_here)
     resume = _resume_files(host, layout, facts, transfers) if facts.resume_prefix else None
     if not layout.local:
         transfers.append(Transfer(host.label, os.path.join(facts.run_dir, "config", f"worker-{index}.json"),

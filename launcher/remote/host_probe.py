@@ -1,13 +1,15 @@
 """What preflight asks of each host, answered on the host: one JSON line (``launcher.run.preflight`` reads it).
 
-    python -c SOURCE WORK_DIR [FOLDER ...]
+    python -c SOURCE WORK_DIR [FOLDER ...] [--files PATH ...]
 
 The line holds the host's Python and CPUs, its home, the free space under the work folder,
 each folder the launch writes programs into that is not safe (``launcher.remote.folder_check``), its
 IPv4 interfaces, the address the launcher reached it at, and mxnet's version, its build's
 features and GPUs (``launcher.remote.gpu_probe``), cached on the host per Python and mxnet build for
-CPU builds. The clock is read last: the launcher compares it with when the line arrives. With
-GPUs the process ends without mxnet's teardown, which a failed kernel can crash.
+CPU builds, and what each file after ``--files`` is there (``file_id``: the launcher compares it with its own
+file at that path, to read the data in place where the host sees the same one). The clock is read last: the
+launcher compares it with when the line arrives. With GPUs the process ends without mxnet's teardown, which a
+failed kernel can crash.
 
 The source sent is ``launcher.remote.gpu_probe``'s, then ``launcher.remote.folder_check``'s, then this file's:
 standard library only, no annotations (Python 3.6 and newer).
@@ -16,6 +18,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import stat
 import sys
 import time
 
@@ -134,8 +137,39 @@ def facts(folders):
     return out
 
 
+MIB = 1 << 20
+WHOLE_INDEX_MAX = 64 * MIB  # an .idx up to this size is hashed whole (ImageNet's 1.28M records: about 20 MB)
+
+
+def file_id(path):
+    """What a file is, as two machines can compare it without sending it: its size, its modification time (whole
+    seconds: filesystems keep different precisions) and a digest of its first and last MiB (the whole file for an
+    ``.idx`` of up to 64 MiB); "" when there is no readable regular file at ``path``."""
+    try:  # non-blocking: a FIFO at the path must not hold the probe
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return ""
+            whole = path.endswith(".idx") and info.st_size <= WHOLE_INDEX_MAX
+            spans = [(0, info.st_size)] if whole else [(0, MIB), (max(MIB, info.st_size - MIB), MIB)]
+            digest = hashlib.sha256()
+            for start, length in spans:
+                handle.seek(start)
+                while length > 0:
+                    chunk = handle.read(min(length, MIB))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    length -= len(chunk)
+    except OSError:
+        return ""
+    return "%d:%d:%s" % (info.st_size, int(info.st_mtime), digest.hexdigest()[:32])
+
+
 def main(argv):
-    out = facts(argv)
+    files = argv[argv.index("--files") + 1:] if "--files" in argv else []
+    out = facts(argv[:len(argv) - len(files) - (1 if "--files" in argv else 0)])
+    out["files"] = {path: file_id(path) for path in files}
     out.update(cached_mxnet_facts(cache_path()))
     out["time"] = time.time()  # last: the launcher compares it with when this line arrives
     print(json.dumps(out), flush=True)

@@ -90,13 +90,13 @@ def probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec], 
     if echo:
         echo(f"[mxft] preflight: checking {len(hosts)} hosts")
     ssh_hosts = [(host, backend.remote(host)) for host in hosts]
-    reports = probe_all(ssh_hosts, config.remote_dir, other_folders=other_folders)
+    reports = probe_all(ssh_hosts, config.remote_dir, other_folders=other_folders, files=tuple(facts.file_ids))
     found, basic = {}, Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
     for report, (host, ssh) in zip(reports, ssh_hosts):
         usable = problems(report, basic) is None
         address = address_of(host, ssh)
-        found[host.label] = facts_of(report, address) if usable else assumed_facts(host, address,
-                                                                                        config.remote_dir)
+        found[host.label] = (facts_of(report, address, tuple(facts.file_ids)) if usable
+                             else assumed_facts(host, address, config.remote_dir))
         if usable:
             remember_facts(config.cache_dir, host, config.remote_dir, config.ssh, found[host.label],
                            launcher=config.launcher)

@@ -21,6 +21,7 @@ from launcher.data import cachefile, recfile
 from launcher.data.images import pack_image_folder
 from launcher.data.inputs import Inventory, check_inputs
 from launcher.plan import Plan, assign_workers
+from launcher.remote import host_probe
 from launcher.report.console import Console
 from launcher.run import assets
 from launcher.run.execute import write_run_files
@@ -81,7 +82,7 @@ class FineTuning:
         keys.update(dict.fromkeys(val_files, fingerprint(*val_files)))
         return dict(train_fingerprint=fingerprint(*rec_files(spec.data.train)), file_keys=keys,
                     resume_epoch=checkpoint.epoch if checkpoint else 0,
-                    resume_prefix=checkpoint.prefix if checkpoint else None)
+                    resume_prefix=checkpoint.prefix if checkpoint else None, file_ids=_data_file_ids(spec))
 
     @staticmethod
     def local_workers(spec: JobSpec, hosts: Sequence[HostSpec]) -> int:
@@ -149,6 +150,15 @@ class FineTuning:
         topk = f", {top.replace('val_', '')} {result[top]:.4f}" if top else ""
         return lines + [f"validation accuracy: {result['val_accuracy']:.4f}{topk} ({result['val_images']} images, "
                         f"{_evaluated_by(plan)})"]
+
+
+def _data_file_ids(spec: JobSpec) -> dict[str, str]:
+    """What the data's files are here (``host_probe.file_id``), for preflight to ask each host whether it has the same
+    at the same path; none with ``data.staging: always``."""
+    if spec.data.staging == "always":
+        return {}
+    paths = [*rec_files(spec.data.train), *rec_files(spec.data.val), spec.model.symbol_path, spec.model.params_path]
+    return {path: host_probe.file_id(path) for path in paths}
 
 
 def _refuse_unheld(names: list[str], where: str, *, what: str, given: str) -> None:

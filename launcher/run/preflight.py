@@ -83,15 +83,18 @@ class HostReport:
     hint: str = ""
 
 
-def probe_host(ssh: RemoteHost, spec: HostSpec, work_dir: str, *, other_folders: Sequence[str] = ()) -> HostReport:
+def probe_host(ssh: RemoteHost, spec: HostSpec, work_dir: str, *, other_folders: Sequence[str] = (),
+               files: Sequence[str] = ()) -> HostReport:
     """Run the probe on one host; never raises for the host's own problems (they are in ``error``).
 
-    ``other_folders``: folders besides the work folder the launch copies programs into (checked like it).
+    ``other_folders``: folders besides the work folder the launch copies programs into (checked like it);
+    ``files``: paths whose ``file_id`` there the launch compares with this machine's (data read in place).
     """
     python = spec.python or "python3"
     report = functools.partial(HostReport, spec.label)
     try:
-        code, out, err = ssh.run([python, "-c", _PROBE, work_dir, *other_folders], timeout_s=60)
+        asked = ("--files", *files) if files else ()
+        code, out, err = ssh.run([python, "-c", _PROBE, work_dir, *other_folders, *asked], timeout_s=60)
         after = time.time()
     except HostKeyError as err:
         return report(True, err.state, error=str(err))
@@ -150,12 +153,13 @@ def problems(report: HostReport, need: Requirements) -> tuple[str, str] | None:
 
 
 def probe_all(hosts: Sequence[tuple[HostSpec, RemoteHost]], work_dir: str, *,
-              other_folders: Sequence[str] = ()) -> list[HostReport]:
+              other_folders: Sequence[str] = (), files: Sequence[str] = ()) -> list[HostReport]:
     """Probe every host, ``HOSTS_AT_ONCE`` at a time; one report per host, in the order given.
 
     (``cluster.ssh.on_hosts``: a thousand hosts cost 32 threads, not a thousand).
     """
-    return on_hosts(lambda pair: probe_host(pair[1], pair[0], work_dir, other_folders=other_folders), hosts,
+    return on_hosts(lambda pair: probe_host(pair[1], pair[0], work_dir, other_folders=other_folders,
+                                                files=files), hosts,
                     name="probe")
 
 
@@ -170,13 +174,26 @@ def require_fit(reports: Sequence[HostReport], need: Requirements) -> None:
         raise InputError("", "\n".join(failures))
 
 
-def facts_of(report: HostReport, address: str) -> HostFacts:
-    """What planning needs from a probed host; ``address`` is where the SSH config says it is."""
+def facts_of(report: HostReport, address: str, files: Sequence[str] = ()) -> HostFacts:
+    """What planning needs from a probed host; ``address`` is where the SSH config says it is; ``files``: the paths
+    the probe was asked about (the host's answer for any other path is dropped)."""
     info = report.info
     interfaces = info.get("interfaces")
     return HostFacts(address=address, python=info["python_path"], cpu_count=int(info["cpus"]),
                      work_dir=info["work_dir"], home=info["home"], ip=_ip_or_empty(info.get("reached_ip")),
-                     interfaces={str(k): str(v) for k, v in interfaces.items()} if isinstance(interfaces, dict) else {})
+                     interfaces={str(k): str(v) for k, v in interfaces.items()} if isinstance(interfaces, dict) else {},
+                     files=_file_ids(info.get("files"), files))
+
+
+FILE_ID = re.compile(r"[0-9]{1,20}:-?[0-9]{1,20}:[0-9a-f]{32}")
+
+
+def _file_ids(answer, asked: Sequence[str]) -> dict[str, str]:
+    """What the host says each asked path is (``host_probe.file_id``); "" for a path it has not, or answered in a
+    shape no probe writes."""
+    answer = answer if isinstance(answer, dict) else {}
+    return {path: answer[path] if isinstance(answer.get(path), str) and FILE_ID.fullmatch(answer[path]) else ""
+            for path in asked}
 
 
 def _ip_or_empty(text) -> str:

@@ -46,6 +46,7 @@ INITIALIZER_KEYS = ("type", "rnd_type", "factor_type", "magnitude", "sigma", "sc
 BUILTIN_ASSETS = ("digits",)
 LR_SCALINGS = ("none", "linear")
 EVALUATIONS = ("shared", "worker0")
+STAGINGS = ("auto", "always", "never")
 COMPRESSIONS = ("2bit",)
 
 
@@ -102,6 +103,10 @@ class DataSpec:
     rand_crop: bool = key(True, check=ok.boolean, help="random crops of training images")
     rand_mirror: bool = key(True, check=ok.boolean, help="random horizontal flips of training images")
     preprocess_threads: int = key(4, check=ok.at_least(1), help="decoding threads per worker")
+    staging: str = key("auto", check=ok.choice(STAGINGS),
+                       help="auto: a host that has the same files at the same paths (a shared filesystem) reads "
+                            "them in place, the others get copies; always: copies everywhere; never: every host "
+                            "must have them")
 
 
 def _read_initializer(fields: Fields, expand) -> "InitializerSpec":
