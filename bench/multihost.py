@@ -99,8 +99,9 @@ class Bench:
         run_id = new_run_id(job)
         plan = plan_attempt(config, job, load_hosts(self.hosts), Attempt(run_id, os.path.join(self.runs, run_id)))
         ssh_hosts = {host.label: SSHHost(host, plan.ssh) for host in plan.hosts}
-        stage_local(plan)
-        stage_remote(plan, ssh_hosts, console=Console(open(os.devnull, 'w')))  # configs and data in place, as by hand
+        pieces = stage_local(plan)
+        stage_remote(plan, ssh_hosts, console=Console(open(os.devnull, 'w')),  # configs and data in place, as by hand
+                     pieces=pieces)
         started = time.time()
         procs, outputs = [], []
         for spec in plan.processes:

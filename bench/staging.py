@@ -120,19 +120,23 @@ def wire_table(cluster, work: str) -> list[str]:
         plan = plan_attempt(config, job, hosts, Attempt(run_id, os.path.join(config.run_root, run_id)))
         ssh_hosts = {host.label: SSHHost(host, plan.ssh) for host in plan.hosts}
         inventory = check_inputs(job)
-        stage_local(plan)
-        reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
+        pieces = stage_local(plan)
+        reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__, pieces=pieces,
                             python_of=plan.remote_pythons.__getitem__, progress=lambda *report: None)
         sent = sum(r.data_bytes_sent for r in reports)
         code = sum(r.code_bytes_sent for r in reports)
         stream = sum(r.bytes_sent for r in reports)
         busy = {t.host for t in plan.transfers}
-        per_host = inventory.val_bytes + os.path.getsize(plan.component.trimmed_params or job.model.params_path) + \
-            os.path.getsize(job.model.symbol_path) + os.path.getsize(job.data.val.replace(".rec", ".idx"))
-        shards = sum(os.path.getsize(t.source) for t in plan.transfers if "/part-" in t.dest)
-        minimum = inventory.train_bytes + len(busy) * per_host
+        recipe = plan.component
+        per_host = inventory.val_bytes + os.path.getsize(job.model.symbol_path) + \
+            os.path.getsize(job.data.val.replace(".rec", ".idx"))
+        model = os.path.getsize(recipe.trimmed_params or job.model.params_path)  # to worker 0's host alone
+        statistics = os.path.getsize(recipe.statistics_params) if recipe.statistics_params else model
+        shards = sum(pieces[t.source].size for t in plan.transfers if "/part-" in t.dest)
+        minimum = inventory.train_bytes + len(busy) * per_host + model + (len(busy) - 1) * statistics
         rows.append(f"| {attempt} | {sent} | {minimum} | {sent / minimum:.3f} | {code} | {stream} | {shards} |")
-    return ["| | data bytes sent | minimum (every training record once + val, idx and checkpoint per host) "
+    return ["| | data bytes sent | minimum (every training record once, the validation set and symbol per host, "
+            "the weights once and BatchNorm statistics to the other hosts) "
             "| ratio | code bytes sent | whole streams (with configs and frame headers) "
             "| shard bytes (records + their .idx) |", "|---|---|---|---|---|---|---|", *rows]
 

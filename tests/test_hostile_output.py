@@ -122,7 +122,7 @@ def test_a_flooding_worker_leaves_the_run_folder_within_its_caps_and_the_run_suc
     with open(run_dir / "events.jsonl", encoding="utf-8") as handle:
         stored = [json.loads(line) for line in handle]
     processes = 4  # scheduler, server 0, workers 0 and 1
-    assert len(stored) <= processes * ((1 + 3) * 2 + 100 + 3), len(stored)
+    assert len(stored) <= processes * ((1 + 3) * 2 + 100 + 4), len(stored)
     assert not [e for e in stored if e["process"] == "worker 1" and e["event"] == "epoch" and e["index"] != 1]
     assert {e["epoch"] for e in stored if e["event"] == "epoch"} == {1, 2}
     for log in (run_dir / "logs").iterdir():

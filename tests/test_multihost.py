@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from launcher.data import recfile
 from testing.processes import run_id_from, run_processes
 from tests.helpers import (assert_dry_run_is_the_plan, demo_job, hosts_file, launch_bad, no_processes_left,
                            python_field, run_launch, ssh_args, start_launch, wait_until, write_job)
@@ -23,12 +24,13 @@ def test_demo_across_three_hosts_then_relaunch_sends_no_data(hosts3, tmp_path, d
     spec = demo_job(demo_assets, cluster={"workers": 3, "servers": 2}, data={"staging": "always"})
     job = write_job(tmp_path / "job.yaml", spec)
     hosts = hosts_file(hosts3, tmp_path)
-    first = run_launch(ssh_args(hosts3, hosts) + [job, "-v", "--run-root", str(tmp_path / "runs")],
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    first = run_launch(ssh_args(hosts3, hosts) + [job, "-v", "--run-root", str(tmp_path / "runs")] + cache,
                        cwd=str(tmp_path))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr
     run_id = run_id_from(first.stdout)
     # Offline, the dry run plans with the facts this launch probed: the plan it prints is the one that ran.
-    dry = run_launch(ssh_args(hosts3, hosts) + [job, "--dry-run", "--run-root", str(tmp_path / "runs")],
+    dry = run_launch(ssh_args(hosts3, hosts) + [job, "--dry-run", "--run-root", str(tmp_path / "runs")] + cache,
                      cwd=str(tmp_path))
     assert dry.returncode == 0 and "  assumed" not in dry.stdout, dry.stdout + dry.stderr
     assert_dry_run_is_the_plan(dry.stdout, str(tmp_path / "runs" / run_id))
@@ -42,13 +44,23 @@ def test_demo_across_three_hosts_then_relaunch_sends_no_data(hosts3, tmp_path, d
     assert os.path.isfile(tmp_path / "runs" / run_id / "checkpoint" / f"demo-{spec['train']['epochs']:04d}.params")
     assert no_processes_left(hosts3, run_id) == {}
 
-    # Each host holds exactly its own workers' shards: worker i runs on host i+1.
+    # Each host holds exactly its own workers' shards (worker i runs on host i+1), cut as they were sent: the
+    # launcher's cache holds none (issue 26, item 4), and each is what cutting it here gives.
+    assert not (tmp_path / "cache" / "shards").exists() or not os.listdir(tmp_path / "cache" / "shards")
+    spans = recfile.read_index(spec["data"]["train"])
     for i, host in enumerate(hosts3.hosts):
-        shards = sorted(name for root, _, names in os.walk(os.path.join(host.work_dir, "data"))
+        shards = sorted(os.path.join(root, name) for root, _, names in os.walk(os.path.join(host.work_dir, "data"))
                         for name in names if name.startswith("part-"))
-        assert shards == [f"part-{i}-of-3.idx", f"part-{i}-of-3.rec"], (host.name, shards)
+        assert [os.path.basename(p) for p in shards] == [f"part-{i}-of-3.idx", f"part-{i}-of-3.rec"], shards
+        here = recfile.write_shard(spec["data"]["train"], spans[i::3], str(tmp_path / f"part-{i}"))
+        assert [open(p, "rb").read() for p in shards] == [open(p, "rb").read() for p in here[::-1]]
+    assert_the_model_went_once(hosts3, tmp_path / "runs" / run_id, attempts=1)
+    # ... and those weights are the pretrained model's with the seeded new layer: what every worker on one machine,
+    # each with the whole checkpoint, starts from (the same digest whichever ps-lite rank got which host)
+    assert start_digests(tmp_path / "runs" / run_id_from(local.stdout)) == start_digests(tmp_path / "runs" / run_id)
 
-    again = run_launch(ssh_args(hosts3, hosts) + [job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
+    again = run_launch(ssh_args(hosts3, hosts) + [job, "--run-root", str(tmp_path / "runs")] + cache,
+                       cwd=str(tmp_path))
     assert again.returncode == 0, again.stderr
     assert "[stage] 0 bytes of data sent in total" in again.stdout
     assert "[stage] 0 bytes of data sent in total" not in first.stdout
@@ -159,10 +171,13 @@ def test_where_hosts_have_the_data_they_read_it_in_place_and_staging_never_names
             shutil.rmtree(where, ignore_errors=True)
 
 
-def start_remote_run(cluster, tmp_path, demo_assets, *, epochs=200, until="epoch 1 done",
+def start_remote_run(cluster, tmp_path, demo_assets, *, epochs=200, until="epoch 1 done", job=None,
                      **cluster_fields) -> tuple[subprocess.Popen, str]:
-    job = write_job(tmp_path / "long.yaml", demo_job(demo_assets, train={"epochs": epochs},
-                                                    cluster={"workers": 3, "servers": 2, **cluster_fields}))
+    """The demo for ``epochs`` on 3 workers (``job``: more of each section), started and followed ``until``."""
+    sections = {"train": {"epochs": epochs}, "cluster": {"workers": 3, "servers": 2, **cluster_fields}}
+    for name, fields in (job or {}).items():
+        sections[name] = {**sections.get(name, {}), **fields}
+    job = write_job(tmp_path / "long.yaml", demo_job(demo_assets, **sections))
     args = ssh_args(cluster, hosts_file(cluster, tmp_path)) + [job, "--run-root", str(tmp_path / "runs")]
     proc, run_id, _ = start_launch(args, cwd=str(tmp_path), until=until)
     return proc, run_id
@@ -234,8 +249,36 @@ def test_accept_new_host_keys_records_the_key_and_a_changed_key_is_refused(hosts
         accept.run(["true"])
 
 
+def start_events(run_dir) -> list[dict]:
+    """Each worker's digest of its weights after the first pull, in the order reported."""
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return [e for e in events if e["event"] == "start"]
+
+
+def start_digests(run_dir) -> set[str]:
+    return {e["weights"] for e in start_events(run_dir)}
+
+
+def assert_the_model_went_once(cluster, run_dir, *, attempts: int) -> None:
+    """Issue 26, item 2: the weights went to worker 0's host alone (the others got the BatchNorm statistics), and every
+    worker's weights after the first pull were worker 0's (in each attempt: a resumed one starts from the run's own
+    checkpoint, on every host)."""
+    assert f"  model once its weights go to {cluster.hosts[0].address} (worker 0's host) alone: " in (
+        run_dir / "plan.txt").read_text()
+    for i, host in enumerate(cluster.hosts):
+        models = {name for name in os.listdir(os.path.join(host.work_dir, "data")) if "flatten0" in name}
+        assert any(name.endswith("-statistics") for name in models) == (i > 0), (host.name, models)
+    starts = start_events(run_dir)
+    assert len(starts) == 3 * attempts, starts
+    for attempt in range(attempts):
+        ours = starts[3 * attempt: 3 * attempt + 3]
+        assert sorted(e["index"] for e in ours) == [0, 1, 2] and len({e["weights"] for e in ours}) == 1, ours
+
+
 def test_restart_across_hosts_resumes_from_the_fetched_checkpoint(hosts3, tmp_path, demo_assets):
-    proc, run_id = start_remote_run(hosts3, tmp_path, demo_assets, epochs=10, until="epoch 4 done", max_restarts=1)
+    """With ``train.evaluation: worker0`` (the servers update the weights) and the data staged everywhere."""
+    proc, run_id = start_remote_run(hosts3, tmp_path, demo_assets, epochs=10, until="epoch 4 done", max_restarts=1,
+                                    job={"train": {"evaluation": "worker0"}, "data": {"staging": "always"}})
     os.kill(find_process(hosts3, run_id, "worker-1"), 9)
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stdout[-2000:] + stderr
@@ -245,6 +288,7 @@ def test_restart_across_hosts_resumes_from_the_fetched_checkpoint(hosts3, tmp_pa
     assert second["begin_epoch"] == first["epochs_done"] >= 3 and second["outcome"] == "succeeded"
     assert [e["epoch"] for e in result["epochs"]] == list(range(1, 11))
     assert no_processes_left(hosts3, run_id) == {}
+    assert_the_model_went_once(hosts3, tmp_path / "runs" / run_id, attempts=2)
 
 
 def test_staging_killed_halfway_leaves_nothing_trusted(hosts3, tmp_path):

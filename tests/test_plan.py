@@ -128,14 +128,16 @@ def test_remote_plan_literal():
         Transfer("10.0.0.2", plan.component.shards[1].idx_path, f"/home/b/.mxft/data/{shard_key}/part-1-of-2.idx",
                  "data"),
         Transfer("10.0.0.2", "/d/val.rec", "/home/b/.mxft/data/vk/val.rec", "data"),
-        Transfer("10.0.0.2", "/m/net-symbol.json", "/home/b/.mxft/data/mk-flatten0/net-symbol.json", "data"),
-        # The params without the layers above the cut (launcher.data.trim), made while staging.
-        Transfer("10.0.0.2", "/cache/trimmed/mk-flatten0/net-0000.params",
-                 "/home/b/.mxft/data/mk-flatten0/net-0000.params", "data"),
+        Transfer("10.0.0.2", "/m/net-symbol.json", "/home/b/.mxft/data/mk-flatten0-statistics/net-symbol.json",
+                 "data"),
+        # Worker 0's host gets the params without the layers above the cut (launcher.data.trim), made while
+        # staging; this one only their BatchNorm statistics (its worker takes worker 0's weights).
+        Transfer("10.0.0.2", "/cache/trimmed/mk-flatten0-statistics/net-0000.params",
+                 "/home/b/.mxft/data/mk-flatten0-statistics/net-0000.params", "data"),
         Transfer("10.0.0.2", "/runs/small-1/config/worker-1.json", "/home/b/.mxft/runs/small-1/config/worker-1.json",
                  "run"),
     ]
-    assert plan.component.workers[1].model_prefix == "/home/b/.mxft/data/mk-flatten0/net"
+    assert plan.component.workers[1].model_prefix == "/home/b/.mxft/data/mk-flatten0-statistics/net"
     assert plan.component.trimmed_params == "/cache/trimmed/mk-flatten0/net-0000.params"
     assert plan.component.workers[1].out_dir == "/home/b/.mxft/runs/small-1/workers/worker-1"
     assert plan.remote_roots == {"10.0.0.1": "/home/a/.mxft", "10.0.0.2": "/home/b/.mxft"}
@@ -213,6 +215,35 @@ def test_data_staging_never_refuses_a_host_without_the_file_naming_it():
         _shared_plan(SHARED, "never", labels=(0, 0, 0, 1, 1, 1, 2, 2, 2))
     # a dry run that never probed h2 takes the job's word
     assert all(s.in_place for s in _shared_plan({}, "never", assumed=True).component.shards)
+
+
+def test_the_model_goes_whole_to_worker_0s_host_alone():
+    """Issue 26, item 2: the others get the BatchNorm statistics and take worker 0's weights through the kvstore."""
+    hosts = (HostSpec("h1"), HostSpec("h2"), HostSpec("h3"))
+    facts = dataclasses.replace(_two_host_facts({}), file_ids={}, hosts={
+        f"h{i}": HostFacts(f"10.0.0.{i}", "py", 4, "/w") for i in (1, 2, 3)})
+    job = parse_job(JOB.replace("workers: 2", "workers: 3"), "/jobs/small.yaml", environ={})
+    plan = make_plan(job, hosts, facts, inventory=inventory())
+    recipe = plan.component
+    assert recipe.statistics_params == "/cache/trimmed/mk-flatten0-statistics/net-0000.params"
+    models = {(t.host, t.source, t.dest) for t in plan.transfers if "/m/" in t.source or "/trimmed/" in t.source}
+    assert models == {("h1", "/m/net-symbol.json", "/w/data/mk-flatten0/net-symbol.json"),
+                      ("h1", recipe.trimmed_params, "/w/data/mk-flatten0/net-0000.params"),
+                      *{(h, "/m/net-symbol.json", "/w/data/mk-flatten0-statistics/net-symbol.json")
+                        for h in ("h2", "h3")},
+                      *{(h, recipe.statistics_params, "/w/data/mk-flatten0-statistics/net-0000.params")
+                        for h in ("h2", "h3")}}
+    assert [(w.model_prefix, w.start_weights) for w in recipe.workers] == [
+        ("/w/data/mk-flatten0/net", "worker0"), ("/w/data/mk-flatten0-statistics/net", "worker0"),
+        ("/w/data/mk-flatten0-statistics/net", "worker0")]
+    assert ("  model once its weights go to h1 (worker 0's host) alone: h2, h3 get its BatchNorm statistics, and every "
+            "worker starts from worker 0's weights through the kvstore") in plan.describe()
+    # every push quantised: the whole model everywhere, and each worker's own start as before
+    compressed = parse_job(JOB.replace("cluster: {workers: 2,", "cluster: {gradient_compression: {type: 2bit}, "
+                                       "workers: 3,").replace("train: {", "train: {evaluation: worker0, "),
+                           "/jobs/small.yaml", environ={})
+    whole = make_plan(compressed, hosts, facts, inventory=inventory()).component
+    assert whole.statistics_params is None and {w.start_weights for w in whole.workers} == {"own"}
 
 
 def test_slots_limit_devices_per_host():

@@ -1,6 +1,7 @@
 """RecordIO reading and sharding in pure Python, checked against files mxnet writes."""
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -9,7 +10,7 @@ import mxnet as mx
 import pytest
 
 from cluster.errors import InputError
-from launcher.data import recfile, shards
+from launcher.data import pieces, recfile, shards
 
 
 def write_rec(prefix: str, labels, *, payload=lambda i: b"img%d" % i) -> str:
@@ -51,6 +52,28 @@ def test_strided_shards_cover_every_record_once():
     parts = shards.strided_shards(10, 3)
     assert [list(s) for s in parts] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
     assert shards.strided_shards(2, 1) == [range(0, 2, 1)]
+
+
+def test_a_shard_sent_as_it_is_cut_is_the_shard_written_here(tmp_path):
+    """Issue 26, item 4: the pieces staging sends for another host's shard hold the bytes ``write_shard`` writes (and
+    say their sha256), without any file made here; a training file cut short since is named, not sent short."""
+    rec = write_rec(str(tmp_path / "a"), [i % 3 for i in range(9)], payload=lambda i: bytes([i]) * (100 + i))
+    spans = recfile.read_index(rec)
+    chosen = [spans[i] for i in range(1, 9, 3)]
+    written = recfile.write_shard(rec, chosen, str(tmp_path / "part"))
+    for piece, path in ((pieces.ShardRecords(rec, chosen), written[0]), (pieces.ShardIndex(chosen), written[1])):
+        out = tmp_path / "sent"
+        with open(out, "wb") as handle:
+            counted = []
+            piece.write_to(handle.fileno(), counted.append)
+        expected = open(path, "rb").read()
+        assert out.read_bytes() == expected and sum(counted) == piece.size == len(expected)
+        assert piece.sha256() == hashlib.sha256(expected).hexdigest() and piece.mode == 0o600
+    os.truncate(rec, spans[7].offset)
+    with pytest.raises(pieces.SourceShrank):
+        pieces.ShardRecords(rec, chosen).sha256()
+    with open(tmp_path / "short", "wb") as handle, pytest.raises(pieces.SourceShrank):
+        pieces.ShardRecords(rec, chosen).write_to(handle.fileno(), lambda count: None)
 
 
 def test_shards_are_byte_copies_readable_by_mxnet(tmp_path):

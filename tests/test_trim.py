@@ -18,6 +18,11 @@ def test_trimmed_params_keep_everything_below_the_cut(demo_assets, tmp_path):
     assert set(original) - set(trimmed) == {"arg:fc1_weight", "arg:fc1_bias"}
     assert all((original[name] == trimmed[name]).asnumpy().all() for name in trimmed)
     assert os.path.getsize(tmp_path / "t.params") < os.path.getsize(prefix + "-0000.params")
+    # the BatchNorm statistics alone: what a host without worker 0 gets (issue 26: the model once)
+    kept = trim_params(prefix + "-0000.params", keep, str(tmp_path / "s.params"), kinds=("aux",))
+    statistics = mx.nd.load(str(tmp_path / "s.params"))
+    assert kept == (len(statistics), 43 - len(statistics)) and statistics
+    assert {name for name in original if name.startswith("aux:")} == set(statistics)
 
 
 def test_other_dtypes_and_unknown_forms(tmp_path):

@@ -77,6 +77,8 @@ class WorkerConfig:
     resume_prefix: str | None = None  # fine-tuned checkpoint of epoch begin_epoch to start from
     cpu_contexts: int = 1           # devices None: computes on mx.cpu(0) .. mx.cpu(N-1) (cluster.devices: cpu:N)
     train_part: list | None = None  # [part, parts, .idx]: read that part of train_rec in place (no shard copied)
+    start_weights: str = "own"      # "worker0": every worker takes worker 0's weights through the kvstore before
+                                    # training (the same on all); the others' params files hold BatchNorm statistics
 
     @property
     def device_count(self) -> int:

@@ -23,6 +23,8 @@ worker 0 evaluates the whole set with its own statistics.
 """
 from __future__ import annotations
 
+import hashlib
+
 import mxnet as mx
 import numpy as np
 
@@ -30,6 +32,35 @@ from trainer.config import WorkerConfig
 
 AUX_KEY = "mxft-aux:"          # kvstore keys of the averaged auxiliary states
 COUNTS_KEY = "mxft-eval-counts"  # correct, correct in top-k, summed loss, images
+START_KEY = "mxft-start:"      # kvstore keys that carry worker 0's weights to every worker
+
+
+def take_worker0_weights(mod: mx.mod.Module, kv, index: int) -> None:
+    """Every worker's weights become worker 0's (the plan's, not ps-lite's rank 0): each pushes its weights under keys
+    of their own, worker 0 as they are and every other worker zeros, and pulls the sum. Run before the optimizer is
+    set, while the servers still store the sum of what is pushed whatever the update mode; a key's pull follows its
+    push (MXNet merges both through one buffer). Workers whose params file held only BatchNorm statistics (the model
+    sent once, issue 26) start from these."""
+    args, aux = mod.get_params()
+    names = sorted(args)
+    keys = [START_KEY + name for name in names]
+    kv.init(keys, [mx.nd.zeros(args[name].shape, dtype=args[name].dtype) for name in names])
+    for key, name in zip(keys, names):
+        if index != 0:
+            args[name][:] = 0
+        kv.push(key, args[name])
+        kv.pull(key, out=args[name])
+    mod.set_params(args, aux, force_init=True)
+
+
+def weights_digest(mod: mx.mod.Module) -> str:
+    """A sha256 of the weights (names and bytes, in name order): equal on two workers exactly when they hold the same
+    weights."""
+    digest = hashlib.sha256()
+    args, _ = mod.get_params()
+    for name in sorted(args):
+        digest.update(name.encode() + b"\0" + args[name].asnumpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def same_start(mod: mx.mod.Module, kv) -> None:

@@ -22,7 +22,8 @@ import numpy as np
 
 from trainer import events
 from trainer.config import WorkerConfig
-from trainer.evaluation import SharedEvaluation, count_part, same_start, summary
+from trainer.evaluation import (SharedEvaluation, count_part, same_start, summary, take_worker0_weights,
+                                weights_digest)
 from trainer.graph import NEW_LAYER, fine_tune_symbol
 
 log = logging.getLogger("mxft.worker")
@@ -131,12 +132,16 @@ def _network(cfg: WorkerConfig):
                   and not name.startswith(f"{NEW_LAYER}_")] if cfg.model.variant == "frozen" else [])
         log.info("resuming after epoch %d from %s", cfg.begin_epoch, cfg.resume_prefix)
         return net, arg_params, aux_params, fixed
-    symbol, arg_params, aux_params = mx.model.load_checkpoint(cfg.model_prefix, cfg.model.epoch)
+    symbol = mx.sym.load(f"{cfg.model_prefix}-symbol.json")
+    saved = mx.nd.load(f"{cfg.model_prefix}-{cfg.model.epoch:04d}.params")
+    saved = saved if isinstance(saved, dict) else {}  # a file of no arrays loads as a list
     net, arg_params, aux_params, fixed = fine_tune_symbol(
-        symbol, arg_params, aux_params, num_classes=cfg.num_classes, cut_layer=cfg.model.cut_layer,
-        variant=cfg.model.variant)
-    log.info("graph cut at %s, new %s with %d classes; %d pretrained arrays kept (%s)", cfg.model.cut_layer,
-             NEW_LAYER, cfg.num_classes, len(arg_params) + len(aux_params), cfg.model.variant)
+        symbol, {k[4:]: v for k, v in saved.items() if k.startswith("arg:")},
+        {k[4:]: v for k, v in saved.items() if k.startswith("aux:")}, num_classes=cfg.num_classes,
+        cut_layer=cfg.model.cut_layer, variant=cfg.model.variant)
+    log.info("graph cut at %s, new %s with %d classes; %d pretrained arrays kept (%s)%s", cfg.model.cut_layer,
+             NEW_LAYER, cfg.num_classes, len(arg_params) + len(aux_params), cfg.model.variant,
+             "; the weights come from worker 0" if cfg.start_weights == "worker0" and cfg.index else "")
     return net, arg_params, aux_params, fixed
 
 
@@ -154,9 +159,12 @@ def _prepared_module(cfg: WorkerConfig, net, fixed: list[str], train, kv, arg_pa
     mod = mx.mod.Module(net, context=contexts, fixed_param_names=fixed or None)
     mod.bind(data_shapes=train.provide_data, label_shapes=train.provide_label, for_training=True)
     mod.init_params(initializer=_initializer(cfg), arg_params=arg_params, aux_params=aux_params, allow_missing=True)
+    if cfg.start_weights == "worker0":
+        take_worker0_weights(mod, kv, cfg.index)
     mod.init_optimizer(kvstore=kv, optimizer=cfg.train.optimizer, optimizer_params=_optimizer_params(cfg))
-    if same_weights:
+    if same_weights and cfg.start_weights != "worker0":
         same_start(mod, kv)
+    events.emit("start", index=cfg.index, weights=weights_digest(mod))  # after the first pull: equal on all workers
     return mod
 
 

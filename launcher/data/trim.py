@@ -39,8 +39,10 @@ def used_variables(symbol_path: str, cut_layer: str) -> set[str]:
     return names
 
 
-def trim_params(params_path: str, keep: set[str], out_path: str) -> tuple[int, int] | None:
-    """Write ``out_path`` with only the arrays whose name (without arg:/aux:) is in ``keep``.
+def trim_params(params_path: str, keep: set[str], out_path: str, *,
+                kinds: tuple[str, ...] = ("arg", "aux")) -> tuple[int, int] | None:
+    """Write ``out_path`` with only the arrays whose name (without arg:/aux:) is in ``keep`` and whose kind (arg:
+    weights, aux: BatchNorm's moving statistics) is in ``kinds``.
 
     Returns (arrays kept, arrays dropped), or None if the file is not a complete params
     file with names (then nothing is written). ``out_path`` appears only when complete.
@@ -49,7 +51,8 @@ def trim_params(params_path: str, keep: set[str], out_path: str) -> tuple[int, i
         layout = paramsfile.parse_layout(data)
         if isinstance(layout, paramsfile.BadParams) or not layout.names:
             return None
-        kept = [i for i, name in enumerate(layout.names) if name.split(":", 1)[-1] in keep]
+        kept = [i for i, name in enumerate(layout.names)
+                if name.split(":", 1)[-1] in keep and name.split(":", 1)[0] in kinds]
         with replacing(out_path) as out:
             out.write(struct.pack("<QQQ", paramsfile.LIST_MAGIC, 0, len(kept)))
             for i in kept:

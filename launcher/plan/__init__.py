@@ -19,7 +19,8 @@ from launcher.plan.decode import DecodeError, decode, decode_with
 from launcher.plan.model import Facts, HostFacts, Plan, ProcessSpec, Role, Transfer, fact_changes, public_addresses
 from launcher.plan.network import training_network
 from launcher.plan.placement import assign_workers, place
-from launcher.plan.recipe import Recipe, ShardSpec, make_recipe_plan, shard_dir
+from launcher.plan.recipe import Recipe, make_recipe_plan
+from launcher.plan.sources import ShardSpec, shard_dir
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import JobSpec
 

@@ -6,7 +6,6 @@ the hosts and the facts give the one ``Plan``; ``Recipe`` is its part of that pl
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -14,26 +13,14 @@ from typing import ClassVar
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
-from launcher.data import recfile, shards
+from launcher.data import recfile
 from launcher.data.inputs import Inventory
 from launcher.plan.model import Facts, Plan, ProcessSpec, Role, Transfer
 from launcher.plan.placement import (Assignment, HostLayout, Placement, Program, assign_workers, check_slots,
                                      device_count, plan_processes)
+from launcher.plan.sources import ShardSpec, describe_sources, read_in_place, worker_shards
 from launcher.spec.jobspec import ClusterSpec, CPUContexts, JobSpec
 from trainer.config import SECTIONS, WorkerConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardSpec:
-    """The training records of one worker: a copy cut into the cache (staged to its host), or a part of the
-    training file that a worker on this machine reads where it is (``in_place``: ImageRecordIter's
-    ``part_index``/``num_parts`` over the file's ``.idx``; nothing copied)."""
-
-    worker: int
-    positions: range | tuple[int, ...]    # which records of the training .rec (shards.strided_shards / index_parts)
-    rec_path: str
-    idx_path: str
-    in_place: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +37,8 @@ class Recipe:
     why: tuple[str, ...] = ()             # how cluster.workers / servers: auto were decided
     in_place: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # "train" | "val" |
                                           # "model" -> the remote hosts whose workers read it where it is
+    statistics_params: str | None = None  # the trimmed params' BatchNorm statistics alone, staged to the hosts
+                                          # without worker 0, whose workers take its weights through the kvstore
 
     name = property(lambda self: self.job.name)
     source = property(lambda self: self.job.source)
@@ -105,47 +94,19 @@ def _describe_recipe(plan: Plan, recipe: Recipe) -> list[str]:
             "evaluated by worker 0 alone (train.evaluation: worker0)" if job.train.evaluation == "worker0" else
             f"a part evaluated by each of the {len(recipe.workers)} workers with their BatchNorm statistics averaged"
             if len(recipe.workers) > 1 else "evaluated by worker 0"),
-        *_describe_data(plan, recipe),
+        *describe_sources(plan, job, recipe.shards, recipe.in_place),
+        *_describe_model_once(plan, recipe),
         "  processes:",
     ]
 
 
-def _describe_data(plan: Plan, recipe: Recipe) -> list[str]:
-    """Where the workers on other hosts read the training data, the validation data and the model: in place or from
-    copies staged there, and why (``data.staging``)."""
-    local = {host.label for host in plan.hosts if host.is_local}
-    remote = [label for label in dict.fromkeys(plan.worker_hosts) if label not in local]
-    if not remote:
+def _describe_model_once(plan: Plan, recipe: Recipe) -> list[str]:
+    """Which hosts get the model's weights, when only worker 0's does."""
+    if not recipe.statistics_params:
         return []
-    train_here = {plan.worker_hosts[shard.worker] for shard in recipe.shards if shard.in_place}
-    lines = []
-    for what, name in zip(DATA_FILES, ("training data", "validation data", "model")):
-        here = [label for label in remote if label in recipe.in_place[what]
-                and (what != "train" or label in train_here)]
-        staged = {label: _why_staged(plan, recipe, what, label) for label in remote if label not in here}
-        said = [f"read in place on {'every host' if not staged else ', '.join(here)} (the same files at the same "
-                "paths as here)"] if here else []
-        reasons = {}
-        for label, why in staged.items():
-            reasons.setdefault(why, []).append(label)
-        said += [f"staged to {'every host' if not here and len(reasons) == 1 else ', '.join(labels)} ({why})"
-                 for why, labels in reasons.items()]
-        lines.append(f"  {'data' if not lines else '':<10} {name}: {'; '.join(said)}")
-    return lines
-
-
-def _why_staged(plan: Plan, recipe: Recipe, what: str, label: str) -> str:
-    """Why the workers on host ``label`` get copies of ``what`` instead of reading it where it is."""
-    job, facts = recipe.job, plan.facts
-    if job.data.staging == "always":
-        return "data.staging: always"
-    if facts.hosts[label].assumed:
-        return "not probed: --dry-run --probe asks"
-    if label in recipe.in_place[what]:
-        return "its parts cannot be read in place: no .idx, or sorted by class"
-    seen = facts.hosts[label].files
-    path = next(p for p in data_files(job, facts)[what] if not _same_files(facts, label, [p]))
-    return f"{path} is not there" if not seen.get(path) else f"{path} there is not the file here"
+    lean = ", ".join(dict.fromkeys(t.host for t in plan.transfers if t.source == recipe.statistics_params))
+    return [f"  model once its weights go to {plan.worker_hosts[0]} (worker 0's host) alone: {lean} get its BatchNorm "
+            "statistics, and every worker starts from worker 0's weights through the kvstore"]
 
 
 def _describe_lr(job: JobSpec, scaled: float | None, global_batch: int) -> str:
@@ -157,14 +118,6 @@ def _describe_lr(job: JobSpec, scaled: float | None, global_batch: int) -> str:
     return (f"  lr         {scaled:g}: linear scaling, global batch {global_batch} / reference "
             f"{job.train.reference_batch}" + (f", warmed up over {job.train.warmup_epochs} epoch(s)"
                                               if job.train.warmup_epochs else ""))
-
-
-def shard_dir(facts: Facts, num_workers: int, *, partition: str = "strided") -> str:
-    """Where the copies of one training file cut for ``num_workers`` are cached: strided, or the parts the file's
-    ``.idx`` gives (for hosts that do not have the file beside others that read it in place)."""
-    tag = "" if partition == "strided" else f"|{partition}"
-    key = hashlib.sha256(f"{facts.train_fingerprint}|{num_workers}{tag}".encode()).hexdigest()[:16]
-    return os.path.join(facts.cache_dir, "shards", key)
 
 
 def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], facts: Facts) -> Plan:
@@ -181,22 +134,39 @@ def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpe
     placement = Placement.of(hosts, facts, workers=assignment.workers, servers=assignment.servers)
     _check_slots(job.cluster, assignment)
     batch = job.train.batch_per_device * device_count(assignment.devices[0])
-    in_place = _read_in_place(job, facts, placement.workers)
-    shards = _shards(job, inventory, facts, count, [h.is_local or h.label in in_place["train"]
+    in_place = read_in_place(job, facts, placement.workers)
+    shards = worker_shards(job, inventory, facts, count, [h.is_local or h.label in in_place["train"]
                                                     for h in placement.workers],
                      remote=not all(h.is_local for h in placement.workers))
+    trimmed = os.path.join(facts.cache_dir, "trimmed", f"{_model_key(job, facts)}-{job.model.cut_layer}")
+    params_name = os.path.basename(job.model.params_path)
     recipe = Recipe(job, shards, (), math.ceil(max(len(s.positions) for s in shards) / batch),
-                    os.path.join(facts.cache_dir, "trimmed", f"{_model_key(job, facts)}-{job.model.cut_layer}",
-                                 os.path.basename(job.model.params_path)), assignment.why, in_place)
+                    os.path.join(trimmed, params_name), assignment.why, in_place,
+                    os.path.join(f"{trimmed}-statistics", params_name)
+                    if _weights_through_kvstore(job, facts, placement, in_place) else None)
     transfers = placement.code_transfers(facts)
     rate = scaled_learning_rate(job, batch * count)
     workers = tuple(_place_worker(recipe, inventory, placement, facts, i, transfers, assignment.devices[i], rate)
                     for i in range(count))
-    recipe = dataclasses.replace(recipe, workers=workers, trimmed_params=recipe.trimmed_params if any(
-        t.source == recipe.trimmed_params for t in transfers) else None)
+    sent = {t.source for t in transfers}
+    recipe = dataclasses.replace(recipe, workers=workers, trimmed_params=recipe.trimmed_params if
+                                 recipe.trimmed_params in sent else None)
     processes = plan_processes(placement, facts, servers=len(assignment.servers), workers=count,
                                program=lambda role, rank, host: _trainer(job, placement, facts, role, rank, host))
     return placement.assemble(facts, processes, transfers, recipe)
+
+
+def _weights_through_kvstore(job: JobSpec, facts: Facts, placement: Placement,
+                             in_place: Mapping[str, tuple[str, ...]]) -> bool:
+    """The model once (issue 26): whether the hosts without worker 0 that would get a copy of the model get only its
+    BatchNorm statistics (what the kvstore does not carry), every worker then starting from worker 0's weights
+    pulled through the kvstore. Not with gradient compression (every push is quantised), on resume (the run's own
+    checkpoint goes to every host) or for ``model.variant: scratch`` (no pretrained weights)."""
+    if job.cluster.gradient_compression or facts.resume_prefix or job.model.variant == "scratch":
+        return False
+    lead = placement.workers[0].label
+    return any(host.label != lead and not placement.layouts[host.label].local and host.label not in in_place["model"]
+               for host in placement.workers)
 
 
 def _trainer(job: JobSpec, placement: Placement, facts: Facts, role: Role, rank: int, host: HostSpec) -> Program:
@@ -214,69 +184,6 @@ def _trainer(job: JobSpec, placement: Placement, facts: Facts, role: Role, rank:
                 "MXNET_KVSTORE_BIGARRAY_BOUND": str(job.cluster.bigarray_bound)}
     return Program((python, "-m", "trainer", "--config", f"{layout.run_dir}/config/worker-{rank}.json"),
                    {**defaults, **(job.env or {}), **own})
-
-
-def _shards(job: JobSpec, inventory: Inventory, facts: Facts, count: int, in_place: Sequence[bool], *,
-            remote: bool) -> tuple[ShardSpec, ...]:
-    """Workers that can (``in_place[i]``) read their part of the training file where it is when it has an index and
-    its classes are mixed through it, and the others get a copy of the same part; otherwise strided copies for all
-    (InputError if ``data.staging: never`` puts a worker on another host)."""
-    parts = shards.index_parts(inventory.train_records, count) if inventory.train_index is not None else []
-    if any(in_place) and parts and all(parts) and shards.mixed_classes(inventory.train_labels, parts):
-        shards_at = shard_dir(facts, count, partition="index")
-        return tuple(ShardSpec(i, p, job.data.train, inventory.train_index, in_place=True) if in_place[i] else
-                     ShardSpec(i, p, *_shard_paths(shards_at, i, count)) for i, p in enumerate(parts))
-    if job.data.staging == "never" and remote:
-        why = ("has no .idx" if not parts else "has too few records for a part per worker" if not all(parts) else
-               "is sorted by class, so its parts would each hold a few classes")
-        raise InputError(job.source, f"data.staging is never, but {job.data.train} {why}: the workers on other hosts "
-                         "cannot read their parts of it in place", hint="shuffle it (mxft-prepare), or set "
-                         "data.staging: auto")
-    shards_at = shard_dir(facts, count)
-    return tuple(ShardSpec(i, p, *_shard_paths(shards_at, i, count))
-                 for i, p in enumerate(shards.strided_shards(len(inventory.train_records), count)))
-
-
-def _shard_paths(shards_at: str, index: int, count: int) -> tuple[str, str]:
-    return (os.path.join(shards_at, f"part-{index}-of-{count}.rec"),
-            os.path.join(shards_at, f"part-{index}-of-{count}.idx"))
-
-
-DATA_FILES = ("train", "val", "model")  # what a worker reads, by the name the plan gives it
-
-
-def data_files(job: JobSpec, facts: Facts) -> dict[str, tuple[str, ...]]:
-    """The files of each of ``DATA_FILES`` on this machine: a ``.rec`` with its ``.idx`` where there is one (those
-    ``facts.file_ids`` holds), the model's symbol and params."""
-    def rec(path: str) -> tuple[str, ...]:
-        idx = recfile.idx_path_for(path)
-        return (path, idx) if idx in facts.file_ids else (path,)
-    return {"train": rec(job.data.train), "val": rec(job.data.val),
-            "model": (job.model.symbol_path, job.model.params_path)}
-
-
-def _read_in_place(job: JobSpec, facts: Facts, workers: Sequence[HostSpec]) -> dict[str, tuple[str, ...]]:
-    """Which remote worker hosts read each of ``DATA_FILES`` where it is (``data.staging``): auto, a host that has the
-    same files at the same paths (``HostFacts.files``, probed); never, every host (InputError naming the first that
-    has not, unless not probed: a dry run takes the job's word). This machine's workers always read in place."""
-    remote = [h for h in dict.fromkeys(workers) if not h.is_local]
-    found = {}
-    for what, paths in data_files(job, facts).items():
-        found[what] = tuple(h.label for h in remote if job.data.staging != "always" and (
-            facts.hosts[h.label].assumed and job.data.staging == "never" or _same_files(facts, h.label, paths)))
-        missing = next((h for h in remote if h.label not in found[what]), None)
-        if job.data.staging == "never" and missing is not None:
-            path = next(p for p in paths if not _same_files(facts, missing.label, [p]))
-            there = "is not there" if not facts.hosts[missing.label].files.get(path) else \
-                "there is not the file this machine has (its size, time or first and last MiB differ)"
-            raise InputError(f"host {missing.label}", f"{path} {there}, and {job.source} says data.staging: never",
-                             hint="put the same file at the same path there, or set data.staging: auto")
-    return found
-
-
-def _same_files(facts: Facts, label: str, paths: Sequence[str]) -> bool:
-    seen = facts.hosts[label].files
-    return all(facts.file_ids.get(path) and seen.get(path) == facts.file_ids[path] for path in paths)
 
 
 def _model_key(job: JobSpec, facts: Facts) -> str:
@@ -304,12 +211,18 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
     stage(shard.idx_path, shard_key, shard.in_place)
     val_here, model_here = (host.label in recipe.in_place[what] for what in ("val", "model"))
     val_rec = stage(job.data.val, keys.get(job.data.val, "val"), val_here)
-    symbol = stage(job.model.symbol_path, model_key, model_here)
-    stage(job.model.params_path, model_key, model_here, send=recipe.trimmed_params)
     val_idx = recfile.idx_path_for(job.data.val)
     if val_idx in keys:
         stage(val_idx, keys[val_idx], val_here)
     resume = _resume_files(host, layout, facts, transfers) if facts.resume_prefix else None
+    if resume:  # a resumed worker starts from the run's checkpoint: the pretrained model is not read
+        symbol = f"{resume}-symbol.json"
+    elif recipe.statistics_params and host.label != placement.workers[0].label:  # the weights come from worker 0
+        symbol = stage(job.model.symbol_path, f"{model_key}-statistics", model_here)
+        stage(job.model.params_path, f"{model_key}-statistics", model_here, send=recipe.statistics_params)
+    else:
+        symbol = stage(job.model.symbol_path, model_key, model_here)
+        stage(job.model.params_path, model_key, model_here, send=recipe.trimmed_params)
     if not layout.local:
         transfers.append(Transfer(host.label, os.path.join(facts.run_dir, "config", f"worker-{index}.json"),
                                   f"{layout.run_dir}/config/worker-{index}.json", "run"))
@@ -321,6 +234,7 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
         devices=list(devices) if isinstance(devices, tuple) else None,
         cpu_contexts=devices.count if isinstance(devices, CPUContexts) else 1,
         kvstore=job.cluster.effective_kvstore, out_dir=f"{layout.run_dir}/workers/worker-{index}",
+        start_weights="worker0" if recipe.statistics_params else "own",
         checkpoint_name=job.name, begin_epoch=facts.resume_epoch, resume_prefix=resume, **trainer_settings(job))
 
 

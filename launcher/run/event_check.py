@@ -32,6 +32,10 @@ def _text(v: object) -> bool:
     return isinstance(v, str)
 
 
+def _digest(v: object) -> bool:
+    return isinstance(v, str) and re.fullmatch(r"[0-9a-f]{32}", v) is not None
+
+
 _FRACTION, _NONNEGATIVE, _COUNT = _number(0.0, 1.0), _number(0.0, _BIG), _integer(0, _BIG)
 
 # Fields of the epoch event by name: an accuracy or top-k is a fraction; a loss, a time or a rate is non-negative.
@@ -49,6 +53,7 @@ def _fields(epochs: int) -> Mapping[str, Mapping[str, Check]]:
     epoch, progress_epoch = _integer(1, epochs), _integer(0, epochs)
     return {
         "joined": {"rank": _COUNT, "num_workers": _COUNT, "join_s": _NONNEGATIVE},
+        "start": {"weights": _digest},
         "progress": {"epoch": progress_epoch, "batch": _COUNT},
         "first_batch": {"epoch": progress_epoch},
         "epoch": {"epoch": epoch},
@@ -59,7 +64,8 @@ def _fields(epochs: int) -> Mapping[str, Mapping[str, Check]]:
     }
 
 
-REQUIRED = {"joined": ("rank",), "progress": ("epoch", "batch"), "epoch": ("epoch", "epoch_s", "images_per_s"),
+REQUIRED = {"joined": ("rank",), "start": ("weights",), "progress": ("epoch", "batch"),
+            "epoch": ("epoch", "epoch_s", "images_per_s"),
             "checkpoint": ("epoch",), "first_batch": ("time",)}
 
 
@@ -77,6 +83,10 @@ def checked_event(event: dict, *, index: int, epochs: int) -> tuple[dict | None,
     {'event': 'epoch', 'index': 1, 'epoch': 2, 'epoch_s': 2.0, 'images_per_s': 9.5}
     >>> checked_event({"event": "epoch"}, index=0, epochs=2)
     (None, 'it has no epoch')
+    >>> checked_event({"event": "start", "weights": "0123456789abcdef" * 2}, index=2, epochs=2)[0]["weights"]
+    '0123456789abcdef0123456789abcdef'
+    >>> checked_event({"event": "start", "weights": "../x"}, index=2, epochs=2)
+    (None, 'weights ../x is not a digest')
     """
     kind = event.get("event")
     fields = _fields(epochs)
@@ -92,7 +102,8 @@ def checked_event(event: dict, *, index: int, epochs: int) -> tuple[dict | None,
         if check is None or _diverged_loss(name, value):
             continue
         if not check(value):
-            return None, f"{name} {str(value)[:40]} is not a {'text' if check is _text else 'number'} in its range"
+            what = {_text: "a text", _digest: "a digest"}.get(check, "a number in its range")
+            return None, f"{name} {str(value)[:40]} is not {what}"
         taken[name] = value[:_TEXT] if isinstance(value, str) else value
     missing = [name for name in REQUIRED.get(kind, ()) if name not in taken]
     return (None, f"it has no {missing[0]}") if missing else (taken, "")

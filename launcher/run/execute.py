@@ -28,7 +28,7 @@ from cluster.ssh import HOSTS_AT_ONCE
 from cluster.supervise import Member, ProcessOutcome, Supervisor, Transport
 from launcher.plan import Plan, Role
 from launcher.report.console import Console
-from launcher.run.stage import stage_all
+from launcher.run.stage import Piece, stage_all
 
 
 class Observer(Protocol):
@@ -46,7 +46,7 @@ class Observer(Protocol):
 class Kind(Protocol):
     """The job kind's part in execution (``launcher.run.kinds``)."""
 
-    def make_local_files(self, plan: Plan) -> None: ...
+    def make_local_files(self, plan: Plan) -> Mapping[str, Piece]: ...   # what staging sends that is no file here
 
     def observer(self, plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console) -> Observer: ...
 
@@ -74,8 +74,8 @@ def execute(plan: Plan, kind: Kind, backend: Backend, *, console: Console) -> di
     remote_hosts = backend.remotes(plan.hosts)
     began = time.time()
     write_run_files(plan)
-    kind.make_local_files(plan)
-    stage_remote(plan, remote_hosts, console=console)
+    pieces = kind.make_local_files(plan)
+    stage_remote(plan, remote_hosts, console=console, pieces=pieces)
     staging_s = time.time() - began
     observer = kind.observer(plan, remote_hosts, console=console)
     try:
@@ -115,15 +115,17 @@ def watching(plan: Plan, remote_hosts: Mapping[str, RemoteHost]):
             watch.close()
 
 
-def stage_remote(plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console) -> None:
-    """Send every remote host what the plan puts there, reporting per host."""
+def stage_remote(plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console,
+                 pieces: Mapping[str, Piece] | None = None) -> None:
+    """Send every remote host what the plan puts there, reporting per host (``pieces``: sources that are no file
+    here, ``launcher.run.stage.Piece``)."""
     if not plan.transfers:
         return
     started = time.monotonic()
     reports = stage_all(remote_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
                         python_of=plan.remote_pythons.__getitem__,
                         progress=lambda host, sent, total: console.progress(f"staging {host}", sent, total, unit="B"),
-                        silence_s=plan.component.host_silence_s)
+                        silence_s=plan.component.host_silence_s, pieces=pieces)
     for report in reports:
         console(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data, "
              f"{report.code_bytes_sent} of code), "

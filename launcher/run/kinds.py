@@ -26,6 +26,7 @@ from launcher.report.console import Console
 from launcher.run import assets
 from launcher.run.execute import write_run_files
 from launcher.run.recipe_run import RecipeWatch, make_local_files
+from launcher.run.stage import Piece
 from launcher.spec.checks import SECRET_LOOKING
 from launcher.spec.command import sync_destinations, sync_files
 from launcher.spec.command_job import CommandSpec
@@ -274,8 +275,8 @@ class Command:
         return "succeeded", ""
 
     @staticmethod
-    def make_local_files(plan: Plan) -> None:
-        pass
+    def make_local_files(plan: Plan) -> dict:
+        return {}
 
     @staticmethod
     def observer(plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console) -> CommandWatch:
@@ -299,7 +300,8 @@ def kind_of_plan(plan: Plan) -> type[FineTuning] | type[Command]:
     return KINDS[plan.component.kind]
 
 
-def stage_local(plan: Plan) -> None:
-    """The run folder and the job kind's local files, as ``execute`` writes them first (benchmarks time this)."""
+def stage_local(plan: Plan) -> Mapping[str, Piece]:
+    """The run folder and the job kind's local files, as ``execute`` writes them first (benchmarks time this); returns
+    what staging sends that is no file here."""
     write_run_files(plan)
-    kind_of_plan(plan).make_local_files(plan)
+    return kind_of_plan(plan).make_local_files(plan)

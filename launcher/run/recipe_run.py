@@ -1,7 +1,8 @@
 """A fine-tuning run's own part of execution: its local files first, then the workers' events watched.
 
 ``make_local_files`` writes each worker's config, the trimmed params and (unless cached)
-the shards. ``RecipeWatch`` is what the supervisor calls while the processes run: the
+the shards of this machine's workers, and gives the other hosts' shards as pieces that staging cuts from the
+training file as it sends them. ``RecipeWatch`` is what the supervisor calls while the processes run: the
 log pumps hand it each line (``RunEvents`` records the structured events; fetching
 worker 0's checkpoints and redrawing the metrics happen on background threads, so a slow
 SSH fetch never stalls a process's output), its ``check`` turns ps-lite's silent hangs
@@ -18,43 +19,57 @@ from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
 from cluster.supervise import ProcessOutcome
 from launcher.data import cachefile, paramsfile, recfile
+from launcher.data.pieces import ShardIndex, ShardRecords
 from launcher.data.trim import trim_params, used_variables
 from launcher.plan import Plan
 from launcher.report.console import Console
 from launcher.run.run_events import RunEvents, Watchdog
+from launcher.run.stage import Piece
 from launcher.run.worker0 import collect
 from launcher.spec.jobspec import ModelSpec
 
 
-def make_local_files(plan: Plan) -> None:
-    """Each worker's config, the trimmed params and (unless cached) the shards, on this machine."""
+def make_local_files(plan: Plan) -> dict[str, Piece]:
+    """Each worker's config, the trimmed params and (unless cached) the shards of this machine's workers; returns the
+    shards of the other hosts' workers as pieces, cut from the training file as they are sent (never written here)."""
     recipe = plan.component
     for config in recipe.workers:
         with open(plan.config_path(config.index), "w", encoding="utf-8") as handle:
             handle.write(config.to_json())
-    if recipe.trimmed_params:
-        with cachefile.locked(os.path.dirname(recipe.trimmed_params)):  # one launch builds it, the others wait
-            _write_trimmed_params(recipe.job.model, recipe.trimmed_params)
+    for path, kinds in ((recipe.trimmed_params, ("arg", "aux")), (recipe.statistics_params, ("aux",))):
+        if path:
+            with cachefile.locked(os.path.dirname(path)):  # one launch builds it, the others wait
+                _write_trimmed_params(recipe.job.model, path, kinds)
+    local = {host.label for host in plan.hosts if host.is_local}
     copies = [s for s in recipe.shards if not s.in_place]
     if not copies:  # every worker reads its part of the training file where it is
-        return
-    with cachefile.locked(os.path.dirname(copies[0].rec_path)):
-        missing = [s for s in copies if not (os.path.isfile(s.rec_path) and os.path.isfile(s.idx_path))]
-        if missing:  # shards are written atomically, so a present one is complete
-            spans = recfile.read_index(recipe.job.data.train)
-            for shard in missing:
-                recfile.write_shard(recipe.job.data.train, [spans[i] for i in shard.positions],
-                                    os.path.splitext(shard.rec_path)[0])
+        return {}
+    spans = recfile.read_index(recipe.job.data.train)
+    pieces: dict[str, Piece] = {}
+    for shard in copies:
+        if plan.worker_hosts[shard.worker] not in local:
+            records = [spans[i] for i in shard.positions]
+            pieces.update({shard.rec_path: ShardRecords(recipe.job.data.train, records),
+                           shard.idx_path: ShardIndex(records)})
+    here = [s for s in copies if s.rec_path not in pieces]
+    if here:
+        with cachefile.locked(os.path.dirname(here[0].rec_path)):
+            for shard in here:  # written atomically, so a present one is complete
+                if not (os.path.isfile(shard.rec_path) and os.path.isfile(shard.idx_path)):
+                    recfile.write_shard(recipe.job.data.train, [spans[i] for i in shard.positions],
+                                        os.path.splitext(shard.rec_path)[0])
+    return pieces
 
 
-def _write_trimmed_params(model: ModelSpec, trimmed: str) -> None:
-    """The trimmed params in the cache, unless a complete params file is there already.
+def _write_trimmed_params(model: ModelSpec, trimmed: str, kinds: tuple[str, ...]) -> None:
+    """The trimmed params (of ``kinds``: ``arg``, ``aux``) in the cache, unless a complete params file is there already.
 
     ``trim_params`` handles every file ``check_inputs`` accepts; one it cannot read has changed since.
     """
     if os.path.isfile(trimmed) and isinstance(paramsfile.read_layout(trimmed), paramsfile.ParamsLayout):
         return
-    if trim_params(model.params_path, used_variables(model.symbol_path, model.cut_layer), trimmed) is None:
+    used = used_variables(model.symbol_path, model.cut_layer)
+    if trim_params(model.params_path, used, trimmed, kinds=kinds) is None:
         layout = paramsfile.read_layout(model.params_path)
         why = layout.reason if isinstance(layout, paramsfile.BadParams) else "its arrays have no names"
         raise JobFailed(f"{model.params_path} changed after the input checks and cannot be used: {why}",

@@ -87,9 +87,9 @@ class RunEvents:
 
     def _first_of_its_kind(self, member: Member, event: dict) -> bool:
         """Whether ``event`` is one the process may still send: each epoch's report once, its checkpoint
-        ``CHECKPOINT_REPEATS`` times (each is a fetch), joining, the first batch and the end once, waits for the
-        scheduler ``WAITS_KEPT`` times, progress always (it is not stored). What a process repeats beyond that is
-        dropped, so events.jsonl stays within processes x ((1 + CHECKPOINT_REPEATS) epochs + WAITS_KEPT + 3)
+        ``CHECKPOINT_REPEATS`` times (each is a fetch), joining, the start, the first batch and the end once, waits
+        for the scheduler ``WAITS_KEPT`` times, progress always (it is not stored). What a process repeats beyond
+        that is dropped, so events.jsonl stays within processes x ((1 + CHECKPOINT_REPEATS) epochs + WAITS_KEPT + 4)
         lines whatever a host sends."""
         kind = event["event"]
         if kind == "progress":

@@ -43,6 +43,7 @@ from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
 from cluster.fanout import on_each_host
 from cluster.lines import SilenceWatch, ended_tail
+from launcher.data.pieces import ShardIndex, ShardRecords, SourceShrank, send_range
 from launcher.plan import Transfer
 from launcher.remote import stage_receiver
 
@@ -98,6 +99,30 @@ def forget_digests() -> None:
         _DIGEST_LOCKS.clear()
 
 
+class FilePiece:
+    """A file on this machine, sent as it is (its mode kept: 0600 stays 0600)."""
+
+    def __init__(self, path: str) -> None:
+        info = os.stat(path)
+        self.path, self.size, self.mode = path, info.st_size, stat.S_IMODE(info.st_mode)
+
+    def sha256(self) -> str:
+        return sha256_of(self.path)
+
+    def write_to(self, pipe: int, on_bytes: Callable[[int], None]) -> None:
+        with open(self.path, "rb") as handle:
+            send_range(pipe, handle.fileno(), 0, self.size, on_bytes)
+
+
+Piece = FilePiece | ShardRecords | ShardIndex
+
+
+def _piece(transfer: Transfer, pieces: Mapping[str, Piece]) -> Piece:
+    """What is sent for ``transfer``: a piece the job kind made for its source (a shard cut as it is sent), else the
+    file there."""
+    return pieces.get(transfer.source) or FilePiece(transfer.source)
+
+
 def _frame(header: dict) -> bytes:
     body = json.dumps(header).encode()
     return struct.pack(">I", len(body)) + body
@@ -108,18 +133,20 @@ HASH_RATE = 100 << 20  # bytes a host checks per second, at the least: its silen
 
 def stage_host(host: RemoteHost, transfers: Sequence[Transfer], *, root: str, python: str,
                progress: Callable[[str, int, int], None], progress_every_s: float = 0.5,
-               silence_s: float = 60.0) -> HostStaging:
+               silence_s: float = 60.0, pieces: Mapping[str, Piece] | None = None) -> HostStaging:
     """Send the host what it lacks: content-addressed files once, run files always.
 
     One SSH connection does both: the receiver first answers which of the offered
     content-addressed files it has, then reads the missing ones. A host that sends or takes
     nothing for ``silence_s`` (plus the time to hash its largest file) fails the copy, named.
+    ``pieces``: what to send for a source that is not a file here (``launcher.data.pieces``), by source.
     """
     started = time.monotonic()
     missing: list[Transfer] = []
     sent = [0]
     last_report = [started]
-    largest = max((os.path.getsize(t.source) for t in transfers), default=0)
+    size = {t.source: _piece(t, pieces or {}).size for t in transfers}
+    largest = max(size.values(), default=0)
     proc = host.stream_to(shlex.join([python, "-c", _RECEIVER, root]))
     watch = SilenceWatch(proc, silence_s=silence_s + largest / HASH_RATE)
 
@@ -136,8 +163,8 @@ def stage_host(host: RemoteHost, transfers: Sequence[Transfer], *, root: str, py
         present = _ask_present(proc, [t.dest for t in transfers if t.kind != "run"])
         if present is not None:  # else the receiver died: its exit code and stderr say why, below
             missing = [t for t in transfers if t.kind == "run" or t.dest not in present]
-            total = sum(os.path.getsize(t.source) for t in missing)
-            _send(proc, missing, on_bytes=on_bytes)
+            total = sum(size[t.source] for t in missing)
+            _send(proc, [(t, _piece(t, pieces or {})) for t in missing], on_bytes=on_bytes)
             if total:
                 progress(host.label, total, total)
     except BaseException:
@@ -156,10 +183,9 @@ def stage_host(host: RemoteHost, transfers: Sequence[Transfer], *, root: str, py
                         f"(exit {code}): {ended_tail(proc.stderr)[-400:]}",
                         failure=Failure(FailureKind.STAGING, host=host.label))
     kept = [t for t in transfers if t not in missing]
-    return HostStaging(host.label, len(missing), sent[0],
-                       sum(os.path.getsize(t.source) for t in missing if t.kind == "data"),
-                       sum(os.path.getsize(t.source) for t in missing if t.kind == "code"),
-                       len(kept), sum(os.path.getsize(t.source) for t in kept), time.monotonic() - started)
+    return HostStaging(host.label, len(missing), sent[0], sum(size[t.source] for t in missing if t.kind == "data"),
+                       sum(size[t.source] for t in missing if t.kind == "code"),
+                       len(kept), sum(size[t.source] for t in kept), time.monotonic() - started)
 
 
 def _receiver_exit(proc, *, after_s: float) -> int | None:
@@ -207,46 +233,39 @@ def _line_of_at_most(fd: int, limit: int) -> bytes:
     return b""
 
 
-def _send(proc, transfers: Sequence[Transfer], *, on_bytes: Callable[[int], None]) -> None:
-    """Write each file's frame and bytes, then the end frame, into the receiver's stdin."""
+def _send(proc, pieces: Sequence[tuple[Transfer, Piece]], *, on_bytes: Callable[[int], None]) -> None:
+    """Write each piece's frame and bytes, then the end frame, into the receiver's stdin."""
     pipe = proc.stdin.fileno()
     try:
         fcntl.fcntl(pipe, _F_SETPIPE_SZ, _CHUNK // 4)  # fewer, larger hand-offs to ssh: +20% here
     except OSError:
         pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default still works
     try:
-        for transfer in transfers:
-            with open(transfer.source, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)  # kept on the host: 0600 stays 0600
-                header = _frame({"dest": transfer.dest, "size": size, "sha256": sha256_of(transfer.source),
-                                 "keep": transfer.kind != "run", "mode": mode})
-                proc.stdin.write(header)
-                on_bytes(len(header))
-                offset = 0
-                while offset < size:
-                    moved = os.sendfile(pipe, handle.fileno(), offset, min(_CHUNK, size - offset))
-                    if not moved:
-                        raise JobFailed(f"{transfer.source} shrank while it was being sent",
-                                        failure=Failure(FailureKind.INPUT_CHANGED))
-                    offset += moved
-                    on_bytes(moved)
-        end = _frame({"end": len(transfers)})
+        for transfer, piece in pieces:
+            header = _frame({"dest": transfer.dest, "size": piece.size, "sha256": piece.sha256(),
+                             "keep": transfer.kind != "run", "mode": piece.mode})
+            proc.stdin.write(header)
+            on_bytes(len(header))
+            piece.write_to(pipe, on_bytes)
+        end = _frame({"end": len(pieces)})
         proc.stdin.write(end)
         on_bytes(len(end))
+    except SourceShrank as err:
+        raise JobFailed(f"{transfer.source} shrank while it was being sent ({err})",
+                        failure=Failure(FailureKind.INPUT_CHANGED)) from None
     except BrokenPipeError:
         pass  # the receiver failed; its exit code and stderr say why
 
 
 def stage_all(hosts: Mapping[str, RemoteHost], transfers: Sequence[Transfer], *, root_of: Callable[[str], str],
               python_of: Callable[[str], str], progress: Callable[[str, int, int], None],
-              silence_s: float = 60.0) -> list[HostStaging]:
+              silence_s: float = 60.0, pieces: Mapping[str, Piece] | None = None) -> list[HostStaging]:
     """Stage every host in parallel, ``HOSTS_AT_ONCE`` at a time; one report per host in the order of the
     transfers. Raises JobFailed naming each host that failed (every host is tried)."""
     labels = list(dict.fromkeys(t.host for t in transfers))
     done = on_each_host(lambda label: stage_host(hosts[label], [t for t in transfers if t.host == label],
                                                  root=root_of(label), python=python_of(label), progress=progress,
-                                                 silence_s=silence_s),
+                                                 silence_s=silence_s, pieces=pieces),
                         labels, name="stage", kind=FailureKind.STAGING)
     done.raise_failed("staging", kind=FailureKind.STAGING)  # every host was tried; each that failed is named
     return [done.ok[label] for label in labels]

@@ -1,0 +1,86 @@
+"""Files the launcher sends without holding them: a shard cut from the training file as it is sent, and its ``.idx``
+made in memory (issue 26: no full local copy of the data for the hosts that cannot read it).
+
+A piece has a size, a sha256 and a way to write its bytes into a pipe; ``launcher.run.stage`` sends pieces and
+files alike. A shard's records go from the training file to the pipe by ``sendfile`` (no byte through Python),
+hashed first from the page cache, so the launcher's disk holds no copy at any time and a relaunch, whose hosts
+already hold the shard, reads nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+from collections.abc import Callable, Sequence
+
+from launcher.data.recfile import RecordSpan
+
+CHUNK = 4 << 20
+PRIVATE = 0o600  # a piece's mode on the host: a copy of the data is the user's alone
+
+
+class SourceShrank(Exception):
+    """A file ended before the bytes the plan counted on (it changed since the inputs were checked)."""
+
+
+def send_range(pipe: int, fd: int, offset: int, length: int, on_bytes: Callable[[int], None]) -> None:
+    """``length`` bytes of ``fd`` from ``offset`` into ``pipe`` by ``sendfile``; SourceShrank if the file ends first."""
+    end = offset + length
+    while offset < end:
+        moved = os.sendfile(pipe, fd, offset, min(CHUNK, end - offset))
+        if not moved:
+            raise SourceShrank(f"{length - (end - offset)} of {length} bytes")
+        offset += moved
+        on_bytes(moved)
+
+
+class ShardRecords:
+    """The records ``spans`` of ``rec_path``, one after the other: the ``.rec`` of a shard, as ``write_shard`` would
+    write it."""
+
+    mode = PRIVATE
+
+    def __init__(self, rec_path: str, spans: Sequence[RecordSpan]) -> None:
+        self.rec_path, self.spans = rec_path, spans
+        self.size = sum(span.size_bytes for span in spans)
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        with open(self.rec_path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size < max((s.offset + s.size_bytes for s in self.spans), default=0):
+                raise SourceShrank(self.rec_path)
+            if not self.spans:
+                return digest.hexdigest()
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                for span in self.spans:
+                    digest.update(memoryview(view)[span.offset: span.offset + span.size_bytes])
+        return digest.hexdigest()
+
+    def write_to(self, pipe: int, on_bytes: Callable[[int], None]) -> None:
+        with open(self.rec_path, "rb") as handle:
+            for span in self.spans:
+                send_range(pipe, handle.fileno(), span.offset, span.size_bytes, on_bytes)
+
+
+class ShardIndex:
+    """The ``.idx`` of ``ShardRecords(..., spans)``: each record's key and its offset in the shard."""
+
+    mode = PRIVATE
+
+    def __init__(self, spans: Sequence[RecordSpan]) -> None:
+        lines, offset = [], 0
+        for span in spans:
+            lines.append(f"{span.key}\t{offset}\n")
+            offset += span.size_bytes
+        self.data = "".join(lines).encode("ascii")
+        self.size = len(self.data)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def write_to(self, pipe: int, on_bytes: Callable[[int], None]) -> None:
+        view = memoryview(self.data)
+        while view:
+            written = os.write(pipe, view[:CHUNK])
+            on_bytes(written)
+            view = view[written:]
