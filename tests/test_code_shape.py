@@ -184,7 +184,8 @@ def test_the_host_programs_import_the_standard_library_only():
 def test_the_trainers_typed_settings_name_keys_of_the_job_schema():
     """The trainer reads typed settings (trainer/config.py) that the launcher fills from the effective job: each field
     is a key the schema declares in that section, so a key renamed in the schema cannot leave the trainer behind."""
-    from launcher.spec.jobspec import DataSpec, ModelSpec, TrainSpec
+    from launcher.spec.jobspec import DataSpec, ModelSpec
+    from launcher.spec.train_keys import TrainSpec
     from launcher.spec.schema import keys_of
     from trainer.config import SECTIONS
     schema = {"train": TrainSpec, "data": DataSpec, "model": ModelSpec}

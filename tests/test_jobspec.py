@@ -7,8 +7,9 @@ import os
 import pytest
 
 from cluster.errors import InputError
-from launcher.spec.jobspec import (ClusterSpec, CPUContexts, DataSpec, InitializerSpec, JobSpec, ModelSpec, TrainSpec,
-                              Variant, expand_path, load_job, parse_job)
+from launcher.spec.jobspec import (ClusterSpec, CPUContexts, DataSpec, JobSpec, ModelSpec, Variant, expand_path,
+                                   load_job, parse_job)
+from launcher.spec.train_keys import InitializerSpec, TrainSpec
 from tests.helpers import REPO
 
 MINIMAL = """\
@@ -268,3 +269,23 @@ def test_gradient_compression_is_checked_where_it_is_written():
         "(cluster.kvstore: dist_sync or dist_sync_device)")
     assert "threshold" in error_of(worker0 + "cluster:\n  gradient_compression: {type: 2bit, threshold: 0}\n")
     assert "one of 2bit" in error_of(worker0 + "cluster:\n  gradient_compression: {type: 1bit}\n")
+
+
+@pytest.mark.parametrize("schedule, said", [
+    ("{type: multistep}", "6: train.lr_schedule: multistep needs at_epochs, e.g. [5, 8]"),
+    ("{type: multistep, at_epochs: [3, 2]}", "6: train.lr_schedule.at_epochs must be a list of epochs, each >= 1, in "
+                                             "increasing order, got [3, 2]"),
+    ("{type: step, factor: 0}", "6: train.lr_schedule.factor must be a number above 0, at most 1, got 0"),
+    ("{type: cosine, factor: 0.5}", "6: train.lr_schedule.factor is not read by a cosine schedule"),
+    ("{type: cosine, final_lr: -1}", "6: train.lr_schedule.final_lr must be a learning rate >= 0, got -1"),
+    ("{type: linear}", "6: train.lr_schedule.type must be one of step, multistep, cosine, got 'linear'"),
+])
+def test_a_learning_rate_schedule_is_checked_at_its_line(schedule, said):
+    """Issue 27: train.lr_schedule (step, multistep, cosine), each key the type reads, checked before anything."""
+    text = (f"num_classes: 2\nmodel: {{prefix: m}}\ndata: {{train: t, val: v}}\ntrain:\n  epochs: 4\n"
+            f"  lr_schedule: {schedule}\n")
+    with pytest.raises(InputError) as err:
+        parse_job(text, "/j.yaml", environ={})
+    assert str(err.value) == f"/j.yaml:{said}"
+    with pytest.raises(InputError, match="a cosine schedule needs epochs after the warm-up"):
+        parse_job(text.replace(schedule, "{type: cosine}") + "  warmup_epochs: 4\n", "/j.yaml", environ={})

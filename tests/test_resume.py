@@ -15,15 +15,24 @@ from tests.helpers import (demo_job, hosts_file, no_processes_left, refusal_line
                            wait_until, write_job)
 
 
-@pytest.mark.timeout(300)
-def test_set_on_resume_extends_a_run_and_refuses_what_its_checkpoints_were_trained_under(tmp_path, demo_assets):
-    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 2}))
+@pytest.mark.timeout(400)
+def test_set_on_resume_extends_a_run_bitwise_as_if_it_never_stopped_and_refuses_what_it_was_trained_under(
+        tmp_path, demo_assets):
+    """Two epochs, then a resume for a third: bit for bit the params of three epochs straight (CPU; two workers,
+    whose sums on the server do not depend on which push came first). Momentum, a warm-up and a step schedule make the
+    optimizer's state and update count matter; each epoch's data order comes from (seed, worker, epoch)."""
+    train = {"epochs": 2, "optimizer_params": {"learning_rate": 0.1, "momentum": 0.9}, "warmup_epochs": 1,
+             "lr_schedule": {"type": "step", "every_epochs": 1, "factor": 0.5}}
+    straight = write_job(tmp_path / "straight.yaml", demo_job(demo_assets, train=dict(train, epochs=3)))
+    whole = run_launch([straight, "--run-root", str(tmp_path / "straight")], cwd=str(tmp_path))
+    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr
+    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train=train))
     done = run_launch([job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr
     run_dir = str(tmp_path / "runs" / run_id_from(done.stdout))
     assert refusal_line(run_launch(["--resume", run_dir], cwd=str(tmp_path))).endswith(
         f"all 2 epochs are done already (see result.json, or train on: --resume {run_dir} --set train.epochs=N)")
-    line = refusal_line(run_launch(["--resume", run_dir, "--set", "train.optimizer=adam"], cwd=str(tmp_path)))
+    line = refusal_line(run_launch(["--resume", run_dir, "--set", "train.optimizer=nag"], cwd=str(tmp_path)))
     assert line.startswith("mxft-launch: error: --set train.optimizer: cannot change when a run resumes: its "
                            "checkpoints were trained with 'sgd' (launch a new run with it; a resume may change "
                            "train.epochs, "), line
@@ -31,8 +40,8 @@ def test_set_on_resume_extends_a_run_and_refuses_what_its_checkpoints_were_train
                                                    cwd=str(tmp_path)))
     dry = run_launch(["--resume", run_dir, "--set", "train.epochs=3", "--dry-run"], cwd=str(tmp_path))
     assert dry.returncode == 0, dry.stderr
-    assert re.search(rf"  resume     attempt 2: from the checkpoint of epoch 2, {run_dir}/checkpoints/\S+",
-                     dry.stdout), dry.stdout
+    assert re.search(rf"  resume     attempt 2: from the checkpoint of epoch 2, {run_dir}/checkpoints/\S+, with the "
+                     "optimizer's state: it continues as if it never stopped", dry.stdout), dry.stdout
     assert "training   3 epochs" in dry.stdout
     more = run_launch(["--resume", run_dir, "--set", "train.epochs=3"], cwd=str(tmp_path))
     assert more.returncode == 0, more.stdout[-2000:] + more.stderr
@@ -40,6 +49,9 @@ def test_set_on_resume_extends_a_run_and_refuses_what_its_checkpoints_were_train
     assert [e["epoch"] for e in result["epochs"]] == [1, 2, 3]
     assert [(a["attempt"], a["outcome"], a.get("begin_epoch")) for a in result["attempts"]] == [
         (1, "succeeded", 0), (2, "succeeded", 2)]
+    final = [os.path.join(root, run_id_from(out.stdout), "checkpoint", "demo-0003.params")
+             for root, out in ((str(tmp_path / "straight"), whole), (str(tmp_path / "runs"), done))]
+    assert open(final[0], "rb").read() == open(final[1], "rb").read()
 
 
 @pytest.mark.timeout(300)

@@ -22,6 +22,7 @@ class TrainSettings:
     optimizer_params: dict[str, Any]
     initializer: dict[str, Any]     # the job file's form: {type: xavier, magnitude: 2, ...}
     warmup_epochs: int
+    lr_schedule: dict[str, Any] | None  # {type: step|multistep|cosine, every_epochs, at_epochs, factor, final_lr}
     top_k: int
     evaluation: str                 # shared | worker0
     seed: int | None

@@ -25,6 +25,8 @@ from trainer.config import WorkerConfig
 from trainer.evaluation import (SharedEvaluation, count_part, same_start, summary, take_worker0_weights,
                                 weights_digest)
 from trainer.graph import NEW_LAYER, fine_tune_symbol
+from trainer.resume_state import (EpochSeeded, epoch_seed, load_optimizer_state, save_optimizer_state,
+                                  states_path)
 
 log = logging.getLogger("mxft.worker")
 
@@ -40,18 +42,23 @@ def _batch_size(cfg: WorkerConfig) -> int:
     return cfg.batch_size
 
 
-def _train_iter(cfg: WorkerConfig, rank_seed: int):
+def _train_iter(cfg: WorkerConfig) -> EpochSeeded:
+    """Each epoch's reader, seeded by (seed, worker, epoch): a resumed run reads epoch E as an unstopped one did."""
     # A part of the training file read in place, or a whole shard: either way through its .idx, so MXNet shuffles
     # every record anew each epoch (without an index it shuffles only within the chunks it reads).
     part = dict(part_index=cfg.train_part[0], num_parts=cfg.train_part[1], path_imgidx=cfg.train_part[2]) \
         if cfg.train_part else dict(path_imgidx=os.path.splitext(cfg.train_rec)[0] + ".idx")
-    base = mx.io.ImageRecordIter(
-        path_imgrec=cfg.train_rec, data_shape=tuple(cfg.data.shape), batch_size=_batch_size(cfg),
-        rand_crop=cfg.data.rand_crop, rand_mirror=cfg.data.rand_mirror, shuffle=True, seed=rank_seed,
-        preprocess_threads=cfg.data.preprocess_threads, round_batch=True, **part)
-    # Every worker must run the same number of batches per epoch: in dist_sync the
-    # servers wait for a push from every worker at each step.
-    return mx.io.ResizeIter(base, cfg.batches_per_epoch)
+
+    def epoch_reader(epoch: int) -> mx.io.DataIter:
+        seed = epoch_seed(cfg.train.seed, cfg.index, epoch)
+        base = mx.io.ImageRecordIter(
+            path_imgrec=cfg.train_rec, data_shape=tuple(cfg.data.shape), batch_size=_batch_size(cfg),
+            rand_crop=cfg.data.rand_crop, rand_mirror=cfg.data.rand_mirror, shuffle=True, seed=seed, seed_aug=seed,
+            preprocess_threads=cfg.data.preprocess_threads, round_batch=True, **part)
+        # Every worker must run the same number of batches per epoch: in dist_sync the
+        # servers wait for a push from every worker at each step.
+        return mx.io.ResizeIter(base, cfg.batches_per_epoch)
+    return EpochSeeded(epoch_reader, cfg.begin_epoch, cfg.train.epochs)
 
 
 def reported_top_k(cfg: WorkerConfig) -> int | None:
@@ -74,18 +81,37 @@ def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
 
 
 def _optimizer_params(cfg: WorkerConfig) -> dict:
-    """The job's optimizer settings at the plan's learning rate, ramped up over train.warmup_epochs."""
+    """The job's optimizer settings at the plan's learning rate, ramped up over train.warmup_epochs, then falling as
+    train.lr_schedule says."""
     params = dict(cfg.train.optimizer_params)
     if cfg.learning_rate is not None:
         params["learning_rate"] = cfg.learning_rate
-    warmup = cfg.train.warmup_epochs * cfg.batches_per_epoch
-    if warmup and "learning_rate" in params:
-        start = min(cfg.train.optimizer_params.get("learning_rate", params["learning_rate"]),
-                    params["learning_rate"])
-        params["lr_scheduler"] = mx.lr_scheduler.FactorScheduler(
-            step=10 ** 9, factor=1.0, base_lr=params["learning_rate"], warmup_steps=warmup, warmup_begin_lr=start,
-            warmup_mode="linear")
+    if "learning_rate" in params:
+        scheduler = lr_scheduler(cfg, params["learning_rate"])
+        if scheduler is not None:
+            params["lr_scheduler"] = scheduler
     return params
+
+
+def lr_scheduler(cfg: WorkerConfig, rate: float):
+    """MXNet's scheduler for the job, counting updates (one per batch): the same on every worker, and continued
+    on resume from the update count the checkpoint's optimizer state holds; None when the rate stays ``rate``."""
+    per_epoch, schedule = cfg.batches_per_epoch, cfg.train.lr_schedule or {}
+    common = dict(base_lr=rate, warmup_steps=cfg.train.warmup_epochs * per_epoch, warmup_mode="linear",
+                  warmup_begin_lr=min(cfg.train.optimizer_params.get("learning_rate", rate), rate))
+    kind = schedule.get("type")
+    if kind == "step":
+        return mx.lr_scheduler.FactorScheduler(step=schedule["every_epochs"] * per_epoch, factor=schedule["factor"],
+                                               stop_factor_lr=0.0, **common)
+    if kind == "multistep":
+        return mx.lr_scheduler.MultiFactorScheduler(step=[e * per_epoch for e in schedule["at_epochs"]],
+                                                    factor=schedule["factor"], **common)
+    if kind == "cosine":
+        return mx.lr_scheduler.CosineScheduler(max_update=cfg.train.epochs * per_epoch, final_lr=schedule["final_lr"],
+                                               **common)
+    if common["warmup_steps"]:
+        return mx.lr_scheduler.FactorScheduler(step=10 ** 9, factor=1.0, **common)
+    return None
 
 
 def _initializer(cfg: WorkerConfig):
@@ -162,6 +188,9 @@ def _prepared_module(cfg: WorkerConfig, net, fixed: list[str], train, kv, arg_pa
     if cfg.start_weights == "worker0":
         take_worker0_weights(mod, kv, cfg.index)
     mod.init_optimizer(kvstore=kv, optimizer=cfg.train.optimizer, optimizer_params=_optimizer_params(cfg))
+    saved = states_path(cfg.resume_prefix, cfg.begin_epoch) if cfg.resume_prefix else None
+    if saved and os.path.isfile(saved) and mod._updater is not None:  # the workers update: the state is theirs
+        load_optimizer_state(mod._updater, saved)
     if same_weights and cfg.start_weights != "worker0":
         same_start(mod, kv)
     events.emit("start", index=cfg.index, weights=weights_digest(mod))  # after the first pull: equal on all workers
@@ -211,7 +240,7 @@ def run_worker(cfg: WorkerConfig) -> int:
 
     net, arg_params, aux_params, fixed = _network(cfg)
     batch_size = _batch_size(cfg)
-    train = _train_iter(cfg, rank_seed=(seed or 0) + cfg.index)
+    train = _train_iter(cfg)
     mod = _prepared_module(cfg, net, fixed, train, kv, arg_params, aux_params, same_weights=shared)
     shared_evaluation = SharedEvaluation(mod, kv, cfg, top_k=reported_top_k(cfg)) if shared else None
     metric = _train_metric(cfg)
@@ -295,11 +324,8 @@ KEEP_CHECKPOINTS = 2  # epochs of checkpoints kept on the host; the launcher kee
 
 
 def save_epoch_checkpoint(cfg: WorkerConfig, mod: mx.mod.Module, net, epoch: int, record: dict) -> None:
-    """Write ``NAME-EPOCH.params`` atomically, then the marker ``checkpoint-EPOCH.json`` that says it is whole.
-
-    Optimizer state is not saved (the tutorial's plain SGD has none; momentum or Adam restart
-    from zero on resume).
-    """
+    """Write ``NAME-EPOCH.params`` (and, where the workers update the weights, the optimizer's state in
+    ``NAME-EPOCH.states``) atomically, then the marker ``checkpoint-EPOCH.json`` that says it is whole."""
     os.makedirs(cfg.out_dir, exist_ok=True)
     prefix = os.path.join(cfg.out_dir, cfg.checkpoint_name)
     symbol_path = f"{prefix}-symbol.json"
@@ -312,15 +338,19 @@ def save_epoch_checkpoint(cfg: WorkerConfig, mod: mx.mod.Module, net, epoch: int
     arrays.update({f"aux:{name}": value for name, value in aux.items()})
     mx.nd.save(params_path + ".partial", arrays)
     os.replace(params_path + ".partial", params_path)
+    files = {"symbol": os.path.basename(symbol_path), "params": os.path.basename(params_path)}
+    if mod._updater is not None:
+        save_optimizer_state(mod._updater, states_path(prefix, epoch))
+        files["states"] = os.path.basename(states_path(prefix, epoch))
     marker = os.path.join(cfg.out_dir, f"checkpoint-{epoch:04d}.json")
     with open(marker + ".partial", "w", encoding="utf-8") as handle:
-        json.dump({"epoch": epoch, "symbol": os.path.basename(symbol_path), "params": os.path.basename(params_path),
-                   "record": record}, handle)
+        json.dump({"epoch": epoch, **files, "record": record}, handle)
     os.replace(marker + ".partial", marker)
     events.emit("checkpoint", index=cfg.index, epoch=epoch, out_dir=cfg.out_dir,
-                files=[os.path.basename(symbol_path), os.path.basename(params_path), os.path.basename(marker)])
+                files=[*files.values(), os.path.basename(marker)])
     for old in range(cfg.begin_epoch + 1, epoch - KEEP_CHECKPOINTS + 1):
-        for path in (f"{prefix}-{old:04d}.params", os.path.join(cfg.out_dir, f"checkpoint-{old:04d}.json")):
+        for path in (f"{prefix}-{old:04d}.params", states_path(prefix, old),
+                     os.path.join(cfg.out_dir, f"checkpoint-{old:04d}.json")):
             if os.path.exists(path):
                 os.remove(path)
 

@@ -32,6 +32,7 @@ class Checkpoint:
     epoch: int
     prefix: str                  # local: PREFIX-symbol.json + PREFIX-EEEE.params
     records: tuple[dict, ...]    # the epoch records of epochs 1..epoch, as worker 0 reported them
+    states: bool = False         # PREFIX-EEEE.states holds the optimizer's state too
 
 
 def checkpoint_dir(run_dir: str) -> str:
@@ -60,7 +61,9 @@ def latest_checkpoint(run_dir: str) -> Checkpoint | None:
                 paramsfile.read_layout(os.path.join(folder, marker["params"])), paramsfile.ParamsLayout):
             prefix = os.path.join(folder, marker["symbol"][: -len("-symbol.json")])
             records = tuple(markers[e]["record"] for e in sorted(markers) if e <= epoch)
-            return Checkpoint(epoch, prefix, records)
+            states = marker.get("states")
+            return Checkpoint(epoch, prefix, records, states == f"{os.path.basename(prefix)}-{epoch:04d}.states"
+                              and os.path.isfile(os.path.join(folder, states)))
     return None
 
 
@@ -96,10 +99,11 @@ def link_or_copy(source: str, target: str) -> None:
 
 
 def _prune(folder: str) -> None:
-    """Keep the params of the newest KEEP_PARAMS epochs; markers stay (they hold the records)."""
-    params = sorted(glob.glob(os.path.join(folder, "*-[0-9][0-9][0-9][0-9].params")))
-    for path in params[:-KEEP_PARAMS]:
-        os.remove(path)
+    """Keep the params (and optimizer states) of the newest KEEP_PARAMS epochs; markers stay (they hold the
+    records)."""
+    for suffix in ("params", "states"):
+        for path in sorted(glob.glob(os.path.join(folder, f"*-[0-9][0-9][0-9][0-9].{suffix}")))[:-KEEP_PARAMS]:
+            os.remove(path)
 
 
 def record_attempt(run_dir: str, entry: dict) -> None:

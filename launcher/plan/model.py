@@ -82,6 +82,7 @@ class Facts:
     attempt: int = 1                      # 2, 3, ...: a resumed or restarted run (logs in logs/attempt-N)
     resume_epoch: int = 0                 # epochs already done
     resume_prefix: str | None = None      # local checkpoint of epoch resume_epoch
+    resume_states: bool = False           # it has the optimizer's state too (PREFIX-EEEE.states)
     worker_ports: tuple[int, ...] = ()    # ps-lite PORT of each worker (ascending: worker i gets rank i)
     ssh: SSHOptions = SSHOptions()        # how the executor reaches remote hosts
     launcher: str = "ssh"                 # ssh | srun (job steps of the Slurm allocation the launcher runs in)
@@ -100,7 +101,8 @@ class Transfer:
     kind: str                             # code | data (content-addressed, kept) | run (this run's own)
 
 
-RUN_OWN_FACTS = ("run_id", "run_dir", "scheduler_port", "worker_ports", "attempt", "resume_epoch", "resume_prefix")
+RUN_OWN_FACTS = ("run_id", "run_dir", "scheduler_port", "worker_ports", "attempt", "resume_epoch", "resume_prefix",
+                 "resume_states")
 
 
 def fact_changes(before: Facts, after: Facts) -> list[str]:

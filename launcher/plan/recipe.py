@@ -40,6 +40,8 @@ class Recipe:
     statistics_params: str | None = None  # the trimmed params' BatchNorm statistics alone, staged to the hosts
                                           # without worker 0, whose workers take its weights through the kvstore
 
+    # The workers update the weights themselves (shared evaluation): the optimizer's state is theirs, and saved.
+    keeps_optimizer_state = property(lambda self: self.job.train.evaluation == "shared")
     name = property(lambda self: self.job.name)
     source = property(lambda self: self.job.source)
     host_silence_s = property(lambda self: float(self.job.cluster.host_silence_s))
@@ -80,7 +82,7 @@ def _describe_recipe(plan: Plan, recipe: Recipe) -> list[str]:
         f"{os.path.basename(job.model.prefix)} at {job.model.cut_layer}, {job.num_classes} classes",
         f"  run dir    {plan.run_dir}",
         *([f"  resume     attempt {plan.attempt}: from the checkpoint of epoch {plan.facts.resume_epoch}, "
-           f"{plan.facts.resume_prefix}"] if plan.facts.resume_prefix else []),
+           f"{plan.facts.resume_prefix}, " + _resumed_state(plan, recipe)] if plan.facts.resume_prefix else []),
         f"  kvstore    {cluster.effective_kvstore}, {len(recipe.workers)} worker(s) x {devices}, {servers} server(s)"
         + (f"; arrays of {cluster.bigarray_bound}+ values split over the servers (cluster.bigarray_bound)"
            if servers > 1 else "")
@@ -100,6 +102,16 @@ def _describe_recipe(plan: Plan, recipe: Recipe) -> list[str]:
     ]
 
 
+def _resumed_state(plan: Plan, recipe: Recipe) -> str:
+    """Whether the resumed run continues exactly: the optimizer's state and each epoch's data order."""
+    if plan.facts.resume_states:
+        return "with the optimizer's state: it continues as if it never stopped"
+    if not recipe.keeps_optimizer_state:
+        return ("approximately: the servers kept the optimizer's state (train.evaluation: worker0) and it restarts "
+                "from zero")
+    return "approximately: the checkpoint has no optimizer state (an older mxft wrote it), which restarts from zero"
+
+
 def _describe_model_once(plan: Plan, recipe: Recipe) -> list[str]:
     """Which hosts get the model's weights, when only worker 0's does."""
     if not recipe.statistics_params:
@@ -110,14 +122,28 @@ def _describe_model_once(plan: Plan, recipe: Recipe) -> list[str]:
 
 
 def _describe_lr(job: JobSpec, scaled: float | None, global_batch: int) -> str:
-    """The learning rate each worker uses, and where it comes from."""
+    """The learning rate each worker uses, where it comes from, and how it changes."""
+    warmup = f", warmed up over {job.train.warmup_epochs} epoch(s)" if job.train.warmup_epochs else ""
     if scaled is None:
         given = job.train.optimizer_params.get("learning_rate", "the optimizer's default")
         return (f"  lr         {given} as given (train.lr_scaling: none; global batch {global_batch}, "
-                f"train.reference_batch {job.train.reference_batch})")
+                f"train.reference_batch {job.train.reference_batch}){warmup}{_describe_schedule(job)}")
     return (f"  lr         {scaled:g}: linear scaling, global batch {global_batch} / reference "
-            f"{job.train.reference_batch}" + (f", warmed up over {job.train.warmup_epochs} epoch(s)"
-                                              if job.train.warmup_epochs else ""))
+            f"{job.train.reference_batch}{warmup}{_describe_schedule(job)}")
+
+
+def _describe_schedule(job: JobSpec) -> str:
+    """``train.lr_schedule`` in words (epochs counted from the run's start, warm-up included)."""
+    schedule = job.train.lr_schedule
+    if schedule is None:
+        return ""
+    if schedule.type == "step":
+        return f"; x{schedule.factor:g} after every {schedule.every_epochs} epoch(s) (train.lr_schedule: step)"
+    if schedule.type == "multistep":
+        return (f"; x{schedule.factor:g} after epoch(s) {', '.join(map(str, schedule.at_epochs))} "
+                "(train.lr_schedule: multistep)")
+    return (f"; down a cosine to {schedule.final_lr:g} at the end of epoch {job.train.epochs} "
+            "(train.lr_schedule: cosine)")
 
 
 def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpec], facts: Facts) -> Plan:
@@ -278,7 +304,8 @@ def _resume_files(host: HostSpec, layout: HostLayout, facts: Facts, transfers: l
     if layout.local:
         return local
     remote = f"{layout.run_dir}/resume/{os.path.basename(local)}"
-    for suffix in ("-symbol.json", f"-{facts.resume_epoch:04d}.params"):
+    states = (f"-{facts.resume_epoch:04d}.states",) if facts.resume_states else ()
+    for suffix in ("-symbol.json", f"-{facts.resume_epoch:04d}.params", *states):
         transfer = Transfer(host.label, local + suffix, remote + suffix, "run")
         if transfer not in transfers:
             transfers.append(transfer)

@@ -83,7 +83,8 @@ class FineTuning:
         keys.update(dict.fromkeys(val_files, fingerprint(*val_files)))
         return dict(train_fingerprint=fingerprint(*rec_files(spec.data.train)), file_keys=keys,
                     resume_epoch=checkpoint.epoch if checkpoint else 0,
-                    resume_prefix=checkpoint.prefix if checkpoint else None, file_ids=_data_file_ids(spec))
+                    resume_prefix=checkpoint.prefix if checkpoint else None,
+                    resume_states=bool(checkpoint and checkpoint.states), file_ids=_data_file_ids(spec))
 
     @staticmethod
     def local_workers(spec: JobSpec, hosts: Sequence[HostSpec]) -> int:

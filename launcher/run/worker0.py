@@ -21,9 +21,11 @@ from launcher.run.fetch import fetch_files
 
 
 def checkpoint_files(plan: Plan, epoch: int) -> list[str]:
-    """The files of worker 0's checkpoint of ``epoch``, as the plan names them (marker last)."""
+    """The files of worker 0's checkpoint of ``epoch``, as the plan names them (marker last): with the optimizer's
+    state where the workers update the weights (``Recipe.keeps_optimizer_state``)."""
     name = plan.component.workers[0].checkpoint_name
-    return [f"{name}-symbol.json", f"{name}-{epoch:04d}.params", f"checkpoint-{epoch:04d}.json"]
+    states = [f"{name}-{epoch:04d}.states"] if plan.component.keeps_optimizer_state else []
+    return [f"{name}-symbol.json", f"{name}-{epoch:04d}.params", *states, f"checkpoint-{epoch:04d}.json"]
 
 
 def keep_checkpoint(plan: Plan, worker0: FromWorker0, epoch: int) -> None:
@@ -75,6 +77,9 @@ class FromWorker0:
                    staged, plan.component.host_silence_s)
 
     def cap(self, name: str) -> int:
+        """At most twice what was staged plus 16 MiB (the optimizer's state: two arrays per weight, as Adam's)."""
+        if name.endswith(".states"):
+            return 2 * (2 * self.staged[".params"] + (16 << 20))
         suffix = next((s for s in self.staged if name.endswith(s)), None)
         return 2 * self.staged[suffix] + (16 << 20) if suffix else RESULT_CAP
 

@@ -32,20 +32,15 @@ from typing import Any
 
 from cluster.errors import InputError
 from launcher.spec import checks as ok
-from launcher.spec import optimizers
 from launcher.spec.checks import AUTO, CPUContexts
 from launcher.spec.command_job import CommandSpec, parse_command_job
-from launcher.spec.schema import key, keys_of, plain, read_section, section, to_yaml_dict
+from launcher.spec.schema import key, keys_of, read_section, section, to_yaml_dict
+from launcher.spec.train_keys import TrainSpec, check_lr_schedule, check_optimizer
 from launcher.spec.yamlfields import Fields, compose_with_lines, load_value
 
 TUTORIAL_GPUS = tuple(range(8))
 KVSTORES = ("auto", "dist_sync", "dist_sync_device", "dist_async", "dist_device_sync")
-OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "adadelta", "signum", "ftml", "lamb")
-INITIALIZERS = ("xavier", "msraprelu", "normal", "uniform")
-INITIALIZER_KEYS = ("type", "rnd_type", "factor_type", "magnitude", "sigma", "scale", "slope")
 BUILTIN_ASSETS = ("digits",)
-LR_SCALINGS = ("none", "linear")
-EVALUATIONS = ("shared", "worker0")
 STAGINGS = ("auto", "always", "never")
 COMPRESSIONS = ("2bit",)
 
@@ -107,52 +102,6 @@ class DataSpec:
                        help="auto: a host that has the same files at the same paths (a shared filesystem) reads "
                             "them in place, the others get copies; always: copies everywhere; never: every host "
                             "must have them")
-
-
-def _read_initializer(fields: Fields, expand) -> "InitializerSpec":
-    kind = fields.get("type", ok.choice(INITIALIZERS), "xavier")
-    params = {name: value for name, value in fields.raw.items() if name != "type"}
-    if not params:
-        return InitializerSpec(kind) if kind == "xavier" else InitializerSpec(kind, {})
-    try:
-        return InitializerSpec(kind, ok.scalar_mapping(params))
-    except ValueError as err:
-        fields.fail(fields.path, f"{fields.dotted(fields.path)} must be {err}, got {params!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class InitializerSpec:
-    type: str = "xavier"
-    params: Mapping[str, Any] = dataclasses.field(
-        default_factory=lambda: {"rnd_type": "gaussian", "factor_type": "in", "magnitude": 2})
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-    epochs: int = key(8, check=ok.at_least(1), help="passes over the training data")
-    batch_per_device: int = key(16, check=ok.at_least(1), help="images per device per step")
-    optimizer: str = key("sgd", check=ok.choice(OPTIMIZERS), help="an MXNet optimizer")
-    optimizer_params: Mapping[str, Any] = key(check=ok.scalar_mapping, factory=lambda: {"learning_rate": 0.01},
-                                              help="its settings (--set train.lr/momentum/wd)")
-    initializer: InitializerSpec = section(
-        InitializerSpec, help="for the new output layer", read=_read_initializer, allowed=INITIALIZER_KEYS,
-        to_yaml=lambda init: {"type": init.type, **plain(init.params)})
-    seed: int | None = key(None, check=ok.at_least(0), help="seeds MXNet, numpy and the data order")
-    log_every_batches: int = key(20, check=ok.at_least(1), help="a progress line every N batches")
-    lr_scaling: str = key("none", check=ok.choice(LR_SCALINGS),
-                          help="linear: learning_rate x global batch / reference_batch (Goyal et al.)")
-    reference_batch: int = key(128, check=ok.at_least(1), help="the global batch learning_rate was tuned for "
-                               "(the tutorial's 16 per GPU x 8 GPUs)")
-    warmup_epochs: int = key(0, check=ok.at_least(0),
-                             help="epochs that ramp the learning rate up from its unscaled value")
-    top_k: int = key(5, check=ok.at_least(2), help="also report top-k accuracy (only when k < num_classes: "
-                     "with k classes or fewer it is 1.0 by construction)")
-    step_timing: bool = key(False, check=ok.boolean, help="split each epoch's time into compute and communication "
-                            "(compute_s, communication_s in result.json); waiting between the two slows training, so "
-                            "it is for measuring")
-    evaluation: str = key("shared", check=ok.choice(EVALUATIONS),
-                          help="shared: workers average BatchNorm statistics, each evaluates a part of the "
-                               "validation set; worker0: worker 0 alone, with its own statistics")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,17 +270,6 @@ def _check_evaluation(job: JobSpec, top: Fields) -> None:
                    hint="set train.evaluation: worker0, or cluster.kvstore: dist_sync / dist_sync_device")
 
 
-def _check_optimizer(job: JobSpec, top: Fields) -> None:
-    """The optimizer's parameters as MXNet's own optimizer takes them (``launcher.spec.optimizers``): a bad one is
-    named at its line here, not by MXNet's traceback at the first batch after everything was staged."""
-    train = top.section("train", keys_of(type(job.train)))
-    for name, value in job.train.optimizer_params.items():
-        why = optimizers.problem(job.train.optimizer, name, value)
-        if why is not None:
-            reference = optimizers.class_name(job.train.optimizer)
-            train.fail(train.path + ("optimizer_params", name), why, hint=f"see {reference}" if reference else "")
-
-
 def _check_compression(job: JobSpec, top: Fields) -> None:
     """2bit compression quantises every push: of gradients, and also of shared evaluation's sums."""
     if job.cluster.gradient_compression is None:
@@ -367,7 +305,8 @@ def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = Non
     _check_data_source(job, top)
     _check_evaluation(job, top)
     _check_compression(job, top)
-    _check_optimizer(job, top)
+    check_optimizer(job.train, top)
+    check_lr_schedule(job.train, top)
     return job if job.name else dataclasses.replace(job, name=os.path.splitext(os.path.basename(source))[0])
 
 
