@@ -23,6 +23,7 @@ from cluster.srun import default_launcher
 from launcher.cli_args import (OVERVIEW, Invocation, add_shared_options, add_ssh_options, is_command_mode,
                                parse_args, parse_command_args, ssh_options)
 from launcher.data import cachefile, runstate
+from launcher.evaluate_cli import evaluate
 from launcher.report.console import Console, printable
 from launcher.run.check_table import table
 from launcher.run.clean import clean_hosts, cleanup_lines, load_clean_hosts
@@ -319,7 +320,7 @@ def clean(argv: list[str]) -> int:
     return EXIT_FAILED if reports.failed or any(report.unremoved for report in reports.ok.values()) else EXIT_OK
 
 
-TOOLS = {"check": check, "status": status, "runs": runs, "stop": stop, "clean": clean}
+TOOLS = {"check": check, "status": status, "runs": runs, "stop": stop, "clean": clean, "evaluate": evaluate}
 
 
 def _alive(proc: psutil.Process) -> bool:

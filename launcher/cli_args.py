@@ -36,6 +36,7 @@ usage: mxft-launch [launch] JOB [options]          fine-tune: run a job file
        mxft-launch status RUN_DIR
        mxft-launch stop RUN_DIR
        mxft-launch runs [--run-root DIR]
+       mxft-launch evaluate RUN_DIR [--data REC] [--epoch best|last|N]
        mxft-launch clean --hosts FILE [--older-than DAYS] [--dry-run]
 
 Fine-tune a pretrained MXNet image model on one machine or many: mxft-launch plans
@@ -51,6 +52,7 @@ commands:
   status    where a run stands: state, processes, last epoch, result
   stop      stop a running run (every process on every host)
   runs      list recent runs: state, accuracy, duration, cause of a failure, folder
+  evaluate  a run's fine-tuned model on a .rec: accuracy, top-k, each class's accuracy
   clean     free the hosts' work folders: finished runs, unused cached data, interrupted copies
 
 examples:

@@ -38,8 +38,8 @@ def demo_job(assets_dir: str, **sections) -> dict:
     return job
 
 
-JOINED = '    events.emit("joined", index=cfg.index, rank=rank, num_workers=num_workers, ' \
-         'join_s=round(time.time() - started, 2))\n'
+JOINED = '    events.emit("joined", index=cfg.index, rank=kv.rank, num_workers=kv.num_workers,\n' \
+         '                join_s=round(time.time() - started, 2))\n'
 
 
 def altered_worker_copy(root, *, after_joining: str, appended: str) -> str:

@@ -92,6 +92,7 @@ def test_a_lying_worker_changes_nothing_outside_the_run_folder(tmp_path, demo_as
     assert victim.read_text() == "precious"
     (run_dir,) = runs.iterdir()
     kept = sorted(os.listdir(run_dir / "checkpoints"))
-    assert kept == ["checkpoint-0001.json", "checkpoint-0002.json", "demo-0001.params", "demo-0002.params",
-                    "demo-symbol.json"], kept  # the honest epochs, fetched by the plan's names
+    assert kept == ["checkpoint-0001.json", "checkpoint-0002.json", "demo-0001.params", "demo-0001.states",
+                    "demo-0002.params", "demo-0002.states", "demo-symbol.json"], kept  # the honest epochs, fetched
+    # by the plan's names (with the optimizer's state: exact resume)
     assert not any(os.path.islink(run_dir / "checkpoints" / name) for name in kept)

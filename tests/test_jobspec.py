@@ -289,3 +289,12 @@ def test_a_learning_rate_schedule_is_checked_at_its_line(schedule, said):
     assert str(err.value) == f"/j.yaml:{said}"
     with pytest.raises(InputError, match="a cosine schedule needs epochs after the warm-up"):
         parse_job(text.replace(schedule, "{type: cosine}") + "  warmup_epochs: 4\n", "/j.yaml", environ={})
+
+
+def test_early_stopping_needs_every_worker_to_know_the_accuracy():
+    text = ("num_classes: 2\nmodel: {prefix: m}\ndata: {train: t, val: v}\ntrain:\n  evaluation: worker0\n"
+            "  early_stop: {patience: 2}\n")
+    with pytest.raises(InputError) as err:
+        parse_job(text, "/j.yaml", environ={})
+    assert str(err.value).startswith("/j.yaml:6: train.early_stop needs train.evaluation: shared")
+    assert parse_job(text.replace("worker0", "shared"), "/j.yaml", environ={}).train.early_stop.patience == 2

@@ -7,12 +7,15 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 
+import mxnet as mx
 import pytest
 
 from testing.processes import run_id_from
-from tests.helpers import (demo_job, hosts_file, no_processes_left, refusal_line, run_launch, ssh_args, start_launch,
-                           wait_until, write_job)
+from tests.helpers import (REPO, demo_job, hosts_file, no_processes_left, refusal_line, run_launch, ssh_args,
+                           start_launch, wait_until, write_job)
 
 
 @pytest.mark.timeout(400)
@@ -95,3 +98,60 @@ def test_a_run_folder_others_may_write_is_not_resumed(tmp_path):
     (run_dir / "attempts.jsonl").write_text(json.dumps({"attempt": 1, "run_id": "../../elsewhere"}) + "\n")
     assert refusal_line(run_launch(["--resume", str(run_dir)], cwd=str(tmp_path))) == (
         f"mxft-launch: error: {run_dir}/attempts.jsonl: names the run '../../elsewhere', which is not a run id")
+
+
+@pytest.mark.timeout(300)
+def test_early_stopping_stops_every_worker_at_the_same_epoch_and_keeps_the_best(tmp_path, demo_assets):
+    """Issue 27, item 5: patience 1 stops at the first epoch no better than the best so far (the demo's accuracy
+    swings from epoch to epoch); RUN_DIR/checkpoint holds that epoch's params and the best one's; the run is not
+    resumed as if it were cut short, unless given more patience."""
+    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, train={"epochs": 10, "early_stop": {"patience": 1}},
+                                                    cluster={"workers": 2}))
+    done = run_launch([job, "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    run_dir = tmp_path / "runs" / run_id_from(done.stdout)
+    result = json.loads((run_dir / "result.json").read_text())
+    stopped = result["stopped_early"]
+    accuracies = [e["val_accuracy"] for e in result["epochs"]]
+    assert stopped["epoch"] < 10 and [e["epoch"] for e in result["epochs"]] == list(range(1, stopped["epoch"] + 1))
+    best = accuracies.index(max(accuracies)) + 1
+    assert stopped == {"epoch": stopped["epoch"], "best_epoch": best, "patience": 1}
+    assert stopped["epoch"] == best + 1 and accuracies[-1] <= accuracies[best - 1]
+    for worker in (0, 1):
+        assert f"stopping after epoch {stopped['epoch']}: no better validation accuracy than epoch {best}'s" in (
+            run_dir / "logs" / f"worker-{worker}.log").read_text()
+    assert result["checkpoint"]["epoch"] == stopped["epoch"] and result["kept"] == {"last": stopped["epoch"],
+                                                                                      "best": best}
+    assert sorted(os.listdir(run_dir / "checkpoint")) == sorted(
+        ["demo-symbol.json", f"demo-{best:04d}.params", f"demo-{stopped['epoch']:04d}.params"])
+    assert refusal_line(run_launch(["--resume", str(run_dir)], cwd=str(tmp_path))) == (
+        f"mxft-launch: error: {run_dir}: it stopped early after epoch {stopped['epoch']} (train.early_stop: no "
+        f"better validation accuracy for its patience) (train on with more patience: --resume {run_dir} --set "
+        "train.early_stop.patience=N)")
+    more = run_launch(["--resume", str(run_dir), "--set", "train.early_stop.patience=3", "--dry-run"],
+                      cwd=str(tmp_path))
+    assert more.returncode == 0 and f"from the checkpoint of epoch {stopped['epoch']}" in more.stdout, more.stderr
+    # mxft-launch evaluate: each kept model on the run's own validation set gives what the run reported for its epoch
+    # (the checkpoint holds the averaged BatchNorm statistics the run evaluated with)
+    for which, epoch in (("best", best), ("last", stopped["epoch"])):
+        out = run_launch(["evaluate", str(run_dir), "--epoch", which, "--json"], cwd=str(tmp_path))
+        assert out.returncode == 0, out.stderr
+        found, record = json.loads(out.stdout), result["epochs"][epoch - 1]
+        assert (found["epoch"], found["images"]) == (epoch, record["val_images"]) == (epoch, 846)
+        assert round(found["accuracy"] * 846) == round(record["val_accuracy"] * 846), (found, record)
+        assert sum(row["images"] for row in found["per_class"]) == 846 and len(found["per_class"]) == 5
+    text = run_launch(["evaluate", str(run_dir)], cwd=str(tmp_path)).stdout.splitlines()
+    assert text[0].startswith(f"{run_dir}/checkpoint/demo-{best:04d}.params (epoch {best}) on ") and len(text) == 7
+    assert refusal_line(run_launch(["evaluate", str(run_dir), "--epoch", "99"], cwd=str(tmp_path))) == (
+        f"mxft-launch: error: {run_dir}: has no params of epoch 99 kept (see result.json's kept, and checkpoint/ and "
+        "checkpoints/)")
+    # the README's lines that classify an image with the model run as written, on a validation image
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    code = readme.split("<!-- use-model -->\n```python\n")[1].split("```\n<!-- /use-model -->")[0]
+    (tmp_path / "use_model.py").write_text(code)
+    val = os.path.join(demo_assets, "digits5to9-val")
+    _, image = mx.recordio.unpack(mx.recordio.MXIndexedRecordIO(val + ".idx", val + ".rec", "r").read_idx(0))
+    (tmp_path / "digit.png").write_bytes(image)
+    said = subprocess.run([sys.executable, str(tmp_path / "use_model.py"), str(run_dir / "checkpoint" / "demo"),
+                           str(best), str(tmp_path / "digit.png")], capture_output=True, text=True, timeout=120)
+    assert said.returncode == 0 and re.fullmatch(r"[0-4]  0\.\d{3}", said.stdout.strip()), said.stdout + said.stderr

@@ -23,6 +23,7 @@ class TrainSettings:
     initializer: dict[str, Any]     # the job file's form: {type: xavier, magnitude: 2, ...}
     warmup_epochs: int
     lr_schedule: dict[str, Any] | None  # {type: step|multistep|cosine, every_epochs, at_epochs, factor, final_lr}
+    early_stop: dict[str, Any] | None   # {patience: N}
     top_k: int
     evaluation: str                 # shared | worker0
     seed: int | None
@@ -78,6 +79,7 @@ class WorkerConfig:
     resume_prefix: str | None = None  # fine-tuned checkpoint of epoch begin_epoch to start from
     cpu_contexts: int = 1           # devices None: computes on mx.cpu(0) .. mx.cpu(N-1) (cluster.devices: cpu:N)
     train_part: list | None = None  # [part, parts, .idx]: read that part of train_rec in place (no shard copied)
+    best_so_far: list | None = None  # resuming: [epoch, validation accuracy] of the best epoch before (early_stop)
     start_weights: str = "own"      # "worker0": every worker takes worker 0's weights through the kvstore before
                                     # training (the same on all); the others' params files hold BatchNorm statistics
 

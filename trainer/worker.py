@@ -220,23 +220,29 @@ def _shared_evaluation(cfg: WorkerConfig) -> bool:
     return shared
 
 
+def _joined(cfg: WorkerConfig, started: float):
+    """The seeds set, then the kvstore (which joins ps-lite; compressed pushes set before any key), reported."""
+    if cfg.train.seed is not None:
+        mx.random.seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+    kv = mx.kv.create(cfg.kvstore)
+    if cfg.gradient_compression:
+        _compress_pushes(kv, cfg.gradient_compression)
+    log.info("worker %d joined ps-lite as rank %d of %d (kvstore %s)", cfg.index, kv.rank, kv.num_workers,
+             cfg.kvstore)
+    events.emit("joined", index=cfg.index, rank=kv.rank, num_workers=kv.num_workers,
+                join_s=round(time.time() - started, 2))
+    return kv
+
+
 def run_worker(cfg: WorkerConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     warnings.filterwarnings("ignore", message="Parameters already initialized")  # fit() after init_params()
     started = time.time()
-    seed = cfg.train.seed
-    if seed is not None:
-        mx.random.seed(seed)
-        np.random.seed(seed)
     shared = _shared_evaluation(cfg)
-    kv = mx.kv.create(cfg.kvstore)
-    compression = cfg.gradient_compression
-    if compression:
-        _compress_pushes(kv, compression)
+    kv = _joined(cfg, started)
     rank, num_workers = kv.rank, kv.num_workers
     lead = cfg.index == 0  # checkpoints and writes the result (and evaluates alone with evaluation: worker0)
-    log.info("worker %d joined ps-lite as rank %d of %d (kvstore %s)", cfg.index, rank, num_workers, cfg.kvstore)
-    events.emit("joined", index=cfg.index, rank=rank, num_workers=num_workers, join_s=round(time.time() - started, 2))
 
     net, arg_params, aux_params, fixed = _network(cfg)
     batch_size = _batch_size(cfg)
@@ -265,16 +271,22 @@ def run_worker(cfg: WorkerConfig) -> int:
             save_epoch_checkpoint(cfg, mod, net, epoch + 1, record)
         if kv.type.startswith("dist"):
             kv._barrier()  # all wait for worker 0's evaluation and checkpoint here, outside the next epoch's clock
+        patience.after(epoch + 1, record.get("val_accuracy"))  # every worker knows the accuracy: all stop here
         speed.start_epoch()
 
     fit_started = time.time()
     speed.start_epoch()
-    mod.fit(train, begin_epoch=cfg.begin_epoch, num_epoch=cfg.train.epochs, kvstore=kv, eval_metric=metric,
-            batch_end_callback=speed, epoch_end_callback=on_epoch_end)
+    patience = Patience(cfg)
+    try:
+        mod.fit(train, begin_epoch=cfg.begin_epoch, num_epoch=cfg.train.epochs, kvstore=kv, eval_metric=metric,
+                batch_end_callback=speed, epoch_end_callback=on_epoch_end)
+    except StopEarly as stop:
+        log.info("%s", stop)
     train_s = time.time() - fit_started
 
     if lead:
-        _write_result(cfg, epochs, num_workers=num_workers, train_s=train_s, total_s=time.time() - started)
+        _write_result(cfg, epochs, num_workers=num_workers, train_s=train_s, total_s=time.time() - started,
+                      stopped_early=patience.stopped)
     events.emit("done", index=cfg.index, rank=rank, train_s=round(train_s, 3))
     return 0
 
@@ -355,8 +367,30 @@ def save_epoch_checkpoint(cfg: WorkerConfig, mod: mx.mod.Module, net, epoch: int
                 os.remove(path)
 
 
+class StopEarly(Exception):
+    """Raised by every worker after the same epoch: ``train.early_stop``'s patience ran out."""
+
+
+class Patience:
+    """``train.early_stop``: the best validation accuracy so far (a resumed run's from before it too) and the epochs
+    since; ``after`` raises StopEarly once ``patience`` epochs brought nothing better (not after the last epoch)."""
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.patience = (cfg.train.early_stop or {}).get("patience")
+        self.best_epoch, self.best = cfg.best_so_far or (0, -1.0)
+        self.last_epoch, self.stopped = cfg.train.epochs, None
+
+    def after(self, epoch: int, accuracy: float | None) -> None:
+        if accuracy is not None and accuracy > self.best:
+            self.best_epoch, self.best = epoch, accuracy
+        if self.patience and epoch - self.best_epoch >= self.patience and epoch < self.last_epoch:
+            self.stopped = {"epoch": epoch, "best_epoch": self.best_epoch, "patience": self.patience}
+            raise StopEarly(f"stopping after epoch {epoch}: no better validation accuracy than epoch "
+                            f"{self.best_epoch}'s {self.best:.4f} for {self.patience} epoch(s) (train.early_stop)")
+
+
 def _write_result(cfg: WorkerConfig, epochs: list[dict], *, num_workers: int,
-                  train_s: float, total_s: float) -> None:
+                  train_s: float, total_s: float, stopped_early: dict | None = None) -> None:
     os.makedirs(cfg.out_dir, exist_ok=True)
     final = epochs[-1]
     result = {
@@ -369,7 +403,8 @@ def _write_result(cfg: WorkerConfig, epochs: list[dict], *, num_workers: int,
         "images_per_s_worker0": round(sum(e["images_per_s"] for e in epochs) / len(epochs), 2),
         "train_s": round(train_s, 3),
         "total_s": round(total_s, 3),
-        "checkpoint": {"prefix": cfg.checkpoint_name, "epoch": cfg.train.epochs},
+        "checkpoint": {"prefix": cfg.checkpoint_name, "epoch": final["epoch"]},
+        **({"stopped_early": stopped_early} if stopped_early else {}),
         "job": cfg.job,
     }
     tmp = os.path.join(cfg.out_dir, "result.json.partial")

@@ -39,9 +39,8 @@ def checkpoint_dir(run_dir: str) -> str:
     return os.path.join(run_dir, "checkpoints")
 
 
-def latest_checkpoint(run_dir: str) -> Checkpoint | None:
-    """The newest complete checkpoint of the run, or None."""
-    folder = checkpoint_dir(run_dir)
+def _markers(folder: str) -> dict[int, dict]:
+    """The checkpoint markers in ``folder`` by epoch (each with its epoch's record)."""
     markers = {}
     for path in glob.glob(os.path.join(folder, "checkpoint-*.json")):
         match = re.fullmatch(r"checkpoint-(\d+)\.json", os.path.basename(path))
@@ -52,6 +51,25 @@ def latest_checkpoint(run_dir: str) -> Checkpoint | None:
             continue
         if match and isinstance(marker, dict) and isinstance(marker.get("record"), dict):
             markers[int(match.group(1))] = marker  # anything else is not a marker this launcher wrote
+    return markers
+
+
+def best_epoch(records) -> int | None:
+    """The epoch of the highest validation accuracy among epoch ``records`` (the earliest of equals), or None.
+
+    >>> best_epoch([{"epoch": 1, "val_accuracy": 0.6}, {"epoch": 2, "val_accuracy": 0.9}, {"epoch": 3,
+    ...             "val_accuracy": 0.9}, {"epoch": 4}])
+    2
+    """
+    scored = [(r["val_accuracy"], -r["epoch"]) for r in records
+              if isinstance(r.get("val_accuracy"), (int, float)) and isinstance(r.get("epoch"), int)]
+    return -max(scored)[1] if scored else None
+
+
+def latest_checkpoint(run_dir: str) -> Checkpoint | None:
+    """The newest complete checkpoint of the run, or None."""
+    folder = checkpoint_dir(run_dir)
+    markers = _markers(folder)
     for epoch in sorted(markers, reverse=True):
         marker = markers[epoch]
         if not all(isinstance(marker.get(key), str) and _PLAIN_NAME.fullmatch(marker[key])
@@ -99,11 +117,13 @@ def link_or_copy(source: str, target: str) -> None:
 
 
 def _prune(folder: str) -> None:
-    """Keep the params (and optimizer states) of the newest KEEP_PARAMS epochs; markers stay (they hold the
-    records)."""
+    """Keep the params (and optimizer states) of the newest KEEP_PARAMS epochs, and the params of the best
+    validation accuracy so far; markers stay (they hold the records)."""
+    best = best_epoch([marker["record"] for marker in _markers(folder).values()])
     for suffix in ("params", "states"):
         for path in sorted(glob.glob(os.path.join(folder, f"*-[0-9][0-9][0-9][0-9].{suffix}")))[:-KEEP_PARAMS]:
-            os.remove(path)
+            if not (suffix == "params" and best is not None and path.endswith(f"-{best:04d}.params")):
+                os.remove(path)
 
 
 def record_attempt(run_dir: str, entry: dict) -> None:

@@ -261,7 +261,9 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
         cpu_contexts=devices.count if isinstance(devices, CPUContexts) else 1,
         kvstore=job.cluster.effective_kvstore, out_dir=f"{layout.run_dir}/workers/worker-{index}",
         start_weights="worker0" if recipe.statistics_params else "own",
-        checkpoint_name=job.name, begin_epoch=facts.resume_epoch, resume_prefix=resume, **trainer_settings(job))
+        checkpoint_name=job.name, begin_epoch=facts.resume_epoch, resume_prefix=resume,
+        best_so_far=[int(facts.resume_best[0]), facts.resume_best[1]] if facts.resume_best else None,
+        **trainer_settings(job))
 
 
 def trainer_settings(job: JobSpec) -> dict:

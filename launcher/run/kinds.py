@@ -17,7 +17,7 @@ from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.secret import Secret
 from cluster.supervise import ProcessOutcome
-from launcher.data import cachefile, recfile
+from launcher.data import cachefile, recfile, runstate
 from launcher.data.images import pack_image_folder
 from launcher.data.inputs import Inventory, check_inputs
 from launcher.plan import Plan, assign_workers
@@ -84,7 +84,8 @@ class FineTuning:
         return dict(train_fingerprint=fingerprint(*rec_files(spec.data.train)), file_keys=keys,
                     resume_epoch=checkpoint.epoch if checkpoint else 0,
                     resume_prefix=checkpoint.prefix if checkpoint else None,
-                    resume_states=bool(checkpoint and checkpoint.states), file_ids=_data_file_ids(spec))
+                    resume_states=bool(checkpoint and checkpoint.states), resume_best=_best(checkpoint),
+                    file_ids=_data_file_ids(spec))
 
     @staticmethod
     def local_workers(spec: JobSpec, hosts: Sequence[HostSpec]) -> int:
@@ -147,8 +148,7 @@ class FineTuning:
     def summary(plan: Plan, result: dict) -> list[str]:
         """The end of a launch: where things are, per-worker throughput, where the time went, the score."""
         top = next((k for k in result if k.startswith("val_top")), None)
-        lines = [f"[mxft] run dir {plan.run_dir}: result.json, checkpoint/{result['checkpoint']['prefix']}-"
-                 f"{result['checkpoint']['epoch']:04d}.params, logs/", *_throughput(plan, result)]
+        lines = [f"[mxft] run dir {plan.run_dir}: result.json, {_kept(result)}, logs/", *_throughput(plan, result)]
         topk = f", {top.replace('val_', '')} {result[top]:.4f}" if top else ""
         return lines + [f"validation accuracy: {result['val_accuracy']:.4f}{topk} ({result['val_images']} images, "
                         f"{_evaluated_by(plan)})"]
@@ -161,6 +161,25 @@ def _data_file_ids(spec: JobSpec) -> dict[str, str]:
         return {}
     paths = [*rec_files(spec.data.train), *rec_files(spec.data.val), spec.model.symbol_path, spec.model.params_path]
     return {path: host_probe.file_id(path) for path in paths}
+
+
+def _best(checkpoint) -> tuple[float, ...]:
+    """(epoch, validation accuracy) of the best epoch a resumed run's checkpoints recorded, or ()."""
+    epoch = runstate.best_epoch(checkpoint.records) if checkpoint else None
+    return () if epoch is None else (epoch, next(r["val_accuracy"] for r in checkpoint.records
+                                                 if r.get("epoch") == epoch))
+
+
+def _kept(result: dict) -> str:
+    """The params RUN_DIR/checkpoint holds, each with what it is: ``checkpoint/demo-0010.params (last), ...``."""
+    name, kept = result["checkpoint"]["prefix"], result.get("kept") or {"last": result["checkpoint"]["epoch"]}
+    accuracy = {r.get("epoch"): r.get("val_accuracy") for r in result.get("epochs", ())}
+    said = {}
+    for what, epoch in kept.items():
+        said.setdefault(epoch, []).append(what)
+    return ", ".join(f"checkpoint/{name}-{epoch:04d}.params ({' and '.join(whats)}"
+                     + (f", validation accuracy {accuracy[epoch]:.4f})" if isinstance(accuracy.get(epoch), float)
+                        else ")") for epoch, whats in said.items())
 
 
 def _refuse_unheld(names: list[str], where: str, *, what: str, given: str) -> None:

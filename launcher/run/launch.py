@@ -299,8 +299,10 @@ def _started(plan: Plan, attempt: Attempt, console: Console, *, hosts_from: str 
 def _finish(plan: Plan, attempt: Attempt, result: dict) -> dict:
     """Record the attempt's verdict and write RUN_DIR/result.json, once, with every attempt in it."""
     outcome, reason = kind_of_plan(plan).verdict(plan, result)
+    stopped = result.get("stopped_early")  # taken by the result's checks: {epoch, best_epoch, patience}
     runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "outcome": outcome,
-                                           **({"reason": reason} if reason else {})})
+                                           **({"reason": reason} if reason else {}),
+                                           **({"stopped_early": stopped["epoch"]} if stopped else {})})
     result = dict(result, outcome=outcome, **({"reason": reason} if reason else {}),
                   attempts=runstate.attempt_summary(plan.run_dir))
     with cachefile.replacing(os.path.join(plan.run_dir, "result.json"), "w", encoding="utf-8") as handle:

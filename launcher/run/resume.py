@@ -28,8 +28,9 @@ from launcher.run.trust import RUN_ID, read_plan, require_fair_hosts
 from launcher.spec.jobspec import JobSpec, load_job
 
 # What --set may change when a run resumes: nothing its checkpoints were trained under.
-CHANGEABLE = ("train.epochs", "train.log_every_batches", "train.step_timing", "expect.", "cluster.max_restarts",
-              "cluster.min_hosts", "cluster.startup_timeout_s", "cluster.progress_timeout_s", "cluster.host_silence_s")
+CHANGEABLE = ("train.epochs", "train.keep", "train.early_stop", "train.log_every_batches", "train.step_timing",
+              "expect.", "cluster.max_restarts", "cluster.min_hosts", "cluster.startup_timeout_s",
+              "cluster.progress_timeout_s", "cluster.host_silence_s")
 
 
 def resumed_job(run_dir: str, overrides: tuple[str, ...], *,
@@ -59,6 +60,11 @@ def resumed_job(run_dir: str, overrides: tuple[str, ...], *,
     if checkpoint is not None and checkpoint.epoch >= job.train.epochs:
         raise InputError(run_dir, f"all {job.train.epochs} epochs are done already",
                          hint=f"see result.json, or train on: --resume {run_dir} --set train.epochs=N")
+    stopped = attempts[-1].get("stopped_early") if attempts else None
+    if stopped is not None and not any(item.startswith("train.early_stop") for item in overrides):
+        raise InputError(run_dir, f"it stopped early after epoch {stopped} (train.early_stop: no better validation "
+                         "accuracy for its patience)",
+                         hint=f"train on with more patience: --resume {run_dir} --set train.early_stop.patience=N")
     number = max((a.get("attempt", 0) for a in attempts), default=0) + 1
     return job, Attempt(run_id, run_dir, number, checkpoint)
 

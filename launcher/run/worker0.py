@@ -131,7 +131,42 @@ def _collect(plan: Plan, worker0: FromWorker0, metrics: MetricsWriter, *, rank_o
     result["epochs"] = [r for r in (earlier.records if earlier else ()) if r["epoch"] not in done] + result["epochs"]
     _install_final_checkpoint(plan, worker0, result["checkpoint"]["prefix"],
                               result["checkpoint"]["epoch"])
+    result["kept"] = _keep_best(plan, result)
+    names = _class_names_beside(plan, result["checkpoint"]["prefix"])
+    if names:
+        result["class_names"] = names
     return result
+
+
+def _class_names_beside(plan: Plan, name: str) -> str | None:
+    """The class names (``LABEL<TAB>NAME`` lines, as mxft-prepare writes ``PREFIX-labels.txt`` beside
+    ``PREFIX-train.rec``) copied beside the fine-tuned model as ``checkpoint/NAME-labels.txt``; None without them."""
+    train = plan.component.job.data.train
+    source = train[: -len("-train.rec")] + "-labels.txt" if train.endswith("-train.rec") else ""
+    if not os.path.isfile(source):
+        return None
+    target = os.path.join(plan.run_dir, "checkpoint", f"{name}-labels.txt")
+    shutil.copyfile(source, target)
+    return os.path.relpath(target, plan.run_dir)
+
+
+def _keep_best(plan: Plan, result: dict) -> dict:
+    """``train.keep``: the best validation accuracy's params beside (or instead of) the last epoch's in
+    RUN_DIR/checkpoint, from RUN_DIR/checkpoints (which keeps the best epoch's); what is kept, by epoch."""
+    name, last = result["checkpoint"]["prefix"], result["checkpoint"]["epoch"]
+    best = runstate.best_epoch(result["epochs"])
+    keep = plan.component.job.train.keep
+    source = os.path.join(runstate.checkpoint_dir(plan.run_dir), f"{name}-{best:04d}.params") if best else ""
+    kept = {"last": last}
+    if best is not None and best != last and keep != "last" and os.path.isfile(source):
+        runstate.link_or_copy(source, os.path.join(plan.run_dir, "checkpoint", os.path.basename(source)))
+        kept["best"] = best
+        if keep == "best":
+            os.remove(os.path.join(plan.run_dir, "checkpoint", f"{name}-{last:04d}.params"))
+            del kept["last"]
+    elif best == last:
+        kept["best"] = best
+    return kept
 
 
 def _worker0_result(plan: Plan, worker0: FromWorker0) -> dict:
@@ -156,7 +191,7 @@ def _worker0_result(plan: Plan, worker0: FromWorker0) -> dict:
 def _check_result(plan: Plan, result) -> None:
     """Worker 0's result.json is a claim too: the fields the launcher uses must be what the plan says."""
     job = plan.component.job
-    expected = {"prefix": plan.component.workers[0].checkpoint_name, "epoch": job.train.epochs}
+    expected = {"prefix": plan.component.workers[0].checkpoint_name, "epoch": _last_epoch(job, result)}
     named = result.get("checkpoint") if isinstance(result, dict) else None
     if named != expected:
         raise JobFailed(f"worker 0's result.json names the checkpoint {named!r}, the plan says {expected}; "
@@ -164,6 +199,19 @@ def _check_result(plan: Plan, result) -> None:
     problem = result_problem(result, epochs=job.train.epochs)
     if problem is not None:
         raise JobFailed(f"worker 0's result.json is not taken: {problem}", failure=_bad_result())
+
+
+def _last_epoch(job, result) -> int:
+    """The epoch a run ends with: ``train.epochs``, or, with ``train.early_stop``, the one worker 0 says it stopped
+    after (an epoch before the last, whose record is the result's last)."""
+    stopped = result.get("stopped_early") if isinstance(result, dict) and job.train.early_stop else None
+    epoch = stopped.get("epoch") if isinstance(stopped, dict) else None
+    records = result.get("epochs") if isinstance(result, dict) else None
+    if (isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch < job.train.epochs
+            and isinstance(records, list) and records and isinstance(records[-1], dict)
+            and records[-1].get("epoch") == epoch):
+        return epoch
+    return job.train.epochs
 
 
 def _install_final_checkpoint(plan: Plan, worker0: FromWorker0, name: str, epoch: int) -> None:

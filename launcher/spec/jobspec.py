@@ -35,7 +35,7 @@ from launcher.spec import checks as ok
 from launcher.spec.checks import AUTO, CPUContexts
 from launcher.spec.command_job import CommandSpec, parse_command_job
 from launcher.spec.schema import key, keys_of, read_section, section, to_yaml_dict
-from launcher.spec.train_keys import TrainSpec, check_lr_schedule, check_optimizer
+from launcher.spec.train_keys import TrainSpec, check_early_stop, check_lr_schedule, check_optimizer
 from launcher.spec.yamlfields import Fields, compose_with_lines, load_value
 
 TUTORIAL_GPUS = tuple(range(8))
@@ -307,6 +307,7 @@ def parse_job(text: str, source: str, *, environ: Mapping[str, str] | None = Non
     _check_compression(job, top)
     check_optimizer(job.train, top)
     check_lr_schedule(job.train, top)
+    check_early_stop(job.train, top)
     return job if job.name else dataclasses.replace(job, name=os.path.splitext(os.path.basename(source))[0])
 
 

@@ -17,6 +17,7 @@ INITIALIZER_KEYS = ("type", "rnd_type", "factor_type", "magnitude", "sigma", "sc
 LR_SCALINGS = ("none", "linear")
 EVALUATIONS = ("shared", "worker0")
 LR_SCHEDULES = ("step", "multistep", "cosine")
+KEEPS = ("both", "best", "last")
 
 
 def _epochs_in_order(value: Any) -> tuple[int, ...]:
@@ -63,6 +64,12 @@ def _read_initializer(fields: Fields, expand) -> "InitializerSpec":
 
 
 @dataclasses.dataclass(frozen=True)
+class EarlyStopSpec:
+    patience: int = key(check=ok.at_least(1), help="stop after this many epochs without a better validation "
+                        "accuracy than the best so far")
+
+
+@dataclasses.dataclass(frozen=True)
 class InitializerSpec:
     type: str = "xavier"
     params: Mapping[str, Any] = dataclasses.field(
@@ -94,6 +101,10 @@ class TrainSpec:
     step_timing: bool = key(False, check=ok.boolean, help="split each epoch's time into compute and communication "
                             "(compute_s, communication_s in result.json); waiting between the two slows training, so "
                             "it is for measuring")
+    early_stop: EarlyStopSpec | None = section(EarlyStopSpec, optional=True, help="stop every worker at the same "
+                                                "epoch once the validation accuracy stops improving (shared evaluation)")
+    keep: str = key("both", check=ok.choice(KEEPS), help="the params RUN_DIR/checkpoint holds: the last epoch's and "
+                    "the best validation accuracy's (both, when they differ), best, or last")
     evaluation: str = key("shared", check=ok.choice(EVALUATIONS),
                           help="shared: workers average BatchNorm statistics, each evaluates a part of the "
                                "validation set; worker0: worker 0 alone, with its own statistics")
@@ -116,6 +127,14 @@ def check_lr_schedule(train_spec: TrainSpec, top: Fields) -> None:
     for name in unread:  # given with another value than its default (an effective job.yaml writes every key)
         if name in fields.raw and getattr(schedule, name) != getattr(default, name):
             fields.fail(fields.path + (name,), f"train.lr_schedule.{name} is not read by a {schedule.type} schedule")
+
+
+def check_early_stop(train_spec: TrainSpec, top: Fields) -> None:
+    """Every worker must know each epoch's accuracy to stop at the same epoch: shared evaluation."""
+    if train_spec.early_stop is not None and train_spec.evaluation != "shared":
+        train = top.section("train", keys_of(type(train_spec)))
+        train.fail(train.path + ("early_stop",), "train.early_stop needs train.evaluation: shared (with worker0 only "
+                   "worker 0 knows the accuracy, and the workers must stop at the same epoch)")
 
 
 def check_optimizer(train_spec: TrainSpec, top: Fields) -> None:
