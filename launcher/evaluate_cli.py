@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
 from cluster.errors import InputError, JobFailed
 from cluster.failure import Failure, FailureKind
-from launcher.data import recfile
+from launcher.data import paramsfile, recfile
 from launcher.remote.folder_check import folder_unsafe_reason
 from launcher.run.facts import CODE_DIR
 from launcher.spec.jobspec import JobSpec, load_job
@@ -68,14 +69,23 @@ def _model_of(run_dir: str, which: str) -> tuple[JobSpec, str, int]:
             kept = json.load(handle).get("kept") or {}
     except (OSError, ValueError, AttributeError):
         kept = {}
-    epoch = kept.get(which, kept.get("last")) if which in ("best", "last") else int(which) if which.isdigit() else None
+    if which in ("best", "last"):
+        epoch = kept.get(which)
+        if not isinstance(epoch, int):
+            raise InputError(run_dir, f"kept no {which} model (result.json's kept: {kept or 'none'})",
+                             hint="give --epoch best, last or an epoch number it kept")
+    elif re.fullmatch(r"[0-9]{1,6}", which):
+        epoch = int(which)
+    else:
+        raise InputError(f"--epoch {which}", "must be best, last or an epoch number")
     for folder in ("checkpoint", "checkpoints"):
         prefix = os.path.join(run_dir, folder, job.name)
-        if isinstance(epoch, int) and os.path.isfile(f"{prefix}-{epoch:04d}.params") \
-                and os.path.isfile(f"{prefix}-symbol.json"):
+        if os.path.isfile(f"{prefix}-{epoch:04d}.params") and os.path.isfile(f"{prefix}-symbol.json"):
+            layout = paramsfile.read_layout(f"{prefix}-{epoch:04d}.params")
+            if not isinstance(layout, paramsfile.ParamsLayout):
+                raise InputError(f"{prefix}-{epoch:04d}.params", f"is not an MXNet params file ({layout.reason})")
             return job, prefix, epoch
-    raise InputError(run_dir, f"has no params of epoch {which} kept" if epoch is not None else
-                     f"--epoch must be best, last or an epoch number, not {which!r}",
+    raise InputError(run_dir, f"has no params of epoch {epoch} kept",
                      hint="see result.json's kept, and checkpoint/ and checkpoints/")
 
 

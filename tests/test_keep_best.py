@@ -62,3 +62,19 @@ def test_the_best_epoch_is_kept_beside_the_last(tmp_path, keep, held, kept):
                     "(best, validation accuracy 0.9300)",
             "best": "checkpoint/small-0002.params (best, validation accuracy 0.9300)",
             "last": "checkpoint/small-0005.params (last, validation accuracy 0.8500)"}[keep] in said
+
+
+def test_a_best_epoch_whose_params_were_not_fetched_is_said_not_passed_off(tmp_path):
+    records = _fetched_epochs(tmp_path, range(1, 6))
+    os.remove(os.path.join(runstate.checkpoint_dir(str(tmp_path)), "small-0002.params"))  # its fetch failed
+    job = parse_job(JOB.replace("epochs: 2,", "epochs: 5, keep: best,"), "/jobs/small.yaml", environ={})
+    plan = make_plan(job, [HostSpec("localhost")], dataclasses.replace(FACTS, run_dir=str(tmp_path)),
+                     inventory=inventory())
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "small-0005.params").write_bytes(b"epoch 5")
+    result = {"checkpoint": {"prefix": "small", "epoch": 5}, "epochs": records}
+    result["kept"] = _keep_best(plan, result)
+    assert result["kept"] == {"last": 5, "best_not_kept": 2}
+    assert os.listdir(tmp_path / "checkpoint") == ["small-0005.params"]
+    assert ("checkpoint/small-0005.params (last, validation accuracy 0.8500) (the best, epoch 2, was not fetched: "
+            "its params are not kept)") in FineTuning.summary(plan, dict(result, val_accuracy=0.85, val_images=5))[0]

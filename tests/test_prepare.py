@@ -162,7 +162,7 @@ def test_a_job_can_name_an_image_folder(tmp_path, demo_assets):
     assert first.stdout.strip().endswith("(15 images, 1 worker)")
     run_dir = tmp_path / "runs" / run_id_from(first.stdout)  # the class names beside the model (issue 27)
     assert (run_dir / "checkpoint" / "demo-labels.txt").read_text() == "0\ta_rgb_jpeg\n1\tb_gray_png\n2\tc_few\n"
-    assert json.loads((run_dir / "result.json").read_text())["class_names"] == "checkpoint/demo-labels.txt"
+    assert json.loads((run_dir / "result.json").read_text())["class_names_file"] == "checkpoint/demo-labels.txt"
     second = run_launch(args, cwd=str(tmp_path))
     assert second.returncode == 0 and "[mxft] packing" not in second.stdout
 

@@ -125,10 +125,10 @@ def test_early_stopping_stops_every_worker_at_the_same_epoch_and_keeps_the_best(
     assert sorted(os.listdir(run_dir / "checkpoint")) == sorted(
         ["demo-symbol.json", f"demo-{best:04d}.params", f"demo-{stopped['epoch']:04d}.params"])
     assert refusal_line(run_launch(["--resume", str(run_dir)], cwd=str(tmp_path))) == (
-        f"mxft-launch: error: {run_dir}: it stopped early after epoch {stopped['epoch']} (train.early_stop: no "
-        f"better validation accuracy for its patience) (train on with more patience: --resume {run_dir} --set "
-        "train.early_stop.patience=N)")
-    more = run_launch(["--resume", str(run_dir), "--set", "train.early_stop.patience=3", "--dry-run"],
+        f"mxft-launch: error: {run_dir}: it stopped early after epoch {stopped['epoch']}: 1 epoch(s) brought no "
+        f"better validation accuracy than epoch {best}'s, and train.early_stop.patience is 1 (train on with more "
+        f"patience: --resume {run_dir} --set train.early_stop.patience=2 (or more))")
+    more = run_launch(["--resume", str(run_dir), "--set", "train.early_stop.patience=2", "--dry-run"],
                       cwd=str(tmp_path))
     assert more.returncode == 0 and f"from the checkpoint of epoch {stopped['epoch']}" in more.stdout, more.stderr
     # mxft-launch evaluate: each kept model on the run's own validation set gives what the run reported for its epoch

@@ -36,11 +36,11 @@ def test_an_updater_restored_from_its_file_updates_as_the_one_that_went_on(tmp_p
     weights = [w.copy() for w in start]
     _updates(going_on, weights, 3)
     path = str(tmp_path / "demo-0003.states")
-    save_optimizer_state(going_on, path)
+    save_optimizer_state(going_on, path, batches_per_epoch=3)
     resumed_weights = [w.copy() for w in weights]
     expected = _updates(going_on, weights, 2)
     resumed = fresh()
-    load_optimizer_state(resumed, path)
+    load_optimizer_state(resumed, path, batches_per_epoch=3)
     assert resumed.optimizer.num_update == 3
     assert all(np.array_equal(a, b) for a, b in zip(_updates(resumed, resumed_weights, 2), expected))
     forgetful = [w.copy() for w in start]  # without the state the same steps give other weights
@@ -53,13 +53,17 @@ def test_a_states_file_is_arrays_and_json_and_anything_else_is_refused(tmp_path)
     weight = mx.nd.ones((2,))
     updater(0, mx.nd.ones((2,)), weight)
     path = str(tmp_path / "a.states")
-    save_optimizer_state(updater, path)
+    save_optimizer_state(updater, path, batches_per_epoch=2)
     saved = mx.nd.load(path)
     assert sorted(saved) == [META, "s0"]
     assert json.loads(bytes(saved[META].asnumpy().astype(np.uint8)).decode())["states"] == {"0": "s0"}
+    elsewhere = mx.optimizer.get_updater(mx.optimizer.create("sgd", learning_rate=0.1, momentum=0.9))
+    load_optimizer_state(elsewhere, path, batches_per_epoch=4, devices=[1, 2])  # other GPUs, twice the batches
+    assert elsewhere.optimizer.num_update == 2 and elsewhere.optimizer._all_index_update_counts == {
+        1: {0: 2}, 2: {0: 2}, 0: {0: 2}}
     mx.nd.save(str(tmp_path / "b.states"), {"s0": mx.nd.ones((2,))})
     with pytest.raises(ValueError, match="holds no optimizer state"):
-        load_optimizer_state(updater, str(tmp_path / "b.states"))
+        load_optimizer_state(updater, str(tmp_path / "b.states"), batches_per_epoch=2)
 
 
 @pytest.mark.parametrize("schedule, rates", [

@@ -26,15 +26,20 @@ def states_path(prefix: str, epoch: int) -> str:
     return f"{prefix}-{epoch:04d}.states"
 
 
-def save_optimizer_state(updater, path: str) -> None:
-    """The updater's state and its optimizer's update counts into ``path`` (written whole, then renamed)."""
+def save_optimizer_state(updater, path: str, *, batches_per_epoch: int) -> None:
+    """The updater's state and its optimizer's update counts (per weight, whichever device updated it) into
+    ``path`` (written whole, then renamed)."""
     arrays: dict[str, mx.nd.NDArray] = {}
     templates = {str(index): _flatten(state, f"s{index}", arrays) for index, state in updater.states.items()
                  if isinstance(index, int)}
     optimizer = updater.optimizer
-    meta = {"num_update": int(optimizer.num_update), "states": templates,
-            "counts": {str(device): {str(i): int(c) for i, c in counts.items() if isinstance(i, int)}
-                       for device, counts in optimizer._all_index_update_counts.items()}}
+    counts: dict[str, int] = {}
+    for per_device in optimizer._all_index_update_counts.values():
+        for index, count in per_device.items():
+            if isinstance(index, int):
+                counts[str(index)] = max(counts.get(str(index), 0), int(count))
+    meta = {"num_update": int(optimizer.num_update), "states": templates, "counts": counts,
+            "batches_per_epoch": batches_per_epoch}
     arrays[META] = mx.nd.array(np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), dtype="uint8")
     mx.nd.save(path + ".partial", arrays)
     os.replace(path + ".partial", path)
@@ -52,23 +57,26 @@ def _flatten(state, key: str, arrays: dict):
     raise TypeError(f"optimizer state of type {type(state).__name__} cannot be saved")
 
 
-def load_optimizer_state(updater, path: str) -> None:
+def load_optimizer_state(updater, path: str, *, batches_per_epoch: int, devices=(0,)) -> None:
     """Give ``updater`` the state saved in ``path``; ValueError if the file is not one ``save_optimizer_state`` wrote.
-    The updater moves each state to its weight's device at its first update."""
+    The updater moves each state to its weight's device at its first update; the update counts go to every one of
+    ``devices`` (the ids of this worker's contexts, which may not be the saving worker's), rescaled when an epoch
+    has another number of batches now (a restart on other hosts: the schedule then goes on by epochs)."""
     arrays = mx.nd.load(path)
     if not isinstance(arrays, dict) or META not in arrays:
         raise ValueError(f"{path} holds no optimizer state")
     try:
         meta = json.loads(bytes(arrays.pop(META).asnumpy().astype(np.uint8)).decode())
         states = {int(index): _unflatten(template, arrays) for index, template in meta["states"].items()}
-        counts = {int(device): {int(i): int(c) for i, c in per.items()} for device, per in meta["counts"].items()}
-        num_update = int(meta["num_update"])
+        scale = batches_per_epoch / int(meta["batches_per_epoch"])
+        counts = {int(index): round(int(count) * scale) for index, count in meta["counts"].items()}
+        num_update = round(int(meta["num_update"]) * scale)
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise ValueError(f"{path} is not an optimizer state mxft wrote ({type(err).__name__}: {err})") from None
     updater.states, updater.states_synced = states, dict.fromkeys(states, False)
     optimizer = updater.optimizer
-    optimizer._all_index_update_counts = counts or {0: {}}
-    optimizer._index_update_count = optimizer._all_index_update_counts.setdefault(0, {})
+    optimizer._all_index_update_counts = {device: dict(counts) for device in (*devices, 0)}
+    optimizer._index_update_count = optimizer._all_index_update_counts[0]
     optimizer.num_update = num_update
     log.info("optimizer state restored from %s (%d arrays, update %d)", path, len(arrays), optimizer.num_update)
 

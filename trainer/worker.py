@@ -86,6 +86,8 @@ def _optimizer_params(cfg: WorkerConfig) -> dict:
     params = dict(cfg.train.optimizer_params)
     if cfg.learning_rate is not None:
         params["learning_rate"] = cfg.learning_rate
+    if cfg.begin_epoch:  # the updates done before: what warm-up and schedules count (a saved state's count wins)
+        params["begin_num_update"] = cfg.begin_epoch * cfg.batches_per_epoch
     if "learning_rate" in params:
         scheduler = lr_scheduler(cfg, params["learning_rate"])
         if scheduler is not None:
@@ -190,7 +192,8 @@ def _prepared_module(cfg: WorkerConfig, net, fixed: list[str], train, kv, arg_pa
     mod.init_optimizer(kvstore=kv, optimizer=cfg.train.optimizer, optimizer_params=_optimizer_params(cfg))
     saved = states_path(cfg.resume_prefix, cfg.begin_epoch) if cfg.resume_prefix else None
     if saved and os.path.isfile(saved) and mod._updater is not None:  # the workers update: the state is theirs
-        load_optimizer_state(mod._updater, saved)
+        load_optimizer_state(mod._updater, saved, batches_per_epoch=cfg.batches_per_epoch,
+                             devices=[context.device_id for context in _contexts(cfg)])
     if same_weights and cfg.start_weights != "worker0":
         same_start(mod, kv)
     events.emit("start", index=cfg.index, weights=weights_digest(mod))  # after the first pull: equal on all workers
@@ -352,7 +355,7 @@ def save_epoch_checkpoint(cfg: WorkerConfig, mod: mx.mod.Module, net, epoch: int
     os.replace(params_path + ".partial", params_path)
     files = {"symbol": os.path.basename(symbol_path), "params": os.path.basename(params_path)}
     if mod._updater is not None:
-        save_optimizer_state(mod._updater, states_path(prefix, epoch))
+        save_optimizer_state(mod._updater, states_path(prefix, epoch), batches_per_epoch=cfg.batches_per_epoch)
         files["states"] = os.path.basename(states_path(prefix, epoch))
     marker = os.path.join(cfg.out_dir, f"checkpoint-{epoch:04d}.json")
     with open(marker + ".partial", "w", encoding="utf-8") as handle:

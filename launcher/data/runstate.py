@@ -81,7 +81,8 @@ def latest_checkpoint(run_dir: str) -> Checkpoint | None:
             records = tuple(markers[e]["record"] for e in sorted(markers) if e <= epoch)
             states = marker.get("states")
             return Checkpoint(epoch, prefix, records, states == f"{os.path.basename(prefix)}-{epoch:04d}.states"
-                              and os.path.isfile(os.path.join(folder, states)))
+                              and os.path.isfile(os.path.join(folder, states)) and isinstance(
+                                  paramsfile.read_layout(os.path.join(folder, states)), paramsfile.ParamsLayout))
     return None
 
 

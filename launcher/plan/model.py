@@ -83,7 +83,7 @@ class Facts:
     resume_epoch: int = 0                 # epochs already done
     resume_prefix: str | None = None      # local checkpoint of epoch resume_epoch
     resume_states: bool = False           # it has the optimizer's state too (PREFIX-EEEE.states)
-    resume_best: tuple[float, ...] = ()   # (epoch, validation accuracy) of the best epoch so far, if any
+    resume_best: tuple[float, ...] = ()   # (epoch, validation accuracy) of the best epoch so far, or () if none
     worker_ports: tuple[int, ...] = ()    # ps-lite PORT of each worker (ascending: worker i gets rank i)
     ssh: SSHOptions = SSHOptions()        # how the executor reaches remote hosts
     launcher: str = "ssh"                 # ssh | srun (job steps of the Slurm allocation the launcher runs in)

@@ -186,9 +186,11 @@ def _weights_through_kvstore(job: JobSpec, facts: Facts, placement: Placement,
                              in_place: Mapping[str, tuple[str, ...]]) -> bool:
     """The model once (issue 26): whether the hosts without worker 0 that would get a copy of the model get only its
     BatchNorm statistics (what the kvstore does not carry), every worker then starting from worker 0's weights
-    pulled through the kvstore. Not with gradient compression (every push is quantised), on resume (the run's own
-    checkpoint goes to every host) or for ``model.variant: scratch`` (no pretrained weights)."""
-    if job.cluster.gradient_compression or facts.resume_prefix or job.model.variant == "scratch":
+    pulled through the kvstore. Not with gradient compression (every push is quantised), an asynchronous kvstore
+    (its servers sum nothing: they apply an optimizer to every push), on resume (the run's own checkpoint goes to
+    every host) or for ``model.variant: scratch`` (no pretrained weights)."""
+    if (job.cluster.gradient_compression or "async" in job.cluster.effective_kvstore or facts.resume_prefix
+            or job.model.variant == "scratch"):
         return False
     lead = placement.workers[0].label
     return any(host.label != lead and not placement.layouts[host.label].local and host.label not in in_place["model"]

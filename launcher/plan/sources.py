@@ -17,11 +17,10 @@ from launcher.spec.jobspec import JobSpec
 
 
 @dataclasses.dataclass(frozen=True)
-
 class ShardSpec:
-    """The training records of one worker: a copy cut into the cache (staged to its host), or a part of the
-    training file that a worker on this machine reads where it is (``in_place``: ImageRecordIter's
-    ``part_index``/``num_parts`` over the file's ``.idx``; nothing copied)."""
+    """The training records of one worker: a copy (cut into the cache for this machine's workers, or as it is sent
+    for another host's: ``launcher.data.pieces``), or a part of the training file that the worker reads where it is
+    (``in_place``: ImageRecordIter's ``part_index``/``num_parts`` over the file's ``.idx``; nothing copied)."""
 
     worker: int
     positions: range | tuple[int, ...]    # which records of the training .rec (shards.strided_shards / index_parts)

@@ -175,11 +175,14 @@ def _kept(result: dict) -> str:
     name, kept = result["checkpoint"]["prefix"], result.get("kept") or {"last": result["checkpoint"]["epoch"]}
     accuracy = {r.get("epoch"): r.get("val_accuracy") for r in result.get("epochs", ())}
     said = {}
-    for what, epoch in kept.items():
-        said.setdefault(epoch, []).append(what)
+    for what in ("last", "best"):
+        if what in kept:
+            said.setdefault(kept[what], []).append(what)
+    lost = (f" (the best, epoch {kept['best_not_kept']}, was not fetched: its params are not kept)"
+            if "best_not_kept" in kept else "")
     return ", ".join(f"checkpoint/{name}-{epoch:04d}.params ({' and '.join(whats)}"
                      + (f", validation accuracy {accuracy[epoch]:.4f})" if isinstance(accuracy.get(epoch), float)
-                        else ")") for epoch, whats in said.items())
+                        else ")") for epoch, whats in said.items()) + lost
 
 
 def _refuse_unheld(names: list[str], where: str, *, what: str, given: str) -> None:

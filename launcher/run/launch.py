@@ -299,7 +299,7 @@ def _started(plan: Plan, attempt: Attempt, console: Console, *, hosts_from: str 
 def _finish(plan: Plan, attempt: Attempt, result: dict) -> dict:
     """Record the attempt's verdict and write RUN_DIR/result.json, once, with every attempt in it."""
     outcome, reason = kind_of_plan(plan).verdict(plan, result)
-    stopped = result.get("stopped_early")  # taken by the result's checks: {epoch, best_epoch, patience}
+    stopped = result.get("stopped_early")  # checked with worker 0's result: {epoch, best_epoch, patience} of ints
     runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "outcome": outcome,
                                            **({"reason": reason} if reason else {}),
                                            **({"stopped_early": stopped["epoch"]} if stopped else {})})

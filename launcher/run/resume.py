@@ -60,11 +60,8 @@ def resumed_job(run_dir: str, overrides: tuple[str, ...], *,
     if checkpoint is not None and checkpoint.epoch >= job.train.epochs:
         raise InputError(run_dir, f"all {job.train.epochs} epochs are done already",
                          hint=f"see result.json, or train on: --resume {run_dir} --set train.epochs=N")
-    stopped = attempts[-1].get("stopped_early") if attempts else None
-    if stopped is not None and not any(item.startswith("train.early_stop") for item in overrides):
-        raise InputError(run_dir, f"it stopped early after epoch {stopped} (train.early_stop: no better validation "
-                         "accuracy for its patience)",
-                         hint=f"train on with more patience: --resume {run_dir} --set train.early_stop.patience=N")
+    if attempts and attempts[-1].get("stopped_early") is not None:
+        _require_more_patience(run_dir, job, checkpoint)
     number = max((a.get("attempt", 0) for a in attempts), default=0) + 1
     return job, Attempt(run_id, run_dir, number, checkpoint)
 
@@ -97,6 +94,21 @@ def _flat(value, prefix: str = "") -> dict[str, object]:
         return {prefix: value}
     return {key: item for name, sub in value.items() for key, item in _flat(sub, f"{prefix}{name}.").items()} \
         if value else {prefix: value}
+
+
+def _require_more_patience(run_dir: str, job: JobSpec, checkpoint: runstate.Checkpoint | None) -> None:
+    """A run that stopped early goes on only with the patience to (or with no early stopping): it would stop again
+    at once otherwise."""
+    if job.train.early_stop is None or checkpoint is None:
+        return
+    best = runstate.best_epoch(checkpoint.records) or checkpoint.epoch
+    waited = checkpoint.epoch - best
+    if job.train.early_stop.patience <= waited:
+        raise InputError(run_dir, f"it stopped early after epoch {checkpoint.epoch}: {waited} epoch(s) brought no "
+                         f"better validation accuracy than epoch {best}'s, and train.early_stop.patience is "
+                         f"{job.train.early_stop.patience}",
+                         hint=f"train on with more patience: --resume {run_dir} --set "
+                              f"train.early_stop.patience={waited + 1} (or more)")
 
 
 def _changed_only_where_it_may(job: JobSpec, changed: JobSpec) -> JobSpec:

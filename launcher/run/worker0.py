@@ -65,19 +65,23 @@ class FromWorker0:
     folder: str                     # worker 0's output folder (on its host)
     host: RemoteHost | None         # None: worker 0 runs on this machine
     python: str
-    staged: Mapping[str, int]       # "-symbol.json" / ".params" -> bytes staged (the largest of each)
+    staged: Mapping[str, int]       # "-symbol.json" / ".params" -> bytes of the model (the largest of each)
     silence_s: float
 
     @classmethod
     def of(cls, plan: Plan, remote_hosts: Mapping[str, RemoteHost]) -> "FromWorker0":
-        label = plan.worker_hosts[0]
-        staged = {suffix: max((_size(t.source) for t in plan.transfers if t.dest.endswith(suffix)), default=0)
+        """The sizes are the model's own files and what the plan sends (a resumed run's checkpoint), whichever is
+        larger: a host that reads the model in place, or gets only its BatchNorm statistics, is sent no weights."""
+        label, model = plan.worker_hosts[0], plan.component.job.model
+        own = {".params": _size(model.params_path), "-symbol.json": _size(model.symbol_path)}
+        staged = {suffix: max([own[suffix], *(_size(t.source) for t in plan.transfers if t.dest.endswith(suffix))])
                   for suffix in (".params", "-symbol.json")}
         return cls(plan.component.workers[0].out_dir, remote_hosts.get(label), plan.remote_pythons.get(label, ""),
                    staged, plan.component.host_silence_s)
 
     def cap(self, name: str) -> int:
-        """At most twice what was staged plus 16 MiB (the optimizer's state: two arrays per weight, as Adam's)."""
+        """At most twice the model's size plus 16 MiB; an optimizer's state twice that (two arrays per weight, as
+        Adam's); result.json and a checkpoint's record 1 MiB."""
         if name.endswith(".states"):
             return 2 * (2 * self.staged[".params"] + (16 << 20))
         suffix = next((s for s in self.staged if name.endswith(s)), None)
@@ -134,7 +138,7 @@ def _collect(plan: Plan, worker0: FromWorker0, metrics: MetricsWriter, *, rank_o
     result["kept"] = _keep_best(plan, result)
     names = _class_names_beside(plan, result["checkpoint"]["prefix"])
     if names:
-        result["class_names"] = names
+        result["class_names_file"] = names
     return result
 
 
@@ -146,7 +150,10 @@ def _class_names_beside(plan: Plan, name: str) -> str | None:
     if not os.path.isfile(source):
         return None
     target = os.path.join(plan.run_dir, "checkpoint", f"{name}-labels.txt")
-    shutil.copyfile(source, target)
+    try:
+        shutil.copyfile(source, target)
+    except OSError:  # this machine's own file: the model is whole without it
+        return None
     return os.path.relpath(target, plan.run_dir)
 
 
@@ -158,14 +165,16 @@ def _keep_best(plan: Plan, result: dict) -> dict:
     keep = plan.component.job.train.keep
     source = os.path.join(runstate.checkpoint_dir(plan.run_dir), f"{name}-{best:04d}.params") if best else ""
     kept = {"last": last}
-    if best is not None and best != last and keep != "last" and os.path.isfile(source):
+    if best == last:
+        kept["best"] = best
+    elif best is not None and keep != "last" and not os.path.isfile(source):
+        kept["best_not_kept"] = best  # its fetch failed: the last epoch's params stay, and the run says so
+    elif best is not None and keep != "last":
         runstate.link_or_copy(source, os.path.join(plan.run_dir, "checkpoint", os.path.basename(source)))
         kept["best"] = best
         if keep == "best":
             os.remove(os.path.join(plan.run_dir, "checkpoint", f"{name}-{last:04d}.params"))
             del kept["last"]
-    elif best == last:
-        kept["best"] = best
     return kept
 
 
@@ -197,6 +206,12 @@ def _check_result(plan: Plan, result) -> None:
         raise JobFailed(f"worker 0's result.json names the checkpoint {named!r}, the plan says {expected}; "
                         "the result is not taken", failure=_bad_result())
     problem = result_problem(result, epochs=job.train.epochs)
+    stopped = result.get("stopped_early")
+    if problem is None and stopped is not None and not (
+            _last_epoch(job, result) < job.train.epochs
+            and all(isinstance(stopped.get(key), int) and not isinstance(stopped.get(key), bool)
+                    for key in ("best_epoch", "patience"))):
+        problem = "its stopped_early is not an early stop the job allows, after an epoch before the last"
     if problem is not None:
         raise JobFailed(f"worker 0's result.json is not taken: {problem}", failure=_bad_result())
 
