@@ -39,8 +39,9 @@ def take_worker0_weights(mod: mx.mod.Module, kv, index: int) -> None:
     """Every worker's weights become worker 0's (the plan's, not ps-lite's rank 0): each pushes its weights under keys
     of their own, worker 0 as they are and every other worker zeros, and pulls the sum. Run before the optimizer is
     set, while a synchronous kvstore's servers still store the sum of what is pushed (the plan never asks it of an
-    asynchronous one); a key's pull follows its push (MXNet merges both through one buffer). Workers whose params file held only BatchNorm statistics (the model
-    sent once, issue 26) start from these."""
+    asynchronous one); a key's pull follows its push (MXNet merges both through one buffer). Workers whose params
+    file held only BatchNorm statistics (the model sent once, issue 26) start from these. The keys stay on the
+    servers for the run: one more copy of the weights there, spread over them."""
     args, aux = mod.get_params()
     names = sorted(args)
     keys = [START_KEY + name for name in names]
