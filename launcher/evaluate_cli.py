@@ -66,9 +66,10 @@ def _model_of(run_dir: str, which: str) -> tuple[JobSpec, str, int]:
     job = load_job(os.path.join(run_dir, "job.yaml"))
     try:
         with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as handle:
-            kept = json.load(handle).get("kept") or {}
-    except (OSError, ValueError, AttributeError):
-        kept = {}
+            result = json.load(handle)
+    except (OSError, ValueError, RecursionError):
+        result = {}
+    kept = result.get("kept") if isinstance(result, dict) and isinstance(result.get("kept"), dict) else {}
     if which in ("best", "last"):
         epoch = kept.get(which)
         if not isinstance(epoch, int):
