@@ -1,0 +1,96 @@
+"""The launcher's own cost as hosts are added (issue 26, item 5): a trivial command-mode program on 16, 64 and 128
+namespace hosts, each host running one worker, with one server and the scheduler on the first hosts.
+
+The program sleeps 5 s in a worker and 30 s in the scheduler and the server, which must outlive the workers
+(MXNet is not needed; sshd is small). While the launch runs, its process is
+sampled every 0.1 s: threads, open file descriptors, resident memory; and its own CPU time at the end (children's
+not counted: OpenSSH processes for staging and keepalives are reported as their count). The issue's goal: at 128
+hosts the launcher's threads under 300 and its memory under 300 MB, and its CPU per added host flat.
+
+``python -m bench control_plane``; needs root (testing/netns.py).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psutil
+
+from bench.report import ROOT, provenance, write_section
+
+HOST_COUNTS = (16, 64, 128)
+PROGRAM = (sys.executable, "-c", "import os, time; time.sleep(5 if os.environ['DMLC_ROLE'] == 'worker' else 30)")
+
+
+def sample(pid: int, stop: threading.Event, peaks: dict) -> None:
+    """Peak threads, file descriptors, resident bytes and child processes of ``pid`` until ``stop``."""
+    try:
+        proc = psutil.Process(pid)
+        while not stop.is_set():
+            with proc.oneshot():
+                peaks["threads"] = max(peaks.get("threads", 0), proc.num_threads())
+                peaks["fds"] = max(peaks.get("fds", 0), proc.num_fds())
+                peaks["rss"] = max(peaks.get("rss", 0), proc.memory_info().rss)
+                peaks["cpu"] = sum(proc.cpu_times()[:2])
+            peaks["children"] = max(peaks.get("children", 0), len(proc.children(recursive=True)))
+            time.sleep(0.1)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def one_launch(cluster, work: str, count: int) -> dict:
+    hosts = cluster.hosts_file(os.path.join(work, f"hosts-{count}.txt"),
+                               extra={h.name: f"python={sys.executable}" for h in cluster.hosts})
+    argv = [sys.executable, "-m", "launcher.cli", "--hosts", hosts, "--ssh-config", cluster.ssh_config,
+            "--remote-dir", "/srv/mxft-host", "--run-root", os.path.join(work, "runs"), "-n", str(count), "-s", "1",
+            "--", *PROGRAM]
+    started = time.time()
+    proc = subprocess.Popen(argv, cwd=work, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    stop, peaks = threading.Event(), {}
+    sampler = threading.Thread(target=sample, args=(proc.pid, stop, peaks), daemon=True)
+    sampler.start()
+    out, err = proc.communicate(timeout=900)
+    stop.set()
+    sampler.join()
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return dict(peaks, wall=time.time() - started)
+
+
+def main() -> None:
+    from testing import netns
+    rows = {}
+    with tempfile.TemporaryDirectory() as work:
+        for count in HOST_COUNTS:
+            cluster = netns.up(count)
+            try:
+                rows[count] = one_launch(cluster, work, count)
+                print(f"[bench] {count} hosts: {rows[count]}", flush=True)
+            finally:
+                netns.down()
+    write_section("control_plane", "\n".join(report(rows)))
+
+
+def report(rows: dict[int, dict]) -> list[str]:
+    lines = ["## The launcher's own cost as hosts are added", "", *__doc__.split("\n\n")[:2], "",
+             "| hosts | processes | peak threads | per host | peak file descriptors | per host | peak memory (MB) "
+             "| launcher CPU (s) | per host (s) | child processes at most | command to end (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for count, row in sorted(rows.items()):
+        lines.append(f"| {count} | {count + 2} | {row['threads']} | {row['threads'] / count:.1f} | {row['fds']} | "
+                     f"{row['fds'] / count:.1f} | {row['rss'] / 1e6:.0f} | {row['cpu']:.1f} | "
+                     f"{row['cpu'] / count:.3f} | {row['children']} | {row['wall']:.1f} |")
+    top = rows[max(rows)]
+    lines += ["", f"At {max(rows)} hosts: {top['threads']} threads (goal under 300: "
+              f"{'met' if top['threads'] < 300 else 'NOT met'}), {top['rss'] / 1e6:.0f} MB (goal under 300 MB: "
+              f"{'met' if top['rss'] < 300e6 else 'NOT met'}). One launch per host count (not repeated).", "",
+              f"_{provenance()}_"]
+    return lines
+
+
+if __name__ == "__main__":
+    main()
