@@ -38,13 +38,14 @@ def trainer_files() -> tuple[tuple[str, ...], str]:
     return files, digest.hexdigest()[:16]
 
 
-def run_facts(config: LaunchConfig, spec: JobSpec | CommandSpec, attempt: Attempt) -> Facts:
-    """Every fact but the hosts' own and the ports: run, folders, code, the job kind's (data keys, resume point)."""
+def run_facts(config: LaunchConfig, spec: JobSpec | CommandSpec, attempt: Attempt, *, remote: bool) -> Facts:
+    """Every fact but the hosts' own and the ports: run, folders, code, the job kind's (data keys, resume point, and
+    for ``remote`` hosts what the data's files are here)."""
     code_files, code_hash = trainer_files()
     return Facts(run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=os.path.abspath(config.cache_dir),
                  scheduler_port=0, code_dir=CODE_DIR, hosts={}, remote_dir=config.remote_dir, code_files=code_files,
                  code_hash=code_hash, attempt=attempt.number, ssh=config.ssh, launcher=config.launcher,
-                 **kind_of(spec).facts(spec, attempt.checkpoint))
+                 **kind_of(spec).facts(spec, attempt.checkpoint, remote=remote))
 
 
 def local_facts(facts: Facts, host: HostSpec, workers: int) -> Facts:

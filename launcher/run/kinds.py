@@ -75,8 +75,9 @@ class FineTuning:
         return check_inputs(spec, cache_dir=config.cache_dir, remember_labels=not config.dry_run)
 
     @staticmethod
-    def facts(spec: JobSpec, checkpoint) -> dict:
-        """The facts of the job's data and resume point (``Facts`` fields)."""
+    def facts(spec: JobSpec, checkpoint, *, remote: bool) -> dict:
+        """The facts of the job's data and resume point (``Facts`` fields); with ``remote`` hosts, what the data's
+        files are here, for preflight to compare with theirs."""
         model = fingerprint(spec.model.symbol_path, spec.model.params_path)
         keys = {spec.model.symbol_path: model, spec.model.params_path: model}
         val_files = rec_files(spec.data.val)
@@ -85,7 +86,7 @@ class FineTuning:
                     resume_epoch=checkpoint.epoch if checkpoint else 0,
                     resume_prefix=checkpoint.prefix if checkpoint else None,
                     resume_states=bool(checkpoint and checkpoint.states), resume_best=_best(checkpoint),
-                    file_ids=_data_file_ids(spec))
+                    file_ids=_data_file_ids(spec) if remote else {})
 
     @staticmethod
     def local_workers(spec: JobSpec, hosts: Sequence[HostSpec]) -> int:
@@ -262,7 +263,7 @@ class Command:
         return None
 
     @staticmethod
-    def facts(spec: CommandSpec, checkpoint) -> dict:
+    def facts(spec: CommandSpec, checkpoint, *, remote: bool) -> dict:
         return dict(train_fingerprint="", synced=sync_files(spec.workdir) if spec.sync_dir else ())
 
     @staticmethod

@@ -124,7 +124,7 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
     inventory = kind.inputs(spec, config)
     for note in inventory.notes if inventory and echo else ():
         echo(f"[mxft] {note}")
-    facts = facts_for.run_facts(config, spec, attempt)
+    facts = facts_for.run_facts(config, spec, attempt, remote=not hosts[0].is_local)
     reports = []
     if hosts[0].is_local:
         facts = facts_for.local_facts(facts, hosts[0], kind.local_workers(spec, hosts))
@@ -210,7 +210,7 @@ def check_hosts(config: LaunchConfig) -> list[HostRow]:
         spec = kind_of(spec).prepared(spec, looking, lambda text: None)
         inventory = kind_of(spec).inputs(spec, looking)
     attempt = Attempt("check", "/nonexistent/check")
-    base = facts_for.run_facts(config, spec, attempt) if spec is not None else Facts(
+    base = facts_for.run_facts(config, spec, attempt, remote=not hosts[0].is_local) if spec is not None else Facts(
         run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=config.cache_dir, scheduler_port=0,
         code_dir=facts_for.CODE_DIR, train_fingerprint="", hosts={}, remote_dir=config.remote_dir, ssh=config.ssh)
     facts, reports = facts_for.probed_facts(config, base, hosts, Backend(config.launcher, config.ssh), None)
