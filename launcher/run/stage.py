@@ -43,13 +43,12 @@ from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
 from cluster.fanout import on_each_host
 from cluster.lines import SilenceWatch, ended_tail
-from launcher.data.pieces import ShardIndex, ShardRecords, SourceShrank, send_range
+from launcher.data.pieces import CHUNK, ShardIndex, ShardRecords, SourceShrank, send_range
 from launcher.plan import Transfer
 from launcher.remote import stage_receiver
 
 # Runs on the host with its own Python: launcher/remote/stage_receiver.py, sent as source.
 _RECEIVER = inspect.getsource(stage_receiver)
-_CHUNK = 4 << 20
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Python 3.10+ names it; Linux only)
 
 
@@ -145,7 +144,8 @@ def stage_host(host: RemoteHost, transfers: Sequence[Transfer], *, root: str, py
     missing: list[Transfer] = []
     sent = [0]
     last_report = [started]
-    size = {t.source: _piece(t, pieces or {}).size for t in transfers}
+    sent_as = {t.source: _piece(t, pieces or {}) for t in transfers}
+    size = {source: piece.size for source, piece in sent_as.items()}
     largest = max(size.values(), default=0)
     proc = host.stream_to(shlex.join([python, "-c", _RECEIVER, root]))
     watch = SilenceWatch(proc, silence_s=silence_s + largest / HASH_RATE)
@@ -164,7 +164,7 @@ def stage_host(host: RemoteHost, transfers: Sequence[Transfer], *, root: str, py
         if present is not None:  # else the receiver died: its exit code and stderr say why, below
             missing = [t for t in transfers if t.kind == "run" or t.dest not in present]
             total = sum(size[t.source] for t in missing)
-            _send(proc, [(t, _piece(t, pieces or {})) for t in missing], on_bytes=on_bytes)
+            _send(proc, [(t, sent_as[t.source]) for t in missing], on_bytes=on_bytes)
             if total:
                 progress(host.label, total, total)
     except BaseException:
@@ -237,7 +237,7 @@ def _send(proc, pieces: Sequence[tuple[Transfer, Piece]], *, on_bytes: Callable[
     """Write each piece's frame and bytes, then the end frame, into the receiver's stdin."""
     pipe = proc.stdin.fileno()
     try:
-        fcntl.fcntl(pipe, _F_SETPIPE_SZ, _CHUNK // 4)  # fewer, larger hand-offs to ssh: +20% here
+        fcntl.fcntl(pipe, _F_SETPIPE_SZ, CHUNK // 4)  # fewer, larger hand-offs to ssh: +20% here
     except OSError:
         pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default still works
     try:
