@@ -19,6 +19,8 @@ os.environ["MXNET_SUBGRAPH_BACKEND"] = "NONE"
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
+from trainer.evaluation import batch_scores  # noqa: E402
+
 
 def evaluate_checkpoint(prefix: str, epoch: int, rec: str, *, shape: tuple[int, int, int], num_classes: int,
                         top_k: int, batch_size: int = 32, threads: int = 2) -> dict:
@@ -37,11 +39,11 @@ def evaluate_checkpoint(prefix: str, epoch: int, rec: str, *, shape: tuple[int, 
         real = batch.data[0].shape[0] - batch.pad
         probs = mod.get_outputs()[0].asnumpy()[:real]
         labels = batch.label[0].asnumpy()[:real].astype(np.int64)
-        ranked = np.argsort(-probs, axis=1)[:, :top_k]
+        hit, hit_k, losses = batch_scores(probs, labels, top_k)
         np.add.at(seen, labels, 1)
-        np.add.at(correct, labels, ranked[:, 0] == labels)
-        np.add.at(correct_k, labels, (ranked == labels[:, None]).any(axis=1))
-        loss -= float(np.log(np.maximum(probs[np.arange(real), labels], 1e-12)).sum())
+        np.add.at(correct, labels, hit)
+        np.add.at(correct_k, labels, hit_k)
+        loss += float(losses.sum())
     images = int(seen.sum())
     return {"images": images, "accuracy": float(correct.sum() / max(images, 1)),
             f"top{top_k}": float(correct_k.sum() / max(images, 1)), "loss": loss / max(images, 1),

@@ -130,13 +130,20 @@ def count_part(mod: mx.mod.Module, cfg: WorkerConfig, *, part: int, parts: int, 
         probs = mod.get_outputs()[0].asnumpy()
         labels = batch.label[0].asnumpy().astype(np.int64)
         real = len(labels) - batch.pad
-        probs, labels = probs[:real], labels[:real]
-        ranked = np.argsort(-probs, axis=1)[:, :top_k or 1]
-        correct += int((ranked[:, 0] == labels).sum())
-        correct_k += int((ranked == labels[:, None]).any(axis=1).sum())
-        loss -= float(np.log(np.maximum(probs[np.arange(real), labels], 1e-12)).sum())
+        hit, hit_k, losses = batch_scores(probs[:real], labels[:real], top_k)
+        correct += int(hit.sum())
+        correct_k += int(hit_k.sum())
+        loss += float(losses.sum())
         seen += real
     return [correct, correct_k, loss, seen]
+
+
+def batch_scores(probs: np.ndarray, labels: np.ndarray, top_k: int | None):
+    """Per image of a batch (its padding cut off): right at top-1, right within the top ``top_k``, and its
+    cross-entropy."""
+    ranked = np.argsort(-probs, axis=1)[:, :top_k or 1]
+    return (ranked[:, 0] == labels, (ranked == labels[:, None]).any(axis=1),
+            -np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12)))
 
 
 def summary(correct: float, correct_k: float, loss: float, seen: int, cfg: WorkerConfig, top_k: int | None) -> dict:
