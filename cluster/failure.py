@@ -23,7 +23,9 @@ class FailureKind(str, enum.Enum):
     STAGING = "staging"                  # copying files to hosts failed
     BAD_RESULT = "bad result"            # worker 0's result or files could not be taken
     INPUT_CHANGED = "input changed"      # an input changed between the checks and its use
-    HOST_REFUSED = "host refused"        # a host did not do its part of a check or a clean (unreachable, failing)
+    HOST_REFUSED = "host refused"        # a host did not do its part of a check or a clean (its Python failing)
+    UNREACHABLE = "unreachable"          # a check could not connect to a host at all
+    HOST_KEY = "host key"                # a host's key is unknown, changed or revoked: not connected to
 
     @property
     def loses_the_host(self) -> bool:

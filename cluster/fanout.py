@@ -24,11 +24,20 @@ T = TypeVar("T")
 
 @dataclasses.dataclass(frozen=True)
 class HostFailed:
-    """One host's part that did not work: the host, one line of why, and the failure as a value."""
+    """One host's part that did not work: the host, one line of why, the failure as a value, and what to do."""
 
     host: str
     reason: str
     failure: Failure
+    hint: str = ""
+
+
+class HostProblem(Exception):
+    """What a host's part raises when it knows why it cannot go on: one line, the failure's kind, what to do."""
+
+    def __init__(self, reason: str, *, kind: FailureKind, hint: str = "") -> None:
+        super().__init__(reason)
+        self.kind, self.hint = kind, hint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,13 +62,15 @@ class HostResults(Generic[T]):
 def on_each_host(work: Callable[[str], T], labels: Sequence[str], *, name: str, kind: FailureKind,
                  reason: Callable[[BaseException], str] = str) -> HostResults[T]:
     """``work(label)`` on every host, ``HOSTS_AT_ONCE`` at a time (``cluster.ssh.on_hosts``). Whatever a host's work
-    raises is that host's failure: a JobFailed keeps its own failure, anything else becomes one of ``kind``; a line
-    of ``reason(error)`` says why (one line: ssh's stderr may span several)."""
+    raises is that host's failure: a JobFailed keeps its own failure, a HostProblem gives its kind and hint, anything
+    else becomes one of ``kind``; a line of ``reason(error)`` says why (one line: ssh's stderr may span several)."""
     def one(label: str) -> T | HostFailed:
         try:
             return work(label)
         except JobFailed as err:
             return HostFailed(label, _one_line(str(err), label), err.failure)
+        except HostProblem as err:
+            return HostFailed(label, _one_line(str(err), label), Failure(err.kind, host=label), err.hint)
         except Exception as err:  # noqa: BLE001 - whatever stopped this host's part is its failure
             return HostFailed(label, _one_line(reason(err), label), Failure(kind, host=label))
 

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import struct
 import sys
 
 import pytest
 
 from cluster.errors import InputError
+from cluster.failure import Failure, FailureKind
+from cluster.fanout import HostFailed, HostResults
 from launcher.remote.gpu_probe import fatbin_archs, parse_nvidia_smi
 from launcher.run.check_table import host_row, table
 from launcher.run.gpu_check import BuildArchs, Gpu, error_line, gpu_problem
-from launcher.run.preflight import HostReport, Requirements, require_fit
+from launcher.run.preflight import HostProbe, Requirements, require_fit
 
 CU117 = BuildArchs(elf=(50, 60, 70, 80, 86), ptx=())
 NO_KERNEL = ("MXNetError: Traceback (most recent call last):\n"
@@ -78,10 +81,16 @@ def test_error_line_skips_tracebacks():
     assert error_line("") == "no error text"
 
 
-def probed(label: str, **info) -> HostReport:
+def probed(label: str, **info) -> HostProbe:
     base = {"python": "3.10.12", "mxnet": "1.9.1", "dist_kvstore": True, "cuda": True, "gpus": 0, "cpus": 96,
             "free_bytes": 500 * 10**9, "work_dir": "/scratch/mxft", "python_path": "python3"}
-    return HostReport(label, True, "ok", {**base, **info}, clock_skew_s=0.01)
+    return HostProbe(label, {**base, **info}, clock_skew_s=0.01)
+
+
+def results(*probes: HostProbe, failed: tuple[HostFailed, ...] = ()) -> HostResults[HostProbe]:
+    """A preflight's outcome as ``probe_all`` gives it: the probes, then the hosts that could not be probed."""
+    return HostResults(tuple(p.label for p in probes) + tuple(f.host for f in failed),
+                       {p.label: p for p in probes}, {f.host: f for f in failed})
 
 
 def gpu_info(name: str, cc: str, count: int, ran: bool, error: str = "") -> dict:
@@ -91,9 +100,9 @@ def gpu_info(name: str, cc: str, count: int, ran: bool, error: str = "") -> dict
 
 def test_preflight_refuses_the_h200_host_before_staging_and_keeps_the_count_message():
     need = Requirements("1.9.1", {"a100": 8, "h200": 8, "small": 8}, {}, "/scratch/mxft")
-    reports = [probed("a100", **gpu_info("NVIDIA A100-SXM4-80GB", "8.0", 8, True)),
-               probed("h200", **gpu_info("NVIDIA H200", "9.0", 8, False, NO_KERNEL)),
-               probed("small", **gpu_info("NVIDIA A100-SXM4-80GB", "8.0", 4, True))]
+    reports = results(probed("a100", **gpu_info("NVIDIA A100-SXM4-80GB", "8.0", 8, True)),
+                      probed("h200", **gpu_info("NVIDIA H200", "9.0", 8, False, NO_KERNEL)),
+                      probed("small", **gpu_info("NVIDIA A100-SXM4-80GB", "8.0", 4, True)))
     with pytest.raises(InputError) as raised:
         require_fit(reports, need)
     assert str(raised.value).splitlines() == [
@@ -105,24 +114,36 @@ def test_the_job_s_own_gpu_ids_are_the_ones_checked():
     info = gpu_info("NVIDIA A100-SXM4-80GB", "8.0", 8, True)
     info["gpu_devices"][0].update(ran=False, error="MXNetError: all CUDA-capable devices are busy or unavailable")
     report = probed("h1", **info)
-    require_fit([report], Requirements("1.9.1", {"h1": 4}, {}, "/w", gpu_ids_per_host={"h1": (4, 5, 6, 7)}))
+    require_fit(results(report), Requirements("1.9.1", {"h1": 4}, {}, "/w", gpu_ids_per_host={"h1": (4, 5, 6, 7)}))
     with pytest.raises(InputError, match="host h1: GPU 0 .* failed a test operation: MXNetError: all CUDA"):
-        require_fit([report], Requirements("1.9.1", {"h1": 4}, {}, "/w"))
+        require_fit(results(report), Requirements("1.9.1", {"h1": 4}, {}, "/w"))
 
 
-def test_check_table_shows_model_and_compute_capability():
+def test_check_table_shows_model_and_compute_capability_and_why_a_host_has_no_probe():
     need = Requirements("1.9.1", {"a100": 8, "h200": 8}, {}, "/scratch/mxft")
-    rows = [host_row(probed("a100", **gpu_info("NVIDIA A100-SXM4-80GB", "8.0", 8, True)), need),
-            host_row(probed("h200", **gpu_info("NVIDIA H200", "9.0", 8, False, NO_KERNEL)), need),
-            host_row(probed("cpu1", cuda=False), need)]
-    assert [row.fit for row in rows] == [True, False, True]
-    assert table(rows) == [
+    probed_now = results(probed("a100", **gpu_info("NVIDIA A100-SXM4-80GB", "8.0", 8, True)),
+                         probed("h200", **gpu_info("NVIDIA H200", "9.0", 8, False, NO_KERNEL)),
+                         probed("cpu1", cuda=False),
+                         failed=(HostFailed("gone", "unreachable over SSH: timed out",
+                                            Failure(FailureKind.UNREACHABLE, host="gone"), "check the network"),
+                                 HostFailed("new", "unknown host key ssh-ed25519 SHA256:x",
+                                            Failure(FailureKind.HOST_KEY, host="new"))))
+    rows = [host_row(label, probed_now, need) for label in probed_now.hosts]
+    assert [row.fit for row in rows] == [True, False, True, False, False]
+    with pytest.raises(InputError) as raised:
+        require_fit(probed_now, need)
+    assert str(raised.value).splitlines()[1:] == ["host gone: unreachable over SSH: timed out (check the network)",
+                                                  "host new: unknown host key ssh-ed25519 SHA256:x"]
+    assert table(rows[:3]) == [
         "host  ssh  host key  python   mxnet  ps-lite  cuda  gpus                      cpus  free GB  clock skew s  "
         "verdict",
         "a100  ok   ok        3.10.12  1.9.1  yes      yes   8x A100-SXM4-80GB (8.0)   96    500.0    +0.01         ok",
         "h200  ok   ok        3.10.12  1.9.1  yes      yes   8x H200 (9.0) cannot run  96    500.0    +0.01         "
         f"{H200_REFUSED}; 7 more of the job's GPUs there fail too",
         "cpu1  ok   ok        3.10.12  1.9.1  yes      no    -                         96    500.0    +0.01         ok"]
+    assert [re.split(r" {2,}", line) for line in table(rows)[4:]] == [
+        ["gone", "unreachable", "?", *"-" * 8, "unreachable over SSH: timed out"],
+        ["new", "ok", "refused", *"-" * 8, "unknown host key ssh-ed25519 SHA256:x"]]
 
 
 def elf_file(path, section: bytes, data: bytes) -> str:

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from cluster.errors import InputError
+from cluster.failure import FailureKind
 from cluster.local import LocalTransport
 from launcher import cli
 from launcher.data import paramsfile, recfile
@@ -208,7 +209,9 @@ class _AnswersWith:
 
 @pytest.mark.parametrize("out", ['{"python": "3.11.7"}', '{"time": "x"}', '[1, 2]', "[" * 100_000])
 def test_a_probe_answer_without_its_time_is_the_hosts_error_not_a_traceback(out):
+    from cluster.fanout import HostProblem
     from cluster.hosts import HostSpec
     from launcher.run.preflight import probe_host
-    report = probe_host(_AnswersWith(out), HostSpec("gpu01"), "~/.mxft")
-    assert report.reachable and report.error.startswith("unexpected preflight output from 'python3'"), report
+    with pytest.raises(HostProblem, match=r"^unexpected preflight output from 'python3' \(") as refused:
+        probe_host(_AnswersWith(out), HostSpec("gpu01"), "~/.mxft")
+    assert refused.value.kind is FailureKind.HOST_REFUSED

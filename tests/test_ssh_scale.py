@@ -11,6 +11,7 @@ import paramiko
 import pytest
 
 from cluster.errors import JobFailed
+from cluster.failure import FailureKind
 from cluster.hosts import HostSpec
 from cluster.ssh import HOSTS_AT_ONCE, SSHHost, SSHOptions
 from cluster.ssh_sessions import SessionPool
@@ -123,10 +124,10 @@ def test_preflight_of_200_unreachable_hosts_uses_a_bounded_pool(tmp_path):
     hosts = unreachable_hosts(tmp_path)
     before = threading.active_count()
     with ThreadWatch() as watch:
-        reports = probe_all(hosts, "~/.mxft")
-    assert [r.label for r in reports] == [spec.label for spec, _ in hosts]
-    assert all(not r.reachable and r.error.startswith("unreachable over SSH") for r in reports), \
-        {r.error for r in reports}
+        probed = probe_all(hosts, "~/.mxft")
+    assert list(probed.hosts) == list(probed.failed) == [spec.label for spec, _ in hosts] and not probed.ok
+    assert all(f.failure.kind is FailureKind.UNREACHABLE and f.reason.startswith("unreachable over SSH")
+               for f in probed.failed.values()), {f.reason for f in probed.failed.values()}
     # The watcher, the pool, each connection's transport thread and a few of those still ending:
     # bounded by the pool, far below one per host.
     assert watch.most <= before + 1 + 3 * HOSTS_AT_ONCE < len(hosts)

@@ -13,7 +13,9 @@ import dataclasses
 from collections.abc import Sequence
 
 from launcher.run.gpu_check import gpu_summary
-from launcher.run.preflight import HostReport, Requirements, problems
+from cluster.failure import FailureKind
+from cluster.fanout import HostResults
+from launcher.run.preflight import HostProbe, Requirements, problems
 
 COLUMNS = ("host", "ssh", "host key", "python", "mxnet", "ps-lite", "cuda", "gpus", "cpus", "free GB", "clock skew s",
            "verdict")
@@ -28,15 +30,19 @@ class HostRow:
     fit: bool
 
 
-def host_row(report: HostReport, need: Requirements) -> HostRow:
-    info = report.info
+def host_row(label: str, probed: HostResults[HostProbe], need: Requirements) -> HostRow:
+    """``label``'s row: what its probe found, or why there was none (``ssh`` unreachable, its ``host key`` refused)."""
+    report, failed = probed.ok.get(label), probed.failed.get(label)
+    info = report.info if report else {}
     yes_no = lambda key: ("yes" if info[key] else "no") if key in info else "-"  # noqa: E731
-    problem = problems(report, need)
-    skew = report.clock_skew_s
+    problem = problems(report, need) if report else (failed.reason, failed.hint)
+    skew = report.clock_skew_s if report else None
     verdict = "ok" if problem is None else problem[0]
     if problem is None and skew is not None and abs(skew) > SKEW_WARN_S:
         verdict = f"ok (clock {skew:+.1f} s off: run NTP)"
-    return HostRow((report.label, "ok" if report.reachable else "unreachable", report.host_key,
+    kind = failed.failure.kind if failed else None
+    return HostRow((label, "unreachable" if kind is FailureKind.UNREACHABLE else "ok",
+                    {FailureKind.UNREACHABLE: "?", FailureKind.HOST_KEY: "refused"}.get(kind, "ok"),
                     info.get("python", "-"), info.get("mxnet", "missing" if "mxnet_error" in info else "-"),
                     yes_no("dist_kvstore"), yes_no("cuda"), gpu_summary(info), str(info.get("cpus", "-")),
                     f"{info['free_bytes'] / 1e9:.1f}" if "free_bytes" in info else "-",

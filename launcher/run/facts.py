@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cluster.backend import Backend
+from cluster.fanout import HostResults
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.local import free_ports
@@ -18,8 +19,8 @@ from cluster.ssh_resolve import SSHConfigError
 from launcher.plan import Facts, HostFacts
 from launcher.run.config import Attempt, LaunchConfig
 from launcher.run.kinds import kind_of
-from launcher.run.preflight import (HostReport, Requirements, assumed_facts, cached_facts, facts_of,
-                                    local_mxnet_version, probe_all, problems, remember_facts)
+from launcher.run.preflight import (HostProbe, Requirements, assumed_facts, cached_facts, facts_of,
+                                    local_mxnet_version, probe_all, remember_facts, unfit_hosts)
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import JobSpec
 
@@ -86,20 +87,21 @@ def remote_port() -> int:
 
 def probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec], backend: Backend,
                  echo: Callable[[str], None] | None, *,
-                 other_folders: Sequence[str] = ()) -> tuple[Facts, list[HostReport]]:
+                 other_folders: Sequence[str] = ()) -> tuple[Facts, HostResults[HostProbe]]:
     """Probe every host; each usable one's facts (kept for later dry runs), assumed ones for the rest."""
     if echo:
         echo(f"[mxft] preflight: checking {len(hosts)} hosts")
     ssh_hosts = [(host, backend.remote(host)) for host in hosts]
-    reports = probe_all(ssh_hosts, config.remote_dir, other_folders=other_folders, files=tuple(facts.file_ids))
-    found, basic = {}, Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
-    for report, (host, ssh) in zip(reports, ssh_hosts):
-        usable = problems(report, basic) is None
+    probed = probe_all(ssh_hosts, config.remote_dir, other_folders=other_folders, files=tuple(facts.file_ids))
+    unfit = unfit_hosts(probed, Requirements(local_mxnet_version(), {}, {}, config.remote_dir))
+    found = {}
+    for host, ssh in ssh_hosts:
         address = address_of(host, ssh)
-        found[host.label] = (facts_of(report, address, tuple(facts.file_ids)) if usable
-                             else assumed_facts(host, address, config.remote_dir))
-        if usable:
-            remember_facts(config.cache_dir, host, config.remote_dir, config.ssh, found[host.label],
-                           launcher=config.launcher)
-    return dataclasses.replace(facts, hosts=found, scheduler_port=remote_port()), reports
+        if host.label in unfit:
+            found[host.label] = assumed_facts(host, address, config.remote_dir)
+            continue
+        found[host.label] = facts_of(probed.ok[host.label], address, tuple(facts.file_ids))
+        remember_facts(config.cache_dir, host, config.remote_dir, config.ssh, found[host.label],
+                       launcher=config.launcher)
+    return dataclasses.replace(facts, hosts=found, scheduler_port=remote_port()), probed
 

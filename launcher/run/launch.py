@@ -35,8 +35,7 @@ from launcher.run.check_table import HostRow, host_row
 from launcher.run.config import Attempt, LaunchConfig
 from launcher.run.execute import execute
 from launcher.run.kinds import Command, FineTuning, kind_of, kind_of_plan
-from launcher.run.preflight import (Requirements, local_mxnet_version, probe_all, probe_host, problems,
-                                    require_fit)
+from launcher.run.preflight import Requirements, local_mxnet_version, probe_all, require_fit, unfit_hosts
 from launcher.run.reach import require_scheduler_reachable
 from launcher.run.resume import resumed_job, resumed_where
 from launcher.run.trust import read_plan, require_fair_plan, require_own_file
@@ -125,14 +124,14 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
     for note in inventory.notes if inventory and echo else ():
         echo(f"[mxft] {note}")
     facts = facts_for.run_facts(config, spec, attempt, remote=not hosts[0].is_local)
-    reports = []
+    probed = None
     if hosts[0].is_local:
         facts = facts_for.local_facts(facts, hosts[0], kind.local_workers(spec, hosts))
     elif config.dry_run and not config.probe:
         facts = facts_for.known_facts(config, facts, hosts, backend)
     else:
-        facts, reports = facts_for.probed_facts(config, facts, hosts, backend, echo,
-                                                other_folders=kind.other_folders(spec))
+        facts, probed = facts_for.probed_facts(config, facts, hosts, backend, echo,
+                                               other_folders=kind.other_folders(spec))
     if saved is not None:
         facts = dataclasses.replace(facts, scheduler_port=saved.scheduler_port, worker_ports=saved.facts.worker_ports)
     plan = make_plan(spec, hosts, facts, inventory=inventory)
@@ -140,8 +139,8 @@ def plan_attempt(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts: Seque
         _require_same_plan(saved, plan, config.plan_path)
     if hosts[0].is_local and not config.dry_run:
         _require_this_machine_fits(config, plan, inventory)
-    if reports:
-        require_fit(reports, _requirements(config, plan, inventory))
+    if probed is not None:
+        require_fit(probed, _requirements(config, plan, inventory))
         if not config.dry_run:  # a dry run starts nothing, not even the check's listener
             require_scheduler_reachable(plan, backend)  # on the training network, before any ps-lite starts
     public = public_addresses(dict.fromkeys(p.env_dict["DMLC_NODE_HOST"] for p in plan.processes))
@@ -159,7 +158,7 @@ def _require_this_machine_fits(config: LaunchConfig, plan: Plan, inventory: Inve
     need = _requirements(config, plan, inventory)
     if any(need.gpus_per_host.values()):
         here = HostSpec("localhost", python=sys.executable)
-        require_fit([probe_host(LocalTransport(), here, config.cache_dir)], need)
+        require_fit(probe_all([(here, LocalTransport())], config.cache_dir), need)
 
 
 def _require_same_plan(saved: Plan, plan: Plan, where: str) -> None:
@@ -213,11 +212,11 @@ def check_hosts(config: LaunchConfig) -> list[HostRow]:
     base = facts_for.run_facts(config, spec, attempt, remote=not hosts[0].is_local) if spec is not None else Facts(
         run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=config.cache_dir, scheduler_port=0,
         code_dir=facts_for.CODE_DIR, train_fingerprint="", hosts={}, remote_dir=config.remote_dir, ssh=config.ssh)
-    facts, reports = facts_for.probed_facts(config, base, hosts, Backend(config.launcher, config.ssh), None)
+    facts, probed = facts_for.probed_facts(config, base, hosts, Backend(config.launcher, config.ssh), None)
     need = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
     if spec is not None:
         need = _requirements(config, make_plan(spec, hosts, facts, inventory=inventory), inventory)
-    return [host_row(report, need) for report in reports]
+    return [host_row(label, probed, need) for label in probed.hosts]
 
 
 def _what_and_where(config: LaunchConfig, console: Console) -> tuple[LaunchConfig, JobSpec | CommandSpec, Attempt,
@@ -264,8 +263,7 @@ def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts:
     backend = Backend(config.launcher, config.ssh)  # a new attempt's hosts, as they answer now
     ssh_hosts = [(host, backend.remote(host)) for host in keep]
     basic = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
-    found = {r.label: problems(r, basic) for r in probe_all(ssh_hosts, config.remote_dir)}
-    unfit = {label: problem[0] for label, problem in found.items() if problem is not None}
+    unfit = {label: why for label, (why, _) in unfit_hosts(probe_all(ssh_hosts, config.remote_dir), basic).items()}
     keep = [h for h in keep if h.label not in unfit]
     for label, why in ([(lost, "failed")] if lost else []) + list(unfit.items()):
         console(f"[mxft] leaving out host {label} ({why}; cluster.min_hosts {least})")

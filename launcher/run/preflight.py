@@ -17,7 +17,6 @@ import hashlib
 import inspect
 import ipaddress
 import json
-import math
 import os
 import re
 import time
@@ -28,13 +27,17 @@ import paramiko
 
 from cluster.backend import RemoteHost
 from cluster.errors import InputError
+from cluster.failure import FailureKind
+from cluster.fanout import HostProblem, HostResults, on_each_host
 from cluster.hosts import HostSpec
-from cluster.ssh import SSH_ERRORS, HostKeyError, SSHOptions, on_hosts, ssh_error_text
+from cluster.local import LocalTransport
+from cluster.ssh import SSH_ERRORS, HostKeyError, SSHOptions, ssh_error_text
 from cluster.ssh_resolve import account_home
 from launcher.data import cachefile
 from launcher.plan import HostFacts
 from launcher.remote import folder_check, gpu_probe, host_probe
 from launcher.run.gpu_check import build_archs_of, gpu_problem, gpus_of
+from launcher.run.probe_answer import parsed_answer
 
 # Runs on the host with its Python; prints one JSON line. Imports mxnet last so a
 # missing mxnet still reports the rest. ``import mxnet`` costs ~2.5 s of CPU, so a
@@ -71,56 +74,51 @@ class Requirements:
 
 
 @dataclasses.dataclass(frozen=True)
-class HostReport:
-    """What probing one host found; ``error`` says why the probe stopped early, if it did."""
+class HostProbe:
+    """What probing one host found: its answer (``launcher.run.probe_answer``), with the Python it was run with."""
 
     label: str
-    reachable: bool = False
-    host_key: str = "?"                   # ok | unknown | changed | revoked | ?
-    info: Mapping = dataclasses.field(default_factory=dict)   # the probe's JSON (python, mxnet, gpus, ...)
-    clock_skew_s: float | None = None     # the host's clock minus this machine's (less one-way latency)
-    error: str = ""
-    hint: str = ""
+    info: Mapping                         # python, python_path, cpus, mxnet, gpus, free_bytes, ...
+    clock_skew_s: float                   # the host's clock minus this machine's (less one-way latency)
 
 
-def probe_host(ssh: RemoteHost, spec: HostSpec, work_dir: str, *, other_folders: Sequence[str] = (),
-               files: Sequence[str] = ()) -> HostReport:
-    """Run the probe on one host; never raises for the host's own problems (they are in ``error``).
+def probe_host(ssh: RemoteHost | LocalTransport, spec: HostSpec, work_dir: str, *,
+               other_folders: Sequence[str] = (), files: Sequence[str] = ()) -> HostProbe:
+    """Run the probe on one host; a HostProblem (its kind, one line, what to do) when the host cannot answer.
 
     ``other_folders``: folders besides the work folder the launch copies programs into (checked like it);
     ``files``: paths whose ``file_id`` there the launch compares with this machine's (data read in place).
     """
     python = spec.python or "python3"
-    report = functools.partial(HostReport, spec.label)
     try:
         asked = ("--files", *files) if files else ()
         code, out, err = ssh.run([python, "-c", _PROBE, work_dir, *other_folders, *asked], timeout_s=60)
         after = time.time()
     except HostKeyError as err:
-        return report(True, err.state, error=str(err))
+        raise HostProblem(str(err), kind=FailureKind.HOST_KEY) from None
     except paramiko.AuthenticationException as err:
-        return report(True, "ok", error=ssh_error_text(err), hint="check the user and identity file in ~/.ssh/config")
+        raise HostProblem(ssh_error_text(err), kind=FailureKind.HOST_REFUSED,
+                          hint="check the user and identity file in ~/.ssh/config") from None
     except SSH_ERRORS as err:
-        return report(error=ssh_error_text(err), hint="check the name, port and network, then retry")
+        raise HostProblem(ssh_error_text(err), kind=FailureKind.UNREACHABLE,
+                          hint="check the name, port and network, then retry") from None
     if code == 127:
-        return report(True, "ok", error=f"'{python}' not found",
-                      hint="install Python 3 there or set python=PATH in the hosts file")
+        raise HostProblem(f"'{python}' not found", kind=FailureKind.HOST_REFUSED,
+                          hint="install Python 3 there or set python=PATH in the hosts file")
     if code != 0:
-        return report(True, "ok", error=f"'{python}' failed: {(err or out).strip().splitlines()[-1:] or ['?']}")
+        raise HostProblem(f"'{python}' failed: {(err or out).strip().splitlines()[-1:] or ['?']}",
+                          kind=FailureKind.HOST_REFUSED)
     try:
-        info = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError, RecursionError):
-        info = None
-    if not (isinstance(info, dict) and isinstance(info.get("time"), (int, float)) and math.isfinite(info["time"])):
-        return report(True, "ok", error=f"unexpected preflight output from '{python}': {out.strip()[-200:]!r}")
+        info = parsed_answer((out.strip().splitlines() or [""])[-1])
+    except ValueError as why:
+        raise HostProblem(f"unexpected preflight output from '{python}' ({why}): {out.strip()[-200:]!r}",
+                          kind=FailureKind.HOST_REFUSED) from None
     # The probe's clock was read just before its output left; it arrived at ``after`` (off by one-way latency).
-    return report(True, "ok", dict(info, python_path=python), round(info["time"] - after, 3))
+    return HostProbe(spec.label, dict(info, python_path=python), round(info["time"] - after, 3))
 
 
-def problems(report: HostReport, need: Requirements) -> tuple[str, str] | None:
-    """The first reason the host cannot take the job, with what to do, or None."""
-    if report.error:
-        return report.error, report.hint
+def problems(report: HostProbe, need: Requirements) -> tuple[str, str] | None:
+    """The first reason a probed host cannot take the job, with what to do, or None."""
     info = report.info
     for folder, reason in info.get("unsafe_folders", ()):
         option = "--remote-dir" if folder == need.work_dir else "--sync-dir"
@@ -152,29 +150,32 @@ def problems(report: HostReport, need: Requirements) -> tuple[str, str] | None:
     return None
 
 
-def probe_all(hosts: Sequence[tuple[HostSpec, RemoteHost]], work_dir: str, *,
-              other_folders: Sequence[str] = (), files: Sequence[str] = ()) -> list[HostReport]:
-    """Probe every host, ``HOSTS_AT_ONCE`` at a time; one report per host, in the order given.
+def probe_all(hosts: Sequence[tuple[HostSpec, RemoteHost | LocalTransport]], work_dir: str, *,
+              other_folders: Sequence[str] = (), files: Sequence[str] = ()) -> HostResults[HostProbe]:
+    """Probe every host, ``HOSTS_AT_ONCE`` at a time (a thousand hosts cost 32 threads, not a thousand): what each
+    answered, or why it could not (``cluster.fanout.HostResults``)."""
+    by_label = {spec.label: (spec, transport) for spec, transport in hosts}
+    return on_each_host(lambda label: probe_host(by_label[label][1], by_label[label][0], work_dir,
+                                                 other_folders=other_folders, files=files),
+                        list(by_label), name="probe", kind=FailureKind.HOST_REFUSED)
 
-    (``cluster.ssh.on_hosts``: a thousand hosts cost 32 threads, not a thousand).
-    """
-    return on_hosts(lambda pair: probe_host(pair[1], pair[0], work_dir, other_folders=other_folders,
-                                                files=files), hosts,
-                    name="probe")
+
+def unfit_hosts(probed: HostResults[HostProbe], need: Requirements) -> dict[str, tuple[str, str]]:
+    """Every host that cannot take the job, in the order probed: (why, what to do)."""
+    found = {label: problems(probed.ok[label], need) if label in probed.ok
+             else (probed.failed[label].reason, probed.failed[label].hint) for label in probed.hosts}
+    return {label: problem for label, problem in found.items() if problem is not None}
 
 
-def require_fit(reports: Sequence[HostReport], need: Requirements) -> None:
+def require_fit(probed: HostResults[HostProbe], need: Requirements) -> None:
     """Raise one InputError listing every host that cannot take the job (one line each)."""
-    failures = []
-    for report in reports:
-        problem = problems(report, need)
-        if problem is not None:
-            failures.append(str(InputError(f"host {report.label}", problem[0], hint=problem[1])))
+    failures = [str(InputError(f"host {label}", why, hint=hint)) for label, (why, hint) in
+                unfit_hosts(probed, need).items()]
     if failures:
         raise InputError("", "\n".join(failures))
 
 
-def facts_of(report: HostReport, address: str, files: Sequence[str] = ()) -> HostFacts:
+def facts_of(report: HostProbe, address: str, files: Sequence[str] = ()) -> HostFacts:
     """What planning needs from a probed host; ``address`` is where the SSH config says it is; ``files``: the paths
     the probe was asked about (the host's answer for any other path is dropped)."""
     info = report.info
