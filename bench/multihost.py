@@ -31,7 +31,7 @@ from cluster.hosts import load_hosts
 from cluster.ssh import SSHHost, SSHOptions, remote_command
 from launcher.report.console import Console
 from launcher.run.assets import ensure_built
-from launcher.run.execute import stage_remote
+from launcher.run.backend import stage_remote
 from launcher.run.kinds import stage_local
 from launcher.run.launch import Attempt, LaunchConfig, new_run_id, plan_attempt
 from launcher.spec.jobspec import load_job

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import re
 
@@ -26,6 +27,13 @@ _HOST = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.-]+|[0-
 MAX_HOSTS = 10_000    # lines of one hosts file (or nodes of a Slurm allocation)
 MAX_SLOTS = 1024      # slots= of one host
 _LOWEST_ODD_PORT = 100  # HOST:N with N below this (but 22) reads as horovodrun's HOST:SLOTS, and is refused
+
+
+class Launcher(str, enum.Enum):
+    """How the processes of the hosts that are not this machine start (``--launcher``; a plan's JSON has the value)."""
+
+    SSH = "ssh"
+    SRUN = "srun"   # job steps of the Slurm allocation the launcher runs in (cluster.srun)
 
 
 @dataclasses.dataclass(frozen=True)

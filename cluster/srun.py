@@ -31,7 +31,7 @@ import threading
 from collections.abc import Mapping, Sequence
 
 from cluster.errors import HostUnreachable, InputError
-from cluster.hosts import HostSpec
+from cluster.hosts import HostSpec, Launcher
 from cluster.local import LocalProcess, die_with_parent
 from cluster.secret import ENV_FROM_STDIN, split_secrets
 from cluster.slurm import hosts_from_slurm
@@ -54,9 +54,9 @@ def in_allocation(environ: Mapping[str, str]) -> bool:
     return bool(environ.get("SLURM_JOB_ID") and (environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")))
 
 
-def default_launcher(hosts_path: str | None, environ: Mapping[str, str]) -> str:
+def default_launcher(hosts_path: str | None, environ: Mapping[str, str]) -> Launcher:
     """``srun`` for the allocation's own nodes when ``srun`` is installed, else ``ssh``."""
-    return "srun" if hosts_path == "slurm" and in_allocation(environ) and shutil.which("srun") else "ssh"
+    return Launcher.SRUN if hosts_path == "slurm" and in_allocation(environ) and shutil.which("srun") else Launcher.SSH
 
 
 def require_srun(environ: Mapping[str, str]) -> None:
@@ -164,6 +164,9 @@ class SrunHost:
         if secrets:
             popen.stdin.write((json.dumps(dict(secrets)) + "\n").encode())
         return SrunProcess(popen)
+
+    def close(self) -> None:
+        """Nothing to close: each step is a process of its own, ended with it."""
 
     def stream_to(self, command: str) -> subprocess.Popen:
         """Start the shell ``command`` on the node with a pipe to its stdin (for bulk copies)."""

@@ -253,6 +253,10 @@ class SSHHost:
             argv += ["-l", self.spec.user]
         return argv + ["--", self.spec.name]  # "--": a host name is never read as an option
 
+    def close(self) -> None:
+        """Close the connections this host's processes shared (``cluster.ssh_sessions``)."""
+        self._sessions.close()
+
     def stream_to(self, command: str) -> subprocess.Popen:
         """Start ``command`` on the host with a pipe to its stdin (for bulk copies)."""
         return subprocess.Popen(self.openssh_argv() + [command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

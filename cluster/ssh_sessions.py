@@ -87,6 +87,12 @@ class SessionPool:
             if shared.in_use <= 0:
                 self._drop(shared)
 
+    def close(self) -> None:
+        """Close every connection still open (their sessions' processes are stopped or lost by then)."""
+        with self._lock:
+            for shared in list(self._shared):
+                self._drop(shared)
+
     def connections(self) -> int:
         """How many connections are open now."""
         with self._lock:

@@ -19,6 +19,7 @@ import time
 import psutil
 
 from cluster.errors import InputError, Interrupted, JobFailed, MxftError
+from cluster.hosts import Launcher
 from cluster.srun import default_launcher
 from launcher.cli_args import (OVERVIEW, Invocation, add_shared_options, add_ssh_options, is_command_mode,
                                parse_args, parse_command_args, ssh_options)
@@ -221,7 +222,7 @@ def check(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     config = LaunchConfig(args.job or "", args.hosts, True, args.run_root, args.cache_dir, args.remote_dir,
                           ssh_options(args), overrides=tuple(args.overrides),
-                          launcher=args.launcher or default_launcher(args.hosts, os.environ))
+                          launcher=Launcher(args.launcher or default_launcher(args.hosts, os.environ)))
     rows = check_hosts(config)
     for line in table(rows):
         _echo(line)

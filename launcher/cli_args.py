@@ -8,6 +8,7 @@ import os
 import re
 
 from cluster.errors import InputError
+from cluster.hosts import Launcher
 from cluster.srun import default_launcher
 from cluster.ssh import SSHOptions
 from launcher.run.config import LaunchConfig
@@ -130,7 +131,8 @@ def parse_args(argv: list[str] | None) -> Invocation:
         args.hosts = "slurm"  # inside an allocation: its nodes are the hosts
     config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
                           ssh_options(args), args.resume, tuple(args.overrides), probe=args.probe,
-                          launcher=args.launcher or default_launcher(args.hosts, os.environ), plan_path=args.plan or "",
+                          launcher=Launcher(args.launcher or default_launcher(args.hosts, os.environ)),
+                          plan_path=args.plan or "",
                           save_plan=args.save_plan or "", given=given,
                           env=parse_env(args.env, environ=os.environ, option="--env"))
     return Invocation(config, args.max_restarts, args.verbose)
@@ -267,7 +269,7 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
     return LaunchConfig("", None if launcher == "local" else args.hosts, args.dry_run, args.run_root, args.cache_dir,
                         args.remote_dir, ssh_options(args), command=spec, probe=args.probe,
                         save_plan=args.save_plan or "",
-                        launcher="ssh" if launcher == "local" else launcher)
+                        launcher=Launcher.SSH if launcher == "local" else Launcher(launcher))
 
 
 def _check_command_args(parser: argparse.ArgumentParser, args: argparse.Namespace, command: list[str]) -> None:

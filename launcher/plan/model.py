@@ -18,7 +18,7 @@ import shlex
 from collections.abc import Mapping
 from typing import ClassVar, Protocol
 
-from cluster.hosts import HostSpec
+from cluster.hosts import HostSpec, Launcher
 from cluster.srun import srun_argv
 from cluster.ssh import SSHOptions
 from launcher.spec.schema import plain
@@ -86,7 +86,7 @@ class Facts:
     resume_best: tuple[float, ...] = ()   # (epoch, validation accuracy) of the best epoch so far, or () if none
     worker_ports: tuple[int, ...] = ()    # ps-lite PORT of each worker (ascending: worker i gets rank i)
     ssh: SSHOptions = SSHOptions()        # how the executor reaches remote hosts
-    launcher: str = "ssh"                 # ssh | srun (job steps of the Slurm allocation the launcher runs in)
+    launcher: Launcher = Launcher.SSH     # ssh | srun (job steps of the Slurm allocation the launcher runs in)
     synced: tuple[str, ...] = ()          # command mode: files of the working folder that --sync-dir copies
     file_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)  # the data's files here (file_id), which
                                           # a host that has the same at the same path reads in place
@@ -242,7 +242,7 @@ def _describe_network(plan: Plan) -> list[str]:
     """Which addresses ps-lite listens on and why; a warning when one is public (ps-lite has no authentication)."""
     addresses = dict.fromkeys(p.env_dict["DMLC_NODE_HOST"] for p in plan.processes)
     lines = [f"  network    ps-lite on {', '.join(addresses)} ({plan.network})"] if plan.network else []
-    if plan.launcher == "srun":
+    if plan.launcher is Launcher.SRUN:
         lines.append("  launcher   srun: each process, copy and probe is a job step of this Slurm allocation "
                      f"({shlex.join(srun_argv('NODE', ['...'])[:-2])} -- ARGV); no SSH between nodes")
     public = public_addresses(addresses)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from cluster.hosts import Launcher
 from cluster.ssh import SSHOptions
 from launcher.data import runstate
 from launcher.spec.command_job import CommandSpec
@@ -25,7 +26,7 @@ class LaunchConfig:
     overrides: tuple[str, ...] = ()            # --set KEY.PATH=VALUE, applied to the job file
     command: CommandSpec | None = None         # command mode from the command line (no job file)
     probe: bool = False                        # --dry-run --probe: ask the hosts instead of assuming
-    launcher: str = "ssh"                      # ssh | srun: how remote hosts are reached (cluster.srun)
+    launcher: Launcher = Launcher.SSH          # how remote hosts are reached (ssh, or srun: cluster.srun)
     plan_path: str = ""                        # --plan FILE: run this saved plan (its job, hosts and facts)
     save_plan: str = ""                        # --dry-run --save-plan FILE: where the CLI writes the plan
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # --env: secret values for every process

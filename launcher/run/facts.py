@@ -10,17 +10,17 @@ import secrets
 import sys
 from collections.abc import Callable, Sequence
 
-from cluster.backend import Backend
 from cluster.fanout import HostResults
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.local import free_ports
 from cluster.ssh_resolve import SSHConfigError
 from launcher.plan import Facts, HostFacts
+from launcher.run.backend import Backend
 from launcher.run.config import Attempt, LaunchConfig
 from launcher.run.kinds import kind_of
 from launcher.run.preflight import (HostProbe, Requirements, assumed_facts, cached_facts, facts_of,
-                                    local_mxnet_version, probe_all, remember_facts, unfit_hosts)
+                                    local_mxnet_version, remember_facts, unfit_hosts)
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import JobSpec
 
@@ -91,12 +91,11 @@ def probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec], 
     """Probe every host; each usable one's facts (kept for later dry runs), assumed ones for the rest."""
     if echo:
         echo(f"[mxft] preflight: checking {len(hosts)} hosts")
-    ssh_hosts = [(host, backend.remote(host)) for host in hosts]
-    probed = probe_all(ssh_hosts, config.remote_dir, other_folders=other_folders, files=tuple(facts.file_ids))
+    probed = backend.probe(hosts, config.remote_dir, other_folders=other_folders, files=tuple(facts.file_ids))
     unfit = unfit_hosts(probed, Requirements(local_mxnet_version(), {}, {}, config.remote_dir))
     found = {}
-    for host, ssh in ssh_hosts:
-        address = address_of(host, ssh)
+    for host in hosts:
+        address = address_of(host, backend.remote(host))
         if host.label in unfit:
             found[host.label] = assumed_facts(host, address, config.remote_dir)
             continue

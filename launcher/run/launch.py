@@ -19,9 +19,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from cluster.backend import Backend
 from cluster.errors import InputError, Interrupted, JobFailed
-from cluster.hosts import HostSpec, load_hosts
+from cluster.hosts import HostSpec, Launcher, load_hosts
 from cluster.local import LocalTransport
 from cluster.slurm import hosts_from_slurm
 from cluster.srun import require_allocation_nodes, require_srun
@@ -31,6 +30,7 @@ from launcher.plan import Facts, Plan, Transfer, fact_changes, make_plan, public
 from launcher.remote.folder_check import folder_unsafe_reason
 from launcher.report.console import Console
 from launcher.run import facts as facts_for
+from launcher.run.backend import Backend
 from launcher.run.check_table import HostRow, host_row
 from launcher.run.config import Attempt, LaunchConfig
 from launcher.run.execute import execute
@@ -58,7 +58,7 @@ def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
         return (HostSpec("localhost"),)
     if config.hosts_path == "slurm":
         # Nodes of one allocation share a file system, so this launcher's Python is theirs too.
-        if config.launcher == "srun":
+        if config.launcher is Launcher.SRUN:
             require_srun(os.environ)
         return tuple(dataclasses.replace(h, python=h.python or sys.executable) for h in hosts_from_slurm(os.environ))
     if config.ssh.ssh_config and not os.path.isfile(config.ssh.ssh_config):
@@ -69,7 +69,7 @@ def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
         raise InputError(f"{config.hosts_path}:{local[0].line}",
                          f"'{local[0].label}' cannot be mixed with remote hosts",
                          hint="list this machine by an address the other hosts can reach")
-    if config.launcher == "srun":
+    if config.launcher is Launcher.SRUN:
         require_allocation_nodes(hosts, os.environ, where=config.hosts_path)
     return hosts[:1] if local else hosts
 
@@ -261,9 +261,12 @@ def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts:
     lost = failed_host(failure)
     keep = [h for h in hosts if h.label != lost]
     backend = Backend(config.launcher, config.ssh)  # a new attempt's hosts, as they answer now
-    ssh_hosts = [(host, backend.remote(host)) for host in keep]
+    try:
+        probed = backend.probe(keep, config.remote_dir)
+    finally:
+        backend.close()
     basic = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
-    unfit = {label: why for label, (why, _) in unfit_hosts(probe_all(ssh_hosts, config.remote_dir), basic).items()}
+    unfit = {label: why for label, (why, _) in unfit_hosts(probed, basic).items()}
     keep = [h for h in keep if h.label not in unfit]
     for label, why in ([(lost, "failed")] if lost else []) + list(unfit.items()):
         console(f"[mxft] leaving out host {label} ({why}; cluster.min_hosts {least})")
@@ -360,4 +363,6 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
                     f"({restarts_left} restart(s) left)")
             attempt = dataclasses.replace(attempt, number=attempt.number + 1, checkpoint=checkpoint)
             continue
+        finally:
+            backend.close()  # the attempt's processes are stopped by now
         return Outcome(plan, _finish(plan, attempt, result), kind)

@@ -29,7 +29,7 @@ from cluster.backend import RemoteHost
 from cluster.errors import InputError
 from cluster.failure import FailureKind
 from cluster.fanout import HostProblem, HostResults, on_each_host
-from cluster.hosts import HostSpec
+from cluster.hosts import HostSpec, Launcher
 from cluster.local import LocalTransport
 from cluster.ssh import SSH_ERRORS, HostKeyError, SSHOptions, ssh_error_text
 from cluster.ssh_resolve import account_home
@@ -211,18 +211,18 @@ def assumed_facts(spec: HostSpec, address: str, remote_dir: str) -> HostFacts:
                      home="~", assumed=True)
 
 
-def _facts_file(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, launcher: str) -> str:
+def _facts_file(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, launcher: Launcher) -> str:
     """One file per host, hosts-file line, work folder, SSH config and launcher: a change to any is a new probe."""
     config = ssh.ssh_config or os.path.join(account_home(), ".ssh", "config")
     stamp = os.stat(config).st_mtime_ns if os.path.isfile(config) else 0
     key = hashlib.sha256(repr((host.name, host.port, host.user, host.python, remote_dir, config, stamp)
-                              + ((launcher,) if launcher != "ssh" else ())).encode())
+                              + ((launcher.value,) if launcher is not Launcher.SSH else ())).encode())
     label = re.sub(r"[^A-Za-z0-9_.-]", "_", host.label)
     return os.path.join(cache_dir, "hosts", f"{label}-{key.hexdigest()[:16]}.json")
 
 
 def remember_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, facts: HostFacts, *,
-                   launcher: str = "ssh") -> None:
+                   launcher: Launcher = Launcher.SSH) -> None:
     """Keep a host's probed facts for later dry runs (``CACHE/hosts/LABEL-KEY.json``, replaced atomically)."""
     path = _facts_file(cache_dir, host, remote_dir, ssh, launcher)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -231,7 +231,7 @@ def remember_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOpti
 
 
 def cached_facts(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions, address: str, *,
-                 launcher: str = "ssh") -> HostFacts | None:
+                 launcher: Launcher = Launcher.SSH) -> HostFacts | None:
     """Facts an earlier launch or ``check`` probed for this host as it is configured now, if any."""
     try:
         with open(_facts_file(cache_dir, host, remote_dir, ssh, launcher), encoding="utf-8") as handle:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 
-from cluster.backend import Backend
 from cluster.errors import InputError
 from cluster.failure import FailureKind
 from cluster.fanout import on_each_host
@@ -25,6 +24,7 @@ from cluster.hosts import HostSpec
 from cluster.lines import ended_tail
 from launcher.plan import Plan, Role
 from launcher.remote import reach_probe
+from launcher.run.backend import Backend
 
 # Runs on the hosts: launcher/remote/reach_probe.py, sent as source (``listen`` on the scheduler's host, ``connect`` on
 # every host).
