@@ -57,13 +57,6 @@ class JobFailed(MxftError):
         """The host that failed as a whole (it stopped answering, its connection died), if one did."""
         return self.failure.lost_host
 
-    def record(self) -> dict:
-        """What an attempt record keeps of this failure (JSON-ready)."""
-        record = {"reason": self.reason, "failure": self.failure.to_record()}
-        if self.process is not None:
-            record["process"] = self.process.summary()
-        return record
-
 
 class Interrupted(MxftError):
     """The launcher received SIGINT, SIGTERM or SIGUSR1 (Slurm's warning before a time limit) and tore the

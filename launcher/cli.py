@@ -44,11 +44,12 @@ def _say_error(text: str) -> None:
 
 
 def _report(outcome) -> int:
-    """The run's summary, as its job kind gives it; exit 1 when its verdict is ``missed``."""
-    for line in outcome.kind.summary(outcome.plan, outcome.result):
+    """The run's summary, as its job kind gives it; exit 1 unless its verdict is ``succeeded`` (``missed``: the
+    verdict result.json, status and runs give too)."""
+    for line in outcome.kind.summary(outcome.plan, outcome.result.report):
         _echo(line)
-    if outcome.result.get("outcome") == "missed":  # the verdict result.json, status and runs give too
-        _say_error(f"mxft-launch: job failed: {outcome.result['reason']}")
+    if not outcome.result.ok:
+        _say_error(f"mxft-launch: job failed: {outcome.result.reason}")
         return EXIT_FAILED
     return EXIT_OK
 

@@ -17,6 +17,7 @@ import psutil
 from cluster.errors import InputError
 from cluster.failure import Failure
 from launcher.data import runstate
+from launcher.data.attempt_result import RunResult, Verdict
 from launcher.report.console import clock_text
 from launcher.report.metrics import read_events
 
@@ -38,18 +39,13 @@ def run_state(run_dir: str, attempts: list[dict]) -> RunState:
     last = attempts[-1] if attempts else {}
     if launcher is not None:
         return RunState("running", f"running (launcher pid {launcher.pid}, attempt {last.get('attempt', 1)})")
-    outcome = last.get("outcome")
-    if outcome == "succeeded":
-        return RunState("succeeded", "succeeded")
-    if outcome == "missed":
-        return RunState("missed", f"missed: {last.get('reason', '?')}")
-    if outcome == "failed":
-        record = last.get("failure")
-        return RunState("failed", f"failed: {last.get('reason', '?')}",
-                        Failure.from_record(record) if isinstance(record, dict) else None)
-    if outcome == "interrupted":
+    ended = RunResult.from_record(last)
+    if ended is None:
+        return RunState("unknown", "ended without a record (launcher died)")
+    if ended.verdict is Verdict.INTERRUPTED:
         return RunState("stopped", "stopped (interrupted)")
-    return RunState("unknown", "ended without a record (launcher died)")
+    why = f": {ended.reason or '?'}" if ended.verdict in (Verdict.MISSED, Verdict.FAILED) else ""
+    return RunState(ended.verdict.value, ended.verdict.value + why, ended.failure)
 
 
 def status_lines(run_dir: str) -> list[str]:

@@ -13,14 +13,17 @@ import threading
 import pytest
 import yaml
 
+from cluster.failure import Failure, FailureKind
 from cluster.hosts import HostSpec
 from cluster.supervise import Member
 from launcher import cli, prepare_cli
+from launcher.data import runstate
+from launcher.data.attempt_result import RunResult, Verdict
 from launcher.plan import make_plan
 from launcher.report.console import Console
 from launcher.run.run_events import RunEvents
 from launcher.spec.jobspec import parse_job
-from launcher.status import runs_lines
+from launcher.status import run_state, runs_lines
 from testing.processes import run_id_from
 from tests.helpers import CACHE_DIR, LAUNCH, REPO, run_launch
 from tests.plan_literals import FACTS, JOB, inventory
@@ -202,6 +205,25 @@ def test_runs_lists_state_accuracy_and_duration(tmp_path, capsys):
          "folder": str(tmp_path / "b")},
         {"started": "2026-11-28 10:00:00", "state": "succeeded", "accuracy": "0.8310", "duration": "1:15",
          "cause": None, "folder": str(tmp_path / "a")}]}
+
+
+def test_status_reads_each_verdict_an_attempt_records_and_the_failures_kind(tmp_path):
+    """What the restart loop records (``RunResult.record``) is what status and runs read back, by verdict and kind."""
+    lost = Failure(FailureKind.HOST_SILENT, host="h2", time=1.0)
+    ends = [RunResult(1, Verdict.SUCCEEDED), RunResult(1, Verdict.MISSED, "validation accuracy 0.6 is below 0.7"),
+            RunResult(2, Verdict.FAILED, "host h2 stopped answering", lost, epochs_done=3),
+            RunResult(1, Verdict.INTERRUPTED, epochs_done=1)]
+    states = []
+    for ended in ends:
+        (tmp_path / "attempts.jsonl").write_text(json.dumps({"attempt": ended.attempt, "outcome": "started"}) + "\n"
+                                                 + json.dumps(ended.record()) + "\n")
+        assert RunResult.from_record(runstate.read_attempts(str(tmp_path))[-1]) == ended
+        state = run_state(str(tmp_path), runstate.read_attempts(str(tmp_path)))
+        states.append((state.kind, state.text, state.failure))
+    assert states == [("succeeded", "succeeded", None),
+                      ("missed", "missed: validation accuracy 0.6 is below 0.7", None),
+                      ("failed", "failed: host h2 stopped answering", lost),
+                      ("stopped", "stopped (interrupted)", None)]
 
 
 def test_missing_optional_package_is_one_line_and_exit_2(tmp_path):

@@ -44,7 +44,7 @@ def test_a_program_that_exits_255_on_its_own_has_not_lost_its_host(hosts3, tmp_p
     assert failure.failure.kind is FailureKind.EXITED and failure.failure.exit_code == 255
     assert failure.failure.host == host.label and failure.failure.process == "worker 0"
     assert failed_host(failure) is None and failure.host is None
-    assert failure.record()["failure"] == {"kind": "exited", "host": host.label, "process": "worker 0",
+    assert failure.failure.to_record() == {"kind": "exited", "host": host.label, "process": "worker 0",
                                            "exit_code": 255, "log": str(tmp_path / "worker-0.log"),
                                            "time": round(failure.failure.time, 3)}
 

@@ -15,7 +15,7 @@ import pytest
 from launcher.data import recfile
 from testing.processes import run_id_from, run_processes
 from tests.helpers import (assert_dry_run_is_the_plan, demo_job, hosts_file, launch_bad, no_processes_left,
-                           python_field, run_launch, ssh_args, start_launch, wait_until, write_job)
+                           python_field, refusal_line, run_launch, ssh_args, start_launch, wait_until, write_job)
 
 pytestmark = pytest.mark.integration
 
@@ -380,6 +380,31 @@ def test_check_prints_a_row_per_host_and_fails_on_any_bad_one(hosts3, tmp_path, 
     assert rows[0].endswith("  ok")
     assert "missing" in rows[1] and rows[1].rstrip().endswith("No module named 'mxnet'"), rows[1]
     assert rows[2].split()[:2] == ["10.231.77.99", "unreachable"] and "unreachable over SSH" in rows[2]
+
+
+@pytest.mark.timeout(180)
+def test_a_saved_plan_for_these_hosts_is_refused_when_a_hosts_fact_changed_and_nothing_starts(hosts3, tmp_path,
+                                                                                              demo_assets):
+    """Issue 25: ``--plan`` probes the hosts again before it runs a saved plan; h2 with a new network interface is a
+    changed fact (ps-lite's address may be chosen from it), named, exit 2, no run folder."""
+    config = ["--ssh-config", hosts3.ssh_config, "--remote-dir", "/srv/mxft-host"]
+    job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, cluster={"workers": 3}))
+    saved, runs = str(tmp_path / "plan.json"), str(tmp_path / "runs")
+    dry = run_launch([job, "--hosts", hosts_file(hosts3, tmp_path), *config, "--run-root", runs, "--dry-run",
+                      "--probe", "--save-plan", saved], cwd=str(tmp_path))
+    assert dry.returncode == 0 and f"plan saved to {saved}" in dry.stdout, dry.stdout[-2000:] + dry.stderr
+    h2 = hosts3.hosts[1]
+    h2.exec("ip", "link", "add", "mxft-new", "type", "dummy")
+    try:
+        h2.exec("ip", "addr", "add", "10.251.0.2/24", "dev", "mxft-new")
+        refused = run_launch(["--plan", saved], cwd=str(tmp_path))
+    finally:
+        h2.exec("ip", "link", "del", "mxft-new", check=False)
+    line = refusal_line(refused)
+    assert line.startswith(f"mxft-launch: error: {saved}: a fact this plan was made from has changed: host "
+                           f"{h2.address}: interfaces "), line
+    assert "mxft-new" in line and "(make the plan again: mxft-launch ... --dry-run --probe --save-plan FILE)" in line
+    assert "[mxft] run " not in refused.stdout and not os.path.exists(runs)
 
 
 def _link(host, state: str) -> None:

@@ -18,6 +18,7 @@ from cluster.hosts import HostSpec
 from cluster.secret import Secret
 from cluster.supervise import ProcessOutcome
 from launcher.data import cachefile, recfile, runstate
+from launcher.data.attempt_result import Verdict
 from launcher.data.images import pack_image_folder
 from launcher.data.inputs import Inventory, check_inputs
 from launcher.plan import Plan, assign_workers
@@ -130,14 +131,15 @@ class FineTuning:
         return {"begin_epoch": begin_epoch}, ""
 
     @staticmethod
-    def verdict(plan: Plan, result: dict) -> tuple[str, str]:
+    def verdict(plan: Plan, result: dict) -> tuple[Verdict, str]:
         """``succeeded``, or ``missed`` when the validation accuracy is below the job's ``expect.min_accuracy``
         (the run went through; what it gave is not what was expected)."""
         job = plan.component.job
         least, accuracy = job.expect.min_accuracy, result.get("val_accuracy")
         if least is not None and isinstance(accuracy, (int, float)) and accuracy < least:
-            return "missed", f"validation accuracy {accuracy:.4f} is below expect.min_accuracy {least} ({job.source})"
-        return "succeeded", ""
+            return Verdict.MISSED, (f"validation accuracy {accuracy:.4f} is below expect.min_accuracy {least} "
+                                    f"({job.source})")
+        return Verdict.SUCCEEDED, ""
 
     make_local_files = staticmethod(make_local_files)
 
@@ -295,8 +297,8 @@ class Command:
         return {}, f" running {plan.component.spec.argv[0]}"
 
     @staticmethod
-    def verdict(plan: Plan, result: dict) -> tuple[str, str]:
-        return "succeeded", ""
+    def verdict(plan: Plan, result: dict) -> tuple[Verdict, str]:
+        return Verdict.SUCCEEDED, ""
 
     @staticmethod
     def make_local_files(plan: Plan) -> dict:

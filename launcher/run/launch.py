@@ -25,6 +25,7 @@ from cluster.local import LocalTransport
 from cluster.slurm import hosts_from_slurm
 from cluster.srun import require_allocation_nodes, require_srun
 from launcher.data import cachefile, runstate
+from launcher.data.attempt_result import RunResult, Verdict
 from launcher.data.inputs import Inventory
 from launcher.plan import Facts, Plan, Transfer, fact_changes, make_plan, public_addresses
 from launcher.remote.folder_check import folder_unsafe_reason
@@ -49,7 +50,7 @@ class Outcome:
     """What ``run`` returns: the plan, and the run's result (None for a dry run)."""
 
     plan: Plan
-    result: dict | None
+    result: RunResult | None
     kind: type[FineTuning] | type[Command]   # what the CLI asks for the run's summary
 
 
@@ -276,11 +277,14 @@ def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts:
     return tuple(keep)
 
 
-def _record_end(run_dir: str, attempt: int, outcome: str, **details) -> runstate.Checkpoint | None:
+def _record_end(run_dir: str, attempt: int, verdict: Verdict,
+                failure: JobFailed | None = None) -> runstate.Checkpoint | None:
     """Record how an attempt ended and how far it got; returns the checkpoint to resume from."""
     checkpoint = runstate.latest_checkpoint(run_dir)
-    runstate.record_attempt(run_dir, {"attempt": attempt, "outcome": outcome, **details,
-                                      "epochs_done": checkpoint.epoch if checkpoint else 0})
+    ended = RunResult(attempt, verdict, failure.reason if failure else "", failure.failure if failure else None,
+                      failure.process.summary() if failure and failure.process else None,
+                      epochs_done=checkpoint.epoch if checkpoint else 0)
+    runstate.record_attempt(run_dir, ended.record())
     return checkpoint
 
 
@@ -297,18 +301,18 @@ def _started(plan: Plan, attempt: Attempt, console: Console, *, hosts_from: str 
          + (f"; attempt {attempt.number}, from epoch {begin}" if attempt.number > 1 else ""))
 
 
-def _finish(plan: Plan, attempt: Attempt, result: dict) -> dict:
+def _finish(plan: Plan, attempt: Attempt, report: dict) -> RunResult:
     """Record the attempt's verdict and write RUN_DIR/result.json, once, with every attempt in it."""
-    outcome, reason = kind_of_plan(plan).verdict(plan, result)
-    stopped = result.get("stopped_early")  # checked with worker 0's result: {epoch, best_epoch, patience} of ints
-    runstate.record_attempt(plan.run_dir, {"attempt": attempt.number, "outcome": outcome,
-                                           **({"reason": reason} if reason else {}),
-                                           **({"stopped_early": stopped["epoch"]} if stopped else {})})
-    result = dict(result, outcome=outcome, **({"reason": reason} if reason else {}),
-                  attempts=runstate.attempt_summary(plan.run_dir))
+    verdict, reason = kind_of_plan(plan).verdict(plan, report)
+    stopped = report.get("stopped_early")  # checked with worker 0's result: {epoch, best_epoch, patience} of ints
+    ended = RunResult(attempt.number, verdict, reason, stopped_early=stopped["epoch"] if stopped else None,
+                      report=report)
+    runstate.record_attempt(plan.run_dir, ended.record())
+    written = dict(report, outcome=verdict.value, **({"reason": reason} if reason else {}),
+                   attempts=runstate.attempt_summary(plan.run_dir))
     with cachefile.replacing(os.path.join(plan.run_dir, "result.json"), "w", encoding="utf-8") as handle:
-        json.dump(result, handle, indent=2)
-    return result
+        json.dump(written, handle, indent=2)
+    return dataclasses.replace(ended, report=written)
 
 
 def _require_own_folders(config: LaunchConfig) -> None:
@@ -349,11 +353,11 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
         try:
             result = execute(plan, kind, backend, console=console)
         except (Interrupted, KeyboardInterrupt) as stop:
-            _record_end(plan.run_dir, attempt.number, "interrupted")
+            _record_end(plan.run_dir, attempt.number, Verdict.INTERRUPTED)
             signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
             raise Interrupted(signum, resume_dir=plan.run_dir if kind.resumable else None) from None
         except JobFailed as failure:
-            checkpoint = _record_end(plan.run_dir, attempt.number, "failed", **failure.record())
+            checkpoint = _record_end(plan.run_dir, attempt.number, Verdict.FAILED, failure)
             if restarts_left <= 0:
                 raise
             restarts_left -= 1
