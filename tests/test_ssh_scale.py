@@ -144,7 +144,7 @@ def test_staging_200_unreachable_hosts_names_each_in_order_with_a_bounded_pool(t
         stage_all({spec.label: ssh for spec, ssh in hosts}, transfers, root_of=lambda label: "/w",
                   python_of=lambda label: "python3", progress=lambda *report: None)
     lines = str(failed.value).splitlines()
-    assert lines[0] == "staging failed:"
+    assert lines[0] == "staging failed:" and failed.value.failure.kind is FailureKind.STAGING
     assert len(lines) == 1 + len(hosts)
     assert all(line.startswith(f"  {spec.label}: copying 1 files failed") for line, (spec, _) in zip(lines[1:], hosts))
     # The test's watcher, the pool and the one thread that watches every copy for silence (each host's ssh is a

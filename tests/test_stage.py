@@ -10,7 +10,12 @@ import sys
 import tempfile
 import time
 
-from launcher.run.stage import _RECEIVER, _frame
+import pytest
+
+from cluster.errors import JobFailed
+from cluster.failure import FailureKind
+from launcher.plan import Transfer
+from launcher.run.stage import _RECEIVER, FilePiece, _frame, stage_all
 
 
 def _receive(root: str, stream: bytes, offer: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -104,3 +109,35 @@ def test_a_receiver_removes_the_incoming_folders_of_copies_killed_over_an_hour_a
     done = _receive(str(tmp_path), _frame({"end": 0}))
     assert done.returncode == 0, done.stderr
     assert sorted(os.listdir(tmp_path)) == [".incoming.live"]
+
+
+class _ThisMachineAsHost:
+    """A host whose stream is a shell here: the seam between staging and SSH (the receiver and pipes are real)."""
+
+    label = "h1"
+
+    def stream_to(self, command: str) -> subprocess.Popen:
+        return subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, bufsize=0)
+
+
+class _ShrinksWhileSent(FilePiece):
+    """The file on this machine, cut short by someone else after staging hashed it and before its bytes went."""
+
+    def write_to(self, pipe, on_bytes) -> None:
+        os.truncate(self.path, 3)
+        super().write_to(pipe, on_bytes)
+
+
+def test_a_source_that_shrinks_while_it_is_sent_fails_staging_as_a_changed_input_and_lands_nothing(tmp_path):
+    source, root = tmp_path / "train.rec", tmp_path / "host"
+    source.write_bytes(b"r" * 100_000)
+    transfer = Transfer("h1", str(source), str(root / "data" / "k" / "train.rec"), "data")
+    with pytest.raises(JobFailed) as failed:
+        stage_all({"h1": _ThisMachineAsHost()}, [transfer], root_of=lambda label: str(root),
+                  python_of=lambda label: sys.executable, progress=lambda *report: None,
+                  pieces={str(source): _ShrinksWhileSent(str(source))})
+    assert str(failed.value).splitlines() == ["staging failed:",
+                                              f"  h1: {source} shrank while it was being sent (3 of 100000 bytes)"]
+    assert failed.value.failure.kind is FailureKind.INPUT_CHANGED
+    assert not (root / "data" / "k" / "train.rec").exists()
