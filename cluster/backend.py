@@ -9,13 +9,33 @@ launch does with them.
 """
 from __future__ import annotations
 
+import subprocess
+import threading
 from collections.abc import Sequence
+from typing import Protocol
 
 from cluster.hosts import HostSpec, Launcher
 from cluster.srun import SrunHost
 from cluster.ssh import SSHHost, SSHOptions
+from cluster.supervise import Transport
 
-RemoteHost = SSHHost | SrunHost  # how the launcher reaches a host that is not this machine
+
+class RemoteHost(Transport, Protocol):
+    """A host that is not this machine, however it is reached (``SSHHost``, ``SrunHost``): what the launch asks of it
+    besides starting processes (``Transport``)."""
+
+    unreachable: threading.Event     # set when the host stopped answering (cluster.hostwatch), for a quick stop
+
+    @property
+    def address(self) -> str: ...    # where the other hosts reach it (OpenSSH's HostName; the node's name)
+
+    def run(self, argv: Sequence[str], *, timeout_s: float = 60.0) -> tuple[int, str, str]: ...
+
+    def stream_to(self, command: str) -> subprocess.Popen: ...     # bytes into a command there (staging)
+
+    def stream_from(self, command: str) -> subprocess.Popen: ...   # bytes out of a command there (fetching)
+
+    def close(self) -> None: ...
 
 
 LAUNCHERS = tuple(launcher.value for launcher in Launcher)

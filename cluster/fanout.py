@@ -68,18 +68,17 @@ def on_each_host(work: Callable[[str], T], labels: Sequence[str], *, name: str, 
         try:
             return work(label)
         except JobFailed as err:
-            return HostFailed(label, _one_line(str(err), label), err.failure)
+            return HostFailed(label, _one_line(str(err)), err.failure)
         except HostProblem as err:
-            return HostFailed(label, _one_line(str(err), label), Failure(err.kind, host=label), err.hint)
+            return HostFailed(label, _one_line(str(err)), Failure(err.kind, host=label), err.hint)
         except Exception as err:  # noqa: BLE001 - whatever stopped this host's part is its failure
-            return HostFailed(label, _one_line(reason(err), label), Failure(kind, host=label))
+            return HostFailed(label, _one_line(reason(err)), Failure(kind, host=label))
 
     outcomes = dict(zip(labels, on_hosts(one, list(labels), name=name)))
     failed = {label: out for label, out in outcomes.items() if isinstance(out, HostFailed)}
     return HostResults(tuple(labels), {label: out for label, out in outcomes.items() if label not in failed}, failed)
 
 
-def _one_line(text: str, label: str) -> str:
-    """The error on one line, without the host's name in front (the report names it)."""
-    text = " ".join(text.split())
-    return text[len(label) + 2:] if text.startswith(f"{label}: ") else text
+def _one_line(text: str) -> str:
+    """The error on one line (the report puts the host's name in front)."""
+    return " ".join(text.split())

@@ -192,3 +192,19 @@ def test_the_trainers_typed_settings_name_keys_of_the_job_schema():
     strays = [f"{name}.{field.name}" for name, kind in SECTIONS.items() for field in dataclasses.fields(kind)
               if field.name not in keys_of(schema[name])]
     assert strays == [] and set(SECTIONS) == set(schema)
+
+
+def test_each_way_of_reaching_a_remote_host_has_what_the_launch_asks_of_one():
+    """``cluster.backend.RemoteHost`` is a protocol, not a union: SSH and srun hosts each have all of it."""
+    from cluster.backend import RemoteHost
+    from cluster.hosts import HostSpec
+    from cluster.srun import SrunHost
+    from cluster.ssh import SSHHost, SSHOptions
+    from cluster.supervise import Transport
+    asked = ({name for name in vars(RemoteHost) if not name.startswith("_")}
+             | set(RemoteHost.__annotations__) | set(Transport.__annotations__) | {"start"})
+    assert {"address", "run", "stream_to", "stream_from", "close", "unreachable", "label", "starts_in_pool",
+            "watched_by_keepalive", "start"} <= asked
+    for host in (SSHHost(HostSpec("gpu01"), SSHOptions()), SrunHost(HostSpec("node01"))):
+        assert [name for name in sorted(asked - {"address"}) if not hasattr(host, name)] == [], type(host).__name__
+        assert isinstance(getattr(type(host), "address"), property)

@@ -223,7 +223,7 @@ def test_a_host_that_never_answers_the_staging_offer_fails_the_copy_named(hosts3
     host = SSHHost(HostSpec(hosts3.hosts[0].address), SSHOptions(ssh_config=hosts3.ssh_config))
     source = tmp_path / "a.rec"
     source.write_bytes(b"records")
-    with pytest.raises(JobFailed, match=rf"^{host.label}: the host stopped answering while its files were copied "
+    with pytest.raises(JobFailed, match=r"^the host stopped answering while its files were copied "
                                         r"\(nothing for 3 s; cluster.host_silence_s\)") as failed:
         stage_host(host, [Transfer(host.label, str(source), f"{REMOTE}/data/k/a.rec", "data")],
                    root=REMOTE, python=hostile_python(tmp_path, "silent-offer", str(victim)),

@@ -156,9 +156,13 @@ def test_a_job_can_name_an_image_folder(tmp_path, demo_assets):
                    "preprocess_threads": 1}
     path = write_job(tmp_path / "job.yaml", job)
     args = [path, "--run-root", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    dry = run_launch([*args, "--dry-run"], cwd=str(tmp_path))  # packs into the cache (issue 28: it refused)
+    assert dry.returncode == 0, dry.stderr
+    assert "packed 15 training and 15 validation images of 3 classes" in dry.stdout and "15 records" in dry.stdout
+    assert not (tmp_path / "runs").exists()
     first = run_launch(args, cwd=str(tmp_path))
     assert first.returncode == 0, first.stderr
-    assert "[mxft] packing" in first.stdout and "packed 15 training and 15 validation images of 3 classes" in first.stdout
+    assert "[mxft] packing" not in first.stdout  # the dry run's packing is the launch's
     assert first.stdout.strip().endswith("(15 images, 1 worker)")
     run_dir = tmp_path / "runs" / run_id_from(first.stdout)  # the class names beside the model (issue 27)
     assert (run_dir / "checkpoint" / "demo-labels.txt").read_text() == "0\ta_rgb_jpeg\n1\tb_gray_png\n2\tc_few\n"
@@ -176,7 +180,7 @@ from launcher.spec.jobspec import load_job
 signal.signal(signal.SIGTERM, cli._raise_interrupted)
 job = load_job(sys.argv[1])
 for i in range(30):
-    images.pack_image_folder(job, os.path.join(sys.argv[2], str(i)), echo=lambda text: None, dry_run=False)
+    images.pack_image_folder(job, os.path.join(sys.argv[2], str(i)), echo=lambda text: None)
 print("packed 30 times")
 """
 

@@ -106,13 +106,17 @@ def epoch_seed(seed: int | None, worker: int, epoch: int) -> int:
 
 class EpochSeeded(mx.io.DataIter):
     """A training iterator made anew for each epoch by ``make(epoch)`` (which seeds it with ``epoch_seed``): ``fit``
-    resets it after every epoch, and the next epoch's iterator replaces it (none after ``last_epoch``)."""
+    resets it after every epoch, and the next epoch's iterator replaces it (none after ``last_epoch``).
+
+    ``take_order()`` gives a digest of the labels of the batches read since it was last asked, in order: what a
+    worker reports of each epoch's data order, and what ``epoch_order`` computes for one epoch anywhere."""
 
     def __init__(self, make, first_epoch: int, last_epoch: int) -> None:
         super().__init__()
         self.make, self.epoch, self.last_epoch = make, first_epoch, last_epoch
         self.current = make(first_epoch)
         self.batch_size = self.current.batch_size
+        self._order = hashlib.sha256()
 
     @property
     def provide_data(self):
@@ -129,4 +133,20 @@ class EpochSeeded(mx.io.DataIter):
             self.current = self.make(self.epoch)
 
     def next(self):
-        return self.current.next()
+        batch = self.current.next()
+        self._order.update(batch.label[0].asnumpy().astype("<f4").tobytes())
+        return batch
+
+    def take_order(self) -> str:
+        """The digest of the labels read since the last call (32 hex digits), and a fresh start."""
+        digest, self._order = self._order.hexdigest()[:32], hashlib.sha256()
+        return digest
+
+
+def epoch_order(make, epoch: int) -> str:
+    """The digest ``EpochSeeded.take_order`` gives for epoch ``epoch`` (counted from 0) of the reader ``make`` builds,
+    read on its own: the documented order a worker's epoch has, whatever came before it."""
+    reader = EpochSeeded(make, epoch, epoch + 1)
+    for _ in reader:
+        pass
+    return reader.take_order()

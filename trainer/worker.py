@@ -42,8 +42,10 @@ def _batch_size(cfg: WorkerConfig) -> int:
     return cfg.batch_size
 
 
-def _train_iter(cfg: WorkerConfig) -> EpochSeeded:
-    """Each epoch's reader, seeded by (seed, worker, epoch): a resumed run reads epoch E as an unstopped one did."""
+def train_reader(cfg: WorkerConfig):
+    """``reader(epoch)``: the worker's reader of epoch ``epoch`` (from 0), seeded by (seed, worker, epoch) alone, so
+    a resumed run reads epoch E as an unstopped one did, and a run restarted on W workers reads it as any run of W
+    workers does: worker i's part i of W of the training file, in the order of that seed."""
     # A part of the training file read in place, or a whole shard: either way through its .idx, so MXNet shuffles
     # every record anew each epoch (without an index it shuffles only within the chunks it reads).
     part = dict(part_index=cfg.train_part[0], num_parts=cfg.train_part[1], path_imgidx=cfg.train_part[2]) \
@@ -58,7 +60,7 @@ def _train_iter(cfg: WorkerConfig) -> EpochSeeded:
         # Every worker must run the same number of batches per epoch: in dist_sync the
         # servers wait for a push from every worker at each step.
         return mx.io.ResizeIter(base, cfg.batches_per_epoch)
-    return EpochSeeded(epoch_reader, cfg.begin_epoch, cfg.train.epochs)
+    return epoch_reader
 
 
 def reported_top_k(cfg: WorkerConfig) -> int | None:
@@ -249,7 +251,7 @@ def run_worker(cfg: WorkerConfig) -> int:
 
     net, arg_params, aux_params, fixed = _network(cfg)
     batch_size = _batch_size(cfg)
-    train = _train_iter(cfg)
+    train = EpochSeeded(train_reader(cfg), cfg.begin_epoch, cfg.train.epochs)
     mod = _prepared_module(cfg, net, fixed, train, kv, arg_params, aux_params, same_weights=shared)
     shared_evaluation = SharedEvaluation(mod, kv, cfg, top_k=reported_top_k(cfg)) if shared else None
     metric = _train_metric(cfg)
@@ -269,7 +271,7 @@ def run_worker(cfg: WorkerConfig) -> int:
             record["val_s"] = round(time.time() - evaluating, 3)
         epochs.append(record)
         log.info("epoch %d done: %s", epoch + 1, json.dumps(record))
-        events.emit("epoch", index=cfg.index, rank=rank, **record)
+        events.emit("epoch", index=cfg.index, rank=rank, order=train.take_order(), **record)
         if lead:
             save_epoch_checkpoint(cfg, mod, net, epoch + 1, record)
         if kv.type.startswith("dist"):

@@ -24,9 +24,10 @@ def _folder_key(job: JobSpec) -> str:
     return digest.hexdigest()[:16]
 
 
-def pack_image_folder(job: JobSpec, cache_dir: str, *, echo: Callable[[str], None], dry_run: bool,
+def pack_image_folder(job: JobSpec, cache_dir: str, *, echo: Callable[[str], None],
                       progress: Callable[[int, int], None] = lambda done, total: None) -> JobSpec:
-    """For ``data.images``: pack the folder into the cache once; the job then names those .rec files."""
+    """For ``data.images``: pack the folder into the cache once (a dry run too: its plan needs the records, and the
+    cache is the cache); the job then names those .rec files."""
     images = job.data.images
     if images is None:
         return job
@@ -34,9 +35,6 @@ def pack_image_folder(job: JobSpec, cache_dir: str, *, echo: Callable[[str], Non
         raise InputError(images.folder, "image folder not found", hint=f"check data.images.folder in {job.source}")
     prefix = os.path.join(cache_dir, "prepared", _folder_key(job), "set")
     if not os.path.isfile(prefix + "-summary.json"):  # written last: the packing is complete
-        if dry_run:
-            raise InputError(images.folder, "is not packed yet", hint="launch once without --dry-run, "
-                             "or pack it with mxft-prepare and name the .rec files in the job")
         with cachefile.locked(os.path.dirname(prefix)):  # a launch packing it now goes first; then it is there
             if not os.path.isfile(prefix + "-summary.json"):
                 _pack(job, prefix, echo, progress)

@@ -56,7 +56,7 @@ def _fields(epochs: int) -> Mapping[str, Mapping[str, Check]]:
         "start": {"weights": _digest},
         "progress": {"epoch": progress_epoch, "batch": _COUNT},
         "first_batch": {"epoch": progress_epoch},
-        "epoch": {"epoch": epoch},
+        "epoch": {"epoch": epoch, "order": _digest},
         "checkpoint": {"epoch": epoch},
         "done": {"train_s": _NONNEGATIVE, "rank": _COUNT},
         "scheduler_unreachable": {"address": _text, "error": _text, "waited_s": _NONNEGATIVE},

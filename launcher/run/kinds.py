@@ -55,10 +55,11 @@ class FineTuning:
 
     @staticmethod
     def prepared(spec: JobSpec, config, console: Console) -> JobSpec:
-        """The demo's files built if the job asks for them, ``data.images`` packed (a dry run builds nothing)."""
-        if spec.builtin_assets and not config.dry_run:
+        """The demo's files built if the job asks for them, ``data.images`` packed, into the cache once: a dry run and
+        ``check`` too, whose plan needs what those files hold (they start nothing and reach no host for it)."""
+        if spec.builtin_assets:
             assets.ensure_built(spec, console=console)
-        return pack_image_folder(spec, config.cache_dir, echo=console, dry_run=config.dry_run,
+        return pack_image_folder(spec, config.cache_dir, echo=console,
                                  progress=lambda done, total: console.progress("packing images", done, total,
                                                                                unit="image"))
 

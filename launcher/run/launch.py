@@ -206,7 +206,7 @@ def check_hosts(config: LaunchConfig) -> list[HostRow]:
     spec, inventory = None, None
     if config.job_path:  # the job's own mistakes first, before any host is contacted
         spec = load_job(config.job_path, overrides=config.overrides)
-        looking = dataclasses.replace(config, dry_run=True)  # nothing built, packed or remembered
+        looking = dataclasses.replace(config, dry_run=True)  # nothing remembered (the demo's files, images packed)
         spec = kind_of(spec).prepared(spec, looking, lambda text: None)
         inventory = kind_of(spec).inputs(spec, looking)
     attempt = Attempt("check", "/nonexistent/check")

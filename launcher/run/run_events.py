@@ -74,7 +74,7 @@ class RunEvents:
         if not self._first_of_its_kind(member, event):
             return True  # a repeat beyond its kind's allowance: dropped
         if event["event"] != "progress":  # one per batch: tracked, not stored
-            event["process"] = member.name
+            event["process"], event["attempt"] = member.name, self.plan.attempt
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(event, sort_keys=True) + "\n")
         if event["event"] == "scheduler_unreachable":

@@ -175,11 +175,11 @@ def stage_host(host: RemoteHost, transfers: Sequence[Transfer], *, root: str, py
         watch.stop()
     code = _receiver_exit(proc, after_s=silence_s + total / HASH_RATE)
     if watch.expired or code is None:
-        raise JobFailed(f"{host.label}: the host stopped answering while its files were copied (nothing for "
+        raise JobFailed(f"the host stopped answering while its files were copied (nothing for "
                         f"{silence_s:.0f} s; cluster.host_silence_s)",
                         failure=Failure(FailureKind.HOST_SILENT, host=host.label))
     if present is None or code != 0:
-        raise JobFailed(f"{host.label}: copying {len(missing) or len(transfers)} files failed "
+        raise JobFailed(f"copying {len(missing) or len(transfers)} files failed "
                         f"(exit {code}): {ended_tail(proc.stderr)[-400:]}",
                         failure=Failure(FailureKind.STAGING, host=host.label))
     kept = [t for t in transfers if t not in missing]
