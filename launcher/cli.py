@@ -23,13 +23,13 @@ from cluster.hosts import Launcher
 from cluster.srun import default_launcher
 from launcher.cli_args import (OVERVIEW, Invocation, add_shared_options, add_ssh_options, is_command_mode,
                                parse_args, parse_command_args, ssh_options)
-from launcher.data import cachefile, runstate
+from launcher.data import cachefile, run_index, runstate
 from launcher.evaluate_cli import evaluate
 from launcher.report.console import Console, printable
 from launcher.run.check_table import table
 from launcher.run.clean import clean_hosts, cleanup_lines, load_clean_hosts
 from launcher.run.launch import LaunchConfig, check_hosts, run
-from launcher.status import run_rows, runs_lines, status_lines
+from launcher.status import run_rows, run_status, runs_lines, status_lines
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -220,12 +220,14 @@ def check(argv: list[str]) -> int:
     add_shared_options(parser, os.environ)
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE",
                         help="override a job file value, as for a launch")
+    parser.add_argument("--json", action="store_true", help="one JSON object: a row per host (its table's columns, "
+                        "and whether it can take its part)")
     args = parser.parse_args(argv)
     config = LaunchConfig(args.job or "", args.hosts, True, args.run_root, args.cache_dir, args.remote_dir,
                           ssh_options(args), overrides=tuple(args.overrides),
                           launcher=Launcher(args.launcher or default_launcher(args.hosts, os.environ)))
     rows = check_hosts(config)
-    for line in table(rows):
+    for line in [json.dumps({"hosts": [row.as_json() for row in rows]})] if args.json else table(rows):
         _echo(line)
     return EXIT_OK if all(row.fit for row in rows) else EXIT_BAD_INPUT
 
@@ -239,7 +241,13 @@ def status(argv: list[str]) -> int:
         "example:\n  mxft-launch status runs/demo-20261128-210222-8250\n\n"
         "exit codes:\n  0    shown\n  2    not a run folder")
     parser.add_argument("run_dir", help="the run folder a launch printed (RUN_ROOT/RUN_ID)")
-    for line in status_lines(parser.parse_args(argv).run_dir):
+    parser.add_argument("--json", action="store_true", help="one JSON object: run, state, text, reason, cause, "
+                        "attempts, processes, epochs_done, last_epoch, result, log, log_tail, resume")
+    args = parser.parse_args(argv)
+    if args.json:
+        _echo(json.dumps(run_status(args.run_dir)))
+        return EXIT_OK
+    for line in status_lines(args.run_dir):
         _echo(line)
     return EXIT_OK
 
@@ -247,14 +255,17 @@ def status(argv: list[str]) -> int:
 def runs(argv: list[str]) -> int:
     """``mxft-launch runs [--run-root DIR]``: the newest runs, one line each."""
     parser = _tool_parser(
-        "runs", "List the newest runs under the run root, newest first: when each started, its state, its "
-        "validation accuracy, how long it took (or has been running), the kind of failure that ended it (exited, "
-        "signalled, connection lost, host silent, start-up timeout, stalled, staging, bad result) and its folder.",
+        "runs", "List your newest runs, wherever they were started (or those of one run root), newest first: when "
+        "each started, its state, its validation accuracy, how long it took (or has been running), the kind of "
+        "failure that ended it (exited, signalled, connection lost, host silent, start-up timeout, stalled, "
+        "staging, bad result, ...), its folder, and why it failed or missed.",
         "exit codes:\n  0    listed\n  2    no such run root")
-    parser.add_argument("--run-root", default="runs", metavar="DIR", help="where the runs are (default: ./runs)")
+    parser.add_argument("--run-root", metavar="DIR", help="only the runs in this folder (default: every run you "
+                        f"started, from any folder: the list {run_index.index_path()})")
     parser.add_argument("--limit", type=int, default=20, metavar="N", help="how many runs to show (default 20)")
     parser.add_argument("--json", action="store_true", help="one JSON object: the runs (a list of objects with "
-                        "started, state, accuracy, duration, cause, folder) and how many older ones were left out")
+                        "started, state, accuracy, duration, cause, reason, folder) and how many older ones were "
+                        "left out")
     args = parser.parse_args(argv)
     if args.json:
         rows, older = run_rows(args.run_root, limit=max(args.limit, 1))

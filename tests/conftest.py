@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -39,6 +40,8 @@ def pytest_sessionstart(session) -> None:
             importlib.import_module(name)
         except ImportError:  # an extra that is not installed: nothing of it can be imported later either
             pass
+    # The runs the tests start are recorded in a list of the session's own, not the user's (launcher.data.run_index).
+    os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="mxft-tests-data-")
 
 
 # Every catchable signal but SIGALRM, which pytest-timeout's own handler holds around each test.

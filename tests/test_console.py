@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from cluster.failure import Failure, FailureKind
 from cluster.hosts import HostSpec
 from cluster.supervise import Member
 from launcher import cli, prepare_cli
-from launcher.data import runstate
+from launcher.data import run_index, runstate
 from launcher.data.attempt_result import RunResult, Verdict
 from launcher.plan import make_plan
 from launcher.report.console import Console
@@ -193,18 +194,53 @@ def test_runs_lists_state_accuracy_and_duration(tmp_path, capsys):
     os.utime(tmp_path / "c" / "job.yaml", (1, 1))  # oldest
     (tmp_path / "not-a-run").mkdir()
     lines = runs_lines(str(tmp_path))
-    assert lines[0].split() == ["started", "state", "accuracy", "duration", "cause", "folder"]
-    assert lines[1].split() == ["2026-11-28", "11:00:00", "failed", "-", "1:02:05", "-", str(tmp_path / "b")]
-    assert lines[2].split() == ["2026-11-28", "10:00:00", "succeeded", "0.8310", "1:15", "-", str(tmp_path / "a")]
-    assert lines[3].split() == ["2026-11-28", "09:00:00", "failed", "-", "0:30", "exited", str(tmp_path / "c")]
-    assert len(lines) == 4
+    assert lines[0].split() == ["started", "state", "accuracy", "duration", "cause", "folder", "reason"]
+    assert lines[1].split()[:7] == ["2026-11-28", "11:00:00", "failed", "-", "1:02:05", "-", str(tmp_path / "b")]
+    assert lines[1].endswith(f"{tmp_path / 'b'}  worker 1 on h2 exited 1")
+    assert lines[2].split() == ["2026-11-28", "10:00:00", "succeeded", "0.8310", "1:15", "-", str(tmp_path / "a"),
+                                "-"]
+    assert lines[3].split()[:7] == ["2026-11-28", "09:00:00", "failed", "-", "0:30", "exited", str(tmp_path / "c")]
+    assert lines[3].endswith("  worker 0 on h3 exited with code 255") and len(lines) == 4
     assert cli.main(["runs", "--run-root", str(tmp_path), "--json", "--limit", "2"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed == {"older": 1, "runs": [
         {"started": "2026-11-28 11:00:00", "state": "failed", "accuracy": None, "duration": "1:02:05", "cause": None,
-         "folder": str(tmp_path / "b")},
+         "reason": "worker 1 on h2 exited 1", "folder": str(tmp_path / "b")},
         {"started": "2026-11-28 10:00:00", "state": "succeeded", "accuracy": "0.8310", "duration": "1:15",
-         "cause": None, "folder": str(tmp_path / "a")}]}
+         "cause": None, "reason": None, "folder": str(tmp_path / "a")}]}
+
+
+def test_runs_lists_every_recorded_run_from_any_folder_and_forgets_removed_ones(tmp_path, monkeypatch, capsys):
+    """Issue 28: ``mxft-launch runs`` without --run-root lists the runs a launch recorded (run_index), wherever they
+    were started; a folder since removed is left out, and a run recorded twice is listed once."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert runs_lines(None) == [f"no runs recorded in {tmp_path / 'data' / 'mxft' / 'runs.list'}"]
+    for root, name in (("here", "a"), ("there", "b"), ("gone", "c")):
+        _run_folder(tmp_path / root, name, ['{"time": "2026-11-28T10:00:00", "attempt": 1, "outcome": "started"}'])
+        run_index.record_run(str(tmp_path / root / name))
+    run_index.record_run(str(tmp_path / "here" / "a"))
+    shutil.rmtree(tmp_path / "gone")
+    os.utime(tmp_path / "here" / "a" / "job.yaml", (2, 2))  # the older
+    assert cli.main(["runs", "--json"]) == 0
+    assert [row["folder"] for row in json.loads(capsys.readouterr().out)["runs"]] == [
+        str(tmp_path / "there" / "b"), str(tmp_path / "here" / "a")]
+
+
+def test_status_json_of_a_failed_run_has_its_cause_the_log_tail_and_the_resume_command(tmp_path, capsys):
+    log = tmp_path / "logs" / "worker-1.log"
+    log.parent.mkdir()
+    log.write_text("".join(f"line {i}\n" for i in range(20)))
+    failure = Failure(FailureKind.EXITED, "h2", "worker 1", 3, log_path=str(log), time=1.0)
+    _run_folder(tmp_path, "r", [json.dumps({"attempt": 1, "outcome": "started"}),
+                                json.dumps(RunResult(1, Verdict.FAILED, "worker 1 on h2 exited 3", failure,
+                                                     epochs_done=0).record())])
+    assert cli.main(["status", str(tmp_path / "r"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["state"], shown["reason"], shown["cause"], shown["log"]) == (
+        "failed", "worker 1 on h2 exited 3", "exited", str(log))
+    assert shown["log_tail"] == [f"line {i}" for i in range(12, 20)] and shown["resume"] is None  # no checkpoint
+    assert cli.main(["status", str(tmp_path / "r")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "run r: failed: worker 1 on h2 exited 3"
 
 
 def test_status_reads_each_verdict_an_attempt_records_and_the_failures_kind(tmp_path):

@@ -141,6 +141,9 @@ def test_check_table_shows_model_and_compute_capability_and_why_a_host_has_no_pr
         "h200  ok   ok        3.10.12  1.9.1  yes      yes   8x H200 (9.0) cannot run  96    500.0    +0.01         "
         f"{H200_REFUSED}; 7 more of the job's GPUs there fail too",
         "cpu1  ok   ok        3.10.12  1.9.1  yes      no    -                         96    500.0    +0.01         ok"]
+    assert rows[3].as_json() == {"host": "gone", "ssh": "unreachable", "host_key": "?", "python": "-", "mxnet": "-",
+                                 "ps_lite": "-", "cuda": "-", "gpus": "-", "cpus": "-", "free_GB": "-",
+                                 "clock_skew_s": "-", "verdict": "unreachable over SSH: timed out", "fit": False}
     assert [re.split(r" {2,}", line) for line in table(rows)[4:]] == [
         ["gone", "unreachable", "?", *"-" * 8, "unreachable over SSH: timed out"],
         ["new", "ok", "refused", *"-" * 8, "unknown host key ssh-ed25519 SHA256:x"]]

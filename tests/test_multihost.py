@@ -386,9 +386,12 @@ def test_check_prints_a_row_per_host_and_fails_on_any_bad_one(hosts3, tmp_path, 
             [mxnet.__version__, "yes", "no"] and cells[-1] == "ok", row
         assert abs(float(cells[-2])) < 1.0  # same machine, same clock
     gpu_job = write_job(tmp_path / "gpu.yaml", demo_job(demo_assets, cluster={"workers": 3, "devices": [0]}))
-    on_gpus = run_launch(["check", "--hosts", good, *config, gpu_job], cwd=str(tmp_path))
+    on_gpus = run_launch(["check", "--hosts", good, *config, gpu_job, "--json"], cwd=str(tmp_path))
     assert on_gpus.returncode == 2
-    assert on_gpus.stdout.count("the job puts 1 GPUs there but its mxnet has no CUDA") == 3, on_gpus.stdout
+    rows = json.loads(on_gpus.stdout)["hosts"]  # issue 28: check --json
+    assert [(row["host"], row["ssh"], row["host_key"], row["fit"]) for row in rows] == [
+        (host.address, "ok", "ok", False) for host in hosts3.hosts]
+    assert {row["verdict"] for row in rows} == {"the job puts 1 GPUs there but its mxnet has no CUDA"}, rows
 
     mixed = tmp_path / "mixed.txt"
     mixed.write_text(f"10.231.77.11 {python_field()}\n10.231.77.13 python=/usr/bin/python3\n"

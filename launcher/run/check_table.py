@@ -10,11 +10,12 @@ the host can take its part of that job; without one, whether it could run mxft a
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
-from launcher.run.gpu_check import gpu_summary
 from cluster.failure import FailureKind
 from cluster.fanout import HostResults
+from launcher.run.gpu_check import gpu_summary
 from launcher.run.preflight import HostProbe, Requirements, problems
 
 COLUMNS = ("host", "ssh", "host key", "python", "mxnet", "ps-lite", "cuda", "gpus", "cpus", "free GB", "clock skew s",
@@ -28,6 +29,11 @@ class HostRow:
 
     cells: tuple[str, ...]
     fit: bool
+
+    def as_json(self) -> dict:
+        """The row as ``check --json`` gives it: each column by a name (``host key`` as ``host_key``, ``ps-lite`` as
+        ``ps_lite``), and ``fit``."""
+        return {**{re.sub("[ -]", "_", column): cell for column, cell in zip(COLUMNS, self.cells)}, "fit": self.fit}
 
 
 def host_row(label: str, probed: HostResults[HostProbe], need: Requirements) -> HostRow:

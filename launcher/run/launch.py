@@ -24,7 +24,7 @@ from cluster.hosts import HostSpec, Launcher, load_hosts
 from cluster.local import LocalTransport
 from cluster.slurm import hosts_from_slurm
 from cluster.srun import require_allocation_nodes, require_srun
-from launcher.data import cachefile, runstate
+from launcher.data import cachefile, run_index, runstate
 from launcher.data.attempt_result import RunResult, Verdict
 from launcher.data.inputs import Inventory
 from launcher.plan import Facts, Plan, Transfer, fact_changes, make_plan, public_addresses
@@ -103,6 +103,7 @@ def _claim_run_dir(run_dir: str) -> bool:
         os.mkdir(run_dir)
     except FileExistsError:
         return False
+    run_index.record_run(run_dir)  # mxft-launch runs lists it from any folder
     return True
 
 
