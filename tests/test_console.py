@@ -272,7 +272,7 @@ def test_missing_optional_package_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         f"mxft-launch: error: {REPO}/jobs/demo.yaml: building the digits demo assets needs scikit-learn, which is "
-        "not installed (pip install 'mxft[demo]', or pip install scikit-learn)"], result.stderr
+        f"not installed (pip install -e '{REPO}[demo]', or pip install scikit-learn)"], result.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache" / "digits").exists()
 
 

@@ -8,8 +8,13 @@ traceback from a child process.
 from __future__ import annotations
 
 import importlib.util
+import os
+import shlex
 
 from cluster.errors import InputError
+
+# The folder holding the ``launcher`` package: a checkout (pyproject.toml beside it) or site-packages (a wheel).
+_INSTALLED_FROM = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def has_module(name: str) -> bool:
@@ -20,8 +25,20 @@ def has_module(name: str) -> bool:
         return False
 
 
+def install_hint(package: str, extra: str, *, installed_from: str = _INSTALLED_FROM) -> str:
+    """The command that installs ``package`` from where the user is: mxft's extra from its checkout (mxft is not on
+    the package index, so ``mxft[extra]`` alone would not be found), else the package itself (a wheel's install).
+
+    >>> install_hint("scikit-learn", "demo", installed_from="/home/me/mxft")  # no pyproject.toml there
+    'pip install scikit-learn'
+    """
+    if os.path.isfile(os.path.join(installed_from, "pyproject.toml")):
+        return f"pip install -e {shlex.quote(f'{installed_from}[{extra}]')}, or pip install {package}"
+    return f"pip install {package}"
+
+
 def require(module: str, *, package: str, extra: str, needed_for: str, source: str) -> None:
     """Raise InputError unless ``module`` can be imported: ``source``: NEEDED_FOR needs PACKAGE, with the fix."""
     if not has_module(module):
         raise InputError(source, f"{needed_for} needs {package}, which is not installed",
-                         hint=f"pip install 'mxft[{extra}]', or pip install {package}")
+                         hint=install_hint(package, extra))
