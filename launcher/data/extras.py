@@ -14,7 +14,7 @@ import shlex
 from cluster.errors import InputError
 
 # The folder holding the ``launcher`` package: a checkout (pyproject.toml beside it) or site-packages (a wheel).
-_INSTALLED_FROM = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_INSTALLED_FROM = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def has_module(name: str) -> bool:
