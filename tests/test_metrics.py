@@ -139,3 +139,33 @@ def test_without_tensorboardx_only_the_csv_and_plot_are_written(tmp_path, monkey
         writer.add(event)
     writer.write()
     assert sorted(os.listdir(tmp_path)) == ["metrics.csv", "metrics.png"]
+
+
+def test_the_plot_has_the_runs_name_an_epoch_axis_a_mark_where_a_resume_began_and_one_colour_per_meaning(tmp_path):
+    """Issue 28: metrics.png says whose it is, what x is, where attempt 2 began, and red is validation only."""
+    from launcher.report import plot
+    rows = epoch_rows(events_for([1, 2, 3, 4]), 2)
+    accuracy, loss, speed = panels(rows)
+    assert [s.color for s in accuracy.series] == [s.color for s in loss.series] == [plot.TRAIN, plot.VAL]
+    assert plot.VAL not in [s.color for s in speed.series] and len({s.color for s in speed.series}) == 3
+    (tmp_path / "attempts.jsonl").write_text(
+        '{"attempt": 1, "outcome": "started", "begin_epoch": 0}\n{"attempt": 1, "outcome": "failed"}\n'
+        '{"attempt": 2, "outcome": "started", "begin_epoch": 2}\n')
+    marks = metrics.resume_marks(str(tmp_path))
+    assert marks == [plot.Mark(2.5, "attempt 2")]
+    image = plot.draw([accuracy, loss, speed], title="demo-20261207-1", marks=marks)
+    assert image.shape == (plot.TITLE_HEIGHT + 3 * plot.PANEL_HEIGHT, plot.WIDTH, 3)
+    assert (image[:plot.TITLE_HEIGHT] < 100).all(axis=2).sum() > 100  # the title's black pixels
+    x = round(plot._LEFT + (2.5 - 1) / 3 * (plot.WIDTH - plot._RIGHT - plot._LEFT))
+    for panel in range(3):
+        top = plot.TITLE_HEIGHT + panel * plot.PANEL_HEIGHT
+        column = image[top + plot._TOP:top + plot.PANEL_HEIGHT - plot._BOTTOM, x]
+        assert (column == plot.MARK).all(axis=1).sum() >= 40, panel  # the dashed line, every panel
+        axis_label_row = image[top + plot.PANEL_HEIGHT - plot._BOTTOM + 24:top + plot.PANEL_HEIGHT - 6]
+        assert (axis_label_row == (90, 90, 90)).all(axis=2).sum() > 20  # "EPOCH" under each x axis
+    writer = MetricsWriter(str(tmp_path), 2)
+    for event in events_for([1, 2, 3, 4]):
+        writer.add(event)
+    writer.write()
+    assert (tmp_path / "metrics.png").read_bytes() == plot.render([accuracy, loss, speed], title=tmp_path.name,
+                                                                  marks=marks)

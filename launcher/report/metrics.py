@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 
 from launcher.data import cachefile
 from launcher.data.runstate import json_lines
-from launcher.report.plot import Panel, Series, render
+from launcher.report.plot import COLORS, TOTAL, TRAIN, VAL, WORKER_COLORS, Mark, Panel, Series, render
 
 CSV_NAME, PNG_NAME = "metrics.csv", "metrics.png"
 TENSORBOARD_PREFIX = "events.out.tfevents."  # TensorBoard reads the files whose names hold "tfevents"
@@ -90,6 +90,7 @@ class MetricsWriter:
 
     def __init__(self, run_dir: str, num_workers: int, *, png_every_s: float = 30.0) -> None:
         self.run_dir, self.num_workers, self.png_every_s = run_dir, num_workers, png_every_s
+        self.title = os.path.basename(os.path.normpath(run_dir))  # the run's id
         self._reports: dict[int, dict[int, dict]] = {}  # epoch -> worker index -> its event (the last one)
         for event in read_events(run_dir):
             if event.get("event") == "epoch" and isinstance(event.get("epoch"), int) and \
@@ -137,7 +138,8 @@ class MetricsWriter:
                 self._tensorboard.close()
             if final or time.monotonic() - self._png_at >= self.png_every_s:
                 self._png_at = time.monotonic()
-                _replace(os.path.join(self.run_dir, PNG_NAME), render(panels(rows)))
+                _replace(os.path.join(self.run_dir, PNG_NAME), render(panels(rows), title=self.title,
+                                                                      marks=resume_marks(self.run_dir)))
             return rows
 
 
@@ -169,18 +171,29 @@ def _replace(path: str, data: bytes) -> None:
 
 def panels(rows: Sequence[dict]) -> list[Panel]:
     """metrics.png's panels: accuracy (with val top-k when reported), loss, images/s."""
-    def series(name: str, field: str) -> Series:
-        return Series(name, tuple((row["epoch"], float(row[field])) for row in rows if row.get(field, "") != ""))
+    def series(name: str, field: str, color) -> Series:
+        return Series(name, tuple((row["epoch"], float(row[field])) for row in rows if row.get(field, "") != ""),
+                      color)
 
     top_k = sorted({field for row in rows for field in row if re.fullmatch(r"val_top\d+", field)})
+    workers = [k for k in rows[-1] if k.startswith("images_per_s_worker_")]
     return [
-        Panel("accuracy", (series("train (worker 0)", "train_accuracy"), series("val", "val_accuracy"),
-                           *(series(f"val top-{field[len('val_top'):]}", field) for field in top_k)), (0.0, 1.0)),
-        Panel("loss", (series("train (worker 0)", "train_loss"), series("val", "val_loss"))),
-        Panel("images/s", (series("all workers", "images_per_s_total"),
-                           *(series(f"worker {k.rsplit('_', 1)[1]}", k) for k in rows[-1]
-                             if k.startswith("images_per_s_worker_")))),
+        Panel("accuracy", (series("train (worker 0)", "train_accuracy", TRAIN), series("val", "val_accuracy", VAL),
+                           *(series(f"val top-{field[len('val_top'):]}", field, COLORS[2 + i % 4])
+                             for i, field in enumerate(top_k))), (0.0, 1.0)),
+        Panel("loss", (series("train (worker 0)", "train_loss", TRAIN), series("val", "val_loss", VAL))),
+        Panel("images/s", (series("all workers", "images_per_s_total", TOTAL),
+                           *(series(f"worker {k.rsplit('_', 1)[1]}", k, WORKER_COLORS[i % len(WORKER_COLORS)])
+                             for i, k in enumerate(workers)))),
     ]
+
+
+def resume_marks(run_dir: str) -> list[Mark]:
+    """A mark where each later attempt began: between its begin epoch and the next (attempts.jsonl)."""
+    begins = {entry["attempt"]: entry["begin_epoch"] for entry in json_lines(os.path.join(run_dir, "attempts.jsonl"))
+              if entry.get("outcome") == "started" and isinstance(entry.get("attempt"), int) and entry["attempt"] > 1
+              and isinstance(entry.get("begin_epoch"), int)}
+    return [Mark(begin + 0.5, f"attempt {attempt}") for attempt, begin in sorted(begins.items())]
 
 
 # --------------------------------------------------------------------------- TensorBoard

@@ -1,9 +1,12 @@
 """Line charts as PNG with numpy alone (no matplotlib on cluster head nodes, no fonts).
 
-``render(panels)`` draws one panel per ``Panel`` stacked vertically: gridlines with
-labelled y ticks, epochs on x, one coloured polyline with markers per series and a
-legend in the title row. Text uses a built-in 3x5 pixel font (upper case, digits and
-``.-/()%:``), drawn at twice its size.
+``render(panels, title=..., marks=...)`` draws a title row, then one panel per ``Panel``
+stacked vertically: gridlines with labelled y ticks, epochs on x (labelled), one coloured
+polyline with markers per series and a legend in the panel's title row, and a dashed
+vertical line at each mark (where a resumed attempt began). A series keeps its colour
+across panels (train blue, validation red), and workers' throughput has colours of its own.
+Text uses a built-in 3x5 pixel font (upper case, digits and ``.-/()%:``), drawn at twice
+its size.
 """
 from __future__ import annotations
 
@@ -30,15 +33,27 @@ _GLYPHS = {
     "Y": "#.#,#.#,.#.,.#.,.#.", "Z": "###,..#,.#.,#..,###",
 }
 COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75)]
+TRAIN, VAL, TOTAL = COLORS[0], COLORS[1], (60, 60, 60)
+WORKER_COLORS = [(148, 103, 189), (255, 127, 14), (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207)]
+MARK = (120, 120, 120)
 _SCALE = 2
-WIDTH, PANEL_HEIGHT = 720, 230
-_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 24, 34, 30
+WIDTH, PANEL_HEIGHT, TITLE_HEIGHT = 720, 240, 30
+_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 24, 34, 40
 
 
 @dataclasses.dataclass(frozen=True)
 class Series:
     name: str
     points: tuple[tuple[float, float], ...]      # (epoch, value)
+    color: tuple[int, int, int] | None = None    # None: the palette's, by the series' place in its panel
+
+
+@dataclasses.dataclass(frozen=True)
+class Mark:
+    """A vertical line across every panel at ``epoch`` (e.g. 3.5: between epochs 3 and 4), with its label."""
+
+    epoch: float
+    label: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +133,7 @@ def _label(value: float, step: float) -> str:
     return f"{value:.{max(0, -math.floor(math.log10(step)))}f}"
 
 
-def _panel(panel: Panel, epochs: tuple[float, float]) -> np.ndarray:
+def _panel(panel: Panel, epochs: tuple[float, float], marks: Sequence[Mark] = ()) -> np.ndarray:
     canvas = np.full((PANEL_HEIGHT, WIDTH, 3), 255, dtype=np.uint8)
     values = [v for s in panel.series for _, v in s.points if math.isfinite(v)]
     low, high = panel.y_range or (0.0, (min(max(values) * 1.1, _HIGHEST) if values and max(values) > 0 else 1.0))
@@ -140,9 +155,17 @@ def _panel(panel: Panel, epochs: tuple[float, float]) -> np.ndarray:
         canvas[y0:y0 + 4, x] = (90, 90, 90)
         _text(canvas, x - text_width(str(epoch)) // 2, y0 + 8, str(epoch), (90, 90, 90))
     canvas[y1:y0 + 1, x0] = canvas[y0, x0:x1 + 1] = (90, 90, 90)
+    _text(canvas, x1 - text_width("epoch"), y0 + 24, "epoch", (90, 90, 90))
+    for mark in marks:
+        x = int(round(to_x(mark.epoch)))
+        if x0 < x < x1:
+            for y in range(y1, y0, 8):  # dashed
+                canvas[y:y + 4, x] = MARK
+            _text(canvas, min(x + 4, x1 - text_width(mark.label)), y1 + 2, mark.label, MARK)
     _text(canvas, x0, 8, panel.title)
     legend_x = x0 + text_width(panel.title) + 24
-    for color, series in zip(COLORS, panel.series):
+    for place, series in enumerate(panel.series):
+        color = series.color or COLORS[place % len(COLORS)]
         canvas[10:18, legend_x:legend_x + 14] = color
         _text(canvas, legend_x + 20, 9, series.name, color)
         legend_x += 20 + text_width(series.name) + 18
@@ -155,9 +178,15 @@ def _panel(panel: Panel, epochs: tuple[float, float]) -> np.ndarray:
     return canvas
 
 
-def render(panels: Sequence[Panel]) -> bytes:
-    """The panels stacked, as PNG bytes."""
+def draw(panels: Sequence[Panel], *, title: str = "", marks: Sequence[Mark] = ()) -> np.ndarray:
+    """The title row and the panels stacked, as an RGB array."""
     epochs = [e for p in panels for s in p.series for e, _ in s.points] or [1.0]
     span = (min(epochs), max(epochs))
-    image = np.concatenate([_panel(panel, span) for panel in panels], axis=0)
-    return png.encode(image, level=9)
+    head = np.full((TITLE_HEIGHT, WIDTH, 3), 255, dtype=np.uint8)
+    _text(head, _LEFT, 10, title)
+    return np.concatenate([head, *(_panel(panel, span, marks) for panel in panels)], axis=0)
+
+
+def render(panels: Sequence[Panel], *, title: str = "", marks: Sequence[Mark] = ()) -> bytes:
+    """``draw``, as PNG bytes."""
+    return png.encode(draw(panels, title=title, marks=marks), level=9)
