@@ -65,6 +65,17 @@ def test_plain_progress_is_rate_limited_and_epochs_get_one_line_each():
     assert lines[1].startswith("[mxft] epoch 2/2: 25/50 batch (50%)"), lines[1]
 
 
+def test_the_epoch_clock_starts_with_the_run_not_with_building_the_demos_files():
+    """Issue 28: the first epoch's time once included building the demo's assets (before the run started)."""
+    out = io.StringIO()
+    console = Console(out, interactive=False)
+    console.started -= 95.0  # what building the demo's files took, before the run
+    console.run_started()
+    console.start_training(0, 2, 50)
+    console.epoch(ROW)
+    assert out.getvalue().rstrip().endswith("100 images/s; 0:00"), out.getvalue()  # 1:35 before
+
+
 def test_terminal_gets_a_bar_and_lines_above_it():
     out = io.StringIO()
     console = Console(out, interactive=True)

@@ -151,6 +151,11 @@ class Console:
             if bar is not None:
                 bar.close()
 
+    def run_started(self) -> None:
+        """An attempt's run begins: the epoch lines' clock counts from here (not from building the demo's files or
+        packing images before it)."""
+        self.started = time.monotonic()
+
     def start_training(self, first_epoch: int, epochs: int, batches_per_epoch: int) -> None:
         """Training of epochs ``first_epoch + 1 .. epochs`` begins (an attempt may resume mid-run)."""
         with self._lock:

@@ -290,6 +290,7 @@ def _record_end(run_dir: str, attempt: int, verdict: Verdict,
 
 
 def _started(plan: Plan, attempt: Attempt, console: Console, *, hosts_from: str | None) -> None:
+    console.run_started()
     os.makedirs(plan.run_dir, exist_ok=True)
     runstate.write_launcher(plan.run_dir, plan.run_id)
     begin = attempt.checkpoint.epoch if attempt.checkpoint else 0
