@@ -152,3 +152,30 @@ def load_hosts(path: str) -> tuple[HostSpec, ...]:
         raise InputError(path, "hosts file not found") from None
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(path, f"cannot read the hosts file: {err}") from None
+
+
+def select_hosts(hosts: tuple[HostSpec, ...], *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                 where: str = "the hosts file") -> tuple[HostSpec, ...]:
+    """The hosts ``--include`` keeps (all when empty) less those ``--exclude`` drops, in the file's order; each name
+    (a host's name, or NAME:PORT) must be one of ``hosts``, and at least one host must remain.
+
+    >>> hosts = (HostSpec("gpu01"), HostSpec("gpu02"), HostSpec("gpu03", port=2222))
+    >>> [h.label for h in select_hosts(hosts, include=("gpu03:2222", "gpu01"))]
+    ['gpu01', 'gpu03:2222']
+    >>> [h.label for h in select_hosts(hosts, exclude=("gpu02",))]
+    ['gpu01', 'gpu03:2222']
+    >>> select_hosts(hosts, exclude=("gpu04",))
+    Traceback (most recent call last):
+    cluster.errors.InputError: --exclude gpu04: not a host of the hosts file (its hosts: gpu01, gpu02, gpu03:2222)
+    """
+    known = {name: host for host in hosts for name in (host.label, host.name)}
+    for option, names in (("--include", include), ("--exclude", exclude)):
+        for name in names:
+            if name not in known:
+                shown = ", ".join(h.label for h in hosts[:8]) + (", ..." if len(hosts) > 8 else "")
+                raise InputError(f"{option} {name}", f"not a host of {where} (its hosts: {shown})")
+    kept = {known[name].label for name in include} if include else {h.label for h in hosts}
+    kept -= {known[name].label for name in exclude}
+    if not kept:
+        raise InputError("--exclude" if exclude else "--include", f"leaves none of the hosts of {where}")
+    return tuple(h for h in hosts if h.label in kept)

@@ -22,7 +22,7 @@ from cluster.errors import InputError, Interrupted, JobFailed, MxftError
 from cluster.hosts import Launcher
 from cluster.srun import default_launcher
 from launcher.cli_args import (OVERVIEW, Invocation, add_shared_options, add_ssh_options, is_command_mode,
-                               parse_args, parse_command_args, ssh_options)
+                               host_selection, parse_args, parse_command_args, ssh_options)
 from launcher.data import cachefile, run_index, runstate
 from launcher.evaluate_cli import evaluate
 from launcher.report.console import Console, printable
@@ -225,7 +225,8 @@ def check(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     config = LaunchConfig(args.job or "", args.hosts, True, args.run_root, args.cache_dir, args.remote_dir,
                           ssh_options(args), overrides=tuple(args.overrides),
-                          launcher=Launcher(args.launcher or default_launcher(args.hosts, os.environ)))
+                          launcher=Launcher(args.launcher or default_launcher(args.hosts, os.environ)),
+                          **host_selection(args))
     rows = check_hosts(config)
     for line in [json.dumps({"hosts": [row.as_json() for row in rows]})] if args.json else table(rows):
         _echo(line)

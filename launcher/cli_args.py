@@ -119,8 +119,9 @@ def parse_args(argv: list[str] | None) -> Invocation:
     args = parser.parse_args(argv)
     if sum(given is not None for given in (args.job, args.resume, args.plan)) != 1:
         parser.error("give a job file, --resume RUN_DIR or --plan FILE")
-    if args.plan and (args.hosts or args.local or args.overrides or args.env):
-        parser.error("--plan runs the plan's own job on its own hosts: no --hosts, --local, --set or --env with it")
+    if args.plan and (args.hosts or args.local or args.overrides or args.env or args.include or args.exclude):
+        parser.error("--plan runs the plan's own job on its own hosts: no --hosts, --local, --include, --exclude, "
+                     "--set or --env with it")
     _check_dry_run_options(parser, args)
     if args.max_restarts is not None and args.max_restarts < 0:
         parser.error("--max-restarts must be >= 0")
@@ -134,7 +135,7 @@ def parse_args(argv: list[str] | None) -> Invocation:
                           launcher=Launcher(args.launcher or default_launcher(args.hosts, os.environ)),
                           plan_path=args.plan or "",
                           save_plan=args.save_plan or "", given=given,
-                          env=parse_env(args.env, environ=os.environ, option="--env"))
+                          env=parse_env(args.env, environ=os.environ, option="--env"), **host_selection(args))
     return Invocation(config, args.max_restarts, args.verbose)
 
 
@@ -156,8 +157,9 @@ def _check_dry_run_options(parser: argparse.ArgumentParser, args: argparse.Names
 
 def _add_dry_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan and exit; starts and writes nothing (remote hosts: facts from the last "
-                             "probe of each host, or assumed and marked so)")
+                        help="print the plan and exit; starts nothing, and writes only to the cache (the demo's "
+                             "files, a packed data.images folder) (remote hosts: facts from the last probe of each "
+                             "host, or assumed and marked so)")
     parser.add_argument("--probe", action="store_true",
                         help="with --dry-run: probe the hosts first over SSH (and remember what they said, for later "
                              "dry runs), so the plan shown is the one a launch runs")
@@ -174,6 +176,10 @@ def add_shared_options(parser: argparse.ArgumentParser, environ, *, launcher_opt
                         help="where training shards are cached (default: $MXFT_CACHE or ~/.cache/mxft)")
     parser.add_argument("--remote-dir", default="~/.mxft", metavar="DIR",
                         help="work folder on remote hosts: code, data, runs (default: ~/.mxft)")
+    parser.add_argument("--include", action="append", default=[], metavar="HOST[,HOST...]",
+                        help="use only these hosts of the hosts file (by name, or NAME:PORT)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="HOST[,HOST...]",
+                        help="leave these hosts of the hosts file out")
     if launcher_option:  # command mode has its own (with local)
         parser.add_argument("--launcher", choices=("ssh", "srun"),
                             help="how remote hosts are reached: ssh, or srun (each process a job step of this Slurm "
@@ -186,6 +192,12 @@ def add_ssh_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssh-config", metavar="FILE", help="SSH config to use instead of ~/.ssh/config")
     parser.add_argument("--accept-new-host-keys", action="store_true",
                         help="trust and record host keys seen for the first time (a changed key is still refused)")
+
+
+def host_selection(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """``--include`` and ``--exclude`` as LaunchConfig's ``include`` and ``exclude`` (comma-separated, repeatable)."""
+    return {option: tuple(name.strip() for value in getattr(args, option) for name in value.split(",") if name.strip())
+            for option in ("include", "exclude")}
 
 
 def ssh_options(args: argparse.Namespace) -> SSHOptions:
@@ -269,7 +281,7 @@ def parse_command_args(argv: list[str], environ=os.environ) -> LaunchConfig:
     return LaunchConfig("", None if launcher == "local" else args.hosts, args.dry_run, args.run_root, args.cache_dir,
                         args.remote_dir, ssh_options(args), command=spec, probe=args.probe,
                         save_plan=args.save_plan or "",
-                        launcher=Launcher.SSH if launcher == "local" else Launcher(launcher))
+                        launcher=Launcher.SSH if launcher == "local" else Launcher(launcher), **host_selection(args))
 
 
 def _check_command_args(parser: argparse.ArgumentParser, args: argparse.Namespace, command: list[str]) -> None:

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from testing.processes import run_id_from
-from tests.helpers import REPO, assert_dry_run_is_the_plan, demo_job, run_launch, write_job
+from tests.helpers import REPO, assert_dry_run_is_the_plan, demo_job, refusal_line, run_launch, write_job
 
 pytestmark = pytest.mark.integration
 PROGRAM_DIR = os.path.join(REPO, "tests", "programs")
@@ -41,10 +41,11 @@ def test_command_dry_run_is_the_launch_plan(tmp_path):
 def test_offline_dry_run_marks_what_it_assumed(tmp_path, demo_assets):
     """No host is contacted: names from the hosts file, facts assumed and said to be."""
     hosts = tmp_path / "hosts.txt"
-    hosts.write_text("gpu01.invalid slots=8\ngpu02.invalid slots=8 python=/opt/py/bin/python3\n")
+    hosts.write_text("gpu01.invalid slots=8\ngpu02.invalid slots=8 python=/opt/py/bin/python3\ngpu03.invalid\n")
     job = write_job(tmp_path / "job.yaml", demo_job(demo_assets, cluster={"devices": "gpu:8"}))
-    dry = run_launch(["--hosts", str(hosts), job, "--dry-run", "--cache-dir", str(tmp_path / "cache"),
-                      "--run-root", str(tmp_path / "runs")], cwd=str(tmp_path), timeout_s=60)
+    folders = ["--cache-dir", str(tmp_path / "cache"), "--run-root", str(tmp_path / "runs")]
+    dry = run_launch(["--hosts", str(hosts), job, "--dry-run", *folders, "--exclude", "gpu03.invalid"],
+                     cwd=str(tmp_path), timeout_s=60)  # issue 28: --include/--exclude, as DeepSpeed's
     assert dry.returncode == 0, dry.stderr
     assumed = [line.strip() for line in dry.stdout.splitlines() if line.startswith("  assumed")]
     assert assumed == [
@@ -53,3 +54,7 @@ def test_offline_dry_run_marks_what_it_assumed(tmp_path, demo_assets):
         "assumed    gpu02.invalid: python /opt/py/bin/python3, 1 CPU(s), work folder ~/.mxft (never probed: "
         "--dry-run --probe asks the host)"]
     assert sorted(os.listdir(tmp_path)) == ["hosts.txt", "job.yaml"]
+    typo = run_launch(["--hosts", str(hosts), job, "--dry-run", *folders, "--include", "gpu01.invalid,gpu09.invalid"],
+                      cwd=str(tmp_path), timeout_s=60)
+    assert refusal_line(typo) == ("mxft-launch: error: --include gpu09.invalid: not a host of "
+                                  f"{hosts} (its hosts: gpu01.invalid, gpu02.invalid, gpu03.invalid)")

@@ -30,6 +30,8 @@ class LaunchConfig:
     plan_path: str = ""                        # --plan FILE: run this saved plan (its job, hosts and facts)
     save_plan: str = ""                        # --dry-run --save-plan FILE: where the CLI writes the plan
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)  # --env: secret values for every process
+    include: tuple[str, ...] = ()              # --include: only these hosts of the hosts file
+    exclude: tuple[str, ...] = ()              # --exclude: not these
     # Which of hosts, launcher, ssh_config, remote_dir and cache_dir the command line gave: --resume takes the
     # others from the run's own record.
     given: frozenset[str] = frozenset({"hosts", "launcher", "ssh_config", "remote_dir", "cache_dir"})

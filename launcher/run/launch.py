@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from cluster.errors import InputError, Interrupted, JobFailed
-from cluster.hosts import HostSpec, Launcher, load_hosts
+from cluster.hosts import HostSpec, Launcher, load_hosts, select_hosts
 from cluster.local import LocalTransport
 from cluster.slurm import hosts_from_slurm
 from cluster.srun import require_allocation_nodes, require_srun
@@ -55,6 +55,21 @@ class Outcome:
 
 
 def _hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
+    """The hosts the configuration names (a hosts file, a Slurm allocation's nodes, this machine), less those
+    ``--include``/``--exclude`` leave out."""
+    return _selected(config, _listed_hosts(config), where=config.hosts_path or "")
+
+
+def _selected(config: LaunchConfig, hosts: tuple[HostSpec, ...], *, where: str) -> tuple[HostSpec, ...]:
+    if not (config.include or config.exclude):
+        return hosts
+    if hosts[0].is_local:
+        raise InputError("--include" if config.include else "--exclude", "chooses among the hosts of --hosts",
+                         hint="give the hosts file too")
+    return select_hosts(hosts, include=config.include, exclude=config.exclude, where=where)
+
+
+def _listed_hosts(config: LaunchConfig) -> tuple[HostSpec, ...]:
     if config.hosts_path is None:
         return (HostSpec("localhost"),)
     if config.hosts_path == "slurm":
@@ -234,10 +249,10 @@ def _what_and_where(config: LaunchConfig, console: Console) -> tuple[LaunchConfi
     if config.resume_dir:
         run_dir = os.path.abspath(config.resume_dir)
         spec, attempt = resumed_job(run_dir, config.overrides, given_env=config.env)
-        config, hosts, note = resumed_where(config, run_dir, _hosts)
+        config, hosts, note = resumed_where(config, run_dir, _listed_hosts)
         if note:
             console(note)
-        return config, spec, attempt, hosts, None
+        return config, spec, attempt, _selected(config, tuple(hosts), where=config.hosts_path or run_dir), None
     spec = config.command or load_job(config.job_path, overrides=config.overrides)
     if config.env:  # --env NAME[=VALUE]: secrets, never written (the job's own env: is part of the job)
         taken = next((name for name in config.env if set_by_mxft(name)), None)
