@@ -22,7 +22,7 @@ from cluster.errors import InputError, Interrupted, JobFailed, MxftError
 from cluster.hosts import Launcher
 from cluster.srun import default_launcher
 from launcher.cli_args import (OVERVIEW, Invocation, add_shared_options, add_ssh_options, is_command_mode,
-                               host_selection, parse_args, parse_command_args, ssh_options)
+                               host_selection, parse_args, parse_command_args, ssh_options, with_defaults)
 from launcher.data import cachefile, run_index, runstate
 from launcher.evaluate_cli import evaluate
 from launcher.report.console import Console, printable
@@ -161,6 +161,8 @@ def _launch(argv: list[str], *, command_mode: bool) -> int:
         else:
             invocation = parse_args(argv)
         console = Console(verbose=invocation.verbose)
+        for note in invocation.notes:
+            console(note)
         outcome = run(invocation.config, console=console, max_restarts=invocation.max_restarts)
         if outcome.result is None:
             _echo(outcome.plan.describe())
@@ -223,6 +225,8 @@ def check(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object: a row per host (its table's columns, "
                         "and whether it can take its part)")
     args = parser.parse_args(argv)
+    for note in with_defaults(parser, args, os.environ, hosts=False):  # check's --hosts is required
+        _say_error(note)  # on stderr: stdout is the table (or its JSON)
     config = LaunchConfig(args.job or "", args.hosts, True, args.run_root, args.cache_dir, args.remote_dir,
                           ssh_options(args), overrides=tuple(args.overrides),
                           launcher=Launcher(args.launcher or default_launcher(args.hosts, os.environ)),

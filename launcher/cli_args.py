@@ -9,6 +9,7 @@ import re
 
 from cluster.errors import InputError
 from cluster.hosts import Launcher
+from launcher.spec.defaults import read_defaults
 from cluster.srun import default_launcher
 from cluster.ssh import SSHOptions
 from launcher.run.config import LaunchConfig
@@ -91,6 +92,7 @@ class Invocation:
     config: LaunchConfig
     max_restarts: int | None
     verbose: bool
+    notes: tuple[str, ...] = ()    # what the console says first (options taken from the defaults file)
 
 
 def parse_args(argv: list[str] | None) -> Invocation:
@@ -128,6 +130,7 @@ def parse_args(argv: list[str] | None) -> Invocation:
     if args.local and args.launcher == "srun":
         parser.error("--launcher srun reaches the nodes of a Slurm allocation; --local runs on this machine")
     given = _given_settings(parser, args)  # before the defaults below: --resume keeps the run's own otherwise
+    notes = with_defaults(parser, args, os.environ, hosts=not (args.plan or args.resume))
     if args.hosts is None and not args.local and (os.environ.get("SLURM_JOB_NODELIST") or args.launcher == "srun"):
         args.hosts = "slurm"  # inside an allocation: its nodes are the hosts
     config = LaunchConfig(args.job, args.hosts, args.dry_run, args.run_root, args.cache_dir, args.remote_dir,
@@ -136,7 +139,23 @@ def parse_args(argv: list[str] | None) -> Invocation:
                           plan_path=args.plan or "",
                           save_plan=args.save_plan or "", given=given,
                           env=parse_env(args.env, environ=os.environ, option="--env"), **host_selection(args))
-    return Invocation(config, args.max_restarts, args.verbose)
+    return Invocation(config, args.max_restarts, args.verbose, notes)
+
+
+def with_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace, environ, *,
+                  hosts: bool) -> tuple[str, ...]:
+    """Options the command line left unset, filled from the defaults file (``launcher.spec.defaults``; ``hosts``:
+    whether this command takes its hosts from there too); the console's note naming each and the file."""
+    path, values = read_defaults(environ)
+    taken = []
+    for key, value in values.items():
+        if not hasattr(args, key) or getattr(args, key) != parser.get_default(key):
+            continue  # the command line's own, or an option this command does not have
+        if key == "hosts" and (not hosts or getattr(args, "local", False)):
+            continue
+        setattr(args, key, value)
+        taken.append(f"--{key.replace('_', '-')} {value}")
+    return (f"[mxft] from {path}: {', '.join(taken)}",) if taken else ()
 
 
 def _given_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> frozenset[str]:
