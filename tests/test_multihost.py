@@ -416,7 +416,7 @@ def test_a_saved_plan_for_these_hosts_is_refused_when_a_hosts_fact_changed_and_n
                       "--probe", "--save-plan", saved], cwd=str(tmp_path))
     assert dry.returncode == 0 and f"plan saved to {saved}" in dry.stdout, dry.stdout[-2000:] + dry.stderr
     h2 = hosts3.hosts[1]
-    h2.exec("ip", "link", "add", "mxft-new", "type", "dummy")
+    h2.exec("ip", "link", "add", "mxft-new", "type", "veth", "peer", "name", "mxft-new-peer")  # no dummy module here
     try:
         h2.exec("ip", "addr", "add", "10.251.0.2/24", "dev", "mxft-new")
         refused = run_launch(["--plan", saved], cwd=str(tmp_path))
