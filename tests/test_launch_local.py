@@ -49,6 +49,9 @@ def test_one_worker_result_and_checkpoint(tmp_path, demo_assets):
     assert [step for step, _ in scalars["images_per_s/worker_0"]] == [1, 2]
     assert {"loss/train", "loss/val", "accuracy/train", "images_per_s/total"} < set(scalars)
     assert not [tag for tag in scalars if "top" in tag]
+    per_batch = [step for step, _ in scalars["batch/train_loss"]]  # issue 28: worker 0's curve per batch
+    assert per_batch == list(range(1, len(per_batch) + 1)) and len(per_batch) % 2 == 0 and len(per_batch) >= 4
+    assert scalars["batch/lr"] == [(step, pytest.approx(0.1)) for step in per_batch]  # the demo's rate
     for name in ("scheduler", "server-0", "worker-0"):
         assert os.path.getsize(os.path.join(run_dir, "logs", f"{name}.log")) > 0
     assert "[worker 0] " not in result.stdout and "[scheduler] " not in result.stdout  # in logs/ (and with -v)

@@ -169,3 +169,21 @@ def test_the_plot_has_the_runs_name_an_epoch_axis_a_mark_where_a_resume_began_an
     writer.write()
     assert (tmp_path / "metrics.png").read_bytes() == plot.render([accuracy, loss, speed], title=tmp_path.name,
                                                                   marks=marks)
+
+
+def test_worker_0s_batches_become_per_batch_curves_written_with_the_next_epochs_files(tmp_path):
+    """Issue 28: TensorBoard had one point per epoch; worker 0's progress events now give the running training loss
+    and the learning rate per batch (step: the batch counted from the run's start)."""
+    writer = MetricsWriter(str(tmp_path), 2)
+    for epoch in (0, 1):
+        for batch in (1, 2, 3):
+            writer.add_batch({"event": "progress", "epoch": epoch, "batch": batch, "train_loss": 1.0 / (batch + epoch),
+                              "lr": 0.1 * (epoch + 1)}, batches_per_epoch=3)
+    writer.add_batch({"event": "progress", "epoch": 1, "batch": 3}, batches_per_epoch=3)  # another worker's kind
+    for event in events_for([1, 2]):
+        writer.add(event)
+    writer.write()
+    scalars = tensorboard_scalars(tmp_path)
+    assert scalars["batch/lr"] == [(s, pytest.approx(0.1 if s <= 3 else 0.2)) for s in range(1, 7)]
+    assert scalars["batch/train_loss"][3] == (4, pytest.approx(1.0 / 2))
+    assert [step for step, _ in scalars["accuracy/val"]] == [1, 2]

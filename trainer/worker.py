@@ -118,6 +118,16 @@ def lr_scheduler(cfg: WorkerConfig, rate: float):
     return None
 
 
+def _rate_at(cfg: WorkerConfig):
+    """``rate(update)``: the learning rate of update ``update`` (from 1) as the optimizer applies it (a scheduler of
+    its own: MXNet's step schedulers keep state), for worker 0's per-batch report; None without a set rate."""
+    rate = _optimizer_params(cfg).get("learning_rate")
+    if rate is None:
+        return None
+    scheduler = lr_scheduler(cfg, rate)
+    return scheduler if scheduler is not None else (lambda update: rate)
+
+
 def _initializer(cfg: WorkerConfig):
     kinds = {"xavier": mx.init.Xavier, "msraprelu": mx.init.MSRAPrelu, "normal": mx.init.Normal,
              "uniform": mx.init.Uniform}
@@ -126,10 +136,13 @@ def _initializer(cfg: WorkerConfig):
 
 
 class _Throughput:
-    """batch_end_callback: a progress event per batch, images/s logged every ``every`` batches."""
+    """batch_end_callback: a progress event per batch, images/s logged every ``every`` batches. ``lead`` (worker 0's,
+    for TensorBoard's per-batch curves) adds the epoch's running training loss and the learning rate of the batch's
+    update (``rate_at(update)``, or None when the optimizer's own default rate is used)."""
 
-    def __init__(self, batch_size: int, every: int) -> None:
+    def __init__(self, batch_size: int, every: int, *, lead_batches_per_epoch: int = 0, rate_at=None) -> None:
         self.batch_size, self.every = batch_size, every
+        self.lead_batches_per_epoch, self.rate_at = lead_batches_per_epoch, rate_at
         self.epoch_start = self.window_start = time.time()
         self.window_batches = 0
         self.seen_first = False
@@ -138,6 +151,15 @@ class _Throughput:
         self.epoch_start = self.window_start = time.time()
         self.window_batches = 0
 
+    def _lead_numbers(self, param) -> dict:
+        if not self.lead_batches_per_epoch:
+            return {}
+        numbers = {"train_" + name.replace("cross-entropy", "loss"): value
+                   for name, value in param.eval_metric.get_name_value() if name == "cross-entropy"}
+        if self.rate_at is not None:
+            numbers["lr"] = float(self.rate_at(param.epoch * self.lead_batches_per_epoch + param.nbatch + 1))
+        return numbers
+
     def __call__(self, param) -> None:
         if not self.seen_first:  # start-up ends here (bench/launch_overhead.py measures it)
             self.seen_first = True
@@ -145,7 +167,7 @@ class _Throughput:
         self.window_batches += 1
         # One per batch: the watchdog names the worker that is behind, so positions must be exact
         # (throttled to one a second, a stuck worker and a waiting one looked alike).
-        events.emit("progress", epoch=param.epoch, batch=param.nbatch + 1)
+        events.emit("progress", epoch=param.epoch, batch=param.nbatch + 1, **self._lead_numbers(param))
         if (param.nbatch + 1) % self.every == 0:
             now = time.time()
             speed = self.window_batches * self.batch_size / max(now - self.window_start, 1e-9)
@@ -255,7 +277,8 @@ def run_worker(cfg: WorkerConfig) -> int:
     mod = _prepared_module(cfg, net, fixed, train, kv, arg_params, aux_params, same_weights=shared)
     shared_evaluation = SharedEvaluation(mod, kv, cfg, top_k=reported_top_k(cfg)) if shared else None
     metric = _train_metric(cfg)
-    speed = _Throughput(batch_size, cfg.train.log_every_batches)
+    speed = _Throughput(batch_size, cfg.train.log_every_batches,
+                        lead_batches_per_epoch=cfg.batches_per_epoch if lead else 0, rate_at=_rate_at(cfg))
     epochs: list[dict] = []
 
     timing = StepTiming(mod) if cfg.train.step_timing else None

@@ -100,6 +100,15 @@ class MetricsWriter:
         self._write_lock = threading.Lock()  # the files
         self._png_at = 0.0
         self._tensorboard = TensorBoardScalars(run_dir)
+        self._batches: list[tuple[int, dict[str, float]]] = []  # (step, scalars) not yet written
+
+    def add_batch(self, event: dict, *, batches_per_epoch: int) -> None:
+        """Worker 0's progress event: its running training loss and learning rate, kept for TensorBoard's per-batch
+        curves (step: the batch counted from the run's start); written with the next ``write``, off the pump."""
+        scalars = {f"batch/{name}": float(event[name]) for name in ("train_loss", "lr") if name in event}
+        if scalars:
+            with self._lock:
+                self._batches.append((event["epoch"] * batches_per_epoch + event["batch"], scalars))
 
     def add(self, event: dict) -> bool:
         """Record one worker's epoch event; True when every worker has reported that epoch.
@@ -128,7 +137,10 @@ class MetricsWriter:
         TensorBoard file (a later write opens another).
         """
         events = self._events()
+        with self._lock:
+            batches, self._batches = self._batches, []
         with self._write_lock:
+            self._tensorboard.add_steps(batches)
             rows = epoch_rows(events, self.num_workers)
             if not rows:
                 return rows
@@ -240,7 +252,8 @@ _EVENT_FILES = itertools.count(1)
 
 
 class TensorBoardScalars:
-    """Rows as TensorBoard scalars in RUN_DIR (global step = epoch), each (tag, epoch) written once.
+    """Rows as TensorBoard scalars in RUN_DIR (step = epoch; worker 0's per-batch ``batch/*`` scalars: step = the
+    batch counted from the run's start), each (tag, step) written once.
 
     The scalars already in the folder's event files (an earlier attempt of a resumed run)
     are read back before the first write, so no epoch is written twice. Each writer makes
@@ -255,14 +268,18 @@ class TensorBoardScalars:
 
     def add(self, rows: Sequence[dict]) -> int:
         """Write (and flush) the scalars of ``rows`` that are not in the files yet; returns how many."""
+        return self.add_steps([(row["epoch"], scalar_tags(row)) for row in rows])
+
+    def add_steps(self, steps: Sequence[tuple[int, dict[str, float]]]) -> int:
+        """Write (and flush) the (step, {tag: value}) scalars that are not in the files yet; returns how many."""
         tbx = _tensorboardx()
         if tbx is None:
             return 0
         if self._written is None:
             self._written = scalars_in_event_files(self.run_dir)
-        new = [(row["epoch"], {tag: value for tag, value in scalar_tags(row).items()
-                               if (tag, row["epoch"]) not in self._written}) for row in rows]
-        new = [(epoch, scalars) for epoch, scalars in new if scalars]
+        new = [(step, {tag: value for tag, value in scalars.items() if (tag, step) not in self._written})
+               for step, scalars in steps]
+        new = [(step, scalars) for step, scalars in new if scalars]
         if not new:
             return 0
         if self._file is None:

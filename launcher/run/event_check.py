@@ -54,7 +54,7 @@ def _fields(epochs: int) -> Mapping[str, Mapping[str, Check]]:
     return {
         "joined": {"rank": _COUNT, "num_workers": _COUNT, "join_s": _NONNEGATIVE},
         "start": {"weights": _digest},
-        "progress": {"epoch": progress_epoch, "batch": _COUNT},
+        "progress": {"epoch": progress_epoch, "batch": _COUNT, "train_loss": _NONNEGATIVE, "lr": _NONNEGATIVE},
         "first_batch": {"epoch": progress_epoch},
         "epoch": {"epoch": epoch, "order": _digest},
         "checkpoint": {"epoch": epoch},

@@ -119,6 +119,7 @@ class RunEvents:
             self.position[index] = (int(event["epoch"]), int(event["batch"]))
             if index == 0:
                 self.console.batch(*self.position[index])
+                self.metrics.add_batch(event, batches_per_epoch=self.plan.component.batches_per_epoch)
         elif kind == "done":
             self.done.add(index)
         elif kind == "first_batch":
