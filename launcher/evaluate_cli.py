@@ -1,8 +1,10 @@
-"""``mxft-launch evaluate RUN_DIR [--data REC] [--epoch best|last|N]``: a run's fine-tuned model on a ``.rec``.
+"""``mxft-launch evaluate RUN_DIR [--data REC] [--epoch best|last|N] [--hosts FILE]``: a run's fine-tuned model on
+a ``.rec``.
 
 The run folder says what the model is (its effective job.yaml: the input shape, the classes) and which params
-it kept (result.json's ``kept``: the last epoch's and the best one's). ``trainer.evaluate`` runs on this machine
-with this Python and prints the numbers; this prints them with the class names kept beside the model.
+it kept (result.json's ``kept``: the last epoch's and the best one's). ``trainer.evaluate`` counts, on this machine
+with this Python or in parts on the hosts of a hosts file (``launcher.run.evaluate_hosts``); this prints the
+scores with the class names kept beside the model.
 """
 from __future__ import annotations
 
@@ -10,14 +12,14 @@ import argparse
 import json
 import os
 import re
-import subprocess
-import sys
 
-from cluster.errors import InputError, JobFailed
-from cluster.failure import Failure, FailureKind
+from cluster.errors import InputError
+from cluster.hosts import Launcher, load_hosts
+from launcher.cli_args import add_ssh_options, ssh_options
 from launcher.data import paramsfile, recfile
 from launcher.remote.folder_check import folder_unsafe_reason
-from launcher.run.facts import CODE_DIR
+from launcher.report.console import Console
+from launcher.run.evaluate_hosts import Evaluation, evaluate_here, evaluate_on_hosts, scores
 from launcher.spec.jobspec import JobSpec, load_job
 
 
@@ -25,7 +27,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="mxft-launch evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Evaluate a run's fine-tuned model on a .rec (its own validation set by default) on this "
-                    "machine: accuracy, top-k, mean cross-entropy and each class's accuracy, every image once.",
+                    "machine, or in parts on the hosts of a hosts file: accuracy, top-k, mean cross-entropy and "
+                    "each class's accuracy, every image once.",
         epilog="examples:\n  mxft-launch evaluate runs/demo-20261207-120000-ab12\n"
                "  mxft-launch evaluate runs/demo-20261207-120000-ab12 --epoch last --data test.rec --json\n\n"
                "exit codes:\n  0    evaluated\n  1    the evaluation failed\n  2    bad input")
@@ -35,6 +38,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         help="which of the kept params (default: best; a number: that epoch's params, if kept)")
     parser.add_argument("--top-k", type=int, default=None, metavar="K", help="default: the job's train.top_k")
     parser.add_argument("--json", action="store_true", help="print the numbers as one JSON object")
+    parser.add_argument("--hosts", metavar="FILE", help="evaluate in parts on these hosts (part i of N on host i), "
+                        "probed and given the model and data they lack as a launch would")
+    parser.add_argument("--remote-dir", default="~/.mxft", metavar="DIR", help="work folder on the hosts "
+                        "(default: ~/.mxft)")
+    add_ssh_options(parser)
     return parser.parse_args(argv)
 
 
@@ -47,8 +55,18 @@ def evaluate(argv: list[str]) -> int:
         raise InputError(args.data or os.path.join(run_dir, "job.yaml"), f"{rec} is not a file",
                          hint="give a .rec with --data")
     _require_labels(rec, job.num_classes)
-    found = _run_evaluation(job, prefix, epoch, rec, top_k=args.top_k or job.train.top_k)
-    found.update(params=f"{prefix}-{epoch:04d}.params", epoch=epoch, data=rec)
+    task = Evaluation(prefix, epoch, rec, tuple(job.data.shape), job.num_classes,
+                      max(1, min(args.top_k or job.train.top_k, job.num_classes)))
+    if args.hosts:
+        hosts = load_hosts(args.hosts)
+        if any(host.is_local for host in hosts):
+            raise InputError(args.hosts, "lists this machine", hint="leave out --hosts to evaluate here")
+        counts = evaluate_on_hosts(task, hosts, launcher=Launcher.SSH, ssh=ssh_options(args),
+                                   remote_dir=args.remote_dir, console=Console())
+    else:
+        counts = evaluate_here(task)
+    found = dict(scores(counts), params=f"{prefix}-{epoch:04d}.params", epoch=epoch, data=rec,
+                 **({"hosts": len(hosts)} if args.hosts else {}))
     names = _class_names(run_dir, job.name)
     for row in found["per_class"]:
         row["name"] = names.get(row["label"], "")
@@ -100,20 +118,6 @@ def _require_labels(rec: str, num_classes: int) -> None:
         raise InputError(rec, f"holds label {wrong:g}, and the model has {num_classes} classes (0..{num_classes - 1})")
 
 
-def _run_evaluation(job: JobSpec, prefix: str, epoch: int, rec: str, *, top_k: int) -> dict:
-    """``python -m trainer.evaluate`` on this machine; its JSON line."""
-    shape = ",".join(map(str, job.data.shape))
-    done = subprocess.run([sys.executable, "-m", "trainer.evaluate", prefix, str(epoch), rec, "--shape", shape,
-                           "--classes", str(job.num_classes), "--top-k", str(top_k)],
-                          env=dict(os.environ, PYTHONPATH=CODE_DIR, PYTHONSAFEPATH="1"), capture_output=True,
-                          text=True, check=False)
-    try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise JobFailed(f"evaluating {prefix}-{epoch:04d}.params on {rec} failed (exit {done.returncode}): "
-                        f"{done.stderr.strip()[-600:]}", failure=Failure(FailureKind.EXITED)) from None
-
-
 def _class_names(run_dir: str, name: str) -> dict[int, str]:
     """Label -> class name, from the names kept beside the model (``checkpoint/NAME-labels.txt``), if any."""
     names = {}
@@ -131,7 +135,8 @@ def _class_names(run_dir: str, name: str) -> dict[int, str]:
 def _lines(found: dict) -> list[str]:
     top = next(key for key in found if key.startswith("top"))
     lines = [f"{found['params']} (epoch {found['epoch']}) on {found['data']}: accuracy {found['accuracy']:.4f}, "
-             f"{top} {found[top]:.4f}, loss {found['loss']:.4f} ({found['images']} images)",
+             f"{top} {found[top]:.4f}, loss {found['loss']:.4f} ({found['images']} images"
+             + (f", in parts on {found['hosts']} hosts)" if "hosts" in found else ")"),
              f"  {'label':>5}  {'class':<24} {'images':>6}  accuracy"]
     for row in found["per_class"]:
         accuracy = f"{row['accuracy']:.4f}" if row["accuracy"] is not None else "-"

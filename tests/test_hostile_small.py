@@ -215,3 +215,24 @@ def test_a_probe_answer_without_its_time_is_the_hosts_error_not_a_traceback(out)
     with pytest.raises(HostProblem, match=r"^unexpected preflight output from 'python3' \(") as refused:
         probe_host(_AnswersWith(out), HostSpec("gpu01"), "~/.mxft")
     assert refused.value.kind is FailureKind.HOST_REFUSED
+
+
+@pytest.mark.parametrize("line, why", [
+    ("Traceback (most recent call last):", "its last line is not JSON"),
+    ('[1, 2]', "its answer is not a JSON object"),
+    ('{"seen": [1, 1], "correct": [1], "correct_k": [1, 1], "loss_sum": 1.0, "top_k": 2}',
+     "seen, correct and correct_k are not 2 counts each"),
+    ('{"seen": [1, 1], "correct": [2, 0], "correct_k": [1, 1], "loss_sum": 1.0, "top_k": 2}', "more right than seen"),
+    ('{"seen": [1, 1], "correct": [1, 0], "correct_k": [1, 1], "loss_sum": -1, "top_k": 2}',
+     "loss_sum is not a sum of losses"),
+    ('{"seen": [1, 1], "correct": [1, 0], "correct_k": [1, 1], "loss_sum": 1.0, "top_k": 5}', "top_k is not 2"),
+], ids=["text", "list", "short", "more-right", "negative-loss", "top-k"])
+def test_a_hosts_evaluation_counts_are_taken_only_in_the_shape_trainer_evaluate_writes(line, why):
+    """``mxft-launch evaluate --hosts`` adds what each host prints: a claim, checked before it counts."""
+    from launcher.run.evaluate_hosts import Evaluation, added, checked_counts, scores
+    task = Evaluation("/r/demo", 3, "/d/val.rec", (3, 28, 28), 2, 2)
+    assert checked_counts(line, task) == why
+    good = checked_counts('{"seen": [3, 1], "correct": [2, 1], "correct_k": [3, 1], "loss_sum": 2.0, "top_k": 2}',
+                          task)
+    both = scores(added([good, good]))
+    assert (both["images"], both["accuracy"], both["top2"], both["loss"]) == (8, 0.75, 1.0, 0.5)

@@ -64,6 +64,32 @@ def test_demo_across_three_hosts_then_relaunch_sends_no_data(hosts3, tmp_path, d
     assert again.returncode == 0, again.stderr
     assert "[stage] 0 bytes of data sent in total" in again.stdout
     assert "[stage] 0 bytes of data sent in total" not in first.stdout
+    assert_evaluated_in_parts_on_the_hosts_as_here(hosts3, hosts, str(tmp_path / "runs" / run_id), spec, tmp_path)
+
+
+def assert_evaluated_in_parts_on_the_hosts_as_here(cluster, hosts: str, run_dir: str, spec: dict, tmp_path) -> None:
+    """Issue 27, item 7: ``evaluate --hosts`` gives host i part i of 3, and the parts add up to what this machine
+    finds on the whole file. The .rec is one the hosts do not have (this machine's /srv/mxft-host is not theirs): it
+    is staged to each host, once; the model is read where the run left it, in place."""
+    private = "/srv/mxft-host/evaluate-test"
+    os.makedirs(private, exist_ok=True)
+    try:
+        for suffix in (".rec", ".idx"):
+            shutil.copy(os.path.splitext(spec["data"]["val"])[0] + suffix, f"{private}/val{suffix}")
+        here = run_launch(["evaluate", run_dir, "--data", f"{private}/val.rec", "--json"], cwd=str(tmp_path))
+        there = run_launch(["evaluate", run_dir, "--data", f"{private}/val.rec", "--json",
+                            *ssh_args(cluster, hosts)], cwd=str(tmp_path))
+    finally:
+        shutil.rmtree(private)
+    assert here.returncode == 0 and there.returncode == 0, here.stderr + there.stderr
+    found_here, found_there = json.loads(here.stdout), json.loads(there.stdout)
+    assert found_there.pop("hosts") == 3 and found_there["images"] == 846
+    assert found_there.pop("loss") == pytest.approx(found_here.pop("loss"), rel=1e-5)
+    assert found_there == found_here  # accuracy, top-k, per class: the same counts
+    for host in cluster.hosts:
+        staged = [name for name in os.listdir(os.path.join(host.work_dir, "data")) if name.startswith("eval-")]
+        assert [sorted(n for n in os.listdir(os.path.join(host.work_dir, "data", name)) if not n.startswith("."))
+                for name in staged] == [["val.idx", "val.rec"]], (host.name, staged)
 
 
 @pytest.mark.timeout(240)

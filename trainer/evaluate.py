@@ -1,9 +1,11 @@
 """Evaluate a checkpoint on a ``.rec``: ``python -m trainer.evaluate PREFIX EPOCH REC --shape C,H,W ...``.
 
-``mxft-launch evaluate`` runs this on this machine and prints what it finds: one JSON line with the accuracy,
-the top-k accuracy, the mean cross-entropy and each class's accuracy, every image counted once (one pass of a
-fresh reader, its padding left out; no augmentation, no shuffling). A fine-tuned checkpoint holds the BatchNorm
-statistics the run evaluated with, so its own validation set gives the accuracy the run reported for that epoch.
+``mxft-launch evaluate`` runs this on this machine, or on each of N hosts with ``--part I --parts N`` (through the
+``.idx``), and it prints what it counted: one JSON line with, per class, the images seen, those right at top-1 and
+those right in the top k, and the summed cross-entropy; every image counted once (one pass of a fresh reader, its
+padding left out; no augmentation, no shuffling). The launcher adds the parts and turns the sums into scores.
+A fine-tuned checkpoint holds the BatchNorm statistics the run evaluated with, so its own validation set gives
+the accuracy the run reported for that epoch.
 """
 from __future__ import annotations
 
@@ -22,13 +24,16 @@ import numpy as np  # noqa: E402
 from trainer.evaluation import batch_scores  # noqa: E402
 
 
-def evaluate_checkpoint(prefix: str, epoch: int, rec: str, *, shape: tuple[int, int, int], num_classes: int,
-                        top_k: int, batch_size: int = 32, threads: int = 2) -> dict:
-    """Accuracy, top-k, mean cross-entropy and per-class accuracy of checkpoint ``prefix``/``epoch`` on ``rec``."""
+def checkpoint_counts(prefix: str, epoch: int, rec: str, *, shape: tuple[int, int, int], num_classes: int,
+                      top_k: int, part: tuple[int, int] = (0, 1), batch_size: int = 32, threads: int = 2) -> dict:
+    """Per class: images seen, right at top-1, right in the top ``top_k``; and the summed cross-entropy, of
+    checkpoint ``prefix``/``epoch`` on part ``part[0]`` of ``part[1]`` of ``rec``."""
     symbol, args, aux = mx.model.load_checkpoint(prefix, epoch)
+    parts = dict(part_index=part[0], num_parts=part[1], path_imgidx=os.path.splitext(rec)[0] + ".idx") \
+        if part[1] > 1 else {}
     reader = mx.io.ImageRecordIter(path_imgrec=rec, data_shape=shape, batch_size=batch_size, shuffle=False,
                                    rand_crop=False, rand_mirror=False, round_batch=True,
-                                   preprocess_threads=threads)
+                                   preprocess_threads=threads, **parts)
     mod = mx.mod.Module(symbol, context=mx.cpu(), label_names=["softmax_label"])
     mod.bind(data_shapes=reader.provide_data, label_shapes=reader.provide_label, for_training=False)
     mod.set_params(args, aux, allow_missing=False, allow_extra=True)
@@ -44,12 +49,8 @@ def evaluate_checkpoint(prefix: str, epoch: int, rec: str, *, shape: tuple[int, 
         np.add.at(correct, labels, hit)
         np.add.at(correct_k, labels, hit_k)
         loss += float(losses.sum())
-    images = int(seen.sum())
-    return {"images": images, "accuracy": float(correct.sum() / max(images, 1)),
-            f"top{top_k}": float(correct_k.sum() / max(images, 1)), "loss": loss / max(images, 1),
-            "per_class": [{"label": label, "images": int(seen[label]),
-                           "accuracy": float(correct[label] / seen[label]) if seen[label] else None}
-                          for label in range(num_classes)]}
+    return {"seen": seen.astype(int).tolist(), "correct": correct.astype(int).tolist(),
+            "correct_k": correct_k.astype(int).tolist(), "loss_sum": loss, "top_k": top_k}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,11 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", required=True, help="C,H,W")
     parser.add_argument("--classes", type=int, required=True)
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--part", type=int, default=0, help="which part (through the .idx)")
+    parser.add_argument("--parts", type=int, default=1, help="of how many")
     args = parser.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))
-    found = evaluate_checkpoint(args.prefix, args.epoch, args.rec, shape=shape, num_classes=args.classes,
-                                top_k=max(1, min(args.top_k, args.classes)))
-    print(json.dumps(found), flush=True)
+    counts = checkpoint_counts(args.prefix, args.epoch, args.rec, shape=shape, num_classes=args.classes,
+                               top_k=max(1, min(args.top_k, args.classes)), part=(args.part, args.parts))
+    print(json.dumps(counts), flush=True)
     return 0
 
 
