@@ -9,13 +9,13 @@ import re
 
 from cluster.errors import InputError
 from cluster.hosts import Launcher
-from launcher.spec.defaults import read_defaults
 from cluster.srun import default_launcher
 from cluster.ssh import SSHOptions
 from launcher.run.config import LaunchConfig
 from launcher.spec.checks import MAX_PROCESSES, RUN_NAME
 from launcher.spec.command import parse_env
 from launcher.spec.command_job import CommandSpec
+from launcher.spec.defaults import read_defaults
 
 
 EXIT_CODES = """\

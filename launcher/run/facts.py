@@ -10,8 +10,8 @@ import secrets
 import sys
 from collections.abc import Callable, Sequence
 
-from cluster.fanout import HostResults
 from cluster.errors import InputError
+from cluster.fanout import HostResults
 from cluster.hosts import HostSpec
 from cluster.local import free_ports
 from cluster.ssh_resolve import SSHConfigError
