@@ -136,9 +136,9 @@ def _initializer(cfg: WorkerConfig):
 
 
 class _Throughput:
-    """batch_end_callback: a progress event per batch, images/s logged every ``every`` batches. ``lead`` (worker 0's,
-    for TensorBoard's per-batch curves) adds the epoch's running training loss and the learning rate of the batch's
-    update (``rate_at(update)``, or None when the optimizer's own default rate is used)."""
+    """batch_end_callback: a progress event per batch, images/s logged every ``every`` batches. Worker 0's
+    (``lead_batches_per_epoch`` set, for TensorBoard's per-batch curves) adds the epoch's running training loss and
+    the learning rate of the batch's update (``rate_at(update)``; none when the optimizer's default rate is used)."""
 
     def __init__(self, batch_size: int, every: int, *, lead_batches_per_epoch: int = 0, rate_at=None) -> None:
         self.batch_size, self.every = batch_size, every

@@ -1,5 +1,5 @@
 """How an attempt reaches and uses its hosts: one ``Backend``, made once per attempt from how the launch reaches
-remote hosts (``cluster.backend.Launcher``: SSH, or job steps of the Slurm allocation the launcher runs in) and
+remote hosts (``cluster.hosts.Launcher``: SSH, or job steps of the Slurm allocation the launcher runs in) and
 used for everything that touches a host: probe (preflight), stage, watch, start, close.
 
 The backends differ only in their transports (``cluster.backend.Transports``: this machine's own processes start
@@ -15,11 +15,11 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from cluster.backend import Launcher, RemoteHost, Transports
+from cluster.backend import RemoteHost, Transports
 from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
 from cluster.fanout import HostResults, on_each_host
-from cluster.hosts import HostSpec
+from cluster.hosts import HostSpec, Launcher
 from cluster.hostwatch import HostWatch, first_lost
 from cluster.local import LocalTransport
 from cluster.ssh import HOSTS_AT_ONCE, SSHOptions

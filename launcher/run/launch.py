@@ -229,7 +229,11 @@ def check_hosts(config: LaunchConfig) -> list[HostRow]:
     base = facts_for.run_facts(config, spec, attempt, remote=not hosts[0].is_local) if spec is not None else Facts(
         run_id=attempt.run_id, run_dir=attempt.run_dir, cache_dir=config.cache_dir, scheduler_port=0,
         code_dir=facts_for.CODE_DIR, train_fingerprint="", hosts={}, remote_dir=config.remote_dir, ssh=config.ssh)
-    facts, probed = facts_for.probed_facts(config, base, hosts, Backend(config.launcher, config.ssh), None)
+    backend = Backend(config.launcher, config.ssh)
+    try:
+        facts, probed = facts_for.probed_facts(config, base, hosts, backend, None)
+    finally:
+        backend.close()
     need = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
     if spec is not None:
         need = _requirements(config, make_plan(spec, hosts, facts, inventory=inventory), inventory)
@@ -359,6 +363,7 @@ def run(config: LaunchConfig, *, console: Console, max_restarts: int | None = No
         backend = Backend(config.launcher, config.ssh)  # how this attempt reaches its hosts, chosen once
         plan = plan_attempt(config, spec, hosts, attempt, echo=console, saved=saved, backend=backend)
         if config.dry_run:
+            backend.close()  # a probe's connections
             return Outcome(plan, None, kind)
         if fresh and not _claim_run_dir(plan.run_dir):  # the id is taken: plan again under a new one
             if saved is not None:  # made between the check when it was read and now

@@ -216,7 +216,7 @@ def _facts_file(cache_dir: str, host: HostSpec, remote_dir: str, ssh: SSHOptions
     config = ssh.ssh_config or os.path.join(account_home(), ".ssh", "config")
     stamp = os.stat(config).st_mtime_ns if os.path.isfile(config) else 0
     key = hashlib.sha256(repr((host.name, host.port, host.user, host.python, remote_dir, config, stamp)
-                              + ((launcher.value,) if launcher is not Launcher.SSH else ())).encode())
+                              + ((Launcher(launcher).value,) if launcher != Launcher.SSH else ())).encode())
     label = re.sub(r"[^A-Za-z0-9_.-]", "_", host.label)
     return os.path.join(cache_dir, "hosts", f"{label}-{key.hexdigest()[:16]}.json")
 
