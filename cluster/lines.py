@@ -12,7 +12,9 @@ a host's stderr; ``SilenceWatch`` ends a copy whose host stopped answering.
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -128,6 +130,70 @@ def ended_tail(pipe, *, keep: int = 4096) -> str:
         data += chunk
         del data[:-keep]
     return " ".join(bytes(data).decode(errors="replace").split())
+
+
+RUN_OUTPUT_CAP = 4 << 20   # bytes of a command's stdout a host may answer with (a probe's answer is a few KB)
+RUN_ERROR_KEPT = 64 << 10  # the end of its stderr, kept
+
+
+class HostSaidTooMuch(Exception):
+    """A host answered a command with more than ``RUN_OUTPUT_CAP`` bytes: not read further, the command ended."""
+
+
+class BoundedOutput:
+    """A command's stdout, taken up to ``RUN_OUTPUT_CAP`` bytes (HostSaidTooMuch beyond), and the last
+    ``RUN_ERROR_KEPT`` bytes of its stderr: what a host sends is bounded in memory, whatever it sends.
+
+    >>> taken = BoundedOutput("h1", cap=4)
+    >>> taken.out(b"abc"); taken.err(b"x" * 10)
+    >>> taken.out(b"de")
+    Traceback (most recent call last):
+    cluster.lines.HostSaidTooMuch: answered with more than 4 bytes; not read further
+    """
+
+    def __init__(self, label: str, *, cap: int = RUN_OUTPUT_CAP, kept: int = RUN_ERROR_KEPT) -> None:
+        self.label, self.cap, self.kept = label, cap, kept
+        self.stdout, self.stderr = bytearray(), bytearray()
+
+    def out(self, data: bytes) -> None:
+        self.stdout += data
+        if len(self.stdout) > self.cap:
+            size = f"{self.cap >> 20} MiB" if self.cap >= 1 << 20 else f"{self.cap} bytes"
+            raise HostSaidTooMuch(f"answered with more than {size}; not read further")
+
+    def err(self, data: bytes) -> None:
+        self.stderr += data
+        del self.stderr[:-self.kept]
+
+    def texts(self) -> tuple[str, str]:
+        return self.stdout.decode(errors="replace"), self.stderr.decode(errors="replace")
+
+    def read(self, proc, *, timeout_s: float, end: Callable | None = None) -> int:
+        """Both pipes of ``proc`` (a local process: srun's step) into this until they end; its exit code.
+        TimeoutError past ``timeout_s``; HostSaidTooMuch past the cap. Either way ``proc`` is ended first
+        (``end(proc)``; killed by default)."""
+        deadline = time.monotonic() + timeout_s
+        pipes = {proc.stdout.fileno(): self.out, proc.stderr.fileno(): self.err}
+        try:
+            while pipes:
+                left = deadline - time.monotonic()
+                ready = select.select(list(pipes), [], [], max(left, 0))[0] if left > 0 else []
+                if not ready:
+                    raise TimeoutError(f"{self.label}: no answer within {timeout_s:.0f} s")
+                for fd in ready:
+                    data = os.read(fd, 65536)
+                    if data:
+                        pipes[fd](data)
+                    else:
+                        del pipes[fd]
+            return proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except (TimeoutError, subprocess.TimeoutExpired, HostSaidTooMuch):
+            if end is not None:
+                end(proc)
+            else:
+                proc.kill()
+                proc.wait()
+            raise
 
 
 class SilenceWatch:

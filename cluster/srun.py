@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 
 from cluster.errors import HostUnreachable, InputError
 from cluster.hosts import HostSpec, Launcher
+from cluster.lines import BoundedOutput
 from cluster.local import LocalProcess, die_with_parent
 from cluster.secret import ENV_FROM_STDIN, split_secrets
 from cluster.slurm import hosts_from_slurm
@@ -140,12 +141,12 @@ class SrunHost:
         """Run a command to completion on the node; (exit code, stdout, stderr). HostUnreachable when srun
         itself could not run the step (a node down, not in the allocation, the allocation gone)."""
         proc = self._step(argv, stdin=subprocess.DEVNULL)
+        taken = BoundedOutput(self.label)  # what the node sends is bounded (HostSaidTooMuch past the cap)
         try:
-            out, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _end(proc)
+            taken.read(proc, timeout_s=timeout_s, end=_end)
+        except (TimeoutError, subprocess.TimeoutExpired):
             raise HostUnreachable(f"node {self.label}: no answer through srun within {timeout_s:.0f} s") from None
-        out, err = out.decode(errors="replace"), err.decode(errors="replace")
+        out, err = taken.texts()
         refusal = _srun_refusal(err)
         if proc.returncode != 0 and refusal:
             raise HostUnreachable(f"node {self.label}: {refusal}")

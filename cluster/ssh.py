@@ -17,10 +17,12 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import select
 import shlex
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
@@ -30,7 +32,7 @@ import paramiko
 from cluster.errors import HostUnreachable
 from cluster.hosts import HostSpec
 from cluster.known_hosts import CheckKnownHosts, HostKeyError, keys_for, pinned_key_types, prefer_key_types
-from cluster.lines import bounded_lines
+from cluster.lines import BoundedOutput, bounded_lines
 from cluster.secret import ENV_FROM_STDIN, split_secrets
 from cluster.ssh_resolve import SSHTarget, jump_of, resolve_target
 from cluster.ssh_sessions import SessionPool, SharedConnection
@@ -216,11 +218,25 @@ class SSHHost:
         return self.target().hostname
 
     def run(self, argv: Sequence[str], *, timeout_s: float = 60.0):
-        """Run a command to completion; returns (exit code, stdout, stderr)."""
+        """Run a command to completion; returns (exit code, stdout, stderr). What the host sends is bounded
+        (``cluster.lines.BoundedOutput``: HostSaidTooMuch past its cap), and so is the wait (HostUnreachable)."""
         conn = self.connect()
         try:
-            result = conn.run(remote_command(argv), hide=True, warn=True, timeout=timeout_s, in_stream=False)
-            return result.exited, result.stdout, result.stderr
+            channel = conn.client.get_transport().open_session(timeout=timeout_s)
+            channel.exec_command(remote_command(argv))
+            channel.shutdown_write()
+            taken = BoundedOutput(self.label)
+            deadline = time.monotonic() + timeout_s
+            while not (channel.exit_status_ready() and channel.eof_received and not channel.recv_ready()
+                       and not channel.recv_stderr_ready()):
+                if time.monotonic() > deadline:
+                    raise HostUnreachable(f"{self.label}: no answer within {timeout_s:.0f} s")
+                select.select([channel], [], [], 0.05)  # stdout wakes it at once; stderr within 50 ms
+                while channel.recv_ready():
+                    taken.out(channel.recv(65536))
+                while channel.recv_stderr_ready():
+                    taken.err(channel.recv_stderr(65536))
+            return (channel.recv_exit_status(), *taken.texts())
         finally:
             conn.close()
 

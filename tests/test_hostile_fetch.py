@@ -17,6 +17,7 @@ import shutil
 import sys
 import tarfile
 
+import psutil
 import pytest
 
 from cluster.errors import JobFailed
@@ -25,6 +26,7 @@ from cluster.hosts import HostSpec
 from cluster.ssh import SSHHost, SSHOptions
 from launcher.plan import Transfer
 from launcher.run.fetch import FetchRefused, fetch_files
+from launcher.run.preflight import probe_all
 from launcher.run.stage import stage_host
 from testing.processes import pids_running
 from tests.helpers import REPO, demo_job, hosts_file, run_launch, ssh_args, wait_until, write_job
@@ -77,6 +79,13 @@ if len(sys.argv) > 3 and sys.argv[1] == "-c" and "def open_regular(" in sys.argv
         out.flush()
         until_the_session_ends()
     out.flush()
+    sys.exit(0)
+if MODE == "flood" and len(sys.argv) > 2 and sys.argv[1] == "-c" and "def file_id(" in sys.argv[2]:
+    try:  # preflight's probe: answered with 200 MiB on one line, until the launcher stops reading
+        for _ in range(3200):
+            sys.stdout.buffer.write(b"x" * 65536)
+    except (BrokenPipeError, OSError):
+        pass
     sys.exit(0)
 if MODE == "silent-offer" and len(sys.argv) > 2 and sys.argv[1] == "-c" and "def land(" in sys.argv[2]:
     until_the_session_ends()  # the staging receiver: never answers the offer
@@ -248,3 +257,19 @@ def test_a_launch_whose_worker_0_host_goes_silent_at_the_end_fails_within_its_de
     assert first_line.startswith("mxft-launch: job failed: 10.231.77.") and "sent nothing for 3 s" in first_line, \
         done.stderr
     assert "keeping the checkpoint of epoch 1 failed (FetchRefused: " in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.timeout(120)
+def test_a_host_that_answers_the_probe_without_end_is_refused_and_what_it_sent_stays_bounded(hosts3, tmp_path,
+                                                                                              victim):
+    """A command's answer is read up to 4 MiB (``cluster.lines.BoundedOutput``): fabric's run kept all of it, so a
+    host answering preflight with 200 MiB cost the launcher that much memory, or more."""
+    python = hostile_python(tmp_path, "flood", str(victim))
+    spec = HostSpec(hosts3.hosts[0].address, python=python)
+    host = SSHHost(spec, SSHOptions(ssh_config=hosts3.ssh_config))
+    before = psutil.Process().memory_info().rss
+    probed = probe_all([(spec, host)], REMOTE)
+    failed = probed.failed[host.label]
+    assert failed.failure.kind is FailureKind.HOST_REFUSED, failed
+    assert failed.reason == f"'{python}' answered with more than 4 MiB; not read further", failed.reason
+    assert psutil.Process().memory_info().rss - before < 64 << 20

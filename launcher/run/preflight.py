@@ -30,6 +30,7 @@ from cluster.errors import InputError
 from cluster.failure import FailureKind
 from cluster.fanout import HostProblem, HostResults, on_each_host
 from cluster.hosts import HostSpec, Launcher
+from cluster.lines import HostSaidTooMuch
 from cluster.local import LocalTransport
 from cluster.ssh import SSH_ERRORS, HostKeyError, SSHOptions, ssh_error_text
 from cluster.ssh_resolve import account_home
@@ -96,6 +97,8 @@ def probe_host(ssh: RemoteHost | LocalTransport, spec: HostSpec, work_dir: str, 
         after = time.time()
     except HostKeyError as err:
         raise HostProblem(str(err), kind=FailureKind.HOST_KEY) from None
+    except HostSaidTooMuch as err:
+        raise HostProblem(f"'{python}' {err}", kind=FailureKind.HOST_REFUSED) from None
     except paramiko.AuthenticationException as err:
         raise HostProblem(ssh_error_text(err), kind=FailureKind.HOST_REFUSED,
                           hint="check the user and identity file in ~/.ssh/config") from None
