@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from launcher.data import recfile
+from launcher.data.shards import index_parts
 from testing.processes import run_id_from, run_processes
 from tests.helpers import (assert_dry_run_is_the_plan, demo_job, hosts_file, launch_bad, no_processes_left,
                            python_field, refusal_line, run_launch, ssh_args, start_launch, wait_until, write_job)
@@ -54,6 +55,7 @@ def test_demo_across_three_hosts_then_relaunch_sends_no_data(hosts3, tmp_path, d
         assert [os.path.basename(p) for p in shards] == [f"part-{i}-of-3.idx", f"part-{i}-of-3.rec"], shards
         here = recfile.write_shard(spec["data"]["train"], spans[i::3], str(tmp_path / f"part-{i}"))
         assert [open(p, "rb").read() for p in shards] == [open(p, "rb").read() for p in here[::-1]]
+    assert_each_host_got_its_workers_part_of_the_validation_set_alone(hosts3, spec["data"]["val"], tmp_path)
     assert_the_model_went_once(hosts3, tmp_path / "runs" / run_id, attempts=1)
     # ... and those weights are the pretrained model's with the seeded new layer: what every worker on one machine,
     # each with the whole checkpoint, starts from (the same digest whichever ps-lite rank got which host)
@@ -65,6 +67,20 @@ def test_demo_across_three_hosts_then_relaunch_sends_no_data(hosts3, tmp_path, d
     assert "[stage] 0 bytes of data sent in total" in again.stdout
     assert "[stage] 0 bytes of data sent in total" not in first.stdout
     assert_evaluated_in_parts_on_the_hosts_as_here(hosts3, hosts, str(tmp_path / "runs" / run_id), spec, tmp_path)
+
+
+def assert_each_host_got_its_workers_part_of_the_validation_set_alone(cluster, val: str, tmp_path) -> None:
+    """Issue 26, item 3 (its last point): with shared evaluation, worker i evaluates part i of 3 of the validation
+    set through its .idx; a host that does not read the set in place gets that part alone, as cutting it here gives,
+    and never the whole set."""
+    spans = recfile.read_index(val)
+    parts = index_parts(spans, 3)
+    for i, host in enumerate(cluster.hosts):
+        found = sorted(os.path.join(root, name) for root, _, names in os.walk(os.path.join(host.work_dir, "data"))
+                       for name in names if name.startswith("val-part-") or name == os.path.basename(val))
+        assert [os.path.basename(p) for p in found] == [f"val-part-{i}-of-3.idx", f"val-part-{i}-of-3.rec"], found
+        here = recfile.write_shard(val, [spans[k] for k in parts[i]], str(tmp_path / f"val-part-{i}"))
+        assert [open(p, "rb").read() for p in found] == [open(p, "rb").read() for p in here[::-1]]
 
 
 def assert_evaluated_in_parts_on_the_hosts_as_here(cluster, hosts: str, run_dir: str, spec: dict, tmp_path) -> None:

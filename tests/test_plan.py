@@ -8,6 +8,7 @@ import pytest
 
 from cluster.errors import InputError
 from cluster.hosts import HostSpec, parse_hosts
+from launcher.data.recfile import RecordSpan
 from launcher.plan import Facts, HostFacts, Role, Transfer, make_plan, place, shard_dir
 from launcher.spec.jobspec import parse_job
 from tests.plan_literals import FACTS, JOB, inventory
@@ -193,6 +194,29 @@ def test_a_host_without_the_files_gets_copies_of_the_same_parts():
     assert "training data: read in place on h1 (the same files" in text
     assert "staged to h2 (/d/train.rec is not there)" in text
     assert "staged to h2 (/d/val.rec there is not the file here)" in text
+
+
+def test_a_host_without_the_validation_file_gets_its_workers_part_of_it_alone():
+    """Issue 26, item 3 (its last point): with shared evaluation each worker evaluates a part of the validation set
+    through its .idx; h2, which lacks the file, gets its worker's part alone (cut as it is sent); h1 reads its part
+    in place. Without an .idx every host still gets the whole set and the workers split it by byte ranges."""
+    job = parse_job(JOB, "/jobs/small.yaml", environ={})
+    indexed = dataclasses.replace(inventory(), train_labels=(0, 1, 2) * 3, train_index="/d/train.idx",
+                                  val_spans=tuple(RecordSpan(i, 50 * i, 50) for i in range(5)), val_index="/d/val.idx")
+    plan = make_plan(job, (HostSpec("h1"), HostSpec("h2")), _two_host_facts({**SHARED, "/d/val.rec": ""}),
+                     inventory=indexed)
+    parts = plan.component.val_parts
+    assert [(p.positions, p.in_place) for p in parts] == [(range(0, 3), True), (range(3, 5), False)]
+    folder = f"/w/data/{os.path.basename(os.path.dirname(parts[1].rec_path))}"
+    first, second = plan.component.workers
+    assert (first.val_rec, first.val_part) == ("/d/val.rec", [0, 2, "/d/val.idx"])
+    assert (second.val_rec, second.val_part) == (f"{folder}/val-part-1-of-2.rec", None)
+    assert {(t.host, t.source, t.dest) for t in plan.transfers if t.kind == "data"} == {
+        ("h2", parts[1].rec_path, f"{folder}/val-part-1-of-2.rec"),
+        ("h2", parts[1].idx_path, f"{folder}/val-part-1-of-2.idx")}
+    whole = _shared_plan({**SHARED, "/d/val.rec": ""})  # no .idx beside the validation set
+    assert not whole.component.val_parts and whole.component.workers[1].val_part == [1, 2, ""]
+    assert ("h2", "/d/val.rec") in {(t.host, t.source) for t in whole.transfers}
 
 
 def test_data_staging_always_and_a_file_sorted_by_class_stage_copies():

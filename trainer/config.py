@@ -80,6 +80,7 @@ class WorkerConfig:
     cpu_contexts: int = 1           # devices None: computes on mx.cpu(0) .. mx.cpu(N-1) (cluster.devices: cpu:N)
     train_part: list | None = None  # [part, parts, .idx]: read that part of train_rec in place (no shard copied)
     best_so_far: list | None = None  # resuming: [epoch, validation accuracy] of the best epoch before (early_stop)
+    val_part: list | None = None    # [part, parts, .idx or ""] this worker evaluates of val_rec; None: all of it
     start_weights: str = "own"      # "worker0": every worker takes worker 0's weights through the kvstore before
                                     # training (the same on all); the others' params files hold BatchNorm statistics
 

@@ -100,7 +100,7 @@ class SharedEvaluation:
     def __call__(self) -> dict:
         """The whole validation set's accuracy, top-k and loss, each worker evaluating its part."""
         self.average_statistics()
-        mine = count_part(self.mod, self.cfg, part=self.cfg.index, parts=self.kv.num_workers, top_k=self.top_k)
+        mine = count_part(self.mod, self.cfg, top_k=self.top_k)  # its part (cfg.val_part), or the copy of it here
         self.kv.push(COUNTS_KEY, mx.nd.array(mine))
         total = mx.nd.zeros((4,))
         self.kv.pull(COUNTS_KEY, out=total)
@@ -108,24 +108,27 @@ class SharedEvaluation:
         return summary(correct, correct_k, loss, int(round(seen)), self.cfg, self.top_k)
 
 
-def val_iter(cfg: WorkerConfig, *, part: int = 0, parts: int = 1):
-    """A fresh iterator over part ``part`` of ``parts`` of the validation set, for each evaluation.
+def val_iter(cfg: WorkerConfig):
+    """A fresh iterator over the worker's part of the validation set (``cfg.val_part``: through the ``.idx`` when
+    it names one, else MXNet's byte ranges; None: all of ``val_rec``, which may be a copy of that part), for each
+    evaluation.
 
     After its first pass, ImageRecordIter with round_batch=True starts the next pass where
     the padding left off and skips images, and with round_batch=False it repeats images
     without reporting them as padding.
     """
+    part, parts, index = cfg.val_part or (0, 1, "")
     return mx.io.ImageRecordIter(
         path_imgrec=cfg.val_rec, data_shape=tuple(cfg.data.shape), batch_size=cfg.batch_size,
         rand_crop=False, rand_mirror=False, shuffle=False, num_parts=parts, part_index=part,
-        preprocess_threads=cfg.data.preprocess_threads, round_batch=True)
+        preprocess_threads=cfg.data.preprocess_threads, round_batch=True, **({"path_imgidx": index} if index else {}))
 
 
-def count_part(mod: mx.mod.Module, cfg: WorkerConfig, *, part: int, parts: int, top_k: int | None) -> list[float]:
-    """[correct, correct in top-k, summed cross-entropy, images] over one part of the validation set."""
+def count_part(mod: mx.mod.Module, cfg: WorkerConfig, *, top_k: int | None) -> list[float]:
+    """[correct, correct in top-k, summed cross-entropy, images] over the worker's part of the validation set."""
     correct = correct_k = seen = 0
     loss = 0.0
-    for batch in val_iter(cfg, part=part, parts=parts):
+    for batch in val_iter(cfg):
         mod.forward(batch, is_train=False)
         probs = mod.get_outputs()[0].asnumpy()
         labels = batch.label[0].asnumpy().astype(np.int64)

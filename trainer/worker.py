@@ -79,7 +79,7 @@ def evaluate(mod: mx.mod.Module, cfg: WorkerConfig) -> dict:
     """Top-1, top-k (``reported_top_k``) and mean cross-entropy over every validation image, each counted once,
     by this worker alone with its own statistics (``train.evaluation: worker0``)."""
     top_k = reported_top_k(cfg)
-    return summary(*count_part(mod, cfg, part=0, parts=1, top_k=top_k), cfg, top_k)
+    return summary(*count_part(mod, cfg, top_k=top_k), cfg, top_k)  # val_part is None: the whole set
 
 
 def _optimizer_params(cfg: WorkerConfig) -> dict:

@@ -30,6 +30,8 @@ class Inventory:
     val_bytes: int
     train_labels: tuple[float, ...] = ()   # of each record, in train_records order
     train_index: str | None = None         # the training file's .idx, if it has one (reading it in place needs it)
+    val_spans: tuple[recfile.RecordSpan, ...] = ()  # the validation records (their parts go to the workers)
+    val_index: str | None = None           # the validation file's .idx, if it has one (its parts are read through it)
     notes: tuple[str, ...] = ()            # what the launcher passed over and the user may want to know
 
 
@@ -94,7 +96,7 @@ def check_inputs(job: JobSpec, *, cache_dir: str | None = None, remember_labels:
     train_spans, train_labels = load_labels(job.data.train, cache_dir, remember=remember_labels)
     train = recfile.LabelSummary.of(job.data.train, train_labels.values)
     train.check(job.num_classes, require_every_class=True)
-    _, val_labels = load_labels(job.data.val, cache_dir, remember=remember_labels)
+    val_spans, val_labels = load_labels(job.data.val, cache_dir, remember=remember_labels)
     val = recfile.LabelSummary.of(job.data.val, val_labels.values)
     val.check(job.num_classes, require_every_class=False)
     return Inventory(
@@ -104,5 +106,7 @@ def check_inputs(job: JobSpec, *, cache_dir: str | None = None, remember_labels:
         val_bytes=os.path.getsize(job.data.val),
         train_labels=train_labels.values,
         train_index=recfile.present_index(job.data.train),
+        val_spans=tuple(val_spans),
+        val_index=recfile.present_index(job.data.val),
         notes=tuple(labels.note for labels in (train_labels, val_labels) if labels.note),
     )

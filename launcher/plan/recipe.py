@@ -18,7 +18,7 @@ from launcher.data.inputs import Inventory
 from launcher.plan.model import Facts, Plan, ProcessSpec, Role, Transfer
 from launcher.plan.placement import (Assignment, HostLayout, Placement, Program, assign_workers, check_slots,
                                      device_count, plan_processes)
-from launcher.plan.sources import ShardSpec, describe_sources, read_in_place, worker_shards
+from launcher.plan.sources import ShardSpec, describe_sources, read_in_place, validation_parts, worker_shards
 from launcher.spec.jobspec import ClusterSpec, CPUContexts, JobSpec
 from trainer.config import SECTIONS, WorkerConfig
 
@@ -39,6 +39,7 @@ class Recipe:
                                           # "model" -> the remote hosts whose workers read it where it is
     statistics_params: str | None = None  # the trimmed params' BatchNorm statistics alone, staged to the hosts
                                           # without worker 0, whose workers take its weights through the kvstore
+    val_parts: tuple[ShardSpec, ...] = ()  # each worker's part of the validation set (shared evaluation, an .idx)
 
     # The workers update the weights themselves (shared evaluation): the optimizer's state is theirs, and saved.
     keeps_optimizer_state = property(lambda self: self.job.train.evaluation == "shared")
@@ -164,12 +165,14 @@ def make_recipe_plan(job: JobSpec, inventory: Inventory, hosts: Sequence[HostSpe
     shards = worker_shards(job, inventory, facts, count, [h.is_local or h.label in in_place["train"]
                                                     for h in placement.workers],
                      remote=not all(h.is_local for h in placement.workers))
+    val_parts = validation_parts(job, inventory, facts, count,
+                                 [h.is_local or h.label in in_place["val"] for h in placement.workers])
     trimmed = os.path.join(facts.cache_dir, "trimmed", f"{_model_key(job, facts)}-{job.model.cut_layer}")
     params_name = os.path.basename(job.model.params_path)
     recipe = Recipe(job, shards, (), math.ceil(max(len(s.positions) for s in shards) / batch),
                     os.path.join(trimmed, params_name), assignment.why, in_place,
                     os.path.join(f"{trimmed}-statistics", params_name)
-                    if _weights_through_kvstore(job, facts, placement, in_place) else None)
+                    if _weights_through_kvstore(job, facts, placement, in_place) else None, val_parts)
     transfers = placement.code_transfers(facts)
     rate = scaled_learning_rate(job, batch * count)
     workers = tuple(_place_worker(recipe, inventory, placement, facts, i, transfers, assignment.devices[i], rate)
@@ -214,6 +217,26 @@ def _trainer(job: JobSpec, placement: Placement, facts: Facts, role: Role, rank:
                    {**defaults, **(job.env or {}), **own})
 
 
+def _validation_files(recipe: Recipe, index: int, stage, keys: Mapping[str, str],
+                      here: bool) -> tuple[str, list | None]:
+    """Worker ``index``'s validation file and the part of it the worker evaluates ([part, parts, .idx or ""]; None:
+    all of it): its part alone staged to its host (``recipe.val_parts``), or the whole set read in place or staged."""
+    job, count = recipe.job, len(recipe.shards)  # a shard per worker
+    part = recipe.val_parts[index] if recipe.val_parts else None
+    if part is not None and not part.in_place:
+        key = os.path.basename(os.path.dirname(part.rec_path))
+        stage(part.idx_path, key, False)
+        return stage(part.rec_path, key, False), None
+    if part is not None:
+        return job.data.val, [index, len(recipe.val_parts), part.idx_path]
+    val_rec = stage(job.data.val, keys.get(job.data.val, "val"), here)
+    val_idx = recfile.idx_path_for(job.data.val)
+    if val_idx in keys:
+        stage(val_idx, keys[val_idx], here)
+    shared = job.train.evaluation == "shared" and count > 1
+    return val_rec, [index, count, ""] if shared else None  # "": MXNet's byte ranges, without an index
+
+
 def _model_key(job: JobSpec, facts: Facts) -> str:
     return facts.file_keys.get(job.model.params_path, "model")
 
@@ -238,10 +261,7 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
     train_rec = stage(shard.rec_path, shard_key, shard.in_place)
     stage(shard.idx_path, shard_key, shard.in_place)
     val_here, model_here = (host.label in recipe.in_place[what] for what in ("val", "model"))
-    val_rec = stage(job.data.val, keys.get(job.data.val, "val"), val_here)
-    val_idx = recfile.idx_path_for(job.data.val)
-    if val_idx in keys:
-        stage(val_idx, keys[val_idx], val_here)
+    val_rec, val_part = _validation_files(recipe, index, stage, keys, val_here or layout.local)
     resume = _resume_files(host, layout, facts, transfers) if facts.resume_prefix else None
     if resume:  # a resumed worker starts from the run's checkpoint: the pretrained model is not read
         symbol = f"{resume}-symbol.json"
@@ -255,7 +275,7 @@ def _place_worker(recipe: Recipe, inventory: Inventory, placement: Placement, fa
         transfers.append(Transfer(host.label, os.path.join(facts.run_dir, "config", f"worker-{index}.json"),
                                   f"{layout.run_dir}/config/worker-{index}.json", "run"))
     return WorkerConfig(
-        index=index, train_rec=train_rec, val_rec=val_rec, num_val_images=inventory.val_records,
+        index=index, train_rec=train_rec, val_rec=val_rec, val_part=val_part, num_val_images=inventory.val_records,
         train_part=[index, len(recipe.shards), shard.idx_path] if shard.in_place else None,
         learning_rate=learning_rate,
         batches_per_epoch=recipe.batches_per_epoch, model_prefix=symbol[: -len("-symbol.json")],

@@ -95,6 +95,24 @@ def worker_shards(job: JobSpec, inventory: Inventory, facts: Facts, count: int, 
                  for i, p in enumerate(shards.strided_shards(len(inventory.train_records), count)))
 
 
+def validation_parts(job: JobSpec, inventory: Inventory, facts: Facts, count: int,
+                     in_place: Sequence[bool]) -> tuple[ShardSpec, ...]:
+    """With shared evaluation, each worker's part of the validation set (ImageRecordIter's ``part_index`` of
+    ``num_parts`` through the ``.idx``): read where it is by the workers that can (``in_place[i]``), and staged alone,
+    as a copy of that part, to the others' hosts; () when the set has no ``.idx`` (then every host gets all of it,
+    and each worker reads its part by the byte ranges MXNet gives without an index)."""
+    if job.train.evaluation != "shared" or count < 2 or inventory.val_index is None:
+        return ()
+    parts = shards.index_parts(inventory.val_spans, count)
+    if not all(parts):
+        return ()
+    key = hashlib.sha256(f"{facts.file_keys.get(job.data.val, job.data.val)}|{count}|val".encode()).hexdigest()[:16]
+    folder = os.path.join(facts.cache_dir, "val-parts", key)
+    return tuple(ShardSpec(i, p, job.data.val, inventory.val_index, in_place=True) if in_place[i] else
+                 ShardSpec(i, p, os.path.join(folder, f"val-part-{i}-of-{count}.rec"),
+                           os.path.join(folder, f"val-part-{i}-of-{count}.idx")) for i, p in enumerate(parts))
+
+
 def _shard_paths(shards_at: str, index: int, count: int) -> tuple[str, str]:
     return (os.path.join(shards_at, f"part-{index}-of-{count}.rec"),
             os.path.join(shards_at, f"part-{index}-of-{count}.idx"))

@@ -31,7 +31,8 @@ from launcher.spec.jobspec import ModelSpec
 
 def make_local_files(plan: Plan) -> dict[str, Piece]:
     """Each worker's config, the trimmed params and (unless cached) the shards of this machine's workers; returns the
-    shards of the other hosts' workers as pieces, cut from the training file as they are sent (never written here)."""
+    shards of the other hosts' workers, and their parts of the validation set, as pieces, cut from the training and
+    validation files as they are sent (never written here)."""
     recipe = plan.component
     for config in recipe.workers:
         with open(plan.config_path(config.index), "w", encoding="utf-8") as handle:
@@ -41,11 +42,11 @@ def make_local_files(plan: Plan) -> dict[str, Piece]:
             with cachefile.locked(os.path.dirname(path)):  # one launch builds it, the others wait
                 _write_trimmed_params(recipe.job.model, path, kinds)
     local = {host.label for host in plan.hosts if host.is_local}
+    pieces = _validation_pieces(recipe)
     copies = [s for s in recipe.shards if not s.in_place]
     if not copies:  # every worker reads its part of the training file where it is
-        return {}
+        return pieces
     spans = recfile.read_index(recipe.job.data.train)
-    pieces: dict[str, Piece] = {}
     for shard in copies:
         if plan.worker_hosts[shard.worker] not in local:
             records = [spans[i] for i in shard.positions]
@@ -58,6 +59,20 @@ def make_local_files(plan: Plan) -> dict[str, Piece]:
                 if not (os.path.isfile(shard.rec_path) and os.path.isfile(shard.idx_path)):
                     recfile.write_shard(recipe.job.data.train, [spans[i] for i in shard.positions],
                                         os.path.splitext(shard.rec_path)[0])
+    return pieces
+
+
+def _validation_pieces(recipe) -> dict[str, Piece]:
+    """The parts of the validation set that go, each alone, to the hosts of workers that cannot read it in place
+    (``launcher.plan.sources.validation_parts``), cut as they are sent."""
+    copies = [part for part in recipe.val_parts if not part.in_place]
+    if not copies:
+        return {}
+    spans = recfile.read_index(recipe.job.data.val)
+    pieces: dict[str, Piece] = {}
+    for part in copies:
+        records = [spans[i] for i in part.positions]
+        pieces.update({part.rec_path: ShardRecords(recipe.job.data.val, records), part.idx_path: ShardIndex(records)})
     return pieces
 
 
