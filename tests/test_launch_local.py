@@ -123,7 +123,9 @@ def assert_metrics(run_dir: str, result: dict, *, epochs: int, workers: int) -> 
     with open(os.path.join(run_dir, "metrics.png"), "rb") as handle:
         png = handle.read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
-    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (720, 3 * 230)
+    from launcher.report import plot
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (
+        plot.WIDTH, plot.TITLE_HEIGHT + 3 * plot.PANEL_HEIGHT)  # a title row, then 3 panels
 
 
 def test_gradient_compression_quantises_every_push(tmp_path, demo_assets):
