@@ -9,7 +9,8 @@ once every worker has reported it; a resumed attempt's rows replace the earlier 
 
 The TensorBoard files (``RUN_DIR/events.out.tfevents.*``, one TensorBoard run per run
 folder: ``tensorboard --logdir runs/``) are optional: they need tensorboardX
-(``pip install -e '.[tensorboard]'`` in the checkout, or ``pip install tensorboardX``); without it they are silently not written.
+(``pip install -e '.[tensorboard]'`` in the checkout, or ``pip install tensorboardX``); without it they are
+silently not written.
 """
 from __future__ import annotations
 
