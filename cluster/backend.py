@@ -38,9 +38,6 @@ class RemoteHost(Transport, Protocol):
     def close(self) -> None: ...
 
 
-LAUNCHERS = tuple(launcher.value for launcher in Launcher)
-
-
 class Transports:
     """The transports of one attempt's hosts, made once each (``remote``) and kept."""
 

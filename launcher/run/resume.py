@@ -15,7 +15,6 @@ import os
 import re
 from collections.abc import Mapping
 
-from cluster.backend import LAUNCHERS
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.secret import Secret
@@ -146,8 +145,6 @@ def resumed_where(config: LaunchConfig, run_dir: str, hosts_of) -> tuple[LaunchC
         return config, hosts_of(config), ""
     facts, given = recorded.facts, config.given
     require_fair_hosts(recorded.hosts, os.path.join(run_dir, "plan.json"))
-    if facts.launcher not in LAUNCHERS:
-        raise InputError(os.path.join(run_dir, "plan.json"), f"names the launcher {facts.launcher!r}")
     config = dataclasses.replace(
         config, launcher=config.launcher if "launcher" in given else facts.launcher,
         remote_dir=config.remote_dir if "remote_dir" in given else facts.remote_dir,

@@ -12,7 +12,6 @@ import stat
 
 import yaml
 
-from cluster.backend import LAUNCHERS
 from cluster.errors import InputError
 from cluster.hosts import HostSpec, parse_hosts
 from launcher.plan import Plan, plan_from_json
@@ -80,9 +79,8 @@ def require_fair_plan(plan: Plan, where: str, *, accept_new_host_keys: bool) -> 
     if not RUN_ID.fullmatch(facts.run_id) or not os.path.isabs(facts.run_dir) or \
             os.path.basename(os.path.normpath(facts.run_dir)) != facts.run_id:
         raise InputError(where, f"its run id {facts.run_id!r} and folder {facts.run_dir!r} are not a run's")
-    if facts.launcher not in LAUNCHERS or not os.path.isabs(facts.cache_dir):
-        raise InputError(where, f"its launcher {facts.launcher!r} or cache folder {facts.cache_dir!r} is not one "
-                         "a launch uses")
+    if not os.path.isabs(facts.cache_dir):  # its launcher is a Launcher: plan_from_json refuses any other value
+        raise InputError(where, f"its cache folder {facts.cache_dir!r} is not one a launch uses")
     if facts.ssh.accept_new_host_keys and not accept_new_host_keys:
         raise InputError(where, "it would accept new host keys, which only the command line may ask for",
                          hint="add --accept-new-host-keys if you mean it")
