@@ -118,8 +118,6 @@ def _result(run_dir: str) -> dict | None:
     return result if isinstance(result, dict) else None
 
 
-
-
 def log_tail(path: str, count: int, *, most_bytes: int = 64 * 1024) -> list[str]:
     """The last ``count`` lines of a log, from at most its last ``most_bytes`` (a log may be large)."""
     with open(path, "rb") as handle:
@@ -209,9 +207,8 @@ def _duration(attempts: list[dict], *, running: bool) -> str | None:
 
 
 def _accuracy(run_dir: str) -> str | None:
+    accuracy = (_result(run_dir) or {}).get("val_accuracy")
     try:
-        with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as handle:
-            accuracy = json.load(handle).get("val_accuracy")
         return f"{float(accuracy):.4f}" if accuracy is not None else None
-    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
+    except (ValueError, TypeError, OverflowError):
         return None
