@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
@@ -25,6 +25,7 @@ from cluster.fanout import HostProblem, on_each_host
 from cluster.hosts import HostSpec, Launcher
 from cluster.lines import bounded_lines
 from cluster.ssh import SSHOptions
+from launcher.data import recfile
 from launcher.plan import Transfer
 from launcher.remote.host_probe import file_id
 from launcher.report.console import Console
@@ -53,7 +54,7 @@ class Evaluation:
 
     @property
     def data_files(self) -> tuple[str, str]:
-        return self.rec, os.path.splitext(self.rec)[0] + ".idx"
+        return self.rec, recfile.idx_path_for(self.rec)
 
     def argv(self, python: str, prefix: str, rec: str, part: tuple[int, int]) -> list[str]:
         return [python, "-m", "trainer.evaluate", prefix, str(self.epoch), rec, "--shape",
@@ -82,7 +83,8 @@ def evaluate_on_hosts(task: Evaluation, hosts: Sequence[HostSpec], *, launcher: 
         files = (*task.model_files, *task.data_files)
         probed = backend.probe(hosts, remote_dir, files=files)
         require_fit(probed, Requirements(local_mxnet_version(), {}, {}, remote_dir))
-        places = {host.label: _place(task, probed.ok[host.label], files) for host in hosts}
+        here, code = {path: file_id(path) for path in files}, trainer_files()  # once, whatever the hosts
+        places = {host.label: _place(task, probed.ok[host.label], here, code) for host in hosts}
         transfers = [t for host in hosts for t in places[host.label].transfers(host.label)]
         stage_all(backend.remotes(hosts), transfers, root_of=lambda label: places[label].root,
                   python_of=lambda label: places[label].python,
@@ -113,17 +115,18 @@ class _Place:
         return [Transfer(label, source, dest, kind) for source, dest, kind in self.staged]
 
 
-def _place(task: Evaluation, probe, files: Sequence[str]) -> _Place:
+def _place(task: Evaluation, probe, here: Mapping[str, str], code: tuple[Sequence[str], str]) -> _Place:
     """A probed host's place: the model and the data read in place where the host has the same files at the same
-    paths (``file_id``), else staged under its work folder, keyed by what they are."""
-    info, there = probe.info, facts_of(probe, "", files).files
+    paths as ``here`` says this machine has (``file_id``), else staged under its work folder, keyed by what they
+    are; ``code``: the trainer's files and their hash (``trainer_files``)."""
+    info, there = probe.info, facts_of(probe, "", tuple(here)).files
     root = info["work_dir"].rstrip("/")
-    code_files, code_hash = trainer_files()
+    code_files, code_hash = code
     code_dir = f"{root}/code/{code_hash}"
     staged = [(os.path.join(CODE_DIR, rel), f"{code_dir}/{rel}", "code") for rel in code_files]
     paths = {}
     for group in (task.model_files, task.data_files):
-        ids = [file_id(path) for path in group]
+        ids = [here[path] for path in group]
         if all(ids) and all(there.get(path) == ident for path, ident in zip(group, ids)):
             paths.update({path: path for path in group})
             continue
