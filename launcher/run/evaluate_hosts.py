@@ -31,7 +31,7 @@ from launcher.remote.host_probe import file_id
 from launcher.report.console import Console
 from launcher.run.backend import Backend
 from launcher.run.facts import CODE_DIR, trainer_files
-from launcher.run.preflight import Requirements, facts_of, local_mxnet_version, require_fit
+from launcher.run.preflight import basic_requirements, facts_of, require_fit
 from launcher.run.stage import stage_all
 
 PART_TIMEOUT_S = 3600.0   # one host's part, at most
@@ -82,7 +82,7 @@ def evaluate_on_hosts(task: Evaluation, hosts: Sequence[HostSpec], *, launcher: 
     try:
         files = (*task.model_files, *task.data_files)
         probed = backend.probe(hosts, remote_dir, files=files)
-        require_fit(probed, Requirements(local_mxnet_version(), {}, {}, remote_dir))
+        require_fit(probed, basic_requirements(remote_dir))
         here, code = {path: file_id(path) for path in files}, trainer_files()  # once, whatever the hosts
         places = {host.label: _place(task, probed.ok[host.label], here, code) for host in hosts}
         transfers = [t for host in hosts for t in places[host.label].transfers(host.label)]

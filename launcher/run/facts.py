@@ -19,8 +19,8 @@ from launcher.plan import Facts, HostFacts
 from launcher.run.backend import Backend
 from launcher.run.config import Attempt, LaunchConfig
 from launcher.run.kinds import kind_of
-from launcher.run.preflight import (HostProbe, Requirements, assumed_facts, cached_facts, facts_of,
-                                    local_mxnet_version, remember_facts, unfit_hosts)
+from launcher.run.preflight import (HostProbe, assumed_facts, basic_requirements, cached_facts, facts_of,
+                                    remember_facts, unfit_hosts)
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import JobSpec
 
@@ -92,7 +92,7 @@ def probed_facts(config: LaunchConfig, facts: Facts, hosts: Sequence[HostSpec], 
     if echo:
         echo(f"[mxft] preflight: checking {len(hosts)} hosts")
     probed = backend.probe(hosts, config.remote_dir, other_folders=other_folders, files=tuple(facts.file_ids))
-    unfit = unfit_hosts(probed, Requirements(local_mxnet_version(), {}, {}, config.remote_dir))
+    unfit = unfit_hosts(probed, basic_requirements(config.remote_dir))
     found = {}
     for host in hosts:
         address = address_of(host, backend.remote(host))

@@ -36,7 +36,8 @@ from launcher.run.check_table import HostRow, host_row
 from launcher.run.config import Attempt, LaunchConfig
 from launcher.run.execute import execute
 from launcher.run.kinds import Command, FineTuning, kind_of, kind_of_plan
-from launcher.run.preflight import Requirements, local_mxnet_version, probe_all, require_fit, unfit_hosts
+from launcher.run.preflight import (Requirements, basic_requirements, local_mxnet_version, probe_all, require_fit,
+                                    unfit_hosts)
 from launcher.run.reach import require_scheduler_reachable
 from launcher.run.resume import resumed_job, resumed_where
 from launcher.run.trust import read_plan, require_fair_plan, require_own_file
@@ -234,7 +235,7 @@ def check_hosts(config: LaunchConfig) -> list[HostRow]:
         facts, probed = facts_for.probed_facts(config, base, hosts, backend, None)
     finally:
         backend.close()
-    need = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
+    need = basic_requirements(config.remote_dir)
     if spec is not None:
         need = _requirements(config, make_plan(spec, hosts, facts, inventory=inventory), inventory)
     return [host_row(label, probed, need) for label in probed.hosts]
@@ -286,7 +287,7 @@ def _hosts_for_restart(config: LaunchConfig, spec: JobSpec | CommandSpec, hosts:
         probed = backend.probe(keep, config.remote_dir)
     finally:
         backend.close()
-    basic = Requirements(local_mxnet_version(), {}, {}, config.remote_dir)
+    basic = basic_requirements(config.remote_dir)
     unfit = {label: why for label, (why, _) in unfit_hosts(probed, basic).items()}
     keep = [h for h in keep if h.label not in unfit]
     for label, why in ([(lost, "failed")] if lost else []) + list(unfit.items()):

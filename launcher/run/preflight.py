@@ -83,6 +83,11 @@ class HostProbe:
     clock_skew_s: float                   # the host's clock minus this machine's (less one-way latency)
 
 
+def basic_requirements(work_dir: str) -> Requirements:
+    """What any host needs to run mxft at all, whatever the job: this machine's mxnet version, with ps-lite."""
+    return Requirements(local_mxnet_version(), {}, {}, work_dir)
+
+
 def probe_host(ssh: RemoteHost | LocalTransport, spec: HostSpec, work_dir: str, *,
                other_folders: Sequence[str] = (), files: Sequence[str] = ()) -> HostProbe:
     """Run the probe on one host; a HostProblem (its kind, one line, what to do) when the host cannot answer.
