@@ -33,12 +33,8 @@ from launcher.run.stage import Piece, stage_all
 class Backend:
     """An attempt's hosts, reached one way: the transports made once each, and what the launch does on the hosts."""
 
-    def __init__(self, launcher: Launcher | str, ssh: SSHOptions) -> None:
-        self.transports = Transports(Launcher(launcher), ssh)
-
-    @property
-    def launcher(self) -> Launcher:
-        return self.transports.launcher
+    def __init__(self, launcher: Launcher, ssh: SSHOptions) -> None:
+        self.transports = Transports(launcher, ssh)
 
     def remote(self, host: HostSpec) -> RemoteHost:
         """How the launcher reaches ``host`` (not this machine)."""
