@@ -180,6 +180,8 @@ def test_worker_0s_batches_become_per_batch_curves_written_with_the_next_epochs_
             writer.add_batch({"event": "progress", "epoch": epoch, "batch": batch, "train_loss": 1.0 / (batch + epoch),
                               "lr": 0.1 * (epoch + 1)}, batches_per_epoch=3)
     writer.add_batch({"event": "progress", "epoch": 1, "batch": 3}, batches_per_epoch=3)  # another worker's kind
+    writer.add_batch({"event": "progress", "epoch": 1, "batch": 10 ** 9, "lr": 5.0}, batches_per_epoch=3)  # no such
+    assert len(writer._batches) == 6
     for event in events_for([1, 2]):
         writer.add(event)
     writer.write()

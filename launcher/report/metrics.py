@@ -101,15 +101,17 @@ class MetricsWriter:
         self._write_lock = threading.Lock()  # the files
         self._png_at = 0.0
         self._tensorboard = TensorBoardScalars(run_dir)
-        self._batches: list[tuple[int, dict[str, float]]] = []  # (step, scalars) not yet written
+        self._batches: dict[int, dict[str, float]] = {}  # step -> scalars, not yet written
 
     def add_batch(self, event: dict, *, batches_per_epoch: int) -> None:
         """Worker 0's progress event: its running training loss and learning rate, kept for TensorBoard's per-batch
-        curves (step: the batch counted from the run's start); written with the next ``write``, off the pump."""
+        curves (step: the batch counted from the run's start); written with the next ``write``, off the pump. A batch
+        the plan has not (beyond ``batches_per_epoch``) is not kept, and a repeat replaces the first: what waits for
+        the next write stays within one entry per batch of the run, whatever a worker sends."""
         scalars = {f"batch/{name}": float(event[name]) for name in ("train_loss", "lr") if name in event}
-        if scalars:
+        if scalars and 1 <= event["batch"] <= batches_per_epoch:
             with self._lock:
-                self._batches.append((event["epoch"] * batches_per_epoch + event["batch"], scalars))
+                self._batches[event["epoch"] * batches_per_epoch + event["batch"]] = scalars
 
     def add(self, event: dict) -> bool:
         """Record one worker's epoch event; True when every worker has reported that epoch.
@@ -139,7 +141,7 @@ class MetricsWriter:
         """
         events = self._events()
         with self._lock:
-            batches, self._batches = self._batches, []
+            batches, self._batches = sorted(self._batches.items()), {}
         with self._write_lock:
             self._tensorboard.add_steps(batches)
             rows = epoch_rows(events, self.num_workers)
