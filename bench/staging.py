@@ -122,7 +122,7 @@ def wire_table(cluster, work: str) -> list[str]:
         inventory = check_inputs(job)
         pieces = stage_local(plan)
         reports = stage_all(ssh_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__, pieces=pieces,
-                            python_of=plan.remote_pythons.__getitem__, progress=lambda *report: None)
+                            python_of=plan.remote_pythons.__getitem__, progress=lambda *report: None).hosts
         sent = sum(r.data_bytes_sent for r in reports)
         code = sum(r.code_bytes_sent for r in reports)
         stream = sum(r.bytes_sent for r in reports)

@@ -103,10 +103,16 @@ def stage_remote(plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console:
     if not plan.transfers:
         return
     started = time.monotonic()
-    reports = stage_all(remote_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
-                        python_of=plan.remote_pythons.__getitem__,
-                        progress=lambda host, sent, total: console.progress(f"staging {host}", sent, total, unit="B"),
-                        silence_s=plan.component.host_silence_s, pieces=pieces)
+    staged = stage_all(remote_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
+                       python_of=plan.remote_pythons.__getitem__,
+                       progress=lambda host, sent, total: console.progress(f"staging {host}", sent, total, unit="B"),
+                       silence_s=plan.component.host_silence_s, pieces=pieces,
+                       address_of=lambda label: plan.facts.hosts[label].address)
+    if staged.relay is not None:
+        console(f"[stage] {staged.relay.summary()}")
+        for label, why in staged.relay.missed.items():
+            console(f"[stage] {label}: not served by the relay ({why}); its files are sent from here")
+    reports = staged.hosts
     for report in reports:
         console(f"[stage] {report.host}: sent {report.files_sent} files ({report.data_bytes_sent} bytes of data, "
              f"{report.code_bytes_sent} of code), "

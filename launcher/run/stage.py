@@ -46,6 +46,7 @@ from cluster.lines import SilenceWatch, ended_tail
 from launcher.data.pieces import CHUNK, ShardIndex, ShardRecords, SourceShrank, send_range
 from launcher.plan import Transfer
 from launcher.remote import stage_receiver
+from launcher.run.relay import CHAINS, Common, RelayOutcome, relay
 
 # Runs on the host with its own Python: launcher/remote/stage_receiver.py, sent as source.
 _RECEIVER = inspect.getsource(stage_receiver)
@@ -257,15 +258,59 @@ def _send(proc, pieces: Sequence[tuple[Transfer, Piece]], *, on_bytes: Callable[
         pass  # the receiver failed; its exit code and stderr say why
 
 
+@dataclasses.dataclass(frozen=True)
+class Staged:
+    hosts: list[HostStaging]              # what each host's own copy sent, in the order of the transfers
+    relay: RelayOutcome | None            # what the relay sent every host (None: not used)
+
+
+RELAY_FROM_BYTES = 64 << 20  # the relay is used once it saves the launcher's links this much (its set-up costs)
+
+
 def stage_all(hosts: Mapping[str, RemoteHost], transfers: Sequence[Transfer], *, root_of: Callable[[str], str],
               python_of: Callable[[str], str], progress: Callable[[str, int, int], None],
-              silence_s: float = 60.0, pieces: Mapping[str, Piece] | None = None) -> list[HostStaging]:
-    """Stage every host in parallel, ``HOSTS_AT_ONCE`` at a time; one report per host in the order of the
-    transfers. Raises JobFailed naming each host that failed (every host is tried)."""
+              silence_s: float = 60.0, pieces: Mapping[str, Piece] | None = None,
+              address_of: Callable[[str], str] | None = None, relay_from: int = RELAY_FROM_BYTES) -> Staged:
+    """Stage every host: the files several hosts need at the same path through the relay (``launcher.run.relay``)
+    when ``address_of`` says where hosts reach each other and it saves ``relay_from`` bytes; then each host's own
+    files, and the common ones the relay did not bring it, in parallel, ``HOSTS_AT_ONCE`` at a time. Raises
+    JobFailed naming each host that failed (every host is tried)."""
+    relayed = None
+    shared = shared_files(transfers, pieces or {})
+    if address_of is not None and sum(os.stat(source).st_size for source, _, _ in shared) \
+            * (len({label for labels in shared.values() for label in labels}) - CHAINS) >= relay_from:
+        common = [_common(source, dest, kind) for source, dest, kind in shared]
+        wants: dict[str, list[int]] = {}
+        for index, labels in enumerate(shared.values()):
+            for label in labels:
+                wants.setdefault(label, []).append(index)
+        relayed = relay(hosts, common, wants, root_of=root_of, python_of=python_of, address_of=address_of,
+                        progress=progress, silence_s=silence_s)
+        served = set(wants) - set(relayed.missed)
+        transfers = [t for t in transfers if t.host not in served or (t.source, t.dest, t.kind) not in shared]
     labels = list(dict.fromkeys(t.host for t in transfers))
     done = on_each_host(lambda label: stage_host(hosts[label], [t for t in transfers if t.host == label],
                                                  root=root_of(label), python=python_of(label), progress=progress,
                                                  silence_s=silence_s, pieces=pieces),
                         labels, name="stage", kind=FailureKind.STAGING)
     done.raise_failed("staging", kind=FailureKind.STAGING)  # every host was tried; each that failed is named
-    return [done.ok[label] for label in labels]
+    return Staged([done.ok[label] for label in labels], relayed)
+
+
+def shared_files(transfers: Sequence[Transfer], pieces: Mapping[str, Piece]) -> dict[tuple[str, str, str], list[str]]:
+    """The files of this machine (source, dest, kind) that two or more hosts get at the same path, and those hosts.
+
+    >>> shared_files([Transfer("h1", "/c/a", "/w/a", "code"), Transfer("h2", "/c/a", "/w/a", "code"),
+    ...               Transfer("h2", "/d/s", "/w/s", "data"), Transfer("h3", "/c/a", "/x/a", "code")], {})
+    {('/c/a', '/w/a', 'code'): ['h1', 'h2']}
+    """
+    hosts_of: dict[tuple[str, str, str], list[str]] = {}
+    for transfer in transfers:
+        if transfer.source not in pieces:
+            hosts_of.setdefault((transfer.source, transfer.dest, transfer.kind), []).append(transfer.host)
+    return {key: list(dict.fromkeys(labels)) for key, labels in hosts_of.items() if len(set(labels)) > 1}
+
+
+def _common(source: str, dest: str, kind: str) -> Common:
+    piece = FilePiece(source)
+    return Common(source, dest, piece.size, piece.sha256(), piece.mode, keep=kind != "run")

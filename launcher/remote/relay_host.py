@@ -1,0 +1,305 @@
+"""A host's end of the relay (``launcher.run.relay``): keep the files of one stream, and forward it as it arrives.
+
+    python -c SOURCE ROOT
+
+What every host needs (code, a validation set or model sent whole, a ``--sync-dir`` folder) is one stream: its
+files one after the other. The launcher sends it once into the head of each chain of hosts; each host writes the
+bytes into its files and forwards them, as they arrive, to the next host over TCP. Which host feeds which is the
+launcher's to decide and to change (``launcher.run.relay_routes``): a host that stops forwarding is routed around.
+
+On stdin, frames (a 4-byte big-endian length, then JSON), from the launcher over SSH:
+  ``{"manifest": [{"dest", "size", "sha256", "keep", "mode"}, ...], "token": HEX, "bind": ADDRESS}``
+      answered with a line ``{"present": [DEST, ...], "port": PORT}``: the files this host already placed and
+      checked (``stage_receiver.is_verified``) and where it listens for its feed;
+  ``{"stream": [I, ...], "want": [J, ...]}``: the manifest's files the stream holds, in order, and the positions
+      in it of those this host keeps; an empty stream ends the program;
+  ``{"next": [[ADDRESS, PORT], ...]}``: the hosts to forward to from now on (replaces the last list);
+  ``{"data": OFFSET, "size": N}`` and N bytes: a piece of the stream, when the launcher feeds this host itself;
+  ``{"end": true}``: every host is done; close and exit.
+On stdout, a JSON line each: ``{"have": N}`` (the stream's first N bytes are here), ``{"placed": COUNT}`` (every
+file checked against its sha256, those wanted placed) or ``{"failed": REASON}``.
+
+A feed over TCP starts with a frame ``{"token": HEX}`` (the launcher gave every host of the relay the same secret,
+on stdin, never on a command line); this host answers with how many bytes it has (8 bytes, big-endian) and then
+reads the stream from there. A newer feed replaces an older one. What comes is only trusted once each file's
+sha256 matches the launcher's manifest. Standard library only, no annotations (Python 3.8 and newer).
+"""
+import fcntl
+import hmac
+import json
+import os
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+
+try:  # on the host the receiver's source comes first in the same script (launcher.run.relay.RELAY_SOURCE)
+    read_frame, land, write_mark, is_verified, sha256_of, remove_stale_incoming  # noqa: B018
+except NameError:
+    from launcher.remote.stage_receiver import (is_verified, land, read_frame, read_exact, remove_stale_incoming,
+                                                sha256_of, write_mark)
+
+PIECE = 1 << 20
+REPORT_EVERY_S = 0.2
+HANDSHAKE_S = 10.0
+HEARTBEAT_S = 1.0
+
+
+def say(line):
+    with SAY_LOCK:
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+
+
+SAY_LOCK = threading.Lock()
+
+
+class Stream:
+    """The stream's files in the incoming folder, written at any offset, read back by the forwarders."""
+
+    def __init__(self, files, incoming):
+        self.files, self.starts, self.fds = files, [], []
+        start = 0
+        for index, entry in enumerate(files):
+            self.starts.append(start)
+            start += entry["size"]
+            path = os.path.join(incoming, str(index))
+            self.fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        self.total, self.have = start, 0
+        self.changed = threading.Condition()
+        self.last_report = 0.0
+
+    def segments(self, begin, end):
+        """(fd, offset in its file, length) covering the stream's bytes [begin, end)."""
+        for fd, start, entry in zip(self.fds, self.starts, self.files):
+            low, high = max(begin, start), min(end, start + entry["size"])
+            if low < high:
+                yield fd, low - start, high - low
+
+    def write(self, offset, data):
+        """Bytes at ``offset`` (False: a gap after what is here, or past the end)."""
+        if offset > self.have or offset + len(data) > self.total:
+            return False
+        done = 0
+        for fd, at, length in self.segments(offset, offset + len(data)):
+            os.pwrite(fd, data[done: done + length], at)
+            done += length
+        with self.changed:
+            if offset + len(data) > self.have:
+                self.have = offset + len(data)
+                self.changed.notify_all()
+        now = time.monotonic()
+        if now - self.last_report >= REPORT_EVERY_S or self.have == self.total:
+            self.last_report = now
+            say({"have": self.have})
+        return True
+
+
+def hang_up(sock):
+    """End a connection another thread may be blocked on (close alone does not wake it)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def recv_exact(sock, count):
+    parts = []
+    while count:
+        part = sock.recv(min(count, PIECE))
+        if not part:
+            raise OSError("the peer closed")
+        parts.append(part)
+        count -= len(part)
+    return b"".join(parts)
+
+
+class Feeds:
+    """Where this host's stream comes from: the launcher on stdin, or hosts that connect with the token."""
+
+    def __init__(self, token, bind):
+        self.stream, self.token = None, token.encode()
+        self.ready = threading.Event()  # set once the launcher said what the stream holds
+        self.server = socket.create_server((bind, 0))
+        self.port = self.server.getsockname()[1]
+        self.open = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.take, args=(conn,), daemon=True).start()
+
+    def take(self, conn):
+        try:
+            conn.settimeout(HANDSHAKE_S)
+            length = struct.unpack(">I", recv_exact(conn, 4))[0]
+            hello = json.loads(recv_exact(conn, length)) if length <= 4096 else {}
+            if not hmac.compare_digest(str(hello.get("token", "")).encode(), self.token):
+                conn.close()
+                return
+            if not self.ready.wait(HANDSHAKE_S):
+                return
+            with self.lock:  # a newer feed replaces the older ones (their host was routed around)
+                for older in self.open:
+                    hang_up(older)
+                self.open = [conn]
+            offset = self.stream.have
+            conn.sendall(struct.pack(">Q", offset))
+            conn.settimeout(None)
+            self.read_feed(conn, offset)
+        except (OSError, ValueError, AttributeError):
+            pass
+        finally:
+            conn.close()
+
+    def read_feed(self, conn, offset):
+        buffer = bytearray(PIECE)
+        while offset < self.stream.total:
+            count = conn.recv_into(buffer, min(PIECE, self.stream.total - offset))
+            if not count or not self.stream.write(offset, bytes(buffer[:count])):
+                return
+            offset += count
+
+    def start(self, stream):
+        self.stream = stream
+        self.ready.set()
+
+    def close(self):
+        self.server.close()
+        with self.lock:
+            for conn in self.open:
+                hang_up(conn)
+
+
+class Forward:
+    """The stream, from what the host at ``address`` already has, as this host gets it."""
+
+    def __init__(self, stream, address, token):
+        self.stream, self.address, self.token = stream, tuple(address), token
+        self.stopped, self.sock = False, None
+        threading.Thread(target=self.run, daemon=True).start()
+
+    def run(self):
+        try:
+            self.sock = socket.create_connection(self.address, timeout=HANDSHAKE_S)
+            hello = json.dumps({"token": self.token}).encode()
+            self.sock.sendall(struct.pack(">I", len(hello)) + hello)
+            sent = struct.unpack(">Q", recv_exact(self.sock, 8))[0]
+            self.sock.settimeout(None)
+            while sent < self.stream.total and not self.stopped:
+                with self.stream.changed:
+                    while self.stream.have <= sent and not self.stopped:
+                        self.stream.changed.wait(1.0)
+                    upto = self.stream.have
+                for fd, at, length in self.stream.segments(sent, upto):
+                    while length:
+                        moved = os.sendfile(self.sock.fileno(), fd, at, length)
+                        if not moved:
+                            raise OSError("nothing more to send")
+                        at, length = at + moved, length - moved
+                sent = upto
+        except (OSError, ValueError):
+            pass  # the launcher sees the next host stall and routes around whichever end failed
+        finally:
+            if self.sock is not None:
+                self.sock.close()
+
+    def stop(self):
+        self.stopped = True
+        if self.sock is not None:
+            hang_up(self.sock)
+
+
+def check_and_place(stream, incoming, want):
+    """Every file checked against its sha256; those wanted placed at their destinations (with their marks)."""
+    for index in want:
+        if sha256_of(os.path.join(incoming, str(index))) != stream.files[index]["sha256"]:
+            return "checksum mismatch: " + stream.files[index]["dest"]
+    for index in want:  # renamed while open: the forwarders go on reading the same file
+        entry, path = stream.files[index], os.path.join(incoming, str(index))
+        os.chmod(path, entry.get("mode", 0o600) & 0o777)
+        os.makedirs(os.path.dirname(os.path.abspath(entry["dest"])), exist_ok=True)
+        info = land(path, entry["dest"], entry["sha256"])
+        if entry.get("keep"):
+            write_mark(entry["dest"], entry["sha256"], info)
+    return None
+
+
+def place_when_whole(stream, incoming, want):
+    with stream.changed:
+        while stream.have < stream.total:
+            stream.changed.wait(1.0)
+    failed = check_and_place(stream, incoming, want)
+    say({"failed": failed} if failed else {"placed": len(want)})
+
+
+def heartbeat(stream):
+    """What is here, once a second whatever happens: the launcher tells a waiting host from a stuck one by it."""
+    while True:
+        time.sleep(HEARTBEAT_S)
+        say({"have": stream.have})
+
+
+def serve(stream, token, incoming, want):
+    """Act on the launcher's frames until its end frame (or its end of stdin)."""
+    forwards = []
+    threading.Thread(target=place_when_whole, args=(stream, incoming, want), daemon=True).start()
+    threading.Thread(target=heartbeat, args=(stream,), daemon=True).start()
+    while True:
+        try:
+            frame = read_frame()
+        except SystemExit:
+            return
+        if "end" in frame:
+            break
+        if "next" in frame:
+            for forward in forwards:
+                forward.stop()
+            forwards = [Forward(stream, address, token) for address in frame["next"]]
+        elif "data" in frame:
+            offset, size = frame["data"], frame["size"]
+            while size:
+                piece = read_exact(min(size, PIECE))
+                if not stream.write(offset, piece):
+                    sys.exit("the launcher's feed does not fit the stream")
+                offset, size = offset + len(piece), size - len(piece)
+    for forward in forwards:
+        forward.stop()
+
+
+def main(argv):
+    root = argv[0]
+    os.umask(0o077)
+    os.makedirs(root, exist_ok=True)
+    held = os.open(root, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_SH)  # as the receiver: mxft-launch clean waits while files arrive
+    remove_stale_incoming(root)
+    start = read_frame()
+    manifest, token = start["manifest"], start["token"]
+    incoming = tempfile.mkdtemp(prefix=".incoming.", dir=root)
+    feeds = Feeds(token, start["bind"])
+    try:
+        say({"present": [entry["dest"] for entry in manifest if is_verified(entry["dest"])], "port": feeds.port})
+        route = read_frame()
+        if not route["stream"]:
+            return 0
+        stream = Stream([manifest[index] for index in route["stream"]], incoming)
+        feeds.start(stream)
+        serve(stream, token, incoming, route["want"])
+    finally:
+        feeds.close()
+        shutil.rmtree(incoming, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

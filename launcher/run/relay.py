@@ -1,0 +1,336 @@
+"""What every host needs, sent once: the launcher feeds the head of each chain of hosts, each host forwards the
+stream to the next as it arrives (``launcher.remote.relay_host``), so the launcher's links carry ``CHAINS`` copies
+of the common files whatever the host count (issue 26; a star through the launcher carried one per host).
+
+The hosts' relay programs run over the same SSH (or srun) as staging, and talk to the launcher in frames on stdin
+and JSON lines on stdout, each checked here (``relay_line``); host-to-host the stream goes over TCP to the address
+the run's processes use, with a secret the launcher gives every relay host on stdin. Every file is checked against
+the launcher's sha256 on the host that keeps it. The launcher watches each host's progress and routes around a host
+whose program ended (at once) or that stopped forwarding (after ``DEADLINE_S``; ``launcher.run.relay_routes``). A
+host the relay did not serve is named in ``RelayOutcome.missed``: staging then sends it its files itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+import secrets
+import selectors
+import shlex
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from cluster.backend import RemoteHost
+from launcher.data.pieces import send_range
+from launcher.remote import relay_host, stage_receiver
+from launcher.run.relay_routes import LAUNCHER, HostState, Reroute, chains, next_hosts, reroute
+
+# The receiver's functions, then the relay's own: one script, run with the host's Python.
+RELAY_SOURCE = (inspect.getsource(stage_receiver).split('\nif __name__ == "__main__":')[0] + "\n"
+                + inspect.getsource(relay_host))
+CHAINS = 2            # chains the launcher feeds: its links carry this many copies of the stream
+DEADLINE_S = 5.0      # a host that got nothing this long while its feed had more: its feed stopped forwarding
+LINE_MAX = 4096       # a relay program's line is shorter; a longer one ends the host's part in the relay
+FRAME_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Common:
+    """A file for several hosts at the same path there, sent once through the relay."""
+
+    source: str
+    dest: str
+    size: int
+    sha256: str
+    mode: int
+    keep: bool            # content-addressed: the host marks it, and later launches find it present
+
+
+@dataclasses.dataclass(frozen=True)
+class RelayOutcome:
+    placed: dict[str, int]          # host -> files the relay placed there
+    missed: dict[str, str]          # host -> why the relay did not serve it (staging sends it its files itself)
+    stream_bytes: int               # the stream: the common files some host lacked
+    launcher_bytes: int             # of it, bytes the launcher itself sent (CHAINS streams, more after reroutes)
+    reroutes: tuple[Reroute, ...]
+    seconds: float
+
+    def summary(self) -> str:
+        hosts = len(self.placed) + len(self.missed)
+        moved = "".join(f"; {r.host} dropped ({r.why})" if r.now is None else
+                        f"; {r.host} fed by {r.now or 'the launcher'} ({r.why})" for r in self.reroutes)
+        return (f"relay: {self.stream_bytes} bytes to {hosts} hosts, {self.launcher_bytes} of them sent from here, "
+                f"in {self.seconds:.1f} s{moved}")
+
+
+def relay_line(text: str, *, total: int | None) -> dict:
+    """One line of a relay program, checked: its only shapes (ValueError naming what is wrong).
+
+    >>> relay_line('{"have": 10}', total=100), relay_line('{"present": ["/w/a"], "port": 4000}', total=None)
+    ({'have': 10}, {'present': ['/w/a'], 'port': 4000})
+    >>> relay_line('{"have": 101}', total=100)
+    Traceback (most recent call last):
+    ValueError: a line the relay does not write: '{"have": 101}'
+    """
+    try:
+        line = json.loads(text)
+    except (ValueError, RecursionError):
+        line = None
+    if isinstance(line, dict) and _fits(line, total):
+        return line
+    raise ValueError(f"a line the relay does not write: {text[:200]!r}")
+
+
+def _fits(line: dict, total: int | None) -> bool:
+    def count(value, most=None) -> bool:
+        return type(value) is int and 0 <= value and (most is None or value <= most)
+
+    if set(line) == {"present", "port"}:
+        return isinstance(line["present"], list) and all(isinstance(d, str) for d in line["present"]) \
+            and count(line["port"], 65535)
+    if set(line) == {"have"}:
+        return total is not None and count(line["have"], total)
+    if set(line) == {"placed"}:
+        return count(line["placed"])
+    return set(line) == {"failed"} and isinstance(line["failed"], str)
+
+
+def _frame(header: dict) -> bytes:
+    body = json.dumps(header).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+class _Host:
+    """The launcher's end of one host's relay program: its pipes, and what it last said."""
+
+    def __init__(self, label: str, remote: RemoteHost, *, root: str, python: str, address: str) -> None:
+        self.label, self.address = label, address
+        self.proc = remote.stream_to(shlex.join([python, "-c", RELAY_SOURCE, root]))
+        self.lock = threading.Lock()           # one writer of frames at a time (the loop, or a feed)
+        self.pending, self.stderr = bytearray(), bytearray()
+        self.have, self.total = 0, None
+        self.grew = self.heard = time.monotonic()
+        self.moved = False                     # moved once because it got nothing
+        self.answer: dict | None = None        # its first line: present and port
+        self.outcome: str | int | None = None  # files placed, or why it failed
+        self.ended = False
+
+    def send(self, header: dict) -> bool:
+        try:
+            with self.lock:
+                self.proc.stdin.write(_frame(header))
+            return True
+        except OSError:
+            return False
+
+    def feed(self, offset: int, path: str, at: int, length: int, sent: Callable[[int], None]) -> None:
+        """The stream's bytes [offset, offset+length), which are ``path``'s from ``at``, into its stdin."""
+        with self.lock, open(path, "rb") as source:
+            self.proc.stdin.write(_frame({"data": offset, "size": length}))
+            send_range(self.proc.stdin.fileno(), source.fileno(), at, length, sent)
+
+    def take(self, data: bytes) -> None:
+        """What its stdout said: every whole line acted on; a line too long or of a shape the relay does not write
+        ends its part."""
+        self.pending += data
+        while b"\n" in self.pending:
+            raw, _, rest = bytes(self.pending).partition(b"\n")
+            self.pending = bytearray(rest)
+            self._act(relay_line(raw.decode(errors="replace"), total=self.total))
+        if len(self.pending) > LINE_MAX:
+            raise ValueError(f"a line of more than {LINE_MAX} bytes")
+
+    def _act(self, line: dict) -> None:
+        self.heard = time.monotonic()
+        if "present" in line and self.answer is None:
+            self.answer = line
+        elif "have" in line and line["have"] > self.have:
+            self.have, self.grew = line["have"], time.monotonic()
+        elif "placed" in line or "failed" in line:
+            self.outcome = line.get("placed", line.get("failed"))
+
+    def end(self, why: str) -> None:
+        if not self.ended:
+            self.ended = True
+            self.outcome = why if self.outcome is None else self.outcome  # what it placed before stays placed
+            self.proc.kill()
+
+    def why_ended(self) -> str:
+        tail = self.stderr[-400:].decode(errors="replace").strip()
+        return f"its relay program ended (exit {self.proc.poll()})" + (f": {tail}" if tail else "")
+
+
+class _Relay:
+    """One relay: the hosts' programs, the stream's files, who feeds whom."""
+
+    def __init__(self, handles: dict[str, _Host], *, deadline_s: float,
+                 progress: Callable[[str, int, int], None]) -> None:
+        self.handles, self.files, self.total = handles, (), 0
+        self.deadline_s, self.progress = deadline_s, progress
+        self.selector = selectors.DefaultSelector()
+        for handle in handles.values():
+            for pipe in (handle.proc.stdout, handle.proc.stderr):
+                os.set_blocking(pipe.fileno(), False)
+                self.selector.register(pipe, selectors.EVENT_READ, handle)
+        self.launcher_bytes, self.count_lock = 0, threading.Lock()
+        self.feeds: dict[str, str] = {}
+        self.bad: frozenset[str] = frozenset()
+        self.reroutes: list[Reroute] = []
+
+    def listen(self, until: Callable[[], bool], *, within_s: float) -> None:
+        """Read every host's lines until ``until()`` or ``within_s`` without any host's progress."""
+        quiet_since = time.monotonic()
+        while not until() and time.monotonic() - quiet_since < within_s:
+            before = sum(h.have for h in self.handles.values()), sum(h.answer is not None for h in self.handles.values())
+            for key, _ in self.selector.select(0.2):
+                self._read(key.fileobj, key.data)
+            self.tick()
+            if (sum(h.have for h in self.handles.values()),
+                    sum(h.answer is not None for h in self.handles.values())) != before:
+                quiet_since = time.monotonic()
+
+    def _read(self, pipe, handle: _Host) -> None:
+        try:
+            data = os.read(pipe.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if pipe is handle.proc.stderr:
+            handle.stderr = (handle.stderr + data)[-4096:]
+            if not data:
+                self.selector.unregister(pipe)
+            return
+        if not data:
+            self.selector.unregister(pipe)
+            handle.end(handle.why_ended())
+            return
+        try:
+            handle.take(data)
+        except ValueError as err:
+            handle.end(f"answered the relay wrongly ({err})")
+
+    def tick(self) -> None:
+        """Route around what ended or stopped forwarding (nothing before the stream started)."""
+        if not self.feeds:
+            return
+        now = time.monotonic()
+        states = {label: HostState(h.have, now - h.grew, now - h.heard, h.ended or isinstance(h.outcome, str),
+                                   h.moved) for label, h in self.handles.items() if label in self.feeds}
+        routes = reroute(self.feeds, states, self.bad, total=self.total, deadline_s=self.deadline_s)
+        for change in routes.changes:
+            if change.now is None:
+                self.handles[change.host].end(f"dropped from the relay: it {change.why}")
+        if routes.changes:
+            self.feeds, self.bad = routes.feeds, routes.bad
+            self.reroutes += routes.changes
+            moved = {c.host for c in routes.changes if c.now is not None}
+            for change in routes.changes:
+                if change.now is not None and change.why.endswith("stopped forwarding"):
+                    self.handles[change.host].moved = True
+            self.route({c.now for c in routes.changes if c.now is not None} | {c.was for c in routes.changes},
+                       moved=moved)
+        self.progress("relay", min((s.have for s in states.values() if not s.ended), default=self.total),
+                      self.total)
+
+    def start(self, chain: Sequence[str], files: Sequence[Common], chain_count: int) -> None:
+        self.files, self.total = files, sum(f.size for f in files)
+        for label in chain:
+            self.handles[label].total = self.total
+        self.feeds = chains(list(chain), chain_count)
+        self.progress("relay", 0, self.total)
+        self.route(set(self.feeds.values()), moved=set(chain))
+
+    def route(self, feeders: set[str], *, moved: set[str]) -> None:
+        """Tell each of ``feeders`` whom it feeds now; the launcher starts feeding the hosts it took over."""
+        fed = next_hosts({h: f for h, f in self.feeds.items() if not self.handles[h].ended})
+        for label in moved:
+            self.handles[label].grew = time.monotonic()  # its deadline starts again with its new feed
+        for feeder in feeders - {LAUNCHER}:
+            self.handles[feeder].send({"next": [[self.handles[h].address, self.handles[h].answer["port"]]
+                                                for h in fed.get(feeder, [])]})
+        for label in fed.get(LAUNCHER, []):
+            if label in moved:
+                threading.Thread(target=self._feed_from_here, args=(self.handles[label],), daemon=True,
+                                 name=f"relay-feed-{label}").start()
+
+    def _feed_from_here(self, handle: _Host) -> None:
+        def sent(count: int) -> None:
+            with self.count_lock:
+                self.launcher_bytes += count
+        offset, start = handle.have, 0
+        try:
+            for common in self.files:
+                end = start + common.size
+                while offset < end:
+                    length = min(FRAME_BYTES, end - offset)
+                    handle.feed(offset, common.source, offset - start, length, sent)
+                    offset += length
+                start = end
+        except OSError:
+            pass  # its program ended: the loop sees its pipe close
+
+
+def relay(hosts: Mapping[str, RemoteHost], files: Sequence[Common], wants: Mapping[str, Sequence[int]], *,
+          root_of: Callable[[str], str], python_of: Callable[[str], str], address_of: Callable[[str], str],
+          progress: Callable[[str, int, int], None], silence_s: float = 60.0,
+          deadline_s: float = DEADLINE_S, chain_count: int = CHAINS) -> RelayOutcome:
+    """Bring each host of ``wants`` the files it lists (indices into ``files``) that it does not hold yet, through
+    ``chain_count`` chains."""
+    started, token = time.monotonic(), secrets.token_hex(16)
+    manifest = [{"dest": f.dest, "size": f.size, "sha256": f.sha256, "keep": f.keep, "mode": f.mode} for f in files]
+    handles = {label: _Host(label, hosts[label], root=root_of(label), python=python_of(label),
+                            address=address_of(label)) for label in wants}
+    for handle in handles.values():
+        handle.send({"manifest": manifest, "token": token, "bind": handle.address})
+    run = _Relay(handles, deadline_s=deadline_s, progress=progress)
+    try:
+        run.listen(lambda: all(h.answer is not None or h.ended for h in handles.values()), within_s=silence_s)
+        stream, want = _what_each_lacks(handles, files, wants)
+        for label, handle in handles.items():
+            handle.send({"stream": stream if want.get(label) else [],
+                         "want": want.get(label, [])})
+        chain = [label for label in handles if want.get(label)]
+        if chain:
+            run.start(chain, [files[index] for index in stream], chain_count)
+            run.listen(lambda: all(handles[h].outcome is not None or handles[h].ended for h in chain),
+                       within_s=silence_s)
+        missed = {label: _why_missed(h, silence_s) for label, h in handles.items()
+                  if h.answer is None or (want.get(label) and h.outcome != len(want[label]))}
+        return RelayOutcome({label: len(want[label]) for label in chain if label not in missed}, missed, run.total,
+                            run.launcher_bytes, tuple(run.reroutes), time.monotonic() - started)
+    finally:
+        _close(handles)
+
+
+def _what_each_lacks(handles: Mapping[str, _Host], files: Sequence[Common],
+                     wants: Mapping[str, Sequence[int]]) -> tuple[list[int], dict[str, list[int]]]:
+    """The stream (indices of the files some host lacks, in order) and each host's indices into it."""
+    lacks = {label: [i for i in wants[label] if not files[i].keep or files[i].dest not in h.answer["present"]]
+             for label, h in handles.items() if h.answer is not None and not h.ended}
+    stream = sorted({i for indices in lacks.values() for i in indices})
+    return stream, {label: [stream.index(i) for i in indices] for label, indices in lacks.items() if indices}
+
+
+def _why_missed(handle: _Host, silence_s: float) -> str:
+    if isinstance(handle.outcome, str):
+        return handle.outcome
+    return handle.why_ended() if handle.ended else f"the relay stopped (nothing for {silence_s:.0f} s)"
+
+
+def _close(handles: Mapping[str, _Host]) -> None:
+    """The end frame to every program still running, then each waited for (killed past a few seconds)."""
+    for handle in handles.values():
+        handle.send({"end": True})
+        try:
+            handle.proc.stdin.close()
+        except OSError:
+            pass
+    deadline = time.monotonic() + 10
+    for handle in handles.values():
+        try:
+            handle.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - a host that does not end is killed, whatever held it
+            handle.proc.kill()
+            handle.proc.wait()
