@@ -11,14 +11,15 @@ import sys
 import time
 
 from bench import (compression, control_plane, data_plane, demo_seeds, demo_vs_scratch, end_to_end, evaluation,
-                   launch_overhead, lr_scaling, multihost, network, prepare_vs_im2rec, staging, startup, trainer_step)
+                   launch_overhead, lr_scaling, multihost, network, prepare_vs_im2rec, relay, staging, startup,
+                   trainer_step)
 
 BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "demo_seeds": demo_seeds.main,
            "prepare_vs_im2rec": prepare_vs_im2rec.main, "lr_scaling": lr_scaling.main, "evaluation": evaluation.main,
            "network": network.main, "compression": compression.main,
            "startup": startup.main, "end_to_end": end_to_end.main, "trainer_step": trainer_step.main,
            "staging": staging.main, "launch_overhead": launch_overhead.main, "multihost": multihost.main,
-           "data_plane": data_plane.main, "control_plane": control_plane.main}
+           "data_plane": data_plane.main, "control_plane": control_plane.main, "relay": relay.main}
 DEFAULT = ("staging", "launch_overhead", "multihost")
 
 

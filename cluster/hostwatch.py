@@ -1,40 +1,90 @@
 """Notice a host that stops answering (power, kernel panic, a cut link): it leaves no process to exit.
 
 A process on a vanished host never reports an exit; its SSH session just goes quiet, and
-TCP notices only after minutes. ``HostWatch`` keeps a connection of its own to the host and
-sends an SSH keepalive request (``keepalive@openssh.com``, which sshd answers at once)
-every ``interval_s``; a request with no answer for ``silent_s`` marks the host lost: its
-``unreachable`` event is set (``SSHProcess.stop`` then does not wait for that host) and
-``lost`` says why. A host is named within ``interval_s + silent_s`` (25 s by default).
+TCP notices only after minutes. ``HostWatch`` holds one of the host's shared connections (the one
+its processes are sessions of, ``cluster.ssh_sessions``), has paramiko send an SSH keepalive on
+it whenever it was idle for ``KEEPALIVE_S``, and asks the kernel how long the oldest of its
+unacknowledged bytes has waited (``TCP_INFO``): ``SILENT_S`` without an acknowledgement marks
+the host lost. ``check`` (called with each poll of the run) then says why and sets the host's
+``unreachable`` event (``SSHProcess.stop`` then does not wait for that host). A host is named
+within ``KEEPALIVE_S + SILENT_S`` (25 s).
+
+The connection itself is left alone, so the sessions' close reaches the host once it is back,
+and its processes end then. Watching costs no connection and no thread of its own (issue 26:
+a watch cost a connection and two threads a host; 573 threads at 128 hosts). A host reached
+through a jump host or a command has no socket of its own to ask: it is watched as before, by
+keepalive requests on a connection of its own, answered within ``SILENT_S`` (``_AskingWatch``).
 """
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 
+KEEPALIVE_S = 5
+SILENT_S = 20
+_TCP_INFO_SIZE = 104      # struct tcp_info up to the fields read here and beyond, in every Linux since 2.6
+_UNACKED, _LAST_ACK_RECV = 24, 56   # their offsets: bytes sent and not acknowledged; ms since the last ACK
+
+
+def unanswered_s(sock: socket.socket) -> float:
+    """How long the connection has waited for an acknowledgement of bytes it sent (0: nothing is waiting)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except OSError:
+        return 0.0  # closed: its processes say so themselves
+    unacked, = struct.unpack_from("I", info, _UNACKED)
+    last_ack, = struct.unpack_from("I", info, _LAST_ACK_RECV)
+    return last_ack / 1000 if unacked else 0.0
+
 
 class HostWatch:
-    """Keepalive requests to one host on a connection of their own; ``lost`` once one goes unanswered."""
+    """One host's processes' connection, held for the run; ``check`` names the host once it went unanswered."""
 
-    def __init__(self, host, *, interval_s: float = 5.0, silent_s: float = 20.0) -> None:
-        self.host, self.interval_s, self.silent_s = host, interval_s, silent_s
+    def __init__(self, host) -> None:
+        self.host = host
         self.lost: str | None = None
+        self._held = host.hold_connection()
+        transport = self._held.connection.transport
+        transport.set_keepalive(KEEPALIVE_S)
+        direct = isinstance(transport.sock, socket.socket) and hasattr(socket, "TCP_INFO")
+        self._sock = transport.sock if direct else None
+        self._asking = None if direct else _AskingWatch(host)
+
+    def check(self) -> str | None:
+        """Why the host is lost, or None while it answers."""
+        if self.lost is None:
+            silent = self._asking.silent if self._asking else unanswered_s(self._sock) >= SILENT_S
+            if silent:
+                self.lost = f"no reply for {SILENT_S} s"
+                self.host.unreachable.set()
+        return self.lost
+
+    def close(self) -> None:
+        """Stop watching: the connection closes with its last session."""
+        if self._asking:
+            self._asking.close()
+        self.host.release_connection(self._held)
+
+
+class _AskingWatch:
+    """Keepalive requests on a connection of its own, each answered within SILENT_S, or ``silent``."""
+
+    def __init__(self, host) -> None:
+        self.host, self.silent = host, False
         self._stopped = threading.Event()
         self._connection = host.connect()
-        self._thread = threading.Thread(target=self._run, name=f"watch {host.label}", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, name=f"watch {host.label}", daemon=True).start()
 
     def _run(self) -> None:
-        while not self._stopped.wait(self.interval_s):
+        while not self._stopped.wait(KEEPALIVE_S):
             if not self._answered():
-                self.lost = f"no reply for {self.silent_s:.0f} s"
-                self.host.unreachable.set()
+                self.silent = True
                 return
 
     def _answered(self) -> bool:
-        """One keepalive request: answered within ``silent_s`` on a live connection."""
-        transport = self._connection.transport
-        done = threading.Event()
+        transport, done = self._connection.transport, threading.Event()
 
         def ask() -> None:
             try:
@@ -45,15 +95,14 @@ class HostWatch:
 
         started = time.monotonic()
         threading.Thread(target=ask, name=f"keepalive {self.host.label}", daemon=True).start()
-        done.wait(self.silent_s)
-        return done.is_set() and transport.is_active() and time.monotonic() - started < self.silent_s
+        done.wait(SILENT_S)
+        return done.is_set() and transport.is_active() and time.monotonic() - started < SILENT_S
 
     def close(self) -> None:
-        """Stop watching; the watch's connection is closed in the background (a lost host never answers)."""
         self._stopped.set()
         threading.Thread(target=self._connection.close, name=f"close {self.host.label}", daemon=True).start()
 
 
 def first_lost(watches) -> HostWatch | None:
     """The first watched host found lost, if any."""
-    return next((watch for watch in watches if watch.lost is not None), None)
+    return next((watch for watch in watches if watch.check() is not None), None)

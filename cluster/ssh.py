@@ -139,7 +139,7 @@ class SSHProcess:
             self._channel.shutdown_write()  # EOF on the wrapper's stdin: it stops its group
         except (OSError, EOFError, paramiko.SSHException):
             pass
-        if not self._unreachable.is_set():  # a host that stopped answering never will: do not wait for it
+        if not self._unreachable.is_set() and self._shared.alive:  # a host that stopped answering never will
             self._channel.status_event.wait(grace_s + 3.0)
         self.confirmed_stopped = self._channel.exit_status_ready()
         self._end("stopped")
@@ -211,6 +211,14 @@ class SSHHost:
             conn.close()
             raise
         return conn
+
+    def hold_connection(self) -> SharedConnection:
+        """One of the connections this host's processes share, held open until ``release_connection``
+        (``cluster.hostwatch``: the watch of a host is its processes' own connection)."""
+        return self._sessions.hold()
+
+    def release_connection(self, held: SharedConnection) -> None:
+        self._sessions.release(held)
 
     @property
     def address(self) -> str:

@@ -80,6 +80,13 @@ class SessionPool:
             self._shared.append(room)
         return room
 
+    def hold(self) -> SharedConnection:
+        """A live connection (opened if none has room), counted as one of its sessions until ``release``."""
+        with self._lock:
+            shared = self._with_room()
+            shared.in_use += 1
+            return shared
+
     def release(self, shared: SharedConnection) -> None:
         """One session of ``shared`` is done; the connection closes with its last one."""
         with self._lock:

@@ -1,6 +1,7 @@
 """The relay on namespace hosts (issue 26): a ``--sync-dir`` folder every host needs goes through the launcher's
 link twice (two chains), not once per host; a relay host killed mid-transfer is routed around, its files are sent
-from the launcher, and the run starts on every host."""
+from the launcher, and the run starts on every host: a ps-lite program across three hosts, each worker in its synced
+copy with its role's environment."""
 from __future__ import annotations
 
 import glob
@@ -54,13 +55,15 @@ def test_a_folder_for_every_host_goes_by_relay_and_a_relay_host_killed_midway_is
     (job / "big.bin").write_bytes(os.urandom(BIG))
     digest = hashlib.sha256((job / "big.bin").read_bytes()).hexdigest()
     args = ssh_args(hosts3, hosts_file(hosts3, tmp_path)) + [
-        "-n", "3", "-s", "1", "--sync-dir", "/srv/mxft-host/job", "--run-root", str(tmp_path / "runs")]
+        "-n", "3", "-s", "2", "--sync-dir", "/srv/mxft-host/job", "--env-worker", "MXFT_CHECK=w",
+        "--run-root", str(tmp_path / "runs")]
     head, killed, stop = hosts3.hosts[0], [], threading.Event()
     killer = threading.Thread(target=_kill_relay_when_it_holds, args=(head, BIG // 4, killed, stop), daemon=True)
     netns.limit_links(hosts3, 160)  # 20 MB/s a link: the copy takes seconds, and the kill falls inside it
     try:
         killer.start()
-        done = run_launch(args + ["--", *check_argv("--rounds", "1")], cwd=str(job), timeout_s=240)
+        done = run_launch(args + ["--", *check_argv("--rounds", "1", "--expect-env", "MXFT_CHECK=w")], cwd=str(job),
+                          timeout_s=240)
     finally:
         stop.set()
         netns.limit_links(hosts3, None)
@@ -72,7 +75,11 @@ def test_a_folder_for_every_host_goes_by_relay_and_a_relay_host_killed_midway_is
     assert stream > BIG and f"{second.address} fed by the launcher ({head.address} ended)" in relay, relay
     assert from_here < 3 * stream, relay                # a star sends it 3 times; h2's rest came from here
     assert f"[stage] {head.address}: not served by the relay" in done.stdout
-    assert done.stdout.count("all 1 rounds of push/pull correct") == 3   # the run started on every host
+    lines = done.stdout.splitlines()
+    assert sum("all 1 rounds of push/pull correct (sum 6 per round)" in line for line in lines) == 3, lines[-20:]
+    for i, host in enumerate(hosts3.hosts):  # the run started on every host: worker i on host i, in its synced copy
+        assert any(line.startswith(f"[worker {i}] rank ") and line.endswith("cwd /srv/mxft-host/job")
+                   for line in lines), lines
     for host in hosts3.hosts:
         path = os.path.join(host.work_dir, "job", "big.bin")
         assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest, host.name

@@ -121,3 +121,12 @@ def test_a_host_that_answers_the_relay_in_a_shape_it_does_not_write_is_left_to_s
     assert outcome.missed == {"h2": "answered the relay wrongly (a line the relay does not write: "
                                     "'{\"present\": [], \"port\": 99999}')"}
     assert sorted(outcome.placed) == ["h1", "h3"] and _landed(hosts["h3"], files)
+
+
+def test_a_stream_that_does_not_match_the_launchers_digest_lands_nowhere(tmp_path):
+    files = _files(tmp_path, {"a": 1 << 20})
+    files[0] = Common(files[0].source, files[0].dest, files[0].size, "0" * 64, files[0].mode, keep=True)
+    hosts = _hosts(tmp_path, 3)
+    outcome = _relay(hosts, files)
+    assert outcome.placed == {} and outcome.missed == {label: "checksum mismatch: got/a" for label in hosts}
+    assert not any((host.folder / "got").exists() for host in hosts.values())

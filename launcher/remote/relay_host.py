@@ -25,6 +25,7 @@ reads the stream from there. A newer feed replaces an older one. What comes is o
 sha256 matches the launcher's manifest. Standard library only, no annotations (Python 3.8 and newer).
 """
 import fcntl
+import hashlib
 import hmac
 import json
 import os
@@ -37,15 +38,16 @@ import threading
 import time
 
 try:  # on the host the receiver's source comes first in the same script (launcher.run.relay.RELAY_SOURCE)
-    read_frame, land, write_mark, is_verified, sha256_of, remove_stale_incoming  # noqa: B018
+    read_frame, land, write_mark, is_verified, remove_stale_incoming  # noqa: B018
 except NameError:
-    from launcher.remote.stage_receiver import (is_verified, land, read_frame, read_exact, remove_stale_incoming,
-                                                sha256_of, write_mark)
+    from launcher.remote.stage_receiver import (is_verified, land, read_exact, read_frame, remove_stale_incoming,
+                                                write_mark)
 
 PIECE = 1 << 20
 REPORT_EVERY_S = 0.2
 HANDSHAKE_S = 10.0
 HEARTBEAT_S = 1.0
+HANDSHAKES = 8  # greetings being read at once; more are refused
 
 
 def say(line):
@@ -58,10 +60,12 @@ SAY_LOCK = threading.Lock()
 
 
 class Stream:
-    """The stream's files in the incoming folder, written at any offset, read back by the forwarders."""
+    """The stream's files in the incoming folder, written at any offset, read back by the forwarders, and hashed
+    as their bytes first arrive (so a host has its digests when the last byte lands, with nothing to read again)."""
 
     def __init__(self, files, incoming):
         self.files, self.starts, self.fds = files, [], []
+        self.hashes = [hashlib.sha256() for _ in files]
         start = 0
         for index, entry in enumerate(files):
             self.starts.append(start)
@@ -89,6 +93,7 @@ class Stream:
             done += length
         with self.changed:
             if offset + len(data) > self.have:
+                self.hash(data[self.have - offset:], self.have)
                 self.have = offset + len(data)
                 self.changed.notify_all()
         now = time.monotonic()
@@ -96,6 +101,16 @@ class Stream:
             self.last_report = now
             say({"have": self.have})
         return True
+
+
+    def hash(self, data, at):
+        """The stream's new bytes ``data``, from ``at``, into their files' digests."""
+        done = 0
+        for index, (start, entry) in enumerate(zip(self.starts, self.files)):
+            low, high = max(at, start), min(at + len(data), start + entry["size"])
+            if low < high:
+                self.hashes[index].update(data[done: done + high - low])
+                done += high - low
 
 
 def hang_up(sock):
@@ -128,6 +143,7 @@ class Feeds:
         self.port = self.server.getsockname()[1]
         self.open = []
         self.lock = threading.Lock()
+        self.greeting = threading.BoundedSemaphore(HANDSHAKES)
         threading.Thread(target=self.accept, daemon=True).start()
 
     def accept(self):
@@ -136,18 +152,22 @@ class Feeds:
                 conn, _ = self.server.accept()
             except OSError:
                 return
-            threading.Thread(target=self.take, args=(conn,), daemon=True).start()
+            if self.greeting.acquire(blocking=False):
+                threading.Thread(target=self.take, args=(conn,), daemon=True).start()
+            else:
+                conn.close()  # more unanswered greetings than a relay has hosts to route around
 
     def take(self, conn):
         try:
-            conn.settimeout(HANDSHAKE_S)
-            length = struct.unpack(">I", recv_exact(conn, 4))[0]
-            hello = json.loads(recv_exact(conn, length)) if length <= 4096 else {}
-            if not hmac.compare_digest(str(hello.get("token", "")).encode(), self.token):
-                conn.close()
-                return
-            if not self.ready.wait(HANDSHAKE_S):
-                return
+            try:
+                conn.settimeout(HANDSHAKE_S)
+                length = struct.unpack(">I", recv_exact(conn, 4))[0]
+                hello = json.loads(recv_exact(conn, length)) if length <= 4096 else {}
+                if not hmac.compare_digest(str(hello.get("token", "")).encode(), self.token) \
+                        or not self.ready.wait(HANDSHAKE_S):
+                    return
+            finally:
+                self.greeting.release()
             with self.lock:  # a newer feed replaces the older ones (their host was routed around)
                 for older in self.open:
                     hang_up(older)
@@ -222,7 +242,7 @@ class Forward:
 def check_and_place(stream, incoming, want):
     """Every file checked against its sha256; those wanted placed at their destinations (with their marks)."""
     for index in want:
-        if sha256_of(os.path.join(incoming, str(index))) != stream.files[index]["sha256"]:
+        if stream.hashes[index].hexdigest() != stream.files[index]["sha256"]:
             return "checksum mismatch: " + stream.files[index]["dest"]
     for index in want:  # renamed while open: the forwarders go on reading the same file
         entry, path = stream.files[index], os.path.join(incoming, str(index))

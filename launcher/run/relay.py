@@ -33,7 +33,7 @@ RELAY_SOURCE = (inspect.getsource(stage_receiver).split('\nif __name__ == "__mai
                 + inspect.getsource(relay_host))
 CHAINS = 2            # chains the launcher feeds: its links carry this many copies of the stream
 DEADLINE_S = 5.0      # a host that got nothing this long while its feed had more: its feed stopped forwarding
-LINE_MAX = 4096       # a relay program's line is shorter; a longer one ends the host's part in the relay
+LINE_MAX = 4096       # a relay program's line is shorter (but for its answer, which names what it has)
 FRAME_BYTES = 1 << 20
 
 
@@ -56,6 +56,8 @@ class RelayOutcome:
     stream_bytes: int               # the stream: the common files some host lacked
     launcher_bytes: int             # of it, bytes the launcher itself sent (CHAINS streams, more after reroutes)
     reroutes: tuple[Reroute, ...]
+    reroute_s: tuple[float, ...]    # when each reroute was made, seconds after the relay began
+    began: float                    # time.monotonic() when it began
     seconds: float
 
     def summary(self) -> str:
@@ -107,7 +109,7 @@ class _Host:
     """The launcher's end of one host's relay program: its pipes, and what it last said."""
 
     def __init__(self, label: str, remote: RemoteHost, *, root: str, python: str, address: str) -> None:
-        self.label, self.address = label, address
+        self.label, self.address, self.line_max = label, address, LINE_MAX
         self.proc = remote.stream_to(shlex.join([python, "-c", RELAY_SOURCE, root]))
         self.lock = threading.Lock()           # one writer of frames at a time (the loop, or a feed)
         self.pending, self.stderr = bytearray(), bytearray()
@@ -140,8 +142,8 @@ class _Host:
             raw, _, rest = bytes(self.pending).partition(b"\n")
             self.pending = bytearray(rest)
             self._act(relay_line(raw.decode(errors="replace"), total=self.total))
-        if len(self.pending) > LINE_MAX:
-            raise ValueError(f"a line of more than {LINE_MAX} bytes")
+        if len(self.pending) > self.line_max:
+            raise ValueError(f"a line of more than {self.line_max} bytes")
 
     def _act(self, line: dict) -> None:
         self.heard = time.monotonic()
@@ -179,6 +181,8 @@ class _Relay:
         self.feeds: dict[str, str] = {}
         self.bad: frozenset[str] = frozenset()
         self.reroutes: list[Reroute] = []
+        self.reroute_s: list[float] = []
+        self.began = time.monotonic()
 
     def listen(self, until: Callable[[], bool], *, within_s: float) -> None:
         """Read every host's lines until ``until()`` or ``within_s`` without any host's progress."""
@@ -225,6 +229,7 @@ class _Relay:
         if routes.changes:
             self.feeds, self.bad = routes.feeds, routes.bad
             self.reroutes += routes.changes
+            self.reroute_s += [now - self.began] * len(routes.changes)
             moved = {c.host for c in routes.changes if c.now is not None}
             for change in routes.changes:
                 if change.now is not None and change.why.endswith("stopped forwarding"):
@@ -283,6 +288,7 @@ def relay(hosts: Mapping[str, RemoteHost], files: Sequence[Common], wants: Mappi
     handles = {label: _Host(label, hosts[label], root=root_of(label), python=python_of(label),
                             address=address_of(label)) for label in wants}
     for handle in handles.values():
+        handle.line_max += len(json.dumps([f.dest for f in files]))  # its answer may name every file
         handle.send({"manifest": manifest, "token": token, "bind": handle.address})
     run = _Relay(handles, deadline_s=deadline_s, progress=progress)
     try:
@@ -299,7 +305,8 @@ def relay(hosts: Mapping[str, RemoteHost], files: Sequence[Common], wants: Mappi
         missed = {label: _why_missed(h, silence_s) for label, h in handles.items()
                   if h.answer is None or (want.get(label) and h.outcome != len(want[label]))}
         return RelayOutcome({label: len(want[label]) for label in chain if label not in missed}, missed, run.total,
-                            run.launcher_bytes, tuple(run.reroutes), time.monotonic() - started)
+                            run.launcher_bytes, tuple(run.reroutes), tuple(run.reroute_s), run.began,
+                            time.monotonic() - started)
     finally:
         _close(handles)
 
