@@ -19,7 +19,8 @@ BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "demo_seeds": demo_seeds.mai
            "network": network.main, "compression": compression.main,
            "startup": startup.main, "end_to_end": end_to_end.main, "trainer_step": trainer_step.main,
            "staging": staging.main, "launch_overhead": launch_overhead.main, "multihost": multihost.main,
-           "data_plane": data_plane.main, "control_plane": control_plane.main, "relay": relay.main}
+           "data_plane": data_plane.main, "shared_data": data_plane.shared_main, "control_plane": control_plane.main,
+           "relay": relay.main}
 DEFAULT = ("staging", "launch_overhead", "multihost")
 
 

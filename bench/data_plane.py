@@ -142,3 +142,85 @@ def report(results: dict[tuple[int, str], list[dict]], size_mb: float) -> list[s
 
 if __name__ == "__main__":
     main()
+
+
+# --------------------------------------------------------------------------- shared data against size and hosts
+
+SIZES_GB = (0.5, 2.0)
+SHARED_HOSTS = (2, 16)
+RATE_MBIT = 400
+
+
+def sized_training_set(folder: str, gigabytes: float) -> str:
+    """A .rec of ``gigabytes`` (with its .idx): 64 noise JPEGs of about 60 KB written over and over with keys of their
+    own, labels 0-4 in turn; its records are what a worker reads, whatever they show."""
+    import cv2
+    import numpy as np
+
+    from launcher.data.recfile import RecordWriter
+    rng = np.random.default_rng(1)
+    images = [cv2.imencode(".jpg", rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+                           [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for _ in range(64)]
+    prefix = os.path.join(folder, f"noise-{gigabytes:g}gb")
+    writer, written, key = RecordWriter(prefix), 0, 0
+    while written < gigabytes * 1e9:
+        writer.write(images[key % len(images)], float(key % 5), key)
+        written += len(images[key % len(images)])
+        key += 1
+    writer.close()
+    return prefix + ".rec"
+
+
+def shared_main() -> None:
+    """``python -m bench shared_data``: the time to the first batch, read in place, on 2 and 16 hosts, for a 0.5 GB
+    and a 2 GB training file, every link limited to ``RATE_MBIT`` (issue 26's goals for shared data)."""
+    from bench.relay import limit_launcher_link
+    from testing import netns
+    results: dict[tuple[int, float], list[dict]] = {}
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
+        trains = {size: sized_training_set(work, size) for size in SIZES_GB}
+        for count in SHARED_HOSTS:
+            cluster = netns.up(count)
+            try:
+                netns.limit_links(cluster, RATE_MBIT)
+                limit_launcher_link(RATE_MBIT)
+                for _ in range(REPEATS):
+                    for size, train in trains.items():
+                        results.setdefault((count, size), []).append(one_run(cluster, work,
+                                                                             job_file(work, train, "auto")))
+                        print(f"[bench] {count} hosts, {size} GB: {results[(count, size)][-1]}", flush=True)
+            finally:
+                limit_launcher_link(None)
+                netns.down()
+    write_section("shared_data", "\n".join(shared_report(results)))
+
+
+def shared_report(results: dict[tuple[int, float], list[dict]]) -> list[str]:
+    lines = ["## Shared data: the time to the first batch against the hosts and the file's size", "",
+             f"The demo's model and one epoch of a noise training set of {' and '.join(f'{s:g} GB' for s in SIZES_GB)} "
+             f"(60 KB JPEGs, with its .idx) that every host sees at the same path (a folder outside the namespace "
+             f"hosts' private work folders), on {' and '.join(map(str, SHARED_HOSTS))} namespace hosts, one worker "
+             f"and one server each, every link limited to {RATE_MBIT} Mbit/s each way by tc tbf. Each launch starts "
+             "from emptied work folders and a fresh --cache-dir (so the launcher reads every record's label "
+             f"again). The hosts' links carry ps-lite's gradients and pulls of the epoch, no data. Median (min-max) "
+             f"of {REPEATS} launches.", "",
+             "| hosts | training file | data the launcher sent (MB) | bytes into the hosts' links (MB) | "
+             "command to first batch (s) |", "|---|---|---|---|---|"]
+    for (count, size), runs in sorted(results.items()):
+        lines.append(f"| {count} | {size:g} GB | " + " | ".join(spread([r[key] for r in runs], fmt) for key, fmt in (
+            ("data_mb", "{:.1f}"), ("links_mb", "{:.1f}"), ("first_batch_s", "{:.1f}"))) + " |")
+
+    def first(count: int, size: float) -> float:
+        return statistics.median(r["first_batch_s"] for r in results[(count, size)])
+    small, large = SIZES_GB
+    few, many = SHARED_HOSTS
+    sent = max(r["data_mb"] for runs in results.values() for r in runs)
+    by_hosts, by_size = first(many, large) / first(few, large), first(many, large) / first(many, small)
+    lines += ["", f"Goals: data the launcher sent, at most {sent:.1f} MB (goal 0: "
+              f"{'met' if sent == 0 else 'NOT met'}); first batch at {many} hosts against {few}: {by_hosts:.2f}x "
+              f"(goal 1.2x: {'met' if by_hosts <= 1.2 else 'NOT met'}); {large:g} GB against {small:g} GB "
+              f"at {many} hosts: {by_size:.2f}x (goal within 10%: {'met' if abs(by_size - 1) <= 0.1 else 'NOT met'}). "
+              "Here every "
+              f"host's worker and server share this machine's 2 cores: {many} hosts start {2 * many} MXNet "
+              "processes on them, which the hosts of a real cluster would not share.", "", f"_{provenance()}_"]
+    return lines

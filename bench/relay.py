@@ -26,20 +26,22 @@ from bench.report import provenance, spread, write_section
 
 HOST_COUNTS = (2, 4, 8, 16)
 COMMON_MB = 96
+LARGE_MB = 1024
 FILES = 4
 RATE_MBIT = 400
 REPEATS = int(os.environ.get("MXFT_BENCH_REPEATS", "2"))
 DEST = "/srv/mxft-host/common"
 
 
-def common_folder(work: str) -> list[str]:
-    folder = os.path.join(work, "common")
+def common_folder(work: str, megabytes: int = COMMON_MB) -> list[str]:
+    folder = os.path.join(work, f"common-{megabytes}")
     os.makedirs(folder, exist_ok=True)
     paths = []
     for index in range(FILES):
         path = os.path.join(folder, f"part-{index}.bin")
         with open(path, "wb") as handle:
-            handle.write(os.urandom((COMMON_MB << 20) // FILES))
+            for _ in range(megabytes // FILES):
+                handle.write(os.urandom(1 << 20))
         paths.append(path)
     return paths
 
@@ -113,9 +115,10 @@ def stage_once(cluster, paths: list[str], *, use_relay: bool, kill: bool = False
         for host in hosts.values():
             host.close()
     seconds, sent = time.monotonic() - started, launcher_link_bytes() - before
+    size = sum(os.path.getsize(path) for path in paths)
     for host in cluster.hosts:
-        assert os.path.getsize(os.path.join(host.work_dir, "common", "part-0.bin")) == (COMMON_MB << 20) // FILES
-    row = {"seconds": seconds, "copies": sent / (COMMON_MB << 20)}
+        assert os.path.getsize(os.path.join(host.work_dir, "common", "part-0.bin")) == os.path.getsize(paths[0])
+    row = {"seconds": seconds, "copies": sent / size}
     if kill and killed and staged.relay is not None:
         moved = [at for at, change in zip(staged.relay.reroute_s, staged.relay.reroutes) if change.now is not None]
         row["reroute_after_kill_s"] = staged.relay.began + moved[0] - killed[0] if moved else float("nan")
@@ -141,6 +144,9 @@ def main() -> None:
                         rows.setdefault((count, "killed"), []).append(
                             stage_once(cluster, paths, use_relay=True, kill=True))
                         print(f"[bench] {count} hosts, a relay host killed: {rows[(count, 'killed')][-1]}", flush=True)
+                    big = common_folder(work, LARGE_MB)  # the issue's --sync-dir goal: 1 GB to 16 hosts
+                    rows[(count, "large")] = [stage_once(cluster, big, use_relay=True)]
+                    print(f"[bench] {count} hosts, {LARGE_MB} MB: {rows[(count, 'large')][-1]}", flush=True)
             finally:
                 limit_launcher_link(None)
                 netns.down()
@@ -169,6 +175,12 @@ def report(rows: dict[tuple[int, str], list[dict]]) -> list[str]:
     lines += ["", f"Goals at {top} hosts: the launcher's link carried at most {copies:.2f} copies of the folder "
               f"(goal: at most 2 plus SSH's framing: {'met' if copies <= 2.1 else 'NOT met'}); staging took "
               f"{growth:.2f}x as long as at 2 hosts (goal: within 1.5x: {'met' if growth <= 1.5 else 'NOT met'})."]
+    large = rows.get((top, "large"), [])
+    if large:
+        copies = large[0]["copies"]
+        lines += ["", f"A {LARGE_MB} MB folder (a `--sync-dir`) to {top} hosts, once: the launcher's link carried "
+                  f"{copies:.2f} copies ({copies * LARGE_MB / 1024:.2f} GB; goal: at most 2 GB plus SSH's framing: "
+                  f"{'met' if copies <= 2.05 else 'NOT met'}), in {large[0]['seconds']:.1f} s."]
     if killed:
         lines += ["", f"A relay host killed when a quarter was there ({top} hosts): staging took "
                   f"{spread([r['seconds'] for r in killed], '{:.1f}')} s (unkilled "

@@ -243,8 +243,7 @@ class Supervisor:
             self._say(f"stopping {', '.join(m.name for m in running)}")
         for thread in threads:
             thread.join()
-        unconfirmed = [m for m in self.members if m in running and not getattr(m.process, "confirmed_stopped", True)
-                       or getattr(m.process, "connection_lost", False)]  # lost with its connection: may still run
+        unconfirmed = [m for m in running if not getattr(m.process, "confirmed_stopped", True)]
         if unconfirmed:  # a host that does not answer: its session is closed, trainer.remote ends them on return
             self._say("no answer from " + ", ".join(f"{m.name} on {m.host}" for m in unconfirmed)
                       + " while stopping; their sessions are closed, so they end when the host is reachable again")

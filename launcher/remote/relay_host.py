@@ -176,8 +176,8 @@ class Feeds:
             conn.sendall(struct.pack(">Q", offset))
             conn.settimeout(None)
             self.read_feed(conn, offset)
-        except (OSError, ValueError, AttributeError):
-            pass
+        except (OSError, ValueError, AttributeError, RecursionError):
+            pass  # not a feed of this relay: closed
         finally:
             conn.close()
 

@@ -86,18 +86,14 @@ def watching(plan: Plan, remote_hosts: Mapping[str, RemoteHost]):
     def hosts_answer() -> None:
         lost = first_lost(watches)
         if lost is not None:
-            raise _stopped_answering(lost)
+            raise JobFailed(f"host {lost.host.label} stopped answering ({lost.lost}); the processes on the other "
+                            "hosts were stopped", reason=f"host {lost.host.label} stopped answering ({lost.lost})",
+                            failure=Failure(FailureKind.HOST_SILENT, host=lost.host.label))
     try:
         yield hosts_answer
     finally:
         for watch in watches:
             watch.close()
-
-
-def _stopped_answering(lost: HostWatch) -> JobFailed:
-    return JobFailed(f"host {lost.host.label} stopped answering ({lost.lost}); the processes on the other hosts "
-                     "were stopped", reason=f"host {lost.host.label} stopped answering ({lost.lost})",
-                     failure=Failure(FailureKind.HOST_SILENT, host=lost.host.label))
 
 
 def stage_remote(plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console: Console,

@@ -35,6 +35,7 @@ CHAINS = 2            # chains the launcher feeds: its links carry this many cop
 DEADLINE_S = 5.0      # a host that got nothing this long while its feed had more: its feed stopped forwarding
 LINE_MAX = 4096       # a relay program's line is shorter (but for its answer, which names what it has)
 FRAME_BYTES = 1 << 20
+SEND_WAIT_S = 10.0    # a frame to a host whose input a feed holds that long is not sent (the host is stuck)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +122,16 @@ class _Host:
         self.ended = False
 
     def send(self, header: dict) -> bool:
+        """A frame to its program (False: it ended, or a feed has held its input for SEND_WAIT_S)."""
+        if not self.lock.acquire(timeout=SEND_WAIT_S):
+            return False
         try:
-            with self.lock:
-                self.proc.stdin.write(_frame(header))
+            self.proc.stdin.write(_frame(header))
             return True
         except OSError:
             return False
+        finally:
+            self.lock.release()
 
     def feed(self, offset: int, path: str, at: int, length: int, sent: Callable[[int], None]) -> None:
         """The stream's bytes [offset, offset+length), which are ``path``'s from ``at``, into its stdin."""
@@ -188,13 +193,17 @@ class _Relay:
         """Read every host's lines until ``until()`` or ``within_s`` without any host's progress."""
         quiet_since = time.monotonic()
         while not until() and time.monotonic() - quiet_since < within_s:
-            before = sum(h.have for h in self.handles.values()), sum(h.answer is not None for h in self.handles.values())
+            before = self._progress_mark()
             for key, _ in self.selector.select(0.2):
                 self._read(key.fileobj, key.data)
             self.tick()
-            if (sum(h.have for h in self.handles.values()),
-                    sum(h.answer is not None for h in self.handles.values())) != before:
+            if self._progress_mark() != before:
                 quiet_since = time.monotonic()
+
+    def _progress_mark(self) -> tuple[int, int]:
+        """What the hosts have and how many answered: it changes only when some host moved on."""
+        return (sum(h.have for h in self.handles.values()),
+                sum(h.answer is not None for h in self.handles.values()))
 
     def _read(self, pipe, handle: _Host) -> None:
         try:
@@ -232,8 +241,7 @@ class _Relay:
             self.reroute_s += [now - self.began] * len(routes.changes)
             moved = {c.host for c in routes.changes if c.now is not None}
             for change in routes.changes:
-                if change.now is not None and change.why.endswith("stopped forwarding"):
-                    self.handles[change.host].moved = True
+                self.handles[change.host].moved |= change.stalled
             self.route({c.now for c in routes.changes if c.now is not None} | {c.was for c in routes.changes},
                        moved=moved)
         self.progress("relay", min((s.have for s in states.values() if not s.ended), default=self.total),
@@ -285,13 +293,14 @@ def relay(hosts: Mapping[str, RemoteHost], files: Sequence[Common], wants: Mappi
     ``chain_count`` chains."""
     started, token = time.monotonic(), secrets.token_hex(16)
     manifest = [{"dest": f.dest, "size": f.size, "sha256": f.sha256, "keep": f.keep, "mode": f.mode} for f in files]
-    handles = {label: _Host(label, hosts[label], root=root_of(label), python=python_of(label),
-                            address=address_of(label)) for label in wants}
-    for handle in handles.values():
-        handle.line_max += len(json.dumps([f.dest for f in files]))  # its answer may name every file
-        handle.send({"manifest": manifest, "token": token, "bind": handle.address})
-    run = _Relay(handles, deadline_s=deadline_s, progress=progress)
+    handles: dict[str, _Host] = {}
     try:
+        for label in wants:
+            handles[label] = _Host(label, hosts[label], root=root_of(label), python=python_of(label),
+                                   address=address_of(label))
+            handles[label].line_max += len(json.dumps([f.dest for f in files]))  # its answer may name every file
+            handles[label].send({"manifest": manifest, "token": token, "bind": handles[label].address})
+        run = _Relay(handles, deadline_s=deadline_s, progress=progress)
         run.listen(lambda: all(h.answer is not None or h.ended for h in handles.values()), within_s=silence_s)
         stream, want = _what_each_lacks(handles, files, wants)
         for label, handle in handles.items():

@@ -56,6 +56,7 @@ class Reroute:
     was: str             # its feed before (a host, or LAUNCHER)
     now: str | None      # its feed from now on (a host, or LAUNCHER); None: dropped
     why: str             # "h2 ended", "h2 stopped forwarding", "took nothing for 5 s"
+    stalled: bool = False  # moved because it got nothing from a feed that had more (a second time drops it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +123,7 @@ def reroute(feeds: Mapping[str, str], states: Mapping[str, HostState], bad: froz
         else:
             continue
         feeds[host] = _good_ancestor(feed, feeds, bad)
-        changes.append(Reroute(host, feed, feeds[host], why))
+        changes.append(Reroute(host, feed, feeds[host], why, stalled=feed not in gone))
     return Routes(feeds, frozenset(bad), tuple(changes))
 
 

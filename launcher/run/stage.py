@@ -277,16 +277,10 @@ def stage_all(hosts: Mapping[str, RemoteHost], transfers: Sequence[Transfer], *,
     JobFailed naming each host that failed (every host is tried)."""
     relayed = None
     shared = shared_files(transfers, pieces or {})
-    if address_of is not None and sum(os.stat(source).st_size for source, _, _ in shared) \
-            * (len({label for labels in shared.values() for label in labels}) - CHAINS) >= relay_from:
-        common = [_common(source, dest, kind) for source, dest, kind in shared]
-        wants: dict[str, list[int]] = {}
-        for index, labels in enumerate(shared.values()):
-            for label in labels:
-                wants.setdefault(label, []).append(index)
-        relayed = relay(hosts, common, wants, root_of=root_of, python_of=python_of, address_of=address_of,
-                        progress=progress, silence_s=silence_s)
-        served = set(wants) - set(relayed.missed)
+    if address_of is not None and _relay_saves(shared) >= relay_from:
+        relayed = _relay_shared(hosts, shared, root_of=root_of, python_of=python_of, address_of=address_of,
+                                progress=progress, silence_s=silence_s)
+        served = {label for labels in shared.values() for label in labels} - set(relayed.missed)
         transfers = [t for t in transfers if t.host not in served or (t.source, t.dest, t.kind) not in shared]
     labels = list(dict.fromkeys(t.host for t in transfers))
     done = on_each_host(lambda label: stage_host(hosts[label], [t for t in transfers if t.host == label],
@@ -311,6 +305,19 @@ def shared_files(transfers: Sequence[Transfer], pieces: Mapping[str, Piece]) -> 
     return {key: list(dict.fromkeys(labels)) for key, labels in hosts_of.items() if len(set(labels)) > 1}
 
 
-def _common(source: str, dest: str, kind: str) -> Common:
-    piece = FilePiece(source)
-    return Common(source, dest, piece.size, piece.sha256(), piece.mode, keep=kind != "run")
+def _relay_saves(shared: Mapping[tuple[str, str, str], Sequence[str]]) -> int:
+    """Bytes the relay keeps off the launcher's links: a copy of the shared files per host beyond its chains."""
+    hosts = {label for labels in shared.values() for label in labels}
+    return sum(os.stat(source).st_size for source, _, _ in shared) * (len(hosts) - CHAINS)
+
+
+def _relay_shared(hosts: Mapping[str, RemoteHost], shared: Mapping[tuple[str, str, str], Sequence[str]],
+                  **options) -> RelayOutcome:
+    """The shared files through the relay, each to the hosts that get it (``options``: ``relay``'s)."""
+    common, wants = [], {}
+    for (source, dest, kind), labels in shared.items():
+        piece = FilePiece(source)
+        for label in labels:
+            wants.setdefault(label, []).append(len(common))
+        common.append(Common(source, dest, piece.size, piece.sha256(), piece.mode, keep=kind != "run"))
+    return relay(hosts, common, wants, **options)
