@@ -130,3 +130,14 @@ def test_a_stream_that_does_not_match_the_launchers_digest_lands_nowhere(tmp_pat
     outcome = _relay(hosts, files)
     assert outcome.placed == {} and outcome.missed == {label: "checksum mismatch: got/a" for label in hosts}
     assert not any((host.folder / "got").exists() for host in hosts.values())
+
+
+def test_a_host_that_cannot_listen_at_its_address_is_left_to_staging_named(tmp_path):
+    files = _files(tmp_path, {"a": 1 << 20})
+    hosts = _hosts(tmp_path, 3)
+    outcome = relay(hosts, files, {label: [0] for label in hosts}, root_of=lambda label: "work",
+                    python_of=lambda label: sys.executable, progress=lambda *report: None, silence_s=30,
+                    address_of=lambda label: "192.0.2.1" if label == "h2" else "127.0.0.1")  # TEST-NET: not here
+    assert list(outcome.missed) == ["h2"] and "Cannot assign requested address" in outcome.missed["h2"]
+    assert sorted(outcome.placed) == ["h1", "h3"] and _landed(hosts["h3"], files)
+    assert not [n for n in os.listdir(hosts["h2"].folder / "work") if n.startswith(".incoming.")]

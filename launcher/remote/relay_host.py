@@ -305,9 +305,9 @@ def main(argv):
     remove_stale_incoming(root)
     start = read_frame()
     manifest, token = start["manifest"], start["token"]
-    incoming = tempfile.mkdtemp(prefix=".incoming.", dir=root)
-    feeds = Feeds(token, start["bind"])
+    incoming, feeds = tempfile.mkdtemp(prefix=".incoming.", dir=root), None
     try:
+        feeds = Feeds(token, start["bind"])  # an address this host cannot bind ends it: staging sends its files
         say({"present": [entry["dest"] for entry in manifest if is_verified(entry["dest"])], "port": feeds.port})
         route = read_frame()
         if not route["stream"]:
@@ -316,7 +316,8 @@ def main(argv):
         feeds.start(stream)
         serve(stream, token, incoming, route["want"])
     finally:
-        feeds.close()
+        if feeds is not None:
+            feeds.close()
         shutil.rmtree(incoming, ignore_errors=True)
     return 0
 
