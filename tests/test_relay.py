@@ -141,3 +141,73 @@ def test_a_host_that_cannot_listen_at_its_address_is_left_to_staging_named(tmp_p
     assert list(outcome.missed) == ["h2"] and "Cannot assign requested address" in outcome.missed["h2"]
     assert sorted(outcome.placed) == ["h1", "h3"] and _landed(hosts["h3"], files)
     assert not [n for n in os.listdir(hosts["h2"].folder / "work") if n.startswith(".incoming.")]
+
+
+def test_a_byte_once_written_is_never_written_again_and_each_is_hashed_as_written(tmp_path):
+    from launcher.remote import relay_host
+    good, bad = b"a" * 1000, b"b" * 1000
+    stream = relay_host.Stream([{"dest": "x", "size": 1000, "sha256": "", "mode": 0o600}], str(tmp_path))
+    assert stream.write(0, good[:600]) and stream.write(400, bad[400:700])   # a feed that overlaps what is here
+    assert not stream.write(800, good[800:])                                 # a gap: refused
+    assert stream.write(0, bad) and stream.write(700, good[700:])            # a feed from the start again
+    assert (tmp_path / "0").read_bytes() == b"a" * 600 + b"b" * 400              # each byte as it first came
+    assert stream.hashes[0].hexdigest() == hashlib.sha256((tmp_path / "0").read_bytes()).hexdigest()
+
+
+def test_a_host_takes_a_feed_only_with_the_secret_of_the_feed_the_launcher_gave_it(tmp_path):
+    import json
+    import socket
+    import struct
+
+    from launcher.remote import relay_host
+    feeds = relay_host.Feeds("127.0.0.1")
+    feeds.start(relay_host.Stream([{"dest": "x", "size": 10, "sha256": "", "mode": 0o600}], str(tmp_path)))
+    feeds.expect("new")
+
+    def greet(token: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", feeds.port), timeout=5) as conn:
+            hello = json.dumps({"token": token}).encode()
+            conn.sendall(struct.pack(">I", len(hello)) + hello)
+            return conn.recv(8)
+    try:
+        assert greet("old") == b"" and greet("") == b""          # refused: closed without an answer
+        assert greet("new") == struct.pack(">Q", 0)              # taken: it says how much it has
+    finally:
+        feeds.close()
+
+
+class _SlowToStart(_FolderHost):
+    """A host whose relay program starts 4 s after the others' (a slow SSH login)."""
+
+    def stream_to(self, command: str) -> subprocess.Popen:
+        argv = shlex.split(command)
+        self.proc = subprocess.Popen([sys.executable, "-c", "import os, sys, time; time.sleep(4); "
+                                      "os.execv(sys.executable, [sys.executable] + sys.argv[1:])", *argv[1:]],
+                                     cwd=self.folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, bufsize=0)
+        return self.proc
+
+
+class _AnswersThenEnds(_FolderHost):
+    def stream_to(self, command: str) -> subprocess.Popen:
+        self.proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.buffer.read(4); "
+                                      "print('{\"present\": [], \"port\": 9}', flush=True)"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        return self.proc
+
+
+def test_hosts_that_answered_long_before_the_last_one_are_not_taken_for_silent(tmp_path):
+    files = _files(tmp_path, {"a": 2 << 20})
+    hosts = _hosts(tmp_path, 3)
+    hosts["h3"] = _SlowToStart(hosts["h3"].folder)
+    outcome = _relay(hosts, files, chain_count=1, deadline_s=3)
+    assert (outcome.missed, outcome.reroutes, sorted(outcome.placed)) == ({}, (), ["h1", "h2", "h3"])
+
+
+def test_a_host_that_answers_and_then_ends_is_left_to_staging_not_counted_as_served(tmp_path):
+    files = _files(tmp_path, {"a": 1 << 20})
+    hosts = _hosts(tmp_path, 3)
+    hosts["h2"] = _AnswersThenEnds(hosts["h2"].folder)
+    outcome = _relay(hosts, files)
+    assert list(outcome.missed) == ["h2"] and outcome.missed["h2"].startswith("its relay program ended")
+    assert sorted(outcome.placed) == ["h1", "h3"]

@@ -8,21 +8,25 @@ bytes into its files and forwards them, as they arrive, to the next host over TC
 launcher's to decide and to change (``launcher.run.relay_routes``): a host that stops forwarding is routed around.
 
 On stdin, frames (a 4-byte big-endian length, then JSON), from the launcher over SSH:
-  ``{"manifest": [{"dest", "size", "sha256", "keep", "mode"}, ...], "token": HEX, "bind": ADDRESS}``
+  ``{"manifest": [{"dest", "size", "sha256", "keep", "mode"}, ...], "bind": ADDRESS}``
       answered with a line ``{"present": [DEST, ...], "port": PORT}``: the files this host already placed and
       checked (``stage_receiver.is_verified``) and where it listens for its feed;
   ``{"stream": [I, ...], "want": [J, ...]}``: the manifest's files the stream holds, in order, and the positions
       in it of those this host keeps; an empty stream ends the program;
-  ``{"next": [[ADDRESS, PORT], ...]}``: the hosts to forward to from now on (replaces the last list);
+  ``{"accept": HEX}``: the secret of this host's feed from now on (the launcher's choice of feed: an older feed is
+      hung up, and no other host's feed is taken);
+  ``{"next": [[ADDRESS, PORT, HEX], ...]}``: the hosts to forward to from now on, each with its feed's secret
+      (replaces the last list);
   ``{"data": OFFSET, "size": N}`` and N bytes: a piece of the stream, when the launcher feeds this host itself;
   ``{"end": true}``: every host is done; close and exit.
 On stdout, a JSON line each: ``{"have": N}`` (the stream's first N bytes are here), ``{"placed": COUNT}`` (every
 file checked against its sha256, those wanted placed) or ``{"failed": REASON}``.
 
-A feed over TCP starts with a frame ``{"token": HEX}`` (the launcher gave every host of the relay the same secret,
-on stdin, never on a command line); this host answers with how many bytes it has (8 bytes, big-endian) and then
-reads the stream from there. A newer feed replaces an older one. What comes is only trusted once each file's
-sha256 matches the launcher's manifest. Standard library only, no annotations (Python 3.8 and newer).
+A feed over TCP starts with a frame ``{"token": HEX}``, the secret the launcher gave this host for the feed it
+assigned (on stdin, never on a command line; a new one with each new feed); this host answers with how many bytes
+it has (8 bytes, big-endian) and then reads the stream from there. A byte that is here is never written again,
+and each is hashed as it is written; a file counts only once its sha256 matches the launcher's manifest.
+Standard library only, no annotations (Python 3.8 and newer).
 """
 import fcntl
 import hashlib
@@ -48,6 +52,7 @@ REPORT_EVERY_S = 0.2
 HANDSHAKE_S = 10.0
 HEARTBEAT_S = 1.0
 HANDSHAKES = 8  # greetings being read at once; more are refused
+PLACE_WAIT_S = 60.0
 
 
 def say(line):
@@ -73,6 +78,7 @@ class Stream:
             path = os.path.join(incoming, str(index))
             self.fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         self.total, self.have = start, 0
+        self.writing = threading.Lock()  # one writer at a time: what it writes is what it hashes
         self.changed = threading.Condition()
         self.last_report = 0.0
 
@@ -84,17 +90,19 @@ class Stream:
                 yield fd, low - start, high - low
 
     def write(self, offset, data):
-        """Bytes at ``offset`` (False: a gap after what is here, or past the end)."""
-        if offset > self.have or offset + len(data) > self.total:
-            return False
-        done = 0
-        for fd, at, length in self.segments(offset, offset + len(data)):
-            os.pwrite(fd, data[done: done + length], at)
-            done += length
-        with self.changed:
-            if offset + len(data) > self.have:
-                self.hash(data[self.have - offset:], self.have)
-                self.have = offset + len(data)
+        """Bytes at ``offset``, of which only those past what is here are written, and hashed as they are written:
+        a byte, once here, is never written again (False: a gap after what is here, or past the end)."""
+        with self.writing:
+            if offset > self.have or offset + len(data) > self.total:
+                return False
+            new, at = data[self.have - offset:], self.have
+            done = 0
+            for fd, place, length in self.segments(at, at + len(new)):
+                os.pwrite(fd, new[done: done + length], place)
+                done += length
+            self.hash(new, at)
+            with self.changed:
+                self.have = at + len(new)
                 self.changed.notify_all()
         now = time.monotonic()
         if now - self.last_report >= REPORT_EVERY_S or self.have == self.total:
@@ -122,9 +130,13 @@ def hang_up(sock):
     sock.close()
 
 
-def recv_exact(sock, count):
+def recv_exact(sock, count, deadline):
     parts = []
     while count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise OSError("too slow")
+        sock.settimeout(left)
         part = sock.recv(min(count, PIECE))
         if not part:
             raise OSError("the peer closed")
@@ -136,8 +148,8 @@ def recv_exact(sock, count):
 class Feeds:
     """Where this host's stream comes from: the launcher on stdin, or hosts that connect with the token."""
 
-    def __init__(self, token, bind):
-        self.stream, self.token = None, token.encode()
+    def __init__(self, bind):
+        self.stream, self.token = None, b""  # the secret of the feed the launcher assigned (``expect``)
         self.ready = threading.Event()  # set once the launcher said what the stream holds
         self.server = socket.create_server((bind, 0))
         self.port = self.server.getsockname()[1]
@@ -160,15 +172,17 @@ class Feeds:
     def take(self, conn):
         try:
             try:
-                conn.settimeout(HANDSHAKE_S)
-                length = struct.unpack(">I", recv_exact(conn, 4))[0]
-                hello = json.loads(recv_exact(conn, length)) if length <= 4096 else {}
-                if not hmac.compare_digest(str(hello.get("token", "")).encode(), self.token) \
-                        or not self.ready.wait(HANDSHAKE_S):
+                deadline = time.monotonic() + HANDSHAKE_S  # for the whole greeting, however it trickles in
+                length = struct.unpack(">I", recv_exact(conn, 4, deadline))[0]
+                hello = json.loads(recv_exact(conn, length, deadline)) if length <= 4096 else {}
+                given = str(hello.get("token", "")).encode()
+                if not self.ready.wait(HANDSHAKE_S):
                     return
             finally:
                 self.greeting.release()
-            with self.lock:  # a newer feed replaces the older ones (their host was routed around)
+            with self.lock:  # the assigned feed, connected again, replaces its older connection
+                if not self.token or not hmac.compare_digest(given, self.token):
+                    return
                 for older in self.open:
                     hang_up(older)
                 self.open = [conn]
@@ -193,6 +207,15 @@ class Feeds:
         self.stream = stream
         self.ready.set()
 
+    def expect(self, token):
+        """From now on, only a feed with ``token`` (the launcher's secret for this host's current feed): the feed
+        it replaced is hung up."""
+        with self.lock:
+            self.token = token.encode()
+            for older in self.open:
+                hang_up(older)
+            self.open = []
+
     def close(self):
         self.server.close()
         with self.lock:
@@ -203,17 +226,32 @@ class Feeds:
 class Forward:
     """The stream, from what the host at ``address`` already has, as this host gets it."""
 
-    def __init__(self, stream, address, token):
-        self.stream, self.address, self.token = stream, tuple(address), token
+    def __init__(self, stream, address, port, token):
+        self.stream, self.address, self.token = stream, (address, port), token
         self.stopped, self.sock = False, None
         threading.Thread(target=self.run, daemon=True).start()
 
+    def connect(self):
+        """A connection the next host took, and how much it has: tried again for HANDSHAKE_S (the next host may
+        not have been told of this feed yet)."""
+        deadline = time.monotonic() + HANDSHAKE_S
+        while not self.stopped:
+            try:
+                self.sock = socket.create_connection(self.address, timeout=HANDSHAKE_S)
+                hello = json.dumps({"token": self.token}).encode()
+                self.sock.sendall(struct.pack(">I", len(hello)) + hello)
+                return struct.unpack(">Q", recv_exact(self.sock, 8, time.monotonic() + 2 * HANDSHAKE_S))[0]
+            except OSError:
+                if self.sock is not None:
+                    self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        raise OSError("stopped")
+
     def run(self):
         try:
-            self.sock = socket.create_connection(self.address, timeout=HANDSHAKE_S)
-            hello = json.dumps({"token": self.token}).encode()
-            self.sock.sendall(struct.pack(">I", len(hello)) + hello)
-            sent = struct.unpack(">Q", recv_exact(self.sock, 8))[0]
+            sent = self.connect()
             self.sock.settimeout(None)
             while sent < self.stream.total and not self.stopped:
                 with self.stream.changed:
@@ -258,7 +296,10 @@ def place_when_whole(stream, incoming, want):
     with stream.changed:
         while stream.have < stream.total:
             stream.changed.wait(1.0)
-    failed = check_and_place(stream, incoming, want)
+    try:
+        failed = check_and_place(stream, incoming, want)
+    except BaseException as err:  # noqa: BLE001 - whatever stopped it is said, not lost with this thread
+        failed = "placing the files failed: %s" % (err,)
     say({"failed": failed} if failed else {"placed": len(want)})
 
 
@@ -269,10 +310,11 @@ def heartbeat(stream):
         say({"have": stream.have})
 
 
-def serve(stream, token, incoming, want):
+def serve(stream, feeds, incoming, want):
     """Act on the launcher's frames until its end frame (or its end of stdin)."""
     forwards = []
-    threading.Thread(target=place_when_whole, args=(stream, incoming, want), daemon=True).start()
+    placing = threading.Thread(target=place_when_whole, args=(stream, incoming, want), daemon=True)
+    placing.start()
     threading.Thread(target=heartbeat, args=(stream,), daemon=True).start()
     while True:
         try:
@@ -281,10 +323,12 @@ def serve(stream, token, incoming, want):
             return
         if "end" in frame:
             break
-        if "next" in frame:
+        if "accept" in frame:
+            feeds.expect(frame["accept"])
+        elif "next" in frame:
             for forward in forwards:
                 forward.stop()
-            forwards = [Forward(stream, address, token) for address in frame["next"]]
+            forwards = [Forward(stream, address, port, token) for address, port, token in frame["next"]]
         elif "data" in frame:
             offset, size = frame["data"], frame["size"]
             while size:
@@ -294,6 +338,7 @@ def serve(stream, token, incoming, want):
                 offset, size = offset + len(piece), size - len(piece)
     for forward in forwards:
         forward.stop()
+    placing.join(PLACE_WAIT_S)  # a copy into place across file systems may still be running
 
 
 def main(argv):
@@ -304,17 +349,17 @@ def main(argv):
     fcntl.flock(held, fcntl.LOCK_SH)  # as the receiver: mxft-launch clean waits while files arrive
     remove_stale_incoming(root)
     start = read_frame()
-    manifest, token = start["manifest"], start["token"]
+    manifest = start["manifest"]
     incoming, feeds = tempfile.mkdtemp(prefix=".incoming.", dir=root), None
     try:
-        feeds = Feeds(token, start["bind"])  # an address this host cannot bind ends it: staging sends its files
+        feeds = Feeds(start["bind"])  # an address this host cannot bind ends it: staging sends its files
         say({"present": [entry["dest"] for entry in manifest if is_verified(entry["dest"])], "port": feeds.port})
         route = read_frame()
         if not route["stream"]:
             return 0
         stream = Stream([manifest[index] for index in route["stream"]], incoming)
         feeds.start(stream)
-        serve(stream, token, incoming, route["want"])
+        serve(stream, feeds, incoming, route["want"])
     finally:
         if feeds is not None:
             feeds.close()

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from cluster.backend import RemoteHost
 from launcher.data.pieces import send_range
 from launcher.remote import relay_host, stage_receiver
+from launcher.report.console import printable
 from launcher.run.relay_routes import LAUNCHER, HostState, Reroute, chains, next_hosts, reroute
 
 # The receiver's functions, then the relay's own: one script, run with the host's Python.
@@ -93,7 +94,7 @@ def _fits(line: dict, total: int | None) -> bool:
 
     if set(line) == {"present", "port"}:
         return isinstance(line["present"], list) and all(isinstance(d, str) for d in line["present"]) \
-            and count(line["port"], 65535)
+            and count(line["port"], 65535) and line["port"] > 0
     if set(line) == {"have"}:
         return total is not None and count(line["have"], total)
     if set(line) == {"placed"}:
@@ -104,6 +105,12 @@ def _fits(line: dict, total: int | None) -> bool:
 def _frame(header: dict) -> bytes:
     body = json.dumps(header).encode()
     return struct.pack(">I", len(body)) + body
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class _Host:
@@ -119,33 +126,56 @@ class _Host:
         self.moved = False                     # moved once because it got nothing
         self.answer: dict | None = None        # its first line: present and port
         self.outcome: str | int | None = None  # files placed, or why it failed
-        self.ended = False
+        self.ended = self.closed = False
+        self.token = ""                        # the secret of its current feed (a new one with each feed)
 
     def send(self, header: dict) -> bool:
-        """A frame to its program (False: it ended, or a feed has held its input for SEND_WAIT_S)."""
+        """A frame to its program (False: it ended, or its input took nothing for SEND_WAIT_S, which ends it)."""
         if not self.lock.acquire(timeout=SEND_WAIT_S):
+            self.end(f"its input took nothing for {SEND_WAIT_S:.0f} s")  # the feed holding it fails, and lets go
             return False
+        stuck = threading.Timer(SEND_WAIT_S, self.proc.terminate)  # a host that reads nothing cannot hold the loop
+        stuck.start()
         try:
-            self.proc.stdin.write(_frame(header))
+            if self.closed:
+                return False
+            _write_all(self.proc.stdin.fileno(), _frame(header))
             return True
         except OSError:
             return False
         finally:
+            stuck.cancel()
             self.lock.release()
 
     def feed(self, offset: int, path: str, at: int, length: int, sent: Callable[[int], None]) -> None:
         """The stream's bytes [offset, offset+length), which are ``path``'s from ``at``, into its stdin."""
         with self.lock, open(path, "rb") as source:
-            self.proc.stdin.write(_frame({"data": offset, "size": length}))
+            if self.closed:
+                raise BrokenPipeError("its input is closed")
+            _write_all(self.proc.stdin.fileno(), _frame({"data": offset, "size": length}))
             send_range(self.proc.stdin.fileno(), source.fileno(), at, length, sent)
+
+    def close_input(self) -> None:
+        """Its stdin closed, never while a frame is being written (a feed writes by fd number: a number closed under
+        it could be another file's by its next write)."""
+        if not self.lock.acquire(timeout=SEND_WAIT_S):
+            self.proc.kill()  # the feed's write fails, and it lets go
+            self.lock.acquire()
+        try:
+            self.closed = True
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        finally:
+            self.lock.release()
 
     def take(self, data: bytes) -> None:
         """What its stdout said: every whole line acted on; a line too long or of a shape the relay does not write
         ends its part."""
         self.pending += data
-        while b"\n" in self.pending:
-            raw, _, rest = bytes(self.pending).partition(b"\n")
-            self.pending = bytearray(rest)
+        *lines, rest = self.pending.split(b"\n")
+        self.pending = bytearray(rest)
+        for raw in lines:
             self._act(relay_line(raw.decode(errors="replace"), total=self.total))
         if len(self.pending) > self.line_max:
             raise ValueError(f"a line of more than {self.line_max} bytes")
@@ -157,17 +187,17 @@ class _Host:
         elif "have" in line and line["have"] > self.have:
             self.have, self.grew = line["have"], time.monotonic()
         elif "placed" in line or "failed" in line:
-            self.outcome = line.get("placed", line.get("failed"))
+            self.outcome = line["placed"] if "placed" in line else printable(line["failed"][:400])
 
     def end(self, why: str) -> None:
         if not self.ended:
             self.ended = True
             self.outcome = why if self.outcome is None else self.outcome  # what it placed before stays placed
-            self.proc.kill()
+            self.proc.terminate()  # srun ends its step on SIGTERM (a killed srun cannot); ssh closes either way
 
     def why_ended(self) -> str:
-        tail = self.stderr[-400:].decode(errors="replace").strip()
-        return f"its relay program ended (exit {self.proc.poll()})" + (f": {tail}" if tail else "")
+        tail = " ".join(self.stderr[-400:].decode(errors="replace").split())
+        return printable(f"its relay program ended (exit {self.proc.poll()})" + (f": {tail}" if tail else ""))
 
 
 class _Relay:
@@ -258,11 +288,14 @@ class _Relay:
     def route(self, feeders: set[str], *, moved: set[str]) -> None:
         """Tell each of ``feeders`` whom it feeds now; the launcher starts feeding the hosts it took over."""
         fed = next_hosts({h: f for h, f in self.feeds.items() if not self.handles[h].ended})
-        for label in moved:
-            self.handles[label].grew = time.monotonic()  # its deadline starts again with its new feed
+        for label in moved:  # a new secret for its new feed (the old feed's is refused), and its deadlines anew
+            handle = self.handles[label]
+            handle.grew = handle.heard = time.monotonic()
+            handle.token = secrets.token_hex(16)
+            handle.send({"accept": handle.token})
         for feeder in feeders - {LAUNCHER}:
-            self.handles[feeder].send({"next": [[self.handles[h].address, self.handles[h].answer["port"]]
-                                                for h in fed.get(feeder, [])]})
+            self.handles[feeder].send({"next": [[self.handles[h].address, self.handles[h].answer["port"],
+                                                 self.handles[h].token] for h in fed.get(feeder, [])]})
         for label in fed.get(LAUNCHER, []):
             if label in moved:
                 threading.Thread(target=self._feed_from_here, args=(self.handles[label],), daemon=True,
@@ -283,6 +316,8 @@ class _Relay:
                 start = end
         except OSError:
             pass  # its program ended: the loop sees its pipe close
+        except Exception as err:  # noqa: BLE001 - a frame cut short: the host's stream is no longer framed
+            handle.end(f"the launcher's feed failed ({type(err).__name__}: {err})")
 
 
 def relay(hosts: Mapping[str, RemoteHost], files: Sequence[Common], wants: Mapping[str, Sequence[int]], *,
@@ -291,15 +326,16 @@ def relay(hosts: Mapping[str, RemoteHost], files: Sequence[Common], wants: Mappi
           deadline_s: float = DEADLINE_S, chain_count: int = CHAINS) -> RelayOutcome:
     """Bring each host of ``wants`` the files it lists (indices into ``files``) that it does not hold yet, through
     ``chain_count`` chains."""
-    started, token = time.monotonic(), secrets.token_hex(16)
+    started = time.monotonic()
     manifest = [{"dest": f.dest, "size": f.size, "sha256": f.sha256, "keep": f.keep, "mode": f.mode} for f in files]
     handles: dict[str, _Host] = {}
+    run = None
     try:
         for label in wants:
             handles[label] = _Host(label, hosts[label], root=root_of(label), python=python_of(label),
                                    address=address_of(label))
             handles[label].line_max += len(json.dumps([f.dest for f in files]))  # its answer may name every file
-            handles[label].send({"manifest": manifest, "token": token, "bind": handles[label].address})
+            handles[label].send({"manifest": manifest, "bind": handles[label].address})
         run = _Relay(handles, deadline_s=deadline_s, progress=progress)
         run.listen(lambda: all(h.answer is not None or h.ended for h in handles.values()), within_s=silence_s)
         stream, want = _what_each_lacks(handles, files, wants)
@@ -307,16 +343,21 @@ def relay(hosts: Mapping[str, RemoteHost], files: Sequence[Common], wants: Mappi
             handle.send({"stream": stream if want.get(label) else [],
                          "want": want.get(label, [])})
         chain = [label for label in handles if want.get(label)]
+        complete = {label for label, h in handles.items()  # it lacked nothing
+                    if h.answer is not None and not h.ended and label not in want}
         if chain:
             run.start(chain, [files[index] for index in stream], chain_count)
             run.listen(lambda: all(handles[h].outcome is not None or handles[h].ended for h in chain),
                        within_s=silence_s)
+        placed = {label for label in chain if handles[label].outcome == len(want[label])}
         missed = {label: _why_missed(h, silence_s) for label, h in handles.items()
-                  if h.answer is None or (want.get(label) and h.outcome != len(want[label]))}
-        return RelayOutcome({label: len(want[label]) for label in chain if label not in missed}, missed, run.total,
+                  if label not in complete | placed}  # ended early, failed, dropped or too slow: staged from here
+        return RelayOutcome({label: len(want[label]) for label in placed}, missed, run.total,
                             run.launcher_bytes, tuple(run.reroutes), tuple(run.reroute_s), run.began,
                             time.monotonic() - started)
     finally:
+        if run is not None:
+            run.selector.close()
         _close(handles)
 
 
@@ -336,17 +377,18 @@ def _why_missed(handle: _Host, silence_s: float) -> str:
 
 
 def _close(handles: Mapping[str, _Host]) -> None:
-    """The end frame to every program still running, then each waited for (killed past a few seconds)."""
+    """The end frame to every program still running, then each waited for (ended past a few seconds) and its
+    pipes closed."""
     for handle in handles.values():
-        handle.send({"end": True})
-        try:
-            handle.proc.stdin.close()
-        except OSError:
-            pass
+        if not handle.ended:
+            handle.send({"end": True})
+        handle.close_input()
     deadline = time.monotonic() + 10
-    for handle in handles.values():
+    for handle in handles.values():  # one told to end has 10 s; one ended already (terminated) 2 s
         try:
-            handle.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            handle.proc.wait(timeout=2 if handle.ended else max(0.1, deadline - time.monotonic()))
         except Exception:  # noqa: BLE001 - a host that does not end is killed, whatever held it
             handle.proc.kill()
             handle.proc.wait()
+        for pipe in (handle.proc.stdout, handle.proc.stderr):
+            pipe.close()

@@ -320,4 +320,8 @@ def _relay_shared(hosts: Mapping[str, RemoteHost], shared: Mapping[tuple[str, st
         for label in labels:
             wants.setdefault(label, []).append(len(common))
         common.append(Common(source, dest, piece.size, piece.sha256(), piece.mode, keep=kind != "run"))
-    return relay(hosts, common, wants, **options)
+    try:
+        return relay(hosts, common, wants, **options)
+    except OSError as err:  # the relay could not start (a host's ssh or srun): every host is staged from here
+        why = f"the relay could not start ({type(err).__name__}: {err})"
+        return RelayOutcome({}, dict.fromkeys(wants, why), 0, 0, (), (), time.monotonic(), 0.0)
