@@ -59,7 +59,7 @@ def test_a_folder_for_every_host_goes_by_relay_and_a_relay_host_killed_midway_is
         "--run-root", str(tmp_path / "runs")]
     head, killed, stop = hosts3.hosts[0], [], threading.Event()
     killer = threading.Thread(target=_kill_relay_when_it_holds, args=(head, BIG // 4, killed, stop), daemon=True)
-    netns.limit_links(hosts3, 160)  # 20 MB/s a link: the copy takes seconds, and the kill falls inside it
+    netns.limit_links(hosts3, 320)  # 40 MB/s a link: the copy takes seconds, and the kill falls inside it
     try:
         killer.start()
         done = run_launch(args + ["--", *check_argv("--rounds", "1", "--expect-env", "MXFT_CHECK=w")], cwd=str(job),
