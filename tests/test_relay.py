@@ -27,8 +27,11 @@ class _FolderHost:
         self.proc: subprocess.Popen | None = None
 
     def stream_to(self, command: str) -> subprocess.Popen:
-        argv = shlex.split(command)
-        self.proc = subprocess.Popen([sys.executable, *argv[1:]], cwd=self.folder, stdin=subprocess.PIPE,
+        return self.run_here(shlex.split(command)[1:])
+
+    def run_here(self, python_args: list[str]) -> subprocess.Popen:
+        """``python_args`` run by this Python in the host's folder, with the pipes staging gets."""
+        self.proc = subprocess.Popen([sys.executable, *python_args], cwd=self.folder, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
         return self.proc
 
@@ -107,10 +110,8 @@ def test_a_relay_host_that_dies_or_hangs_is_routed_around_and_named(tmp_path, ho
 
 class _SaysWrong(_FolderHost):
     def stream_to(self, command: str) -> subprocess.Popen:
-        self.proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read(4);"
-                                      "print('{\"present\": [], \"port\": 99999}', flush=True); sys.stdin.read()"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-        return self.proc
+        return self.run_here(["-c", "import sys; sys.stdin.read(4);"
+                                    "print('{\"present\": [], \"port\": 99999}', flush=True); sys.stdin.read()"])
 
 
 def test_a_host_that_answers_the_relay_in_a_shape_it_does_not_write_is_left_to_staging_named(tmp_path):
@@ -180,20 +181,15 @@ class _SlowToStart(_FolderHost):
     """A host whose relay program starts 4 s after the others' (a slow SSH login)."""
 
     def stream_to(self, command: str) -> subprocess.Popen:
-        argv = shlex.split(command)
-        self.proc = subprocess.Popen([sys.executable, "-c", "import os, sys, time; time.sleep(4); "
-                                      "os.execv(sys.executable, [sys.executable] + sys.argv[1:])", *argv[1:]],
-                                     cwd=self.folder, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, bufsize=0)
-        return self.proc
+        return self.run_here(["-c", "import os, sys, time; time.sleep(4); "
+                                    "os.execv(sys.executable, [sys.executable] + sys.argv[1:])",
+                              *shlex.split(command)[1:]])
 
 
 class _AnswersThenEnds(_FolderHost):
     def stream_to(self, command: str) -> subprocess.Popen:
-        self.proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.buffer.read(4); "
-                                      "print('{\"present\": [], \"port\": 9}', flush=True)"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-        return self.proc
+        return self.run_here(["-c", "import sys; sys.stdin.buffer.read(4); "
+                                    "print('{\"present\": [], \"port\": 9}', flush=True)"])
 
 
 def test_hosts_that_answered_long_before_the_last_one_are_not_taken_for_silent(tmp_path):
