@@ -190,3 +190,13 @@ def test_every_link_of_the_readme_and_docs_reaches_a_file_and_heading_that_exist
                 assert anchor in headings, (page, target, sorted(headings))
             checked += 1
     assert checked >= 10, checked
+
+
+def test_the_job_files_the_readme_shows_are_jobs_mxft_reads():
+    from launcher.spec.jobspec import parse_job
+    with open(README, encoding="utf-8") as handle:
+        blocks = [b for b in re.findall(r"```yaml\n(.*?)```", handle.read(), flags=re.S)
+                  if b.startswith(("name:", "command:"))]
+    assert len(blocks) == 2, blocks  # the fine-tuning job with its keys, and a command job
+    kinds = {type(parse_job(block, "README.md")).__name__ for block in blocks}
+    assert kinds == {"JobSpec", "CommandSpec"}
