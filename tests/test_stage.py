@@ -15,7 +15,8 @@ import pytest
 from cluster.errors import JobFailed
 from cluster.failure import FailureKind
 from launcher.plan import Transfer
-from launcher.run.stage import _RECEIVER, FilePiece, _frame, stage_all
+from launcher.data.pieces import frame as _frame
+from launcher.run.stage import _RECEIVER, FilePiece, stage_all
 
 
 def _receive(root: str, stream: bytes, offer: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

@@ -9,14 +9,22 @@ already hold the shard, reads nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import os
+import struct
 from collections.abc import Callable, Sequence
 
 from launcher.data.recfile import RecordSpan
 
 CHUNK = 4 << 20
 PRIVATE = 0o600  # a piece's mode on the host: a copy of the data is the user's alone
+
+
+def frame(header: dict) -> bytes:
+    """A header as the host programs read it (``stage_receiver.read_frame``): a 4-byte big-endian length, then JSON."""
+    body = json.dumps(header).encode()
+    return struct.pack(">I", len(body)) + body
 
 
 class SourceShrank(Exception):

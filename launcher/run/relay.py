@@ -18,13 +18,12 @@ import os
 import secrets
 import selectors
 import shlex
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from cluster.backend import RemoteHost
-from launcher.data.pieces import send_range
+from launcher.data.pieces import frame, send_range
 from launcher.remote import relay_host, stage_receiver
 from launcher.report.console import printable
 from launcher.run.relay_routes import LAUNCHER, HostState, Reroute, chains, next_hosts, reroute
@@ -102,11 +101,6 @@ def _fits(line: dict, total: int | None) -> bool:
     return set(line) == {"failed"} and isinstance(line["failed"], str)
 
 
-def _frame(header: dict) -> bytes:
-    body = json.dumps(header).encode()
-    return struct.pack(">I", len(body)) + body
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -139,7 +133,7 @@ class _Host:
         try:
             if self.closed:
                 return False
-            _write_all(self.proc.stdin.fileno(), _frame(header))
+            _write_all(self.proc.stdin.fileno(), frame(header))
             return True
         except OSError:
             return False
@@ -152,7 +146,7 @@ class _Host:
         with self.lock, open(path, "rb") as source:
             if self.closed:
                 raise BrokenPipeError("its input is closed")
-            _write_all(self.proc.stdin.fileno(), _frame({"data": offset, "size": length}))
+            _write_all(self.proc.stdin.fileno(), frame({"data": offset, "size": length}))
             send_range(self.proc.stdin.fileno(), source.fileno(), at, length, sent)
 
     def close_input(self) -> None:

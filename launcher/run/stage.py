@@ -32,7 +32,6 @@ import mmap
 import os
 import shlex
 import stat
-import struct
 import subprocess
 import threading
 import time
@@ -43,7 +42,7 @@ from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
 from cluster.fanout import on_each_host
 from cluster.lines import SilenceWatch, ended_tail
-from launcher.data.pieces import CHUNK, ShardIndex, ShardRecords, SourceShrank, send_range
+from launcher.data.pieces import CHUNK, ShardIndex, ShardRecords, SourceShrank, frame, send_range
 from launcher.plan import Transfer
 from launcher.remote import stage_receiver
 from launcher.run.relay import CHAINS, Common, RelayOutcome, relay
@@ -121,11 +120,6 @@ def _piece(transfer: Transfer, pieces: Mapping[str, Piece]) -> Piece:
     """What is sent for ``transfer``: a piece the job kind made for its source (a shard cut as it is sent), else the
     file there."""
     return pieces.get(transfer.source) or FilePiece(transfer.source)
-
-
-def _frame(header: dict) -> bytes:
-    body = json.dumps(header).encode()
-    return struct.pack(">I", len(body)) + body
 
 
 HASH_RATE = 100 << 20  # bytes a host checks per second, at the least: its silence while it hashes is allowed
@@ -207,7 +201,7 @@ def _receiver_exit(proc, *, after_s: float) -> int | None:
 def _ask_present(proc, dests: Sequence[str]) -> set[str] | None:
     """Offer the receiver ``dests``; it answers with those it already holds (None: it died first, or answered
     with more than an offer's worth of bytes, or nothing parseable)."""
-    offer = _frame({"offer": list(dests)})
+    offer = frame({"offer": list(dests)})
     try:
         proc.stdin.write(offer)
     except BrokenPipeError:
@@ -243,12 +237,12 @@ def _send(proc, pieces: Sequence[tuple[Transfer, Piece]], *, on_bytes: Callable[
         pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default still works
     try:
         for transfer, piece in pieces:
-            header = _frame({"dest": transfer.dest, "size": piece.size, "sha256": piece.sha256(),
+            header = frame({"dest": transfer.dest, "size": piece.size, "sha256": piece.sha256(),
                              "keep": transfer.kind != "run", "mode": piece.mode})
             proc.stdin.write(header)
             on_bytes(len(header))
             piece.write_to(pipe, on_bytes)
-        end = _frame({"end": len(pieces)})
+        end = frame({"end": len(pieces)})
         proc.stdin.write(end)
         on_bytes(len(end))
     except SourceShrank as err:
