@@ -174,24 +174,17 @@ def sized_training_set(folder: str, gigabytes: float) -> str:
 def shared_main() -> None:
     """``python -m bench shared_data``: the time to the first batch, read in place, on 2 and 16 hosts, for a 0.5 GB
     and a 2 GB training file, every link limited to ``RATE_MBIT`` (issue 26's goals for shared data)."""
-    from bench.relay import limit_launcher_link
-    from testing import netns
+    from bench.relay import limited_hosts
     results: dict[tuple[int, float], list[dict]] = {}
     with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
         trains = {size: sized_training_set(work, size) for size in SIZES_GB}
         for count in SHARED_HOSTS:
-            cluster = netns.up(count)
-            try:
-                netns.limit_links(cluster, RATE_MBIT)
-                limit_launcher_link(RATE_MBIT)
+            with limited_hosts(count, RATE_MBIT) as cluster:
                 for _ in range(REPEATS):
                     for size, train in trains.items():
                         results.setdefault((count, size), []).append(one_run(cluster, work,
                                                                              job_file(work, train, "auto")))
                         print(f"[bench] {count} hosts, {size} GB: {results[(count, size)][-1]}", flush=True)
-            finally:
-                limit_launcher_link(None)
-                netns.down()
     write_section("shared_data", "\n".join(shared_report(results)))
 
 

@@ -13,6 +13,7 @@ hosts it fed are routed around, and its own files then come straight from the la
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -63,6 +64,20 @@ def limit_launcher_link(rate_mbit: float | None) -> None:
     burst = max(int(rate_mbit * 1e6 / 8 / 100), 64 * 1024)
     subprocess.run(["tc", "qdisc", "replace", "dev", netns.BRIDGE, "root", "tbf", "rate", f"{rate_mbit}mbit", "burst",
                     str(burst), "latency", "200ms"], check=True)
+
+
+@contextlib.contextmanager
+def limited_hosts(count: int, rate_mbit: float):
+    """``count`` namespace hosts whose every link, the launcher's too, carries ``rate_mbit`` each way; gone after."""
+    from testing import netns
+    cluster = netns.up(count)
+    try:
+        netns.limit_links(cluster, rate_mbit)
+        limit_launcher_link(rate_mbit)
+        yield cluster
+    finally:
+        limit_launcher_link(None)
+        netns.down()
 
 
 def empty_work_folders(cluster) -> None:
@@ -126,15 +141,11 @@ def stage_once(cluster, paths: list[str], *, use_relay: bool, kill: bool = False
 
 
 def main() -> None:
-    from testing import netns
     rows: dict[tuple[int, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as work:
         paths = common_folder(work)
         for count in HOST_COUNTS:
-            cluster = netns.up(count)
-            try:
-                netns.limit_links(cluster, RATE_MBIT)
-                limit_launcher_link(RATE_MBIT)
+            with limited_hosts(count, RATE_MBIT) as cluster:
                 for _ in range(REPEATS):
                     for mode in ("relay", "star"):
                         rows.setdefault((count, mode), []).append(stage_once(cluster, paths, use_relay=mode == "relay"))
@@ -147,9 +158,6 @@ def main() -> None:
                     big = common_folder(work, LARGE_MB)  # the issue's --sync-dir goal: 1 GB to 16 hosts
                     rows[(count, "large")] = [stage_once(cluster, big, use_relay=True)]
                     print(f"[bench] {count} hosts, {LARGE_MB} MB: {rows[(count, 'large')][-1]}", flush=True)
-            finally:
-                limit_launcher_link(None)
-                netns.down()
     write_section("relay", "\n".join(report(rows)))
 
 
