@@ -11,8 +11,8 @@ import sys
 import time
 
 from bench import (compression, control_plane, data_plane, demo_seeds, demo_vs_scratch, end_to_end, evaluation,
-                   launch_overhead, lr_scaling, multihost, network, prepare_vs_im2rec, relay, staging, startup,
-                   trainer_step)
+                   launch_overhead, lr_scaling, multihost, network, prepare_vs_im2rec, relay, sbcast, staged_data,
+                   staging, startup, trainer_step)
 
 BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "demo_seeds": demo_seeds.main,
            "prepare_vs_im2rec": prepare_vs_im2rec.main, "lr_scaling": lr_scaling.main, "evaluation": evaluation.main,
@@ -20,7 +20,8 @@ BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "demo_seeds": demo_seeds.mai
            "startup": startup.main, "end_to_end": end_to_end.main, "trainer_step": trainer_step.main,
            "staging": staging.main, "launch_overhead": launch_overhead.main, "multihost": multihost.main,
            "data_plane": data_plane.main, "shared_data": data_plane.shared_main, "control_plane": control_plane.main,
-           "relay": relay.main}
+           "relay": relay.main, "staged_data": staged_data.main,
+           "sbcast": sbcast.main}
 DEFAULT = ("staging", "launch_overhead", "multihost")
 
 

@@ -29,7 +29,8 @@ PROGRAM = (sys.executable, "-c", "import os, time; time.sleep(5 if os.environ['D
 
 
 def sample(pid: int, stop: threading.Event, peaks: dict) -> None:
-    """Peak threads, file descriptors, resident bytes and child processes of ``pid`` until ``stop``."""
+    """Peak threads, file descriptors, resident bytes and child processes of ``pid`` until ``stop``; its CPU seconds
+    and the bytes it had written to storage when last seen."""
     try:
         proc = psutil.Process(pid)
         while not stop.is_set():
@@ -38,6 +39,7 @@ def sample(pid: int, stop: threading.Event, peaks: dict) -> None:
                 peaks["fds"] = max(peaks.get("fds", 0), proc.num_fds())
                 peaks["rss"] = max(peaks.get("rss", 0), proc.memory_info().rss)
                 peaks["cpu"] = sum(proc.cpu_times()[:2])
+                peaks["written"] = proc.io_counters().write_bytes
             peaks["children"] = max(peaks.get("children", 0), len(proc.children(recursive=True)))
             time.sleep(0.1)
     except psutil.NoSuchProcess:

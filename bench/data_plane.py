@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import yaml
@@ -70,7 +71,10 @@ def job_file(work: str, train: str, staging: str) -> str:
 
 
 def one_run(cluster, work: str, job: str) -> dict:
-    """A launch from emptied host folders and a fresh cache: bytes on the links, cache bytes, times."""
+    """A launch from emptied host folders and a fresh cache: bytes on the links, cache bytes, times, and the
+    launcher's own peaks (threads, file descriptors, CPU, bytes it wrote to disk)."""
+    from bench.control_plane import sample
+    from bench.relay import launcher_link_bytes
     from testing import netns
     for host in cluster.hosts:
         for name in os.listdir(host.work_dir):
@@ -78,24 +82,33 @@ def one_run(cluster, work: str, job: str) -> dict:
     cache, runs = tempfile.mkdtemp(dir=work), tempfile.mkdtemp(dir=work)
     hosts = cluster.hosts_file(os.path.join(work, "hosts.txt"), extra={h.name: f"python={sys.executable} slots=1"
                                                                        for h in cluster.hosts})
-    before = netns.link_bytes(cluster)
+    before, launcher_before = netns.link_bytes(cluster), launcher_link_bytes()
     started = time.time()
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", "--hosts", hosts, "--ssh-config", cluster.ssh_config,
-                           "--remote-dir", REMOTE_DIR, "--cache-dir", cache, "--run-root", runs, job],
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "--hosts", hosts, "--ssh-config",
+                             cluster.ssh_config, "--remote-dir", REMOTE_DIR, "--cache-dir", cache, "--run-root", runs,
+                             job], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    stop, peaks = threading.Event(), {}
+    sampler = threading.Thread(target=sample, args=(proc.pid, stop, peaks), daemon=True)
+    sampler.start()
+    out, err = proc.communicate(timeout=900)
+    stop.set()
+    sampler.join()
+    assert proc.returncode == 0, out[-3000:] + err
     after = netns.link_bytes(cluster)
     (run_dir,) = (os.path.join(runs, name) for name in os.listdir(runs))
     with open(os.path.join(run_dir, "events.jsonl"), encoding="utf-8") as handle:
         first = min(json.loads(line)["time"] for line in handle if '"first_batch"' in line)
     with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as handle:
         staging_s = json.load(handle)["timing"]["staging_s"]
-    data = int(re.search(r"\[stage\] (\d+) bytes of data sent in total", done.stdout).group(1))
+    data = int(re.search(r"\[stage\] (\d+) bytes of data sent in total", out).group(1))
     return {"links_mb": sum(after[h][0] - before[h][0] for h in after) / 1e6, "data_mb": data / 1e6,
+            "launcher_link_mb": (launcher_link_bytes() - launcher_before) / 1e6,
             "cache_mb": sum(os.path.getsize(os.path.join(root, name)) for part in ("shards", "trimmed")
                             for root, _, names in os.walk(os.path.join(cache, part)) for name in names) / 1e6,
-            "staging_s": staging_s, "first_batch_s": first - started}
+            "shards_mb": sum(os.path.getsize(os.path.join(root, name))
+                             for root, _, names in os.walk(os.path.join(cache, "shards")) for name in names) / 1e6,
+            "staging_s": staging_s, "first_batch_s": first - started, **peaks}
 
 
 def main() -> None:

@@ -110,6 +110,7 @@ def stage_once(cluster, paths: list[str], *, use_relay: bool, kill: bool = False
     from cluster.hosts import parse_hosts
     from cluster.ssh import SSHHost, SSHOptions
     from launcher.plan import Transfer
+    from launcher.plan.placement import relayed_files
     from launcher.run.stage import forget_digests, stage_all
     specs = parse_hosts("".join(f"{h.address} python={sys.executable}\n" for h in cluster.hosts), "bench")
     hosts = {spec.label: SSHHost(spec, SSHOptions(cluster.ssh_config)) for spec in specs}
@@ -124,7 +125,8 @@ def stage_once(cluster, paths: list[str], *, use_relay: bool, kill: bool = False
     try:
         staged = stage_all(hosts, transfers, root_of=lambda label: "/srv/mxft-host",
                            python_of=lambda label: sys.executable, progress=lambda *report: None,
-                           address_of=lambda label: label, relay_from=0 if use_relay else 1 << 62)
+                           address_of=lambda label: label,
+                           relayed=relayed_files(transfers, from_bytes=0) if use_relay else ())
     finally:
         stop.set()
         for host in hosts.values():

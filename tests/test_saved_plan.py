@@ -170,3 +170,25 @@ def test_a_plan_file_is_a_program_and_is_checked_as_one(tmp_path):
     os.chmod(tmp_path / "nan.json", 0o600)
     with pytest.raises(InputError, match="NaN is not a number a plan holds"):
         saved_plan(str(tmp_path / "nan.json"))
+
+
+@pytest.mark.timeout(30)
+def test_the_plan_chooses_the_relay_for_a_big_sync_folder_and_says_so(tmp_path):
+    """The relay is the plan's choice (``Plan.relayed``), printed by --dry-run and kept by a saved plan: a 40 MB
+    file synced to 4 hosts keeps 2 copies (80 MB) off the launcher's links, to 3 hosts one copy (below 64 MB)."""
+    work = tmp_path / "job"
+    work.mkdir()
+    with open(work / "big.bin", "wb") as handle:
+        handle.truncate(40 << 20)  # sparse: a size without the bytes
+    hosts = tuple(HostSpec(f"10.0.0.{i}", line=i) for i in range(1, 5))
+    facts = dataclasses.replace(REMOTE_FACTS, synced=("big.bin",), hosts={
+        h.label: HostFacts(h.label, "py", 4, "/home/me/.mxft", home="/home/me") for h in hosts})
+    command = CommandSpec("t", "cli", ("python", "t.py"), workers=4, servers=1, workdir=str(work), sync_dir="~/job")
+    plan = make_plan(command, hosts, facts)
+    big = [file for file in plan.relayed if file.source.endswith("big.bin")]
+    assert [(file.dest, file.hosts, file.size) for file in big] == [
+        ("/home/me/job/big.bin", tuple(h.label for h in hosts), 40 << 20)]
+    assert "  relay      " in plan.describe() and "the launcher's links carry 2 copies, not 4" in plan.describe()
+    assert plan_from_json(plan.to_json(), "plan.json") == plan
+    fewer = make_plan(dataclasses.replace(command, workers=3), hosts[:3], facts)
+    assert fewer.relayed == () and "  relay " not in fewer.describe()

@@ -16,7 +16,8 @@ from cluster.hosts import HostSpec
 from launcher.data.inputs import Inventory
 from launcher.plan.command import CommandRun, make_command_plan
 from launcher.plan.decode import DecodeError, decode, decode_with
-from launcher.plan.model import Facts, HostFacts, Plan, ProcessSpec, Role, Transfer, fact_changes, public_addresses
+from launcher.plan.model import (Facts, HostFacts, Plan, ProcessSpec, Relayed, Role, Transfer, fact_changes,
+                                 public_addresses)
 from launcher.plan.network import training_network
 from launcher.plan.placement import assign_workers, place
 from launcher.plan.recipe import Recipe, make_recipe_plan
@@ -24,8 +25,9 @@ from launcher.plan.sources import ShardSpec, shard_dir
 from launcher.spec.command_job import CommandSpec
 from launcher.spec.jobspec import JobSpec
 
-__all__ = ["CommandRun", "Facts", "HostFacts", "Plan", "ProcessSpec", "Recipe", "Role", "ShardSpec", "Transfer",
-           "assign_workers", "fact_changes", "make_plan", "place", "plan_from_json", "public_addresses", "shard_dir"]
+__all__ = ["CommandRun", "Facts", "HostFacts", "Plan", "ProcessSpec", "Recipe", "Relayed", "Role", "ShardSpec",
+           "Transfer", "assign_workers", "fact_changes", "make_plan", "place", "plan_from_json", "public_addresses",
+           "shard_dir"]
 
 COMPONENTS = {Recipe.kind: Recipe, CommandRun.kind: CommandRun}   # plan.json's "kind" -> its component
 

@@ -102,6 +102,22 @@ class Transfer:
     kind: str                             # code | data (content-addressed, kept) | run (this run's own)
 
 
+RELAY_CHAINS = 2             # chains the launcher feeds in the relay: its links carry this many copies of each file
+RELAY_FROM_BYTES = 64 << 20  # the relay is used once it keeps this much off the launcher's links (its set-up costs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Relayed:
+    """A file of this machine that two or more hosts get at the same path: sent once into each of the relay's chains
+    of those hosts, each host forwarding it to the next as it writes it (``launcher.run.relay``)."""
+
+    source: str
+    dest: str
+    kind: str                             # as Transfer.kind
+    hosts: tuple[str, ...]                # the hosts that get it, in the hosts file's order
+    size: int                             # bytes, when planned
+
+
 RUN_OWN_FACTS = ("run_id", "run_dir", "scheduler_port", "worker_ports", "attempt", "resume_epoch", "resume_prefix",
                  "resume_states", "resume_best")
 
@@ -180,6 +196,7 @@ class Plan:
     remote_roots: Mapping[str, str] = dataclasses.field(default_factory=dict)  # host label -> work folder
     remote_pythons: Mapping[str, str] = dataclasses.field(default_factory=dict)  # host label -> interpreter
     network: str = ""                     # why ps-lite uses the addresses it does, if not the SSH ones
+    relayed: tuple[Relayed, ...] = ()     # of the transfers, the files the relay brings (none: each host its own)
 
     run_id = property(lambda self: self.facts.run_id)
     run_dir = property(lambda self: self.facts.run_dir)
@@ -231,11 +248,26 @@ class Plan:
             files = [t for t in self.transfers if t.host == host.label]
             if files:
                 lines += self.component.transfer_lines(self, host.label, files)
+        lines += _describe_relay(self)
         lines += _describe_network(self)
         for label, facts in sorted(self.assumed.items()):
             lines.append(f"  assumed    {label}: python {facts.python}, {facts.cpu_count} CPU(s), work folder "
                          f"{facts.work_dir or '~/.mxft'} (never probed: --dry-run --probe asks the host)")
         return "\n".join(lines)
+
+
+def _describe_relay(plan: Plan) -> list[str]:
+    """Which files the relay brings, and to whom."""
+    if not plan.relayed:
+        return []
+    hosts = list(dict.fromkeys(label for file in plan.relayed for label in file.hosts))
+    size = sum(file.size for file in plan.relayed)
+    names = ", ".join(os.path.basename(file.dest) for file in plan.relayed[:3])
+    more = f" and {len(plan.relayed) - 3} more" if len(plan.relayed) > 3 else ""
+    return [f"  relay      {len(plan.relayed)} file(s) {len(hosts)} hosts get at the same path ({names}{more}; "
+            f"{size / 1e6:.1f} MB): sent into {min(RELAY_CHAINS, len(hosts))} chains of the hosts that lack them, each "
+            f"host forwarding to the next as it writes; the launcher's links carry {RELAY_CHAINS} copies, not "
+            f"{len(hosts)}"]
 
 
 def _describe_network(plan: Plan) -> list[str]:

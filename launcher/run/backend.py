@@ -106,7 +106,7 @@ def stage_remote(plan: Plan, remote_hosts: Mapping[str, RemoteHost], *, console:
     staged = stage_all(remote_hosts, plan.transfers, root_of=plan.remote_roots.__getitem__,
                        python_of=plan.remote_pythons.__getitem__,
                        progress=lambda host, sent, total: console.progress(f"staging {host}", sent, total, unit="B"),
-                       silence_s=plan.component.host_silence_s, pieces=pieces,
+                       silence_s=plan.component.host_silence_s, pieces=pieces, relayed=plan.relayed,
                        address_of=lambda label: plan.facts.hosts[label].address)
     if staged.relay is not None:
         console(f"[stage] {staged.relay.summary()}")

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from cluster.backend import RemoteHost
 from launcher.data.pieces import frame, send_range
+from launcher.plan.model import RELAY_CHAINS
 from launcher.remote import relay_host, stage_receiver
 from launcher.report.console import printable
 from launcher.run.relay_routes import LAUNCHER, HostState, Reroute, chains, next_hosts, reroute
@@ -31,7 +32,7 @@ from launcher.run.relay_routes import LAUNCHER, HostState, Reroute, chains, next
 # The receiver's functions, then the relay's own: one script, run with the host's Python.
 RELAY_SOURCE = (inspect.getsource(stage_receiver).split('\nif __name__ == "__main__":')[0] + "\n"
                 + inspect.getsource(relay_host))
-CHAINS = 2            # chains the launcher feeds: its links carry this many copies of the stream
+CHAINS = RELAY_CHAINS  # chains the launcher feeds: its links carry this many copies of the stream
 DEADLINE_S = 5.0      # a host that got nothing this long while its feed had more: its feed stopped forwarding
 LINE_MAX = 4096       # a relay program's line is shorter (but for its answer, which names what it has)
 FRAME_BYTES = 1 << 20

@@ -43,9 +43,9 @@ from cluster.failure import Failure, FailureKind
 from cluster.fanout import on_each_host
 from cluster.lines import SilenceWatch, ended_tail
 from launcher.data.pieces import CHUNK, ShardIndex, ShardRecords, SourceShrank, frame, send_range
-from launcher.plan import Transfer
+from launcher.plan import Relayed, Transfer
 from launcher.remote import stage_receiver
-from launcher.run.relay import CHAINS, Common, RelayOutcome, relay
+from launcher.run.relay import Common, RelayOutcome, relay
 
 # Runs on the host with its own Python: launcher/remote/stage_receiver.py, sent as source.
 _RECEIVER = inspect.getsource(stage_receiver)
@@ -258,62 +258,38 @@ class Staged:
     relay: RelayOutcome | None            # what the relay sent every host (None: not used)
 
 
-RELAY_FROM_BYTES = 64 << 20  # the relay is used once it saves the launcher's links this much (its set-up costs)
-
-
 def stage_all(hosts: Mapping[str, RemoteHost], transfers: Sequence[Transfer], *, root_of: Callable[[str], str],
               python_of: Callable[[str], str], progress: Callable[[str, int, int], None],
               silence_s: float = 60.0, pieces: Mapping[str, Piece] | None = None,
-              address_of: Callable[[str], str] | None = None, relay_from: int = RELAY_FROM_BYTES) -> Staged:
-    """Stage every host: the files several hosts need at the same path through the relay (``launcher.run.relay``)
-    when ``address_of`` says where hosts reach each other and it saves ``relay_from`` bytes; then each host's own
-    files, and the common ones the relay did not bring it, in parallel, ``HOSTS_AT_ONCE`` at a time. Raises
-    JobFailed naming each host that failed (every host is tried)."""
-    relayed = None
-    shared = shared_files(transfers, pieces or {})
-    if address_of is not None and _relay_saves(shared) >= relay_from:
-        relayed = _relay_shared(hosts, shared, root_of=root_of, python_of=python_of, address_of=address_of,
+              relayed: Sequence[Relayed] = (), address_of: Callable[[str], str] | None = None) -> Staged:
+    """Stage every host: the ``relayed`` files (the plan's choice) through the relay (``launcher.run.relay``), hosts
+    reaching each other at ``address_of``; then each host's own files, and the relayed ones the relay did not bring
+    it, in parallel, ``HOSTS_AT_ONCE`` at a time. Raises JobFailed naming each host that failed (every host is
+    tried)."""
+    outcome = None
+    if relayed and address_of is not None:
+        outcome = _relay_shared(hosts, relayed, root_of=root_of, python_of=python_of, address_of=address_of,
                                 progress=progress, silence_s=silence_s)
-        served = {label for labels in shared.values() for label in labels} - set(relayed.missed)
-        transfers = [t for t in transfers if t.host not in served or (t.source, t.dest, t.kind) not in shared]
+        served = {label for file in relayed for label in file.hosts} - set(outcome.missed)
+        through = {(file.source, file.dest, file.kind) for file in relayed}
+        transfers = [t for t in transfers if t.host not in served or (t.source, t.dest, t.kind) not in through]
     labels = list(dict.fromkeys(t.host for t in transfers))
     done = on_each_host(lambda label: stage_host(hosts[label], [t for t in transfers if t.host == label],
                                                  root=root_of(label), python=python_of(label), progress=progress,
                                                  silence_s=silence_s, pieces=pieces),
                         labels, name="stage", kind=FailureKind.STAGING)
     done.raise_failed("staging", kind=FailureKind.STAGING)  # every host was tried; each that failed is named
-    return Staged([done.ok[label] for label in labels], relayed)
+    return Staged([done.ok[label] for label in labels], outcome)
 
 
-def shared_files(transfers: Sequence[Transfer], pieces: Mapping[str, Piece]) -> dict[tuple[str, str, str], list[str]]:
-    """The files of this machine (source, dest, kind) that two or more hosts get at the same path, and those hosts.
-
-    >>> shared_files([Transfer("h1", "/c/a", "/w/a", "code"), Transfer("h2", "/c/a", "/w/a", "code"),
-    ...               Transfer("h2", "/d/s", "/w/s", "data"), Transfer("h3", "/c/a", "/x/a", "code")], {})
-    {('/c/a', '/w/a', 'code'): ['h1', 'h2']}
-    """
-    hosts_of: dict[tuple[str, str, str], list[str]] = {}
-    for transfer in transfers:
-        if transfer.source not in pieces:
-            hosts_of.setdefault((transfer.source, transfer.dest, transfer.kind), []).append(transfer.host)
-    return {key: list(dict.fromkeys(labels)) for key, labels in hosts_of.items() if len(set(labels)) > 1}
-
-
-def _relay_saves(shared: Mapping[tuple[str, str, str], Sequence[str]]) -> int:
-    """Bytes the relay keeps off the launcher's links: a copy of the shared files per host beyond its chains."""
-    hosts = {label for labels in shared.values() for label in labels}
-    return sum(os.stat(source).st_size for source, _, _ in shared) * (len(hosts) - CHAINS)
-
-
-def _relay_shared(hosts: Mapping[str, RemoteHost], shared: Mapping[tuple[str, str, str], Sequence[str]],
-                  **options) -> RelayOutcome:
-    """The shared files through the relay, each to the hosts that get it (``options``: ``relay``'s)."""
+def _relay_shared(hosts: Mapping[str, RemoteHost], relayed: Sequence[Relayed], **options) -> RelayOutcome:
+    """The relayed files, each to the hosts that get it (``options``: ``relay``'s)."""
     common, wants = [], {}
-    for (source, dest, kind), labels in shared.items():
-        piece = FilePiece(source)
-        for label in labels:
+    for file in relayed:
+        piece = FilePiece(file.source)
+        for label in file.hosts:
             wants.setdefault(label, []).append(len(common))
-        common.append(Common(source, dest, piece.size, piece.sha256(), piece.mode, keep=kind != "run"))
+        common.append(Common(file.source, file.dest, piece.size, piece.sha256(), piece.mode, keep=file.kind != "run"))
     try:
         return relay(hosts, common, wants, **options)
     except OSError as err:  # the relay could not start (a host's ssh or srun): every host is staged from here
