@@ -34,6 +34,7 @@ RELAY_SOURCE = (inspect.getsource(stage_receiver).split('\nif __name__ == "__mai
                 + inspect.getsource(relay_host))
 CHAINS = RELAY_CHAINS  # chains the launcher feeds: its links carry this many copies of the stream
 DEADLINE_S = 5.0      # a host that got nothing this long while its feed had more: its feed stopped forwarding
+STEP_BYTES = 1 << 20  # "got nothing": less than this (a host creeping a byte at a time is as stuck as a silent one)
 LINE_MAX = 4096       # a relay program's line is shorter (but for its answer, which names what it has)
 FRAME_BYTES = 1 << 20
 SEND_WAIT_S = 10.0    # a frame to a host whose input a feed holds that long is not sent (the host is stuck)
@@ -108,6 +109,16 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def stepped(since: int, have: int, total: int | None) -> bool:
+    """Whether a host that had ``since`` bytes of the stream and has ``have`` now moved on: by ``STEP_BYTES`` or to
+    the end. Its deadline runs from the last step, so a host taking a few bytes at a time counts as taking nothing.
+
+    >>> stepped(0, 1 << 20, None), stepped(0, 1000, None), stepped(0, 1000, 1000), stepped(5 << 20, (6 << 20) - 1, None)
+    (True, False, True, False)
+    """
+    return have - since >= STEP_BYTES or have == total
+
+
 class _Host:
     """The launcher's end of one host's relay program: its pipes, and what it last said."""
 
@@ -118,6 +129,7 @@ class _Host:
         self.pending, self.stderr = bytearray(), bytearray()
         self.have, self.total = 0, None
         self.grew = self.heard = time.monotonic()
+        self.grew_from = 0                     # what it had when ``grew`` was last set
         self.moved = False                     # moved once because it got nothing
         self.answer: dict | None = None        # its first line: present and port
         self.outcome: str | int | None = None  # files placed, or why it failed
@@ -180,7 +192,9 @@ class _Host:
         if "present" in line and self.answer is None:
             self.answer = line
         elif "have" in line and line["have"] > self.have:
-            self.have, self.grew = line["have"], time.monotonic()
+            self.have = line["have"]
+            if stepped(self.grew_from, self.have, self.total):
+                self.grew, self.grew_from = time.monotonic(), self.have
         elif "placed" in line or "failed" in line:
             self.outcome = line["placed"] if "placed" in line else printable(line["failed"][:400])
 
@@ -285,7 +299,7 @@ class _Relay:
         fed = next_hosts({h: f for h, f in self.feeds.items() if not self.handles[h].ended})
         for label in moved:  # a new secret for its new feed (the old feed's is refused), and its deadlines anew
             handle = self.handles[label]
-            handle.grew = handle.heard = time.monotonic()
+            handle.grew, handle.heard, handle.grew_from = time.monotonic(), time.monotonic(), handle.have
             handle.token = secrets.token_hex(16)
             handle.send({"accept": handle.token})
         for feeder in feeders - {LAUNCHER}:
