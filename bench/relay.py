@@ -90,20 +90,18 @@ def empty_work_folders(cluster) -> None:
 def kill_head_when_quarter_there(cluster, size: int, stop: threading.Event, killed: list) -> None:
     import glob
 
-    import psutil
+    from testing.processes import RELAY_PROGRAM, pids_running
     head = cluster.hosts[0]
     while not stop.wait(0.02):
         if sum(os.path.getsize(p) for p in glob.glob(os.path.join(head.work_dir, ".incoming.*", "*"))) < size // 4:
             continue
-        for pid in head.pids():
+        for pid in pids_running(head, RELAY_PROGRAM):
             try:
-                process = psutil.Process(pid)
-                if "def heartbeat(stream)" in " ".join(process.cmdline()):
-                    process.send_signal(signal.SIGKILL)
-                    killed.append(time.monotonic())
-                    return
-            except psutil.Error:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
                 continue
+            killed.append(time.monotonic())
+            return
 
 
 def stage_once(cluster, paths: list[str], *, use_relay: bool, kill: bool = False) -> dict:

@@ -40,6 +40,9 @@ def run_processes(cluster, run_id: str) -> dict[str, list[int]]:
     return found
 
 
+RELAY_PROGRAM = b"def heartbeat(stream)"  # in the command line of a host's relay program (launcher.remote.relay_host)
+
+
 def pids_running(host, text: bytes, *, start: bool = False) -> list[int]:
     """The namespace host's processes whose command line holds ``text`` (``start``: begins with it)."""
     found = []

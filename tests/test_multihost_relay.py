@@ -12,27 +12,14 @@ import shutil
 import signal
 import threading
 
-import psutil
 import pytest
 
 from tests.helpers import PROGRAM_DIR, check_argv, hosts_file, no_processes_left, run_launch, ssh_args
-from testing.processes import run_id_from
+from testing.processes import RELAY_PROGRAM, pids_running, run_id_from
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 BIG = 64 << 20   # with 3 hosts the relay saves one copy of it: the least it is used for (RELAY_FROM_BYTES)
-
-
-def _relay_program(host) -> psutil.Process | None:
-    """The relay program on ``host`` (its own PID namespace: only its processes are listed)."""
-    for pid in host.pids():
-        try:
-            process = psutil.Process(pid)
-            if "def heartbeat(stream)" in " ".join(process.cmdline()):
-                return process
-        except psutil.Error:
-            continue
-    return None
 
 
 def _kill_relay_when_it_holds(host, size: int, killed: list, stop: threading.Event) -> None:
@@ -40,10 +27,10 @@ def _kill_relay_when_it_holds(host, size: int, killed: list, stop: threading.Eve
     while not stop.wait(0.02):
         growing = [path for path in glob.glob(os.path.join(host.work_dir, ".incoming.*", "*"))
                    if os.path.getsize(path) >= size]
-        program = _relay_program(host) if growing else None
-        if program is not None:
+        programs = pids_running(host, RELAY_PROGRAM) if growing else []
+        if programs:
             killed.append(os.path.getsize(growing[0]))
-            program.send_signal(signal.SIGKILL)
+            os.kill(programs[0], signal.SIGKILL)
             return
 
 
@@ -57,6 +44,9 @@ def test_a_folder_for_every_host_goes_by_relay_and_a_relay_host_killed_midway_is
     args = ssh_args(hosts3, hosts_file(hosts3, tmp_path)) + [
         "-n", "3", "-s", "2", "--sync-dir", "/srv/mxft-host/job", "--env-worker", "MXFT_CHECK=w",
         "--run-root", str(tmp_path / "runs")]
+    planned = run_launch(args + ["--dry-run", "--", "python", "pslite_check.py"], cwd=str(job), timeout_s=60)
+    assert planned.returncode == 0, planned.stdout[-3000:] + planned.stderr
+    assert "  relay      " in planned.stdout and "the launcher's links carry 2 copies, not 3" in planned.stdout
     head, killed, stop = hosts3.hosts[0], [], threading.Event()
     killer = threading.Thread(target=_kill_relay_when_it_holds, args=(head, BIG // 4, killed, stop), daemon=True)
     netns.limit_links(hosts3, 320)  # 40 MB/s a link: the copy takes seconds, and the kill falls inside it
