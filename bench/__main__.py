@@ -10,8 +10,8 @@ import json
 import sys
 import time
 
-from bench import (compression, control_plane, data_plane, demo_seeds, demo_vs_scratch, end_to_end, evaluation,
-                   launch_overhead, lr_scaling, multihost, network, prepare_vs_im2rec, relay, sbcast, staged_data,
+from bench import (compression, control_plane, data_plane, data_scaling, demo_seeds, demo_vs_scratch, end_to_end,
+                   evaluation, launch_overhead, lr_scaling, multihost, network, prepare_vs_im2rec, relay, sbcast,
                    staging, startup, trainer_step)
 
 BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "demo_seeds": demo_seeds.main,
@@ -20,7 +20,7 @@ BENCHES = {"demo_vs_scratch": demo_vs_scratch.main, "demo_seeds": demo_seeds.mai
            "startup": startup.main, "end_to_end": end_to_end.main, "trainer_step": trainer_step.main,
            "staging": staging.main, "launch_overhead": launch_overhead.main, "multihost": multihost.main,
            "data_plane": data_plane.main, "shared_data": data_plane.shared_main, "control_plane": control_plane.main,
-           "relay": relay.main, "staged_data": staged_data.main,
+           "relay": relay.main, "data_scaling": data_scaling.main,
            "sbcast": sbcast.main}
 DEFAULT = ("staging", "launch_overhead", "multihost")
 
