@@ -104,11 +104,16 @@ def kill_head_when_quarter_there(cluster, size: int, stop: threading.Event, kill
             return
 
 
+def every_host_gets(paths: list[str], hosts) -> list:
+    """The folder's files for the relay, to every host (at 2 hosts too, where a plan would send each its own)."""
+    from launcher.plan import Relayed
+    return [Relayed(path, f"{DEST}/{os.path.basename(path)}", "run", tuple(hosts)) for path in paths]
+
+
 def stage_once(cluster, paths: list[str], *, use_relay: bool, kill: bool = False) -> dict:
     from cluster.hosts import parse_hosts
     from cluster.ssh import SSHHost, SSHOptions
     from launcher.plan import Transfer
-    from launcher.plan.placement import relayed_files
     from launcher.run.stage import forget_digests, stage_all
     specs = parse_hosts("".join(f"{h.address} python={sys.executable}\n" for h in cluster.hosts), "bench")
     hosts = {spec.label: SSHHost(spec, SSHOptions(cluster.ssh_config)) for spec in specs}
@@ -124,7 +129,7 @@ def stage_once(cluster, paths: list[str], *, use_relay: bool, kill: bool = False
         staged = stage_all(hosts, transfers, root_of=lambda label: "/srv/mxft-host",
                            python_of=lambda label: sys.executable, progress=lambda *report: None,
                            address_of=lambda label: label,
-                           relayed=relayed_files(transfers, from_bytes=0) if use_relay else ())
+                           relayed=every_host_gets(paths, hosts) if use_relay else (), relay_from=0)
     finally:
         stop.set()
         for host in hosts.values():

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 from bench.relay import (COMMON_MB, DEST, FILES, HOST_COUNTS, RATE_MBIT, REPEATS, common_folder, empty_work_folders,
-                         launcher_link_bytes, limited_hosts)
+                         every_host_gets, launcher_link_bytes, limited_hosts)
 from bench.report import ROOT, provenance, spread, write_section
 
 MODES = ("sbcast", "relay")
@@ -86,13 +86,12 @@ def relay_over_srun(paths: list[str], addresses: dict[str, str]) -> None:
     from cluster.slurm import hosts_from_slurm
     from cluster.srun import SrunHost
     from launcher.plan import Transfer
-    from launcher.plan.placement import relayed_files
     from launcher.run.stage import stage_all
     hosts = {spec.label: SrunHost(spec) for spec in hosts_from_slurm(os.environ)}
     transfers = [Transfer(label, path, f"{DEST}/{os.path.basename(path)}", "run") for label in hosts for path in paths]
     staged = stage_all(hosts, transfers, root_of=lambda label: "/srv/mxft-host", python_of=lambda label: sys.executable,
                        progress=lambda *report: None, address_of=addresses.__getitem__,
-                       relayed=relayed_files(transfers, from_bytes=0))
+                       relayed=every_host_gets(paths, hosts), relay_from=0)
     assert staged.relay is not None and not staged.relay.missed, staged.relay
 
 

@@ -173,22 +173,24 @@ def test_a_plan_file_is_a_program_and_is_checked_as_one(tmp_path):
 
 
 @pytest.mark.timeout(30)
-def test_the_plan_chooses_the_relay_for_a_big_sync_folder_and_says_so(tmp_path):
-    """The relay is the plan's choice (``Plan.relayed``), printed by --dry-run and kept by a saved plan: a 40 MB
-    file synced to 4 hosts keeps 2 copies (80 MB) off the launcher's links, to 3 hosts one copy (below 64 MB)."""
+def test_the_plan_names_the_files_for_the_relay_and_says_when_they_take_it(tmp_path):
+    """``Plan.relayed`` names the files more than two hosts get at the same path (the sync folder's and the code);
+    --dry-run prints them with the rule staging applies to their sizes then, and a saved plan keeps them. With two
+    hosts the relay keeps nothing off the launcher's links: none."""
     work = tmp_path / "job"
     work.mkdir()
-    with open(work / "big.bin", "wb") as handle:
-        handle.truncate(40 << 20)  # sparse: a size without the bytes
+    (work / "big.bin").write_bytes(b"x")
     hosts = tuple(HostSpec(f"10.0.0.{i}", line=i) for i in range(1, 5))
     facts = dataclasses.replace(REMOTE_FACTS, synced=("big.bin",), hosts={
         h.label: HostFacts(h.label, "py", 4, "/home/me/.mxft", home="/home/me") for h in hosts})
     command = CommandSpec("t", "cli", ("python", "t.py"), workers=4, servers=1, workdir=str(work), sync_dir="~/job")
     plan = make_plan(command, hosts, facts)
-    big = [file for file in plan.relayed if file.source.endswith("big.bin")]
-    assert [(file.dest, file.hosts, file.size) for file in big] == [
-        ("/home/me/job/big.bin", tuple(h.label for h in hosts), 40 << 20)]
-    assert "  relay      " in plan.describe() and "the launcher's links carry 2 copies, not 4" in plan.describe()
+    every = tuple(h.label for h in hosts)
+    assert [(file.source, file.dest, file.kind, file.hosts) for file in plan.relayed] == [
+        ("/code/trainer/worker.py", "/home/me/.mxft/code/c0de/trainer/worker.py", "code", every),
+        (str(work / "big.bin"), "/home/me/job/big.bin", "run", every)]
+    assert ("  relay      2 files (1 code, 1 run) that 4 hosts get at the same path: through the relay when that keeps "
+            "64 MiB or more off the launcher's links at staging") in plan.describe()
     assert plan_from_json(plan.to_json(), "plan.json") == plan
-    fewer = make_plan(dataclasses.replace(command, workers=3), hosts[:3], facts)
-    assert fewer.relayed == () and "  relay " not in fewer.describe()
+    two = make_plan(dataclasses.replace(command, workers=2), hosts[:2], facts)
+    assert two.relayed == () and "  relay " not in two.describe()

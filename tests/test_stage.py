@@ -14,9 +14,10 @@ import pytest
 
 from cluster.errors import JobFailed
 from cluster.failure import FailureKind
-from launcher.plan import Transfer
+from launcher.plan import Relayed, Transfer
+from launcher.plan.model import RELAY_FROM_BYTES
 from launcher.data.pieces import frame as _frame
-from launcher.run.stage import _RECEIVER, FilePiece, stage_all
+from launcher.run.stage import _RECEIVER, FilePiece, relay_saves, stage_all
 
 
 def _receive(root: str, stream: bytes, offer: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -142,3 +143,21 @@ def test_a_source_that_shrinks_while_it_is_sent_fails_staging_as_a_changed_input
                                               f"  h1: {source} shrank while it was being sent (3 of 100000 bytes)"]
     assert failed.value.failure.kind is FailureKind.INPUT_CHANGED
     assert not (root / "data" / "k" / "train.rec").exists()
+
+
+def test_the_plans_relayed_files_take_the_relay_only_when_it_saves_64_mib_and_never_as_a_piece(tmp_path):
+    """Staging applies the plan's relay rule to the files as they are now: 1 KB for 3 hosts saves too little, and a
+    source cut as it is sent (a piece) cannot be relayed; both go the usual way, and land."""
+    source, root = tmp_path / "small.bin", tmp_path / "host"
+    source.write_bytes(b"s" * 1000)
+    dest = str(root / "job" / "small.bin")
+    relayed = [Relayed(str(source), dest, "run", ("h1", "h2", "h3"))]
+    for pieces, relay_from in (({}, RELAY_FROM_BYTES), ({str(source): FilePiece(str(source))}, 0)):
+        staged = stage_all({"h1": _ThisMachineAsHost()}, [Transfer("h1", str(source), dest, "run")],
+                           root_of=lambda label: str(root), python_of=lambda label: sys.executable,
+                           progress=lambda *report: None, pieces=pieces, relayed=relayed,
+                           address_of=lambda label: "127.0.0.1", relay_from=relay_from)
+        assert staged.relay is None and [report.files_sent for report in staged.hosts] == [1]
+        assert open(dest, "rb").read() == b"s" * 1000
+        os.remove(dest)
+    assert relay_saves(relayed * 2, {str(source): 32 << 20}.get) == RELAY_FROM_BYTES  # two such files would take it

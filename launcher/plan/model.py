@@ -108,14 +108,14 @@ RELAY_FROM_BYTES = 64 << 20  # the relay is used once it keeps this much off the
 
 @dataclasses.dataclass(frozen=True)
 class Relayed:
-    """A file of this machine that two or more hosts get at the same path: sent once into each of the relay's chains
-    of those hosts, each host forwarding it to the next as it writes it (``launcher.run.relay``)."""
+    """A file of this machine that more than ``RELAY_CHAINS`` hosts get at the same path: staging sends it through the
+    relay (once into each chain of those hosts, each host forwarding it as it writes; ``launcher.run.relay``) when the
+    relayed files, as they are then, keep ``RELAY_FROM_BYTES`` or more off the launcher's links."""
 
     source: str
     dest: str
     kind: str                             # as Transfer.kind
     hosts: tuple[str, ...]                # the hosts that get it, in the hosts file's order
-    size: int                             # bytes, when planned
 
 
 RUN_OWN_FACTS = ("run_id", "run_dir", "scheduler_port", "worker_ports", "attempt", "resume_epoch", "resume_prefix",
@@ -196,7 +196,7 @@ class Plan:
     remote_roots: Mapping[str, str] = dataclasses.field(default_factory=dict)  # host label -> work folder
     remote_pythons: Mapping[str, str] = dataclasses.field(default_factory=dict)  # host label -> interpreter
     network: str = ""                     # why ps-lite uses the addresses it does, if not the SSH ones
-    relayed: tuple[Relayed, ...] = ()     # of the transfers, the files the relay brings (none: each host its own)
+    relayed: tuple[Relayed, ...] = ()     # of the transfers, the files for the relay (none: each host its own)
 
     run_id = property(lambda self: self.facts.run_id)
     run_dir = property(lambda self: self.facts.run_dir)
@@ -257,17 +257,15 @@ class Plan:
 
 
 def _describe_relay(plan: Plan) -> list[str]:
-    """Which files the relay brings, and to whom."""
+    """Which files the relay may bring, to whom, and when."""
     if not plan.relayed:
         return []
     hosts = list(dict.fromkeys(label for file in plan.relayed for label in file.hosts))
-    size = sum(file.size for file in plan.relayed)
-    names = ", ".join(os.path.basename(file.dest) for file in plan.relayed[:3])
-    more = f" and {len(plan.relayed) - 3} more" if len(plan.relayed) > 3 else ""
-    return [f"  relay      {len(plan.relayed)} file(s) {len(hosts)} hosts get at the same path ({names}{more}; "
-            f"{size / 1e6:.1f} MB): sent into {min(RELAY_CHAINS, len(hosts))} chains of the hosts that lack them, each "
-            f"host forwarding to the next as it writes; the launcher's links carry {RELAY_CHAINS} copies, not "
-            f"{len(hosts)}"]
+    kinds = ", ".join(f"{count} {kind}" for kind in ("code", "data", "run")
+                      if (count := sum(file.kind == kind for file in plan.relayed)))
+    return [f"  relay      {len(plan.relayed)} files ({kinds}) that {len(hosts)} hosts get at the same path: through "
+            f"the relay when that keeps {RELAY_FROM_BYTES >> 20} MiB or more off the launcher's links at staging "
+            f"({RELAY_CHAINS} copies there, each host forwarding to the next), else a copy per host"]
 
 
 def _describe_network(plan: Plan) -> list[str]:

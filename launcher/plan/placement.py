@@ -13,8 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from cluster.errors import InputError
 from cluster.hosts import HostSpec
 from cluster.secret import ENV_FROM_STDIN, split_secrets
-from launcher.plan.model import (RELAY_CHAINS, RELAY_FROM_BYTES, Component, Facts, Plan, ProcessSpec, Relayed, Role,
-                                 Transfer)
+from launcher.plan.model import RELAY_CHAINS, Component, Facts, Plan, ProcessSpec, Relayed, Role, Transfer
 from launcher.spec.jobspec import AUTO, ClusterSpec, CPUContexts
 
 
@@ -91,34 +90,20 @@ class Placement:
                     {label: facts.hosts[label].python for label in roots}, relayed=relayed_files(transfers))
 
 
-def file_size(path: str) -> int:
-    """Bytes of the file at ``path``; 0 for what is no file yet."""
-    return os.path.getsize(path) if os.path.isfile(path) else 0
+def relayed_files(transfers: Sequence[Transfer]) -> tuple[Relayed, ...]:
+    """The files that more than ``RELAY_CHAINS`` hosts get at the same path (fewer hosts: the relay keeps nothing off
+    the launcher's links). Whether they go through the relay depends on their sizes when staged (``Relayed``).
 
-
-def relayed_files(transfers: Sequence[Transfer], *, size_of: Callable[[str], int] = file_size,
-                  from_bytes: int = RELAY_FROM_BYTES) -> tuple[Relayed, ...]:
-    """The files of this machine that two or more hosts get at the same path, when the relay keeps ``from_bytes``
-    or more off the launcher's links (a copy per host beyond its ``RELAY_CHAINS`` chains); none otherwise.
-    A source that is no file when planned (a shard cut as it is sent, a file made as the run starts) counts 0 bytes.
-
-    >>> size = {"/c/a": 40 << 20, "/d/s": 1 << 30}.get
-    >>> three = [Transfer("h1", "/c/a", "/w/a", "code"), Transfer("h2", "/c/a", "/w/a", "code"),
-    ...          Transfer("h3", "/c/a", "/w/a", "code"), Transfer("h2", "/d/s", "/w/s", "data"),
-    ...          Transfer("h3", "/c/a", "/x/a", "code")]
-    >>> relayed_files(three, size_of=size)  # one copy of 40 MB kept off
-    ()
-    >>> relayed_files(three + [Transfer("h4", "/c/a", "/w/a", "code")], size_of=size)  # two copies
-    (Relayed(source='/c/a', dest='/w/a', kind='code', hosts=('h1', 'h2', 'h3', 'h4'), size=41943040),)
+    >>> relayed_files([Transfer("h1", "/c/a", "/w/a", "code"), Transfer("h2", "/c/a", "/w/a", "code"),
+    ...                Transfer("h3", "/c/a", "/w/a", "code"), Transfer("h2", "/d/s", "/w/s", "data"),
+    ...                Transfer("h3", "/c/a", "/x/a", "code"), Transfer("h3", "/d/s", "/w/s", "data")])
+    (Relayed(source='/c/a', dest='/w/a', kind='code', hosts=('h1', 'h2', 'h3')),)
     """
     hosts_of: dict[tuple[str, str, str], list[str]] = {}
     for transfer in transfers:
         hosts_of.setdefault((transfer.source, transfer.dest, transfer.kind), []).append(transfer.host)
-    shared = [Relayed(source, dest, kind, tuple(dict.fromkeys(labels)), size_of(source) or 0)
-              for (source, dest, kind), labels in hosts_of.items() if len(set(labels)) > 1]
-    hosts = {label for file in shared for label in file.hosts}
-    saved = sum(file.size for file in shared) * (len(hosts) - RELAY_CHAINS)
-    return tuple(shared) if shared and saved >= from_bytes else ()
+    return tuple(Relayed(source, dest, kind, tuple(dict.fromkeys(labels)))
+                 for (source, dest, kind), labels in hosts_of.items() if len(set(labels)) > RELAY_CHAINS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,14 +27,13 @@ from launcher.data.pieces import frame, send_range
 from launcher.plan.model import RELAY_CHAINS
 from launcher.remote import relay_host, stage_receiver
 from launcher.report.console import printable
-from launcher.run.relay_routes import LAUNCHER, HostState, Reroute, chains, next_hosts, reroute
+from launcher.run.relay_routes import LAUNCHER, HostState, Reroute, chains, next_hosts, reroute, stepped
 
 # The receiver's functions, then the relay's own: one script, run with the host's Python.
 RELAY_SOURCE = (inspect.getsource(stage_receiver).split('\nif __name__ == "__main__":')[0] + "\n"
                 + inspect.getsource(relay_host))
 CHAINS = RELAY_CHAINS  # chains the launcher feeds: its links carry this many copies of the stream
 DEADLINE_S = 5.0      # a host that got nothing this long while its feed had more: its feed stopped forwarding
-STEP_BYTES = 1 << 20  # "got nothing": less than this (a host creeping a byte at a time is as stuck as a silent one)
 LINE_MAX = 4096       # a relay program's line is shorter (but for its answer, which names what it has)
 FRAME_BYTES = 1 << 20
 SEND_WAIT_S = 10.0    # a frame to a host whose input a feed holds that long is not sent (the host is stuck)
@@ -107,16 +106,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def stepped(since: int, have: int, total: int | None) -> bool:
-    """Whether a host that had ``since`` bytes of the stream and has ``have`` now moved on: by ``STEP_BYTES`` or to
-    the end. Its deadline runs from the last step, so a host taking a few bytes at a time counts as taking nothing.
-
-    >>> stepped(0, 1 << 20, None), stepped(0, 1000, None), stepped(0, 1000, 1000), stepped(5 << 20, (6 << 20) - 1, None)
-    (True, False, True, False)
-    """
-    return have - since >= STEP_BYTES or have == total
 
 
 class _Host:

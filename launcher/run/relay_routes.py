@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 LAUNCHER = ""  # the feed of a chain's head
+STEP_BYTES = 1 << 20  # "got nothing": less than this (a host creeping a byte at a time is as stuck as a silent one)
 
 
 def chains(hosts: Sequence[str], count: int) -> dict[str, str]:
@@ -39,12 +40,22 @@ def chains(hosts: Sequence[str], count: int) -> dict[str, str]:
     return feeds
 
 
+def stepped(since: int, have: int, total: int | None) -> bool:
+    """Whether a host that had ``since`` bytes of the stream and has ``have`` now moved on: by ``STEP_BYTES`` or to
+    the end. Its deadline runs from the last step, so a host taking a few bytes at a time counts as taking nothing.
+
+    >>> stepped(0, 1 << 20, None), stepped(0, 1000, None), stepped(0, 1000, 1000), stepped(5 << 20, (6 << 20) - 1, None)
+    (True, False, True, False)
+    """
+    return have - since >= STEP_BYTES or have == total
+
+
 @dataclasses.dataclass(frozen=True)
 class HostState:
     """What the launcher last heard from one host of the relay."""
 
     have: int            # the stream's first bytes it holds
-    still_s: float       # seconds since ``have`` last grew, or since its feed last changed
+    still_s: float       # seconds since ``have`` last grew by a step (``stepped``), or since its feed changed
     quiet_s: float       # seconds since it last said anything
     ended: bool          # its relay program ended (killed, lost, failed), or was dropped
     moved: bool = False  # it was moved before because it got nothing

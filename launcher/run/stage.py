@@ -44,6 +44,7 @@ from cluster.fanout import on_each_host
 from cluster.lines import SilenceWatch, ended_tail
 from launcher.data.pieces import CHUNK, ShardIndex, ShardRecords, SourceShrank, frame, send_range
 from launcher.plan import Relayed, Transfer
+from launcher.plan.model import RELAY_CHAINS, RELAY_FROM_BYTES
 from launcher.remote import stage_receiver
 from launcher.run.relay import Common, RelayOutcome, relay
 
@@ -260,14 +261,15 @@ class Staged:
 
 def stage_all(hosts: Mapping[str, RemoteHost], transfers: Sequence[Transfer], *, root_of: Callable[[str], str],
               python_of: Callable[[str], str], progress: Callable[[str, int, int], None],
-              silence_s: float = 60.0, pieces: Mapping[str, Piece] | None = None,
-              relayed: Sequence[Relayed] = (), address_of: Callable[[str], str] | None = None) -> Staged:
-    """Stage every host: the ``relayed`` files (the plan's choice) through the relay (``launcher.run.relay``), hosts
-    reaching each other at ``address_of``; then each host's own files, and the relayed ones the relay did not bring
-    it, in parallel, ``HOSTS_AT_ONCE`` at a time. Raises JobFailed naming each host that failed (every host is
-    tried)."""
+              silence_s: float = 60.0, pieces: Mapping[str, Piece] | None = None, relayed: Sequence[Relayed] = (),
+              address_of: Callable[[str], str] | None = None, relay_from: int = RELAY_FROM_BYTES) -> Staged:
+    """Stage every host: the plan's ``relayed`` files through the relay (``launcher.run.relay``), hosts reaching each
+    other at ``address_of``, when that keeps ``relay_from`` bytes off the launcher's links; then each host's own files,
+    and the relayed ones the relay did not bring it, in parallel, ``HOSTS_AT_ONCE`` at a time. Raises JobFailed naming
+    each host that failed (every host is tried)."""
     outcome = None
-    if relayed and address_of is not None:
+    relayed = [file for file in relayed if file.source not in (pieces or {}) and os.path.isfile(file.source)]
+    if relayed and address_of is not None and relay_saves(relayed) >= relay_from:
         outcome = _relay_shared(hosts, relayed, root_of=root_of, python_of=python_of, address_of=address_of,
                                 progress=progress, silence_s=silence_s)
         served = {label for file in relayed for label in file.hosts} - set(outcome.missed)
@@ -280,6 +282,16 @@ def stage_all(hosts: Mapping[str, RemoteHost], transfers: Sequence[Transfer], *,
                         labels, name="stage", kind=FailureKind.STAGING)
     done.raise_failed("staging", kind=FailureKind.STAGING)  # every host was tried; each that failed is named
     return Staged([done.ok[label] for label in labels], outcome)
+
+
+def relay_saves(relayed: Sequence[Relayed], size_of: Callable[[str], int] = os.path.getsize) -> int:
+    """Bytes the relay keeps off the launcher's links: each file's size for each of its hosts beyond the chains.
+
+    >>> relay_saves([Relayed("/c/a", "/w/a", "code", ("h1", "h2", "h3")),
+    ...              Relayed("/s/b", "/w/b", "run", ("h1", "h2", "h3", "h4"))], {"/c/a": 10, "/s/b": 100}.get)
+    210
+    """
+    return sum(size_of(file.source) * (len(file.hosts) - RELAY_CHAINS) for file in relayed)
 
 
 def _relay_shared(hosts: Mapping[str, RemoteHost], relayed: Sequence[Relayed], **options) -> RelayOutcome:
