@@ -54,7 +54,13 @@ def one_launch(cluster, work: str, count: int) -> dict:
             "--remote-dir", "/srv/mxft-host", "--run-root", os.path.join(work, "runs"), "-n", str(count), "-s", "1",
             "--", *PROGRAM]
     started = time.time()
-    proc = subprocess.Popen(argv, cwd=work, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+    _, peaks = sampled_launch(argv, cwd=work)
+    return dict(peaks, wall=time.time() - started)
+
+
+def sampled_launch(argv: list[str], *, cwd: str) -> tuple[str, dict]:
+    """Run a launch to its end, sampled (``sample``); its stdout and the peaks. It must succeed."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     stop, peaks = threading.Event(), {}
     sampler = threading.Thread(target=sample, args=(proc.pid, stop, peaks), daemon=True)
@@ -63,7 +69,7 @@ def one_launch(cluster, work: str, count: int) -> dict:
     stop.set()
     sampler.join()
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
-    return dict(peaks, wall=time.time() - started)
+    return out, peaks
 
 
 def main() -> None:

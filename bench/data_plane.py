@@ -21,10 +21,8 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import yaml
@@ -73,7 +71,7 @@ def job_file(work: str, train: str, staging: str) -> str:
 def one_run(cluster, work: str, job: str) -> dict:
     """A launch from emptied host folders and a fresh cache: bytes on the links, cache bytes, times, and the
     launcher's own peaks (threads, file descriptors, CPU, bytes it wrote to disk)."""
-    from bench.control_plane import sample
+    from bench.control_plane import sampled_launch
     from bench.relay import launcher_link_bytes
     from testing import netns
     for host in cluster.hosts:
@@ -84,17 +82,9 @@ def one_run(cluster, work: str, job: str) -> dict:
                                                                        for h in cluster.hosts})
     before, launcher_before = netns.link_bytes(cluster), launcher_link_bytes()
     started = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "--hosts", hosts, "--ssh-config",
-                             cluster.ssh_config, "--remote-dir", REMOTE_DIR, "--cache-dir", cache, "--run-root", runs,
-                             job], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    stop, peaks = threading.Event(), {}
-    sampler = threading.Thread(target=sample, args=(proc.pid, stop, peaks), daemon=True)
-    sampler.start()
-    out, err = proc.communicate(timeout=900)
-    stop.set()
-    sampler.join()
-    assert proc.returncode == 0, out[-3000:] + err
+    out, peaks = sampled_launch([sys.executable, "-m", "launcher.cli", "--hosts", hosts, "--ssh-config",
+                                 cluster.ssh_config, "--remote-dir", REMOTE_DIR, "--cache-dir", cache, "--run-root",
+                                 runs, job], cwd=ROOT)
     after = netns.link_bytes(cluster)
     (run_dir,) = (os.path.join(runs, name) for name in os.listdir(runs))
     with open(os.path.join(run_dir, "events.jsonl"), encoding="utf-8") as handle:
