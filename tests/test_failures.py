@@ -55,12 +55,20 @@ def test_worker_that_never_joins_hits_the_startup_deadline(tmp_path, demo_assets
 
 
 def test_stuck_worker_is_named_by_the_watchdog(tmp_path, demo_assets):
-    job = demo_job(demo_assets, train={"epochs": 200}, cluster={"progress_timeout_s": 4})
-    # Freeze worker 1 in the middle of the second epoch (batch 2 of 4 logged; epochs count from 0 in these
-    # lines): the other worker then gets one batch further before it waits. Frozen at an epoch's end, both
-    # would wait at the same barrier with nothing to tell them apart.
-    proc, run_id, _ = start(tmp_path, job, until="epoch 1 batch 2:")
-    find(run_id, "worker", "worker-1.json").suspend()
+    # Freeze worker 1 early in the second epoch (epochs count from 0 in these lines): the other worker then gets one
+    # batch further before it waits. Frozen at an epoch's end, both would wait at the same barrier with nothing to
+    # tell them apart. So an epoch is long (the 846 images as training data: 53 batches) and its evaluation short
+    # (the 50 as validation), the process is found first, and it is frozen as soon as the line is read: a busy
+    # machine must not let the epoch end in between.
+    job = demo_job(demo_assets, train={"epochs": 200, "log_every_batches": 1}, cluster={"progress_timeout_s": 4},
+                   data={"train": os.path.join(demo_assets, "digits5to9-val.rec"),
+                         "val": os.path.join(demo_assets, "digits5to9-train.rec")})
+    proc, run_id, _ = start(tmp_path, job, until="epoch 0 batch 1:")
+    worker1 = find(run_id, "worker", "worker-1.json")
+    for line in proc.stdout:
+        if "epoch 1 batch 1:" in line:
+            break
+    worker1.suspend()
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr
     first = stderr.strip().splitlines()[0]
