@@ -27,7 +27,11 @@ demo: $(VENV)/.installed-demo
 /usr/sbin/slurmd:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
 
+# The project's modules compiled once, as an installed package's are: the suite starts about a thousand Python
+# processes, and each would compile what it imports again (PYTHONDONTWRITEBYTECODE, set on some machines, keeps
+# them from saving it).
 test: $(VENV)/.installed-test /usr/sbin/sshd /usr/sbin/slurmd
+	$(BIN)/python -m compileall -q launcher cluster trainer testing >/dev/null
 	$(BIN)/python -m pytest -q
 
 # Slurm's own scontrol expands an allocation's node list (cluster/slurm.py); its tests need it, not a cluster.
