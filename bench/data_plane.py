@@ -94,11 +94,14 @@ def one_run(cluster, work: str, job: str) -> dict:
     data = int(re.search(r"\[stage\] (\d+) bytes of data sent in total", out).group(1))
     return {"links_mb": sum(after[h][0] - before[h][0] for h in after) / 1e6, "data_mb": data / 1e6,
             "launcher_link_mb": (launcher_link_bytes() - launcher_before) / 1e6,
-            "cache_mb": sum(os.path.getsize(os.path.join(root, name)) for part in ("shards", "trimmed")
-                            for root, _, names in os.walk(os.path.join(cache, part)) for name in names) / 1e6,
-            "shards_mb": sum(os.path.getsize(os.path.join(root, name))
-                             for root, _, names in os.walk(os.path.join(cache, "shards")) for name in names) / 1e6,
+            "cache_mb": folder_mb(os.path.join(cache, "shards")) + folder_mb(os.path.join(cache, "trimmed")),
+            "shards_mb": folder_mb(os.path.join(cache, "shards")),
             "staging_s": staging_s, "first_batch_s": first - started, **peaks}
+
+
+def folder_mb(folder: str) -> float:
+    """MB of the files under ``folder`` (0 when it does not exist)."""
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(folder) for name in names) / 1e6
 
 
 def main() -> None:

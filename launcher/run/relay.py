@@ -1,6 +1,6 @@
 """What every host needs, sent once: the launcher feeds the head of each chain of hosts, each host forwards the
-stream to the next as it arrives (``launcher.remote.relay_host``), so the launcher's links carry ``CHAINS`` copies
-of the common files whatever the host count (issue 26; a star through the launcher carried one per host).
+stream to the next as it arrives (``launcher.remote.relay_host``), so the launcher's links carry ``RELAY_CHAINS``
+copies of the common files whatever the host count (issue 26; a star through the launcher carried one per host).
 
 The hosts' relay programs run over the same SSH (or srun) as staging, and talk to the launcher in frames on stdin
 and JSON lines on stdout, each checked here (``relay_line``); host-to-host the stream goes over TCP to the address
@@ -32,7 +32,6 @@ from launcher.run.relay_routes import LAUNCHER, HostState, Reroute, chains, next
 # The receiver's functions, then the relay's own: one script, run with the host's Python.
 RELAY_SOURCE = (inspect.getsource(stage_receiver).split('\nif __name__ == "__main__":')[0] + "\n"
                 + inspect.getsource(relay_host))
-CHAINS = RELAY_CHAINS  # chains the launcher feeds: its links carry this many copies of the stream
 DEADLINE_S = 5.0      # a host that got nothing this long while its feed had more: its feed stopped forwarding
 LINE_MAX = 4096       # a relay program's line is shorter (but for its answer, which names what it has)
 FRAME_BYTES = 1 << 20
@@ -56,7 +55,7 @@ class RelayOutcome:
     placed: dict[str, int]          # host -> files the relay placed there
     missed: dict[str, str]          # host -> why the relay did not serve it (staging sends it its files itself)
     stream_bytes: int               # the stream: the common files some host lacked
-    launcher_bytes: int             # of it, bytes the launcher itself sent (CHAINS streams, more after reroutes)
+    launcher_bytes: int             # of it, bytes the launcher itself sent (RELAY_CHAINS streams, more after reroutes)
     reroutes: tuple[Reroute, ...]
     reroute_s: tuple[float, ...]    # when each reroute was made, seconds after the relay began
     began: float                    # time.monotonic() when it began
@@ -321,7 +320,7 @@ class _Relay:
 def relay(hosts: Mapping[str, RemoteHost], files: Sequence[Common], wants: Mapping[str, Sequence[int]], *,
           root_of: Callable[[str], str], python_of: Callable[[str], str], address_of: Callable[[str], str],
           progress: Callable[[str, int, int], None], silence_s: float = 60.0,
-          deadline_s: float = DEADLINE_S, chain_count: int = CHAINS) -> RelayOutcome:
+          deadline_s: float = DEADLINE_S, chain_count: int = RELAY_CHAINS) -> RelayOutcome:
     """Bring each host of ``wants`` the files it lists (indices into ``files``) that it does not hold yet, through
     ``chain_count`` chains."""
     started = time.monotonic()
