@@ -54,25 +54,42 @@ def test_worker_that_never_joins_hits_the_startup_deadline(tmp_path, demo_assets
     assert last_failure(tmp_path, run_id)["kind"] == "start-up timeout"
 
 
+def wait_blocked(proc, *, idle_s: float = 1.0, timeout_s: float = 30.0) -> None:
+    """Return once PROC has used no CPU for ``idle_s``: it waits for a peer (bounded by ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    used, since = sum(proc.cpu_times()[:2]), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now_used = sum(proc.cpu_times()[:2])
+        if now_used != used:
+            used, since = now_used, time.monotonic()
+        elif time.monotonic() - since >= idle_s:
+            return
+    raise AssertionError(f"process {proc.pid} never waited for {idle_s} s")
+
+
 def test_stuck_worker_is_named_by_the_watchdog(tmp_path, demo_assets):
-    # Freeze worker 1 early in the second epoch (epochs count from 0 in these lines): the other worker then gets one
-    # batch further before it waits. Frozen at an epoch's end, both would wait at the same barrier with nothing to
-    # tell them apart. So an epoch is long (the 846 images as training data: 53 batches) and its evaluation short
-    # (the 50 as validation), the process is found first, and it is frozen as soon as the line is read: a busy
-    # machine must not let the epoch end in between.
-    job = demo_job(demo_assets, train={"epochs": 200, "log_every_batches": 1}, cluster={"progress_timeout_s": 4},
+    # Worker 1 must be stopped where it is one batch behind. Stopped at a random moment, it may not yet have sent its
+    # last batch's gradients (MXNet sends them after the batch's line), and then worker 0 stops at the same batch: two
+    # workers at one position, nothing to tell them apart. So worker 0 is stopped first; worker 1 runs on until it
+    # waits for worker 0, everything of its own sent; it is stopped there, and worker 0 goes on: one batch further,
+    # then it waits. Early in an epoch (the 846 images train: 53 batches; the 50 validate), far from its barrier.
+    job = demo_job(demo_assets, train={"epochs": 200, "log_every_batches": 1}, cluster={"progress_timeout_s": 8},
                    data={"train": os.path.join(demo_assets, "digits5to9-val.rec"),
                          "val": os.path.join(demo_assets, "digits5to9-train.rec")})
     proc, run_id, _ = start(tmp_path, job, until="epoch 0 batch 1:")
-    worker1 = find(run_id, "worker", "worker-1.json")
+    worker0, worker1 = find(run_id, "worker", "worker-0.json"), find(run_id, "worker", "worker-1.json")
     for line in proc.stdout:
         if "epoch 1 batch 1:" in line:
             break
+    worker0.suspend()
+    wait_blocked(worker1)
     worker1.suspend()
+    worker0.resume()
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1, stderr
     first = stderr.strip().splitlines()[0]
-    assert first.startswith("mxft-launch: job failed: worker 1 on localhost reported no progress for 4 s"), first
+    assert first.startswith("mxft-launch: job failed: worker 1 on localhost reported no progress for 8 s"), first
     assert wait_gone(run_id, timeout_s=10) == []
     assert last_failure(tmp_path, run_id)["kind"] == "stalled"
 
