@@ -69,8 +69,9 @@ def job_file(work: str, train: str, staging: str) -> str:
 
 
 def one_run(cluster, work: str, job: str) -> dict:
-    """A launch from emptied host folders and a fresh cache: bytes on the links, cache bytes, times, and the
-    launcher's own peaks (threads, file descriptors, CPU, bytes it wrote to disk)."""
+    """A launch from emptied host folders and a fresh cache: bytes on the links, cache bytes, times (the command to
+    the first batch, and of it the part before the processes start: checks, plan, staging), and the launcher's own
+    peaks (threads, file descriptors, memory, CPU, bytes it wrote to disk)."""
     from bench.control_plane import sampled_launch
     from bench.relay import launcher_link_bytes
     from testing import netns
@@ -90,13 +91,14 @@ def one_run(cluster, work: str, job: str) -> dict:
     with open(os.path.join(run_dir, "events.jsonl"), encoding="utf-8") as handle:
         first = min(json.loads(line)["time"] for line in handle if '"first_batch"' in line)
     with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as handle:
-        staging_s = json.load(handle)["timing"]["staging_s"]
+        timing = json.load(handle)["timing"]
     data = int(re.search(r"\[stage\] (\d+) bytes of data sent in total", out).group(1))
     return {"links_mb": sum(after[h][0] - before[h][0] for h in after) / 1e6, "data_mb": data / 1e6,
             "launcher_link_mb": (launcher_link_bytes() - launcher_before) / 1e6,
             "cache_mb": folder_mb(os.path.join(cache, "shards")) + folder_mb(os.path.join(cache, "trimmed")),
             "shards_mb": folder_mb(os.path.join(cache, "shards")),
-            "staging_s": staging_s, "first_batch_s": first - started, **peaks}
+            "staging_s": timing["staging_s"], "first_batch_s": first - started,
+            "before_processes_s": first - started - timing["startup_s"], **peaks}
 
 
 def folder_mb(folder: str) -> float:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -11,6 +13,7 @@ import pytest
 
 from cluster.errors import InputError
 from launcher.data import pieces, recfile, shards
+from tests.helpers import REPO
 
 
 def write_rec(prefix: str, labels, *, payload=lambda i: b"img%d" % i) -> str:
@@ -74,6 +77,30 @@ def test_a_shard_sent_as_it_is_cut_is_the_shard_written_here(tmp_path):
         pieces.ShardRecords(rec, chosen).sha256()
     with open(tmp_path / "short", "wb") as handle, pytest.raises(pieces.SourceShrank):
         pieces.ShardRecords(rec, chosen).write_to(handle.fileno(), lambda count: None)
+
+
+HASHED_IN_A_PROCESS = """
+import resource, sys
+from launcher.data import pieces
+from launcher.remote import stage_receiver
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+digests = {pieces.file_sha256(sys.argv[1]), stage_receiver.sha256_of(sys.argv[1])}
+print(*digests, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_the_launcher_and_the_hosts_hash_a_file_in_one_block_of_memory(tmp_path):
+    # Hashed through a mapping, a file counted in full in the process's resident memory as it was read: the launcher
+    # staging a 100 GB training file looked 100 GB large. Here the peak grows by far less than the 192 MiB file.
+    path, expected, block = tmp_path / "big", hashlib.sha256(), os.urandom(1 << 20)
+    with open(path, "wb") as handle:
+        for count in range(192):
+            handle.write(block[count:] + block[:count])
+            expected.update(block[count:] + block[:count])
+    out = subprocess.run([sys.executable, "-c", HASHED_IN_A_PROCESS, str(path)], capture_output=True, text=True,
+                         check=True, cwd=REPO, timeout=60).stdout.split()
+    assert out[0] == expected.hexdigest() and len(out) == 2, out  # one digest: both programs agree with hashlib
+    assert int(out[1]) < 32 * 1024, f"the peak resident memory grew by {int(out[1]) // 1024} MiB"
 
 
 def test_shards_are_byte_copies_readable_by_mxnet(tmp_path):

@@ -10,13 +10,13 @@ agrees with (``launcher.data.labelsource``). Pure Python: the launch host needs 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 
 from cluster.errors import InputError
 from launcher.data import paramsfile, recfile
 from launcher.data.labelsource import load_labels
+from launcher.data.pieces import file_sha256
 from launcher.spec.jobspec import JobSpec
 
 
@@ -59,7 +59,7 @@ def check_model(job: JobSpec) -> int:
                          hint=f"its last layers are {', '.join(ops[-5:])}")
     check_params_file(model.params_path)
     if model.params_sha256:
-        digest = _sha256(model.params_path)
+        digest = file_sha256(model.params_path)
         if digest != model.params_sha256:
             raise InputError(model.params_path, f"sha256 is {digest[:12]}..., the job expects "
                              f"{model.params_sha256[:12]}...", hint="the file is corrupt or a different model")
@@ -76,14 +76,6 @@ def check_params_file(path: str) -> None:
     if layout.arrays and not layout.names:
         raise InputError(path, f"holds {len(layout.arrays)} arrays without names",
                          hint="save a dict of 'arg:NAME' / 'aux:NAME' arrays, as Module.save_checkpoint does")
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_inputs(job: JobSpec, *, cache_dir: str | None = None, remember_labels: bool = True) -> Inventory:

@@ -3,14 +3,13 @@ made in memory (issue 26: no full local copy of the data for the hosts that cann
 
 A piece has a size, a sha256 and a way to write its bytes into a pipe; ``launcher.run.stage`` sends pieces and
 files alike. A shard's records go from the training file to the pipe by ``sendfile`` (no byte through Python),
-hashed first from the page cache, so the launcher's disk holds no copy at any time and a relaunch, whose hosts
-already hold the shard, reads nothing.
+hashed first a block at a time (the launcher's memory holds one block, whatever the file's size), so the launcher's
+disk holds no copy at any time and a relaunch, whose hosts already hold the shard, reads nothing.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import struct
 from collections.abc import Callable, Sequence
@@ -29,6 +28,32 @@ def frame(header: dict) -> bytes:
 
 class SourceShrank(Exception):
     """A file ended before the bytes the plan counted on (it changed since the inputs were checked)."""
+
+
+HASH_BLOCK = 1 << 20
+
+
+def ranges_sha256(fd: int, ranges: Sequence[tuple[int, int]]) -> str:
+    """The sha256 of the (offset, length) ranges of the open file ``fd``, one after the other, read a block at a
+    time into one buffer: the memory it takes does not grow with the file (a mapped file counts in the launcher's
+    resident memory as it is read). SourceShrank if the file ends first."""
+    digest, block = hashlib.sha256(), bytearray(HASH_BLOCK)
+    view = memoryview(block)
+    for offset, length in ranges:
+        end = offset + length
+        while offset < end:
+            got = os.preadv(fd, [view[:min(HASH_BLOCK, end - offset)]], offset)
+            if not got:
+                raise SourceShrank(f"{length - (end - offset)} of {length} bytes")
+            digest.update(view[:got])
+            offset += got
+    return digest.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of the whole file at ``path`` (``ranges_sha256``'s bounded memory)."""
+    with open(path, "rb") as handle:
+        return ranges_sha256(handle.fileno(), [(0, os.fstat(handle.fileno()).st_size)])
 
 
 def send_range(pipe: int, fd: int, offset: int, length: int, on_bytes: Callable[[int], None]) -> None:
@@ -53,16 +78,10 @@ class ShardRecords:
         self.size = sum(span.size_bytes for span in spans)
 
     def sha256(self) -> str:
-        digest = hashlib.sha256()
         with open(self.rec_path, "rb") as handle:
             if os.fstat(handle.fileno()).st_size < max((s.offset + s.size_bytes for s in self.spans), default=0):
                 raise SourceShrank(self.rec_path)
-            if not self.spans:
-                return digest.hexdigest()
-            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                for span in self.spans:
-                    digest.update(memoryview(view)[span.offset: span.offset + span.size_bytes])
-        return digest.hexdigest()
+            return ranges_sha256(handle.fileno(), [(span.offset, span.size_bytes) for span in self.spans])
 
     def write_to(self, pipe: int, on_bytes: Callable[[int], None]) -> None:
         with open(self.rec_path, "rb") as handle:

@@ -21,7 +21,6 @@ import errno
 import fcntl
 import hashlib
 import json
-import mmap
 import os
 import shutil
 import stat
@@ -83,11 +82,15 @@ def copy_to(out, count):
 
 
 def sha256_of(path):
-    with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            return hashlib.sha256().hexdigest()
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            return hashlib.sha256(view).hexdigest()
+    """A block at a time into one buffer: the memory does not grow with the file (a mapping would count in full)."""
+    digest, block = hashlib.sha256(), bytearray(1 << 20)
+    view = memoryview(block)
+    with open(path, "rb", buffering=0) as handle:
+        got = handle.readinto(block)
+        while got:
+            digest.update(view[:got])
+            got = handle.readinto(block)
+    return digest.hexdigest()
 
 
 def beside(dest, suffix):

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import inspect
 import json
-import mmap
 import os
 import shlex
 import stat
@@ -42,7 +40,7 @@ from cluster.errors import JobFailed
 from cluster.failure import Failure, FailureKind
 from cluster.fanout import on_each_host
 from cluster.lines import SilenceWatch, ended_tail
-from launcher.data.pieces import CHUNK, ShardIndex, ShardRecords, SourceShrank, frame, send_range
+from launcher.data.pieces import CHUNK, ShardIndex, ShardRecords, SourceShrank, file_sha256, frame, send_range
 from launcher.plan import Relayed, Transfer
 from launcher.plan.model import RELAY_CHAINS, RELAY_FROM_BYTES
 from launcher.remote import stage_receiver
@@ -71,7 +69,7 @@ _DIGESTS_LOCK = threading.Lock()
 
 
 def sha256_of(path: str) -> str:
-    """The file's sha256, read through the page cache without copying it into Python.
+    """The file's sha256 (``file_sha256``: one block of memory, whatever the file's size).
 
     Remembered per (path, size, mtime) for the life of the process: a launch sends the
     validation set and the checkpoint to every host, and hashing each once instead of
@@ -83,12 +81,7 @@ def sha256_of(path: str) -> str:
         lock = _DIGEST_LOCKS.setdefault(key, threading.Lock())
     with lock:  # a second host's thread waits for the first one's hash instead of repeating it
         if key not in _DIGESTS:
-            with open(path, "rb") as handle:
-                if os.fstat(handle.fileno()).st_size == 0:
-                    _DIGESTS[key] = hashlib.sha256().hexdigest()
-                else:
-                    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                        _DIGESTS[key] = hashlib.sha256(view).hexdigest()
+            _DIGESTS[key] = file_sha256(path)
         return _DIGESTS[key]
 
 
@@ -247,10 +240,14 @@ def _send(proc, pieces: Sequence[tuple[Transfer, Piece]], *, on_bytes: Callable[
         proc.stdin.write(end)
         on_bytes(len(end))
     except SourceShrank as err:
-        raise JobFailed(f"{transfer.source} shrank while it was being sent ({err})",
-                        failure=Failure(FailureKind.INPUT_CHANGED)) from None
+        raise shrank(transfer.source, err) from None
     except BrokenPipeError:
         pass  # the receiver failed; its exit code and stderr say why
+
+
+def shrank(source: str, err: SourceShrank) -> JobFailed:
+    """The failure of a staging whose source file ended early: it changed after the inputs were checked."""
+    return JobFailed(f"{source} shrank while it was being sent ({err})", failure=Failure(FailureKind.INPUT_CHANGED))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,7 +298,11 @@ def _relay_shared(hosts: Mapping[str, RemoteHost], relayed: Sequence[Relayed], *
         piece = FilePiece(file.source)
         for label in file.hosts:
             wants.setdefault(label, []).append(len(common))
-        common.append(Common(file.source, file.dest, piece.size, piece.sha256(), piece.mode, keep=file.kind != "run"))
+        try:
+            digest = piece.sha256()
+        except SourceShrank as err:
+            raise shrank(file.source, err) from None
+        common.append(Common(file.source, file.dest, piece.size, digest, piece.mode, keep=file.kind != "run"))
     try:
         return relay(hosts, common, wants, **options)
     except OSError as err:  # the relay could not start (a host's ssh or srun): every host is staged from here
