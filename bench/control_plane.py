@@ -29,12 +29,33 @@ REPEATS = int(os.environ.get("MXFT_BENCH_REPEATS", "3"))
 PROGRAM = (sys.executable, "-c", "import os, time; time.sleep(5 if os.environ['DMLC_ROLE'] == 'worker' else 30)")
 
 
+def machine_busy_s() -> float:
+    """The CPU seconds every core of this machine has spent busy since boot (all but idle and waiting for I/O)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def busy_cores(timeline: list[tuple[float, float]], start: float, end: float) -> float:
+    """The cores this machine kept busy on average from ``start`` to ``end``, from (time, ``machine_busy_s``) samples
+    (the first at or after ``start`` to the last at or before ``end``; 0 with fewer than two).
+
+    >>> busy_cores([(0.0, 10.0), (1.0, 11.5), (2.0, 13.5), (3.0, 13.5)], 0.0, 2.0)
+    1.75
+    """
+    inside = [(when, busy) for when, busy in timeline if start <= when <= end]
+    if len(inside) < 2 or inside[-1][0] == inside[0][0]:
+        return 0.0
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
 def sample(pid: int, stop: threading.Event, peaks: dict) -> None:
     """Peak threads, file descriptors, resident bytes and child processes of ``pid`` until ``stop``; its CPU seconds
-    and the bytes it had written to storage when last seen."""
+    and the bytes it had written to storage when last seen; and the machine's (time, ``machine_busy_s``) timeline."""
+    timeline = peaks.setdefault("machine", [])
     try:
         proc = psutil.Process(pid)
         while not stop.is_set():
+            timeline.append((time.time(), machine_busy_s()))
             with proc.oneshot():
                 peaks["threads"] = max(peaks.get("threads", 0), proc.num_threads())
                 peaks["fds"] = max(peaks.get("fds", 0), proc.num_fds())
@@ -55,6 +76,7 @@ def one_launch(cluster, work: str, count: int) -> dict:
             "--", *PROGRAM]
     started = time.time()
     _, peaks = sampled_launch(argv, cwd=work)
+    peaks.pop("machine")
     return dict(peaks, wall=time.time() - started)
 
 

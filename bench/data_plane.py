@@ -70,9 +70,10 @@ def job_file(work: str, train: str, staging: str) -> str:
 
 def one_run(cluster, work: str, job: str) -> dict:
     """A launch from emptied host folders and a fresh cache: bytes on the links, cache bytes, times (the command to
-    the first batch, and of it the part before the processes start: checks, plan, staging), and the launcher's own
-    peaks (threads, file descriptors, memory, CPU, bytes it wrote to disk)."""
-    from bench.control_plane import sampled_launch
+    the first batch, and of it the part before the processes start: checks, plan, staging, with the cores this
+    machine kept busy meanwhile), and the launcher's own peaks (threads, file descriptors, memory, CPU, bytes it
+    wrote to disk)."""
+    from bench.control_plane import busy_cores, sampled_launch
     from bench.relay import launcher_link_bytes
     from testing import netns
     for host in cluster.hosts:
@@ -93,12 +94,14 @@ def one_run(cluster, work: str, job: str) -> dict:
     with open(os.path.join(run_dir, "result.json"), encoding="utf-8") as handle:
         timing = json.load(handle)["timing"]
     data = int(re.search(r"\[stage\] (\d+) bytes of data sent in total", out).group(1))
+    before_processes = first - started - timing["startup_s"]
+    busy = busy_cores(peaks.pop("machine"), started, started + before_processes)
     return {"links_mb": sum(after[h][0] - before[h][0] for h in after) / 1e6, "data_mb": data / 1e6,
             "launcher_link_mb": (launcher_link_bytes() - launcher_before) / 1e6,
             "cache_mb": folder_mb(os.path.join(cache, "shards")) + folder_mb(os.path.join(cache, "trimmed")),
             "shards_mb": folder_mb(os.path.join(cache, "shards")),
             "staging_s": timing["staging_s"], "first_batch_s": first - started,
-            "before_processes_s": first - started - timing["startup_s"], **peaks}
+            "before_processes_s": before_processes, "busy_cores_before": busy, **peaks}
 
 
 def folder_mb(folder: str) -> float:

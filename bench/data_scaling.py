@@ -10,8 +10,9 @@ launcher cuts each host's shard into that host's stream as it sends it (no local
 the code and the model come with it. Bytes on the launcher's link are the bridge's counters (SSH's framing, the
 launcher's control traffic and the workers' event lines included; host-to-host traffic such as ps-lite's is not). The
 launcher's own process is sampled every 0.1 s: peak threads, file descriptors and resident memory, its CPU seconds,
-and the bytes it wrote to disk (its labels cache and run folder included). "Shards after" is what the
-``--cache-dir``'s ``shards/`` holds when the run has ended.
+and the bytes it wrote to disk (its labels cache and run folder included); and the machine's busy cores, averaged
+over the part of the launch before the processes start (the command to the launcher's starting them). "Shards
+after" is what the ``--cache-dir``'s ``shards/`` holds when the run has ended.
 
 ``python -m bench data_scaling``; needs root (testing/netns.py). ``MXFT_BENCH_REPEATS=N`` launches N times a case
 (default 2).
@@ -49,7 +50,7 @@ def main() -> None:
 
 COLUMNS = (("launcher_link_mb", "{:.0f}", 1.0), ("data_mb", "{:.0f}", 1.0), ("written", "{:.1f}", 1e-6),
            ("shards_mb", "{:.1f}", 1.0), ("staging_s", "{:.1f}", 1.0), ("first_batch_s", "{:.1f}", 1.0),
-           ("before_processes_s", "{:.1f}", 1.0),
+           ("before_processes_s", "{:.1f}", 1.0), ("busy_cores_before", "{:.2f}", 1.0),
            ("cpu", "{:.1f}", 1.0), ("threads", "{:.0f}", 1.0), ("fds", "{:.0f}", 1.0), ("rss", "{:.0f}", 1e-6))
 
 
@@ -58,9 +59,9 @@ def report(results: dict[tuple[int, str], list[dict]], size_mb: float) -> list[s
     lines = ["## The data plane as hosts are added, on limited links", "", *doc.split("\n\n")[:2], "",
              f"Training file {size_mb:.0f} MB. Median (min-max) of {REPEATS} launches per case.", "",
              "| hosts | data | launcher's link (MB) | data sent (MB) | launcher wrote to disk (MB) | shards after (MB) "
-             "| staging (s) | command to first batch (s) | of it before the processes start (s) | launcher CPU (s) "
-             "| peak threads | peak file descriptors | peak memory (MB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| staging (s) | command to first batch (s) | of it before the processes start (s) | cores busy then "
+             "| launcher CPU (s) | peak threads | peak file descriptors | peak memory (MB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (count, mode), runs in sorted(results.items()):
         lines.append(f"| {count} | {MODES[mode]} | " + " | ".join(spread([run[key] * scale for run in runs], fmt)
                                                                  for key, fmt, scale in COLUMNS) + " |")
@@ -83,6 +84,7 @@ def goals(results: dict[tuple[int, str], list[dict]], size_mb: float) -> list[st
     processes = ((median(many, "auto", "first_batch_s") - median(many, "auto", "before_processes_s"))
                  / (median(few, "auto", "first_batch_s") - median(few, "auto", "before_processes_s")))
     memory = max(run["rss"] for runs in results.values() for run in runs) / 1e6
+    busy = median(many, "auto", "busy_cores_before")
     return [f"Goals. Staged: the launcher's link carried the training file once and {beyond[few]:.0f} MB more at "
             f"{few} hosts, {beyond[many]:.0f} MB more at {many} (model, validation parts, code, control: below the "
             f"relay's 64 MB, so each host's come from the launcher); the cache held {held:.1f} MB of shards after a "
@@ -92,7 +94,9 @@ def goals(results: dict[tuple[int, str], list[dict]], size_mb: float) -> list[st
             f"{'met' if sent == 0 else 'NOT met'}); the first batch at {many} hosts came {first:.2f}x as late as at "
             f"{few} (goal 1.2x: {'met' if first <= 1.2 else 'NOT met'}): the part before the processes start "
             f"(checks of every host, plan, staging) {before:.2f}x, the processes' own start (MXNet's import, ps-lite's "
-            f"joining, the first pull) {processes:.2f}x. The launcher's resident memory peaked at "
+            f"joining, the first pull) {processes:.2f}x; before the processes start at {many} hosts, this machine "
+            f"kept {busy:.2f} of its {os.cpu_count()} cores busy (the hosts' sshd and Python programs, the "
+            f"launcher's SSH clients). The launcher's resident memory peaked at "
             f"{memory:.0f} MB with the {size_mb:.0f} MB file (it hashes the data a block at a time and sends it by "
             "sendfile).",
             "",
