@@ -95,11 +95,11 @@ def one_run(cluster, work: str, job: str) -> dict:
         timing = json.load(handle)["timing"]
     data = int(re.search(r"\[stage\] (\d+) bytes of data sent in total", out).group(1))
     before_processes = first - started - timing["startup_s"]
+    shards_mb = folder_mb(os.path.join(cache, "shards"))
     busy = busy_cores(peaks.pop("machine"), started, started + before_processes)
     return {"links_mb": sum(after[h][0] - before[h][0] for h in after) / 1e6, "data_mb": data / 1e6,
             "launcher_link_mb": (launcher_link_bytes() - launcher_before) / 1e6,
-            "cache_mb": folder_mb(os.path.join(cache, "shards")) + folder_mb(os.path.join(cache, "trimmed")),
-            "shards_mb": folder_mb(os.path.join(cache, "shards")),
+            "cache_mb": shards_mb + folder_mb(os.path.join(cache, "trimmed")), "shards_mb": shards_mb,
             "staging_s": timing["staging_s"], "first_batch_s": first - started,
             "before_processes_s": before_processes, "busy_cores_before": busy, **peaks}
 
